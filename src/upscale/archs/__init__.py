@@ -1,0 +1,53 @@
+"""Architecture families as data: one record per family, built from the modules beside this file.
+
+Each family module provides ``build(**hparams)``, ``detect(state_dict) -> hparams | None`` (on our
+canonical key layout), ``size_multiple(hparams)`` and ``receptive_radius(hparams)`` (input pixels of
+context a tile needs on each side to reproduce the untiled output exactly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from . import compact, rrdbnet, srcnn, srresnet, tiny
+
+
+@dataclass(frozen=True)
+class ArchFamily:
+    name: str
+    defaults: dict[str, Any]
+    build: Callable[..., nn.Module]
+    detect: Callable[[dict], dict | None]
+    size_multiple: Callable[[dict], int]
+    receptive_radius: Callable[[dict], int]
+
+
+FAMILIES: tuple[ArchFamily, ...] = (
+    ArchFamily(rrdbnet.NAME, rrdbnet.DEFAULTS, rrdbnet.build, rrdbnet.detect, rrdbnet.size_multiple,
+               rrdbnet.receptive_radius),
+    ArchFamily(compact.NAME, compact.DEFAULTS, compact.build, compact.detect, compact.size_multiple,
+               compact.receptive_radius),
+    ArchFamily(srresnet.NAME, srresnet.DEFAULTS, srresnet.build, srresnet.detect, srresnet.size_multiple,
+               srresnet.receptive_radius),
+    ArchFamily(srresnet.MS_NAME, srresnet.MS_DEFAULTS, srresnet.build_ms, srresnet.detect_ms,
+               srresnet.size_multiple, srresnet.receptive_radius_ms),
+    ArchFamily(srcnn.NAME, srcnn.DEFAULTS, srcnn.build, srcnn.detect, srcnn.size_multiple, srcnn.receptive_radius),
+    ArchFamily(tiny.NAME, tiny.DEFAULTS, tiny.build, tiny.detect, tiny.size_multiple, tiny.receptive_radius),
+)
+
+BY_NAME: dict[str, ArchFamily] = {f.name: f for f in FAMILIES}
+
+
+def get_family(name: str) -> ArchFamily:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(BY_NAME)}") from None
+
+
+def build_module(arch: str, hparams: dict[str, Any]) -> nn.Module:
+    family = get_family(arch)
+    return family.build(**{**family.defaults, **hparams})

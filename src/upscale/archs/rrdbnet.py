@@ -1,0 +1,107 @@
+"""RRDBNet: the ESRGAN / Real-ESRGAN generator (residual-in-residual dense blocks).
+
+Canonical keys are BasicSR's (``conv_first``, ``body.N.rdb1.conv1``, ``conv_body``, ``conv_up1`` ...).
+Scales 1 and 2 pixel-unshuffle the input first (Real-ESRGAN x2plus), so H and W must be multiples of
+4 (scale 1) or 2 (scale 2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+NAME = "rrdbnet"
+DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4}
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five 3x3 convs, each fed every earlier feature map; output scaled by 0.2 and added back."""
+
+    def __init__(self, num_feat: int, num_grow_ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    def __init__(self, num_feat: int, num_grow_ch: int) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,
+                 num_grow_ch: int = 32, scale: int = 4) -> None:
+        super().__init__()
+        if scale not in (1, 2, 4):
+            raise ValueError(f"RRDBNet supports scale 1, 2 or 4, not {scale}")
+        self.scale = scale
+        self.unshuffle = {1: 4, 2: 2, 4: 1}[scale]
+        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+def build(num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,
+          num_grow_ch: int = 32, scale: int = 4) -> RRDBNet:
+    return RRDBNet(num_in_ch, num_out_ch, num_feat, num_block, num_grow_ch, scale)
+
+
+def size_multiple(hp: dict) -> int:
+    return {1: 4, 2: 2, 4: 1}[hp.get("scale", 4)]
+
+
+def receptive_radius(hp: dict) -> int:
+    """Input pixels of context a tile needs on each side for its centre to equal the untiled result."""
+    m = size_multiple(hp)
+    # conv_first + 15 convs per RRDB + conv_body at (input/m) resolution; the four HR-side convs add
+    # under one input pixel each at x2/x4; pixel-unshuffle blocks add one block of alignment.
+    lr_convs = 2 + 15 * hp.get("num_block", 23)
+    return lr_convs * m + 2 + m
+
+
+def detect(sd: dict[str, torch.Tensor]) -> dict | None:
+    """Hyperparameters from a state dict in canonical (BasicSR) layout, or None if it is not RRDBNet."""
+    if "conv_first.weight" not in sd or "body.0.rdb1.conv1.weight" not in sd or "conv_up2.weight" not in sd:
+        return None
+    num_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body."))
+    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
+    num_out_ch = sd["conv_last.weight"].shape[0]
+    num_grow_ch = sd["body.0.rdb1.conv1.weight"].shape[0]
+    unshuffle_sq = in_ch // num_out_ch if in_ch % num_out_ch == 0 else 1
+    scale = {1: 4, 4: 2, 16: 1}.get(unshuffle_sq, 4)
+    num_in_ch = in_ch // {4: 1, 2: 4, 1: 16}[scale]
+    return {"num_in_ch": int(num_in_ch), "num_out_ch": int(num_out_ch), "num_feat": int(num_feat),
+            "num_block": int(num_block), "num_grow_ch": int(num_grow_ch), "scale": int(scale)}

@@ -1,0 +1,114 @@
+"""Typed errors. Each carries what a user needs to act on it; `cli` maps them to one-line messages.
+
+Rules:
+- ``str(err)`` is a complete one-line message that names the file or model involved.
+- Never raise bare ``Exception``/``RuntimeError`` for a user-facing problem; pick (or add) a class here.
+- Exit codes live in one table in ``upscale.cli`` (usage problems 2, failures 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UpscaleError(Exception):
+    """Base class of every error the user should see as a message rather than a traceback."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+# --- usage: the command line or the API was called wrongly (exit 2) --------------------------------
+class UsageError(UpscaleError):
+    """Options that cannot work together or values out of range (e.g. --alpha 1.5)."""
+
+
+class PrecisionError(UsageError):
+    """A precision the chosen device cannot run (fp16 on CPU, bf16 without support)."""
+
+
+class DeviceError(UsageError):
+    """A device that is not available here (cuda without a GPU, mps off macOS)."""
+
+
+# --- images -------------------------------------------------------------------------------------
+class ImageReadError(UpscaleError):
+    """An input image is missing, empty, truncated, not an image, too large, or of an unsupported mode."""
+
+
+class ImageWriteError(UpscaleError):
+    """An output could not be written (unwritable folder, would overwrite the input, exists already)."""
+
+
+# --- weights and architectures -------------------------------------------------------------------
+class WeightsError(UpscaleError):
+    """A weights file is corrupt, unsafe (pickled code), or of an unknown layout."""
+
+
+class UnsafeWeightsError(WeightsError):
+    """A .pth/.pt whose pickle would run code; refused without running it."""
+
+
+class UnknownArchitectureError(WeightsError):
+    """No architecture recognises the keys and shapes of a state dict."""
+
+
+class ArchitectureMismatchError(WeightsError):
+    """The weights were recognised as an architecture but do not load strictly into it."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, arch: str | None = None,
+                 missing: list[str] | None = None, unexpected: list[str] | None = None) -> None:
+        self.arch = arch
+        self.missing = list(missing or [])
+        self.unexpected = list(unexpected or [])
+        super().__init__(message, path=path)
+
+
+# --- registry and downloads ----------------------------------------------------------------------
+class RegistryError(UpscaleError):
+    """models.toml (packaged or user) is invalid: duplicate name, missing field, unknown architecture."""
+
+
+class ModelNotFoundError(UsageError):
+    """-m NAME is neither a registry name nor an existing file."""
+
+
+class DownloadError(UpscaleError):
+    """A download failed (404, connection cut, server error); nothing partial is left behind."""
+
+
+class OfflineError(DownloadError):
+    """Weights are needed but the Hub cannot be reached (HF_HUB_OFFLINE=1 or no network)."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file's sha256 differs from the registry's; the file was removed."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, expected: str = "",
+                 actual: str = "") -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message, path=path)
+
+
+class InterpolationError(UpscaleError):
+    """Two networks cannot be interpolated: different architectures, keys or shapes."""
+
+
+class ConversionError(WeightsError):
+    """An ncnn .param/.bin pair (or other foreign format) cannot be mapped to one of our architectures."""
+
+
+# --- training ------------------------------------------------------------------------------------
+class DataError(UpscaleError):
+    """A training/benchmark data folder is empty, unreadable, or its LR/HR pairs do not match."""
+
+
+class TrainingError(UpscaleError):
+    """Training cannot go on (NaN/inf loss, bad config); the last good checkpoint is kept."""
+
+
+class CheckpointError(UpscaleError):
+    """A checkpoint is missing, corrupt, or from an incompatible configuration."""

@@ -1,0 +1,47 @@
+"""The model descriptor: one record that says everything the engine needs to know about a network.
+
+Contract of ``Model.module``: input (B, in_channels, H, W) float in [0, 1] with H and W multiples of
+``size_multiple``; output (B, out_channels, H*scale, W*scale), *not* clamped (the engine clamps).
+The module is in eval mode, float32, on the CPU when it leaves ``upscale.loading``; the engine moves
+and casts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .archs import get_family
+
+
+@dataclass(frozen=True)
+class Model:
+    module: nn.Module
+    arch: str
+    hparams: dict[str, Any]
+    source: str = ""                 # file path or registry name, for messages
+    name: str = ""                   # registry name when it came from the registry
+    bf16_safe: bool = True           # measured >= 50 dB vs fp32 (registry flag); engine falls back to fp32 if False
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> int:
+        return int(self.hparams["scale"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.hparams.get("num_in_ch", 3))
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.hparams.get("num_out_ch", 3))
+
+    @property
+    def size_multiple(self) -> int:
+        return get_family(self.arch).size_multiple(self.hparams)
+
+    @property
+    def receptive_radius(self) -> int:
+        return get_family(self.arch).receptive_radius(self.hparams)
