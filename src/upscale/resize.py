@@ -69,9 +69,11 @@ def contributions(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray, 
 def _resize_axis(img: np.ndarray, axis: int, out_len: int, scale: float) -> np.ndarray:
     weights, indices = contributions(img.shape[axis], out_len, scale)
     moved = np.moveaxis(img, axis, 0)                        # (in, ...)
-    gathered = moved[indices]                                # (out, taps, ...)
-    w = weights.reshape(weights.shape + (1,) * (moved.ndim - 1))
-    return np.moveaxis((gathered * w).sum(axis=1), 0, axis)
+    shape = (weights.shape[0],) + (1,) * (moved.ndim - 1)
+    out = np.zeros((weights.shape[0],) + moved.shape[1:], dtype=np.float64)
+    for tap in range(weights.shape[1]):                      # one gather per tap keeps memory at ~2 images
+        out += weights[:, tap].reshape(shape) * moved[indices[:, tap]]
+    return np.moveaxis(out, 0, axis)
 
 
 def round_like_matlab(values: np.ndarray) -> np.ndarray:

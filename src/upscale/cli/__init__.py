@@ -26,8 +26,9 @@ EXIT_INTERRUPTED = 130
 
 # One table: error class -> (exit code, label). The first matching row wins (most specific first).
 ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
-    (errors.PrecisionError, EXIT_USAGE, "precision"),
-    (errors.DeviceError, EXIT_USAGE, "device"),
+    # The machine cannot do what was asked (fp16 on a CPU, cuda without a GPU): a failure, not a typo.
+    (errors.PrecisionError, EXIT_FAILURE, "precision"),
+    (errors.DeviceError, EXIT_FAILURE, "device"),
     (errors.ModelNotFoundError, EXIT_USAGE, "model"),
     (errors.UsageError, EXIT_USAGE, "usage"),
     (errors.ImageReadError, EXIT_FAILURE, "cannot read image"),
@@ -127,6 +128,12 @@ def _register() -> None:
     # Sub-commands, added explicitly (nothing registers itself on import).
     from .run import run
     cli.add_command(run)
+    from .batch import batch; cli.add_command(batch)  # noqa: E702
+    from .bench import bench; cli.add_command(bench)  # noqa: E702
+    from .train import train; cli.add_command(train)  # noqa: E702
+    from .models import models; cli.add_command(models)  # noqa: E702
+    from .interp import interp; cli.add_command(interp)  # noqa: E702
+    from .convert import convert; cli.add_command(convert)  # noqa: E702
 
 
 _register()

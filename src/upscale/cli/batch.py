@@ -1,0 +1,163 @@
+"""`upscale batch IN_DIR --out OUT_DIR`: a folder of images, with progress, resume, a report and sharding."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, handle_errors
+from .run import build_upscaler, engine_options
+
+log = logging.getLogger("upscale")
+
+
+def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    from .. import errors
+    from ..batch import parse_shard
+
+    if value is None:
+        return None
+    try:
+        return parse_shard(value)
+    except errors.UsageError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+@contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C sets (the run stops after the image in flight); a second one aborts."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@click.command("batch")
+@click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (created if missing); sub-folders of IN_DIR are mirrored under it.")
+@click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of IN_DIR.")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="Only images whose path relative to IN_DIR matches PATTERN (e.g. '*.png', 'raw/*'); repeatable.")
+@click.option("--overwrite", is_flag=True, help="Redo images whose output exists (default: skip them, i.e. resume).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every file's outcome (done / skipped / failed and why) to this JSON file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still reported.")
+@click.option("--shard", "shard", default=None, metavar="K/N", callback=_shard_option,
+              help="Process only shard K of N (by a hash of each relative path): N runs with 1/N .. N/N "
+                   "split a folder into disjoint parts that together cover it.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Decoding threads, and as many encoding threads, beside the model.")
+@engine_options
+@handle_errors
+def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], overwrite: bool,
+          report: Path | None, as_json: bool, quiet: bool, shard: tuple[int, int] | None, workers: int,
+          outscale: float | None, model_name: str | None, weights: Path | None, interp_alpha: float | None,
+          device: str, precision: str, tile_px: str | None, overlap_px: int | None, batch: int | None,
+          threads: int | None, compile_mode: str, output_format: str | None, quality: int | None,
+          alpha_mode: str, max_pixels: int | None) -> None:
+    """Upscale every image in IN_DIR into OUT_DIR.
+
+    \b
+    Outputs keep the input's relative folder and are named {stem}_x{scale}.{ext}, as for one
+    image (e.g. IN_DIR/trip/cat.jpg -> OUT_DIR/trip/cat_x4.jpg). Files without an image extension
+    (png jpg jpeg webp bmp tif tiff) are ignored; a file with one that cannot be read is a failure,
+    reported with its reason, and the run goes on. Each output is written under a temporary name and
+    renamed when complete; an existing output is skipped, so running the same command again after
+    a crash or Ctrl-C resumes where it stopped (with byte-identical results).
+    Ctrl-C stops after the image in flight and prints the summary so far; a second Ctrl-C aborts.
+
+    \b
+    Exit codes: 0 every image done or skipped; 3 finished, some images failed; 1 could not run at
+    all (bad model, unwritable OUT_DIR); 2 usage error; 130 interrupted.
+    """
+    from tqdm import tqdm
+
+    from .. import errors
+    from ..batch import DONE, FAILED, SKIPPED, BatchSettings, plan_batch, run_batch, write_report
+
+    if quiet:
+        logging.getLogger("upscale").setLevel(logging.WARNING)
+    upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
+                                     overlap_px, batch, threads, compile_mode)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise errors.ImageWriteError(f"cannot create the output folder: {err.strerror or err}", path=out_dir) from None
+    plan = plan_batch(in_dir, out_dir, outscale=scale, output_format=output_format, recursive=recursive,
+                      globs=globs, shard=shard, overwrite=overwrite)
+    for outcome in plan.known:
+        if outcome.status == FAILED:
+            click.echo(f"upscale: failed: {outcome.input}: {outcome.reason}", err=True)
+    skipped = sum(1 for o in plan.known if o.status == SKIPPED)
+    if not quiet and (skipped or plan.stale_temps_removed):
+        log.info("%d of %d images already have outputs (skipped)%s", skipped, len(plan.jobs) + skipped,
+                 f"; removed {plan.stale_temps_removed} stale temporary files" if plan.stale_temps_removed else "")
+
+    bar = tqdm(total=len(plan.jobs), unit="img", disable=quiet, dynamic_ncols=True, smoothing=0.1,
+               file=sys.stderr)
+    lock = threading.Lock()
+    started = time.perf_counter()
+    megapixels = 0.0
+
+    def rate() -> str:
+        return f"{megapixels / max(time.perf_counter() - started, 1e-9):.2f} MP/s"
+
+    def on_outcome(outcome) -> None:
+        nonlocal megapixels
+        with lock:
+            if outcome.status == DONE:
+                megapixels += outcome.input_px / 1e6
+            else:
+                bar.write(f"upscale: failed: {outcome.input}: {outcome.reason}", file=sys.stderr)
+            bar.update(1)
+            bar.set_postfix_str(rate(), refresh=False)
+
+    def on_tiles(rel: str, done: int, total: int) -> None:
+        if total > 1:
+            with lock:
+                bar.set_postfix_str(f"{rate()}, {Path(rel).name}: tile {done}/{total}")
+
+    settings = BatchSettings(outscale=scale, alpha_mode=alpha_mode, output_format=output_format, quality=quality,
+                             max_pixels=max_pixels, workers=workers)
+    with _stop_on_ctrl_c() as stop:
+        try:
+            summary = run_batch(plan, upscaler, settings, stop=stop, shard=shard, on_outcome=on_outcome,
+                                on_tiles=None if quiet else on_tiles)
+        finally:
+            bar.close()
+
+    if report is not None:
+        write_report(summary, report)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(files=False)))
+    if not quiet:
+        state = "interrupted after" if summary.interrupted else "finished in"
+        click.echo(f"upscale batch: {state} {summary.elapsed_s:.1f} s: {summary.done} done, {summary.skipped} "
+                   f"skipped, {summary.failed} failed; {summary.images_per_s:.2f} images/s, "
+                   f"{summary.megapixels_per_s:.2f} input MP/s, model busy {summary.model_busy_fraction:.0%}",
+                   err=True)
+    if summary.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_PARTIAL if summary.failed else EXIT_OK)

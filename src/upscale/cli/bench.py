@@ -1,0 +1,93 @@
+"""`upscale bench --data DIR -s 4 [-m MODEL ...]`: quality and speed against classic interpolation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import handle_errors
+
+
+@click.command("bench")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of HR images (e.g. Set5); each is mod-cropped to a multiple of the scale.")
+@click.option("-s", "--scale", "scales", type=click.IntRange(min=1), multiple=True, default=(4,), show_default=True,
+              help="Integer scale; repeat for several (-s 2 -s 3 -s 4).")
+@click.option("-m", "--model", "models", multiple=True, metavar="NAME|PATH",
+              help="Registry name or weights file to compare; repeatable.")
+@click.option("--lr", "lr_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of LR inputs paired with the HR images by file stem "
+                   "(default: MATLAB-compatible bicubic downsampling of HR).")
+@click.option("--baselines", default=",".join(("nearest", "bilinear", "bicubic", "lanczos")), show_default=True,
+              help="Comma-separated classic methods to include ('' for none).")
+@click.option("--rgb", "rgb_metrics", is_flag=True, help="PSNR/SSIM on RGB instead of the Y channel.")
+@click.option("--gray", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
+              help="Grayscale HR images: compare the gray plane as Y (MATLAB scripts, published tables) "
+                   "or repeat to RGB and take BT.601 Y (BasicSR's Python metrics).")
+@click.option("--lpips/--no-lpips", default=True, show_default=True,
+              help="LPIPS when the lpips package and its AlexNet weights are on this machine.")
+@click.option("--warmup", "warmup_runs", type=int, default=1, show_default=True,
+              help="Untimed runs of each method on the first image before timing.")
+@click.option("--json", "fmt", flag_value="json", help="Print the results as JSON (schema upscale.bench/1).")
+@click.option("--csv", "fmt", flag_value="csv", help="Print one CSV line per scale and method.")
+@click.option("--markdown", "fmt", flag_value="markdown", help="Print only the Markdown table.")
+@click.option("--sheet", "sheet_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a contact sheet PNG: the same crop from HR and each method, labelled.")
+@click.option("--sheet-image", "sheet_images", multiple=True, metavar="STEM",
+              help="Image(s) shown on the sheet (default: the first); repeatable.")
+@click.option("--crop", "crop_px", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Side of the sheet's crop, in HR pixels.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--tile", "tile_px", type=int, default=None, help="Tile size in input pixels for models (0 = whole).")
+@click.option("--threads", type=int, default=None, help="CPU threads for models (default: all cores).")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_dir: Path | None, baselines: str,
+          rgb_metrics: bool, gray: str, lpips: bool, warmup_runs: int, fmt: str | None, sheet_path: Path | None,
+          sheet_images: tuple[str, ...], crop_px: int, device: str, precision: str, tile_px: int | None,
+          threads: int | None, compile_mode: str, quiet: bool) -> None:
+    """Compare models with nearest, bilinear, bicubic (MATLAB) and Lanczos on a test set.
+
+    \b
+    PSNR/SSIM on Y (BT.601), crop border = scale, as in the papers;
+    seconds per image, output megapixels per second and peak memory per method.
+    upscale bench --data Set5 -s 2 -s 3 -s 4
+    upscale bench --data Set5 -s 4 -m realesrgan-x4plus --sheet set5_x4.png --json
+    """
+    from ..bench import BenchOptions, load_models, run_bench, write_sheet
+
+    engine_options = None
+    if models:
+        from ..engine import EngineOptions
+
+        kwargs = {"device": device, "precision": precision, "threads": threads, "compile": compile_mode}
+        if tile_px is not None:
+            kwargs["tile_px"] = tile_px
+        engine_options = EngineOptions(**kwargs)
+    options = BenchOptions(
+        scales=tuple(dict.fromkeys(scales)), baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+        lr_dir=lr_dir, y_channel=not rgb_metrics, gray=gray, warmup_runs=warmup_runs, lpips=lpips,
+        sheet_images=None if sheet_path is None else tuple(sheet_images), sheet_crop_px=crop_px,
+        progress=not quiet)
+    result = run_bench(data_dir, options, load_models(models, engine_options))
+    if sheet_path is not None:
+        write_sheet(result.sheet_rows, sheet_path)
+    if fmt == "json":
+        click.echo(result.to_json(), nl=False)
+    elif fmt == "csv":
+        click.echo(result.to_csv(), nl=False)
+    elif fmt == "markdown":
+        click.echo(result.to_markdown(), nl=False)
+    else:
+        env = result.environment
+        click.echo(f"{result.data}: {len(result.images)} images, LR {result.lr_source}, "
+                   f"metrics on {'Y' if options.y_channel else 'RGB'}, crop border = scale")
+        click.echo(result.to_markdown(), nl=False)
+        click.echo(f"{env['cpu']} ({env['cpu_count']} cores), python {env['python']}, numpy {env['numpy']}, "
+                   f"pillow {env['pillow']}, torch {env['torch']}")
+        if sheet_path is not None:
+            click.echo(f"contact sheet: {sheet_path}")

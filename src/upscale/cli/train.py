@@ -1,0 +1,172 @@
+"""``upscale train``: parse options -> TrainConfig -> ``upscale.train.loop.train`` -> report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import EXIT_INTERRUPTED, handle_errors
+
+PRESET_NAMES = ("psnr", "srgan", "esrgan", "tiny-gan", "finetune")
+# Flags that become generator hyperparameters (BasicSR's names).
+HPARAM_FLAGS = ("num_feat", "num_conv", "num_block", "num_grow_ch", "act_type")
+
+
+def _parse_hparam(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--hparam")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
+    """Options given on the command line (None/empty = not given) as TrainConfig keys."""
+    layer: dict[str, Any] = {}
+    hparams = {k: opts.pop(k) for k in HPARAM_FLAGS if opts.get(k) is not None}
+    for text in opts.pop("hparam") or ():
+        key, value = _parse_hparam(text)
+        hparams[key] = value
+    if hparams:
+        layer["hparams"] = hparams
+    for k in HPARAM_FLAGS:
+        opts.pop(k, None)
+    for key, value in opts.items():
+        if value is None or value == ():
+            continue
+        if key == "milestones":
+            try:
+                value = [int(v) for v in str(value).split(",") if v.strip()]
+            except ValueError:
+                raise click.BadParameter(f"expected comma-separated iterations, got {value!r}",
+                                         param_hint="--milestones") from None
+        elif isinstance(value, tuple) and key != "betas":
+            value = list(value)
+        layer[key] = value
+    return layer
+
+
+@click.command("train", context_settings={"show_default": True})
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="Recipe: psnr (L1/MSE pretraining), srgan, esrgan, tiny-gan, finetune.  [default: psnr]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML or JSON file of options (TrainConfig names); flags override it.")
+@click.option("--data", multiple=True, type=click.Path(exists=True, file_okay=False), help="HR image folder (repeatable).")
+@click.option("--lr", "lr_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Paired LR folder (with --hr).")
+@click.option("--hr", "hr_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Paired HR folder (with --lr).")
+@click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Validation HR folder (repeatable), e.g. Set5; PSNR-Y/SSIM-Y with crop = scale.")
+@click.option("-s", "--scale", type=int, default=None, help="Upscaling factor.  [default: 4]")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[CHECKPOINT]",
+              help="Continue a run: the newest checkpoint in --out, or the one given.")
+@click.option("--arch", default=None, help="Generator architecture (rrdbnet, compact, srresnet, msrresnet, srcnn, tiny).")
+@click.option("--num-feat", type=int, default=None, help="Generator width.")
+@click.option("--num-conv", type=int, default=None, help="Body convs (compact).")
+@click.option("--num-block", type=int, default=None, help="Blocks (rrdbnet, srresnet).")
+@click.option("--num-grow-ch", type=int, default=None, help="Dense growth channels (rrdbnet).")
+@click.option("--act-type", default=None, help="Activation (compact: prelu, lrelu, relu).")
+@click.option("--hparam", multiple=True, metavar="KEY=VALUE", help="Any other generator hyperparameter.")
+@click.option("--init", default=None, help="Start from this registry model or weights file.")
+@click.option("--trainable", multiple=True, metavar="PATTERN", help="Train only parameters matching (fnmatch).")
+@click.option("--freeze", multiple=True, metavar="PATTERN", help="Freeze parameters matching (fnmatch).")
+@click.option("--gt-size", type=int, default=None, help="HR crop side in pixels.  [default: 128 at x4, 48*scale below]")
+@click.option("--batch-size", type=int, default=None, help="Global batch size.  [default: 16]")
+@click.option("--max-iters", type=int, default=None, help="Iterations to train to.")
+@click.option("--learning-rate", type=float, default=None, help="Adam learning rate (generator).")
+@click.option("--d-learning-rate", type=float, default=None, help="Discriminator learning rate.")
+@click.option("--betas", type=(float, float), default=None, help="Adam betas.")
+@click.option("--scheduler", type=click.Choice(("cosine", "multistep", "constant")), default=None)
+@click.option("--milestones", default=None, metavar="IT,IT,...", help="Multistep milestones (iterations).")
+@click.option("--gamma", type=float, default=None, help="Multistep factor.")
+@click.option("--ema-decay", type=float, default=None, help="EMA decay of generator weights (0 = off).")
+@click.option("--pixel-loss", type=click.Choice(("l1", "mse")), default=None)
+@click.option("--pixel-weight", type=float, default=None)
+@click.option("--perceptual-weight", type=float, default=None)
+@click.option("--perceptual-layer", default=None, help="VGG19 layer, e.g. conv5_4 or relu5_4.")
+@click.option("--perceptual-criterion", type=click.Choice(("l1", "mse")), default=None)
+@click.option("--vgg-weights", default=None, metavar="PATH",
+              help="VGG19 ImageNet weights file (default: timm/vgg19.tv_in1k from the Hub).")
+@click.option("--discriminator", type=click.Choice(("srgan", "vgg128", "tiny")), default=None)
+@click.option("--gan-type", type=click.Choice(("vanilla", "ragan")), default=None)
+@click.option("--gan-weight", type=float, default=None)
+@click.option("--degradation", type=click.Choice(("bicubic", "blur-down")), default=None,
+              help="How LR is made from HR folders.  [default: bicubic]")
+@click.option("--blur-sigma", type=float, default=None, help="Gaussian sigma (HR px) for blur-down.")
+@click.option("--workers", type=int, default=None, help="DataLoader worker processes.")
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--precision", type=click.Choice(("auto", "fp32", "bf16", "fp16")), default=None,
+              help="auto: bf16 autocast on CPUs that support it, fp16 + GradScaler on CUDA.")
+@click.option("--channels-last/--no-channels-last", default=None, help="channels_last memory format.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the networks.")
+@click.option("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads).")
+@click.option("--seed", type=int, default=None)
+@click.option("--log-every", type=int, default=None, help="Iterations between metrics.jsonl records.")
+@click.option("--val-every", type=int, default=None, help="Iterations between validations.")
+@click.option("--ckpt-every", type=int, default=None, help="Iterations between checkpoints.")
+@click.option("--keep-last", type=int, default=None, help="Numbered checkpoints to keep.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def train(preset: str | None, config_file: str | None, resume: str | None, quiet: bool, compile_: bool | None,
+          **opts: Any) -> None:
+    """Train or fine-tune a generator on a folder of images.
+
+    \b
+    upscale train --data T91 --data BSD200 --val Set5 -s 4 --arch compact --out runs/c4
+    upscale train --out runs/c4 --resume                 continue after a stop or a crash
+    upscale train --preset esrgan --init runs/psnr/model.safetensors --data DIR --out runs/gan
+    torchrun --nproc_per_node=2 -m upscale train ...     data-parallel (DDP)
+
+    The run folder gets config.json, metrics.jsonl, curves.png, checkpoints/, samples/,
+    model.safetensors (EMA weights, usable with `upscale -m`) and best.safetensors.
+    """
+    from ..train.config import build_config, read_config_file
+    from ..train.loop import resolve_resume, train as run_training
+
+    opts["compile"] = compile_
+    out = opts["out"]
+    layers: list[dict[str, Any]] = []
+    resume_path = None
+    if resume is not None:
+        resume_path = resolve_resume(out, resume)
+        layers.append(_saved_config(out, resume_path))
+    if config_file:
+        layers.append(read_config_file(config_file))
+    layers.append(_flag_layer(dict(opts)))
+    chosen = preset or next((l["preset"] for l in reversed(layers) if "preset" in l), "psnr")
+    cfg = build_config(chosen, *[{k: v for k, v in l.items() if k != "preset"} for l in layers])
+    if resume_path is None:
+        from ..train.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(out) is not None:
+            from ..errors import UsageError
+            raise UsageError(f"{out} already holds checkpoints; add --resume to continue it, or pick another --out")
+
+    from tqdm import tqdm
+
+    result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=not quiet, resume=resume_path)
+    if result.interrupted:
+        click.echo(f"upscale: interrupted at iteration {result.iteration}; resume with "
+                   f"`upscale train --out {out} --resume`", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if result.model_path.is_file():
+        click.echo(f"model: {result.model_path}")
+    if result.best_path is not None:
+        click.echo(f"best:  {result.best_path} (mean validation PSNR-Y {result.best_psnr:.2f} dB)")
+
+
+def _saved_config(out: str, checkpoint_path: Path) -> dict[str, Any]:
+    """The configuration a run was saved with: {out}/config.json, else the checkpoint's own copy."""
+    from ..train.checkpoint import load_checkpoint
+
+    path = Path(out) / "config.json"
+    if path.is_file():
+        from ..train.config import read_config_file
+        return read_config_file(path)
+    return dict(load_checkpoint(checkpoint_path)["config"])

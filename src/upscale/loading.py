@@ -1,0 +1,460 @@
+"""Weights files -> canonical state dicts -> built networks (``strict=True``), and back to safetensors.
+
+Reading: ``.safetensors`` natively (its metadata comes back too); ``.pth``/``.pt``/``.ckpt`` only through
+``torch.load(weights_only=True)``, so a pickle that would import code is refused without running it.
+Training wrappers (``params_ema`` preferred, ``params``, ``state_dict``, ``model``) are unwrapped and
+``module.`` prefixes (DataParallel) stripped.
+
+Canonical keys are the ones our modules in ``upscale.archs`` use (BasicSR's where BasicSR has the
+network). Other known layouts are renamed to them by ``canonicalize``:
+
+- old ESRGAN (``model.0``, ``model.1.sub.N.RDB1.conv1.0``, ``model.1.sub.{num_block}``, then the
+  upsampling convs, the HR conv and the last conv at increasing ``model.K`` indices);
+- the ESRGAN repository's ``RRDB_trunk`` / ``trunk_conv`` / ``upconvN`` / ``HRconv`` (also BSRGAN);
+- MMSR's MSRResNet (``recon_trunk.N``, ``HRconv``).
+
+Our own files carry ``upscale.arch`` and ``upscale.hparams`` (JSON) in their safetensors metadata; when
+present they take precedence over what the keys suggest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import pickletools
+import re
+import secrets
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from . import archs, errors
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+META_ARCH = "upscale.arch"
+META_HPARAMS = "upscale.hparams"
+META_FORMAT = "upscale.format"
+META_BF16_SAFE = "upscale.bf16_safe"
+FORMAT_VERSION = "1"
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt")
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
+
+StateDict = dict[str, torch.Tensor]
+
+_FEW = 4  # how many keys an error message lists before "(+N more)"
+
+
+# --- reading --------------------------------------------------------------------------------------
+def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
+    """Tensors of a weights file (unwrapped, ``module.`` stripped) and its safetensors metadata.
+
+    Raises ``WeightsError`` (missing, empty, corrupt, unsupported suffix, no tensors) and
+    ``UnsafeWeightsError`` (a pickle that would import something other than tensor types).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise errors.WeightsError("no such weights file", path=p)
+    if not p.is_file():
+        raise errors.WeightsError("not a regular file", path=p)
+    if p.stat().st_size == 0:
+        raise errors.WeightsError("empty file (0 bytes)", path=p)
+    suffix = p.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        obj, metadata = _read_safetensors(p)
+    elif suffix in PICKLE_SUFFIXES:
+        obj, metadata = _read_pickle(p), {}
+    else:
+        known = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
+        raise errors.WeightsError(f"unsupported weights format {suffix or '(no suffix)'!r}; expected {known}",
+                                  path=p)
+    sd = _find_state_dict(obj)
+    if sd is None:
+        raise errors.WeightsError(f"holds no state dict of tensors (top-level keys: {_few(_keys_of(obj))})",
+                                  path=p)
+    return _strip_module_prefix(sd, p), metadata
+
+
+def _read_safetensors(p: Path) -> tuple[StateDict, dict[str, str]]:
+    try:
+        with safetensors.safe_open(str(p), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise errors.WeightsError(f"corrupt or unreadable safetensors file ({_first_sentence(e)})",
+                                  path=p) from e
+    return sd, metadata
+
+
+def _read_pickle(p: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols; the errors say enough
+            return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _pickle_refusal(p, e) from None
+    except Exception as e:  # torch.load raises many types (EOFError, KeyError, RuntimeError...) on garbage
+        raise errors.WeightsError(f"corrupt or not a PyTorch checkpoint ({_first_sentence(e)})", path=p) from None
+
+
+def _pickle_refusal(p: Path, e: pickle.UnpicklingError) -> errors.WeightsError:
+    """Tell a refused import (unsafe) from a stream that is not a pickle at all (corrupt)."""
+    inner = e.__context__ if isinstance(e.__context__, pickle.UnpicklingError) else e
+    found = re.search(r"GLOBAL ([\w.]+)", str(inner)) or re.search(r"GLOBAL ([\w.]+)", str(e))
+    names = [found.group(1)] if found else [g for g in _pickle_globals(p) if not _is_tensor_global(g)]
+    if names:
+        return errors.UnsafeWeightsError(
+            f"refused: its pickle would import {_few(names)}, which is not a tensor type; nothing was run "
+            "(convert it to .safetensors with a tool you trust)", path=p)
+    return errors.WeightsError(f"corrupt or not a PyTorch checkpoint ({_first_sentence(inner)})", path=p)
+
+
+def _is_tensor_global(name: str) -> bool:
+    return name.startswith("torch.") or name == "collections.OrderedDict"
+
+
+_IDENT = re.compile(r"^[A-Za-z_][\w.]*$")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+               "STRING"}
+
+
+def _pickle_globals(p: Path) -> list[str]:
+    """Names imported by the complete pickles in a file (zip checkpoint or legacy/raw pickle stream).
+
+    Only reads opcodes (``pickletools``), never executes them. A pickle that breaks off before STOP
+    contributes nothing, so random bytes are not mistaken for an import.
+    """
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                members = [n for n in z.namelist() if n.endswith("data.pkl")]
+                data = z.read(members[0]) if members else b""
+        else:
+            data = p.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    stream = io.BytesIO(data)
+    names: list[str] = []
+    while stream.tell() < len(data):
+        pending: list[str] = []
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    pending.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    pending.append(f"{strings[-2]}.{strings[-1]}")
+                elif op.name in _STRING_OPS and isinstance(arg, (str, bytes)):
+                    strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+        except Exception:  # noqa: BLE001 - anything pickletools cannot parse ends the scan
+            break
+        names += [n for n in pending if _IDENT.match(n) and n not in names]
+    return names
+
+
+def _find_state_dict(obj: Any, depth: int = 0) -> StateDict | None:
+    """``obj`` itself when it is a flat dict of tensors, else the first wrapper that leads to one."""
+    if _is_tensor_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping) and depth < 3:
+        for key in WRAPPER_KEYS:
+            if key in obj:
+                found = _find_state_dict(obj[key], depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
+def _strip_module_prefix(sd: StateDict, p: Path) -> StateDict:
+    out: StateDict = {}
+    for key, value in sd.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        if key in out:
+            raise errors.WeightsError(f"key {key!r} appears twice once 'module.' prefixes are removed", path=p)
+        out[key] = value
+    return out
+
+
+# --- key layouts --------------------------------------------------------------------------------
+_OLD_RDB = re.compile(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)")
+_OLD_TRUNK = re.compile(r"model\.1\.sub\.(\d+)\.(weight|bias)")
+_OLD_TOP = re.compile(r"model\.(\d+)\.(weight|bias)")
+_REPO_RDB = re.compile(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)")
+_REPO_UP = re.compile(r"upconv(\d+)\.(weight|bias)")
+_MMSR_BLOCK = re.compile(r"recon_trunk\.(\d+)\.(conv[12])\.(weight|bias)")
+
+
+def canonicalize(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Rename a state dict in any known layout to our canonical keys (a new dict; tensors shared).
+
+    Keys a layout does not explain are kept as they are, so a strict load reports them as unexpected.
+    """
+    keys = set(sd)
+    if "model.0.weight" in keys and any(_OLD_RDB.fullmatch(k) for k in keys):
+        return _from_old_esrgan(sd)
+    if any(k.startswith("RRDB_trunk.") for k in keys):
+        return _rename(sd, _esrgan_repo_key)
+    if any(k.startswith("recon_trunk.") for k in keys):
+        return _rename(sd, _mmsr_key)
+    return dict(sd)
+
+
+def _rename(sd: Mapping[str, torch.Tensor], fn: Callable[[str], str]) -> StateDict:
+    return {fn(k): v for k, v in sd.items()}
+
+
+def _from_old_esrgan(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Old ESRGAN: model.0 conv_first; model.1.sub.{i}.RDB* the trunk, model.1.sub.{num_block} conv_body;
+    after that, in index order, one conv per x2 upsampling stage, then the HR conv, then the last conv."""
+    tail = sorted({int(m.group(1)) for k in sd if (m := _OLD_TOP.fullmatch(k)) and int(m.group(1)) >= 2})
+    tail_names: dict[int, str] = {}
+    if len(tail) >= 2:
+        tail_names = {i: f"conv_up{n + 1}" for n, i in enumerate(tail[:-2])}
+        tail_names[tail[-2]] = "conv_hr"
+        tail_names[tail[-1]] = "conv_last"
+    top_names = {0: "conv_first", **tail_names}
+
+    def rename(key: str) -> str:
+        if m := _OLD_RDB.fullmatch(key):
+            return f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"
+        if m := _OLD_TRUNK.fullmatch(key):
+            return f"conv_body.{m.group(2)}"
+        if (m := _OLD_TOP.fullmatch(key)) and int(m.group(1)) in top_names:
+            return f"{top_names[int(m.group(1))]}.{m.group(2)}"
+        return key
+
+    return _rename(sd, rename)
+
+
+def _esrgan_repo_key(key: str) -> str:
+    if m := _REPO_RDB.fullmatch(key):
+        return f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"
+    if m := _REPO_UP.fullmatch(key):
+        return f"conv_up{m.group(1)}.{m.group(2)}"
+    head, _, param = key.partition(".")
+    return {"trunk_conv": f"conv_body.{param}", "HRconv": f"conv_hr.{param}"}.get(head, key)
+
+
+def _mmsr_key(key: str) -> str:
+    if m := _MMSR_BLOCK.fullmatch(key):
+        return f"body.{m.group(1)}.{m.group(2)}.{m.group(3)}"
+    head, _, param = key.partition(".")
+    return f"conv_hr.{param}" if head == "HRconv" else key
+
+
+# --- detection ----------------------------------------------------------------------------------
+def detect(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None, *,
+           source: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """Architecture name and full hyperparameters (defaults filled in) of a canonical state dict.
+
+    ``upscale.arch`` / ``upscale.hparams`` in the metadata win over what the keys say; without them
+    each family in ``archs.FAMILIES`` is asked in turn and the first that recognises the keys wins.
+    """
+    metadata = metadata or {}
+    arch = metadata.get(META_ARCH)
+    if arch:
+        family = archs.BY_NAME.get(arch)
+        if family is None:
+            raise errors.UnknownArchitectureError(
+                f"metadata names unknown architecture {arch!r}; known: {', '.join(archs.BY_NAME)}", path=source)
+        detected = _try_detect(family, sd) or {}
+        return arch, {**family.defaults, **detected, **_metadata_hparams(metadata, source)}
+    for family in archs.FAMILIES:
+        hp = _try_detect(family, sd)
+        if hp is not None:
+            return family.name, {**family.defaults, **hp}
+    raise errors.UnknownArchitectureError(
+        f"no known architecture matches these weights ({len(sd)} key{'' if len(sd) == 1 else 's'}: "
+        f"{_few(list(sd))}){_layout_hint(sd)}",
+        path=source)
+
+
+def _try_detect(family: archs.ArchFamily, sd: Mapping[str, torch.Tensor]) -> dict | None:
+    """A family's detect, with a foreign state dict that trips it (odd key, missing tensor) as no match."""
+    try:
+        return family.detect(dict(sd))
+    except (KeyError, ValueError, IndexError, TypeError, AttributeError, ZeroDivisionError) as e:
+        log.debug("%s.detect gave up: %r", family.name, e)
+        return None
+
+
+def _metadata_hparams(metadata: Mapping[str, str], source: str | Path | None) -> dict[str, Any]:
+    raw = metadata.get(META_HPARAMS, "{}")
+    try:
+        hp = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise errors.WeightsError(f"metadata {META_HPARAMS} is not valid JSON ({e.msg})", path=source) from None
+    if not isinstance(hp, dict):
+        raise errors.WeightsError(f"metadata {META_HPARAMS} must be a JSON object, not {raw[:40]!r}", path=source)
+    return hp
+
+
+def _layout_hint(sd: Mapping[str, torch.Tensor]) -> str:
+    if "body.0.rdb1.conv1.weight" in sd and "conv_up2.weight" not in sd:
+        stages = sum(1 for k in sd if re.fullmatch(r"conv_up\d+\.weight", k))
+        return (f"; it looks like ESRGAN (RRDBNet) with {stages} upsampling stage(s), but only two are supported "
+                "(x4, or x2/x1 with pixel-unshuffle)")
+    return ""
+
+
+# --- building -----------------------------------------------------------------------------------
+def load_model(path: str | Path, *, name: str = "") -> Model:
+    """Read, canonicalize, detect, build and strictly load a weights file; the module comes back in
+    eval mode, float32, on the CPU. ``upscale.bf16_safe`` in the metadata sets ``Model.bf16_safe``."""
+    sd, metadata = read_state_dict(path)
+    sd = canonicalize(sd)
+    arch, hparams = detect(sd, metadata, source=path)
+    return model_from_state_dict(sd, arch, hparams, source=str(path), name=name, metadata=metadata)
+
+
+def model_from_state_dict(sd: Mapping[str, torch.Tensor], arch: str, hparams: Mapping[str, Any], *,
+                          source: str = "", name: str = "", metadata: Mapping[str, str] | None = None) -> Model:
+    """Build ``arch`` (family defaults filled in) and load a canonical state dict into it strictly; the
+    module comes back in eval mode, float32, on the CPU. For state dicts that did not come from a
+    weights file (ncnn conversion, interpolation)."""
+    metadata = dict(metadata or {})
+    family = archs.BY_NAME.get(arch)
+    if family is None:
+        raise errors.UnknownArchitectureError(f"unknown architecture {arch!r}; known: {', '.join(archs.BY_NAME)}",
+                                              path=source or None)
+    hparams = {**family.defaults, **hparams}
+    module = _build(arch, hparams, source)
+    load_strict(module, sd, source=source or None, arch=arch)
+    module.float().eval()
+    return Model(module=module, arch=arch, hparams=hparams, source=source, name=name,
+                 bf16_safe=_metadata_bool(metadata, META_BF16_SAFE, True, source), metadata=metadata)
+
+
+def _build(arch: str, hparams: dict[str, Any], source: str | Path | None) -> nn.Module:
+    try:
+        return archs.build_module(arch, hparams)
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise errors.ArchitectureMismatchError(f"cannot build {arch} with {_hp_text(hparams)} ({e})",
+                                               path=source or None, arch=arch) from None
+
+
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str | Path | None = None,
+                arch: str | None = None) -> None:
+    """``module.load_state_dict(sd, strict=True)``, with any mismatch raised as ArchitectureMismatchError
+    listing missing and unexpected keys and shape differences.
+
+    BatchNorm's ``num_batches_tracked`` counters (unused at inference, absent from some old files) are
+    the one thing taken from the fresh module when the file lacks them.
+    """
+    expected = module.state_dict()
+    sd = dict(sd)
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = expected[key]
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k} {tuple(sd[k].shape)} in file vs {tuple(v.shape)} in model"
+              for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {_few(items)}" for label, items in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
+        raise errors.ArchitectureMismatchError(f"weights do not fit {arch or type(module).__name__}: "
+                                               + "; ".join(parts), path=source, arch=arch, missing=missing,
+                                               unexpected=unexpected)
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise errors.ArchitectureMismatchError(f"weights do not fit {arch}: {_first_sentence(e)}", path=source,
+                                               arch=arch) from None
+
+
+def _metadata_bool(metadata: Mapping[str, str], key: str, default: bool, source: str | Path | None) -> bool:
+    raw = metadata.get(key)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise errors.WeightsError(f"metadata {key} must be true or false, not {raw[:40]!r}", path=source or None)
+
+
+# --- saving -------------------------------------------------------------------------------------
+def model_state_dict(model: Model | nn.Module) -> StateDict:
+    """CPU, contiguous, float32 (floating tensors) copies of a module's state dict, ready to save."""
+    module = model.module if isinstance(model, Model) else model
+    return {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().to("cpu"))
+            .contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_model(path: str | Path, state_dict: Mapping[str, torch.Tensor], arch: str, hparams: Mapping[str, Any],
+               extra_metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``state_dict`` as safetensors with our metadata (arch, JSON hparams, format version),
+    atomically: a temp file in the same folder, then ``os.replace``. ``extra_metadata`` cannot
+    override the three keys above. Raises ``WeightsError`` when the file cannot be written."""
+    archs.get_family(arch)  # an unknown name is a programming error: KeyError listing the known ones
+    tensors: StateDict = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
+        # clone: safetensors refuses tensors that share storage
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+    metadata = {str(k): str(v) for k, v in (extra_metadata or {}).items()}
+    metadata.update({META_ARCH: arch, META_HPARAMS: json.dumps(dict(hparams), sort_keys=True),
+                     META_FORMAT: FORMAT_VERSION})
+    _write_atomic(Path(path), safetensors.torch.save(tensors, metadata=metadata))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise errors.WeightsError(f"cannot write weights ({e.strerror or e})", path=path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- message helpers ----------------------------------------------------------------------------
+def _few(items: list[str]) -> str:
+    shown = ", ".join(str(i) for i in items[:_FEW])
+    return shown + (f" (+{len(items) - _FEW} more)" if len(items) > _FEW else "")
+
+
+def _keys_of(obj: Any) -> list[str]:
+    return [str(k) for k in obj] if isinstance(obj, Mapping) else [type(obj).__name__]
+
+
+def _first_sentence(e: BaseException) -> str:
+    """The first line (and sentence) of an exception's text, or its type when the text is empty."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(". ")[0].strip()
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return text if len(text) > 8 else f"{type(e).__name__}{': ' + text if text else ''}"
+
+
+def _hp_text(hparams: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))

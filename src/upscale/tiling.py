@@ -1,0 +1,248 @@
+"""Tile geometry and streaming stitching, in numpy only (no torch, no devices, no models).
+
+Layout (per axis, input pixels of the image padded to the model's size multiple):
+
+- Every window has the same shape, so windows stack into batches. Along an axis of length ``L`` with
+  requested ``tile_px`` we take the fewest windows ``n`` for which neighbours overlap by at least
+  ``3 * overlap_px`` (see below), then shrink the window to the smallest size (rounded up to 8 px and to
+  the size multiple) that still gives that overlap, and spread the ``n`` windows evenly from 0 to
+  ``L - size``. Shrinking instead of keeping ``tile_px`` wastes less work on overlap.
+- Blend weights live in output (upscaled) coordinates and are separable: ``w(y, x) = wy(y) * wx(x)``.
+  Along an axis, a window's weight is 0 on the ``overlap_px * scale`` output pixels next to an
+  interior edge (context it only needed to compute its neighbours' pixels), 1 in its core, and a
+  raised-cosine cross-fade where it meets a neighbour: the fade runs over whatever the two windows share
+  beyond both discarded margins (at least ``overlap_px``). Each neighbour's weight is one minus the
+  other's there, so the weights of all windows covering a pixel sum to 1. At the image borders the
+  weight stays 1: a window there sees the same zero padding the untiled network sees.
+
+Why this meets both goals:
+
+- Exact: a pixel more than the receptive radius away from a window's interior edges is computed from
+  the same inputs as in the untiled pass. With ``overlap_px >= receptive radius`` every pixel with a
+  non-zero weight is such a pixel, so the blend is a convex mix of identical values: tiled == untiled.
+- Seam-free for large receptive fields (RRDBNet's is ~350 px): the error a window makes grows towards
+  its edges; we never use its last ``overlap_px`` and fade smoothly from one window to the next, so no
+  hard edge (a visible seam) remains.
+
+``BandStitcher`` accumulates weighted tiles into a float32 band that only spans the rows of one row of
+windows, and converts each finished band straight into the preallocated output array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+SHAPE_QUANTUM_PX = 8   # window sizes are rounded up to this, so fewer distinct shapes reach the compiler
+
+
+@dataclass(frozen=True)
+class Window:
+    """One tile: its place in row-major order and its top-left corner in padded input pixels."""
+
+    index: int
+    row: int
+    col: int
+    y0: int
+    x0: int
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Window positions (input px) and per-axis blend weights (output px) for one image."""
+
+    height: int                     # padded input height (a multiple of ``multiple``)
+    width: int
+    tile_h: int                     # window shape, input px; the same for every window
+    tile_w: int
+    scale: int
+    overlap_px: int
+    ys: tuple[int, ...]             # top edge of each row of windows
+    xs: tuple[int, ...]             # left edge of each column of windows
+    row_weights: tuple[np.ndarray, ...]   # per row of windows: (tile_h * scale,) float32
+    col_weights: tuple[np.ndarray, ...]   # per column: (tile_w * scale,) float32
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def windows(self) -> Iterator[Window]:
+        """All windows in row-major order, the order ``BandStitcher`` needs."""
+        for r, y0 in enumerate(self.ys):
+            for c, x0 in enumerate(self.xs):
+                yield Window(r * len(self.xs) + c, r, c, y0, x0)
+
+    def weight(self, window: Window) -> np.ndarray:
+        """The (tile_h * scale, tile_w * scale) float32 blend weight of one window."""
+        return np.outer(self.row_weights[window.row], self.col_weights[window.col])
+
+
+def padded_length(length: int, multiple: int) -> int:
+    """``length`` rounded up to a multiple of ``multiple``."""
+    return -(-length // multiple) * multiple
+
+
+def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple: int = 1,
+               scale: int = 1) -> TilePlan:
+    """Plan windows over an image of ``height`` x ``width`` input pixels.
+
+    The image is taken as padded (bottom/right) to a multiple of ``multiple``; ``plan.height`` and
+    ``plan.width`` are the padded sizes the caller must feed. ``tile_px`` is the largest window side
+    (0 = one window over the whole image); ``overlap_px`` is the context discarded at every interior
+    window edge. Raises ValueError if ``tile_px`` is too small for the overlap.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if tile_px < 0 or overlap_px < 0 or multiple < 1 or scale < 1:
+        raise ValueError("tile_px and overlap_px must be >= 0, multiple and scale >= 1")
+    ph, pw = padded_length(height, multiple), padded_length(width, multiple)
+    tile_h, ys = _axis_layout(ph, tile_px, overlap_px, multiple)
+    tile_w, xs = _axis_layout(pw, tile_px, overlap_px, multiple)
+    return TilePlan(
+        height=ph, width=pw, tile_h=tile_h, tile_w=tile_w, scale=scale, overlap_px=overlap_px,
+        ys=ys, xs=xs,
+        row_weights=_axis_weights(ys, tile_h, overlap_px, scale),
+        col_weights=_axis_weights(xs, tile_w, overlap_px, scale),
+    )
+
+
+def _axis_layout(length: int, tile_px: int, overlap_px: int, multiple: int) -> tuple[int, tuple[int, ...]]:
+    """Window size and start positions along one axis (all in px, multiples of ``multiple``)."""
+    unit = multiple
+    n_len = length // unit
+    n_tile = max(tile_px // unit, 1)
+    if tile_px == 0 or n_tile >= n_len:
+        return length, (0,)
+    min_overlap = 3 * overlap_px
+    n_overlap = -(-min_overlap // unit)
+    if n_tile < 2 * n_overlap or n_tile <= n_overlap:
+        raise ValueError(f"tile_px {tile_px} is too small for overlap_px {overlap_px}: need tile_px >= "
+                         f"{max(2 * n_overlap, n_overlap + 1) * unit} (6 x overlap, in multiples of {unit})")
+    quantum = math.lcm(SHAPE_QUANTUM_PX, unit) // unit
+    count = -(-(n_len - n_overlap) // (n_tile - n_overlap))
+    while True:   # one pass in practice; tiny lengths may need a rounder size or one more window
+        raw = -(-(n_len + (count - 1) * n_overlap) // count)
+        for size in (min(-(-raw // quantum) * quantum, n_tile), raw):
+            starts = [i * (n_len - size) // (count - 1) for i in range(count)]
+            if _valid_layout(starts, size, n_overlap, overlap_px / unit):
+                return size * unit, tuple(s * unit for s in starts)
+        count += 1
+
+
+def _valid_layout(starts: list[int], size: int, min_overlap: int, margin: float) -> bool:
+    """Neighbours overlap by ``min_overlap`` and each window's two fades (between the discarded
+    ``margin``s) do not meet, so every pixel is shared by at most two fading windows."""
+    pairs_ok = all(a + size - b >= min_overlap for a, b in zip(starts, starts[1:]))
+    fades_ok = all(a + size - margin <= c + margin for a, c in zip(starts, starts[2:]))
+    return pairs_ok and fades_ok
+
+
+def _axis_weights(starts: tuple[int, ...], size: int, overlap_px: int, scale: int) -> tuple[np.ndarray, ...]:
+    """Per-window 1-D weights in output pixels: 0 in discarded margins, cosine fade between neighbours."""
+    out = []
+    size_out = size * scale
+    for i, start in enumerate(starts):
+        w = np.ones(size_out, dtype=np.float32)
+        if i > 0:   # fade in from the previous window
+            lo = (start + overlap_px) * scale
+            hi = (starts[i - 1] + size - overlap_px) * scale
+            w[: lo - start * scale] = 0.0
+            w[lo - start * scale: hi - start * scale] = _fade(hi - lo)
+        if i < len(starts) - 1:   # fade out into the next window
+            lo = (starts[i + 1] + overlap_px) * scale
+            hi = (start + size - overlap_px) * scale
+            w[lo - start * scale: hi - start * scale] = 1.0 - _fade(hi - lo)
+            w[hi - start * scale:] = 0.0
+        out.append(w)
+    return tuple(out)
+
+
+def _fade(length: int) -> np.ndarray:
+    """Raised-cosine ramp rising from ~0 to ~1 over ``length`` pixel centres (float32)."""
+    t = (np.arange(length, dtype=np.float64) + 0.5) / max(length, 1)
+    return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+class BandStitcher:
+    """Blend tiles (given in row-major order) into ``out``, one horizontal band of rows at a time.
+
+    ``out`` is the preallocated (H_out, W_out, C) result, uint8, uint16 or float32, with H_out and W_out
+    at most the plan's padded size times the scale (the padding is cropped away here). Only one window
+    row of float32 rows (plus their weight sums) is held; each band is normalised, clamped to [0, 1],
+    scaled, rounded and written as soon as no later window can touch it.
+    """
+
+    def __init__(self, plan: TilePlan, out: np.ndarray) -> None:
+        if out.ndim != 3 or out.dtype not in (np.uint8, np.uint16, np.float32):
+            raise ValueError(f"out must be (H, W, C) uint8, uint16 or float32, not {out.shape} {out.dtype}")
+        if out.shape[0] > plan.height * plan.scale or out.shape[1] > plan.width * plan.scale:
+            raise ValueError(f"out {out.shape[:2]} is larger than the plan's {plan.height * plan.scale}x"
+                             f"{plan.width * plan.scale}")
+        self.plan = plan
+        self.out = out
+        band_rows = plan.tile_h * plan.scale
+        self._acc = np.zeros((band_rows, plan.width * plan.scale, out.shape[2]), dtype=np.float32)
+        self._wsum = np.zeros((band_rows, plan.width * plan.scale), dtype=np.float32)
+        self._top = 0          # output row held in the accumulator's first row
+        self._next = 0         # index of the window expected next
+        self._windows = list(plan.windows())
+
+    @property
+    def accumulator_rows(self) -> int:
+        """Rows of float32 the stitcher holds (the band), whatever the image height."""
+        return self._acc.shape[0]
+
+    def add(self, window: Window, tile: np.ndarray) -> None:
+        """Blend one tile's output, (tile_h * scale, tile_w * scale, C) float, into the band."""
+        if window.index != self._next:
+            raise ValueError(f"tiles must arrive in row-major order: expected {self._next}, got {window.index}")
+        s = self.plan.scale
+        th, tw = self.plan.tile_h * s, self.plan.tile_w * s
+        if tile.shape != (th, tw, self.out.shape[2]):
+            raise ValueError(f"tile shape {tile.shape} != {(th, tw, self.out.shape[2])}")
+        y0 = window.y0 * s
+        if window.col == 0 and y0 > self._top:
+            self._flush(y0)
+        r0, x0 = y0 - self._top, window.x0 * s
+        wy = self.plan.row_weights[window.row]
+        wx = self.plan.col_weights[window.col]
+        weight = np.outer(wy, wx)
+        acc = self._acc[r0:r0 + th, x0:x0 + tw]
+        acc += tile * weight[:, :, None]
+        self._wsum[r0:r0 + th, x0:x0 + tw] += weight
+        self._next += 1
+        if self._next == len(self._windows):
+            self._flush(self.plan.height * s)
+
+    def _flush(self, upto: int) -> None:
+        """Write output rows [top, upto) and shift the accumulator so it starts at ``upto``."""
+        n = upto - self._top
+        rows = min(upto, self.out.shape[0]) - self._top
+        if rows > 0:
+            band = self._acc[:rows, : self.out.shape[1]]
+            wsum = self._wsum[:rows, : self.out.shape[1], None]
+            np.divide(band, np.maximum(wsum, 1e-12), out=band)
+            _store(band, self.out[self._top:self._top + rows])
+        keep = self._acc.shape[0] - n
+        if keep > 0:
+            self._acc[:keep] = self._acc[n:n + keep]
+            self._wsum[:keep] = self._wsum[n:n + keep]
+        self._acc[max(keep, 0):] = 0.0
+        self._wsum[max(keep, 0):] = 0.0
+        self._top = upto
+
+
+def _store(band: np.ndarray, dest: np.ndarray) -> None:
+    """Clamp a float band (in [0, 1] nominally) to [0, 1] and write it into ``dest``'s dtype, rounding
+    to nearest for integers. ``band`` is overwritten."""
+    if dest.dtype == np.float32:
+        np.clip(band, 0.0, 1.0, out=dest)
+        return
+    peak = 255.0 if dest.dtype == np.uint8 else 65535.0
+    np.multiply(band, peak, out=band)
+    np.clip(band, 0.0, peak, out=band)
+    np.rint(band, out=band)
+    np.copyto(dest, band, casting="unsafe")

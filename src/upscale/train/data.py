@@ -1,0 +1,259 @@
+"""Training data: folders -> decoded uint8 images in memory -> LR made once per image -> batches.
+
+The sampler is a pure function of (seed, iteration): the batch of iteration ``it`` is drawn from
+``numpy.random.default_rng([seed, it])``. Resuming at iteration ``it`` therefore needs no sampler
+state at all, workers can build any batch independently, and DDP ranks each take their slice of the
+same global batch (so N processes see exactly the batch one process would).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError, ImageReadError
+from ..resize import imresize, round_like_matlab
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Trailing tags that LR/HR file names carry in the usual data sets (DIV2K "0001x4", "baby_LR",
+# "img_001_HR", "butterfly_LRx4", "bird_bicubic"). Stripped repeatedly, case-insensitively.
+_TAG = re.compile(r"(?:[_\-.]?(?:lr|hr|bicubic|lrbicx\d+|lrx\d+|hrx\d+|x\d+))$", re.IGNORECASE)
+
+
+@dataclass
+class PairSet:
+    """Aligned LR/HR images (H, W, 3) uint8, hr exactly ``scale`` times lr, with their names."""
+
+    lr: list[np.ndarray]
+    hr: list[np.ndarray]
+    names: list[str]
+    scale: int
+
+    def __len__(self) -> int:
+        return len(self.hr)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name; DataError if none."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise DataError("not a folder", path=p)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError("no images in folder", path=p)
+    return files
+
+
+def read_rgb8(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8: grey is repeated, alpha dropped, 16-bit rounded to 8."""
+    from ..io import read_image
+
+    try:
+        pixels = read_image(path).pixels
+    except ImageReadError as err:
+        raise DataError(f"cannot read training image: {err.message}", path=path) from None
+    if pixels.dtype == np.uint16:
+        pixels = np.floor(pixels.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop bottom/right so both sides are multiples of ``scale`` (the benchmarks' convention)."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB ``imresize(hr, 1/scale, 'bicubic')`` of a mod-cropped uint8 image, back to uint8."""
+    out = imresize(hr.astype(np.float64), 1.0 / scale, round_between_passes=True)
+    return round_like_matlab(out).astype(np.uint8)
+
+
+def _gaussian_matrix(in_len: int, scale: int, sigma: float) -> np.ndarray:
+    """(in_len // scale, in_len) rows of a Gaussian centred on each LR pixel's footprint centre."""
+    out_len = in_len // scale
+    centres = (np.arange(out_len) + 0.5) * scale - 0.5
+    taps = np.arange(in_len)[None, :] - centres[:, None]
+    radius = math.ceil(3.0 * sigma) + 1
+    w = np.exp(-0.5 * (taps / sigma) ** 2) * (np.abs(taps) <= radius)
+    return w / w.sum(axis=1, keepdims=True)  # edge rows renormalised instead of padded
+
+
+def blur_down_lr(hr: np.ndarray, scale: int, sigma: float) -> np.ndarray:
+    """Gaussian blur (``sigma`` in HR pixels) then sampling at each LR pixel's centre, as uint8.
+
+    Sampling at the centre of each scale x scale footprint keeps the LR grid aligned with the HR grid
+    the same way MATLAB's bicubic does, so both degradations train the same geometry."""
+    if sigma <= 0:
+        raise DataError(f"blur sigma must be positive, got {sigma}")
+    wy = _gaussian_matrix(hr.shape[0], scale, sigma)
+    wx = _gaussian_matrix(hr.shape[1], scale, sigma)
+    out = np.einsum("ik,kjc->ijc", wy, hr.astype(np.float64))
+    out = np.einsum("jk,ikc->ijc", wx, out)
+    return round_like_matlab(out).astype(np.uint8)
+
+
+def make_lr(hr: np.ndarray, scale: int, degradation: str = "bicubic", blur_sigma: float = 1.6) -> np.ndarray:
+    if degradation == "bicubic":
+        return bicubic_lr(hr, scale)
+    if degradation == "blur-down":
+        return blur_down_lr(hr, scale, blur_sigma)
+    raise DataError(f"unknown degradation {degradation!r}")
+
+
+def load_hr_folders(folders: list[str], scale: int, *, min_hr_px: int, degradation: str = "bicubic",
+                    blur_sigma: float = 1.6) -> PairSet:
+    """Decode every image of ``folders`` once, mod-crop it and make its LR once.
+
+    Images whose shorter side is below ``min_hr_px`` (the crop size) cannot give a crop; they are
+    skipped with a warning. DataError when nothing is left."""
+    lrs, hrs, names, skipped = [], [], [], []
+    for folder in folders:
+        for path in list_images(folder):
+            hr = mod_crop(read_rgb8(path), scale)
+            if min(hr.shape[:2]) < min_hr_px:
+                skipped.append(path.name)
+                continue
+            hrs.append(hr)
+            lrs.append(make_lr(hr, scale, degradation, blur_sigma))
+            names.append(f"{Path(folder).name}/{path.name}")
+    if skipped:
+        log.warning("skipped %d images smaller than the %d px crop: %s", len(skipped), min_hr_px,
+                    ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))
+    if not hrs:
+        raise DataError(f"no training image is at least {min_hr_px} px on its shorter side",
+                        path=", ".join(folders))
+    return PairSet(lrs, hrs, names, scale)
+
+
+def pair_key(stem: str) -> str:
+    """A file stem without its LR/HR/scale tags, lower-cased: 'baby_LRx4' -> 'baby'."""
+    key = stem
+    while True:
+        stripped = _TAG.sub("", key)
+        if stripped == key or not stripped:
+            return key.lower()
+        key = stripped
+
+
+def match_pairs(lr_files: list[Path], hr_files: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Pair files by ``pair_key``; returns (pairs sorted by key, problems). A key shared by two files
+    on one side, or present on one side only, is a problem: nothing is ever paired by guesswork."""
+    problems: list[str] = []
+
+    def index(files: list[Path], side: str) -> dict[str, Path]:
+        seen: dict[str, Path] = {}
+        for f in files:
+            k = pair_key(f.stem)
+            if k in seen:
+                problems.append(f"{f.name} and {seen[k].name} both match '{k}' in the {side} folder")
+            else:
+                seen[k] = f
+        return seen
+
+    lr_by_key, hr_by_key = index(lr_files, "LR"), index(hr_files, "HR")
+    problems += [f"{lr_by_key[k].name} has no HR" for k in sorted(set(lr_by_key) - set(hr_by_key))]
+    problems += [f"{hr_by_key[k].name} has no LR" for k in sorted(set(hr_by_key) - set(lr_by_key))]
+    pairs = [(lr_by_key[k], hr_by_key[k]) for k in sorted(set(lr_by_key) & set(hr_by_key))]
+    return pairs, problems
+
+
+def _raise_problems(problems: list[str], where: str) -> None:
+    shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    raise DataError(f"{len(problems)} LR/HR pairing problem(s): {shown}", path=where)
+
+
+def load_paired(lr_dir: str, hr_dir: str, scale: int, *, min_hr_px: int) -> PairSet:
+    """Decode matched LR/HR files; each HR (mod-cropped) must be exactly ``scale`` x its LR."""
+    pairs, problems = match_pairs(list_images(lr_dir), list_images(hr_dir))
+    lrs, hrs, names, small = [], [], [], []
+    for lr_path, hr_path in pairs:
+        lr, hr = read_rgb8(lr_path), read_rgb8(hr_path)
+        if (hr.shape[0] // scale, hr.shape[1] // scale) != lr.shape[:2]:
+            problems.append(f"{lr_path.name} is {lr.shape[1]}x{lr.shape[0]} but {hr_path.name} is "
+                            f"{hr.shape[1]}x{hr.shape[0]}, not x{scale}")
+            continue
+        hr = mod_crop(hr, scale)
+        if min(hr.shape[:2]) < min_hr_px:
+            small.append(hr_path.name)
+            continue
+        lrs.append(lr)
+        hrs.append(hr)
+        names.append(hr_path.name)
+    if problems:
+        _raise_problems(problems, f"{lr_dir} + {hr_dir}")
+    if small:
+        log.warning("skipped %d pairs smaller than the %d px crop", len(small), min_hr_px)
+    if not hrs:
+        raise DataError(f"no pair is at least {min_hr_px} px on its shorter side", path=hr_dir)
+    return PairSet(lrs, hrs, names, scale)
+
+
+def _augment(img: np.ndarray, code: int) -> np.ndarray:
+    """One of the 8 flips/rotations of the square's symmetry group (bit 0 h-flip, 1 v-flip, 2 transpose)."""
+    if code & 1:
+        img = img[:, ::-1]
+    if code & 2:
+        img = img[::-1]
+    if code & 4:
+        img = img.transpose(1, 0, 2)
+    return img
+
+
+def sample_batch(pairs: PairSet, *, seed: int, iteration: int, batch_size: int, gt_size: int,
+                 rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of the global batch of ``iteration``: (lr, hr) uint8 tensors (B, 3, h, w).
+
+    The whole global batch's random numbers are drawn on every rank (cheap), so the slices of all
+    ranks together are exactly the batch a single process draws."""
+    scale = pairs.scale
+    lr_px = gt_size // scale
+    rng = np.random.default_rng([seed, iteration])
+    idx = rng.integers(0, len(pairs), batch_size)
+    uy, ux = rng.random(batch_size), rng.random(batch_size)
+    codes = rng.integers(0, 8, batch_size)
+    per_rank = batch_size // world_size
+    lr_out = np.empty((per_rank, lr_px, lr_px, 3), np.uint8)
+    hr_out = np.empty((per_rank, gt_size, gt_size, 3), np.uint8)
+    for j, i in enumerate(range(rank * per_rank, (rank + 1) * per_rank)):
+        lr, hr = pairs.lr[idx[i]], pairs.hr[idx[i]]
+        y = int(uy[i] * (lr.shape[0] - lr_px + 1))
+        x = int(ux[i] * (lr.shape[1] - lr_px + 1))
+        lr_out[j] = _augment(lr[y:y + lr_px, x:x + lr_px], int(codes[i]))
+        hr_out[j] = _augment(hr[y * scale:(y + lr_px) * scale, x * scale:(x + lr_px) * scale], int(codes[i]))
+    return (torch.from_numpy(lr_out).permute(0, 3, 1, 2), torch.from_numpy(hr_out).permute(0, 3, 1, 2))
+
+
+class IterationBatches(Dataset):
+    """Dataset whose item ``it`` is this rank's batch of iteration ``it`` (for DataLoader workers)."""
+
+    def __init__(self, pairs: PairSet, *, seed: int, batch_size: int, gt_size: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.pairs = pairs
+        self.kwargs = {"seed": seed, "batch_size": batch_size, "gt_size": gt_size, "rank": rank,
+                       "world_size": world_size}
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_batch(self.pairs, iteration=iteration, **self.kwargs)
+
+
+def batch_loader(batches: IterationBatches, start_iter: int, end_iter: int, workers: int) -> DataLoader:
+    """Batches of iterations ``start_iter + 1 .. end_iter`` in order (iteration numbers are 1-based)."""
+    return DataLoader(batches, batch_size=None, sampler=range(start_iter + 1, end_iter + 1),
+                      num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)

@@ -1,0 +1,167 @@
+"""End to end through the real CLI (click's runner in-process): `upscale IMAGE ...`.
+
+Issue 2, Must show 4 (-s 3 with a x4 model gives exactly 3x) and 5 (each bad input gives a one-line
+error, exit 1 and no output file).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image as PILImage
+
+from upscale.archs import build_module
+from upscale.cli import cli
+from upscale.loading import save_model
+
+FAST = ["--precision", "fp32", "--compile", "off", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny_x4(tmp_path_factory) -> str:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "scale": 4, "act_type": "prelu"}
+    path = tmp_path_factory.mktemp("w") / "tiny_x4.safetensors"
+    save_model(path, build_module("compact", hp).state_dict(), "compact", hp)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_x2_rrdb(tmp_path_factory) -> str:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 2}
+    path = tmp_path_factory.mktemp("w") / "rrdb_x2.safetensors"
+    save_model(path, build_module("rrdbnet", hp).state_dict(), "rrdbnet", hp)
+    return str(path)
+
+
+def _photo(path, size=(23, 17), mode="RGB"):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    PILImage.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_default_name_and_exact_fractional_scale(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "cat.png")
+    res = _invoke([src, "-m", tiny_x4, "-s", "3", *FAST])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "cat_x3.png"
+    with PILImage.open(out) as im:
+        assert im.size == (69, 51)
+    # never overwrite without --force; --force does
+    again = _invoke([src, "-m", tiny_x4, "-s", "3", *FAST])
+    assert again.exit_code == 1 and "exists already" in again.output
+    assert _invoke([src, "-m", tiny_x4, "-s", "3", "--force", *FAST]).exit_code == 0
+
+
+def test_native_scale_with_unshuffle_model_odd_size(tmp_path, tiny_x2_rrdb):
+    src = _photo(tmp_path / "odd.png", size=(21, 15))  # not a multiple of the unshuffle factor
+    res = _invoke([src, "-m", tiny_x2_rrdb, "-o", tmp_path / "o.png", *FAST])
+    assert res.exit_code == 0, res.output
+    with PILImage.open(tmp_path / "o.png") as im:
+        assert im.size == (42, 30)
+
+
+def test_refuses_to_overwrite_input(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "a.png")
+    res = _invoke([src, "-m", tiny_x4, "-o", src, "--force", *FAST])
+    assert res.exit_code == 1 and "overwrite the input" in res.output
+
+
+def _bad_inputs(tmp_path):
+    zero = tmp_path / "zero.png"
+    zero.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a jpeg\n")
+    good = _photo(tmp_path / "good.png", size=(64, 64))
+    trunc_png = tmp_path / "trunc.png"
+    trunc_png.write_bytes(good.read_bytes()[:200])
+    jpg = tmp_path / "good.jpg"
+    PILImage.open(good).save(jpg, quality=90)
+    trunc_jpg = tmp_path / "trunc.jpg"
+    trunc_jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    return {"missing": tmp_path / "missing.png", "zero-byte": zero, "text named .jpg": text,
+            "truncated png": trunc_png, "truncated jpeg": trunc_jpg}
+
+
+def test_bad_inputs_one_line_exit_1_no_output(tmp_path, tiny_x4):
+    for label, path in _bad_inputs(tmp_path).items():
+        before = set(os.listdir(tmp_path))
+        res = _invoke([path, "-m", tiny_x4, *FAST])
+        assert res.exit_code == 1, (label, res.output)
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and str(path.name) in lines[0], (label, res.output)
+        assert set(os.listdir(tmp_path)) == before, label
+
+
+def test_bomb_limit_and_override(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "big.png", size=(40, 40))
+    res = _invoke([src, "-m", tiny_x4, "--max-pixels", "1000", *FAST])
+    assert res.exit_code == 1 and "big.png" in res.output
+    assert not (tmp_path / "big_x4.png").exists()
+    assert _invoke([src, "-m", tiny_x4, "--max-pixels", "2000", *FAST]).exit_code == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        res = _invoke([src, "-m", tiny_x4, "-o", locked / "a.png", *FAST])
+    finally:
+        locked.chmod(0o700)
+    assert res.exit_code == 1 and list(locked.iterdir()) == []
+
+
+def test_missing_output_dir(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "a.png")
+    res = _invoke([src, "-m", tiny_x4, "-o", tmp_path / "nope" / "a.png", *FAST])
+    assert res.exit_code == 1 and "nope" in res.output
+
+
+def test_bad_weights(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "a.png")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(open(tiny_x4, "rb").read()[:100])
+    res = _invoke([src, "-m", corrupt, *FAST])
+    assert res.exit_code == 1 and "corrupt.safetensors" in res.output
+    assert not (tmp_path / "a_x4.png").exists()
+
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    hp = {"num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4}
+    sd = build_module("rrdbnet", hp).state_dict()
+    sd.pop("conv_hr.weight")
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(wrong),
+              metadata={"upscale.arch": "compact", "upscale.hparams": '{"scale": 4}', "upscale.format": "1"})
+    res = _invoke([src, "-m", wrong, *FAST])
+    assert res.exit_code == 1 and "wrong.safetensors" in res.output and "compact" in res.output
+    assert torch is not None
+
+
+def test_fp16_on_cpu_is_a_usage_error(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "a.png")
+    res = _invoke([src, "-m", tiny_x4, "--precision", "fp16", "--compile", "off", "-q"])
+    assert res.exit_code == 1 and "fp16" in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+    assert not (tmp_path / "a_x4.png").exists()
+
+
+def test_unknown_model_name(tmp_path):
+    src = _photo(tmp_path / "a.png")
+    res = _invoke([src, "-m", "no-such-model", *FAST])
+    assert res.exit_code == 2 and "no-such-model" in res.output

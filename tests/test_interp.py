@@ -1,0 +1,141 @@
+"""Network interpolation (issue 3, Must show 4): endpoints reproduce each model exactly, the midpoint
+is the hand-computed average, mismatched networks are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from upscale import errors, loading, registry
+from upscale.archs import build_module
+from upscale.cli import cli
+from upscale.interp import interpolate, interpolate_files, interpolated_model
+
+HP = {"num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4}
+
+
+def random_net(seed: int, arch: str = "rrdbnet", hparams: dict | None = None) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = build_module(arch, hparams or HP).eval()
+    with torch.no_grad():  # make the two trainings clearly different everywhere
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net
+
+
+def saved(tmp_path, name: str, net: torch.nn.Module, arch: str = "rrdbnet", hparams: dict | None = None):
+    path = tmp_path / f"{name}.safetensors"
+    loading.save_model(path, loading.model_state_dict(net), arch, {**build_hp(arch, hparams)})
+    return path
+
+
+def build_hp(arch: str, hparams: dict | None) -> dict:
+    from upscale.archs import BY_NAME
+    return {**BY_NAME[arch].defaults, **(hparams or HP)}
+
+
+def run(arch: str, hparams: dict, sd: dict, x: torch.Tensor) -> torch.Tensor:
+    module = build_module(arch, hparams)
+    loading.load_strict(module, sd, arch=arch)
+    with torch.no_grad():
+        return module.eval()(x)
+
+
+X = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture
+def pair(tmp_path):
+    psnr, gan = random_net(1), random_net(2)
+    return psnr, gan, saved(tmp_path, "psnr", psnr), saved(tmp_path, "gan", gan)
+
+
+def test_alpha_0_and_1_reproduce_each_model_exactly(pair):
+    psnr, gan, p_path, g_path = pair
+    with torch.no_grad():
+        want_psnr, want_gan = psnr(X), gan(X)
+    assert not torch.allclose(want_psnr, want_gan)
+    arch, hp, sd0 = interpolate_files(p_path, g_path, 0.0)
+    assert torch.equal(run(arch, hp, sd0, X), want_psnr)
+    arch, hp, sd1 = interpolate_files(p_path, g_path, 1.0)
+    assert torch.equal(run(arch, hp, sd1, X), want_gan)
+
+
+def test_alpha_half_is_the_hand_computed_average(pair):
+    psnr, gan, p_path, g_path = pair
+    _, _, sd = interpolate_files(p_path, g_path, 0.5)
+    sd_p, sd_g = psnr.state_dict(), gan.state_dict()
+    assert set(sd) == set(sd_p)
+    for key, value in sd.items():
+        by_hand = (sd_p[key].double() + sd_g[key].double()) / 2
+        assert torch.allclose(value.double(), by_hand, rtol=0, atol=1e-7), key
+    a = 0.3
+    mixed = interpolate(sd_p, sd_g, a)
+    key = "conv_first.weight"
+    assert torch.allclose(mixed[key].double(), (1 - a) * sd_p[key].double() + a * sd_g[key].double(), atol=1e-7)
+
+
+def test_mismatched_networks_are_refused(tmp_path):
+    base = saved(tmp_path, "base", random_net(1))
+    deeper = saved(tmp_path, "deeper", random_net(2, hparams={**HP, "num_block": 2}), hparams={**HP, "num_block": 2})
+    compact_hp = {"num_feat": 8, "num_conv": 2, "scale": 4}
+    other = saved(tmp_path, "compact", random_net(3, "compact", compact_hp), "compact", compact_hp)
+    with pytest.raises(errors.InterpolationError, match="different hyperparameters.*num_block=1 vs 2"):
+        interpolate_files(base, deeper, 0.5)
+    with pytest.raises(errors.InterpolationError, match="is rrdbnet but .* is compact"):
+        interpolate_files(base, other, 0.5)
+
+    sd = random_net(1).state_dict()
+    fewer = {k: v for k, v in sd.items() if not k.startswith("conv_hr.")}
+    with pytest.raises(errors.InterpolationError, match="different keys.*only in the PSNR model: conv_hr"):
+        interpolate(sd, fewer, 0.5)
+    wider = dict(sd, **{"conv_last.bias": torch.zeros(6)})
+    with pytest.raises(errors.InterpolationError, match=r"different shapes \(conv_last.bias \(3,\) vs \(6,\)\)"):
+        interpolate(sd, wider, 0.5)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
+def test_alpha_outside_0_1_is_a_usage_error(pair, alpha):
+    _, _, p_path, g_path = pair
+    with pytest.raises(errors.UsageError):
+        interpolate_files(p_path, g_path, alpha)
+    result = CliRunner().invoke(cli, ["interp", "--alpha", str(alpha), "--psnr", str(p_path), "--gan", str(g_path),
+                                      "-o", str(p_path.with_name("out.safetensors"))])
+    assert result.exit_code == 2 and "--alpha must be between 0" in result.output
+
+
+def test_cli_writes_the_interpolated_network(pair, tmp_path):
+    psnr, gan, p_path, g_path = pair
+    out = tmp_path / "mix.safetensors"
+    result = CliRunner().invoke(cli, ["interp", "--alpha", "0.25", "--psnr", str(p_path), "--gan", str(g_path),
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    model = loading.load_model(out)
+    arch, hp, sd = interpolate_files(p_path, g_path, 0.25)
+    with torch.no_grad():
+        assert torch.equal(model.module(X), run(arch, hp, sd, X))
+    assert '"alpha": 0.25' in model.metadata["upscale.interp"]
+
+    result = CliRunner().invoke(cli, ["interp", "--alpha", "0.5", "--psnr", str(p_path),
+                                      "--gan", str(saved(tmp_path, "c", random_net(3, "compact", {"num_conv": 1}),
+                                                         "compact", {"num_conv": 1})), "-o", str(out)])
+    assert result.exit_code == 1 and "cannot interpolate" in result.output
+
+
+def test_interpolated_model_uses_the_registered_twin(pair, tmp_path, monkeypatch):
+    psnr, gan, p_path, g_path = pair
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["models", "add", "tiny-psnr", str(p_path), "--kind", "psnr"]).exit_code == 0
+    result = runner.invoke(cli, ["models", "add", "tiny-gan", str(g_path), "--kind", "gan", "--twin", "tiny-psnr"])
+    assert result.exit_code == 0, result.output
+
+    model = interpolated_model(registry.get_model("tiny-gan"), 0.8)
+    arch, hp, sd = interpolate_files(p_path, g_path, 0.8)
+    with torch.no_grad():
+        assert torch.equal(model.module(X), run(arch, hp, sd, X))
+        assert torch.equal(interpolated_model("tiny-gan", 0.0).module(X), psnr(X))
+    assert model.scale == 4 and model.name == "tiny-gan@alpha=0.8"
+    with pytest.raises(errors.UsageError, match="no registered PSNR/GAN twin"):
+        interpolated_model("tiny-psnr", 0.5)

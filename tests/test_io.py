@@ -1,0 +1,535 @@
+"""Image I/O: round trips (alpha, 16 bit, grayscale, ICC, EXIF), conversions, bad input, atomic writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from PIL import ImageCms, ImageFile, ImageOps
+
+from upscale import errors
+from upscale.io import (
+    SUPPORTED_EXTENSIONS,
+    Image,
+    from_float,
+    is_temp_file,
+    output_format_for,
+    read_image,
+    temp_path_for,
+    to_float,
+    write_image,
+)
+
+RNG = np.random.default_rng(1234)
+SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def rand(shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
+    return RNG.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if is_temp_file(p) or "tmp" in p.name)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def interlaced_png16(samples: np.ndarray) -> bytes:
+    """A 16-bit Adam7-interlaced PNG with 'sub' and 'up' filtered rows: a layout our writer never makes."""
+    h, w, c = samples.shape
+    bpp = 2 * c
+    scan = b""
+    for x0, y0, dx, dy in [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                           (1, 0, 2, 2), (0, 1, 1, 2)]:
+        sub = samples[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        raw = sub.astype(">u2").view(np.uint8).reshape(sub.shape[0], -1)
+        for i, row in enumerate(raw):
+            filtered = row.copy()
+            if i % 2:                                   # sub: minus the byte one pixel to the left
+                filtered[bpp:] = row[bpp:] - row[:-bpp]
+                scan += b"\x01" + filtered.tobytes()
+            elif i:                                     # up: minus the byte above
+                scan += b"\x02" + (row - raw[i - 1]).tobytes()
+            else:
+                scan += b"\x00" + row.tobytes()
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 1))
+            + png_chunk(b"IDAT", zlib.compress(scan)) + png_chunk(b"IEND", b""))
+
+
+def uncompressed_tiff16(samples: np.ndarray, order: str) -> bytes:
+    """An uncompressed 16-bit RGB(A) TIFF in byte order ``order`` ("<" or ">"), one strip, no predictor."""
+    h, w, spp = samples.shape
+    data = samples.astype(f"{order}u2").tobytes()
+    bits_at = 8 + len(data)
+    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, spp, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, 8), (277, 3, 1, spp), (278, 4, 1, h), (279, 4, 1, len(data))]
+    if spp == 4:
+        entries.append((338, 3, 1, 2))
+    ifd_at = bits_at + 2 * spp
+    head = (b"II" if order == "<" else b"MM") + struct.pack(f"{order}HI", 42, ifd_at)
+    ifd = struct.pack(f"{order}H", len(entries))
+    for tag, kind, count, value in entries:
+        short = kind == 3 and count == 1
+        packed = struct.pack(f"{order}H", value) + b"\0\0" if short else struct.pack(f"{order}I", value)
+        ifd += struct.pack(f"{order}HHI", tag, kind, count) + packed
+    return head + data + struct.pack(f"{order}{spp}H", *[16] * spp) + ifd + b"\0\0\0\0"
+
+
+# --- round trips -----------------------------------------------------------------------------------
+
+def test_rgba_png_keeps_alpha_exactly(tmp_path: Path) -> None:
+    rgba = rand((23, 31, 4))
+    PILImage.fromarray(rgba).save(tmp_path / "in.png")
+    img = read_image(tmp_path / "in.png")
+    assert img.pixels.shape == (23, 31, 3) and img.alpha is not None and img.bit_depth == 8
+    assert np.array_equal(img.pixels, rgba[..., :3]) and np.array_equal(img.alpha, rgba[..., 3])
+    write_image(img, tmp_path / "out.png")
+    back = read_image(tmp_path / "out.png")
+    assert np.array_equal(back.pixels, rgba[..., :3]) and np.array_equal(back.alpha, rgba[..., 3])
+
+
+def test_16bit_gray_png_stays_16bit(tmp_path: Path) -> None:
+    gray = rand((19, 27), np.uint16)
+    gray[0, :4] = [256, 257, 1, 65535]                  # values whose low byte matters
+    PILImage.fromarray(gray).save(tmp_path / "in.png")  # Pillow's own 16-bit writer
+    img = read_image(tmp_path / "in.png")
+    assert img.pixels.dtype == np.uint16 and img.pixels.shape == (19, 27, 1) and img.bit_depth == 16
+    assert np.array_equal(img.pixels[..., 0], gray)
+    write_image(img, tmp_path / "out.png")
+    back = read_image(tmp_path / "out.png")
+    assert back.pixels.dtype == np.uint16 and np.array_equal(back.pixels[..., 0], gray)
+
+
+@pytest.mark.parametrize("channels,with_alpha", [(3, False), (3, True), (1, True)])
+def test_16bit_colour_png_round_trip_is_exact(tmp_path: Path, channels: int, with_alpha: bool) -> None:
+    pixels = rand((21, 34, channels), np.uint16)
+    pixels[0, 0] = 1                                    # would vanish at 8 bits
+    alpha = rand((21, 34), np.uint16) if with_alpha else None
+    write_image(Image(pixels, alpha, icc_profile=SRGB_ICC), tmp_path / "out.png")
+    back = read_image(tmp_path / "out.png")
+    assert back.pixels.dtype == np.uint16 and back.bit_depth == 16
+    assert np.array_equal(back.pixels, pixels)
+    assert (back.alpha is None) == (alpha is None)
+    if alpha is not None:
+        assert np.array_equal(back.alpha, alpha)
+    assert back.icc_profile == SRGB_ICC
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_16bit_png_from_another_encoder(tmp_path: Path, channels: int) -> None:
+    samples = rand((13, 17, channels), np.uint16)
+    (tmp_path / "in.png").write_bytes(interlaced_png16(samples))
+    img = read_image(tmp_path / "in.png")
+    colour = 1 if channels <= 2 else 3
+    assert img.pixels.dtype == np.uint16 and np.array_equal(img.pixels, samples[..., :colour])
+    if channels in (2, 4):
+        assert np.array_equal(img.alpha, samples[..., -1])
+    else:
+        assert img.alpha is None
+
+
+@pytest.mark.parametrize("channels,with_alpha", [(1, False), (3, False), (3, True)])
+def test_16bit_tiff_round_trip_is_exact(tmp_path: Path, channels: int, with_alpha: bool) -> None:
+    pixels = rand((40, 29, channels), np.uint16)
+    alpha = rand((40, 29), np.uint16) if with_alpha else None
+    write_image(Image(pixels, alpha, icc_profile=SRGB_ICC), tmp_path / "out.tif")
+    back = read_image(tmp_path / "out.tif")
+    assert back.source_format == "TIFF" and back.pixels.dtype == np.uint16
+    assert np.array_equal(back.pixels, pixels)
+    if alpha is not None:
+        assert np.array_equal(back.alpha, alpha)
+    assert back.icc_profile == SRGB_ICC
+
+
+@pytest.mark.parametrize("order,channels", [("<", 3), (">", 3), (">", 4)])
+def test_uncompressed_16bit_tiff_from_another_encoder(tmp_path: Path, order: str, channels: int) -> None:
+    samples = rand((7, 10, channels), np.uint16)
+    (tmp_path / "in.tif").write_bytes(uncompressed_tiff16(samples, order))
+    img = read_image(tmp_path / "in.tif")
+    assert img.pixels.dtype == np.uint16 and np.array_equal(img.pixels, samples[..., :3])
+    if channels == 4:
+        assert np.array_equal(img.alpha, samples[..., 3])
+
+
+def test_16bit_colour_key_becomes_16bit_alpha(tmp_path: Path) -> None:
+    samples = rand((5, 6, 3), np.uint16)
+    samples[1, 2] = (300, 40000, 7)
+    data = interlaced_png16(samples)
+    at = data.index(b"IDAT") - 4
+    data = data[:at] + png_chunk(b"tRNS", struct.pack(">HHH", 300, 40000, 7)) + data[at:]
+    (tmp_path / "key.png").write_bytes(data)
+    img = read_image(tmp_path / "key.png")
+    expected = np.where((samples == (300, 40000, 7)).all(axis=2), 0, 65535)
+    assert np.array_equal(img.pixels, samples) and np.array_equal(img.alpha, expected)
+
+
+def test_16bit_gray_tiff_written_by_pillow_reads_16bit(tmp_path: Path) -> None:
+    gray = rand((9, 11), np.uint16)
+    PILImage.fromarray(gray).save(tmp_path / "in.tiff")
+    img = read_image(tmp_path / "in.tiff")
+    assert img.pixels.dtype == np.uint16 and np.array_equal(img.pixels[..., 0], gray)
+
+
+def test_8bit_file_with_small_values_stays_8bit(tmp_path: Path) -> None:
+    """Bit depth follows the file's mode: a dark 16-bit file stays 16-bit, a bright 8-bit one stays 8."""
+    PILImage.fromarray(np.full((4, 4), 3, np.uint16)).save(tmp_path / "dark16.png")
+    PILImage.fromarray(np.full((4, 4), 255, np.uint8)).save(tmp_path / "bright8.png")
+    assert read_image(tmp_path / "dark16.png").bit_depth == 16
+    assert read_image(tmp_path / "bright8.png").bit_depth == 8
+
+
+@pytest.mark.parametrize("ext", ["png", "tif", "bmp", "jpg"])
+def test_grayscale_stays_grayscale(tmp_path: Path, ext: str) -> None:
+    gray = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (16, 1))
+    PILImage.fromarray(gray).save(tmp_path / "in.png")
+    img = read_image(tmp_path / "in.png")
+    assert img.pixels.shape == (16, 32, 1) and img.source_mode == "L"
+    write_image(img, tmp_path / f"out.{ext}")
+    back = read_image(tmp_path / f"out.{ext}")
+    assert back.pixels.shape == (16, 32, 1)
+    tolerance = 3 if ext == "jpg" else 0
+    assert np.abs(back.pixels[..., 0].astype(int) - gray).max() <= tolerance
+
+
+def test_gray_with_alpha_png(tmp_path: Path) -> None:
+    la = rand((6, 7, 2))
+    PILImage.fromarray(la).save(tmp_path / "in.png")
+    img = read_image(tmp_path / "in.png")
+    assert img.pixels.shape == (6, 7, 1) and np.array_equal(img.alpha, la[..., 1])
+    write_image(img, tmp_path / "out.png")
+    back = read_image(tmp_path / "out.png")
+    assert np.array_equal(back.pixels[..., 0], la[..., 0]) and np.array_equal(back.alpha, la[..., 1])
+
+
+# --- EXIF and ICC ----------------------------------------------------------------------------------
+
+def exif_bytes(orientation: int) -> bytes:
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "UpscaleTestCam"   # Make: must survive untouched
+    return exif.tobytes()
+
+
+def test_jpeg_with_orientation_6_reads_upright_and_is_written_with_orientation_1(tmp_path: Path) -> None:
+    # Stored as 64 wide x 40 tall, red block in the stored top-left corner. Orientation 6 means "rotate
+    # 90 degrees clockwise to display", so upright it is 40 wide x 64 tall with the block top-right.
+    stored = np.full((40, 64, 3), 255, np.uint8)
+    stored[:16, :16] = (255, 0, 0)
+    PILImage.fromarray(stored).save(tmp_path / "in.jpg", exif=exif_bytes(6), quality=95)
+    img = read_image(tmp_path / "in.jpg")
+    assert img.pixels.shape == (64, 40, 3)
+    red = np.array([255, 0, 0])
+    assert np.abs(img.pixels[4:12, -12:-4].astype(int) - red).max() < 40     # top right: the block
+    assert np.abs(img.pixels[4:12, 4:12].astype(int) - 255).max() < 40       # top left: white
+    assert np.abs(img.pixels[-12:-4, -12:-4].astype(int) - 255).max() < 40   # bottom right: white
+    written = PILImage.Exif()
+    written.load(img.exif)
+    assert written[0x0112] == 1 and written[0x010F] == "UpscaleTestCam"
+
+    write_image(img, tmp_path / "out.jpg")
+    with PILImage.open(tmp_path / "out.jpg") as out:
+        exif = out.getexif()
+        assert out.size == (40, 64)
+        assert exif.get(0x0112, 1) == 1 and exif[0x010F] == "UpscaleTestCam"
+    assert read_image(tmp_path / "out.jpg").pixels.shape == (64, 40, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_matches_pillows_exif_transpose(tmp_path: Path, orientation: int) -> None:
+    rgba = rand((5, 9, 4))
+    PILImage.fromarray(rgba).save(tmp_path / "in.png", exif=exif_bytes(orientation))
+    with PILImage.open(tmp_path / "in.png") as im:
+        expected = np.asarray(ImageOps.exif_transpose(im))
+    img = read_image(tmp_path / "in.png")
+    assert np.array_equal(img.pixels, expected[..., :3]) and np.array_equal(img.alpha, expected[..., 3])
+    write_image(img, tmp_path / "out.png")
+    with PILImage.open(tmp_path / "out.png") as out:
+        assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "UpscaleTestCam"
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
+def test_icc_profile_survives(tmp_path: Path, ext: str) -> None:
+    PILImage.fromarray(rand((12, 10, 3))).save(tmp_path / f"in.{ext}", icc_profile=SRGB_ICC)
+    img = read_image(tmp_path / f"in.{ext}")
+    assert img.icc_profile == SRGB_ICC
+    write_image(img, tmp_path / f"out.{ext}")
+    assert read_image(tmp_path / f"out.{ext}").icc_profile == SRGB_ICC
+
+
+@pytest.mark.parametrize("ext", ["png", "webp"])
+def test_exif_survives_png_and_webp(tmp_path: Path, ext: str) -> None:
+    PILImage.fromarray(rand((8, 8, 3))).save(tmp_path / "in.jpg", exif=exif_bytes(1))
+    write_image(read_image(tmp_path / "in.jpg"), tmp_path / f"out.{ext}")
+    with PILImage.open(tmp_path / f"out.{ext}") as out:
+        assert out.getexif()[0x010F] == "UpscaleTestCam"
+
+
+# --- conversions -----------------------------------------------------------------------------------
+
+def test_palette_with_transparency_becomes_rgba(tmp_path: Path) -> None:
+    index = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    im = PILImage.frombytes("P", (3, 2), index.tobytes())
+    im.putpalette([10, 20, 30, 200, 100, 50, 0, 255, 0])
+    im.save(tmp_path / "p.png", transparency=1)
+    img = read_image(tmp_path / "p.png")
+    assert img.source_mode == "P" and img.pixels.shape == (2, 3, 3)
+    assert np.array_equal(img.alpha, np.where(index == 1, 0, 255).astype(np.uint8))
+    assert tuple(img.pixels[0, 0]) == (10, 20, 30) and tuple(img.pixels[0, 2]) == (0, 255, 0)
+
+
+def test_palette_without_transparency_becomes_rgb(tmp_path: Path) -> None:
+    PILImage.fromarray(rand((9, 9, 3))).quantize(8).save(tmp_path / "p.png")
+    img = read_image(tmp_path / "p.png")
+    assert img.pixels.shape == (9, 9, 3) and img.alpha is None
+
+
+def test_colour_key_transparency_becomes_alpha(tmp_path: Path) -> None:
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (1, 2, 3)
+    PILImage.fromarray(rgb).save(tmp_path / "k.png", transparency=(1, 2, 3))
+    img = read_image(tmp_path / "k.png")
+    assert np.array_equal(img.alpha, np.array([[0, 255], [255, 255]], np.uint8))
+
+
+def test_cmyk_jpeg_reads_as_rgb(tmp_path: Path) -> None:
+    PILImage.new("CMYK", (16, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)  # red ink
+    img = read_image(tmp_path / "cmyk.jpg")
+    assert img.source_mode == "CMYK" and img.pixels.shape == (8, 16, 3) and img.alpha is None
+    assert np.abs(img.pixels.astype(int) - [255, 0, 0]).max() < 10
+    assert img.icc_profile is None
+    write_image(img, tmp_path / "out.png")
+    assert read_image(tmp_path / "out.png").pixels.shape == (8, 16, 3)
+
+
+def test_bilevel_reads_as_gray(tmp_path: Path) -> None:
+    PILImage.fromarray(rand((8, 8)) > 127).save(tmp_path / "b.png")
+    img = read_image(tmp_path / "b.png")
+    assert img.pixels.shape == (8, 8, 1) and set(np.unique(img.pixels)) <= {0, 255}
+
+
+def test_16bit_written_to_8bit_formats_is_rounded(tmp_path: Path) -> None:
+    pixels = np.array([[[0, 128, 129], [32767, 32768, 65535]]], np.uint16)
+    write_image(Image(pixels, None), tmp_path / "out.bmp")
+    back = read_image(tmp_path / "out.bmp")
+    assert back.pixels.dtype == np.uint8
+    assert np.array_equal(back.pixels, np.rint(pixels.astype(np.float64) * 255 / 65535).astype(np.uint8))
+
+
+def test_alpha_dropped_for_jpeg_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        write_image(Image(rand((8, 8, 3)), rand((8, 8))), tmp_path / "out.jpg")
+    assert "alpha" in caplog.text or "transparency" in caplog.text
+    assert read_image(tmp_path / "out.jpg").alpha is None
+
+
+def test_webp_keeps_alpha_and_quality_is_used(tmp_path: Path) -> None:
+    pixels, alpha = rand((32, 32, 3)), np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
+    write_image(Image(pixels, alpha), tmp_path / "hi.webp", quality=100)
+    write_image(Image(pixels, alpha), tmp_path / "lo.webp", quality=5)
+    back = read_image(tmp_path / "hi.webp")
+    assert back.alpha is not None and np.abs(back.alpha.astype(int) - alpha).max() <= 2
+    assert (tmp_path / "lo.webp").stat().st_size < (tmp_path / "hi.webp").stat().st_size
+
+
+def test_exif_too_large_for_jpeg_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    exif = PILImage.Exif()
+    exif[0x010E] = "x" * 70_000  # ImageDescription: more than one JPEG APP1 segment holds
+    PILImage.fromarray(rand((8, 8, 3))).save(tmp_path / "in.png", exif=exif.tobytes())
+    with caplog.at_level(logging.WARNING):
+        write_image(read_image(tmp_path / "in.png"), tmp_path / "out.jpg")
+    assert "EXIF" in caplog.text and read_image(tmp_path / "out.jpg").exif is None
+
+
+def test_format_forced_over_extension(tmp_path: Path) -> None:
+    write_image(Image(rand((8, 8, 3)), None), tmp_path / "out.png", format="jpg")
+    with PILImage.open(tmp_path / "out.png") as im:
+        assert im.format == "JPEG"
+
+
+def test_unsupported_float_mode_is_refused(tmp_path: Path) -> None:
+    PILImage.fromarray(RNG.random((4, 4), dtype=np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(errors.ImageReadError, match="unsupported mode F") as exc:
+        read_image(tmp_path / "f.tif")
+    assert str(tmp_path / "f.tif") in str(exc.value)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+def _truncated(tmp_path: Path, ext: str) -> Path:
+    path = tmp_path / f"cut.{ext}"
+    PILImage.fromarray(rand((64, 64, 3))).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("missing", "not found"),
+    ("folder", "folder"),
+    ("empty", "empty"),
+    ("text", "cannot identify"),
+    ("png", "truncated"),
+    ("jpg", "truncated"),
+])
+def test_bad_input_raises_read_error_naming_the_file(tmp_path: Path, case: str, reason: str) -> None:
+    if case == "missing":
+        path = tmp_path / "nope.png"
+    elif case == "folder":
+        path = tmp_path / "dir.png"
+        path.mkdir()
+    elif case == "empty":
+        path = tmp_path / "empty.jpg"
+        path.touch()
+    elif case == "text":
+        path = tmp_path / "notes.jpg"
+        path.write_text("this is not a picture\n")
+    else:
+        path = _truncated(tmp_path, case)
+    with pytest.raises(errors.ImageReadError, match=reason) as exc:
+        read_image(path)
+    message = str(exc.value)
+    assert str(path) in message and "\n" not in message
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    # A 20000 x 20000 declared size (400 Mpx, over Pillow's default limit) in a few hundred bytes.
+    rows = zlib.compress(b"\x00" * 20001 * 16)
+    path = tmp_path / "bomb.png"
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b""))
+    with pytest.raises(errors.ImageReadError, match="--max-pixels") as exc:
+        read_image(path)
+    assert "400,000,000" in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_max_pixels_raises_and_lowers_the_limit_for_one_call_only(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "img.png"
+    PILImage.fromarray(rand((64, 64, 3))).save(path)  # 4096 pixels
+    with pytest.raises(errors.ImageReadError, match="limit of 1,000"):
+        read_image(path, max_pixels=1000)
+    assert read_image(path).pixels.shape == (64, 64, 3)           # the default limit is back
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)       # over 2x: Pillow itself would refuse
+    with pytest.raises(errors.ImageReadError, match="limit of 1,000"):
+        read_image(path)
+    assert read_image(path, max_pixels=5000).pixels.shape == (64, 64, 3)
+    assert PILImage.MAX_IMAGE_PIXELS == 1000
+
+
+def test_limits_of_concurrent_reads_do_not_mix(tmp_path: Path) -> None:
+    path = tmp_path / "img.png"
+    PILImage.fromarray(rand((64, 64, 3))).save(path)  # 4096 pixels
+    default = PILImage.MAX_IMAGE_PIXELS
+
+    def attempt(i: int) -> bool:
+        try:
+            read_image(path, max_pixels=1000 if i % 2 else None)
+        except errors.ImageReadError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(attempt, range(40)))
+    assert outcomes == [i % 2 == 0 for i in range(40)]
+    assert PILImage.MAX_IMAGE_PIXELS == default
+
+
+# --- writing: failures and atomicity ---------------------------------------------------------------
+
+def test_write_to_missing_folder_fails_cleanly(tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "out.png"
+    with pytest.raises(errors.ImageWriteError, match="does not exist") as exc:
+        write_image(Image(rand((4, 4, 3)), None), target)
+    assert str(target) in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_below_a_file_fails_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(errors.ImageWriteError, match="not a folder"):
+        write_image(Image(rand((4, 4, 3)), None), tmp_path / "plain.txt" / "out.png")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
+def test_write_to_unwritable_folder_fails_cleanly(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(errors.ImageWriteError, match="ermission"):
+            write_image(Image(rand((4, 4, 3)), None), folder / "out.png")
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_encoder_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "wide.webp"
+    with pytest.raises(errors.ImageWriteError, match="WEBP") as exc:  # WebP is limited to 16383 px
+        write_image(Image(np.zeros((1, 16384, 3), np.uint8), None), target)
+    assert str(target) in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(errors.ImageWriteError, match="unknown output"):
+        write_image(Image(rand((4, 4, 3)), None), tmp_path / "out.xyz")
+    with pytest.raises(errors.ImageWriteError, match="unknown output"):
+        write_image(Image(rand((4, 4, 3)), None), tmp_path / "out.png", format="gif")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ext", sorted(SUPPORTED_EXTENSIONS))
+def test_atomic_write_leaves_only_the_output(tmp_path: Path, ext: str) -> None:
+    target = tmp_path / f"out{ext}"
+    target.write_bytes(b"old content")
+    write_image(Image(rand((8, 8, 3), np.uint16), rand((8, 8), np.uint16)), target)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert read_image(target).pixels.shape == (8, 8, 3)
+    assert output_format_for(target) in ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+
+
+def test_temp_names_are_recognisable(tmp_path: Path) -> None:
+    temp = temp_path_for(tmp_path / "a.png")
+    assert temp.parent == tmp_path and temp.name.startswith(".a.png")
+    assert temp == temp_path_for(tmp_path / "a.png")   # deterministic: a later run finds a stale one
+    assert is_temp_file(temp) and not is_temp_file(tmp_path / "a.png")
+    assert temp.suffix.lower() not in SUPPORTED_EXTENSIONS   # never mistaken for an input
+    # A stale temp file from a killed run is simply overwritten by the next write.
+    temp.write_bytes(b"partial")
+    write_image(Image(rand((4, 4, 3)), None), tmp_path / "a.png")
+    assert not temp.exists() and leftovers(tmp_path) == []
+
+
+# --- value helpers ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_float_conversion_round_trips(dtype: type) -> None:
+    top = np.iinfo(dtype).max
+    values = np.array([0, 1, top // 2, top - 1, top], dtype)
+    f = to_float(values)
+    assert f.dtype == np.float32 and f[0] == 0 and f[-1] == 1
+    assert np.array_equal(from_float(f, dtype), values)
+    assert np.array_equal(from_float(np.array([-0.5, 0.6 / top, 1.7], np.float32), dtype),
+                          np.array([0, 1, top], dtype))
+
+
+def test_output_format_for() -> None:
+    assert output_format_for("a.JPEG") == "JPEG" and output_format_for("a.tif") == "TIFF"
+    assert output_format_for("a.png", "webp") == "WEBP" and output_format_for("a", ".bmp") == "BMP"
+    with pytest.raises(errors.ImageWriteError):
+        output_format_for("a.gif")

@@ -1,0 +1,338 @@
+"""Issue 5: MATLAB-compatible bicubic, PSNR/SSIM conventions, and `upscale bench` end to end.
+
+Reference values are derived here from the definitions (Keys' cubic kernel with a = -0.5, its
+antialiased form scale * k(scale * x), MATLAB's sample positions u = x/scale + (1 - 1/scale)/2), not
+taken from the code under test. The published-table check needs ../shared data and is optional.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image as PILImage
+
+from upscale import metrics
+from upscale.resize import contributions, cubic, imresize, round_like_matlab
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def keys_kernel(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys (1981) cubic convolution kernel written out independently of upscale.resize."""
+    t = np.abs(np.asarray(x, dtype=np.float64))
+    near = (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    far = a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+# --- the kernel and imresize -----------------------------------------------------------------------
+def test_cubic_is_keys_kernel_with_a_minus_half():
+    x = np.linspace(-3, 3, 241)
+    np.testing.assert_allclose(cubic(x), keys_kernel(x), atol=1e-15)
+    # by hand: k(0) = 1, k(+-1) = k(+-2) = 0, k(0.5) = 0.5625, k(1.5) = -0.0625
+    np.testing.assert_allclose(cubic(np.array([0.0, 1.0, -1.0, 2.0, 0.5, 1.5])),
+                               [1.0, 0.0, 0.0, 0.0, 0.5625, -0.0625])
+
+
+def _column_signal(values: np.ndarray, rows: int = 6) -> np.ndarray:
+    """A (rows, n) image whose every row is ``values`` (so the vertical pass changes nothing)."""
+    return np.tile(np.asarray(values, dtype=np.float64), (rows, 1))
+
+
+def test_downscale_by_two_of_an_impulse_gives_the_antialiased_kernel():
+    n, p = 24, 10                                  # impulse at 1-based position 10
+    signal = np.zeros(n)
+    signal[p - 1] = 1.0
+    out = imresize(_column_signal(signal), scale=0.5)[0]
+    assert out.shape == (n // 2,)
+    # output x (1-based) samples u = 2x - 0.5; the weight of input p is 0.5 * k(0.5 * (u - p)), and the
+    # weights already sum to 1 in the interior (partition of unity), so normalising changes nothing.
+    x = np.arange(1, n // 2 + 1)
+    np.testing.assert_allclose(out, 0.5 * keys_kernel(0.5 * (2 * x - 0.5 - p)), atol=1e-15)
+    # the same numbers by hand: 0.5*k(1.25), 0.5*k(0.25), 0.5*k(0.75), 0.5*k(1.75) for x = 4..7
+    np.testing.assert_allclose(out[3:7], [-0.03515625, 0.43359375, 0.11328125, -0.01171875], atol=1e-15)
+    assert np.all(out[:2] == 0) and np.all(out[7:] == 0)          # support is 4/scale = 8 input pixels
+    assert math.isclose(out.sum(), 0.5)                              # the mean is kept
+
+
+def test_upscale_by_two_of_an_impulse_gives_the_kernel():
+    n, p = 24, 10
+    signal = np.zeros(n)
+    signal[p - 1] = 1.0
+    out = imresize(_column_signal(signal), scale=2.0)[0]
+    assert out.shape == (2 * n,)
+    x = np.arange(1, 2 * n + 1)
+    np.testing.assert_allclose(out, keys_kernel(x / 2 + 0.25 - p), atol=1e-15)
+    # by hand: outputs 16..23 sample u = 8.25 .. 11.75 around p = 10
+    np.testing.assert_allclose(out[15:23], [-0.0234375, -0.0703125, 0.2265625, 0.8671875,
+                                            0.8671875, 0.2265625, -0.0703125, -0.0234375], atol=1e-15)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1 / 3, 0.25, 2.0, 3.0])
+def test_ramp_interior_is_preserved(scale):
+    # A symmetric kernel whose weights sum to 1 reproduces a linear function exactly where no tap
+    # reaches past the edge; the output then equals the ramp at the 0-based position u - 1.
+    n = 48
+    ramp = 3.0 * np.arange(n) + 7.0
+    out = imresize(_column_signal(ramp), scale=scale)[0]
+    x = np.arange(1, out.size + 1)
+    u = x / scale + 0.5 * (1 - 1 / scale)
+    reach = 2 / scale + 1 if scale < 1 else 3
+    interior = (u - reach >= 1) & (u + reach <= n)
+    assert interior.sum() >= 4
+    np.testing.assert_allclose(out[interior], 3.0 * (u[interior] - 1) + 7.0, rtol=0, atol=1e-11)
+
+
+def test_edges_mirror_with_the_edge_pixel_repeated():
+    s = np.array([10.0, 40.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    out = imresize(_column_signal(s), scale=2.0)[0]
+    # first output: u = 0.75, taps at positions -1..2 with weights k(1.75), k(0.75), k(-0.25), k(-1.25);
+    # positions -1 and 0 mirror to 2 and 1: 1.09375 * s1 - 0.09375 * s2
+    assert math.isclose(out[0], 1.09375 * 10 - 0.09375 * 40)
+
+
+def test_contributions_match_matlab_shape_and_normalisation():
+    weights, indices = contributions(12, 4, 1 / 3)
+    assert weights.shape == indices.shape and weights.shape[1] <= math.ceil(4 * 3) + 2
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    assert indices.min() >= 0 and indices.max() <= 11
+
+
+def test_imresize_sizes_constants_and_channels():
+    img = np.random.default_rng(0).random((255, 30, 3))
+    assert imresize(img, scale=1 / 3).shape == (85, 10, 3)          # ceil(255 * (1/3)) is 85, not 86
+    assert imresize(img, output_shape=(100, 7)).shape == (100, 7, 3)
+    np.testing.assert_allclose(imresize(np.full((9, 13), 77.0), scale=0.25), 77.0)
+    per_channel = np.stack([imresize(img[..., c], scale=0.5) for c in range(3)], axis=2)
+    np.testing.assert_array_equal(imresize(img, scale=0.5), per_channel)
+    with pytest.raises(ValueError):
+        imresize(img, scale=0.5, output_shape=(3, 3))
+
+
+def test_round_like_matlab_rounds_halves_up_and_clips():
+    np.testing.assert_array_equal(round_like_matlab(np.array([0.5, 1.5, 2.5, 254.5, -3.0, 300.0, 1.49])),
+                                  [1, 2, 3, 255, 0, 255, 1])
+
+
+# --- metrics --------------------------------------------------------------------------------------
+def test_psnr_of_a_known_mse():
+    a = np.zeros((8, 8, 3), dtype=np.uint8)
+    b = np.full((8, 8, 3), 5, dtype=np.uint8)
+    assert math.isclose(metrics.psnr(a, b, y_channel=False), 10 * math.log10(255 ** 2 / 25))
+    # on Y a uniform RGB offset d becomes d * (65.481 + 128.553 + 24.966) / 255 = d * 219 / 255
+    assert math.isclose(metrics.psnr(a, b), 10 * math.log10(255 ** 2 / (5 * 219 / 255) ** 2))
+    # a single-channel image is its own luma
+    assert math.isclose(metrics.psnr(a[..., 0], b[..., 0]), 10 * math.log10(255 ** 2 / 25))
+    assert metrics.psnr(a, a) == math.inf
+
+
+def test_psnr_crop_border_ignores_the_frame():
+    a = np.full((10, 10), 100.0)
+    b = a.copy()
+    b[:2, :] = 0.0
+    b[:, -2:] = 0.0
+    b[5, 5] = 110.0                                   # the only difference inside a 2-pixel border
+    assert math.isclose(metrics.psnr(a, b, crop_border=2), 10 * math.log10(255 ** 2 / (100 / 36)))
+
+
+def test_rgb_to_y_range():
+    y = metrics.rgb_to_y(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(y * 255, [16.0, 235.0, 16.0 + 65.481])
+
+
+def test_ssim_identical_is_one():
+    x = np.random.default_rng(1).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    assert math.isclose(metrics.ssim(x, x), 1.0)
+    assert math.isclose(metrics.ssim(x, x, crop_border=3, y_channel=False), 1.0)
+
+
+def test_ssim_of_constant_images_by_hand():
+    # no variance: SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1), the C2 factors cancel
+    c1 = (0.01 * 255) ** 2
+    got = metrics.ssim(np.full((15, 15), 100.0), np.full((15, 15), 110.0))
+    assert math.isclose(got, (2 * 100 * 110 + c1) / (100 ** 2 + 110 ** 2 + c1))
+
+
+def test_ssim_single_window_weighted_statistics():
+    # An 11x11 image has exactly one valid window position: SSIM is then one Gaussian-weighted formula.
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 255, (11, 11))
+    y = np.clip(0.8 * x + rng.normal(0, 10, x.shape) + 20, 0, 255)
+    t = np.arange(11) - 5.0
+    g = np.exp(-t ** 2 / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    mx, my = (w * x).sum(), (w * y).sum()
+    vx, vy = (w * x * x).sum() - mx ** 2, (w * y * y).sum() - my ** 2
+    cxy = (w * x * y).sum() - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    expected = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    assert math.isclose(metrics.ssim(x, y), expected, rel_tol=1e-12)
+    assert metrics.ssim(x, y) < 1.0
+
+
+def test_mod_crop_and_shape_errors():
+    assert metrics.mod_crop(np.zeros((13, 10, 3)), 4).shape == (12, 8, 3)
+    with pytest.raises(ValueError):
+        metrics.psnr(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError):
+        metrics.ssim(np.zeros((12, 12)), np.zeros((12, 12)), crop_border=1)   # 10 px < window
+
+
+def test_lpips_reports_why_it_is_missing():
+    net, reason = metrics.Lpips.create()
+    if net is None:
+        assert reason
+    else:
+        x = np.random.default_rng(3).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+        assert net(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+# --- bench end to end -----------------------------------------------------------------------------
+ROW_KEYS = {"scale", "method", "kind", "psnr_db", "ssim", "lpips", "seconds_per_image", "output_mp_per_s",
+            "peak_memory_mib", "peak_device_mib", "device", "dtype", "note", "per_image"}
+FAST = ["-q", "--precision", "fp32", "--compile", "off", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    torch = pytest.importorskip("torch")
+    from upscale.archs import build_module
+    from upscale.loading import save_model
+
+    torch.manual_seed(0)
+    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "scale": 2, "act_type": "prelu"}
+    path = tmp_path_factory.mktemp("weights") / "tiny_x2.safetensors"
+    save_model(path, build_module("compact", hp).state_dict(), "compact", hp)
+    return str(path)
+
+
+@pytest.fixture()
+def hr_dir(tmp_path) -> Path:
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    yy, xx = np.mgrid[0:38, 0:42]
+    smooth = (127 + 100 * np.sin(xx / 5.0) * np.cos(yy / 7.0)).astype(np.uint8)
+    PILImage.fromarray(np.stack([smooth, smooth[::-1], 255 - smooth], axis=2)).save(folder / "waves.png")
+    PILImage.fromarray(rng.integers(0, 256, (33, 30, 3), dtype=np.uint8)).save(folder / "noise.png")
+    PILImage.fromarray(smooth.T.copy(), mode="L").save(folder / "gray.png")
+    (folder / "manifest.csv").write_text("file\nwaves.png\n")
+    return folder
+
+
+def _bench(args):
+    from upscale.cli import cli
+    return CliRunner().invoke(cli, ["bench", *map(str, args)], catch_exceptions=False)
+
+
+def test_bench_json_schema_models_and_sheet(hr_dir, tiny_model, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    res = _bench(["--data", hr_dir, "-s", "2", "-s", "4", "-m", tiny_model, "--json", "--sheet", sheet,
+                  "--sheet-image", "waves", *FAST])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == "upscale.bench/1"
+    assert set(doc) == {"schema", "data", "lr_source", "metric", "timing", "environment", "images", "rows"}
+    assert doc["lr_source"] == "matlab-bicubic"
+    assert [i["name"] for i in doc["images"]] == ["gray", "noise", "waves"]
+    assert [i["channels"] for i in doc["images"]] == [1, 3, 3]
+    assert doc["metric"]["y_channel"] is True and doc["metric"]["crop_border"] == "scale"
+    assert [(r["scale"], r["method"]) for r in doc["rows"]] == [
+        (s, m) for s in (2, 4) for m in ("nearest", "bilinear", "bicubic", "lanczos", "tiny_x2")]
+    for row in doc["rows"]:
+        assert set(row) == ROW_KEYS
+        assert [p["name"] for p in row["per_image"]] == ["gray", "noise", "waves"]
+        assert math.isclose(row["psnr_db"], np.mean([p["psnr_db"] for p in row["per_image"]]))
+        assert 0 < row["ssim"] <= 1 and row["seconds_per_image"] > 0 and row["output_mp_per_s"] > 0
+        assert (row["lpips"] is None) == (doc["metric"]["lpips"] is None)
+    model_rows = [r for r in doc["rows"] if r["kind"] == "model"]
+    assert model_rows[0]["note"] == "" and "Lanczos" in model_rows[1]["note"]
+    assert doc["environment"]["models"]["tiny_x2"]["native_scale"] == 2
+    # the bicubic row is the MATLAB pipeline, recomputed here from the parts
+    from upscale.bench import make_lr, matlab_bicubic
+    hr = metrics.mod_crop(np.asarray(PILImage.open(hr_dir / "waves.png")), 4)
+    want = metrics.psnr(matlab_bicubic(make_lr(hr, 4), 4), hr, crop_border=4)
+    bicubic_x4 = next(r for r in doc["rows"] if r["scale"] == 4 and r["method"] == "bicubic")
+    assert math.isclose(bicubic_x4["per_image"][2]["psnr_db"], want)
+    # on smooth content bicubic beats nearest
+    nearest_x4 = next(r for r in doc["rows"] if r["scale"] == 4 and r["method"] == "nearest")
+    assert bicubic_x4["per_image"][2]["psnr_db"] > nearest_x4["per_image"][2]["psnr_db"]
+    with PILImage.open(sheet) as im:
+        assert im.mode == "RGB" and im.width > 6 * 64 and im.height > 2 * 64   # 2 rows (x2, x4), HR + 5 methods
+        assert len(np.unique(np.asarray(im))) > 10
+
+
+def test_bench_lr_folder_pairs_by_stem_and_formats(hr_dir, tmp_path):
+    from upscale.bench import make_lr, to_uint8
+    from upscale.io import read_image
+
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    for p in hr_dir.glob("*.png"):
+        lr = make_lr(metrics.mod_crop(to_uint8(read_image(p), "y"), 3), 3)
+        PILImage.fromarray(lr[..., 0] if lr.shape[2] == 1 else lr).save(lr_dir / p.name)
+    made = _bench(["--data", hr_dir, "-s", "3", "--csv", "--baselines", "bicubic,nearest", *FAST])
+    paired = _bench(["--data", hr_dir, "-s", "3", "--csv", "--lr", lr_dir, "--baselines", "bicubic,nearest",
+                     *FAST])
+    assert made.exit_code == 0 and paired.exit_code == 0, made.output + paired.output
+    rows_made = list(csv.DictReader(io.StringIO(made.stdout)))
+    rows_paired = list(csv.DictReader(io.StringIO(paired.stdout)))
+    assert [r["method"] for r in rows_made] == ["bicubic", "nearest"]
+    assert [(r["psnr_db"], r["ssim"]) for r in rows_made] == [(r["psnr_db"], r["ssim"]) for r in rows_paired]
+    md = _bench(["--data", hr_dir, "-s", "3", "--markdown", "--baselines", "bicubic", "--rgb", *FAST])
+    assert md.exit_code == 0, md.output
+    header = [c.strip() for c in md.stdout.splitlines()[0].strip("|").split("|")]
+    assert header[:4] == ["scale", "method", "PSNR-RGB (dB)", "SSIM-RGB"]
+
+    (lr_dir / "noise.png").unlink()
+    sheet = tmp_path / "never.png"
+    bad = _bench(["--data", hr_dir, "-s", "3", "--lr", lr_dir, "--sheet", sheet, *FAST])
+    assert bad.exit_code == 1
+    assert "no LR image with stem 'noise'" in bad.stderr and str(lr_dir) in bad.stderr
+    assert not sheet.exists()
+
+
+def test_bench_usage_errors(hr_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _bench(["--data", empty, *FAST])
+    assert res.exit_code == 1 and "no images" in res.stderr
+    res = _bench(["--data", hr_dir, "--baselines", "cubic", *FAST])
+    assert res.exit_code == 2 and "unknown baseline 'cubic'" in res.stderr
+    res = _bench(["--data", hr_dir, "-s", "2", "-s", "3", "--lr", hr_dir, *FAST])
+    assert res.exit_code == 2
+
+
+def test_gray_modes_differ_by_the_studio_range_factor(hr_dir):
+    from upscale.bench import BenchOptions, run_bench
+
+    def bicubic_gray(gray: str) -> float:
+        opts = BenchOptions(scales=(2,), baselines=("bicubic",), gray=gray, lpips=False, warmup_runs=0)
+        return run_bench(hr_dir, opts).rows[0].per_image[0].psnr_db
+
+    # BT.601 Y of a gray image repeated to RGB is 16 + g * 219/255: errors shrink by 219/255
+    assert math.isclose(bicubic_gray("rgb") - bicubic_gray("y"), 20 * math.log10(255 / 219), abs_tol=0.02)
+
+
+# --- the published tables (needs ../shared) ------------------------------------------------------
+@pytest.mark.optional
+@pytest.mark.parametrize("name,scale,psnr_db,ssim", [
+    ("Set5", 2, 33.66, 0.9299), ("Set5", 3, 30.39, 0.8682), ("Set5", 4, 28.42, 0.8104),
+    ("Set14", 2, 30.24, 0.8688), ("Set14", 3, 27.55, 0.7742), ("Set14", 4, 26.00, 0.7027),
+])
+def test_bicubic_reproduces_published_tables(name, scale, psnr_db, ssim):
+    from upscale.bench import BenchOptions, run_bench
+
+    if not (SHARED / name).is_dir():
+        pytest.skip(f"{SHARED / name} not present")
+    opts = BenchOptions(scales=(scale,), baselines=("bicubic",), lpips=False, warmup_runs=0)
+    row = run_bench(SHARED / name, opts).rows[0]
+    assert abs(row.psnr_db - psnr_db) <= 0.02
+    assert abs(row.ssim - ssim) <= 0.002

@@ -1,0 +1,180 @@
+"""models.toml validation, lookup and the user registry (issue 3, Must show 5)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from upscale import errors, loading, registry
+from upscale.archs import BY_NAME, build_module
+from upscale.cli import cli
+
+HUB_SOURCE = ('{ type = "hub", repo_id = "org/repo", filename = "w.pth", revision = "' + "a" * 40
+              + '", sha256 = "' + "b" * 64 + '", size = 10 }')
+
+
+def entry(name: str = "m1", *, drop: tuple[str, ...] = (), **fields: str) -> str:
+    """One [[model]] table as TOML; ``fields`` are raw TOML values replacing the defaults."""
+    values = {"name": f'"{name}"', "description": '"a model"', "arch": '"rrdbnet"', "scale": "4", "kind": '"gan"',
+              "license": '"MIT"', "source": HUB_SOURCE}
+    values.update(fields)
+    return "[[model]]\n" + "".join(f"{k} = {v}\n" for k, v in values.items() if k not in drop)
+
+
+def parse(*entries: str) -> registry.Registry:
+    return registry.build_registry(registry.parse_registry("\n".join(entries), "test.toml"))
+
+
+def fails(*entries: str) -> str:
+    with pytest.raises(errors.RegistryError) as info:
+        parse(*entries)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("test.toml: ")
+    return message
+
+
+# --- Must show 5 ---------------------------------------------------------------------------------
+def test_duplicate_name_fails_naming_the_entry():
+    message = fails(entry("twice"), entry("other"), entry("twice"))
+    assert "'twice'" in message and "defined twice" in message
+
+
+def test_missing_sha256_fails_naming_the_entry():
+    source = HUB_SOURCE.replace(', sha256 = "' + "b" * 64 + '"', "")
+    assert "sha256" not in source
+    message = fails(entry("ok"), entry("no-hash", source=source))
+    assert "'no-hash'" in message and "sha256" in message
+
+
+def test_unknown_architecture_fails_naming_the_entry():
+    message = fails(entry("ok"), entry("weird", arch='"swinir"'))
+    assert "'weird'" in message and "unknown architecture 'swinir'" in message
+
+
+# --- the other checks ------------------------------------------------------------------------------
+@pytest.mark.parametrize("fields, drop, expected", [
+    ({"colour": '"red"'}, (), "unknown field(s) colour"),
+    ({}, ("license",), "missing required field(s) license"),
+    ({"scale": "0"}, (), "scale must be a positive integer"),
+    ({"scale": "2"}, (), "scale 2 disagrees with hparams.scale 4"),
+    ({"kind": '"best"'}, (), "kind must be one of"),
+    ({"hparams": "{ num_blocks = 3 }"}, (), "unknown rrdbnet hyperparameter(s) num_blocks"),
+    ({"source": HUB_SOURCE.replace('"' + "b" * 64 + '"', '"abc"')}, (), "sha256 must be 64 lowercase hex"),
+    ({"source": HUB_SOURCE.replace("size = 10", "mirror = 1")}, (), "unknown hub source field(s) mirror"),
+    ({"source": '{ type = "ftp", url = "x" }'}, (), "source type must be hub, package or file"),
+    ({"source": '{ type = "file", path = "relative/w.pth" }'}, (), "source.path must be absolute"),
+])
+def test_bad_entries_fail_naming_the_entry(fields, drop, expected):
+    message = fails(entry("bad", drop=drop, **fields))
+    assert "'bad'" in message and expected in message
+
+
+def test_twin_must_exist_and_be_the_same_network():
+    assert "twin 'ghost' does not exist" in fails(entry("a", twin='"ghost"'))
+    message = fails(entry("a", twin='"b"'), entry("b", hparams="{ num_block = 6 }", kind='"psnr"'))
+    assert "'a'" in message and "different network" in message
+    assert parse(entry("a", twin='"b"'), entry("b", kind='"psnr"')).find("a").twin == "b"
+
+
+def test_not_toml_is_a_registry_error():
+    assert "not valid TOML" in fails("[[model]\nname = ")
+
+
+def test_valid_entry_becomes_a_frozen_spec_with_full_hparams():
+    spec = parse(entry("m", hparams="{ num_block = 6 }")).find("m")
+    assert spec.hparams == {**BY_NAME["rrdbnet"].defaults, "num_block": 6}
+    assert spec.source == registry.HubSource("org/repo", "w.pth", "a" * 40, "b" * 64, size=10)
+    with pytest.raises(AttributeError):
+        spec.name = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        spec.hparams["num_block"] = 1  # type: ignore[index]
+
+
+# --- the packaged registry -------------------------------------------------------------------------
+def test_packaged_registry_has_the_issue_models_pinned_and_hashed():
+    specs = {s.name: s for s in registry.load_registry(user=None).models.values()}
+    for name in ("esrgan", "esrgan-psnr", "esrgan-x2", "esrgan-classic", "esrgan-classic-psnr", "compact", "anime"):
+        spec = specs[name]
+        assert isinstance(spec.source, registry.HubSource)
+        assert re.fullmatch(r"[0-9a-f]{40}", spec.source.revision), name
+        assert spec.source.sha256_note, name
+    assert specs["esrgan"].source.sha256 == "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1"
+    assert specs["esrgan"].source.size == 67_040_989
+    assert specs["esrgan-x2"].source.sha256 == "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb"
+    assert specs["compact"].source.sha256 == "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292"
+    assert specs["anime"].source.sha256 == "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da"
+    assert (specs["esrgan-x2"].scale, specs["anime"].hparams["num_block"]) == (2, 6)
+    assert specs["compact"].arch == "compact" and specs["compact"].hparams["num_conv"] == 32
+    for gan, psnr in (("esrgan", "esrgan-psnr"), ("esrgan-classic", "esrgan-classic-psnr")):
+        assert (specs[gan].kind, specs[psnr].kind, specs[gan].twin, specs[psnr].twin) == ("gan", "psnr", psnr, gan)
+
+
+def test_lookup_and_close_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path))
+    assert registry.find_model("esrgan").name == "esrgan" and registry.find_model("nope") is None
+    with pytest.raises(errors.ModelNotFoundError) as info:
+        registry.get_model("esrgna")
+    assert "did you mean esrgan" in str(info.value)
+    assert registry.default_model_for_scale(4) is None  # no packaged defaults until their weights exist
+
+
+# --- the user registry -----------------------------------------------------------------------------
+def tiny_file(tmp_path, name="mine.pth"):
+    torch.manual_seed(3)
+    net = build_module("compact", {"num_feat": 4, "num_conv": 1, "scale": 2})
+    path = tmp_path / name
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_models_add_registers_a_local_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    path = tiny_file(tmp_path)
+    result = CliRunner().invoke(cli, ["models", "add", "mine", str(path), "--license", "CC0-1.0"])
+    assert result.exit_code == 0, result.output
+    spec = registry.get_model("mine")
+    assert (spec.arch, spec.scale, spec.license) == ("compact", 2, "CC0-1.0")
+    assert spec.source == registry.FileSource(path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest(),
+                                              path.stat().st_size)
+    assert spec.hparams["num_conv"] == 1 and spec.hparams["act_type"] == "prelu"
+    assert spec.origin == str(tmp_path / "cfg" / "models.toml")
+    assert [p.name for p in (tmp_path / "cfg").iterdir()] == ["models.toml"]  # no temp file left
+
+    from upscale import hub
+    assert hub.weights_path(spec) == path.resolve()
+    assert loading.load_model(hub.weights_path(spec)).scale == 2
+
+    listing = CliRunner().invoke(cli, ["models"])
+    assert any(line.split()[0] == "mine" and line.split()[-1] == "local" for line in listing.output.splitlines())
+
+    second = tiny_file(tmp_path, "again.pth")
+    result = CliRunner().invoke(cli, ["models", "add", "mine", str(second)])
+    assert result.exit_code == 1 and "'mine' is defined twice" in result.output
+    result = CliRunner().invoke(cli, ["models", "add", "esrgan", str(second)])
+    assert result.exit_code == 1 and "'esrgan' is defined twice" in result.output
+    assert len(registry.parse_registry((tmp_path / "cfg" / "models.toml").read_text(), "user")) == 1
+
+
+def test_a_registered_file_that_changed_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    path = tiny_file(tmp_path)
+    assert CliRunner().invoke(cli, ["models", "add", "mine", str(path)]).exit_code == 0
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    from upscale import hub
+    with pytest.raises(errors.ChecksumError) as info:
+        hub.weights_path(registry.get_model("mine"))
+    assert info.value.expected in str(info.value) and info.value.actual in str(info.value)
+
+
+def test_invalid_user_registry_is_reported_with_its_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "models.toml").write_text(entry("broken", arch='"nonet"'))
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'models.toml'}: model 'broken': unknown architecture 'nonet'" in result.output

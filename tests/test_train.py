@@ -1,0 +1,351 @@
+"""`upscale train`: exact resume, every preset, real learning, DDP, paired-data matching, configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from upscale.errors import CheckpointError, DataError, TrainingError, UsageError
+from upscale.train import build_config, train
+from upscale.train.checkpoint import load_checkpoint
+from upscale.train.data import (load_hr_folders, load_paired, match_pairs, pair_key, sample_batch)
+from upscale.train.loop import lr_factor
+from upscale.train.vgg import VGG19Features, layer_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def textured(h: int, w: int, seed: int) -> np.ndarray:
+    """Random overlapping rectangles in two colours (dark blue, light yellow): sharp edges that
+    bicubic blurs and a small network learns to restore."""
+    rng = np.random.default_rng(seed)
+    palette = np.array([[30, 40, 90], [230, 220, 120]])
+    mask = np.zeros((h, w), bool)
+    for _ in range(10):
+        y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        y1, x1 = rng.integers(y0 + 3, h + 1), rng.integers(x0 + 3, w + 1)
+        mask[y0:y1, x0:x1] ^= True
+    return palette[mask.astype(int)].astype(np.uint8)
+
+
+def write_set(folder: Path, n: int, size: int, seed: int, suffix: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(textured(size, size, seed + i)).save(folder / f"img{i}{suffix}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("traindata")
+    return {"hr": write_set(root / "hr", 6, 64, 0), "val": write_set(root / "val", 2, 48, 100)}
+
+
+def small_cfg(data: dict[str, Path], out: Path, preset: str = "psnr", **over: object) -> object:
+    base = {"data": [str(data["hr"])], "out": str(out), "scale": 2, "gt_size": 32, "batch_size": 2,
+            "max_iters": 4, "log_every": 1, "val_every": 100, "ckpt_every": 100, "precision": "fp32",
+            "threads": 1, "arch": "compact", "hparams": {"num_feat": 8, "num_conv": 1}}
+    base.update(over)
+    return build_config(preset, base)
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "upscale", "train", "-q", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def loss_series(out: Path, key: str) -> list[float]:
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in recs if key in r]
+
+
+# --- 1. exact resume ---------------------------------------------------------------------------------
+def test_kill9_and_resume_is_bit_exact(data: dict[str, Path], tmp_path: Path) -> None:
+    common = ["--data", str(data["hr"]), "-s", "2", "--arch", "compact", "--num-feat", "8", "--num-conv", "2",
+              "--gt-size", "32", "--batch-size", "3", "--precision", "fp32", "--threads", "1", "--seed", "7",
+              "--scheduler", "multistep", "--milestones", "5,15", "--ckpt-every", "10", "--log-every", "5"]
+    straight = tmp_path / "straight"
+    r = run_cli(*common, "--max-iters", "20", "--out", str(straight))
+    assert r.returncode == 0, r.stderr
+
+    killed = tmp_path / "killed"
+    ckpt10 = killed / "checkpoints" / "iter_00000010.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "upscale", "train", "-q", *common, "--max-iters", "100000",
+                             "--keep-last", "100000", "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 90
+    while not ckpt10.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt10.exists(), proc.stderr.read().decode() if proc.stderr else ""
+    assert not list((killed / "checkpoints").glob("*.tmp"))  # nothing half-written under its real name
+
+    r = run_cli(*common, "--max-iters", "20", "--out", str(killed), "--resume", str(ckpt10))
+    assert r.returncode == 0, r.stderr
+    a = load_checkpoint(straight / "checkpoints" / "iter_00000020.pt")
+    b = load_checkpoint(killed / "checkpoints" / "iter_00000020.pt")
+    for part in ("generator", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    assert a["opt_g"]["state"][0]["step"] == b["opt_g"]["state"][0]["step"] == 20
+    # the exported model equals the EMA weights and loads in `upscale -m`
+    from upscale.loading import load_model
+
+    m = load_model(killed / "model.safetensors")
+    assert m.arch == "compact" and m.scale == 2
+    exported = load_file(str(killed / "model.safetensors"))
+    assert all(torch.equal(exported[k], b["ema"][k]) for k in exported)
+    # the resumed run's metrics continue the log without duplicated iterations
+    iters = [json.loads(line)["iter"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert iters == [5, 10, 15, 20]
+
+
+def test_resume_rejects_other_architecture(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = small_cfg(data, tmp_path / "run", ckpt_every=2)
+    train(cfg, progress=False)
+    other = small_cfg(data, tmp_path / "run", hparams={"num_feat": 4, "num_conv": 1})
+    with pytest.raises(CheckpointError, match="num_feat"):
+        train(other, progress=False, resume=tmp_path / "run" / "checkpoints" / "iter_00000004.pt")
+
+
+# --- 2. every preset end to end ------------------------------------------------------------------------
+TINY = {
+    "psnr": {},
+    "srgan": {"arch": "srresnet", "hparams": {"num_feat": 8, "num_block": 1, "bn": True}, "scale": 4,
+              "vgg_weights": "random"},
+    "esrgan": {"arch": "rrdbnet", "hparams": {"num_feat": 8, "num_block": 1, "num_grow_ch": 4}, "scale": 4,
+               "vgg_weights": "random", "perceptual_layer": "relu2_2"},
+    "tiny-gan": {"arch": "tiny", "hparams": {}},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(TINY))
+def test_preset_runs_and_losses_move(preset: str, data: dict[str, Path], tmp_path: Path) -> None:
+    over = {**TINY[preset], "max_iters": 5, "val": [str(data["val"])], "val_every": 5}
+    cfg = small_cfg(data, tmp_path / preset, preset, **over)
+    assert cfg.preset == preset
+    result = train(cfg, progress=False)
+    assert result.iteration == 5 and result.model_path.is_file()
+    assert result.last_val and result.bicubic
+    g = loss_series(result.out, "loss/g_total")
+    assert len(g) == 5 and all(np.isfinite(g)) and len(set(g)) > 1
+    state = load_checkpoint(result.out / "checkpoints" / "iter_00000005.pt")
+    if cfg.discriminator:
+        d = loss_series(result.out, "loss/d_total")
+        assert len(d) == 5 and len(set(d)) > 1
+        assert len(loss_series(result.out, "loss/g_gan")) == 5
+        assert state["opt_d"]["state"][0]["step"] == 5
+    from upscale.loading import load_model
+
+    assert load_model(result.model_path).scale == cfg.scale
+
+
+def test_finetune_trains_only_the_trunk(data: dict[str, Path], tmp_path: Path) -> None:
+    from upscale.archs import build_module
+    from upscale.loading import model_state_dict, save_model
+
+    hp = {"num_feat": 8, "num_block": 2, "num_grow_ch": 4, "scale": 2}
+    net = build_module("rrdbnet", hp)
+    init = tmp_path / "start.safetensors"
+    save_model(init, model_state_dict(net), "rrdbnet", {**net_hp(hp)})
+    cfg = small_cfg(data, tmp_path / "ft", "finetune", init=str(init), arch="rrdbnet", hparams={},
+                    max_iters=3, ema_decay=0.0)
+    assert cfg.trainable == ["body.*"] and cfg.pixel_loss == "mse"
+    result = train(cfg, progress=False)
+    before, after = load_file(str(init)), load_file(str(result.model_path))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("body.") for k in changed)
+    assert not torch.equal(before["body.0.rdb1.conv1.weight"], after["body.0.rdb1.conv1.weight"])
+
+
+def net_hp(hp: dict) -> dict:
+    return {"num_in_ch": 3, "num_out_ch": 3, **hp}
+
+
+# --- 3. learning is real -----------------------------------------------------------------------------
+def test_psnr_preset_beats_bicubic_by_2db(tmp_path: Path) -> None:
+    hr = write_set(tmp_path / "hr", 8, 96, 0)
+    val = write_set(tmp_path / "val", 3, 64, 500)
+    cfg = build_config("psnr", {"data": [str(hr)], "val": [str(val)], "out": str(tmp_path / "run"), "scale": 2,
+                                "gt_size": 48, "batch_size": 8, "max_iters": 300, "learning_rate": 2e-3,
+                                "arch": "compact", "hparams": {"num_feat": 16, "num_conv": 3, "act_type": "lrelu"},
+                                "ema_decay": 0.9, "val_every": 300, "log_every": 50, "ckpt_every": 1000,
+                                "precision": "fp32"})
+    t0 = time.perf_counter()
+    result = train(cfg, progress=False)
+    elapsed = time.perf_counter() - t0
+    gain = result.last_val["val"][0] - result.bicubic["val"][0]
+    assert gain >= 2.0, f"PSNR gain over bicubic only {gain:.2f} dB"
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+# --- NaN, config, signals ----------------------------------------------------------------------------
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: dict[str, Path], tmp_path: Path) -> None:
+    from upscale.archs import build_module
+    from upscale.loading import model_state_dict, save_model
+
+    hp = {"num_feat": 8, "num_conv": 1, "scale": 2, "act_type": "prelu"}
+    sd = model_state_dict(build_module("compact", hp))
+    sd["body.2.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.safetensors"
+    save_model(bad, sd, "compact", net_hp(hp))
+    cfg = small_cfg(data, tmp_path / "run", init=str(bad), hparams={})
+    with pytest.raises(TrainingError, match="g_pix became nan at iteration 1"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_130(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "upscale", "train", "-q", "--data", str(data["hr"]), "-s", "2",
+                             "--arch", "compact", "--num-feat", "8", "--num-conv", "1", "--gt-size", "32",
+                             "--batch-size", "2", "--max-iters", "1000000", "--precision", "fp32",
+                             "--log-every", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at iteration" in err
+    ckpts = list((out / "checkpoints").glob("iter_*.pt"))
+    assert len(ckpts) == 1 and load_checkpoint(ckpts[0])["iteration"] >= 1
+    assert (out / "model.safetensors").is_file() and (out / "curves.png").is_file()
+
+
+def test_config_layers_and_errors(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('max_iters = 7\nlearning_rate = 1e-3\n[hparams]\nnum_feat = 12\n')
+    from upscale.train.config import read_config_file
+
+    cfg = build_config("esrgan", read_config_file(toml), {"data": ["d"], "hparams": {"num_block": 2}})
+    assert cfg.max_iters == 7 and cfg.learning_rate == 1e-3 and cfg.gan_type == "ragan"
+    assert cfg.hparams == {"num_feat": 12, "num_block": 2} and cfg.gt_size == 128
+    assert build_config("psnr", {"data": ["d"], "scale": 2}).gt_size == 96
+    with pytest.raises(UsageError, match="unknown training option 'max_iter'"):
+        build_config("psnr", {"data": ["d"], "max_iter": 3})
+    with pytest.raises(UsageError, match="unknown preset"):
+        build_config("nope", {"data": ["d"]})
+    with pytest.raises(UsageError, match="multiple of the scale"):
+        build_config("psnr", {"data": ["d"], "gt_size": 30})
+    cos = build_config("psnr", {"data": ["d"], "max_iters": 100})
+    assert lr_factor(cos, 1) == 1.0 and lr_factor(cos, 51) == pytest.approx(0.5, abs=1e-3)
+    ms = build_config("esrgan", {"data": ["d"]})
+    assert lr_factor(ms, 50_000) == 1.0 and lr_factor(ms, 50_001) == 0.5
+
+
+def test_cli_refuses_to_overwrite_a_run(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = small_cfg(data, tmp_path / "run", max_iters=2)
+    train(cfg, progress=False)
+    r = run_cli("--data", str(data["hr"]), "--out", str(tmp_path / "run"), "-s", "2", "--arch", "compact")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = run_cli("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "other"))
+    assert r.returncode == 2 and "missing" in r.stderr
+
+
+# --- 4. DDP ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(data: dict[str, Path], tmp_path: Path) -> None:
+    common = ["--data", str(data["hr"]), "-s", "2", "--arch", "compact", "--num-feat", "8", "--num-conv", "2",
+              "--gt-size", "32", "--batch-size", "4", "--max-iters", "6", "--precision", "fp32", "--seed", "3",
+              "--ckpt-every", "6", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "upscale", "train", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "upscale", "train", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=180, env=env)
+    assert two.returncode == 0, two.stderr
+    a = load_checkpoint(tmp_path / "one" / "checkpoints" / "iter_00000006.pt")
+    b = load_checkpoint(tmp_path / "two" / "checkpoints" / "iter_00000006.pt")
+    for k in a["generator"]:
+        torch.testing.assert_close(a["generator"][k], b["generator"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_shards_are_the_single_process_batch(data: dict[str, Path]) -> None:
+    pairs = load_hr_folders([str(data["hr"])], 2, min_hr_px=32)
+    lr, hr = sample_batch(pairs, seed=1, iteration=9, batch_size=4, gt_size=32)
+    parts = [sample_batch(pairs, seed=1, iteration=9, batch_size=4, gt_size=32, rank=r, world_size=2) for r in (0, 1)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), lr) and torch.equal(torch.cat([p[1] for p in parts]), hr)
+    again = sample_batch(pairs, seed=1, iteration=9, batch_size=4, gt_size=32)
+    other = sample_batch(pairs, seed=1, iteration=10, batch_size=4, gt_size=32)
+    assert torch.equal(again[1], hr) and not torch.equal(other[1], hr)
+    # LR crops stay aligned with their HR crops: the LR of an HR crop is the crop of the cached LR
+    assert lr.shape == (4, 3, 16, 16) and hr.shape == (4, 3, 32, 32)
+
+
+# --- 5. paired-data matcher ------------------------------------------------------------------------------
+def test_pair_keys() -> None:
+    assert pair_key("baby_LRx4") == pair_key("baby_HR") == pair_key("baby") == "baby"
+    assert pair_key("0001x4") == "0001" and pair_key("img_001-lr") == "img_001"
+    assert pair_key("Butterfly_LRBICx2") == "butterfly"
+
+
+def test_match_pairs_shuffled_suffixed_and_problems(tmp_path: Path) -> None:
+    lr = [Path(n) for n in ("c_LR.png", "a_LR.png", "b_LR.png", "orphan_LR.png")]
+    hr = [Path(n) for n in ("b_HR.png", "a_HR.png", "c.png", "lonely_HR.png", "a.png")]
+    pairs, problems = match_pairs(lr, hr)
+    assert [(p[0].name, p[1].name) for p in pairs] == [("a_LR.png", "a_HR.png"), ("b_LR.png", "b_HR.png"),
+                                                       ("c_LR.png", "c.png")]
+    assert any("a.png and a_HR.png" in p for p in problems)
+    assert "orphan_LR.png has no HR" in problems and "lonely_HR.png has no LR" in problems
+
+
+def test_load_paired_reports_mis_sized_pairs(tmp_path: Path) -> None:
+    lr_dir, hr_dir = tmp_path / "lr", tmp_path / "hr"
+    lr_dir.mkdir()
+    hr_dir.mkdir()
+    for i, name in enumerate(("x", "y", "z")):
+        hr = textured(64, 64, i)
+        Image.fromarray(hr).save(hr_dir / f"{name}_HR.png")
+        lr_side = 16 if name == "y" else 32  # y is a x4 LR in a x2 set
+        Image.fromarray(hr[:lr_side, :lr_side]).save(lr_dir / f"{name}x2.png")
+    with pytest.raises(DataError, match=r"1 LR/HR pairing problem\(s\): yx2.png is 16x16 but y_HR.png is 64x64"):
+        load_paired(str(lr_dir), str(hr_dir), 2, min_hr_px=32)
+    (lr_dir / "yx2.png").unlink()
+    (hr_dir / "y_HR.png").unlink()
+    pairs = load_paired(str(lr_dir), str(hr_dir), 2, min_hr_px=32)
+    assert pairs.names == ["x_HR.png", "z_HR.png"] and pairs.lr[0].shape == (32, 32, 3)
+
+
+def test_degradations(tmp_path: Path) -> None:
+    folder = write_set(tmp_path / "hr", 1, 65, 0)
+    bic = load_hr_folders([str(folder)], 4, min_hr_px=32)
+    blur = load_hr_folders([str(folder)], 4, min_hr_px=32, degradation="blur-down", blur_sigma=1.6)
+    assert bic.hr[0].shape == (64, 64, 3) and bic.lr[0].shape == blur.lr[0].shape == (16, 16, 3)
+    assert not np.array_equal(bic.lr[0], blur.lr[0])
+    flat = np.full((64, 64, 3), 77, np.uint8)
+    from upscale.train.data import blur_down_lr
+
+    assert np.all(blur_down_lr(flat, 4, 2.0) == 77)  # normalised weights, edges included
+    with pytest.raises(DataError, match="no images"):
+        load_hr_folders([str(tmp_path)], 4, min_hr_px=32)
+
+
+# --- VGG -----------------------------------------------------------------------------------------------
+def test_vgg_indices_follow_torchvision() -> None:
+    idx = layer_indices()
+    assert idx["conv1_1"] == 0 and idx["relu2_2"] == 8 and idx["conv5_4"] == 34 and idx["relu5_4"] == 35
+    net = VGG19Features("relu2_2")
+    assert len(net.features) == 9 and isinstance(net.features[8], torch.nn.ReLU)
+    assert all(not p.requires_grad for p in net.parameters())
+    sd = {f"features.{k}": torch.randn_like(v) for k, v in VGG19Features("conv5_4").features.state_dict().items()}
+    full = VGG19Features("conv5_4")
+    full.load_imagenet(sd, "test")
+    assert torch.equal(full.features[34].weight, sd["features.34.weight"])
