@@ -71,12 +71,12 @@ def small_x2(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def resume_set(tmp_path_factory) -> tuple[Path, Path, list]:
-    """30 images in two folders, a model slow enough (tens of ms an image) to be killed mid-run, and
+    """30 images in two folders, a model slow enough (~10 ms an image) to be stopped mid-run, and
     the outputs of one uninterrupted run to compare everything else with."""
     model = _model(tmp_path_factory, "tiny", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2}, 1)
     src = tmp_path_factory.mktemp("resume_in")
     for i in range(30):
-        _save(src / ("a" if i % 2 else "b") / f"img{i:02d}.png", (56 + i % 5 * 4, 64), seed=100 + i)
+        _save(src / ("a" if i % 2 else "b") / f"img{i:02d}.png", (32 + i % 3 * 4, 32), seed=100 + i)
     args = ["-m", model, "--recursive", *FAST, "-q"]
     ref = tmp_path_factory.mktemp("resume_ref")
     res = _invoke([src, "--out", ref, *args])
@@ -131,7 +131,9 @@ def test_output_folder_inside_input_is_not_an_input(tmp_path):
     _save(tmp_path / "a.png", (8, 8), 0)
     _save(tmp_path / "up" / "a_x2.png", (16, 16), 0)
     plan = plan_batch(tmp_path, tmp_path / "up", outscale=2.0, recursive=True)
-    assert [(j.rel, o) for j in plan.jobs for o in [j.output]] == [("a.png", tmp_path / "up" / "a_x2.png")]
+    assert plan.total_found == 1 and plan.jobs == ()
+    assert [(o.input, o.output, o.status) for o in plan.known] == [("a.png", str(tmp_path / "up" / "a_x2.png"),
+                                                                     SKIPPED)]
     with pytest.raises(errors.UsageError, match="must differ"):
         plan_batch(tmp_path, tmp_path, outscale=2.0)
 
@@ -143,6 +145,10 @@ def test_shards_partition_any_set_of_names():
     assert all(60 < owners.count(k) < 140 for k in (1, 2, 3))
     assert [shard_of(n, 3) for n in reversed(names)] == owners[::-1]  # a name's shard is its own affair
     assert all(shard_of(n, 1) == 1 for n in names)
+    # Fixed values: the assignment must be the same in every process, machine and version (a salted
+    # hash() would split a folder differently in each of the N processes).
+    assert [shard_of(n, 3) for n in ("a/img00.png", "cat.jpg", "x/y/z.tif")] == [3, 2, 2]
+    assert shard_of("cat.jpg", 1000) == 765
     assert parse_shard("2/5") == (2, 5)
     for bad in ("0/3", "4/3", "x", "1/0", "1/2/3"):
         with pytest.raises(errors.UsageError):

@@ -9,9 +9,9 @@ Output naming is the single command's rule applied under ``out_dir``: ``sub/cat.
 resume rule); a stale temporary file left beside it by a killed run is removed first.
 
 The pipeline: ``workers`` reader threads decode into a bounded queue, the calling thread runs the
-model one image at a time, ``workers`` writer threads encode from a second bounded queue. At most
-``2 * workers`` decoded and ``workers`` upscaled images wait in memory at any moment, whatever the
-folder's size. Each image gets its own forward passes with the engine's settings, exactly as the
+model one image at a time, ``workers`` writer threads encode from a second bounded queue. However
+large the folder, at most ``3 * workers`` decoded images (queued, or held by a reader waiting for
+room) and ``2 * workers`` upscaled ones (queued, or being encoded) are in memory at any moment. Each image gets its own forward passes with the engine's settings, exactly as the
 single command does, so an output never depends on which other images were in the same run (this
 is why small images do not share a forward pass: padding them to one size would change their borders).
 
@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import errors
 from .api import Upscaler, default_output_path
@@ -42,6 +42,8 @@ log = logging.getLogger("upscale")
 IMAGE_EXTENSIONS = SUPPORTED_EXTENSIONS
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+MODEL_SECONDS_KEY = "forward_s"  # the engine's stats entry: seconds spent in forward passes
 
 
 @dataclass(frozen=True)

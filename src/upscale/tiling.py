@@ -85,22 +85,29 @@ def padded_length(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
 
-def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple: int = 1,
-               scale: int = 1) -> TilePlan:
+def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple: int = 1, scale: int = 1,
+               *, fixed_tile: bool = False) -> TilePlan:
     """Plan windows over an image of ``height`` x ``width`` input pixels.
 
-    The image is taken as padded (bottom/right) to a multiple of ``multiple``; ``plan.height`` and
-    ``plan.width`` are the padded sizes the caller must feed. ``tile_px`` is the largest window side
-    (0 = one window over the whole image); ``overlap_px`` is the context discarded at every interior
-    window edge. Raises ValueError if ``tile_px`` is too small for the overlap.
+    ``tile_px`` is the largest window side (0 = one window over the whole image); ``overlap_px`` the
+    context discarded at every interior window edge; ``multiple`` the model's size multiple; ``scale``
+    its upscaling factor (weights are in output pixels). The image is taken as padded (bottom/right)
+    to a multiple of ``multiple``: ``plan.height``/``plan.width`` are the sizes the caller must feed.
+
+    ``fixed_tile=True`` keeps every window at exactly ``tile_px`` (rounded down to ``multiple``) for
+    any image, padding images smaller than that up to it, so a compiled graph sees one shape only.
+    Raises ValueError when ``tile_px`` is not larger than ``3 * overlap_px``.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if tile_px < 0 or overlap_px < 0 or multiple < 1 or scale < 1:
         raise ValueError("tile_px and overlap_px must be >= 0, multiple and scale >= 1")
     ph, pw = padded_length(height, multiple), padded_length(width, multiple)
-    tile_h, ys = _axis_layout(ph, tile_px, overlap_px, multiple)
-    tile_w, xs = _axis_layout(pw, tile_px, overlap_px, multiple)
+    if fixed_tile and tile_px:
+        side = max(tile_px // multiple, 1) * multiple
+        ph, pw = max(ph, side), max(pw, side)
+    tile_h, ys = _axis_layout(ph, tile_px, overlap_px, multiple, fixed_tile)
+    tile_w, xs = _axis_layout(pw, tile_px, overlap_px, multiple, fixed_tile)
     return TilePlan(
         height=ph, width=pw, tile_h=tile_h, tile_w=tile_w, scale=scale, overlap_px=overlap_px,
         ys=ys, xs=xs,
@@ -109,53 +116,55 @@ def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple:
     )
 
 
-def _axis_layout(length: int, tile_px: int, overlap_px: int, multiple: int) -> tuple[int, tuple[int, ...]]:
-    """Window size and start positions along one axis (all in px, multiples of ``multiple``)."""
+def _axis_layout(length: int, tile_px: int, overlap_px: int, multiple: int,
+                 fixed_tile: bool) -> tuple[int, tuple[int, ...]]:
+    """Window size and start positions along one axis (px, multiples of ``multiple``). Neighbours
+    overlap by at least ``3 * overlap_px``; the windows are spread evenly from 0 to the end."""
     unit = multiple
     n_len = length // unit
     n_tile = max(tile_px // unit, 1)
     if tile_px == 0 or n_tile >= n_len:
         return length, (0,)
-    min_overlap = 3 * overlap_px
-    n_overlap = -(-min_overlap // unit)
-    if n_tile < 2 * n_overlap or n_tile <= n_overlap:
-        raise ValueError(f"tile_px {tile_px} is too small for overlap_px {overlap_px}: need tile_px >= "
-                         f"{max(2 * n_overlap, n_overlap + 1) * unit} (6 x overlap, in multiples of {unit})")
-    quantum = math.lcm(SHAPE_QUANTUM_PX, unit) // unit
+    n_overlap = -(-3 * overlap_px // unit)
+    if n_tile <= n_overlap:
+        raise ValueError(f"tile_px {tile_px} is too small for overlap_px {overlap_px}: tiles must be larger "
+                         f"than 3 x overlap ({n_overlap * unit} px here)")
     count = -(-(n_len - n_overlap) // (n_tile - n_overlap))
-    while True:   # one pass in practice; tiny lengths may need a rounder size or one more window
-        raw = -(-(n_len + (count - 1) * n_overlap) // count)
-        for size in (min(-(-raw // quantum) * quantum, n_tile), raw):
-            starts = [i * (n_len - size) // (count - 1) for i in range(count)]
-            if _valid_layout(starts, size, n_overlap, overlap_px / unit):
-                return size * unit, tuple(s * unit for s in starts)
-        count += 1
-
-
-def _valid_layout(starts: list[int], size: int, min_overlap: int, margin: float) -> bool:
-    """Neighbours overlap by ``min_overlap`` and each window's two fades (between the discarded
-    ``margin``s) do not meet, so every pixel is shared by at most two fading windows."""
-    pairs_ok = all(a + size - b >= min_overlap for a, b in zip(starts, starts[1:]))
-    fades_ok = all(a + size - margin <= c + margin for a, c in zip(starts, starts[2:]))
-    return pairs_ok and fades_ok
+    size = n_tile
+    if not fixed_tile:   # the smallest window (rounded up to the shape quantum) that keeps the overlap
+        quantum = math.lcm(SHAPE_QUANTUM_PX, unit) // unit
+        size = -(-(n_len + (count - 1) * n_overlap) // count)
+        size = min(-(-size // quantum) * quantum, n_tile)
+    return size * unit, tuple(i * (n_len - size) // (count - 1) * unit for i in range(count))
 
 
 def _axis_weights(starts: tuple[int, ...], size: int, overlap_px: int, scale: int) -> tuple[np.ndarray, ...]:
-    """Per-window 1-D weights in output pixels: 0 in discarded margins, cosine fade between neighbours."""
+    """Per-window 1-D weights in output pixels: 0 in discarded margins, 1 in the core, and a cosine
+    cross-fade between neighbours. The fade between windows i and i+1 is centred in what they share
+    beyond both margins and, where windows are packed densely, narrowed so that it never meets the
+    next fade: every output pixel then lies in at most one fade, and the weights sum to 1."""
+    # fade k (between windows k and k+1): centre and half-width in output px
+    lows = [(b + overlap_px) * scale for b in starts[1:]]
+    highs = [(a + size - overlap_px) * scale for a in starts[:-1]]
+    centres = [(lo + hi) // 2 for lo, hi in zip(lows, highs)]
+    halves = [(hi - lo) // 2 for lo, hi in zip(lows, highs)]
+    for k in range(len(centres)):
+        if k > 0:
+            halves[k] = min(halves[k], (centres[k] - centres[k - 1]) // 2)
+        if k + 1 < len(centres):
+            halves[k] = min(halves[k], (centres[k + 1] - centres[k]) // 2)
     out = []
-    size_out = size * scale
     for i, start in enumerate(starts):
-        w = np.ones(size_out, dtype=np.float32)
-        if i > 0:   # fade in from the previous window
-            lo = (start + overlap_px) * scale
-            hi = (starts[i - 1] + size - overlap_px) * scale
-            w[: lo - start * scale] = 0.0
-            w[lo - start * scale: hi - start * scale] = _fade(hi - lo)
-        if i < len(starts) - 1:   # fade out into the next window
-            lo = (starts[i + 1] + overlap_px) * scale
-            hi = (start + size - overlap_px) * scale
-            w[lo - start * scale: hi - start * scale] = 1.0 - _fade(hi - lo)
-            w[hi - start * scale:] = 0.0
+        w = np.ones(size * scale, dtype=np.float32)
+        origin = start * scale
+        if i > 0:   # fade in from window i-1
+            lo, hi = centres[i - 1] - halves[i - 1] - origin, centres[i - 1] + halves[i - 1] - origin
+            w[:lo] = 0.0
+            w[lo:hi] = _fade(hi - lo)
+        if i + 1 < len(starts):   # fade out into window i+1
+            lo, hi = centres[i] - halves[i] - origin, centres[i] + halves[i] - origin
+            w[lo:hi] = 1.0 - _fade(hi - lo)
+            w[hi:] = 0.0
         out.append(w)
     return tuple(out)
 

@@ -39,7 +39,7 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler  # None: set outside Python
 
     def handler(signum: int, frame: object) -> None:
         stop.set()
@@ -122,7 +122,7 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     megapixels = 0.0
 
     def rate() -> str:
-        return f"{megapixels / max(time.perf_counter() - started, 1e-9):.2f} MP/s"
+        return f"{megapixels / max(time.perf_counter() - started, 1e-9):.3g} MP/s"
 
     def on_outcome(outcome) -> None:
         nonlocal megapixels
@@ -155,8 +155,8 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     if not quiet:
         state = "interrupted after" if summary.interrupted else "finished in"
         click.echo(f"upscale batch: {state} {summary.elapsed_s:.1f} s: {summary.done} done, {summary.skipped} "
-                   f"skipped, {summary.failed} failed; {summary.images_per_s:.2f} images/s, "
-                   f"{summary.megapixels_per_s:.2f} input MP/s, model busy {summary.model_busy_fraction:.0%}",
+                   f"skipped, {summary.failed} failed; {summary.images_per_s:.3g} images/s, "
+                   f"{summary.megapixels_per_s:.3g} input MP/s, model busy {summary.model_busy_fraction:.0%}",
                    err=True)
     if summary.interrupted:
         sys.exit(EXIT_INTERRUPTED)

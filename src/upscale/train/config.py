@@ -185,6 +185,8 @@ def validate(cfg: TrainConfig) -> None:
     choice("degradation", DEGRADATIONS)
     if cfg.discriminator is not None:
         choice("discriminator", DISCRIMINATORS)
+    if cfg.preset == "finetune" and not cfg.init:
+        raise UsageError("the finetune preset needs --init (a registry name or a weights file)")
     if cfg.gan_weight > 0 and cfg.discriminator is None:
         raise UsageError("gan_weight > 0 needs a discriminator")
     if not cfg.data and not (cfg.lr_dir and cfg.hr_dir):

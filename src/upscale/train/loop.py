@@ -475,6 +475,8 @@ class Trainer:
              f"precision {rt.amp.dtype or 'fp32'}, {rt.world_size} process(es)")
         if self.iteration:
             echo(f"resumed at iteration {self.iteration}")
+        elif cfg.preset == "esrgan" and not cfg.init:
+            echo("warning: esrgan from random weights; the recipe starts from a PSNR-trained model (--init)")
 
         batches = IterationBatches(pairs, seed=cfg.seed, batch_size=cfg.batch_size, gt_size=cfg.gt_size,
                                    rank=rt.rank, world_size=rt.world_size)

@@ -20,6 +20,10 @@ _CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "
                                512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 HUB_REPO = "timm/vgg19.tv_in1k"
 HUB_FILE = "model.safetensors"
+# Not pinned yet: the commit and sha256 could not be read offline when this was written. The strict
+# key/shape check in ``load_imagenet`` still refuses any file that is not VGG19's feature stack.
+HUB_REVISION = "main"
+HUB_SHA256: str | None = None
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -111,7 +115,7 @@ def build_vgg(layer: str, weights: str | None) -> VGG19Features:
     if weights is None:
         from ..hub import fetch_file
 
-        path = Path(fetch_file(HUB_REPO, HUB_FILE, revision="main"))
+        path = Path(fetch_file(HUB_REPO, HUB_FILE, revision=HUB_REVISION, sha256=HUB_SHA256))
     else:
         path = Path(weights)
     net.load_imagenet(_read_state_dict(path), str(path))

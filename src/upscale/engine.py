@@ -1,0 +1,374 @@
+"""Running a ``Model`` over an image: devices, precisions, channels_last, torch.compile, batched tiles.
+
+This is the only module that knows devices and dtypes. ``Engine`` prepares the network once (a copy
+on its device, eval, channels_last, optionally compiled); ``Engine.upscale`` plans tiles
+(``upscale.tiling``), converts each horizontal band of the input to float once, stacks tiles into
+batches of ``EngineOptions.batch`` (NHWC memory, so the batch is channels_last without a copy), runs
+them under autocast and streams the outputs into the result through ``tiling.BandStitcher``.
+
+Precision (``precision="auto"``): fp16 autocast on CUDA; bf16 autocast on CPUs with native bf16 dot
+products (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo); fp32 otherwise, and fp32 whenever the model
+is not flagged ``bf16_safe``. Explicit choices: fp16 on CPU is refused (``PrecisionError``); bf16 on a
+CPU without those instructions is allowed (PyTorch emulates it) with a warning that it is likely slower
+than fp32.
+
+Compilation (``compile="auto"``) is considered on CPU only, where it was measured (docs/perf.md): it
+is turned on when the caller announces enough work (``Engine(..., expected_px=...)``) that the
+estimated time saved repays the estimated compile time. Compiled engines use one fixed tile shape
+(``tile_px`` square, small images padded up to it) and full batches, so a single graph serves every
+tile of every image; the inductor cache lives under ``$UPSCALE_CACHE/inductor`` so a second process
+compiles much faster.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import errors, tiling
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("auto", "on", "off")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NAMES = {v: k for k, v in DTYPES.items()}
+
+# Measured on this project's CPU (docs/perf.md, benchmarks/tile_sweep.py): throughput is flat from
+# 192 px up, while overlap waste and band memory grow; 8 px of discarded context per side (plus an
+# 8 px cross-fade) keeps RRDBNet's seams above 45 dB.
+DEFAULT_TILE_PX = 192
+DEFAULT_OVERLAP_PX = 8
+DEFAULT_BATCH = 1
+AUTO_TILE_MAX_PX = 512          # "auto" never goes beyond this: larger tiles were not faster
+MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batch's activations use
+
+# compile="auto": estimated eager seconds of the announced work must exceed this many times the
+# estimated compile time. Compile time (cold cache) measured as COMPILE_BASE_S + COMPILE_PER_CONV_S
+# per conv layer; eager CPU throughput as EAGER_CPU_MACS_PER_S per thread (bf16 autocast, fp32 / 4).
+COMPILE_PAYBACK = 2.0
+COMPILE_BASE_S = 20.0
+COMPILE_PER_CONV_S = 0.2
+EAGER_CPU_MACS_PER_S = {torch.bfloat16: 4.0e11, torch.float32: 1.0e11}
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run a model. ``tile_px``: window side in input px, 0 = whole image, "auto" = the largest
+    that fits the memory available (up to ``AUTO_TILE_MAX_PX``); ``overlap_px``: context discarded at
+    each interior tile edge (tiled == untiled exactly once it reaches ``Model.receptive_radius``);
+    ``batch``: tiles per forward pass; ``threads``: torch intra-op threads (None = all cores)."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    tile_px: int | str = DEFAULT_TILE_PX
+    overlap_px: int = DEFAULT_OVERLAP_PX
+    batch: int = DEFAULT_BATCH
+    threads: int | None = None
+    compile: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("--device", self.device, DEVICES)
+        _choice("--precision", self.precision, PRECISIONS)
+        _choice("--compile", self.compile, COMPILE_MODES)
+        if self.tile_px != "auto" and not (isinstance(self.tile_px, int) and self.tile_px >= 0):
+            raise errors.UsageError(f"--tile must be a whole number of pixels >= 0 or 'auto', not {self.tile_px!r}")
+        if not (isinstance(self.overlap_px, int) and self.overlap_px >= 0):
+            raise errors.UsageError(f"--overlap must be a whole number of pixels >= 0, not {self.overlap_px!r}")
+        if isinstance(self.tile_px, int) and self.tile_px and self.tile_px <= 3 * self.overlap_px:
+            raise errors.UsageError(f"--tile {self.tile_px} is too small for --overlap {self.overlap_px}: "
+                                    f"tiles must be larger than 3 x overlap ({3 * self.overlap_px} px)")
+        if not (isinstance(self.batch, int) and self.batch >= 1):
+            raise errors.UsageError(f"--batch must be a whole number >= 1, not {self.batch!r}")
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise errors.UsageError(f"--threads must be a whole number >= 1, not {self.threads!r}")
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise errors.UsageError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+# --- device and precision --------------------------------------------------------------------------
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The native-bf16 instruction sets this CPU reports (``amx_bf16``, ``avx512_bf16``), from
+    /proc/cpuinfo; empty where that file is missing (non-Linux) or lists neither."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return tuple(f for f in ("amx_bf16", "avx512_bf16") if f in flags)
+    return ()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device that is not there -> ``DeviceError``."""
+    cuda_ok = torch.cuda.is_available()
+    mps_ok = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda_ok else "mps" if mps_ok else "cpu")
+    if name == "cuda" and not cuda_ok:
+        raise errors.DeviceError("--device cuda: no CUDA GPU is available to this PyTorch "
+                                 f"({torch.__version__}); use --device cpu")
+    if name == "mps" and not mps_ok:
+        raise errors.DeviceError("--device mps: Apple's Metal backend is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device, model: Model) -> torch.dtype:
+    """The compute dtype for ``name`` on ``device`` (see the module docstring for the rules)."""
+    label = model.name or model.source or model.arch
+    if name == "auto":
+        if device.type == "cuda":
+            wanted = torch.float16
+        elif device.type == "cpu" and cpu_bf16_flags():
+            wanted = torch.bfloat16
+        else:
+            return torch.float32
+        if not model.bf16_safe:
+            log.info("precision auto: %s is not flagged safe in reduced precision; using fp32", label)
+            return torch.float32
+        return wanted
+    if name == "fp16" and device.type == "cpu":
+        raise errors.PrecisionError("--precision fp16 is not supported on the CPU (PyTorch has no fast fp16 "
+                                    "convolutions there); use --precision bf16 or fp32, or --device cuda")
+    if name == "bf16" and device.type == "cpu" and not cpu_bf16_flags():
+        log.warning("--precision bf16: this CPU has no avx512_bf16/amx_bf16; bf16 is emulated and "
+                    "likely slower than fp32")
+    return DTYPES[name]
+
+
+# --- model probing ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelCost:
+    """Per input pixel costs of a network, from one small probe pass."""
+
+    macs_per_px: float            # multiply-accumulates in its convolutions
+    activation_per_px: float      # elements in the largest conv input + output (peak activation proxy)
+    num_convs: int
+
+
+def probe_cost(model: Model) -> ModelCost:
+    """Count conv MACs and the largest activation per input pixel on a small CPU probe input."""
+    side = 8 * model.size_multiple
+    module = model.module
+    macs = 0
+    peak = 0
+    convs = 0
+
+    def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal macs, peak, convs
+        weight = mod.weight
+        macs += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+        peak = max(peak, inputs[0].numel() + out.numel())
+        convs += 1
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        param = next(module.parameters())
+        with torch.inference_mode():
+            module(torch.zeros(1, model.in_channels, side, side, device=param.device, dtype=param.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return ModelCost(macs / side**2, peak / side**2, convs)
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory for activations: the GPU's free memory, else MemAvailable from /proc/meminfo."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def inductor_cache_dir() -> Path:
+    """``$UPSCALE_CACHE/inductor`` (default ``~/.cache/upscale/inductor``) for compiled graphs."""
+    root = os.environ.get("UPSCALE_CACHE")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "upscale"
+    return base.expanduser() / "inductor"
+
+
+# --- the engine ------------------------------------------------------------------------------------
+class Engine:
+    """A network prepared once for ``options``; ``upscale`` runs images through it.
+
+    ``expected_px``: total input pixels the caller plans to run (all images); only used by
+    ``compile="auto"`` to judge whether compiling pays off.
+    """
+
+    def __init__(self, model: Model, options: EngineOptions | None = None, *,
+                 expected_px: int | None = None) -> None:
+        self.model = model
+        self.options = options or EngineOptions()
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
+        self.device = resolve_device(self.options.device)
+        self.dtype = resolve_precision(self.options.precision, self.device, model)
+        self.cost = probe_cost(model)
+        module = copy.deepcopy(model.module).eval().to(self.device)
+        self.module: nn.Module = module.to(memory_format=torch.channels_last)
+        self.compiled = self._want_compile(expected_px)
+        if self.compiled:
+            self.module = self._compile(self.module)
+        log.info("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
+                 torch.get_num_threads(), "on" if self.compiled else "off")
+
+    # -- preparation --
+    def _want_compile(self, expected_px: int | None) -> bool:
+        mode = self.options.compile
+        if mode != "auto":
+            return mode == "on"
+        if self.device.type != "cpu":
+            log.info("compile auto: off on %s (only measured on CPU); use --compile on to force",
+                     self.device.type)
+            return False
+        if not expected_px:
+            log.info("compile auto: off (amount of work not known)")
+            return False
+        threads = torch.get_num_threads()
+        eager_s = expected_px * self.cost.macs_per_px / (EAGER_CPU_MACS_PER_S.get(self.dtype, 1e11) * threads)
+        compile_s = COMPILE_BASE_S + COMPILE_PER_CONV_S * self.cost.num_convs
+        decision = eager_s >= COMPILE_PAYBACK * compile_s
+        log.info("compile auto: %s (estimated %.0f s of eager work vs %.0f s to compile)",
+                 "on" if decision else "off", eager_s, compile_s)
+        return decision
+
+    def _compile(self, module: nn.Module) -> nn.Module:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+        # freezing folds the (inference-only) weights into the graph as constants: conv weights get
+        # prepacked and cast once instead of per call.
+        return torch.compile(module, dynamic=False, options={"freezing": True})
+
+    # -- running --
+    def tile_px_for(self, height: int, width: int) -> int:
+        """The tile side used for an image of this size (resolves ``tile_px="auto"``)."""
+        tile = self.options.tile_px
+        if tile != "auto":
+            return int(tile)
+        elem = torch.finfo(self.dtype).bits // 8
+        budget = MEMORY_FRACTION * available_memory_bytes(self.device)
+        per_px = 3 * self.cost.activation_per_px * elem * self.options.batch
+        fit = int(math.sqrt(budget / per_px)) // 8 * 8
+        side = max(64, min(fit, AUTO_TILE_MAX_PX), 3 * self.options.overlap_px + 8)
+        return 0 if side >= max(height, width) else side
+
+    def upscale(self, pixels: np.ndarray, progress: Progress | None = None,
+                stats: dict | None = None) -> np.ndarray:
+        """(H, W, C) uint8/uint16/float32 in [0, 1] -> (H*s, W*s, C_out) of the same dtype.
+
+        ``progress(done_tiles, total_tiles)`` is called after each batch. ``stats``, when given, is
+        filled with this call's figures: forward_s, stitch_s, total_s, tiles, batches, tile_shape,
+        device, precision, compiled.
+        """
+        start = time.perf_counter()
+        model = self.model
+        label = model.name or model.source or model.arch
+        if pixels.ndim != 3 or pixels.dtype not in (np.uint8, np.uint16, np.float32):
+            raise errors.UsageError(f"{label}: expected an (H, W, C) uint8, uint16 or float32 array, "
+                                    f"got {pixels.shape} {pixels.dtype}")
+        h, w, c = pixels.shape
+        if c != model.in_channels:
+            raise errors.UsageError(f"{label} takes {model.in_channels}-channel input, the image has {c}")
+        if h < 1 or w < 1:
+            raise errors.UsageError(f"{label}: empty image ({h}x{w})")
+        s = model.scale
+        tile = self.tile_px_for(h, w)
+        fixed = self.compiled and tile > 0
+        try:
+            plan = tiling.plan_tiles(h, w, tile, self.options.overlap_px, model.size_multiple, s, fixed_tile=fixed)
+        except ValueError as exc:
+            raise errors.UsageError(f"{label}: {exc}") from None
+        padded = _pad(pixels, plan.height, plan.width)
+        out = np.empty((h * s, w * s, model.out_channels), dtype=pixels.dtype)
+        stitcher = tiling.BandStitcher(plan, out)
+        forward_s = stitch_s = 0.0
+        batches = 0
+        windows = list(plan.windows())
+        full = self.options.batch
+        on_cpu = self.device.type == "cpu"
+        pin = self.device.type == "cuda"
+        th, tw = plan.tile_h, plan.tile_w
+        batch_in = torch.zeros((full, th, tw, c), dtype=torch.float32, pin_memory=pin)
+        batch_out = None if on_cpu else torch.empty((full, th * s, tw * s, model.out_channels),
+                                                     dtype=torch.float32, pin_memory=pin)
+        band_row, band = -1, None
+        with torch.inference_mode(), self._autocast():
+            for first in range(0, len(windows), full):
+                group = windows[first:first + full]
+                for i, win in enumerate(group):
+                    if win.row != band_row:
+                        band_row, band = win.row, _to_float(padded[win.y0:win.y0 + th])
+                    batch_in[i].copy_(band[:, win.x0:win.x0 + tw])
+                n = full if self.compiled else len(group)   # compiled graphs keep one static batch size
+                t0 = time.perf_counter()
+                x = batch_in[:n].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+                y = self.module(x).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
+                if on_cpu:
+                    host = y.contiguous()
+                else:
+                    host = batch_out[:n]
+                    host.copy_(y, non_blocking=True)
+                    _synchronize(self.device)
+                t1 = time.perf_counter()
+                for i, win in enumerate(group):
+                    stitcher.add(win, host[i].numpy())
+                stitch_s += time.perf_counter() - t1
+                forward_s += t1 - t0
+                batches += 1
+                if progress is not None:
+                    progress(first + len(group), len(windows))
+        if stats is not None:
+            stats.update(forward_s=forward_s, stitch_s=stitch_s, total_s=time.perf_counter() - start,
+                         tiles=len(windows), batches=batches, tile_shape=(th, tw), device=str(self.device),
+                         precision=NAMES[self.dtype], compiled=self.compiled)
+        return out
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def _pad(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad the bottom/right of an (H, W, C) array to (height, width); no copy if it fits."""
+    h, w = pixels.shape[:2]
+    if (h, w) == (height, width):
+        return pixels
+    return np.pad(pixels, ((0, height - h), (0, width - w), (0, 0)), mode="reflect")
+
+
+def _to_float(rows: np.ndarray) -> torch.Tensor:
+    """An (h, W, C) band of pixels as a float32 tensor in [0, 1] (integer types scaled by their peak)."""
+    if rows.dtype == np.float32:
+        return torch.from_numpy(np.ascontiguousarray(rows))
+    band = rows.astype(np.float32)
+    band *= 1.0 / (255.0 if rows.dtype == np.uint8 else 65535.0)
+    return torch.from_numpy(band)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

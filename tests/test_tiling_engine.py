@@ -1,0 +1,301 @@
+"""Tile geometry, the band stitcher and the engine: tiled == untiled, precisions, dtypes, errors."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from upscale import errors
+from upscale.archs import build_module
+from upscale.engine import Engine, EngineOptions, probe_cost, resolve_precision
+from upscale.model import Model
+from upscale.tiling import BandStitcher, plan_tiles
+
+
+def small_model(arch: str, **hparams) -> Model:
+    """A tiny random network of ``arch`` (seeded), wrapped as a Model."""
+    torch.manual_seed(sum(map(ord, arch)) + 7 * hparams.get("scale", 0))
+    module = build_module(arch, hparams).eval()
+    if arch == "srresnet":   # give eval-mode BatchNorm non-trivial statistics
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    hp = {**{"scale": module.scale}, **hparams}
+    return Model(module, arch, hp, source=f"tiny-{arch}")
+
+
+# (arch, hparams, largest image side used) -- sizes bounded so the whole file stays fast on 2 cores
+SMALL_NETS = [
+    ("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 4}, 160),
+    ("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 2}, 200),
+    ("rrdbnet", {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 1}, 300),
+    ("compact", {"num_conv": 2, "num_feat": 8, "scale": 4}, 200),
+    ("msrresnet", {"num_block": 1, "num_feat": 8, "scale": 4}, 160),
+    ("srresnet", {"num_block": 1, "num_feat": 8, "scale": 2, "bn": True}, 200),
+    ("srcnn", {"n1": 8, "n2": 4, "scale": 3}, 120),
+    ("tiny", {"scale": 2}, 72),
+]
+
+
+def fp32(tile_px: int, overlap_px: int, batch: int = 1) -> EngineOptions:
+    return EngineOptions(device="cpu", precision="fp32", tile_px=tile_px, overlap_px=overlap_px, batch=batch,
+                         compile="off")
+
+
+# --- geometry --------------------------------------------------------------------------------------
+def _axis_sum(starts, weights, length_out, scale):
+    total = np.zeros(length_out)
+    for start, w in zip(starts, weights):
+        total[start * scale:start * scale + len(w)] += w
+    return total
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plan_covers_image_with_equal_windows_and_unit_weights(seed):
+    rng = random.Random(seed)
+    for _ in range(60):
+        h, w = rng.randint(1, 400), rng.randint(1, 400)
+        overlap, multiple, scale = rng.randint(0, 12), rng.choice([1, 2, 4]), rng.choice([1, 2, 3, 4])
+        least = -(-3 * overlap // multiple) * multiple + multiple      # > 3 x overlap, in whole multiples
+        tile = rng.choice([0, rng.randint(least, least + 150)])
+        fixed = rng.random() < 0.3
+        plan = plan_tiles(h, w, tile, overlap, multiple, scale, fixed_tile=fixed)
+        assert plan.height % multiple == 0 and plan.width % multiple == 0
+        assert plan.height >= h and plan.width >= w
+        for starts, size, length, weights in ((plan.ys, plan.tile_h, plan.height, plan.row_weights),
+                                              (plan.xs, plan.tile_w, plan.width, plan.col_weights)):
+            assert starts[0] == 0 and starts[-1] + size == length          # covers, ends at the edge
+            assert all(s % multiple == 0 for s in starts) and size % multiple == 0
+            if tile and not fixed:
+                assert size <= max(tile, multiple) or len(starts) == 1
+            if fixed and tile:
+                assert size == max(tile // multiple, 1) * multiple
+            for a, b in zip(starts, starts[1:]):
+                assert a < b and a + size - b >= 3 * overlap                  # enough shared context
+            assert all(len(wt) == size * scale and wt.min() >= 0 for wt in weights)
+            for i, wt in enumerate(weights):                                  # discarded margins
+                if i > 0:
+                    assert not wt[:overlap * scale].any()
+                if i + 1 < len(weights):
+                    assert not wt[len(wt) - overlap * scale:].any()
+            np.testing.assert_allclose(_axis_sum(starts, weights, length * scale, scale), 1.0, atol=1e-6)
+        # every window has the same shape, so the 2-D weights stack
+        assert {plan.weight(win).shape for win in plan.windows()} == {(plan.tile_h * scale, plan.tile_w * scale)}
+
+
+def test_plan_fades_rather_than_cuts_and_keeps_borders_at_one():
+    plan = plan_tiles(90, 300, 96, 8, 1, 2)
+    assert len(plan.ys) == 1 and plan.row_weights[0].min() == 1.0    # one row: weight 1 at both borders
+    assert len(plan.xs) > 2
+    first, last = plan.col_weights[0], plan.col_weights[-1]
+    assert first[0] == 1.0 and last[-1] == 1.0
+    fade = first[(first > 0) & (first < 1)]
+    assert len(fade) >= 8 * 2                                        # a ramp of >= overlap px, not a step
+    assert np.all(np.diff(fade) < 0)
+
+
+def test_plan_rejects_tile_smaller_than_its_overlap():
+    with pytest.raises(ValueError, match="too small"):
+        plan_tiles(500, 500, 30, 10)
+    with pytest.raises(errors.UsageError, match="--tile"):
+        EngineOptions(tile_px=30, overlap_px=10)
+
+
+# --- stitcher --------------------------------------------------------------------------------------
+def test_stitcher_holds_one_band_and_converts_with_rounding_and_clamping():
+    plan = plan_tiles(1000, 50, 40, 4, 1, 2)
+    assert len(plan.ys) > 20
+    out = np.zeros((2000, 100, 1), dtype=np.uint8)
+    stitcher = BandStitcher(plan, out)
+    assert stitcher.accumulator_rows == plan.tile_h * 2            # bounded by one window row, not the image
+    for win in plan.windows():
+        y = (win.y0 * 2 + np.arange(plan.tile_h * 2))[:, None, None]
+        # a ramp over rows from -0.25 to 1.25, identical in every tile that covers a row: the blend must
+        # reproduce it exactly, then clamp and round
+        tile = np.broadcast_to(-0.25 + 1.5 * y / 2000.0, (plan.tile_h * 2, plan.tile_w * 2, 1))
+        stitcher.add(win, tile.astype(np.float32))
+    expected = np.rint(np.clip(-0.25 + 1.5 * np.arange(2000) / 2000.0, 0, 1) * 255)
+    assert np.abs(out[:, 0, 0] - expected).max() <= 1        # (float32 blend vs float64 reference)
+    assert out[:200, 0, 0].max() == 0 and out[-200:, 0, 0].min() == 255 and (out == out[:, :1]).all()
+
+
+@pytest.mark.parametrize("value, expected", [(100.4, 100), (100.6, 101), (-3.0, 0), (300.0, 255)])
+def test_stitcher_rounds_to_nearest_and_clamps(value, expected):
+    plan = plan_tiles(20, 20, 0, 0)
+    out = np.zeros((20, 20, 3), np.uint8)
+    (win,) = plan.windows()
+    BandStitcher(plan, out).add(win, np.full((20, 20, 3), value / 255, np.float32))
+    assert (out == expected).all()
+
+
+@pytest.mark.parametrize("dtype, expected", [(np.uint8, 51), (np.uint16, 13107), (np.float32, 0.2)])
+def test_stitcher_writes_each_dtype_and_crops_padding(dtype, expected):
+    plan = plan_tiles(30, 21, 16, 2, 4, 2)      # padded to 32 x 24
+    assert (plan.height, plan.width) == (32, 24)
+    out = np.zeros((60, 42, 3), dtype=dtype)
+    stitcher = BandStitcher(plan, out)
+    for win in plan.windows():
+        stitcher.add(win, np.full((plan.tile_h * 2, plan.tile_w * 2, 3), 0.2, dtype=np.float32))
+    np.testing.assert_allclose(out.astype(np.float64), expected, rtol=1e-6)
+
+
+def test_stitcher_refuses_tiles_out_of_order():
+    plan = plan_tiles(64, 64, 32, 2)
+    stitcher = BandStitcher(plan, np.zeros((64, 64, 3), np.uint8))
+    wins = list(plan.windows())
+    with pytest.raises(ValueError, match="row-major"):
+        stitcher.add(wins[1], np.zeros((plan.tile_h, plan.tile_w, 3), np.float32))
+
+
+# --- tiled == untiled -----------------------------------------------------------------------------
+@pytest.mark.parametrize("arch, hparams, max_side", SMALL_NETS, ids=lambda v: v if isinstance(v, str) else None)
+def test_tiled_equals_untiled_when_overlap_covers_receptive_field(arch, hparams, max_side):
+    model = small_model(arch, **hparams)
+    radius = model.receptive_radius
+    rng = random.Random(f"{arch}{hparams}")
+    np_rng = np.random.default_rng(rng.randint(0, 2**31))
+    sizes = [(1, 1), (max_side, rng.randint(1, max_side))]
+    sizes += [(rng.randint(1, max_side), rng.randint(1, max_side)) for _ in range(2)]
+    tiled_at_least_once = False
+    for h, w in sizes:
+        image = np_rng.random((h, w, 3), dtype=np.float32)
+        overlap = radius + rng.randint(0, 2)
+        least = -(-3 * overlap // model.size_multiple) * model.size_multiple + model.size_multiple
+        tile = rng.randint(least, max(least, max_side - 4))
+        whole = Engine(model, fp32(0, 0)).upscale(image)
+        stats: dict = {}
+        tiled = Engine(model, fp32(tile, overlap, batch=rng.randint(1, 3))).upscale(image, stats=stats)
+        tiled_at_least_once |= stats["tiles"] > 1
+        assert tiled.shape == (h * model.scale, w * model.scale, 3)
+        err = float(np.abs(tiled - whole).max())
+        assert err < 1e-4, f"{arch} {h}x{w} tile {tile} overlap {overlap}: max abs error {err}"
+    assert tiled_at_least_once
+
+
+def test_overlap_below_receptive_field_does_change_the_output():
+    """The exactness test above can fail: with too little context, tiles do differ."""
+    model = small_model("compact", num_conv=6, num_feat=8, scale=2)
+    image = np.random.default_rng(1).random((60, 60, 3), dtype=np.float32)
+    whole = Engine(model, fp32(0, 0)).upscale(image)
+    tiled = Engine(model, fp32(20, 1)).upscale(image)
+    assert np.abs(tiled - whole).max() > 1e-3
+
+
+# --- precision, device, dtypes ---------------------------------------------------------------------
+def test_fp16_on_cpu_is_a_precision_error():
+    model = small_model("compact", num_conv=1, num_feat=4, scale=2)
+    with pytest.raises(errors.PrecisionError, match="fp16"):
+        Engine(model, EngineOptions(device="cpu", precision="fp16"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_missing_cuda_is_a_device_error():
+    with pytest.raises(errors.DeviceError, match="cuda"):
+        Engine(small_model("tiny"), EngineOptions(device="cuda"))
+
+
+@pytest.mark.parametrize("bad", [dict(device="tpu"), dict(precision="int8"), dict(compile="maybe"),
+                                 dict(batch=0), dict(threads=0), dict(tile_px=-1), dict(tile_px="big")])
+def test_bad_options_are_usage_errors(bad):
+    with pytest.raises(errors.UsageError):
+        EngineOptions(**bad)
+
+
+def test_auto_precision_falls_back_to_fp32_for_models_not_bf16_safe():
+    from dataclasses import replace
+
+    model = replace(small_model("tiny"), bf16_safe=False)
+    assert resolve_precision("auto", torch.device("cpu"), model) == torch.float32
+
+
+def test_bf16_autocast_is_close_to_fp32_on_a_smooth_image():
+    model = small_model("compact", num_conv=3, num_feat=16, scale=2)
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    image = np.stack([0.5 + 0.3 * np.sin(4 * xx), 0.5 + 0.3 * np.cos(3 * yy), 0.4 + 0.2 * xx * yy], 2)
+    image = (image * 255).round().astype(np.uint8)
+    ref = Engine(model, fp32(0, 0)).upscale(image)
+    stats: dict = {}
+    low = Engine(model, EngineOptions(device="cpu", precision="bf16", tile_px=0, compile="off")).upscale(
+        image, stats=stats)
+    assert stats["precision"] == "bf16"
+    mse = np.mean((low.astype(np.float64) - ref) ** 2)
+    assert mse > 0                       # bf16 really ran: results are not bit-identical
+    assert 10 * np.log10(255.0**2 / mse) > 40
+
+
+def test_integer_dtypes_round_trip_and_agree_with_float():
+    model = small_model("msrresnet", num_block=1, num_feat=8, scale=2)
+    rng = np.random.default_rng(3)
+    image16 = rng.integers(0, 65536, (23, 31, 3), dtype=np.uint16)
+    out_float = Engine(model, fp32(16, 2)).upscale(image16.astype(np.float32) / 65535)
+    out16 = Engine(model, fp32(16, 2)).upscale(image16)
+    assert out16.dtype == np.uint16 and out16.shape == (46, 62, 3)
+    from_float = np.rint(np.clip(out_float, 0, 1) * 65535)
+    assert np.abs(out16 - from_float).max() <= 1               # x / 65535 vs x * (1 / 65535) in float32
+    assert out16.max() > 255                                  # really 16-bit, not 8-bit scaled up
+    out8 = Engine(model, fp32(16, 2)).upscale((image16 >> 8).astype(np.uint8))
+    assert out8.dtype == np.uint8
+    assert out_float.dtype == np.float32 and 0 <= out_float.min() and out_float.max() <= 1
+
+
+def test_channel_mismatch_and_bad_arrays_are_usage_errors():
+    engine = Engine(small_model("tiny"), fp32(0, 0))
+    with pytest.raises(errors.UsageError, match="3-channel"):
+        engine.upscale(np.zeros((8, 8, 1), np.uint8))
+    with pytest.raises(errors.UsageError, match="uint8"):
+        engine.upscale(np.zeros((8, 8, 3), np.int32))
+
+
+def test_progress_and_stats_report_every_tile_and_nothing_is_kept_between_calls():
+    model = small_model("compact", num_conv=1, num_feat=4, scale=2)
+    engine = Engine(model, fp32(24, 2, batch=4))
+    image = np.random.default_rng(0).integers(0, 256, (70, 50, 3), dtype=np.uint8)
+    seen: list[tuple[int, int]] = []
+    stats: dict = {}
+    first = engine.upscale(image, progress=lambda done, total: seen.append((done, total)), stats=stats)
+    total = stats["tiles"]
+    assert total > 4 and seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert stats["batches"] == -(-total // 4) and stats["forward_s"] > 0 and stats["compiled"] is False
+    np.testing.assert_array_equal(engine.upscale(image), first)
+    assert next(model.module.parameters()).is_contiguous()     # the caller's module was not touched
+
+
+def test_auto_tile_is_bounded_and_whole_image_when_small():
+    engine = Engine(small_model("tiny"), EngineOptions(device="cpu", precision="fp32", tile_px="auto"))
+    assert engine.tile_px_for(40, 40) == 0
+    side = engine.tile_px_for(8000, 8000)
+    assert 64 <= side <= 512
+
+
+def test_probe_counts_conv_macs():
+    model = small_model("srcnn", n1=8, n2=4, scale=2)
+    cost = probe_cost(model)
+    # per input px: 4 output px, each 9*9*3*8 + 8*4 + 5*5*4*3 MACs
+    assert cost.num_convs == 3
+    assert cost.macs_per_px == pytest.approx(4 * (81 * 3 * 8 + 8 * 4 + 25 * 4 * 3))
+
+
+def test_compile_auto_follows_the_announced_work(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = small_model("compact", num_conv=1, num_feat=4, scale=2)
+    options = EngineOptions(device="cpu", precision="fp32", compile="auto")
+    assert not Engine(model, options).compiled                               # work unknown
+    assert not Engine(model, options, expected_px=64 * 64).compiled          # too little to repay compiling
+    assert Engine(model, options, expected_px=10**13).compiled               # (compiles lazily: cheap here)
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_eager_with_one_tile_shape(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = small_model("compact", num_conv=2, num_feat=8, scale=2)
+    image = np.random.default_rng(0).random((50, 37, 3), dtype=np.float32)
+    eager = Engine(model, fp32(32, 2, batch=3)).upscale(image)
+    stats: dict = {}
+    compiled = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=2, batch=3,
+                                           compile="on")).upscale(image, stats=stats)
+    assert stats["compiled"] and stats["tile_shape"] == (32, 32)
+    assert np.abs(compiled - eager).max() < 1e-4
