@@ -140,6 +140,8 @@ def test_preset_runs_and_losses_move(preset: str, data: dict[str, Path], tmp_pat
     result = train(cfg, progress=False)
     assert result.iteration == 5 and result.model_path.is_file()
     assert result.last_val and result.bicubic
+    with Image.open(result.out / "curves.png") as curves:
+        assert curves.size == (1120, 360)
     g = loss_series(result.out, "loss/g_total")
     assert len(g) == 5 and all(np.isfinite(g)) and len(set(g)) > 1
     state = load_checkpoint(result.out / "checkpoints" / "iter_00000005.pt")
@@ -169,6 +171,11 @@ def test_finetune_trains_only_the_trunk(data: dict[str, Path], tmp_path: Path) -
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("body.") for k in changed)
     assert not torch.equal(before["body.0.rdb1.conv1.weight"], after["body.0.rdb1.conv1.weight"])
+    # resuming needs the checkpoint only, not the --init file it started from
+    init.unlink()
+    more = small_cfg(data, tmp_path / "ft", "finetune", init=str(init), arch="rrdbnet", hparams={},
+                     max_iters=5, ema_decay=0.0)
+    assert train(more, progress=False, resume=tmp_path / "ft" / "checkpoints" / "iter_00000003.pt").iteration == 5
 
 
 # --- 3. learning is real -----------------------------------------------------------------------------
@@ -178,7 +185,7 @@ def test_psnr_preset_beats_bicubic_by_2db(tmp_path: Path) -> None:
     cfg = build_config("psnr", {"data": [str(hr)], "val": [str(val)], "out": str(tmp_path / "run"), "scale": 2,
                                 "gt_size": 48, "batch_size": 8, "max_iters": 200, "learning_rate": 2e-3,
                                 "arch": "compact", "hparams": {"num_feat": 16, "num_conv": 3, "act_type": "lrelu"},
-                                "ema_decay": 0.9, "val_every": 200, "log_every": 40, "ckpt_every": 1000, "threads": 1,
+                                "val_every": 200, "log_every": 40, "ckpt_every": 1000, "threads": 1,
                                 "precision": "fp32"})
     t0 = time.perf_counter()
     result = train(cfg, progress=False)

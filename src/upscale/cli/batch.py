@@ -95,10 +95,12 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     from tqdm import tqdm
 
     from .. import errors
-    from ..batch import DONE, FAILED, SKIPPED, BatchSettings, plan_batch, run_batch, write_report
+    from ..batch import DONE, FAILED, SKIPPED, BatchSettings, Outcome, plan_batch, run_batch, write_report
 
     if quiet:
         logging.getLogger("upscale").setLevel(logging.WARNING)
+    if report is not None and not report.parent.is_dir():
+        raise click.BadParameter(f"folder {report.parent} does not exist", param_hint="--report")
     upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
                                      overlap_px, batch, threads, compile_mode)
     try:
@@ -124,7 +126,7 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     def rate() -> str:
         return f"{megapixels / max(time.perf_counter() - started, 1e-9):.3g} MP/s"
 
-    def on_outcome(outcome) -> None:
+    def on_outcome(outcome: Outcome) -> None:
         nonlocal megapixels
         with lock:
             if outcome.status == DONE:

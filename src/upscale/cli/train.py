@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,8 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     from tqdm import tqdm
 
     result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=not quiet, resume=resume_path)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+        sys.exit(EXIT_INTERRUPTED if result.interrupted else 0)
     if result.interrupted:
         click.echo(f"upscale: interrupted at iteration {result.iteration}; resume with "
                    f"`upscale train --out {out} --resume`", err=True)

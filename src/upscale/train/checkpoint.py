@@ -21,6 +21,8 @@ import torch
 from ..errors import CheckpointError
 
 _NAME = re.compile(r"^iter_(\d{8,})\.pt$")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -38,6 +40,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -169,18 +169,23 @@ def select_trainable(module: nn.Module, trainable: list[str], freeze: list[str])
 
 
 class EMA:
-    """Exponential moving average of a module's parameters (buffers are copied as they are)."""
+    """Exponential moving average of a module's parameters (buffers are copied as they are).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the average forgets the
+    random initial weights within a few hundred iterations instead of ~5000 at 0.999: early
+    validations then judge the trained weights, not a blend with the initialisation."""
 
     def __init__(self, module: nn.Module, decay: float) -> None:
         self.decay = decay
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
+    def update(self, module: nn.Module, num_updates: int) -> None:
+        decay = min(self.decay, (1.0 + num_updates) / (10.0 + num_updates))
         src = dict(module.named_parameters())
         ema_params = [p for _, p in self.module.named_parameters()]
         live = [src[n].detach() for n, _ in self.module.named_parameters()]
-        torch._foreach_lerp_(ema_params, live, 1.0 - self.decay)
+        torch._foreach_lerp_(ema_params, live, 1.0 - decay)
         for (_, b_ema), (_, b) in zip(self.module.named_buffers(), module.named_buffers()):
             b_ema.copy_(b)
 
@@ -317,7 +322,13 @@ class Trainer:
         import random
         random.seed(cfg.seed)
 
-        gen, self.arch, self.hparams = build_generator(cfg)
+        state = ckpt.load_checkpoint(resume) if resume is not None else None
+        if state is not None and cfg.init:
+            # The checkpoint holds the weights; the --init file is not needed (nor read) again.
+            gen, self.arch, self.hparams = archs.build_module(state["arch"], state["hparams"]).train(), \
+                state["arch"], dict(state["hparams"])
+        else:
+            gen, self.arch, self.hparams = build_generator(cfg)
         self.gen = gen.to(self.rt.device)
         params = select_trainable(self.gen, cfg.trainable, cfg.freeze)
         self.opt_g = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -340,8 +351,8 @@ class Trainer:
         self.iteration = 0
         self.best_psnr: float | None = None
         self.elapsed_s = 0.0
-        if resume is not None:
-            self._restore(Path(resume))
+        if state is not None:
+            self._restore(state, Path(str(resume)))
 
         memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.memory_format = memory
@@ -380,10 +391,11 @@ class Trainer:
             s["scaler_d"] = self.scaler_d.state_dict()
         return s
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path)
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
         saved = state.get("config", {})
         for key in _SHAPE_KEYS:
+            if key == "gt_size" and not self.cfg.discriminator:
+                continue  # only a discriminator's dense layer depends on the crop size
             mine = getattr(self.cfg, key)
             theirs = saved.get(key)
             if key == "hparams":
@@ -447,7 +459,7 @@ class Trainer:
                 group["lr"] = (self.cfg.d_learning_rate or self.cfg.learning_rate) * factor
             terms.update(d_step(self.disc_run, sr, hr, self.opt_d, self.cfg.gan_type, self.rt.amp, self.scaler_d))
         if self.ema is not None:
-            self.ema.update(self.gen)
+            self.ema.update(self.gen, self.iteration)
         self.iteration += 1
         return terms
 
@@ -470,6 +482,11 @@ class Trainer:
         bicubic = bicubic_scores(val_sets, cfg.scale) if val_sets else {}
         for name, (p, s) in bicubic.items():
             echo(f"bicubic baseline {name}: PSNR-Y {p:.2f} dB, SSIM-Y {s:.4f}")
+        if bicubic and self.iteration == 0:
+            rec: dict[str, Any] = {"iter": 0}
+            for name, (p, s) in bicubic.items():
+                rec[f"bicubic/{name}/psnr"], rec[f"bicubic/{name}/ssim"] = p, s
+            self._append_metrics(rec)
         n_params = sum(p.numel() for p in self.gen.parameters())
         echo(f"generator {self.arch} {self.hparams}: {n_params / 1e6:.3f} M parameters; device {rt.device}, "
              f"precision {rt.amp.dtype or 'fp32'}, {rt.world_size} process(es)")
@@ -512,7 +529,7 @@ class Trainer:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("g_total", "d_total")})
                     if rt.is_main and (self.iteration % cfg.log_every == 0 or self.iteration == cfg.max_iters):
                         now = time.perf_counter()
-                        rec: dict[str, Any] = {"iter": self.iteration, "time_s": round(self.elapsed_s, 3),
+                        rec = {"iter": self.iteration, "time_s": round(self.elapsed_s, 3),
                                                "lr": self.opt_g.param_groups[0]["lr"],
                                                "it_per_s": round(window_n / max(now - window_t, 1e-9), 4)}
                         rec.update({f"loss/{k}": v / window_n for k, v in window.items()})

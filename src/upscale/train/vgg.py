@@ -56,6 +56,8 @@ class VGG19Features(nn.Module):
         modules: list[nn.Module] = []
         in_ch = 3
         for v in _CFG:
+            if len(modules) > indices[layer]:
+                break
             if v == "M":
                 modules.append(nn.MaxPool2d(2, 2))
             else:
