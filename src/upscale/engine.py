@@ -55,13 +55,15 @@ DEFAULT_BATCH = 1
 AUTO_TILE_MAX_PX = 512          # "auto" never goes beyond this: larger tiles were not faster
 MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batch's activations use
 
-# compile="auto": estimated eager seconds of the announced work must exceed this many times the
-# estimated compile time. Compile time (cold cache) measured as COMPILE_BASE_S + COMPILE_PER_CONV_S
-# per conv layer; eager CPU throughput as EAGER_CPU_MACS_PER_S per thread (bf16 autocast, fp32 / 4).
+# compile="auto": the estimated eager seconds of the announced work must reach COMPILE_PAYBACK times
+# the estimated compile time (compiling roughly halves RRDBNet's time on this CPU, so it then pays for
+# itself). Measured here (docs/perf.md): a cold compile takes about COMPILE_BASE_S plus
+# COMPILE_PER_CONV_S per conv layer (compact-32: ~27 s, RRDBNet-23: ~76 s); eager conv throughput
+# per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4, 128 px tiles: ~0.95 s bf16, ~3 s fp32, 2 threads).
 COMPILE_PAYBACK = 2.0
 COMPILE_BASE_S = 20.0
-COMPILE_PER_CONV_S = 0.2
-EAGER_CPU_MACS_PER_S = {torch.bfloat16: 4.0e11, torch.float32: 1.0e11}
+COMPILE_PER_CONV_S = 0.15
+EAGER_CPU_MACS_PER_S = {torch.bfloat16: 1.5e11, torch.float32: 5e10}
 
 Progress = Callable[[int, int], None]
 
@@ -211,6 +213,13 @@ def inductor_cache_dir() -> Path:
     return base.expanduser() / "inductor"
 
 
+def compile_estimates(cost: ModelCost, dtype: torch.dtype, threads: int, expected_px: int) -> tuple[float, float]:
+    """(eager seconds for ``expected_px`` input pixels, seconds to compile) on this CPU, from the
+    measured constants above."""
+    eager_s = expected_px * cost.macs_per_px / (EAGER_CPU_MACS_PER_S.get(dtype, 5e10) * threads)
+    return eager_s, COMPILE_BASE_S + COMPILE_PER_CONV_S * cost.num_convs
+
+
 # --- the engine ------------------------------------------------------------------------------------
 class Engine:
     """A network prepared once for ``options``; ``upscale`` runs images through it.
@@ -231,8 +240,10 @@ class Engine:
         module = copy.deepcopy(model.module).eval().to(self.device)
         self.module: nn.Module = module.to(memory_format=torch.channels_last)
         self.compiled = self._want_compile(expected_px)
+        # compiled engines run one fixed tile shape (None: whole images, one graph per image size)
+        self.compiled_tile_px: int | None = None
         if self.compiled:
-            self.module = self._compile(self.module)
+            self._compile()
         log.info("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
                  torch.get_num_threads(), "on" if self.compiled else "off")
 
@@ -248,31 +259,61 @@ class Engine:
         if not expected_px:
             log.info("compile auto: off (amount of work not known)")
             return False
-        threads = torch.get_num_threads()
-        eager_s = expected_px * self.cost.macs_per_px / (EAGER_CPU_MACS_PER_S.get(self.dtype, 1e11) * threads)
-        compile_s = COMPILE_BASE_S + COMPILE_PER_CONV_S * self.cost.num_convs
+        eager_s, compile_s = compile_estimates(self.cost, self.dtype, torch.get_num_threads(), expected_px)
         decision = eager_s >= COMPILE_PAYBACK * compile_s
         log.info("compile auto: %s (estimated %.0f s of eager work vs %.0f s to compile)",
                  "on" if decision else "off", eager_s, compile_s)
         return decision
 
-    def _compile(self, module: nn.Module) -> nn.Module:
+    def _compile(self) -> None:
+        """torch.compile the module and, for a fixed tile shape, compile it now with one dummy batch,
+        so that failures surface here (``compile="auto"`` then falls back to eager)."""
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
-        # freezing folds the (inference-only) weights into the graph as constants: conv weights get
-        # prepacked and cast once instead of per call.
-        return torch.compile(module, dynamic=False, options={"freezing": True})
+        tile = self.options.tile_px
+        side = self._fitting_tile_px() if tile == "auto" else int(tile)
+        self.compiled_tile_px = side or None
+        # freezing folds the inference-only weights into the graph: conv weights are prepacked and
+        # cast once instead of on every call
+        compiled = torch.compile(self.module, dynamic=False, options={"freezing": True})
+        if self.compiled_tile_px is None:
+            self.module = compiled
+            return
+        side = max(side // self.model.size_multiple, 1) * self.model.size_multiple
+        dummy = torch.zeros((self.options.batch, self.model.in_channels, side, side), device=self.device)
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode(), self._autocast():
+                compiled(dummy.contiguous(memory_format=torch.channels_last))
+        except Exception as exc:   # compiler missing or failing: many exception types, all mean the same
+            if self.options.compile == "on":
+                raise errors.UsageError(f"--compile on: torch.compile failed here ({type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}); use --compile off") from exc
+            log.warning("compile auto: torch.compile failed (%s); running eagerly", type(exc).__name__)
+            self.compiled = False
+            self.compiled_tile_px = None
+            return
+        log.info("compiled for %dx%d tiles, batch %d, in %.1f s", side, side, self.options.batch,
+                 time.perf_counter() - t0)
+        self.module = compiled
 
     # -- running --
-    def tile_px_for(self, height: int, width: int) -> int:
-        """The tile side used for an image of this size (resolves ``tile_px="auto"``)."""
-        tile = self.options.tile_px
-        if tile != "auto":
-            return int(tile)
+    def _fitting_tile_px(self) -> int:
+        """The largest tile side (multiple of 8, 64..AUTO_TILE_MAX_PX) whose activations for one batch
+        fit in MEMORY_FRACTION of the memory available now."""
         elem = torch.finfo(self.dtype).bits // 8
         budget = MEMORY_FRACTION * available_memory_bytes(self.device)
         per_px = 3 * self.cost.activation_per_px * elem * self.options.batch
         fit = int(math.sqrt(budget / per_px)) // 8 * 8
-        side = max(64, min(fit, AUTO_TILE_MAX_PX), 3 * self.options.overlap_px + 8)
+        return max(64, min(fit, AUTO_TILE_MAX_PX), 3 * self.options.overlap_px + 8)
+
+    def tile_px_for(self, height: int, width: int) -> int:
+        """The tile side used for an image of this size (0 = whole image; resolves ``"auto"``)."""
+        if self.compiled:
+            return self.compiled_tile_px or 0
+        tile = self.options.tile_px
+        if tile != "auto":
+            return int(tile)
+        side = self._fitting_tile_px()
         return 0 if side >= max(height, width) else side
 
     def upscale(self, pixels: np.ndarray, progress: Progress | None = None,
