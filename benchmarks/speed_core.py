@@ -149,6 +149,7 @@ def run_speed(args: argparse.Namespace, models: dict[str, Model], image: np.ndar
                 "runs": len(times), "first_call_s": first_call_s,
                 "gmac_per_s": cost.macs_per_px * image.shape[0] * image.shape[1] / median / 1e9,
             })
+            _progress(rows[-1])
         fp32_row, auto_row = rows[-2], rows[-1]
         auto_row["speedup"] = fp32_row["median_s"] / auto_row["median_s"]
         auto_row["psnr_vs_fp32_db"] = metrics.psnr(outputs["auto"], outputs["fp32"], 0, y_channel=False)
@@ -172,6 +173,7 @@ def run_sweep(args: argparse.Namespace, models: dict[str, Model], image: np.ndar
                          "tiles": stats["tiles"], "computed_px_ratio": stats["tiles"] * th * tw / (image.shape[0] * image.shape[1]),
                          "median_s": median, "min_s": min(times), "mpx_per_s": image.shape[0] * image.shape[1]
                          / median / 1e6, "precision": stats["precision"]})
+            _progress(rows[-1])
     return rows
 
 
@@ -193,7 +195,13 @@ def run_seams(args: argparse.Namespace, models: dict[str, Model], image: np.ndar
                              "precision": stats["precision"], "receptive_radius": model.receptive_radius,
                              "psnr_db": metrics.psnr(tiled, whole, 0, y_channel=False),
                              "max_abs_diff": int(np.abs(tiled.astype(np.int16) - whole).max())})
+                _progress(rows[-1])
     return rows
+
+
+def _progress(row: dict) -> None:
+    """One line per finished measurement on stderr, so long runs show where they are."""
+    print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()), file=sys.stderr, flush=True)
 
 
 def markdown(rows: list[dict]) -> str:
