@@ -119,7 +119,8 @@ def test_lookup_and_close_names(tmp_path, monkeypatch):
     with pytest.raises(errors.ModelNotFoundError) as info:
         registry.get_model("esrgna")
     assert "did you mean esrgan" in str(info.value)
-    assert registry.default_model_for_scale(4) is None  # no packaged defaults until their weights exist
+    assert registry.default_model_for_scale(4).name == "default-x4"   # the shipped defaults
+    assert registry.default_model_for_scale(1.5).name == "default-x2"
 
 
 # --- the user registry -----------------------------------------------------------------------------

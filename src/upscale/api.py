@@ -109,10 +109,12 @@ def _box_sum(a: np.ndarray, k: int) -> np.ndarray:
 class Upscaler:
     """A model prepared once on its device (cast, channels_last, compiled) for any number of images."""
 
-    def __init__(self, model: Model, options: EngineOptions | None = None) -> None:
+    def __init__(self, model: Model, options: EngineOptions | None = None, *,
+                 expected_px: int | None = None) -> None:
+        """``expected_px``: input pixels the caller plans to run (lets ``compile="auto"`` decide)."""
         self.model = model
         self.options = options or EngineOptions()
-        self.engine = Engine(model, self.options)
+        self.engine = Engine(model, self.options, expected_px=expected_px)
 
     def upscale(self, image: Image, *, outscale: float | None = None, alpha_mode: str = "model",
                 progress: Progress | None = None, stats: dict | None = None) -> Image:

@@ -244,7 +244,7 @@ class Engine:
         self.compiled_tile_px: int | None = None
         if self.compiled:
             self._compile()
-        log.info("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
+        log.debug("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
                  torch.get_num_threads(), "on" if self.compiled else "off")
 
     # -- preparation --
@@ -257,7 +257,7 @@ class Engine:
                      self.device.type)
             return False
         if not expected_px:
-            log.info("compile auto: off (amount of work not known)")
+            log.debug("compile auto: off (amount of work not known)")
             return False
         eager_s, compile_s = compile_estimates(self.cost, self.dtype, torch.get_num_threads(), expected_px)
         decision = eager_s >= COMPILE_PAYBACK * compile_s
@@ -382,9 +382,13 @@ class Engine:
                 if progress is not None:
                     progress(first + len(group), len(windows))
         if stats is not None:
-            stats.update(forward_s=forward_s, stitch_s=stitch_s, total_s=time.perf_counter() - start,
-                         tiles=len(windows), batches=batches, tile_shape=(th, tw), device=str(self.device),
-                         precision=NAMES[self.dtype], compiled=self.compiled)
+            # counters add up, so one dict can follow several calls (e.g. an image and its alpha)
+            for key, value in (("forward_s", forward_s), ("stitch_s", stitch_s),
+                               ("total_s", time.perf_counter() - start), ("tiles", len(windows)),
+                               ("batches", batches)):
+                stats[key] = stats.get(key, 0) + value
+            stats.update(tile_shape=(th, tw), device=str(self.device), precision=NAMES[self.dtype],
+                         compiled=self.compiled)
         return out
 
     def _autocast(self) -> torch.autocast:

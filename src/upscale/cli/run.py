@@ -51,8 +51,11 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def build_upscaler(outscale: float | None, model_name: str | None, weights: Path | None,
                    interp_alpha: float | None, device: str, precision: str, tile_px: str | None,
-                   overlap_px: int | None, batch: int | None, threads: int | None, compile_mode: str):
-    """Resolve the model and engine options from the shared flags; returns (Upscaler, outscale)."""
+                   overlap_px: int | None, batch: int | None, threads: int | None, compile_mode: str,
+                   expected_px: int | None = None):
+    """Resolve the model and engine options from the shared flags; returns (Upscaler, outscale).
+
+    ``expected_px``: input pixels that will go through the model (for ``--compile auto``)."""
     from ..api import Upscaler, default_model_name, load_model
     from ..engine import EngineOptions
 
@@ -73,7 +76,7 @@ def build_upscaler(outscale: float | None, model_name: str | None, weights: Path
     if outscale is not None and outscale != model.scale:
         log.info("model %s is x%d; resizing its output to x%g with Lanczos", model.name or model.source,
                  model.scale, outscale)
-    return Upscaler(model, options), (outscale if outscale is not None else float(model.scale))
+    return Upscaler(model, options, expected_px=expected_px), (outscale if outscale is not None else float(model.scale))
 
 
 def _int_option(flag: str, value: str) -> int:
@@ -109,8 +112,10 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     if quiet:
         logging.getLogger("upscale").setLevel(logging.WARNING)
     source = read_image(image, max_pixels=max_pixels)  # bad input fails before any model work
+    h, w = source.pixels.shape[:2]
+    passes = 2 if source.alpha is not None and alpha_mode == "model" else 1
     upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
-                                     overlap_px, batch, threads, compile_mode)
+                                     overlap_px, batch, threads, compile_mode, expected_px=h * w * passes)
     target = output or default_output_path(image, scale, output_format)
     if target.resolve() == image.resolve():
         raise errors.ImageWriteError("refusing to overwrite the input image; choose another -o", path=target)
