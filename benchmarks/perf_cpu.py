@@ -394,7 +394,8 @@ def cmd_compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     runners[BASELINE] = torch_fp32_runner(model)
     ncnn_options = {}
     for variant in () if args.no_ncnn else NCNN_VARIANTS:
-        runners[f"(b) ncnn {variant}"], ncnn_options[variant] = ncnn_runner(wheel_param(args.net), variant, args.threads)
+        run, ncnn_options[variant] = ncnn_runner(wheel_param(args.net), variant, args.threads)
+        runners[f"(b) ncnn {variant}"] = run
     padded = np.pad(pixels, ((0, plan.height - h), (0, plan.width - w), (0, 0)), mode="reflect")
     windows = sample_windows(plan, args.sample_tiles)
     crops = [np.ascontiguousarray(padded[v.y0:v.y0 + plan.tile_h, v.x0:v.x0 + plan.tile_w]) for v in windows]
@@ -577,26 +578,36 @@ def cmd_first_output(args: argparse.Namespace) -> None:
 
 
 def cmd_seams(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Issue 2, Must show 1: default tile/overlap vs one whole-image pass, PSNR on a natural image."""
+    """Issue 2, Must show 1: tiled (default tile and overlap, plus any ``--overlaps``) vs one
+    whole-image pass at the same precision, PSNR on a natural image; also each precision's whole-image
+    output against fp32 when fp32 is among ``--precisions``."""
     torch.set_num_threads(args.threads)
     model = load(converted_model(args, workdir))
     _, pixels, source = make_input(Path(args.photo), args.size, args.size, workdir)
-    rows = []
+    defaults = EngineOptions()
+    overlaps = [defaults.overlap_px] + [o for o in args.overlaps if o != defaults.overlap_px]
+    rows, wholes = [], {}
     for precision in args.precisions:
-        before = load_avg()
-        whole = Engine(model, EngineOptions(precision=precision, compile="off", tile_px=0,
-                                            threads=args.threads)).upscale(pixels)
-        stats: dict[str, Any] = {}
-        tiled = Engine(model, EngineOptions(precision=precision, compile="off",
-                                            threads=args.threads)).upscale(pixels, stats=stats)
-        psnr = metrics.psnr(tiled, whole, 0, y_channel=False)
-        rows.append({"precision": stats["precision"], "tile_px": EngineOptions.tile_px,
-                     "overlap_px": EngineOptions.overlap_px, "tiles": stats["tiles"], "tile_shape": stats["tile_shape"],
-                     "receptive_radius_px": model.receptive_radius, "psnr_tiled_vs_whole_db": psnr,
-                     "max_abs_diff": int(np.abs(tiled.astype(np.int16) - whole).max()),
-                     "target_45db_met": psnr >= 45.0, "loadavg_before": before, "loadavg_after": load_avg()})
-    return {"model": f"{args.net} ({model.arch}, {model.hparams.get('num_block', '')} blocks)",
-            "input": f"{args.size}x{args.size} from {source}", "rows": rows}
+        wholes[precision] = Engine(model, EngineOptions(precision=precision, compile="off", tile_px=0,
+                                                        threads=args.threads)).upscale(pixels)
+        for overlap in overlaps:
+            before = load_avg()
+            stats: dict[str, Any] = {}
+            tiled = Engine(model, EngineOptions(precision=precision, compile="off", overlap_px=overlap,
+                                                threads=args.threads)).upscale(pixels, stats=stats)
+            psnr = metrics.psnr(tiled, wholes[precision], 0, y_channel=False)
+            rows.append({"precision": stats["precision"], "tile_px": defaults.tile_px, "overlap_px": overlap,
+                         "default": overlap == defaults.overlap_px, "tiles": stats["tiles"],
+                         "tile_shape": stats["tile_shape"], "receptive_radius_px": model.receptive_radius,
+                         "psnr_tiled_vs_whole_db": psnr,
+                         "max_abs_diff": int(np.abs(tiled.astype(np.int16) - wholes[precision]).max()),
+                         "target_45db_met": psnr >= 45.0, "loadavg_before": before, "loadavg_after": load_avg()})
+    result = {"model": f"{args.net} ({model.arch}, {model.hparams})",
+              "input": f"{args.size}x{args.size} from {source}", "rows": rows}
+    if "fp32" in wholes:
+        result["summary"] = {f"whole_{p}_vs_whole_fp32_db": metrics.psnr(img, wholes["fp32"], 0, y_channel=False)
+                             for p, img in wholes.items() if p != "fp32"}
+    return result
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -651,6 +662,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s = sub.add_parser("seams", parents=[common], help="issue 2: tiled vs untiled PSNR")
     s.add_argument("--size", type=int, default=256)
     s.add_argument("--precisions", type=lambda v: v.split(","), default=["auto", "fp32"])
+    s.add_argument("--overlaps", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                   help="overlaps to try besides the default, e.g. 16,24,32")
     f = sub.add_parser("_first-output")   # internal: the child process of compile-cache
     f.add_argument("--model", required=True)
     f.add_argument("--image", required=True)
