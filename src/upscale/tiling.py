@@ -3,17 +3,19 @@
 Layout (per axis, input pixels of the image padded to the model's size multiple):
 
 - Every window has the same shape, so windows stack into batches. Along an axis of length ``L`` with
-  requested ``tile_px`` we take the fewest windows ``n`` for which neighbours overlap by at least
-  ``3 * overlap_px`` (see below), then shrink the window to the smallest size (rounded up to 8 px and to
-  the size multiple) that still gives that overlap, and spread the ``n`` windows evenly from 0 to
-  ``L - size``. Shrinking instead of keeping ``tile_px`` wastes less work on overlap.
+  requested ``tile_px`` we take the fewest windows ``n`` for which neighbours share at least
+  ``3 * overlap_px``, then shrink the window to the smallest size (rounded up to 8 px and to the size
+  multiple) that still shares that much, and spread the ``n`` windows evenly from 0 to ``L - size``.
+  Shrinking instead of keeping ``tile_px`` wastes less work on overlap. ``fixed_tile=True`` keeps the
+  size at ``tile_px`` instead (one shape for every image, for compiled graphs).
 - Blend weights live in output (upscaled) coordinates and are separable: ``w(y, x) = wy(y) * wx(x)``.
   Along an axis, a window's weight is 0 on the ``overlap_px * scale`` output pixels next to an
   interior edge (context it only needed to compute its neighbours' pixels), 1 in its core, and a
-  raised-cosine cross-fade where it meets a neighbour: the fade runs over whatever the two windows share
-  beyond both discarded margins (at least ``overlap_px``). Each neighbour's weight is one minus the
-  other's there, so the weights of all windows covering a pixel sum to 1. At the image borders the
-  weight stays 1: a window there sees the same zero padding the untiled network sees.
+  raised-cosine cross-fade where it meets a neighbour. The fade is centred in what the two windows
+  share beyond both discarded margins and spans all of it (at least ``overlap_px``), unless windows are
+  packed so densely that it would run into the next fade. Inside a fade one neighbour's weight is one
+  minus the other's, so the weights of the windows covering a pixel always sum to 1. At the image
+  borders the weight stays 1: a window there sees the same zero padding the untiled network sees.
 
 Why this meets both goals:
 
