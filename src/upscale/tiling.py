@@ -194,7 +194,9 @@ class BandStitcher:
                              f"{plan.width * plan.scale}")
         self.plan = plan
         self.out = out
-        band_rows = plan.tile_h * plan.scale
+        # one window over the whole image: nothing to blend, tiles go straight to ``out``
+        self._single = plan.num_tiles == 1
+        band_rows = 0 if self._single else plan.tile_h * plan.scale
         self._acc = np.zeros((band_rows, plan.width * plan.scale, out.shape[2]), dtype=np.float32)
         self._wsum = np.zeros((band_rows, plan.width * plan.scale), dtype=np.float32)
         self._top = 0          # output row held in the accumulator's first row
@@ -203,7 +205,8 @@ class BandStitcher:
 
     @property
     def accumulator_rows(self) -> int:
-        """Rows of float32 the stitcher holds (the band), whatever the image height."""
+        """Rows of float32 the stitcher holds (the band), whatever the image height; 0 for a
+        single-window plan, whose output is written directly."""
         return self._acc.shape[0]
 
     def add(self, window: Window, tile: np.ndarray) -> None:
@@ -214,6 +217,11 @@ class BandStitcher:
         th, tw = self.plan.tile_h * s, self.plan.tile_w * s
         if tile.shape != (th, tw, self.out.shape[2]):
             raise ValueError(f"tile shape {tile.shape} != {(th, tw, self.out.shape[2])}")
+        if self._single:
+            h, w = self.out.shape[:2]
+            _store(np.array(tile[:h, :w], dtype=np.float32), self.out)   # a copy: _store overwrites it
+            self._next = 1
+            return
         y0 = window.y0 * s
         if window.col == 0 and y0 > self._top:
             self._flush(y0)
