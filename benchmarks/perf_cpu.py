@@ -354,7 +354,8 @@ def cmd_compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return out
 
     # whole image: the CLI, fresh processes; the two compile-on runs share one new cache folder
-    cache = workdir / "cache-compile"
+    cache = workdir / f"cache-compile-{args.net}"
+    shutil.rmtree(cache, ignore_errors=True)           # the "cold cache" run must really start cold
     base = upscale_cli() + [str(image_path), "-m", str(model_path), "--threads", str(args.threads), "-q", "--force"]
     whole_rows, cli_out = [], {}
     runs = [("ours CLI auto", [], workdir / "cache-eager")]
@@ -523,7 +524,8 @@ def cmd_compile_cache(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
     (compiled minus eager engine construction, plus first minus second call)."""
     model_path = converted_model(args, workdir)
     image_path, _, source = make_input(Path(args.photo), args.size, args.size, workdir)
-    cache = workdir / "cache-compile-probe"
+    cache = workdir / f"cache-compile-probe-{args.net}"
+    shutil.rmtree(cache, ignore_errors=True)           # process 1 must really start cold
     rows = []
     for label in ("process 1 (cold cache)", "process 2 (warm cache)"):
         spawn = time.time()

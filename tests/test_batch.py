@@ -301,3 +301,22 @@ def test_shards_together_make_the_unsharded_set(tmp_path, resume_set):
         parts.append(_outputs(tmp_path / str(k)))
     assert all(parts) and sum(len(p) for p in parts) == len(reference)
     assert {name: data for p in parts for name, data in p.items()} == reference
+
+
+def test_planned_pixels_counts_the_whole_shard_whatever_is_done(tmp_path):
+    """--compile auto decides from this number: it must not change when a run is resumed."""
+    from upscale.batch import planned_pixels
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    _save(src / "a.png", (30, 20), 1)
+    _save(src / "sub" / "b.jpg", (10, 10), 2)
+    (src / "broken.png").write_bytes(b"not an image")
+    out.mkdir()
+    before = planned_pixels(src, recursive=True, exclude=out)
+    assert before == 30 * 20 + 10 * 10
+    assert planned_pixels(src, exclude=out) == 30 * 20                 # not recursive
+    (out / "a_x4.png").write_bytes(b"done already")                    # a resumed run
+    assert planned_pixels(src, recursive=True, exclude=out) == before
+    shards = [planned_pixels(src, recursive=True, shard=(k, 2), exclude=out) for k in (1, 2)]
+    assert sum(shards) == before

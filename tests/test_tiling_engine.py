@@ -290,6 +290,28 @@ def test_compile_auto_stays_off_for_small_or_unknown_work():
     assert large[0] == pytest.approx(1000 * small[0]) and large[1] == small[1] > 0
 
 
+def test_repeated_blocks_count_once_towards_compile_time():
+    model = small_model("rrdbnet", num_feat=8, num_block=3, num_grow_ch=4, scale=4)
+    cost = probe_cost(model)
+    # conv_first + 3 RRDBs x 15 convs + conv_body + conv_up1/up2/hr/last; compile traces one RRDB
+    assert cost.num_convs == 2 + 3 * 15 + 4
+    assert cost.compiled_convs == 2 + 15 + 4
+    flat = probe_cost(small_model("compact", num_conv=3, num_feat=4, scale=2))
+    assert flat.compiled_convs == flat.num_convs == 5
+
+
+@pytest.mark.slow
+def test_regionally_compiled_rrdbnet_matches_eager(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = small_model("rrdbnet", num_feat=8, num_block=2, num_grow_ch=4, scale=2)
+    image = np.random.default_rng(1).random((40, 30, 3), dtype=np.float32)
+    eager = Engine(model, fp32(24, 4)).upscale(image)
+    engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=24, overlap_px=4, compile="on"))
+    assert engine.compiled
+    assert np.abs(engine.upscale(image) - eager).max() < 1e-3
+    assert next(model.module.parameters()).is_contiguous()       # the caller's module was not touched
+
+
 @pytest.mark.slow
 def test_compiled_engine_matches_eager_with_one_tile_shape(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from . import errors
 from .api import Upscaler, default_output_path
-from .io import SUPPORTED_EXTENSIONS, is_temp_file, read_image, temp_path_for, write_image
+from .io import SUPPORTED_EXTENSIONS, image_size, is_temp_file, read_image, temp_path_for, write_image
 
 log = logging.getLogger("upscale")
 
@@ -195,6 +195,23 @@ def find_images(in_dir: Path, *, recursive: bool = False, globs: tuple[str, ...]
             found.append((path, rel))
     found.sort(key=lambda pair: pair[1])
     return found
+
+
+def planned_pixels(in_dir: str | Path, *, recursive: bool = False, globs: tuple[str, ...] = (),
+                   shard: tuple[int, int] | None = None, exclude: Path | None = None) -> int:
+    """Input pixels of every image this shard owns, done or not (from headers; unreadable files count
+    0). It does not depend on which outputs exist, so a resumed run makes the same ``--compile auto``
+    decision, and so the same bytes, as the run it resumes."""
+    total = 0
+    for path, rel in find_images(Path(in_dir), recursive=recursive, globs=globs, exclude=exclude):
+        if shard is not None and shard_of(rel, shard[1]) != shard[0]:
+            continue
+        try:
+            w, h = image_size(path)
+        except errors.ImageReadError:
+            continue
+        total += w * h
+    return total
 
 
 def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, output_format: str | None = None,

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from . import errors, tiling
+from .archs import get_family
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,12 @@ NAMES = {v: k for k, v in DTYPES.items()}
 # larger than that run whole. RRDBNet x4plus, 512x512, bf16, 2 threads: tile 192 41.2 s, 256 26.0 s,
 # 384 20.8 s, whole (512) 22.9 s -- its 64-channel layers at 4x resolution get slower per pixel as tiles
 # grow, so mid-sized tiles beat one pass. default-x4 (compact 48x12), 768x768: 192 0.87 s, 256 0.74 s,
-# 384 0.80 s, 512 0.63 s, whole 1.01 s.
+# 384 0.80 s, 512 0.63 s, whole 1.01 s. The compact cap is 496, not 512: a 64-channel bf16 activation
+# of a 512 px tile is 33.5 MB, just over glibc's 32 MiB mmap ceiling, so every layer's output would be
+# a fresh mmap (page faults on every pass); realesr-animevideov3 (64 ch, PReLU) took 1.27 s per 512 px
+# tile against 0.59 s at 496.
 DEFAULT_TILE_PX: int | str = "auto"
-BEST_TILE_PX = {"compact": 512}      # by architecture family; others (measured: rrdbnet) get the fallback
+BEST_TILE_PX = {"compact": 496}      # by architecture family; others (measured: rrdbnet) get the fallback
 BEST_TILE_FALLBACK_PX = 384
 DEFAULT_OVERLAP_PX = 8          # smallest default: used when the model's receptive radius is smaller
 # Default overlap = the model's receptive radius (exact tiling) capped here. Measured with the real
@@ -66,13 +70,14 @@ MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batc
 
 # compile="auto": on when the compile time is repaid by what it saves, i.e. when the estimated eager
 # seconds of the announced work times COMPILE_GAIN reach the estimated compile time. Measured on this
-# project's CPU (AMD EPYC Zen 5, avx512_bf16, no AMX; docs/perf.md): compiling with freezing saves only
-# ~5% per pixel in bf16 (oneDNN's eager convolutions already run near the bf16 GEMM ceiling), while a cold
-# compile takes about COMPILE_BASE_S plus COMPILE_PER_CONV_S per conv layer (RRDBNet-23: ~76 s). Eager
-# conv throughput per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4: ~0.34 TMAC/s bf16, 0.17 fp32, 2 threads).
+# project's CPU (AMD EPYC Zen 5, avx512_bf16, no AMX; docs/perf.md): compiling saves ~5-13% per pixel
+# in bf16 (oneDNN's eager convolutions already run near the bf16 GEMM ceiling; more for PReLU nets,
+# whose activation it fuses), and a cold compile takes about COMPILE_BASE_S plus COMPILE_PER_CONV_S per
+# traced conv (repeated blocks are compiled once: realesrgan-x4plus ~14 s, realesr-animevideov3 ~13-19 s).
+# Eager conv throughput per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4: ~0.34 TMAC/s bf16, 0.17 fp32, 2 threads).
 COMPILE_GAIN = 0.05
-COMPILE_BASE_S = 20.0
-COMPILE_PER_CONV_S = 0.15
+COMPILE_BASE_S = 10.0
+COMPILE_PER_CONV_S = 0.3
 EAGER_CPU_MACS_PER_S = {torch.bfloat16: 1.7e11, torch.float32: 8.5e10}
 
 Progress = Callable[[int, int], None]
@@ -177,6 +182,7 @@ class ModelCost:
     macs_per_px: float            # multiply-accumulates in its convolutions
     activation_per_px: float      # elements in the largest conv input + output (peak activation proxy)
     num_convs: int
+    compiled_convs: int = 0       # convs torch.compile traces: repeated blocks (compile_regions) count once
 
 
 def probe_cost(model: Model) -> ModelCost:
@@ -202,7 +208,10 @@ def probe_cost(model: Model) -> ModelCost:
     finally:
         for h in handles:
             h.remove()
-    return ModelCost(macs / side**2, peak / side**2, convs)
+    blocks = [blk for name in get_family(model.arch).compile_regions for blk in getattr(module, name, ())]
+    in_blocks = [sum(isinstance(m, nn.Conv2d) for m in blk.modules()) for blk in blocks]
+    traced = convs - sum(in_blocks) + (in_blocks[0] if in_blocks else 0)
+    return ModelCost(macs / side**2, peak / side**2, convs, traced)
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -229,7 +238,7 @@ def compile_estimates(cost: ModelCost, dtype: torch.dtype, threads: int, expecte
     """(eager seconds for ``expected_px`` input pixels, seconds to compile) on this CPU, from the
     measured constants above."""
     eager_s = expected_px * cost.macs_per_px / (EAGER_CPU_MACS_PER_S.get(dtype, 5e10) * threads)
-    return eager_s, COMPILE_BASE_S + COMPILE_PER_CONV_S * cost.num_convs
+    return eager_s, COMPILE_BASE_S + COMPILE_PER_CONV_S * (cost.compiled_convs or cost.num_convs)
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -297,9 +306,8 @@ class Engine:
         tile = self.options.tile_px
         side = self._fitting_tile_px() if tile == "auto" else int(tile)
         self.compiled_tile_px = side or None
-        # freezing folds the inference-only weights into the graph: conv weights are prepacked and
-        # cast once instead of on every call
-        compiled = torch.compile(self.module, dynamic=False, options={"freezing": True})
+        # a copy: regional compilation works in place, and a failed compile must leave the eager module
+        compiled = _compiled_module(copy.deepcopy(self.module), get_family(self.model.arch).compile_regions)
         if self.compiled_tile_px is None:
             self.module = compiled
             return
@@ -420,6 +428,21 @@ class Engine:
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def _compiled_module(module: nn.Module, regions: tuple[str, ...]) -> nn.Module:
+    """``module`` compiled for inference. Deep networks made of repeated identical blocks (``regions``:
+    RRDBNet's 23 RRDBs) are compiled block by block: one graph is traced and compiled for the first
+    block and reused by the others, which cut realesrgan-x4plus' cold compile from ~76 s to ~14 s
+    (warm cache: ~4 s) at the same speed (docs/perf.md). Blocks keep their weights as graph inputs, so
+    they are not frozen. Small networks are compiled whole with freezing (weights folded in as
+    constants); freezing measured no faster here, but costs nothing for them."""
+    blocks = [blk for name in regions for blk in getattr(module, name, ())]
+    if not blocks:
+        return torch.compile(module, dynamic=False, options={"freezing": True})
+    for blk in blocks:
+        blk.compile(dynamic=False)
+    return module
 
 
 def _pad(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 _FORMAT_BY_EXT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF",
                   "tiff": "TIFF", "bmp": "BMP"}
 SUPPORTED_EXTENSIONS = frozenset(f".{ext}" for ext in _FORMAT_BY_EXT)
+# zlib level for 8-bit PNG. Measured on a 4000x3000 upscaled photo: level 6 (Pillow's default) 2.8 s,
+# 7.9 MB; level 3 1.05 s, 9.0 MB; level 1 0.77 s, 9.8 MB. Encoding at 6 took longer than the model.
+PNG_COMPRESS_LEVEL = 3
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95}
 
 TEMP_SUFFIX = ".upscale-tmp"
@@ -191,6 +194,16 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
     pixels, alpha = _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
     return Image(np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha),
                  icc, exif, source_format, source_mode)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding pixels; ``ImageReadError`` if the
+    header cannot be read. EXIF orientation is not applied (the pixel count is the same)."""
+    path = Path(path)
+    _check_file(path)
+    im, _ = _open(path)
+    with im:
+        return im.size
 
 
 def _check_file(path: Path) -> None:
@@ -510,6 +523,8 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         params["quality"] = quality if quality is not None else DEFAULT_QUALITY[fmt]
     if fmt == "JPEG":
         params["subsampling"] = 0
+    if fmt == "PNG":
+        params["compress_level"] = PNG_COMPRESS_LEVEL
     pil.save(f, format=fmt, **params)
 
 
@@ -532,7 +547,7 @@ def _write_png16(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc:
         f.write(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
     if exif:
         f.write(_chunk(b"eXIf", exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif))
-    packer = zlib.compressobj(6)
+    packer = zlib.compressobj(PNG_COMPRESS_LEVEL)
     for rows in _png_filtered_rows(samples.astype(">u2").view(np.uint8).reshape(h, w * c * 2), 2 * c):
         data = packer.compress(rows)
         if data:

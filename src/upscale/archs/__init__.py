@@ -23,17 +23,20 @@ class ArchFamily:
     detect: Callable[[dict], dict | None]
     size_multiple: Callable[[dict], int]
     receptive_radius: Callable[[dict], int]
+    # containers of identical repeated blocks: torch.compile compiles one block's graph and reuses it
+    # for the others (regional compilation) instead of tracing the whole deep network; empty = whole
+    compile_regions: tuple[str, ...] = ()
 
 
 FAMILIES: tuple[ArchFamily, ...] = (
     ArchFamily(rrdbnet.NAME, rrdbnet.DEFAULTS, rrdbnet.build, rrdbnet.detect, rrdbnet.size_multiple,
-               rrdbnet.receptive_radius),
+               rrdbnet.receptive_radius, compile_regions=("body",)),
     ArchFamily(compact.NAME, compact.DEFAULTS, compact.build, compact.detect, compact.size_multiple,
                compact.receptive_radius),
     ArchFamily(srresnet.NAME, srresnet.DEFAULTS, srresnet.build, srresnet.detect, srresnet.size_multiple,
-               srresnet.receptive_radius),
+               srresnet.receptive_radius, compile_regions=("body",)),
     ArchFamily(srresnet.MS_NAME, srresnet.MS_DEFAULTS, srresnet.build_ms, srresnet.detect_ms,
-               srresnet.size_multiple, srresnet.receptive_radius_ms),
+               srresnet.size_multiple, srresnet.receptive_radius_ms, compile_regions=("body",)),
     ArchFamily(srcnn.NAME, srcnn.DEFAULTS, srcnn.build, srcnn.detect, srcnn.size_multiple, srcnn.receptive_radius),
     ArchFamily(tiny.NAME, tiny.DEFAULTS, tiny.build, tiny.detect, tiny.size_multiple, tiny.receptive_radius),
 )
