@@ -28,9 +28,10 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Network interpolation with the model's PSNR/GAN twin: 0 = PSNR model, 1 = GAN model."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True, help="auto: fp16 on CUDA, bf16 on CPUs with AMX/avx512_bf16, else fp32."),
+                     show_default=True, help="auto: fp16 on CUDA, bf16 on CPUs with avx512_bf16 or AMX, else fp32."),
         click.option("--tile", "tile_px", default=None, metavar="PX|auto|0",
-                     help="Tile size in input pixels (0 = whole image, auto = fit memory). Default: measured best."),
+                     help="Tile size in input pixels. auto (default): the size measured fastest for the model's family, "
+                          "smaller if memory is short, the whole image if that is no larger; 0 = whole image."),
         click.option("--overlap", "overlap_px", type=int, default=None, help="Tile overlap in input pixels."),
         click.option("--batch", "batch", type=int, default=None, help="Tiles per forward pass."),
         click.option("--threads", type=int, default=None, help="CPU threads (default: all cores)."),
