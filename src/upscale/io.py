@@ -503,10 +503,17 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
     if fmt == "TIFF":
         _write_tiff(f, image.pixels, alpha, image.icc_profile)
         return
-    if fmt == "PNG" and image.bit_depth == 16:
-        _write_png16(f, image.pixels, alpha, image.icc_profile, image.exif)
+    if fmt == "PNG":   # streamed by our own writer: no second copy of a large output in Pillow's memory
+        if image.bit_depth == 16:
+            _write_png(f, image.pixels, alpha, image.icc_profile, image.exif)
+        else:
+            _write_png(f, _to_uint8(image.pixels), None if alpha is None else _to_uint8(alpha),
+                       image.icc_profile, image.exif)
         return
     pixels = _to_uint8(image.pixels)
+    if fmt == "BMP":
+        _write_bmp(f, pixels)
+        return
     if fmt == "WEBP" and pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     stack = pixels if alpha is None else np.dstack([pixels, _to_uint8(alpha)])
@@ -535,25 +542,51 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 _PNG_COLOUR_TYPE = {(1, False): 0, (1, True): 4, (3, False): 2, (3, True): 6}
 
 
-def _write_png16(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
-                 exif: bytes | None) -> None:
-    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA) with optional iCCP and eXIf chunks."""
+def _write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
+               exif: bytes | None) -> None:
+    """An 8- or 16-bit PNG (from the dtype; gray, gray+alpha, RGB or RGBA) with optional iCCP and eXIf
+    chunks, filtered and compressed in blocks of rows, so no full-size copy is made (except to
+    interleave an alpha channel)."""
     samples = pixels if alpha is None else np.dstack([pixels, alpha])
     h, w, c = samples.shape
+    depth = 16 if samples.dtype == np.uint16 else 8
     f.write(b"\x89PNG\r\n\x1a\n")
     colour_type = _PNG_COLOUR_TYPE[(pixels.shape[2], alpha is not None)]
-    f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)))
+    f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0)))
     if icc:
         f.write(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
     if exif:
         f.write(_chunk(b"eXIf", exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif))
     packer = zlib.compressobj(PNG_COMPRESS_LEVEL)
-    for rows in _png_filtered_rows(samples.astype(">u2").view(np.uint8).reshape(h, w * c * 2), 2 * c):
+    raw = (samples.astype(">u2").view(np.uint8) if depth == 16 else np.ascontiguousarray(samples)).reshape(h, -1)
+    for rows in _png_filtered_rows(raw, depth // 8 * c):
         data = packer.compress(rows)
         if data:
             f.write(_chunk(b"IDAT", data))
     f.write(_chunk(b"IDAT", packer.flush()))
     f.write(_chunk(b"IEND", b""))
+
+
+def _write_bmp(f: BinaryIO, pixels: np.ndarray) -> None:
+    """An uncompressed BMP, 24-bit (RGB) or 8-bit with a gray palette (L), written bottom-up in blocks
+    of rows (no full-size copy)."""
+    h, w, c = pixels.shape
+    bpp = 24 if c == 3 else 8
+    palette = b"" if c == 3 else bytes(b for v in range(256) for b in (v, v, v, 0))
+    stride = (w * c + 3) // 4 * 4
+    offset = 14 + 40 + len(palette)
+    size = offset + stride * h
+    if size >= 1 << 32:
+        raise ValueError(f"{w}x{h} is too large for BMP (4 GB limit)")
+    f.write(struct.pack("<2sIHHI", b"BM", size, 0, 0, offset))
+    f.write(struct.pack("<IiiHHIIiiII", 40, w, h, 1, bpp, 0, stride * h, 2835, 2835, 256 if c == 1 else 0, 0))
+    f.write(palette)
+    block = max(1, (4 << 20) // stride)
+    for top in range(h, 0, -block):                       # BMP rows run from the bottom up
+        rows = pixels[max(0, top - block):top][::-1]
+        out = np.zeros((len(rows), stride), np.uint8)
+        out[:, :w * c] = (rows[..., ::-1] if c == 3 else rows).reshape(len(rows), w * c)   # RGB -> BGR
+        f.write(out.tobytes())
 
 
 def _png_filtered_rows(raw: np.ndarray, bpp: int) -> Iterator[bytes]:
