@@ -533,3 +533,18 @@ def test_output_format_for() -> None:
     assert output_format_for("a.png", "webp") == "WEBP" and output_format_for("a", ".bmp") == "BMP"
     with pytest.raises(errors.ImageWriteError):
         output_format_for("a.gif")
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("width", [1, 5, 8, 37])      # odd widths exercise BMP's 4-byte row padding
+def test_bmp_and_png_writers_round_trip_exactly(tmp_path, channels, width):
+    """Our streaming BMP/PNG encoders (used so a huge output is never copied into Pillow) write what
+    Pillow reads back bit for bit."""
+    pixels = np.random.default_rng(width).integers(0, 256, (23, width, channels), dtype=np.uint8)
+    for ext in ("bmp", "png"):
+        path = tmp_path / f"out.{ext}"
+        write_image(Image(pixels, None), path)
+        with PILImage.open(path) as im:
+            assert im.mode == ("RGB" if channels == 3 else "L")
+            back = np.asarray(im)
+        np.testing.assert_array_equal(back.reshape(pixels.shape), pixels)
