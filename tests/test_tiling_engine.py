@@ -325,3 +325,27 @@ def test_compiled_engine_matches_eager_with_one_tile_shape(monkeypatch, tmp_path
     assert stats["compiled"] and stats["tile_shape"] == (32, 32)               # fixed shape, not balanced
     assert np.abs(compiled - eager).max() < 1e-3
     assert any(tmp_path.iterdir())                                             # the cache was written
+
+
+@pytest.mark.slow
+def test_compile_failure_falls_back_to_eager_or_is_a_usage_error(monkeypatch, tmp_path):
+    """A machine without a working C++ compiler: compiling fails at the first batch. ``auto`` keeps
+    going eagerly with the same output; ``on`` is a one-line usage error."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
+    torch._dynamo.reset()
+    model = small_model("compact", num_conv=2, num_feat=8, scale=2)
+    image = np.random.default_rng(3).random((20, 24, 3), dtype=np.float32)
+    eager = Engine(model, fp32(16, 2)).upscale(image)
+    auto = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=16, overlap_px=2,
+                                       compile="auto"), expected_px=10**13)
+    assert auto.compiled
+    out = auto.upscale(image)
+    assert not auto.compiled
+    np.testing.assert_allclose(out, eager, atol=1e-6)
+    torch._dynamo.reset()
+    forced = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=16, overlap_px=2, compile="on"))
+    with pytest.raises(errors.UsageError, match="--compile on"):
+        forced.upscale(image)

@@ -73,7 +73,7 @@ MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batc
 # project's CPU (AMD EPYC Zen 5, avx512_bf16, no AMX; docs/perf.md): compiling saves ~5-13% per pixel
 # in bf16 (oneDNN's eager convolutions already run near the bf16 GEMM ceiling; more for PReLU nets,
 # whose activation it fuses), and a cold compile takes about COMPILE_BASE_S plus COMPILE_PER_CONV_S per
-# traced conv (repeated blocks are compiled once: realesrgan-x4plus ~14 s, realesr-animevideov3 ~13-19 s).
+# traced conv (repeated blocks are compiled once: realesrgan-x4plus ~16 s, realesr-animevideov3 ~13 s).
 # Eager conv throughput per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4: ~0.34 TMAC/s bf16, 0.17 fp32, 2 threads).
 COMPILE_GAIN = 0.05
 COMPILE_BASE_S = 10.0
@@ -263,6 +263,8 @@ class Engine:
         self.compiled = self._want_compile(expected_px)
         # compiled engines run one fixed tile shape (None: whole images, one graph per image size)
         self.compiled_tile_px: int | None = None
+        self._compile_pending = False
+        self._eager_module: nn.Module | None = None
         if self.compiled:
             self._compile()
         log.debug("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
@@ -300,34 +302,38 @@ class Engine:
         return decision
 
     def _compile(self) -> None:
-        """torch.compile the module and, for a fixed tile shape, compile it now with one dummy batch,
-        so that failures surface here (``compile="auto"`` then falls back to eager)."""
+        """Wrap the module for torch.compile. Compiling itself happens on the first batch (no separate
+        dummy pass, whose compute would be thrown away: for RRDBNet that doubled the time to the first
+        output); if it fails there, ``compile="auto"`` falls back to the eager module and
+        ``compile="on"`` raises a UsageError (see ``_forward``)."""
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
         tile = self.options.tile_px
         side = self._fitting_tile_px() if tile == "auto" else int(tile)
-        self.compiled_tile_px = side or None
+        self.compiled_tile_px = max(side // self.model.size_multiple, 1) * self.model.size_multiple if side else None
         # a copy: regional compilation works in place, and a failed compile must leave the eager module
-        compiled = _compiled_module(copy.deepcopy(self.module), get_family(self.model.arch).compile_regions)
-        if self.compiled_tile_px is None:
-            self.module = compiled
-            return
-        side = max(side // self.model.size_multiple, 1) * self.model.size_multiple
-        dummy = torch.zeros((self.options.batch, self.model.in_channels, side, side), device=self.device)
+        self._eager_module = self.module
+        self.module = _compiled_module(copy.deepcopy(self.module), get_family(self.model.arch).compile_regions)
+        self._compile_pending = True
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The module on one batch; the first call of a compiled engine compiles (or falls back)."""
+        if not self._compile_pending:
+            return self.module(x)
         t0 = time.perf_counter()
         try:
-            with torch.inference_mode(), self._autocast():
-                compiled(dummy.contiguous(memory_format=torch.channels_last))
+            y = self.module(x)
         except Exception as exc:   # compiler missing or failing: many exception types, all mean the same
             if self.options.compile == "on":
                 raise errors.UsageError(f"--compile on: torch.compile failed here ({type(exc).__name__}: "
                                         f"{str(exc).splitlines()[0] if str(exc) else ''}); use --compile off") from exc
             log.warning("compile auto: torch.compile failed (%s); running eagerly", type(exc).__name__)
-            self.compiled = False
-            self.compiled_tile_px = None
-            return
-        log.info("compiled for %dx%d tiles, batch %d, in %.1f s", side, side, self.options.batch,
-                 time.perf_counter() - t0)
-        self.module = compiled
+            self.module, self.compiled = self._eager_module, False
+            y = self.module(x)
+        else:
+            log.info("compiled for %s tiles, batch %d, in %.1f s (first batch included)",
+                     f"{x.shape[2]}x{x.shape[3]}", x.shape[0], time.perf_counter() - t0)
+        self._compile_pending, self._eager_module = False, None
+        return y
 
     # -- running --
     def _fitting_tile_px(self) -> int:
@@ -401,7 +407,7 @@ class Engine:
                 n = full if self.compiled else len(group)   # compiled graphs keep one static batch size
                 t0 = time.perf_counter()
                 x = batch_in[:n].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-                y = self.module(x).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
+                y = self._forward(x).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
                 if on_cpu:
                     host = y.contiguous()
                 else:
@@ -433,8 +439,8 @@ class Engine:
 def _compiled_module(module: nn.Module, regions: tuple[str, ...]) -> nn.Module:
     """``module`` compiled for inference. Deep networks made of repeated identical blocks (``regions``:
     RRDBNet's 23 RRDBs) are compiled block by block: one graph is traced and compiled for the first
-    block and reused by the others, which cut realesrgan-x4plus' cold compile from ~76 s to ~14 s
-    (warm cache: ~4 s) at the same speed (docs/perf.md). Blocks keep their weights as graph inputs, so
+    block and reused by the others, which cut realesrgan-x4plus' cold compile from ~73 s to ~16 s
+    (warm cache: ~6 s) at the same speed (docs/perf.md). Blocks keep their weights as graph inputs, so
     they are not frozen. Small networks are compiled whole with freezing (weights folded in as
     constants); freezing measured no faster here, but costs nothing for them."""
     blocks = [blk for name in regions for blk in getattr(module, name, ())]
