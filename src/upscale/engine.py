@@ -297,8 +297,10 @@ class Engine:
             return False
         eager_s, compile_s = compile_estimates(self.cost, self.dtype, torch.get_num_threads(), expected_px)
         decision = eager_s * COMPILE_GAIN >= compile_s
-        log.info("compile auto: %s (would save ~%.0f s of an estimated %.0f s eager run; compiling takes ~%.0f s)",
-                 "on" if decision else "off", eager_s * COMPILE_GAIN, eager_s, compile_s)
+        # said when it turns on (it changes what the user waits for); a debug line when it stays off
+        log.log(logging.INFO if decision else logging.DEBUG,
+                "compile auto: %s (would save ~%.0f s of an estimated %.0f s eager run; compiling takes ~%.0f s)",
+                "on" if decision else "off", eager_s * COMPILE_GAIN, eager_s, compile_s)
         return decision
 
     def _compile(self) -> None:

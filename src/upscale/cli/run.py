@@ -80,6 +80,18 @@ def build_upscaler(outscale: float | None, model_name: str | None, weights: Path
     return Upscaler(model, options, expected_px=expected_px), (outscale if outscale is not None else float(model.scale))
 
 
+def _check_target(image: Path, target: Path, force: bool) -> None:
+    """Refuse to overwrite the input, an existing output without --force, or write into no folder."""
+    from .. import errors
+
+    if target.resolve() == image.resolve():
+        raise errors.ImageWriteError("refusing to overwrite the input image; choose another -o", path=target)
+    if target.exists() and not force:
+        raise errors.ImageWriteError("exists already; pass --force to overwrite", path=target)
+    if not target.parent.is_dir():
+        raise errors.ImageWriteError("output folder does not exist", path=target)
+
+
 def _int_option(flag: str, value: str) -> int:
     try:
         return int(value)
@@ -106,7 +118,6 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     """
     from tqdm import tqdm
 
-    from .. import errors
     from ..api import default_output_path
     from ..io import read_image, write_image
 
@@ -115,15 +126,12 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     source = read_image(image, max_pixels=max_pixels)  # bad input fails before any model work
     h, w = source.pixels.shape[:2]
     passes = 2 if source.alpha is not None and alpha_mode == "model" else 1
+    if output is not None:   # a named output is checked before the model is loaded
+        _check_target(image, output, force)
     upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
                                      overlap_px, batch, threads, compile_mode, expected_px=h * w * passes)
     target = output or default_output_path(image, scale, output_format)
-    if target.resolve() == image.resolve():
-        raise errors.ImageWriteError("refusing to overwrite the input image; choose another -o", path=target)
-    if target.exists() and not force:
-        raise errors.ImageWriteError("exists already; pass --force to overwrite", path=target)
-    if not target.parent.is_dir():
-        raise errors.ImageWriteError("output folder does not exist", path=target)
+    _check_target(image, target, force)
 
     bar = tqdm(total=0, unit="tile", disable=quiet, leave=False, desc=image.name)
 
