@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from speed_core import environment, markdown   # the sibling script: same machine line and tables
 from upscale.archs import build_module
-from upscale.engine import cpu_bf16_flags
 
 
 def best_of(fn, runs: int = 3) -> float:
@@ -103,14 +102,6 @@ def network_rows(side: int, no_compile: bool) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        out.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=None)
@@ -120,12 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    env = {"cpu": cpu, "bf16_flags": ",".join(cpu_bf16_flags()) or "none",
-           "amx": ",".join(sorted({f for f in flags if f.startswith("amx")})) or "none",
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()}
+    env = {**environment(), "amx": ",".join(sorted({f for f in flags if f.startswith("amx")})) or "none"}
     result = {"environment": env, "gemm": gemm_rows(), "conv": conv_rows(),
               "network": network_rows(args.side, args.no_compile)}
     print(", ".join(f"{k}: {v}" for k, v in env.items()) + "\n")

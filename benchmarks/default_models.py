@@ -29,16 +29,11 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from upscale import __version__, registry
+from upscale import __version__, metrics, registry
 from upscale.api import Upscaler, load_model
 from upscale.engine import EngineOptions
 from upscale.io import read_image
 from upscale.registry import PackageSource
-
-
-def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def bf16_agreement(images: list[Path]) -> list[dict]:
@@ -54,7 +49,7 @@ def bf16_agreement(images: list[Path]) -> list[dict]:
             px = read_image(path).pixels
             if px.shape[2] == 1:
                 px = np.repeat(px, 3, axis=2)
-            worst = min(worst, psnr_u8(fp32.engine.upscale(px), auto.engine.upscale(px)))
+            worst = min(worst, metrics.psnr(fp32.engine.upscale(px), auto.engine.upscale(px), 0, y_channel=False))
         rows.append({"model": spec.name, "auto_dtype": auto.engine.dtype.__repr__().replace("torch.", ""),
                      "min_psnr_fp32_vs_auto_db": round(worst, 2), "bf16_safe": bool(worst >= 50.0)})
     return rows

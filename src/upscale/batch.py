@@ -168,6 +168,11 @@ def shard_of(rel: str, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % n + 1
 
 
+def _in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
+    """Whether shard ``(k, n)`` owns relative path ``rel`` (no shard: every path)."""
+    return shard is None or shard_of(rel, shard[1]) == shard[0]
+
+
 def find_images(in_dir: Path, *, recursive: bool = False, globs: tuple[str, ...] = (),
                 exclude: Path | None = None) -> list[tuple[Path, str]]:
     """Image files under ``in_dir`` as sorted (path, relative POSIX path) pairs.
@@ -204,7 +209,7 @@ def planned_pixels(in_dir: str | Path, *, recursive: bool = False, globs: tuple[
     decision, and so the same bytes, as the run it resumes."""
     total = 0
     for path, rel in find_images(Path(in_dir), recursive=recursive, globs=globs, exclude=exclude):
-        if shard is not None and shard_of(rel, shard[1]) != shard[0]:
+        if not _in_shard(rel, shard):
             continue
         try:
             w, h = image_size(path)
@@ -237,7 +242,7 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     for path, rel in found:
         output = out_dir / default_output_path(Path(rel), outscale, output_format)
         first = owner.setdefault(output, rel)
-        if shard is not None and shard_of(rel, shard[1]) != shard[0]:
+        if not _in_shard(rel, shard):
             continue
         if first != rel:
             known.append(Outcome(rel, str(output), FAILED, f"output {output} is also the output of {first}"))

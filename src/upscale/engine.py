@@ -182,7 +182,7 @@ class ModelCost:
     macs_per_px: float            # multiply-accumulates in its convolutions
     activation_per_px: float      # elements in the largest conv input + output (peak activation proxy)
     num_convs: int
-    compiled_convs: int = 0       # convs torch.compile traces: repeated blocks (compile_regions) count once
+    compiled_convs: int           # convs torch.compile traces: repeated blocks (compile_regions) count once
 
 
 def probe_cost(model: Model) -> ModelCost:
@@ -208,8 +208,7 @@ def probe_cost(model: Model) -> ModelCost:
     finally:
         for h in handles:
             h.remove()
-    blocks = [blk for name in get_family(model.arch).compile_regions for blk in getattr(module, name, ())]
-    in_blocks = [sum(isinstance(m, nn.Conv2d) for m in blk.modules()) for blk in blocks]
+    in_blocks = [sum(isinstance(m, nn.Conv2d) for m in blk.modules()) for blk in _region_blocks(module, model.arch)]
     traced = convs - sum(in_blocks) + (in_blocks[0] if in_blocks else 0)
     return ModelCost(macs / side**2, peak / side**2, convs, traced)
 
@@ -238,7 +237,7 @@ def compile_estimates(cost: ModelCost, dtype: torch.dtype, threads: int, expecte
     """(eager seconds for ``expected_px`` input pixels, seconds to compile) on this CPU, from the
     measured constants above."""
     eager_s = expected_px * cost.macs_per_px / (EAGER_CPU_MACS_PER_S.get(dtype, 5e10) * threads)
-    return eager_s, COMPILE_BASE_S + COMPILE_PER_CONV_S * (cost.compiled_convs or cost.num_convs)
+    return eager_s, COMPILE_BASE_S + COMPILE_PER_CONV_S * cost.compiled_convs
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -312,9 +311,8 @@ class Engine:
         tile = self.options.tile_px
         side = self._fitting_tile_px() if tile == "auto" else int(tile)
         self.compiled_tile_px = max(side // self.model.size_multiple, 1) * self.model.size_multiple if side else None
-        # a copy: regional compilation works in place, and a failed compile must leave the eager module
-        self._eager_module = self.module
-        self.module = _compiled_module(copy.deepcopy(self.module), get_family(self.model.arch).compile_regions)
+        self._eager_module = self.module   # what a failed compile falls back to
+        self.module = _compiled_module(self.module, self.model.arch)
         self._compile_pending = True
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -438,17 +436,22 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
-def _compiled_module(module: nn.Module, regions: tuple[str, ...]) -> nn.Module:
-    """``module`` compiled for inference. Deep networks made of repeated identical blocks (``regions``:
-    RRDBNet's 23 RRDBs) are compiled block by block: one graph is traced and compiled for the first
+def _region_blocks(module: nn.Module, arch: str) -> list[nn.Module]:
+    """The repeated identical blocks of ``module`` (its family's ``compile_regions``), in order."""
+    return [blk for name in get_family(arch).compile_regions for blk in getattr(module, name, ())]
+
+
+def _compiled_module(module: nn.Module, arch: str) -> nn.Module:
+    """``module`` compiled for inference; ``module`` itself is left as it was. Deep networks made of
+    repeated identical blocks (RRDBNet's 23 RRDBs) are compiled block by block, on a copy: one graph is traced and compiled for the first
     block and reused by the others, which cut realesrgan-x4plus' cold compile from ~73 s to ~16 s
     (warm cache: ~6 s) at the same speed (docs/perf.md). Blocks keep their weights as graph inputs, so
     they are not frozen. Small networks are compiled whole with freezing (weights folded in as
     constants); freezing measured no faster here, but costs nothing for them."""
-    blocks = [blk for name in regions for blk in getattr(module, name, ())]
-    if not blocks:
+    if not _region_blocks(module, arch):
         return torch.compile(module, dynamic=False, options={"freezing": True})
-    for blk in blocks:
+    module = copy.deepcopy(module)   # nn.Module.compile works in place
+    for blk in _region_blocks(module, arch):
         blk.compile(dynamic=False)
     return module
 

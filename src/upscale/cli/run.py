@@ -130,8 +130,10 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
         _check_target(image, output, force)
     upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
                                      overlap_px, batch, threads, compile_mode, expected_px=h * w * passes)
-    target = output or default_output_path(image, scale, output_format)
-    _check_target(image, target, force)
+    target = output
+    if target is None:   # the default name depends on the model's scale
+        target = default_output_path(image, scale, output_format)
+        _check_target(image, target, force)
 
     bar = tqdm(total=0, unit="tile", disable=quiet, leave=False, desc=image.name)
 
