@@ -128,7 +128,7 @@ def main() -> None:
            "compile": opts.compile, "arch": opts.arch if opts.model is None else opts.model,
            "workers": opts.workers}
     how = f"{len(names)} run, mean x {opts.small}" if extrapolated else f"all {opts.small} run"
-    print(f"| measurement | value |\n|---|---|")
+    print("| measurement | value |\n|---|---|")
     print(f"| {opts.small} x {opts.small_px}px: one `upscale batch` | {batch_s:.1f} s |")
     print(f"| {opts.small} x {opts.small_px}px: separate `upscale IMAGE` ({how}) | {separate_s:.1f} s |")
     print(f"| speed-up of batch | {separate_s / batch_s:.1f}x |")

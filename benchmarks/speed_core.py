@@ -31,7 +31,7 @@ import torch
 
 from upscale import metrics
 from upscale.archs import build_module
-from upscale.engine import Engine, EngineOptions, cpu_bf16_flags, probe_cost
+from upscale.engine import Engine, EngineOptions, Workload, cpu_bf16_flags, probe_cost
 from upscale.model import Model
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -139,7 +139,7 @@ def run_speed(args: argparse.Namespace, models: dict[str, Model], image: np.ndar
                                     overlap_px=args.overlap, batch=args.batch, threads=args.threads)
             expected = image.shape[0] * image.shape[1] * (args.runs + args.warmup)
             t0 = time.perf_counter()
-            engine = Engine(model, options, expected_px=expected)
+            engine = Engine(model, options, work=Workload(expected, image.shape[:2]))
             engine.upscale(image)   # first call: warm-up, and compilation for compiled engines
             first_call_s = time.perf_counter() - t0
             times, out, stats = time_runs(engine, image, args.runs, max(args.warmup - 1, 0))

@@ -303,9 +303,12 @@ def test_shards_together_make_the_unsharded_set(tmp_path, resume_set):
     assert {name: data for p in parts for name, data in p.items()} == reference
 
 
-def test_planned_pixels_counts_the_whole_shard_whatever_is_done(tmp_path):
-    """--compile auto decides from this number: it must not change when a run is resumed."""
-    from upscale.batch import planned_pixels
+def test_planned_work_counts_the_whole_shard_whatever_is_done(tmp_path):
+    """--compile decides from this (on or off, the tile shape): it must not change when a run is resumed."""
+    from upscale.batch import planned_work
+
+    def planned_pixels(*args, **kwargs):
+        return planned_work(*args, **kwargs).pixels
 
     src, out = tmp_path / "in", tmp_path / "out"
     (src / "sub").mkdir(parents=True)
@@ -320,3 +323,5 @@ def test_planned_pixels_counts_the_whole_shard_whatever_is_done(tmp_path):
     assert planned_pixels(src, recursive=True, exclude=out) == before
     shards = [planned_pixels(src, recursive=True, shard=(k, 2), exclude=out) for k in (1, 2)]
     assert sum(shards) == before
+    assert planned_work(src, recursive=True, exclude=out).shape is None           # two sizes
+    assert planned_work(src, exclude=out).shape == (20, 30)                       # one: (height, width)

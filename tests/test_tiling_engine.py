@@ -10,7 +10,8 @@ import torch
 
 from upscale import errors
 from upscale.archs import build_module
-from upscale.engine import Engine, EngineOptions, compile_estimates, probe_cost, resolve_precision
+from upscale.engine import (Engine, EngineOptions, TorchStitchOps, Workload, compile_estimates, probe_cost,
+                            resolve_precision)
 from upscale.model import Model
 from upscale.tiling import BandStitcher, plan_tiles
 
@@ -62,18 +63,19 @@ def test_plan_covers_image_with_equal_windows_and_unit_weights(seed):
         overlap, multiple, scale = rng.randint(0, 12), rng.choice([1, 2, 4]), rng.choice([1, 2, 3, 4])
         least = -(-3 * overlap // multiple) * multiple + multiple      # > 3 x overlap, in whole multiples
         tile = rng.choice([0, rng.randint(least, least + 150)])
-        fixed = rng.random() < 0.3
-        plan = plan_tiles(h, w, tile, overlap, multiple, scale, fixed_tile=fixed)
+        fixed = rng.random() < 0.3 and tile > 0
+        shape = (tile, rng.randint(least, least + 150)) if fixed else None     # windows need not be square
+        plan = plan_tiles(h, w, tile, overlap, multiple, scale, fixed_shape=shape)
         assert plan.height % multiple == 0 and plan.width % multiple == 0
         assert plan.height >= h and plan.width >= w
-        for starts, size, length, weights in ((plan.ys, plan.tile_h, plan.height, plan.row_weights),
-                                              (plan.xs, plan.tile_w, plan.width, plan.col_weights)):
+        for axis, (starts, size, length, weights) in enumerate(((plan.ys, plan.tile_h, plan.height, plan.row_weights),
+                                                                (plan.xs, plan.tile_w, plan.width, plan.col_weights))):
             assert starts[0] == 0 and starts[-1] + size == length          # covers, ends at the edge
             assert all(s % multiple == 0 for s in starts) and size % multiple == 0
             if tile and not fixed:
                 assert size <= max(tile, multiple) or len(starts) == 1
-            if fixed and tile:
-                assert size == max(tile // multiple, 1) * multiple
+            if fixed:
+                assert size == max(shape[axis] // multiple, 1) * multiple
             for a, b in zip(starts, starts[1:]):
                 assert a < b and a + size - b >= 3 * overlap                  # enough shared context
             assert all(len(wt) == size * scale and wt.min() >= 0 for wt in weights)
@@ -120,7 +122,11 @@ def test_stitcher_holds_one_band_and_converts_with_rounding_and_clamping():
         stitcher.add(win, tile.astype(np.float32))
     expected = np.rint(np.clip(-0.25 + 1.5 * np.arange(2000) / 2000.0, 0, 1) * 255)
     assert np.abs(out[:, 0, 0] - expected).max() <= 1        # (float32 blend vs float64 reference)
-    assert out[:200, 0, 0].max() == 0 and out[-200:, 0, 0].min() == 255 and (out == out[:, :1]).all()
+    assert out[:200, 0, 0].max() == 0 and out[-200:, 0, 0].min() == 255
+    # columns in a cross-fade sum two float32 products: a value exactly halfway between two levels
+    # (this ramp hits some) may round either way there, but never further
+    assert np.abs(out.astype(int) - out[:, :1]).max() <= 1
+    assert (out == out[:, :1]).mean() > 0.999
 
 
 @pytest.mark.parametrize("value, expected", [(100.4, 100), (100.6, 101), (-3.0, 0), (300.0, 255)])
@@ -141,6 +147,27 @@ def test_stitcher_writes_each_dtype_and_crops_padding(dtype, expected):
     for win in plan.windows():
         stitcher.add(win, np.full((plan.tile_h * 2, plan.tile_w * 2, 3), 0.2, dtype=np.float32))
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_torch_stitch_ops_blend_like_numpy(dtype):
+    """The engine blends with torch where the tiles were computed (on CUDA: on the GPU); on the CPU the
+    same code must give what the numpy stitcher gives, to the last step of rounding."""
+    plan = plan_tiles(203, 150, 64, 6, 2, 3)      # several rows and columns, padding cropped
+    assert len(plan.ys) > 2 and len(plan.xs) > 2
+    rng = np.random.default_rng(5)
+    tiles = [rng.uniform(-0.1, 1.1, (plan.tile_h * 3, plan.tile_w * 3, 3)).astype(np.float32)
+             for _ in range(plan.num_tiles)]
+    ref = np.zeros((609, 450, 3), dtype)
+    got = np.zeros_like(ref)
+    numpy_st = BandStitcher(plan, ref)
+    torch_st = BandStitcher(plan, got, TorchStitchOps(torch.device("cpu")))
+    for win in plan.windows():
+        numpy_st.add(win, tiles[win.index])
+        torch_st.add(win, torch.from_numpy(tiles[win.index]))
+    peak = {np.uint8: 1, np.uint16: 1, np.float32: 1e-6}[dtype]
+    assert np.abs(got.astype(np.float64) - ref).max() <= peak
+    assert ref.max() > 0 and np.abs(ref.astype(np.float64) - got).mean() < peak / 100
 
 
 def test_stitcher_refuses_tiles_out_of_order():
@@ -283,7 +310,7 @@ def test_compile_auto_stays_off_for_small_or_unknown_work():
     model = small_model("compact", num_conv=1, num_feat=4, scale=2)
     options = EngineOptions(device="cpu", precision="fp32", compile="auto")
     assert not Engine(model, options).compiled                               # work unknown
-    assert not Engine(model, options, expected_px=64 * 64).compiled          # too little to repay compiling
+    assert not Engine(model, options, work=Workload(64 * 64)).compiled          # too little to repay compiling
     cost = probe_cost(model)
     small = compile_estimates(cost, torch.float32, 2, 10**6)
     large = compile_estimates(cost, torch.float32, 2, 10**9)
@@ -298,6 +325,26 @@ def test_repeated_blocks_count_once_towards_compile_time():
     assert cost.compiled_convs == 2 + 15 + 4
     flat = probe_cost(small_model("compact", num_conv=3, num_feat=4, scale=2))
     assert flat.compiled_convs == flat.num_convs == 5
+
+
+@pytest.mark.parametrize("shape, tile, expected", [
+    ((1000, 750), 384, None),      # a tall photo: the windows eager tiling would use, not 384 squares
+    ((100, 60), 384, (100, 60)),   # smaller than a tile: one window of the image, not 384x384
+    ((1000, 750), 0, None),        # whole images: no fixed shape
+])
+def test_compiled_tile_shape_fits_a_known_image_size(shape, tile, expected):
+    model = small_model("compact", num_conv=1, num_feat=4, scale=2)
+    options = EngineOptions(device="cpu", precision="fp32", tile_px=tile, overlap_px=8, compile="on")
+    fitted = Engine(model, options, work=Workload(shape[0] * shape[1], shape))   # compiling itself is lazy
+    eager = None
+    if tile:
+        plan = plan_tiles(*shape, tile, 8, model.size_multiple)
+        eager = (plan.tile_h, plan.tile_w)
+    assert fitted.compiled_shape == (expected or eager)
+    if tile:
+        assert max(fitted.compiled_shape) < tile
+        # without a known size, one square of the tile side serves any image
+        assert Engine(model, options).compiled_shape == (tile // model.size_multiple * model.size_multiple,) * 2
 
 
 @pytest.mark.slow
@@ -320,11 +367,25 @@ def test_compiled_engine_matches_eager_with_one_tile_shape(monkeypatch, tmp_path
     eager = Engine(model, fp32(32, 2, batch=3)).upscale(image)
     stats: dict = {}
     engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=2, batch=3,
-                                         compile="auto"), expected_px=10**13)   # auto: plenty of work
+                                         compile="auto"), work=Workload(10**13))   # auto: plenty of work
     compiled = engine.upscale(image, stats=stats)
     assert stats["compiled"] and stats["tile_shape"] == (32, 32)               # fixed shape, not balanced
     assert np.abs(compiled - eager).max() < 1e-3
     assert any(tmp_path.iterdir())                                             # the cache was written
+    # told the image size, it compiles the windows eager tiling uses for it
+    eager_stats: dict = {}
+    Engine(model, fp32(32, 2, batch=3)).upscale(image, stats=eager_stats)
+    fitted = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=2, batch=3,
+                                         compile="on"), work=Workload(50 * 37, (50, 37)))
+    stats = {}
+    assert np.abs(fitted.upscale(image, stats=stats) - eager).max() < 1e-3
+    assert stats["compiled"] and stats["tile_shape"] == eager_stats["tile_shape"] != (32, 32)
+    # another size still runs through the same shape (exact with an overlap covering the receptive field)
+    radius = model.receptive_radius
+    exact = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=radius, batch=3,
+                                        compile="on"), work=Workload(50 * 37, (50, 37)))
+    other = np.random.default_rng(1).random((70, 90, 3), dtype=np.float32)    # larger: no padding up
+    np.testing.assert_allclose(exact.upscale(other), Engine(model, fp32(0, 0)).upscale(other), atol=1e-3)
 
 
 @pytest.mark.slow
@@ -340,7 +401,7 @@ def test_compile_failure_falls_back_to_eager_or_is_a_usage_error(monkeypatch, tm
     image = np.random.default_rng(3).random((20, 24, 3), dtype=np.float32)
     eager = Engine(model, fp32(16, 2)).upscale(image)
     auto = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=16, overlap_px=2,
-                                       compile="auto"), expected_px=10**13)
+                                       compile="auto"), work=Workload(10**13))
     assert auto.compiled
     out = auto.upscale(image)
     assert not auto.compiled

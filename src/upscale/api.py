@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from . import errors
-from .engine import Engine, EngineOptions
+from .engine import Engine, EngineOptions, Workload
 from .io import Image, read_image, write_image
 from .model import Model
 from .resample import resize_array
@@ -110,11 +110,12 @@ class Upscaler:
     """A model prepared once on its device (cast, channels_last, compiled) for any number of images."""
 
     def __init__(self, model: Model, options: EngineOptions | None = None, *,
-                 expected_px: int | None = None) -> None:
-        """``expected_px``: input pixels the caller plans to run (lets ``compile="auto"`` decide)."""
+                 work: Workload | None = None) -> None:
+        """``work``: what the caller plans to run (lets ``compile="auto"`` decide and a compiled engine
+        fit its tile shape; see ``engine.Workload``)."""
         self.model = model
         self.options = options or EngineOptions()
-        self.engine = Engine(model, self.options, expected_px=expected_px)
+        self.engine = Engine(model, self.options, work=work)
 
     def upscale(self, image: Image, *, outscale: float | None = None, alpha_mode: str = "model",
                 progress: Progress | None = None, stats: dict | None = None) -> Image:
@@ -175,7 +176,10 @@ class Upscaler:
 def upscale_image(image: Image, model: Model, *, outscale: float | None = None, alpha_mode: str = "model",
                   options: EngineOptions | None = None) -> Image:
     """One-shot convenience: prepare ``model`` and upscale one ``Image``."""
-    return Upscaler(model, options).upscale(image, outscale=outscale, alpha_mode=alpha_mode)
+    h, w = image.pixels.shape[:2]
+    passes = 2 if image.alpha is not None and alpha_mode == "model" else 1
+    work = Workload(h * w * passes, (h, w))
+    return Upscaler(model, options, work=work).upscale(image, outscale=outscale, alpha_mode=alpha_mode)
 
 
 def default_output_path(src: str | Path, outscale: float, output_format: str | None = None) -> Path:

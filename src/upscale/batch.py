@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from . import errors
 from .api import Upscaler, default_output_path
+from .engine import Workload
 from .io import SUPPORTED_EXTENSIONS, image_size, is_temp_file, read_image, temp_path_for, write_image
 
 log = logging.getLogger("upscale")
@@ -202,12 +203,14 @@ def find_images(in_dir: Path, *, recursive: bool = False, globs: tuple[str, ...]
     return found
 
 
-def planned_pixels(in_dir: str | Path, *, recursive: bool = False, globs: tuple[str, ...] = (),
-                   shard: tuple[int, int] | None = None, exclude: Path | None = None) -> int:
-    """Input pixels of every image this shard owns, done or not (from headers; unreadable files count
-    0). It does not depend on which outputs exist, so a resumed run makes the same ``--compile auto``
-    decision, and so the same bytes, as the run it resumes."""
+def planned_work(in_dir: str | Path, *, recursive: bool = False, globs: tuple[str, ...] = (),
+                 shard: tuple[int, int] | None = None, exclude: Path | None = None) -> Workload:
+    """The input pixels of every image this shard owns, done or not, and their common (height, width)
+    if they all share one (from headers; unreadable files are left out). It does not depend on which
+    outputs exist, so a resumed run makes the same ``--compile`` decisions (on or off, tile shape),
+    and so the same bytes, as the run it resumes."""
     total = 0
+    shapes = set()
     for path, rel in find_images(Path(in_dir), recursive=recursive, globs=globs, exclude=exclude):
         if not _in_shard(rel, shard):
             continue
@@ -216,7 +219,8 @@ def planned_pixels(in_dir: str | Path, *, recursive: bool = False, globs: tuple[
         except errors.ImageReadError:
             continue
         total += w * h
-    return total
+        shapes.add((h, w))
+    return Workload(total, shapes.pop() if len(shapes) == 1 else None)
 
 
 def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, output_format: str | None = None,

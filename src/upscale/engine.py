@@ -14,10 +14,11 @@ than fp32.
 
 Compilation (``compile="auto"``) is considered on CPU only, where it was measured (docs/perf.md): it
 is turned on when the caller announces enough work (``Engine(..., expected_px=...)``) that the
-estimated time saved repays the estimated compile time. Compiled engines use one fixed tile shape
-(``tile_px`` square, small images padded up to it) and full batches, so a single graph serves every
-tile of every image; the inductor cache lives under ``$UPSCALE_CACHE/inductor`` so a second process
-compiles much faster.
+estimated time saved repays the estimated compile time. Compiled engines use one fixed tile shape and
+full batches, so a single graph serves every tile of every image: the shape eager tiling would choose
+when the caller says every image has one size (``Workload.shape``: a single image, or a folder of
+same-sized photos), else the ``tile_px`` square (smaller images padded up to it). The inductor cache
+lives under ``$UPSCALE_CACHE/inductor`` so a second process compiles much faster.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ COMPILE_PER_CONV_S = 0.3
 EAGER_CPU_MACS_PER_S = {torch.bfloat16: 1.7e11, torch.float32: 8.5e10}
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a caller plans to run through an engine: ``pixels``, the input pixels of all images (for
+    ``compile="auto"``), and ``shape``, the (height, width) every image has, when they all have the same
+    one (a compiled engine then fits its single tile shape to it)."""
+
+    pixels: int = 0
+    shape: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -244,12 +255,12 @@ def compile_estimates(cost: ModelCost, dtype: torch.dtype, threads: int, expecte
 class Engine:
     """A network prepared once for ``options``; ``upscale`` runs images through it.
 
-    ``expected_px``: total input pixels the caller plans to run (all images); only used by
-    ``compile="auto"`` to judge whether compiling pays off.
+    ``work``: what the caller plans to run (``Workload``); used only when compiling, to judge whether
+    it pays off (``compile="auto"``) and to fit the compiled tile shape.
     """
 
     def __init__(self, model: Model, options: EngineOptions | None = None, *,
-                 expected_px: int | None = None) -> None:
+                 work: Workload | None = None) -> None:
         self.model = model
         self.options = options or EngineOptions()
         if self.options.threads is not None:
@@ -259,13 +270,15 @@ class Engine:
         self.cost = probe_cost(model)
         module = copy.deepcopy(model.module).eval().to(self.device)
         self.module: nn.Module = module.to(memory_format=torch.channels_last)
-        self.compiled = self._want_compile(expected_px)
-        # compiled engines run one fixed tile shape (None: whole images, one graph per image size)
-        self.compiled_tile_px: int | None = None
+        work = work or Workload()
+        self.compiled = self._want_compile(work.pixels)
+        # compiled engines run one fixed (height, width) tile shape (None: whole images, one graph per
+        # image size)
+        self.compiled_shape: tuple[int, int] | None = None
         self._compile_pending = False
         self._eager_module: nn.Module | None = None
         if self.compiled:
-            self._compile()
+            self._compile(work.shape)
         log.debug("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
                  torch.get_num_threads(), "on" if self.compiled else "off")
 
@@ -283,7 +296,7 @@ class Engine:
         return max(0, min(self.overlap_px, (tile_px - 8) // 3))
 
     # -- preparation --
-    def _want_compile(self, expected_px: int | None) -> bool:
+    def _want_compile(self, expected_px: int) -> bool:
         mode = self.options.compile
         if mode != "auto":
             return mode == "on"
@@ -302,7 +315,7 @@ class Engine:
                 "on" if decision else "off", eager_s * COMPILE_GAIN, eager_s, compile_s)
         return decision
 
-    def _compile(self) -> None:
+    def _compile(self, image_shape: tuple[int, int] | None) -> None:
         """Wrap the module for torch.compile. Compiling itself happens on the first batch (no separate
         dummy pass, whose compute would be thrown away: for RRDBNet that doubled the time to the first
         output); if it fails there, ``compile="auto"`` falls back to the eager module and
@@ -310,7 +323,12 @@ class Engine:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
         tile = self.options.tile_px
         side = self._fitting_tile_px() if tile == "auto" else int(tile)
-        self.compiled_tile_px = max(side // self.model.size_multiple, 1) * self.model.size_multiple if side else None
+        multiple = self.model.size_multiple
+        if side and image_shape:   # the windows eager tiling would use for that size: no padding waste
+            plan = tiling.plan_tiles(*image_shape, side, self.overlap_px_for(side), multiple)
+            self.compiled_shape = (plan.tile_h, plan.tile_w)
+        elif side:
+            self.compiled_shape = (max(side // multiple, 1) * multiple,) * 2
         self._eager_module = self.module   # what a failed compile falls back to
         self.module = _compiled_module(self.module, self.model.arch)
         self._compile_pending = True
@@ -347,9 +365,9 @@ class Engine:
         return max(64, min(fit, best), 3 * self.overlap_px + 8)
 
     def tile_px_for(self, height: int, width: int) -> int:
-        """The tile side used for an image of this size (0 = whole image; resolves ``"auto"``)."""
+        """The (largest) tile side used for an image of this size (0 = whole image; resolves ``"auto"``)."""
         if self.compiled:
-            return self.compiled_tile_px or 0
+            return max(self.compiled_shape) if self.compiled_shape else 0
         tile = self.options.tile_px
         if tile != "auto":
             return int(tile)
@@ -377,25 +395,24 @@ class Engine:
             raise errors.UsageError(f"{label}: empty image ({h}x{w})")
         s = model.scale
         tile = self.tile_px_for(h, w)
-        fixed = self.compiled and tile > 0
+        fixed = self.compiled_shape if self.compiled else None
         try:
             plan = tiling.plan_tiles(h, w, tile, self.overlap_px_for(tile), model.size_multiple, s,
-                                     fixed_tile=fixed)
+                                     fixed_shape=fixed)
         except ValueError as exc:
             raise errors.UsageError(f"{label}: {exc}") from None
         padded = _pad(pixels, plan.height, plan.width)
         out = np.empty((h * s, w * s, model.out_channels), dtype=pixels.dtype)
-        stitcher = tiling.BandStitcher(plan, out)
+        # tiles stay where the model ran (the GPU's memory on CUDA) until blended; each finished band
+        # reaches the host once, already clamped and in the output dtype
+        stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
         forward_s = stitch_s = 0.0
         batches = 0
         windows = list(plan.windows())
         full = self.options.batch
-        on_cpu = self.device.type == "cpu"
         pin = self.device.type == "cuda"
         th, tw = plan.tile_h, plan.tile_w
         batch_in = torch.zeros((full, th, tw, c), dtype=torch.float32, pin_memory=pin)
-        batch_out = None if on_cpu else torch.empty((full, th * s, tw * s, model.out_channels),
-                                                     dtype=torch.float32, pin_memory=pin)
         band_row, band = -1, None
         with torch.inference_mode(), self._autocast():
             for first in range(0, len(windows), full):
@@ -408,15 +425,10 @@ class Engine:
                 t0 = time.perf_counter()
                 x = batch_in[:n].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
                 y = self._forward(x).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
-                if on_cpu:
-                    host = y.contiguous()
-                else:
-                    host = batch_out[:n]
-                    host.copy_(y, non_blocking=True)
-                    _synchronize(self.device)
+                _synchronize(self.device)   # so forward_s is the forward pass (and batch_in may be refilled)
                 t1 = time.perf_counter()
                 for i, win in enumerate(group):
-                    stitcher.add(win, host[i].numpy())
+                    stitcher.add(win, y[i])
                 stitch_s += time.perf_counter() - t1
                 forward_s += t1 - t0
                 batches += 1
@@ -434,6 +446,62 @@ class Engine:
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+class TorchStitchOps(tiling.NumpyOps):
+    """``tiling.BandStitcher`` arithmetic in torch on ``device``: tiles are blended where the model left
+    them (no per-tile copy to the host on CUDA), fused (``addcmul_``) and with torch's intra-op threads
+    on the CPU, and each finished band is clamped, rounded and cast to the output's integer type on the device
+    before one copy (through a reused pinned staging buffer on CUDA) into the host array."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._staging: torch.Tensor | None = None     # pinned host bytes, CUDA only
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+
+    def asarray(self, weights: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(weights).to(self.device)
+
+    def outer(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.outer(a, b)
+
+    def accumulate(self, acc: torch.Tensor, tile: torch.Tensor, weight: torch.Tensor) -> None:
+        acc.addcmul_(tile, weight[:, :, None])    # fused: no temporary the size of the tile
+
+    def shift(self, arr: torch.Tensor, n: int) -> None:
+        keep = arr.shape[0] - n
+        if keep > 0:
+            arr[:keep] = arr[n:].clone()    # torch refuses overlapping in-place copies
+        arr[max(keep, 0):] = 0.0
+
+    def store(self, band: torch.Tensor, dest: np.ndarray, *, own: bool) -> None:
+        band = band if own else band.to(torch.float32, copy=True)
+        if dest.dtype == np.float32:
+            result = band.clamp_(0.0, 1.0)
+        else:
+            peak = 255.0 if dest.dtype == np.uint8 else 65535.0
+            # rounds half to even, like numpy's rint; uint16 travels as int32 (CUDA has no uint16 casts)
+            result = band.mul_(peak).clamp_(0.0, peak).round_().to(
+                torch.uint8 if dest.dtype == np.uint8 else torch.int32)
+        if result.device.type == "cpu":
+            torch.from_numpy(dest).copy_(result)
+            return
+        if result.device.type == "cuda":
+            host = self._pinned(result)
+            host.copy_(result, non_blocking=True)
+            _synchronize(result.device)
+        else:
+            host = result.cpu()
+        np.copyto(dest, host.numpy(), casting="unsafe")
+
+    def _pinned(self, like: torch.Tensor) -> torch.Tensor:
+        """A pinned host tensor shaped and typed like ``like``, reusing one growing buffer."""
+        nbytes = like.numel() * like.element_size()
+        if self._staging is None or self._staging.numel() < nbytes:
+            self._staging = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return self._staging[:nbytes].view(like.dtype).view(like.shape)
 
 
 def _region_blocks(module: nn.Module, arch: str) -> list[nn.Module]:

@@ -148,7 +148,7 @@ def _download(repo_id: str, filename: str, revision: str, sha256: str | None, *,
         if isinstance(cause, HfHubHTTPError) and cause.response is not None and not offline():
             raise errors.DownloadError(f"{needed_by}; the Hub answered HTTP {cause.response.status_code}") from None
         reason = "HF_HUB_OFFLINE is set" if offline() else "the Hub cannot be reached"
-        hint = (f"pass --weights PATH or register a copy with `upscale models add NAME PATH`" if model
+        hint = ("pass --weights PATH or register a copy with `upscale models add NAME PATH`" if model
                 else "download it by hand into the Hugging Face cache")
         raise errors.OfflineError(f"{needed_by} and {reason}; {hint}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError, GatedRepoError) as err:

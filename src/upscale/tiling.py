@@ -6,8 +6,8 @@ Layout (per axis, input pixels of the image padded to the model's size multiple)
   requested ``tile_px`` we take the fewest windows ``n`` for which neighbours share at least
   ``3 * overlap_px``, then shrink the window to the smallest size (rounded up to 8 px and to the size
   multiple) that still shares that much, and spread the ``n`` windows evenly from 0 to ``L - size``.
-  Shrinking instead of keeping ``tile_px`` wastes less work on overlap. ``fixed_tile=True`` keeps the
-  size at ``tile_px`` instead (one shape for every image, for compiled graphs).
+  Shrinking instead of keeping ``tile_px`` wastes less work on overlap. ``fixed_shape=(h, w)`` keeps
+  the window at that shape instead (one shape for every image, for compiled graphs).
 - Blend weights live in output (upscaled) coordinates and are separable: ``w(y, x) = wy(y) * wx(x)``.
   Along an axis, a window's weight is 0 on the ``overlap_px * scale`` output pixels next to an
   interior edge (context it only needed to compute its neighbours' pixels), 1 in its core, and a
@@ -88,7 +88,7 @@ def padded_length(length: int, multiple: int) -> int:
 
 
 def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple: int = 1, scale: int = 1,
-               *, fixed_tile: bool = False) -> TilePlan:
+               *, fixed_shape: tuple[int, int] | None = None) -> TilePlan:
     """Plan windows over an image of ``height`` x ``width`` input pixels.
 
     ``tile_px`` is the largest window side (0 = one window over the whole image); ``overlap_px`` the
@@ -96,20 +96,22 @@ def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple:
     its upscaling factor (weights are in output pixels). The image is taken as padded (bottom/right)
     to a multiple of ``multiple``: ``plan.height``/``plan.width`` are the sizes the caller must feed.
 
-    ``fixed_tile=True`` keeps every window at exactly ``tile_px`` (rounded down to ``multiple``) for
-    any image, padding images smaller than that up to it, so a compiled graph sees one shape only.
-    Raises ValueError when ``tile_px`` is not larger than ``3 * overlap_px``.
+    ``fixed_shape=(h, w)`` makes every window exactly that shape (each side rounded down to
+    ``multiple``; ``tile_px`` is then ignored) for any image, padding images smaller than that up to it,
+    so a compiled graph sees one shape only. Raises ValueError when a window side is not larger than
+    ``3 * overlap_px``.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if tile_px < 0 or overlap_px < 0 or multiple < 1 or scale < 1:
         raise ValueError("tile_px and overlap_px must be >= 0, multiple and scale >= 1")
     ph, pw = padded_length(height, multiple), padded_length(width, multiple)
-    if fixed_tile and tile_px:
-        side = max(tile_px // multiple, 1) * multiple
-        ph, pw = max(ph, side), max(pw, side)
-    tile_h, ys = _axis_layout(ph, tile_px, overlap_px, multiple, fixed_tile)
-    tile_w, xs = _axis_layout(pw, tile_px, overlap_px, multiple, fixed_tile)
+    sides = (tile_px, tile_px)
+    if fixed_shape is not None:
+        sides = tuple(max(side // multiple, 1) * multiple for side in fixed_shape)
+        ph, pw = max(ph, sides[0]), max(pw, sides[1])
+    tile_h, ys = _axis_layout(ph, sides[0], overlap_px, multiple, fixed_shape is not None)
+    tile_w, xs = _axis_layout(pw, sides[1], overlap_px, multiple, fixed_shape is not None)
     return TilePlan(
         height=ph, width=pw, tile_h=tile_h, tile_w=tile_w, scale=scale, overlap_px=overlap_px,
         ys=ys, xs=xs,
@@ -119,7 +121,7 @@ def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple:
 
 
 def _axis_layout(length: int, tile_px: int, overlap_px: int, multiple: int,
-                 fixed_tile: bool) -> tuple[int, tuple[int, ...]]:
+                 fixed: bool) -> tuple[int, tuple[int, ...]]:
     """Window size and start positions along one axis (px, multiples of ``multiple``). Neighbours
     overlap by at least ``3 * overlap_px``; the windows are spread evenly from 0 to the end."""
     unit = multiple
@@ -133,7 +135,7 @@ def _axis_layout(length: int, tile_px: int, overlap_px: int, multiple: int,
                          f"than 3 x overlap ({n_overlap * unit} px here)")
     count = -(-(n_len - n_overlap) // (n_tile - n_overlap))
     size = n_tile
-    if not fixed_tile:   # the smallest window (rounded up to the shape quantum) that keeps the overlap
+    if not fixed:   # the smallest window (rounded up to the shape quantum) that keeps the overlap
         quantum = math.lcm(SHAPE_QUANTUM_PX, unit) // unit
         size = -(-(n_len + (count - 1) * n_overlap) // count)
         size = min(-(-size // quantum) * quantum, n_tile)
@@ -177,16 +179,54 @@ def _fade(length: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
 
+class NumpyOps:
+    """How ``BandStitcher`` does its arithmetic: the default, numpy arrays in host memory.
+
+    A stitcher only asks its ops for these six things, so another array library can stand in
+    (``upscale.engine`` passes torch ops that keep tiles and the band on the model's device and move
+    each finished band to the host once, already in the output dtype)."""
+
+    def zeros(self, shape: tuple[int, ...]):
+        return np.zeros(shape, dtype=np.float32)
+
+    def asarray(self, weights: np.ndarray):
+        """A 1-D float32 weight vector as this library's array (where tiles live)."""
+        return weights
+
+    def outer(self, a, b):
+        return np.outer(a, b)
+
+    def accumulate(self, acc, tile, weight) -> None:
+        """``acc += tile * weight`` for an (h, w, C) region and its (h, w) weight."""
+        acc += tile * weight[:, :, None]
+
+    def shift(self, arr, n: int) -> None:
+        """Move rows [n:] of ``arr`` to the top and zero the rest (rows may overlap)."""
+        keep = arr.shape[0] - n
+        if keep > 0:
+            arr[:keep] = arr[n:]
+        arr[max(keep, 0):] = 0.0
+
+    def store(self, band, dest: np.ndarray, *, own: bool) -> None:
+        """Write the float ``band`` into the host array ``dest``, clamped to [0, 1] and rounded to
+        nearest for integer dtypes. ``own``: the band may be overwritten (else it is copied first)."""
+        _store(band if own else np.array(band, dtype=np.float32), dest)
+
+
 class BandStitcher:
     """Blend tiles (given in row-major order) into ``out``, one horizontal band of rows at a time.
 
     ``out`` is the preallocated (H_out, W_out, C) result, uint8, uint16 or float32, with H_out and W_out
     at most the plan's padded size times the scale (the padding is cropped away here). Only one window
-    row of float32 rows (plus their weight sums) is held; each band is normalised, clamped to [0, 1],
-    scaled, rounded and written as soon as no later window can touch it.
+    row of float32 rows is held; each band is clamped to [0, 1], scaled, rounded and written as soon as
+    no later window can touch it. The blend weights are normalised once, per axis, when the stitcher is
+    made (they are separable and every row of windows has the same columns, so the sum of the weights
+    at a pixel is the product of the per-axis sums): tiles are only multiplied and added. ``ops`` (default
+    ``NumpyOps()``) says where the band lives and how it is written out; tiles must be arrays of that
+    kind.
     """
 
-    def __init__(self, plan: TilePlan, out: np.ndarray) -> None:
+    def __init__(self, plan: TilePlan, out: np.ndarray, ops=None) -> None:
         if out.ndim != 3 or out.dtype not in (np.uint8, np.uint16, np.float32):
             raise ValueError(f"out must be (H, W, C) uint8, uint16 or float32, not {out.shape} {out.dtype}")
         if out.shape[0] > plan.height * plan.scale or out.shape[1] > plan.width * plan.scale:
@@ -194,14 +234,16 @@ class BandStitcher:
                              f"{plan.width * plan.scale}")
         self.plan = plan
         self.out = out
+        self.ops = ops if ops is not None else NumpyOps()
         # one window over the whole image: nothing to blend, tiles go straight to ``out``
         self._single = plan.num_tiles == 1
         band_rows = 0 if self._single else plan.tile_h * plan.scale
-        self._acc = np.zeros((band_rows, plan.width * plan.scale, out.shape[2]), dtype=np.float32)
-        self._wsum = np.zeros((band_rows, plan.width * plan.scale), dtype=np.float32)
+        self._acc = self.ops.zeros((band_rows, plan.width * plan.scale, out.shape[2]))
+        self._row_w = _normalised(plan.row_weights, plan.ys, plan.scale, self.ops)
+        self._col_w = _normalised(plan.col_weights, plan.xs, plan.scale, self.ops)
         self._top = 0          # output row held in the accumulator's first row
         self._next = 0         # index of the window expected next
-        self._windows = list(plan.windows())
+        self._count = plan.num_tiles
 
     @property
     def accumulator_rows(self) -> int:
@@ -209,49 +251,46 @@ class BandStitcher:
         single-window plan, whose output is written directly."""
         return self._acc.shape[0]
 
-    def add(self, window: Window, tile: np.ndarray) -> None:
+    def add(self, window: Window, tile) -> None:
         """Blend one tile's output, (tile_h * scale, tile_w * scale, C) float, into the band."""
         if window.index != self._next:
             raise ValueError(f"tiles must arrive in row-major order: expected {self._next}, got {window.index}")
         s = self.plan.scale
         th, tw = self.plan.tile_h * s, self.plan.tile_w * s
-        if tile.shape != (th, tw, self.out.shape[2]):
-            raise ValueError(f"tile shape {tile.shape} != {(th, tw, self.out.shape[2])}")
+        if tuple(tile.shape) != (th, tw, self.out.shape[2]):
+            raise ValueError(f"tile shape {tuple(tile.shape)} != {(th, tw, self.out.shape[2])}")
         if self._single:
             h, w = self.out.shape[:2]
-            _store(np.array(tile[:h, :w], dtype=np.float32), self.out)   # a copy: _store overwrites it
+            self.ops.store(tile[:h, :w], self.out, own=False)
             self._next = 1
             return
         y0 = window.y0 * s
         if window.col == 0 and y0 > self._top:
             self._flush(y0)
         r0, x0 = y0 - self._top, window.x0 * s
-        wy = self.plan.row_weights[window.row]
-        wx = self.plan.col_weights[window.col]
-        weight = np.outer(wy, wx)
-        acc = self._acc[r0:r0 + th, x0:x0 + tw]
-        acc += tile * weight[:, :, None]
-        self._wsum[r0:r0 + th, x0:x0 + tw] += weight
+        weight = self.ops.outer(self._row_w[window.row], self._col_w[window.col])
+        self.ops.accumulate(self._acc[r0:r0 + th, x0:x0 + tw], tile, weight)
         self._next += 1
-        if self._next == len(self._windows):
+        if self._next == self._count:
             self._flush(self.plan.height * s)
 
     def _flush(self, upto: int) -> None:
         """Write output rows [top, upto) and shift the accumulator so it starts at ``upto``."""
-        n = upto - self._top
         rows = min(upto, self.out.shape[0]) - self._top
         if rows > 0:
-            band = self._acc[:rows, : self.out.shape[1]]
-            wsum = self._wsum[:rows, : self.out.shape[1], None]
-            np.divide(band, np.maximum(wsum, 1e-12), out=band)
-            _store(band, self.out[self._top:self._top + rows])
-        keep = self._acc.shape[0] - n
-        if keep > 0:
-            self._acc[:keep] = self._acc[n:n + keep]
-            self._wsum[:keep] = self._wsum[n:n + keep]
-        self._acc[max(keep, 0):] = 0.0
-        self._wsum[max(keep, 0):] = 0.0
+            self.ops.store(self._acc[:rows, :self.out.shape[1]], self.out[self._top:self._top + rows], own=True)
+        self.ops.shift(self._acc, upto - self._top)
         self._top = upto
+
+
+def _normalised(weights: tuple[np.ndarray, ...], starts: tuple[int, ...], scale: int, ops) -> list:
+    """Per-window 1-D weights divided by the sum of all windows' weights at each output pixel, as
+    ``ops`` arrays."""
+    total = np.zeros(starts[-1] * scale + len(weights[-1]), dtype=np.float64)
+    for start, w in zip(starts, weights):
+        total[start * scale:start * scale + len(w)] += w
+    return [ops.asarray((w / np.maximum(total[start * scale:start * scale + len(w)], 1e-12)).astype(np.float32))
+            for start, w in zip(starts, weights)]
 
 
 def _store(band: np.ndarray, dest: np.ndarray) -> None:

@@ -95,18 +95,18 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     from tqdm import tqdm
 
     from .. import errors
-    from ..batch import (DONE, FAILED, SKIPPED, BatchSettings, Outcome, plan_batch, planned_pixels, run_batch,
+    from ..batch import (DONE, FAILED, SKIPPED, BatchSettings, Outcome, plan_batch, planned_work, run_batch,
                          write_report)
 
     if quiet:
         logging.getLogger("upscale").setLevel(logging.WARNING)
     if report is not None and not report.parent.is_dir():
         raise click.BadParameter(f"folder {report.parent} does not exist", param_hint="--report")
-    expected_px = None
-    if compile_mode == "auto" and in_dir.is_dir():   # the whole shard's work decides, done or not
-        expected_px = planned_pixels(in_dir, recursive=recursive, globs=globs, shard=shard, exclude=out_dir)
+    work = None
+    if compile_mode != "off" and in_dir.is_dir():   # the whole shard's work decides, done or not
+        work = planned_work(in_dir, recursive=recursive, globs=globs, shard=shard, exclude=out_dir)
     upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
-                                     overlap_px, batch, threads, compile_mode, expected_px=expected_px)
+                                     overlap_px, batch, threads, compile_mode, work=work)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -53,10 +53,10 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def build_upscaler(outscale: float | None, model_name: str | None, weights: Path | None,
                    interp_alpha: float | None, device: str, precision: str, tile_px: str | None,
                    overlap_px: int | None, batch: int | None, threads: int | None, compile_mode: str,
-                   expected_px: int | None = None):
+                   work=None):
     """Resolve the model and engine options from the shared flags; returns (Upscaler, outscale).
 
-    ``expected_px``: input pixels that will go through the model (for ``--compile auto``)."""
+    ``work``: an ``engine.Workload``, what will go through the model (for ``--compile``)."""
     from ..api import Upscaler, default_model_name, load_model
     from ..engine import EngineOptions
 
@@ -77,7 +77,7 @@ def build_upscaler(outscale: float | None, model_name: str | None, weights: Path
     if outscale is not None and outscale != model.scale:
         log.info("model %s is x%d; resizing its output to x%g with Lanczos", model.name or model.source,
                  model.scale, outscale)
-    return Upscaler(model, options, expected_px=expected_px), (outscale if outscale is not None else float(model.scale))
+    return Upscaler(model, options, work=work), (outscale if outscale is not None else float(model.scale))
 
 
 def _check_target(image: Path, target: Path, force: bool) -> None:
@@ -119,6 +119,7 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     from tqdm import tqdm
 
     from ..api import default_output_path
+    from ..engine import Workload
     from ..io import read_image, write_image
 
     if quiet:
@@ -129,7 +130,7 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     if output is not None:   # a named output is checked before the model is loaded
         _check_target(image, output, force)
     upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
-                                     overlap_px, batch, threads, compile_mode, expected_px=h * w * passes)
+                                     overlap_px, batch, threads, compile_mode, work=Workload(h * w * passes, (h, w)))
     target = output
     if target is None:   # the default name depends on the model's scale
         target = default_output_path(image, scale, output_format)
