@@ -192,17 +192,17 @@ def plain_fp32_row(model: Model, image: np.ndarray, runs: int, reference: np.nda
 
 
 def run_sweep(args: argparse.Namespace, models: dict[str, Model], image: np.ndarray) -> list[dict]:
-    """Whole-image throughput (input px/s, overlap included) for each tile size and model."""
+    """Whole-image throughput (input px/s, overlap included) for each tile size, batch and model."""
     rows = []
     for arch, model in models.items():
-        for tile in args.tiles:
+        for tile, batch in ((t, b) for t in args.tiles for b in (args.batches or [args.batch])):
             options = EngineOptions(precision=args.precision, compile="off", tile_px=tile,
-                                    overlap_px=args.overlap, batch=args.batch, threads=args.threads)
+                                    overlap_px=args.overlap, batch=batch, threads=args.threads)
             engine = Engine(model, options)
             times, _, stats = time_runs(engine, image, args.runs, args.warmup)
             median = statistics.median(times)
             th, tw = stats["tile_shape"]
-            rows.append({"model": arch, "tile_px": tile, "tile_shape": stats["tile_shape"],
+            rows.append({"model": arch, "tile_px": tile, "batch": batch, "tile_shape": stats["tile_shape"],
                          "tiles": stats["tiles"], "computed_px_ratio": stats["tiles"] * th * tw / (image.shape[0] * image.shape[1]),
                          "median_s": median, "min_s": min(times), "mpx_per_s": image.shape[0] * image.shape[1]
                          / median / 1e6, "precision": stats["precision"]})
@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=lambda v: v if v == "auto" else int(v), default=EngineOptions.tile_px)
     p.add_argument("--overlap", type=int, default=EngineOptions.overlap_px)
     p.add_argument("--batch", type=int, default=EngineOptions.batch)
+    p.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",")], default=[],
+                   help="--sweep: batch sizes to try for every tile (default: --batch)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="off",
                    help="compile mode of the 'auto' row (default off: eager)")
     p.add_argument("--precision", default="auto", help="precision for --sweep/--seams (default auto)")

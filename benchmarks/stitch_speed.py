@@ -1,0 +1,77 @@
+"""Stitching alone: ``tiling.BandStitcher`` with its numpy ops vs the engine's torch ops, on the CPU,
+same plan, same random tiles, interleaved.
+
+    python benchmarks/stitch_speed.py --threads 2 --rounds 3
+
+Cases are x4 plans of the default shapes: 1000x750 input at tile 192 and 496, and 4000x3000 at 496
+(a 192 MP output). Tiles are random floats (stitching cost does not depend on content). Prints a
+markdown table (seconds per whole image, median and min) and the largest difference between the two
+outputs in 8-bit steps; ``--json`` writes the figures with the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_core import environment, markdown  # noqa: E402
+
+from upscale import tiling  # noqa: E402
+from upscale.engine import TorchStitchOps  # noqa: E402
+
+CASES = [(750, 1000, 192, 16), (750, 1000, 496, 16), (3000, 4000, 496, 16)]   # h, w, tile, overlap
+SCALE = 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for h, w, tile, overlap in CASES:
+        plan = tiling.plan_tiles(h, w, tile, overlap, 1, SCALE)
+        shape = (plan.tile_h * SCALE, plan.tile_w * SCALE, 3)
+        tiles = [rng.random(shape, dtype=np.float32) for _ in range(2)]     # alternated over the windows
+        runners = {"numpy ops": (None, tiles),
+                   "torch ops": (TorchStitchOps(torch.device("cpu")), [torch.from_numpy(t) for t in tiles])}
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        outs = {}
+        for _ in range(args.rounds):
+            for name, (ops, arrays) in runners.items():
+                out = np.empty((h * SCALE, w * SCALE, 3), np.uint8)
+                stitcher = tiling.BandStitcher(plan, out, ops)
+                t0 = time.perf_counter()
+                for win in plan.windows():
+                    stitcher.add(win, arrays[win.index % 2])
+                times[name].append(time.perf_counter() - t0)
+                outs[name] = out
+        diff = int(np.abs(outs["numpy ops"].astype(np.int16) - outs["torch ops"]).max())
+        for name, t in times.items():
+            rows.append({"input": f"{w}x{h}", "tile": tile, "windows": plan.num_tiles, "ops": name,
+                         "median_s": statistics.median(t), "min_s": min(t), "runs": len(t),
+                         "max_diff_8bit": diff})
+    env = {**environment(), "loadavg_at_end": os.getloadavg(),
+           "command": "python benchmarks/stitch_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    print(markdown(rows))
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in env.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
