@@ -40,19 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     photo = PILImage.fromarray(read_image(args.photo).pixels).resize((width, height), PILImage.LANCZOS)
     pixels = np.asarray(photo)
     workers = uio._png_workers()
-    serial = lambda: 1   # noqa: E731
-
-    def ours(path: Path, threads) -> None:
-        saved = uio._png_workers
-        uio._png_workers = threads
-        try:
-            write_image(Image(pixels, None), path)
-        finally:
-            uio._png_workers = saved
-
     runners = {
-        "ours, 1 thread": lambda path: ours(path, serial),
-        f"ours, {workers} threads": lambda path: ours(path, lambda: workers),
+        "ours, 1 thread": lambda path: write_image(Image(pixels, None), path, threads=1),
+        f"ours, {workers} threads": lambda path: write_image(Image(pixels, None), path),
         f"Pillow, compress_level={uio.PNG_COMPRESS_LEVEL}": lambda path: photo.save(
             path, compress_level=uio.PNG_COMPRESS_LEVEL),
     }

@@ -134,9 +134,8 @@ def test_png_blocks_compressed_in_parallel_form_one_valid_stream(tmp_path: Path,
     import upscale.io as uio
 
     monkeypatch.setattr(uio, "PNG_BLOCK_BYTES", 1000)      # 2-5 rows per block: ~25 blocks
-    monkeypatch.setattr(uio, "_png_workers", lambda: 3)
     pixels = rand((97, 61, 3), dtype)
-    write_image(Image(pixels, None), tmp_path / "out.png")
+    write_image(Image(pixels, None), tmp_path / "out.png", threads=3)
     data = (tmp_path / "out.png").read_bytes()
     idat, at = b"", 8
     while at < len(data):

@@ -393,7 +393,8 @@ def _write_loop(upscaled: queue.Queue, settings: BatchSettings, tally: _Tally) -
         job, result, input_px, model_s = item
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
-            write_image(result, job.output, format=settings.output_format, quality=settings.quality)
+            # one thread each: the writers already encode images side by side, beside the model
+            write_image(result, job.output, format=settings.output_format, quality=settings.quality, threads=1)
         except Exception as err:  # noqa: BLE001 - an unwritable output fails that file only
             tally.add(Outcome(job.rel, str(job.output), FAILED, _reason(err), input_px, model_s))
             continue

@@ -13,7 +13,7 @@ CPU without those instructions is allowed (PyTorch emulates it) with a warning t
 than fp32.
 
 Compilation (``compile="auto"``) is considered on CPU only, where it was measured (docs/perf.md): it
-is turned on when the caller announces enough work (``Engine(..., expected_px=...)``) that the
+is turned on when the caller announces enough work (``Engine(..., work=Workload(pixels, shape))``) that the
 estimated time saved repays the estimated compile time. Compiled engines use one fixed tile shape and
 full batches, so a single graph serves every tile of every image: the shape eager tiling would choose
 when the caller says every image has one size (``Workload.shape``: a single image, or a folder of

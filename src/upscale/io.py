@@ -440,11 +440,12 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
 # --- writing ---------------------------------------------------------------------------------------
 
 def write_image(image: Image, path: str | Path, *, format: str | None = None,
-                quality: int | None = None) -> None:
+                quality: int | None = None, threads: int | None = None) -> None:
     """Write ``image`` to ``path`` atomically; ``ImageWriteError`` if it cannot be written.
 
     ``format`` (png, jpg/jpeg, webp, tif/tiff, bmp) overrides the extension; ``quality`` (1..100) is
-    for JPEG and WebP.
+    for JPEG and WebP; ``threads`` is how many threads PNG encoding may use (None: every CPU this
+    process may run on; a caller that already encodes several images at once passes 1).
     """
     path = Path(path)
     fmt = output_format_for(path, format)
@@ -461,7 +462,7 @@ def write_image(image: Image, path: str | Path, *, format: str | None = None,
     temp = temp_path_for(path)
     try:
         with open(temp, "wb") as f:
-            _encode(image, f, fmt, quality, path)
+            _encode(image, f, fmt, quality, path, threads)
             f.flush()
             _fsync(f.fileno())
         os.replace(temp, path)
@@ -499,7 +500,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path) -> None:
+def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path, threads: int | None) -> None:
     alpha = image.alpha
     if alpha is not None and fmt in ("JPEG", "BMP"):
         log.warning("%s: %s has no alpha channel; transparency dropped", path, fmt)
@@ -508,7 +509,7 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         _write_tiff(f, image.pixels, alpha, image.icc_profile)
         return
     if fmt == "PNG":   # streamed by our own writer: no second copy of a large output in Pillow's memory
-        _write_png(f, image.pixels, alpha, image.icc_profile, image.exif)
+        _write_png(f, image.pixels, alpha, image.icc_profile, image.exif, threads or _png_workers())
         return
     pixels = _to_uint8(image.pixels)
     if fmt == "BMP":
@@ -541,7 +542,7 @@ _PNG_COLOUR_TYPE = {(1, False): 0, (1, True): 4, (3, False): 2, (3, True): 6}
 
 
 def _write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
-               exif: bytes | None) -> None:
+               exif: bytes | None, threads: int = 1) -> None:
     """An 8- or 16-bit PNG (from the dtype; gray, gray+alpha, RGB or RGBA) with optional iCCP and eXIf
     chunks, filtered and compressed in blocks of rows, so no full-size copy is made (except to
     interleave an alpha channel)."""
@@ -556,7 +557,7 @@ def _write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: b
     if exif:
         f.write(_chunk(b"eXIf", exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif))
     raw = (samples.astype(">u2").view(np.uint8) if depth == 16 else np.ascontiguousarray(samples)).reshape(h, -1)
-    for data in _png_zlib_stream(raw, depth // 8 * c):
+    for data in _png_zlib_stream(raw, depth // 8 * c, threads):
         f.write(_chunk(b"IDAT", data))
     f.write(_chunk(b"IEND", b""))
 
@@ -583,9 +584,9 @@ def _write_bmp(f: BinaryIO, pixels: np.ndarray) -> None:
         f.write(out.tobytes())
 
 
-def _png_zlib_stream(raw: np.ndarray, bpp: int) -> Iterator[bytes]:
+def _png_zlib_stream(raw: np.ndarray, bpp: int, workers: int) -> Iterator[bytes]:
     """The zlib stream of PNG image data, in pieces, filtered and compressed in blocks of rows on
-    ``_png_workers()`` threads (numpy and zlib release the GIL).
+    ``workers`` threads (numpy and zlib release the GIL).
 
     Each block is deflated on its own and ends with a sync flush (the last with the final block), so
     the pieces, in order, form one valid deflate stream between our zlib header and the Adler-32 of all
@@ -595,7 +596,6 @@ def _png_zlib_stream(raw: np.ndarray, bpp: int) -> Iterator[bytes]:
     h, row_bytes = raw.shape
     rows = max(1, PNG_BLOCK_BYTES // max(1, row_bytes))
     starts = list(range(0, h, rows))
-    workers = _png_workers()
 
     def block(start: int) -> tuple[bytes, bytes]:
         filtered = _png_filter_block(raw, start, min(start + rows, h), bpp)
