@@ -113,6 +113,19 @@ def test_packaged_registry_has_the_issue_models_pinned_and_hashed():
         assert (specs[gan].kind, specs[psnr].kind, specs[gan].twin, specs[psnr].twin) == ("gan", "psnr", psnr, gan)
 
 
+def test_bf16_safe_only_where_measured():
+    """--precision auto runs a registry model in bf16 only when its entry says it was measured safe;
+    an entry that says nothing runs in fp32."""
+    assert parse(entry("m")).find("m").bf16_safe is False
+    assert parse(entry("m", bf16_safe="true")).find("m").bf16_safe is True
+    specs = {s.name: s for s in registry.load_registry(user=None).models.values()}
+    measured = {name for name, spec in specs.items() if spec.bf16_safe}
+    # ours, measured with benchmarks/bf16_check.py (docs/models.md, docs/perf.md); Hub models whose
+    # weights could not be measured here stay unflagged
+    assert {"default-x4", "default-x2", "srcnn-x4", "srcnn-x2"} <= measured
+    assert not measured & {"esrgan-psnr", "esrgan-x2", "esrgan-classic", "esrgan-classic-psnr", "compact"}
+
+
 def test_lookup_and_close_names(tmp_path, monkeypatch):
     monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path))
     assert registry.find_model("esrgan").name == "esrgan" and registry.find_model("nope") is None
@@ -144,6 +157,7 @@ def test_models_add_registers_a_local_file(tmp_path, monkeypatch):
     assert spec.hparams["num_conv"] == 1 and spec.hparams["act_type"] == "prelu"
     assert spec.origin == str(tmp_path / "cfg" / "models.toml")
     assert [p.name for p in (tmp_path / "cfg").iterdir()] == ["models.toml"]  # no temp file left
+    assert spec.bf16_safe is False                                            # not measured: fp32 in auto
 
     from upscale import hub
     assert hub.weights_path(spec) == path.resolve()
@@ -158,6 +172,9 @@ def test_models_add_registers_a_local_file(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["models", "add", "esrgan", str(second)])
     assert result.exit_code == 1 and "'esrgan' is defined twice" in result.output
     assert len(registry.parse_registry((tmp_path / "cfg" / "models.toml").read_text(), "user")) == 1
+    result = CliRunner().invoke(cli, ["models", "add", "measured", str(second), "--bf16-safe"])
+    assert result.exit_code == 0, result.output
+    assert registry.get_model("measured").bf16_safe is True
 
 
 def test_a_registered_file_that_changed_is_refused(tmp_path, monkeypatch):

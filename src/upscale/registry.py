@@ -11,7 +11,9 @@ Each entry is a ``[[model]]`` table::
     kind = "gan"                        # psnr | gan | other
     twin = "esrgan-psnr"                # optional: the same network trained the other way
     license = "BSD-3-Clause"
-    bf16_safe = true                    # optional (default true)
+    bf16_safe = true                    # optional, default false: set it only after measuring fp32 vs
+                                        # bf16 >= 50 dB on every natural test image (benchmarks/bf16_check.py);
+                                        # --precision auto runs unflagged models in fp32
     default = false                     # optional: the default model for its scale
     hparams = { num_block = 23 }        # optional: overrides of the family's defaults
     source = { type = "hub", repo_id = "...", filename = "...", revision = "<commit>",
@@ -101,7 +103,7 @@ class ModelSpec:
     twin: str | None
     license: str
     source: Source
-    bf16_safe: bool = True
+    bf16_safe: bool = False      # measured safe in bf16 (see the module docstring)
     default: bool = False
     origin: str = ""             # the registry file the entry came from, for messages
 
@@ -198,7 +200,7 @@ def _parse_entry(entry: Any, index: int, origin: str) -> ModelSpec:
     source = _parse_source(entry["source"], fail)
     return ModelSpec(name=name, description=entry["description"], arch=arch,
                      hparams=MappingProxyType(dict(hparams)), scale=scale, kind=kind, twin=twin,
-                     license=entry["license"], source=source, bf16_safe=entry.get("bf16_safe", True),
+                     license=entry["license"], source=source, bf16_safe=entry.get("bf16_safe", False),
                      default=entry.get("default", False), origin=origin)
 
 
@@ -366,11 +368,12 @@ def format_entry(fields: dict[str, Any]) -> str:
 
 def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[str, Any],
                    description: str | None = None, license: str = "unknown", kind: str = "other",
-                   twin: str | None = None) -> ModelSpec:
+                   twin: str | None = None, bf16_safe: bool = False) -> ModelSpec:
     """Register a local weights file in the user registry (written atomically, validated first).
 
     ``arch``/``hparams`` are what the caller detected in the file; the file's sha256 and size are
-    recorded so a later change to the file is noticed.
+    recorded so a later change to the file is noticed. ``bf16_safe``: the caller measured it (see the
+    module docstring).
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
@@ -381,7 +384,7 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
     fields: dict[str, Any] = {
         "name": name, "description": description or f"local file {path.name}", "arch": arch,
         "scale": int(hparams.get("scale", family.defaults.get("scale", 1))), "kind": kind, "twin": twin,
-        "license": license, "hparams": overrides or None,
+        "license": license, "bf16_safe": bf16_safe or None, "hparams": overrides or None,
         "source": {"type": "file", "path": str(path), "sha256": sha256_file(path), "size": size},
     }
     user = user_registry_path()

@@ -83,8 +83,12 @@ def pull(names: tuple[str, ...]) -> None:
 @click.option("--license", "license_", default="unknown", show_default=True)
 @click.option("--kind", type=click.Choice(["psnr", "gan", "other"]), default="other", show_default=True)
 @click.option("--twin", default=None, help="Name of its PSNR/GAN twin (for --alpha).")
+@click.option("--bf16-safe", is_flag=True,
+              help="You measured its fp32 and bf16 outputs >= 50 dB apart on natural images "
+                   "(benchmarks/bf16_check.py): --precision auto may then run it in bf16. Without it, fp32.")
 @handle_errors
-def add(name: str, path: Path, description: str | None, license_: str, kind: str, twin: str | None) -> None:
+def add(name: str, path: Path, description: str | None, license_: str, kind: str, twin: str | None,
+        bf16_safe: bool) -> None:
     """Register the weights file PATH as model NAME in your user registry (`-m NAME` then works)."""
     from .. import archs, loading, registry
 
@@ -94,5 +98,5 @@ def add(name: str, path: Path, description: str | None, license_: str, kind: str
     module = archs.build_module(arch, hparams)
     loading.load_strict(module, sd, source=path, arch=arch)
     spec = registry.add_user_model(name, path, arch=arch, hparams=hparams, description=description,
-                                   license=license_, kind=kind, twin=twin)
+                                   license=license_, kind=kind, twin=twin, bf16_safe=bf16_safe)
     click.echo(f"added {spec.name}: {arch} x{spec.scale} from {spec.source.path} to {registry.user_registry_path()}")

