@@ -13,15 +13,13 @@ writes the figures with the environment.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_core import environment, markdown  # noqa: E402
+from speed_core import publish  # noqa: E402
 
 from upscale import metrics  # noqa: E402
 from upscale.api import load_model  # noqa: E402
@@ -58,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rows[-1]}", file=sys.stderr, flush=True)
         summary.append({"model": name, "arch": model.arch, "images": len(paths), "min_psnr_db": worst,
                         "bf16_safe": bool(worst >= THRESHOLD_DB)})
-    env = {**environment(), "loadavg_at_end": os.getloadavg(),
-           "command": "python benchmarks/bf16_check.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    print(markdown(rows) + "\n\n" + markdown(summary))
-    print("\n" + ", ".join(f"{k}: {v}" for k, v in env.items()))
-    if args.json:
-        args.json.write_text(json.dumps({"environment": env, "threshold_db": THRESHOLD_DB, "summary": summary,
-                                         "rows": rows}, indent=1))
+    publish("bf16_check.py", argv, args.json, threshold_db=THRESHOLD_DB, rows=rows, summary=summary)
     return 0
 
 

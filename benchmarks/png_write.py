@@ -11,8 +11,6 @@ with the environment. Sizes of the files are reported too: block-parallel deflat
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +21,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_core import environment, markdown  # noqa: E402
+from speed_core import publish  # noqa: E402
 
 import upscale.io as uio  # noqa: E402
 from upscale.io import Image, read_image, write_image  # noqa: E402
@@ -62,13 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"encoder": name, "median_s": statistics.median(t), "min_s": min(t), "runs": len(t),
              "mb": sizes[name] / 1e6, "speed_vs_ours_1_thread": base / statistics.median(t)}
             for name, t in times.items()]
-    env = {**environment(), "cpus_for_png": workers, "image": f"{width}x{height} from {args.photo}",
-           "loadavg_at_end": os.getloadavg(), "command": "python benchmarks/png_write.py " + " ".join(
-               sys.argv[1:] if argv is None else argv)}
-    print(markdown(rows))
-    print("\n" + ", ".join(f"{k}: {v}" for k, v in env.items()))
-    if args.json:
-        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    publish("png_write.py", argv, args.json, rows=rows,
+            env_extra={"cpus_for_png": workers, "image": f"{width}x{height} from {args.photo}"})
     return 0
 
 

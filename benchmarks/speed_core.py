@@ -127,6 +127,22 @@ def environment() -> dict:
             "threads": torch.get_num_threads()}
 
 
+def publish(script: str, argv: list[str] | None, json_path: Path | None, *, env_extra: dict | None = None,
+            **results: object) -> None:
+    """The end of a small benchmark script: each list-of-rows result as a markdown table, then the
+    environment (versions, CPU, threads, load average, the command); all of it as JSON at ``json_path``."""
+    import os
+
+    env = {**environment(), **(env_extra or {}), "loadavg_at_end": os.getloadavg(),
+           "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)}
+    for value in results.values():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            print(markdown(value) + "\n")
+    print(", ".join(f"{k}: {v}" for k, v in env.items()))
+    if json_path:
+        json_path.write_text(json.dumps({"environment": env, **results}, indent=1))
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -12,8 +12,6 @@ outputs in 8-bit steps; ``--json`` writes the figures with the environment.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_core import environment, markdown  # noqa: E402
+from speed_core import publish  # noqa: E402
 
 from upscale import tiling  # noqa: E402
 from upscale.engine import TorchStitchOps  # noqa: E402
@@ -64,12 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"input": f"{w}x{h}", "tile": tile, "windows": plan.num_tiles, "ops": name,
                          "median_s": statistics.median(t), "min_s": min(t), "runs": len(t),
                          "max_diff_8bit": diff})
-    env = {**environment(), "loadavg_at_end": os.getloadavg(),
-           "command": "python benchmarks/stitch_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    print(markdown(rows))
-    print("\n" + ", ".join(f"{k}: {v}" for k, v in env.items()))
-    if args.json:
-        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    publish("stitch_speed.py", argv, args.json, rows=rows)
     return 0
 
 
