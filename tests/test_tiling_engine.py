@@ -254,6 +254,30 @@ def test_bf16_autocast_is_close_to_fp32_on_a_smooth_image():
     assert 10 * np.log10(255.0**2 / mse) > 40
 
 
+def test_rrdbnet_keeps_its_residual_trunk_in_fp32_under_autocast():
+    """Convolutions in bf16, the 3 x num_block residual additions in fp32 (see archs/rrdbnet.py)."""
+    model = small_model("rrdbnet", num_feat=8, num_block=2, num_grow_ch=4, scale=4)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (inputs[0].dtype, output.dtype)     # returns None: the output is kept
+        return hook
+
+    hooks = [mod.register_forward_hook(record(name))
+             for name, mod in (("rrdb", model.module.body[1]), ("conv", model.module.body[1].rdb2.conv3))]
+    x = torch.rand(1, 3, 12, 12)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.module(x)
+    for h in hooks:
+        h.remove()
+    assert seen["rrdb"] == (torch.float32, torch.float32)         # the trunk
+    assert seen["conv"] == (torch.bfloat16, torch.bfloat16)       # the work
+    with torch.inference_mode():
+        ref = model.module(x)
+        assert ref.dtype == torch.float32 and (low.float() - ref).abs().max() < 0.05
+
+
 def test_integer_dtypes_round_trip_and_agree_with_float():
     model = small_model("msrresnet", num_block=1, num_feat=8, scale=2)
     rng = np.random.default_rng(3)
