@@ -174,7 +174,9 @@ def resolve_precision(name: str, device: torch.device, model: Model) -> torch.dt
         else:
             return torch.float32
         if not model.bf16_safe:
-            log.info("precision auto: %s is not flagged safe in reduced precision; using fp32", label)
+            log.info("precision auto: %s is not flagged safe in %s (fp32 and %s outputs not measured >= 50 dB "
+                     "apart); using fp32 (--precision %s forces it)", label, NAMES[wanted], NAMES[wanted],
+                     NAMES[wanted])
             return torch.float32
         return wanted
     if name == "fp16" and device.type == "cpu":
