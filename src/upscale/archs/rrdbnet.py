@@ -26,7 +26,8 @@ def _low(x: torch.Tensor) -> torch.Tensor:
     """``x`` in autocast's low-precision dtype when autocast is on for its device (converted once here
     rather than by every convolution and concatenation that reads it), else ``x`` itself."""
     device = x.device.type
-    if torch.is_autocast_enabled(device) and x.dtype == torch.float32:
+    if (x.dtype == torch.float32 and torch.amp.is_autocast_available(device)   # not on "meta", say
+            and torch.is_autocast_enabled(device)):
         return x.to(torch.get_autocast_dtype(device))
     return x
 
