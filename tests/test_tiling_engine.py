@@ -255,7 +255,8 @@ def test_bf16_autocast_is_close_to_fp32_on_a_smooth_image():
 
 
 def test_rrdbnet_keeps_its_residual_trunk_in_fp32_under_autocast():
-    """Convolutions in bf16, the 3 x num_block residual additions in fp32 (see archs/rrdbnet.py)."""
+    """Convolutions in bf16, the 3 x num_block residual additions and the image's first and last
+    convolutions in fp32 (see archs/rrdbnet.py)."""
     model = small_model("rrdbnet", num_feat=8, num_block=2, num_grow_ch=4, scale=4)
     seen = {}
 
@@ -265,7 +266,8 @@ def test_rrdbnet_keeps_its_residual_trunk_in_fp32_under_autocast():
         return hook
 
     hooks = [mod.register_forward_hook(record(name))
-             for name, mod in (("rrdb", model.module.body[1]), ("conv", model.module.body[1].rdb2.conv3))]
+             for name, mod in (("rrdb", model.module.body[1]), ("conv", model.module.body[1].rdb2.conv3),
+                               ("first", model.module.conv_first), ("last", model.module.conv_last))]
     x = torch.rand(1, 3, 12, 12)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         low = model.module(x)
@@ -273,6 +275,7 @@ def test_rrdbnet_keeps_its_residual_trunk_in_fp32_under_autocast():
         h.remove()
     assert seen["rrdb"] == (torch.float32, torch.float32)         # the trunk
     assert seen["conv"] == (torch.bfloat16, torch.bfloat16)       # the work
+    assert seen["first"] == seen["last"] == (torch.float32, torch.float32)   # reading and writing the image
     with torch.inference_mode():
         ref = model.module(x)
         assert ref.dtype == torch.float32 and (low.float() - ref).abs().max() < 0.05

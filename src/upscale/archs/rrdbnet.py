@@ -4,12 +4,18 @@ Canonical keys are BasicSR's (``conv_first``, ``body.N.rdb1.conv1``, ``conv_body
 Scales 1 and 2 pixel-unshuffle the input first (Real-ESRGAN x2plus), so H and W must be multiples of
 4 (scale 1) or 2 (scale 2).
 
-Under autocast (bf16 on the CPU, fp16 on CUDA) the convolutions run in the low precision but the
-residual trunk (``feat`` and every block's ``x + 0.2 * f(x)``) stays in the input's dtype, fp32: adding
-69 residuals in bf16 rounds the trunk to 8 bits of mantissa at every block. With the real
-realesrgan-x4plus weights on a 256x256 Set14 baboon crop this took bf16-vs-fp32 agreement from
-50.0 dB to 51.2 dB for ~2% more time (docs/perf.md). Without autocast nothing changes: the same
-operations, in the same order, on the same dtype.
+Under autocast (bf16 on the CPU, fp16 on CUDA) the convolutions run in the low precision except
+where precision is cheap and matters (docs/perf.md, real realesrgan-x4plus weights, bf16 vs fp32):
+
+- the residual trunk (``feat`` and every block's ``x + 0.2 * f(x)``) stays in the input's dtype, fp32:
+  adding 69 residuals in bf16 rounds the trunk to 8 bits of mantissa at every block (Set14 baboon
+  crop: 50.0 -> 51.2 dB, ~2% more time);
+- ``conv_first`` and ``conv_last``, which read and write the image (3 channels, ~0.2% of the MACs), run
+  in fp32: bf16 cannot even hold the input's 8-bit levels (steps of 1/512 above 0.5), and that first
+  rounding is what the deep trunk amplified most (whole Set14 bridge: 49.1 -> 52.4 dB, no measurable
+  cost).
+
+Without autocast nothing changes: the same operations, in the same order, on the same dtype.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ def _low(x: torch.Tensor) -> torch.Tensor:
             and torch.is_autocast_enabled(device)):
         return x.to(torch.get_autocast_dtype(device))
     return x
+
+
+def _full(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` in fp32 even under autocast (where autocast exists for ``x``'s device)."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return conv(x.float())
+    return conv(x)
 
 
 class ResidualDenseBlock(nn.Module):
@@ -85,11 +100,11 @@ class RRDBNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.unshuffle > 1:
             x = F.pixel_unshuffle(x, self.unshuffle)
-        feat = self.conv_first(x).to(x.dtype)      # the trunk in the input's dtype (see the docstring)
+        feat = _full(self.conv_first, x).to(x.dtype)    # the trunk in the input's dtype (see the docstring)
         feat = feat + self.conv_body(self.body(feat))
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
-        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+        return _full(self.conv_last, self.lrelu(self.conv_hr(feat)))
 
 
 def build(num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,
