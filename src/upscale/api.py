@@ -173,12 +173,18 @@ class Upscaler:
         return result
 
 
+def workload_for(image: Image, alpha_mode: str = "model") -> Workload:
+    """What upscaling this one image runs through the model: its pixels (twice when the alpha channel
+    goes through the model too) and its size."""
+    h, w = image.pixels.shape[:2]
+    passes = 2 if image.alpha is not None and alpha_mode == "model" else 1
+    return Workload(h * w * passes, (h, w))
+
+
 def upscale_image(image: Image, model: Model, *, outscale: float | None = None, alpha_mode: str = "model",
                   options: EngineOptions | None = None) -> Image:
     """One-shot convenience: prepare ``model`` and upscale one ``Image``."""
-    h, w = image.pixels.shape[:2]
-    passes = 2 if image.alpha is not None and alpha_mode == "model" else 1
-    work = Workload(h * w * passes, (h, w))
+    work = workload_for(image, alpha_mode)
     return Upscaler(model, options, work=work).upscale(image, outscale=outscale, alpha_mode=alpha_mode)
 
 

@@ -451,8 +451,8 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
-class TorchStitchOps(tiling.NumpyOps):
-    """``tiling.BandStitcher`` arithmetic in torch on ``device``: tiles are blended where the model left
+class TorchStitchOps:
+    """``tiling.BandStitcher`` arithmetic (the six methods of ``tiling.NumpyOps``) in torch on ``device``: tiles are blended where the model left
     them (no per-tile copy to the host on CUDA), fused (``addcmul_``) and with torch's intra-op threads
     on the CPU, and each finished band is clamped, rounded and cast to the output's integer type on the device
     before one copy (through a reused pinned staging buffer on CUDA) into the host array."""

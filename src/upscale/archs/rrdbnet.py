@@ -29,20 +29,24 @@ NAME = "rrdbnet"
 DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4}
 
 
+def _autocast_on(device: str) -> bool:
+    """Whether autocast is on for this device type (devices without autocast, "meta" say: no)."""
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 def _low(x: torch.Tensor) -> torch.Tensor:
     """``x`` in autocast's low-precision dtype when autocast is on for its device (converted once here
     rather than by every convolution and concatenation that reads it), else ``x`` itself."""
     device = x.device.type
-    if (x.dtype == torch.float32 and torch.amp.is_autocast_available(device)   # not on "meta", say
-            and torch.is_autocast_enabled(device)):
+    if x.dtype == torch.float32 and _autocast_on(device):
         return x.to(torch.get_autocast_dtype(device))
     return x
 
 
 def _full(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` in fp32 even under autocast (where autocast exists for ``x``'s device)."""
+    """``conv(x)`` in fp32 even under autocast."""
     device = x.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+    if _autocast_on(device):
         with torch.autocast(device, enabled=False):
             return conv(x.float())
     return conv(x)

@@ -118,19 +118,16 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     """
     from tqdm import tqdm
 
-    from ..api import default_output_path
-    from ..engine import Workload
+    from ..api import default_output_path, workload_for
     from ..io import read_image, write_image
 
     if quiet:
         logging.getLogger("upscale").setLevel(logging.WARNING)
     source = read_image(image, max_pixels=max_pixels)  # bad input fails before any model work
-    h, w = source.pixels.shape[:2]
-    passes = 2 if source.alpha is not None and alpha_mode == "model" else 1
     if output is not None:   # a named output is checked before the model is loaded
         _check_target(image, output, force)
     upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
-                                     overlap_px, batch, threads, compile_mode, work=Workload(h * w * passes, (h, w)))
+                                     overlap_px, batch, threads, compile_mode, work=workload_for(source, alpha_mode))
     target = output
     if target is None:   # the default name depends on the model's scale
         target = default_output_path(image, scale, output_format)
