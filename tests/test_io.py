@@ -19,6 +19,7 @@ from upscale.io import (
     SUPPORTED_EXTENSIONS,
     Image,
     from_float,
+    image_size,
     is_temp_file,
     output_format_for,
     read_image,
@@ -259,6 +260,8 @@ def test_jpeg_with_orientation_6_reads_upright_and_is_written_with_orientation_1
     written = PILImage.Exif()
     written.load(img.exif)
     assert written[0x0112] == 1 and written[0x010F] == "UpscaleTestCam"
+    # the header-only size (batch planning, compiled tile shapes) agrees with what read_image returns
+    assert image_size(tmp_path / "in.jpg") == (40, 64)
 
     write_image(img, tmp_path / "out.jpg")
     with PILImage.open(tmp_path / "out.jpg") as out:

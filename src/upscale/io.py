@@ -201,13 +201,15 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding pixels; ``ImageReadError`` if the
-    header cannot be read. EXIF orientation is not applied (the pixel count is the same)."""
+    """(width, height) as ``read_image`` will return it (EXIF orientation applied: 5-8 swap the sides),
+    from the file's header without decoding pixels; ``ImageReadError`` if the header cannot be read."""
     path = Path(path)
     _check_file(path)
     im, _ = _open(path)
     with im:
-        return im.size
+        w, h = im.size
+        orientation, _ = _exif_of(im, path)
+    return (h, w) if orientation >= 5 else (w, h)
 
 
 def _check_file(path: Path) -> None:
