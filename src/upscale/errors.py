@@ -4,6 +4,8 @@ Rules:
 - ``str(err)`` is a complete one-line message that names the file or model involved.
 - Never raise bare ``Exception``/``RuntimeError`` for a user-facing problem; pick (or add) a class here.
 - Exit codes live in one table in ``upscale.cli`` (usage problems 2, failures 1).
+- The library names its own parameters (``tile_px``, ``outscale``), never command-line flags: pass
+  ``params=("tile_px",)`` and ``upscale.cli`` rewords those names as the flags that set them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from pathlib import Path
 class UpscaleError(Exception):
     """Base class of every error the user should see as a message rather than a traceback."""
 
-    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+    def __init__(self, message: str, *, path: str | Path | None = None, params: tuple[str, ...] = ()) -> None:
         self.path = None if path is None else str(path)
         self.message = message
+        self.params = tuple(params)  # library parameter names the message mentions (the CLI words them as flags)
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
@@ -31,6 +34,10 @@ class PrecisionError(UsageError):
 
 class DeviceError(UsageError):
     """A device that is not available here (cuda without a GPU, mps off macOS)."""
+
+
+class ResourceError(UpscaleError):
+    """The machine lacks what the job needs (memory for the output, disk); checked before the work."""
 
 
 # --- images -------------------------------------------------------------------------------------

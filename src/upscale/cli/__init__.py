@@ -50,6 +50,29 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
 )
 
 
+# Library parameter -> the flag that sets it. Library errors name parameters (``errors.UpscaleError``'s
+# ``params``); this table is the one place that words them as options.
+FLAG_FOR_PARAM: dict[str, str] = {
+    "tile_px": "--tile", "overlap_px": "--overlap", "batch": "--batch", "threads": "--threads",
+    "device": "--device", "precision": "--precision", "compile": "--compile", "backend": "--backend",
+    "outscale": "--scale", "scale": "--scale", "alpha": "--alpha", "alpha_mode": "--alpha-mode",
+    "quality": "--quality", "output_format": "--format", "max_pixels": "--max-pixels", "shard": "--shard",
+    "gray": "--gray", "warmup": "--warmup", "sheet_image": "--sheet-image", "lr_dir": "--lr", "hr_dir": "--hr",
+    "init": "--init", "report": "--report", "output": "--output", "force": "--force", "resume": "--resume",
+}
+
+
+def word_as_flags(err: BaseException, message: str) -> str:
+    """``message`` with the library parameter names that ``err`` declares written as their flags."""
+    import re
+
+    for param in getattr(err, "params", ()):
+        flag = FLAG_FOR_PARAM.get(param)
+        if flag:
+            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag, message)
+    return message
+
+
 def classify(err: BaseException) -> tuple[int, str]:
     for cls, code, label in ERROR_TABLE:
         if isinstance(err, cls):
@@ -62,7 +85,7 @@ def report_error(err: BaseException) -> int:
     code, label = classify(err)
     if os.environ.get("UPSCALE_DEBUG") == "1":
         traceback.print_exception(err, file=sys.stderr)
-    msg = str(err).replace("\n", " ") or type(err).__name__
+    msg = word_as_flags(err, str(err).replace("\n", " ")) or type(err).__name__
     if not isinstance(err, errors.UpscaleError):
         msg = f"{type(err).__name__}: {msg} (set UPSCALE_DEBUG=1 for a traceback)"
     click.echo(f"upscale: {label}: {msg}", err=True)

@@ -1,0 +1,136 @@
+"""The one way this project puts a file in place: a private temp file beside the target, fsync,
+rename over the target, fsync the folder. A reader never sees a half-written file, and a crash
+leaves at most a temp file that the next run recognises and removes.
+
+Temp files are created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``) under an unpredictable name,
+so a symlink planted where a temp will go is never followed, and two processes writing into one
+folder never share or delete each other's temps. Each name records the host and the process that
+owns it (``.NAME.<host>-<pid>-<random>.upscale-tmp``): ``sweep_temps`` removes only temps whose
+owner is a process of this host that is no longer running.
+
+Every ``os.replace`` of the package is in this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+from typing import IO, Iterator
+
+TEMP_SUFFIX = ".upscale-tmp"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of our temp files (any process, any host)."""
+    return _TEMP.match(name) is not None
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(16):
+        tmp = path.with_name(f".{path.name}.{_host_tag()}-{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, flags, 0o666 & ~_UMASK), tmp
+        except FileExistsError:  # a name drawn twice (or planted): draw another
+            continue
+    raise FileExistsError(f"cannot create a temp file beside {path}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = None,
+                durable: bool = True) -> Iterator[IO]:
+    """Open a new temp file beside ``path`` for writing; on a normal exit put it at ``path``.
+
+    ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding`` defaults to UTF-8). On any exception (or
+    KeyboardInterrupt) the temp file is removed and ``path`` is untouched; OSErrors propagate for the
+    caller to turn into its own typed error. ``durable=False`` skips the fsyncs (for caches whose loss
+    costs only recomputation).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', not {mode!r}")
+    path = Path(path)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_folder(path.parent)
+
+
+def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    with atomic_file(path, "wb", durable=durable) as f:
+        f.write(data)
+
+
+def write_text(path: str | Path, text: str, *, durable: bool = True) -> None:
+    with atomic_file(path, "w", durable=durable) as f:
+        f.write(text)
+
+
+def fsync_folder(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_temps(folder: str | Path, *, name: str | None = None) -> list[Path]:
+    """Remove our temp files in ``folder`` (only those for target ``name``, if given) left by
+    processes of this host that are no longer running; return what was removed. Temps of live
+    processes and of other hosts are left alone; nothing that is not one of our temps is touched."""
+    removed: list[Path] = []
+    host = _host_tag()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m is None or (name is not None and m["name"] != name) or m["host"] != host:
+            continue
+        if _alive(int(m["pid"])):
+            continue
+        try:
+            if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed

@@ -1,0 +1,91 @@
+"""What this machine is: the CPU's model and flags (the one /proc/cpuinfo reader), its native bf16
+instruction sets, our cache folder, and the facts every benchmark records beside its figures.
+No torch import at module level: io-level code and benchmarks may ask without loading it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: frozenset[str]
+    mhz: str = "?"
+
+    @property
+    def bf16_flags(self) -> tuple[str, ...]:
+        """The native-bf16 instruction sets present (``amx_bf16``, ``avx512_bf16``)."""
+        return tuple(f for f in BF16_FLAGS if f in self.flags)
+
+    @property
+    def amx(self) -> tuple[str, ...]:
+        return tuple(sorted(f for f in self.flags if f.startswith("amx")))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """The first processor's model name and flags from /proc/cpuinfo (platform's name and no flags
+    where that file is missing, e.g. off Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    return CpuInfo(model=model, flags=frozenset(fields.get("flags", "").split()), mhz=fields.get("cpu MHz", "?"))
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+    return cpu_info().bf16_flags
+
+
+def cache_dir() -> Path:
+    """Our cache: ``$UPSCALE_CACHE``, else ``$XDG_CACHE_HOME/upscale``, else ``~/.cache/upscale``,
+    read from the environment at each call (tests point it elsewhere)."""
+    explicit = os.environ.get("UPSCALE_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "upscale"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(*packages: str) -> dict[str, Any]:
+    """Versions and machine facts recorded with every figure: CPU model, its AMX and bf16 flags,
+    core count, torch threads (when torch is loaded), Python, and the versions of ``packages``
+    (upscale, torch, numpy and pillow always)."""
+    cpu = cpu_info()
+    env: dict[str, Any] = {
+        "cpu": cpu.model, "cpu_mhz": cpu.mhz, "cores": os.cpu_count(),
+        "amx": ",".join(cpu.amx) or "none", "bf16_flags": ",".join(cpu.bf16_flags) or "none",
+        "python": platform.python_version(), "platform": platform.platform(),
+    }
+    for name in ("upscale", "torch", "numpy", "pillow", *packages):
+        env[name] = package_version(name) or "not installed"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch_threads"] = torch.get_num_threads()
+        env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return env

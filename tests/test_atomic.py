@@ -1,0 +1,87 @@
+"""The one atomic-write helper: success, every failure path, symlinks, and the temp sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from upscale import atomic
+
+
+def _temps(folder):
+    return [p for p in folder.iterdir() if atomic.is_temp_name(p.name)]
+
+
+def test_write_puts_file_in_place_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "a.bin"
+    atomic.write_bytes(target, b"one")
+    atomic.write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    atomic.write_text(tmp_path / "t.txt", "é\n")
+    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "é\n"
+    assert _temps(tmp_path) == []
+
+
+def test_failure_inside_keeps_old_file_and_removes_temp(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_file(target) as f:
+            f.write(b"half")
+            raise RuntimeError("encoder failed")
+    assert target.read_bytes() == b"old"
+    assert _temps(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_file(target) as f:
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and _temps(tmp_path) == []
+
+
+def test_missing_folder_and_target_that_is_a_folder_raise_oserror(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        atomic.write_bytes(tmp_path / "nope" / "a.bin", b"x")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OSError):
+        atomic.write_bytes(tmp_path / "d", b"x")
+    assert (tmp_path / "d").is_dir() and _temps(tmp_path) == []
+
+
+def test_temp_names_are_unpredictable_and_never_follow_links(tmp_path):
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "out.png"
+    names = set()
+    for _ in range(3):
+        with atomic.atomic_file(target) as f:
+            names.update(p.name for p in _temps(tmp_path))
+            # plant a link at the next "obvious" temp names: it must not matter
+            for guess in (f".{target.name}.upscale-tmp", f".{target.name}.tmp"):
+                if not (tmp_path / guess).exists():
+                    (tmp_path / guess).symlink_to(victim)
+            f.write(b"result")
+    assert len(names) == 3 and all(n.endswith(atomic.TEMP_SUFFIX) for n in names)
+    assert victim.read_bytes() == b"precious" and target.read_bytes() == b"result"
+
+
+def test_sweep_removes_dead_owners_temps_only(tmp_path):
+    # a temp of a process that has exited (a real child, killed), one of ours (alive), one foreign file
+    code = ("import os, sys; from upscale import atomic\n"
+            "cm = atomic.atomic_file(sys.argv[1]); f = cm.__enter__(); f.write(b'x'); f.flush()\n"
+            "os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.png")], capture_output=True, text=True,
+                         check=True)
+    assert out.returncode == 0
+    [dead_temp] = _temps(tmp_path)
+    with atomic.atomic_file(tmp_path / "y.png") as f:
+        f.write(b"y")
+        [live_temp] = [p for p in _temps(tmp_path) if p != dead_temp]
+        (tmp_path / ".z.png.tmp").write_bytes(b"not ours")
+        assert atomic.sweep_temps(tmp_path, name="other.png") == []
+        removed = atomic.sweep_temps(tmp_path)
+        assert removed == [dead_temp]
+        assert live_temp.exists()
+    assert not dead_temp.exists() and (tmp_path / ".z.png.tmp").exists()
+    assert (tmp_path / "y.png").read_bytes() == b"y"
