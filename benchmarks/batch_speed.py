@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -81,6 +79,7 @@ def main() -> None:
 
     import torch
 
+    from upscale import machine
     from upscale.archs import build_module
     from upscale.loading import save_model
 
@@ -123,10 +122,9 @@ def main() -> None:
     large_summary = json.loads(out)
     busy = large_summary["model_s"] / large_summary["elapsed_s"]
 
-    env = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-           "cores": os.cpu_count(), "threads": torch.get_num_threads(), "precision": opts.precision,
-           "compile": opts.compile, "arch": opts.arch if opts.model is None else opts.model,
-           "workers": opts.workers}
+    # the machine facts every benchmark records (upscale.machine), and this run's settings
+    env = {**machine.environment("torch"), "precision": opts.precision, "compile": opts.compile,
+           "arch": opts.arch if opts.model is None else opts.model, "workers": opts.workers}
     how = f"{len(names)} run, mean x {opts.small}" if extrapolated else f"all {opts.small} run"
     print("| measurement | value |\n|---|---|")
     print(f"| {opts.small} x {opts.small_px}px: one `upscale batch` | {batch_s:.1f} s |")

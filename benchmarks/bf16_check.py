@@ -23,8 +23,10 @@ from speed_core import publish  # noqa: E402
 
 from upscale import metrics  # noqa: E402
 from upscale.api import load_model  # noqa: E402
+from upscale.dataprep import list_images  # noqa: E402
 from upscale.engine import Engine, EngineOptions  # noqa: E402
-from upscale.io import SUPPORTED_EXTENSIONS, read_image  # noqa: E402
+from upscale.errors import DataError  # noqa: E402
+from upscale.io import read_image  # noqa: E402
 
 THRESHOLD_DB = 50.0
 
@@ -36,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    paths = sorted(f for folder in args.images for f in folder.iterdir() if f.suffix.lower() in SUPPORTED_EXTENSIONS)
-    if not paths:
-        sys.exit(f"no images in {', '.join(map(str, args.images))}")
+    try:
+        paths = sorted(f for folder in args.images for f in list_images(folder))
+    except DataError as err:
+        sys.exit(str(err))
     rows, summary = [], []
     for name in args.model:
         model = load_model(name)

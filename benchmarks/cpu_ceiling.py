@@ -9,7 +9,8 @@
    bf16 weights + channels_last (no autocast), and both bf16 variants under torch.compile with
    freezing. Best of 3 after two warm-up calls; the compile time is reported separately.
 
-Prints markdown tables with the CPU name, its bf16/AMX flags, torch version and threads.
+Prints markdown tables with the CPU name, its bf16/AMX flags, torch version and threads. Torch is
+loaded only after the arguments are parsed, so ``--help`` is quick.
 """
 
 from __future__ import annotations
@@ -21,24 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from speed_core import environment, markdown   # the sibling script: same machine line and tables
-from upscale.archs import build_module
-
-
-def best_of(fn, runs: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from _common import best_of, environment, markdown
 
 
 def gemm_rows() -> list[dict]:
+    import torch
+
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
         for n in (1024, 2048, 4096):
@@ -49,6 +38,9 @@ def gemm_rows() -> list[dict]:
 
 
 def conv_rows() -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
     rows = []
     shapes = ((64, 32, 128), (192, 64, 128), (64, 64, 512), (48, 48, 512), (48, 48, 1000))
     with torch.inference_mode():
@@ -73,6 +65,10 @@ MODES = {   # name: (channels_last, autocast bf16, bf16 weights, compile)
 
 
 def network_rows(side: int, no_compile: bool) -> list[dict]:
+    import torch
+
+    from upscale.archs import build_module
+
     torch.manual_seed(0)
     net = build_module("rrdbnet", {"num_feat": 64, "num_block": 6, "num_grow_ch": 32, "scale": 4}).eval()
     x0 = torch.rand(1, 3, side, side)
@@ -83,7 +79,8 @@ def network_rows(side: int, no_compile: bool) -> list[dict]:
                 continue
             module, x = copy.deepcopy(net), x0
             if cl:
-                module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+                module = module.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
             if half:
                 module, x = module.to(torch.bfloat16), x.to(torch.bfloat16)
             fn = torch.compile(module, dynamic=False, options={"freezing": True}) if compiled else module
@@ -109,17 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    env = {**environment(), "amx": ",".join(sorted({f for f in flags if f.startswith("amx")})) or "none"}
+    env = environment(device="cpu")
     result = {"environment": env, "gemm": gemm_rows(), "conv": conv_rows(),
               "network": network_rows(args.side, args.no_compile)}
     print(", ".join(f"{k}: {v}" for k, v in env.items()) + "\n")
     for key in ("gemm", "conv", "network"):
         print(f"{key}:\n\n{markdown(result[key])}\n")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(json.dumps(result, indent=1, default=str))
     return 0
 
 

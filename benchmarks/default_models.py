@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,10 +28,12 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from upscale import __version__, metrics, registry
+from upscale import metrics, registry
 from upscale.api import Upscaler, load_model
-from upscale.engine import EngineOptions
+from upscale.dataprep import list_images
+from upscale.engine import EngineOptions, RunStats
 from upscale.io import read_image
+from upscale.machine import environment
 from upscale.registry import PackageSource
 
 
@@ -64,10 +65,10 @@ def speed(photo: Path, repeats: int, threads: int | None) -> dict:
     up.engine.upscale(pixels)  # warm-up
     times, totals = [], []
     for _ in range(repeats):
-        stats: dict = {}
+        stats = RunStats()
         up.engine.upscale(pixels, stats=stats)
-        times.append(stats["forward_s"])
-        totals.append(stats["total_s"])
+        times.append(stats.forward_s)
+        totals.append(stats.total_s)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "photo_1000x750.png"
         big.save(src)
@@ -79,7 +80,7 @@ def speed(photo: Path, repeats: int, threads: int | None) -> dict:
         wall = time.perf_counter() - t0
     return {"input": "1000x750", "output": "4000x3000", "model": "default-x4", "precision": "auto",
             "dtype": str(up.engine.dtype).replace("torch.", ""), "tile_px": up.options.tile_px,
-            "tile_shape": stats["tile_shape"], "tiles": stats["tiles"],
+            "tile_shape": stats.tile_shape, "tiles": stats.tiles,
             "model_time_s_best": round(min(times), 3), "model_time_s_all": [round(t, 3) for t in times],
             "engine_total_s_best": round(min(totals), 3),
             "cli_wall_s": round(wall, 2)}
@@ -93,11 +94,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".bmp"))
+    images = list_images(args.images)
     result = {
-        "env": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                "torch": torch.__version__, "upscale": __version__, "python": platform.python_version(),
-                "loadavg_1m": round(os.getloadavg()[0], 2)},
+        "env": {**environment(), "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2)},
         "bf16": bf16_agreement(images),
         "speed": speed(args.photo, args.repeats, args.threads),
     }

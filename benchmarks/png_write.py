@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_core import publish  # noqa: E402
-
-import upscale.io as uio  # noqa: E402
-from upscale.io import Image, read_image, write_image  # noqa: E402
+from _common import publish
+from upscale.io import Image, read_image, write_image
+from upscale.io.png import PNG_COMPRESS_LEVEL, png_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.split("x"))
     photo = PILImage.fromarray(read_image(args.photo).pixels).resize((width, height), PILImage.LANCZOS)
     pixels = np.asarray(photo)
-    workers = uio._png_workers()
+    workers = png_workers()
     runners = {
         "ours, 1 thread": lambda path: write_image(Image(pixels, None), path, threads=1),
         f"ours, {workers} threads": lambda path: write_image(Image(pixels, None), path),
-        f"Pillow, compress_level={uio.PNG_COMPRESS_LEVEL}": lambda path: photo.save(
-            path, compress_level=uio.PNG_COMPRESS_LEVEL),
+        f"Pillow, compress_level={PNG_COMPRESS_LEVEL}": lambda path: photo.save(
+            path, compress_level=PNG_COMPRESS_LEVEL),
     }
     times: dict[str, list[float]] = {name: [] for name in runners}
     sizes: dict[str, int] = {}

@@ -3,8 +3,9 @@ same plan, same random tiles, interleaved.
 
     python benchmarks/stitch_speed.py --threads 2 --rounds 3
 
-Cases are x4 plans of the default shapes: 1000x750 input at tile 192 and 496, and 4000x3000 at 496
-(a 192 MP output). Tiles are random floats (stitching cost does not depend on content). Prints a
+Cases are x4 plans of the default window shapes: 1000x750 input in windows of 192 and 496 px, and
+4000x3000 in 496 px windows (a 192 MP output); ``--tile`` is the window's core, so each case gives
+the core (window less 16 px of context on both sides). Tiles are random floats (stitching cost does not depend on content). Prints a
 markdown table (seconds per whole image, median and min) and the largest difference between the two
 outputs in 8-bit steps; ``--json`` writes the figures with the environment.
 """
@@ -26,7 +27,7 @@ from speed_core import publish  # noqa: E402
 from upscale import tiling  # noqa: E402
 from upscale.engine import TorchStitchOps  # noqa: E402
 
-CASES = [(750, 1000, 192, 16), (750, 1000, 496, 16), (3000, 4000, 496, 16)]   # h, w, tile, overlap
+CASES = [(750, 1000, 160, 16), (750, 1000, 464, 16), (3000, 4000, 464, 16)]   # h, w, core, context
 SCALE = 4
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 outs[name] = out
         diff = int(np.abs(outs["numpy ops"].astype(np.int16) - outs["torch ops"]).max())
         for name, t in times.items():
-            rows.append({"input": f"{w}x{h}", "tile": tile, "windows": plan.num_tiles, "ops": name,
+            rows.append({"input": f"{w}x{h}", "tile": tile, "window": plan.tile_h, "windows": plan.num_tiles, "ops": name,
                          "median_s": statistics.median(t), "min_s": min(t), "runs": len(t),
                          "max_diff_8bit": diff})
     publish("stitch_speed.py", argv, args.json, rows=rows)

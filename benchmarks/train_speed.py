@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
 
+from upscale.machine import environment
 from upscale.train.config import build_config
 from upscale.train.loop import Trainer
 
@@ -33,6 +33,7 @@ def measure(arch: str, hparams: dict, precision: str, compile_: bool, *, batch: 
     cfg = build_config("psnr", {"data": ["unused"], "arch": arch, "hparams": hparams, "scale": scale,
                                 "gt_size": gt_px, "batch_size": batch, "precision": precision,
                                 "compile": compile_, "channels_last": channels_last, "out": "/tmp/unused"})
+    # Trainer() writes nothing (the run folder is prepared by run(), which is not called here).
     trainer = Trainer(cfg, progress=False)
     g = torch.Generator().manual_seed(0)
     lr_px = gt_px // scale
@@ -52,8 +53,8 @@ def measure(arch: str, hparams: dict, precision: str, compile_: bool, *, batch: 
     return {"arch": arch, "hparams": hparams, "params_M": round(sum(p.numel() for p in trainer.gen.parameters()) / 1e6, 3),
             "precision": precision, "compile": compile_, "channels_last": channels_last, "batch": batch,
             "gt_px": gt_px, "scale": scale, "s_per_it": round(step_s, 4), "median_s_per_it": round(median_s, 4), "it_per_s": round(1 / step_s, 4),
-            "warmup_s": round(warm_s, 2), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "device": str(trainer.rt.device)}
+            "warmup_s": round(warm_s, 2), "threads": torch.get_num_threads(), "device": str(trainer.rt.device),
+            "dtype": str(trainer.rt.amp.dtype or torch.float32).replace("torch.", ""), **environment()}
 
 
 def main() -> None:

@@ -11,7 +11,9 @@ Each file has a failure mode:
 - ``404``: answer as if the file were not in the repo;
 - ``cut``: send the headers of the whole file, then close the connection halfway through the body
   (and right after the headers on any resumed ``Range`` request);
-- ``wrong``: serve other bytes while the headers still announce the registered file's sha256.
+- ``wrong``: serve other bytes while the headers still announce the registered file's sha256;
+- ``flaky``: answer the first ``failures`` requests for the file with 503 (a transient server error the
+  client retries), then serve it.
 
 ``requests`` records (method, path) of every request, for "no network on the second run" checks.
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-MODES = ("ok", "404", "cut", "wrong")
+MODES = ("ok", "404", "cut", "wrong", "flaky")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class HubFile:
     content: bytes               # the true file (its sha256 goes into the headers)
     mode: str = "ok"
     served: bytes | None = None  # what mode "wrong" sends instead
+    failures: int = 0            # mode "flaky": how many requests still get a 503
 
     @property
     def sha256(self) -> str:
@@ -59,12 +62,12 @@ class HubServer:
         return f"http://{host}:{port}"
 
     def add(self, repo_id: str, filename: str, content: bytes, *, mode: str = "ok",
-            served: bytes | None = None) -> HubFile:
+            served: bytes | None = None, failures: int = 1) -> HubFile:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if mode == "wrong" and served is None:
             served = bytes(reversed(content))
-        entry = HubFile(content, mode, served)
+        entry = HubFile(content, mode, served, failures if mode == "flaky" else 0)
         self.files[(repo_id, filename)] = entry
         return entry
 
@@ -140,6 +143,11 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             entry = hub.files.get((repo_id, filename))
             if entry is None or entry.mode == "404":
                 return self._error(404, "EntryNotFound", commit=True)
+            with hub._lock:
+                failing = entry.failures > 0
+                entry.failures -= failing
+            if failing:
+                return self._error(503, "ServiceUnavailable", commit=False)
 
             data = entry.served if entry.mode == "wrong" else entry.content
             assert data is not None

@@ -21,9 +21,10 @@ from PIL import Image as PILImage
 
 from upscale import errors
 from upscale.archs import build_module
+from upscale import atomic
 from upscale.batch import FAILED, SKIPPED, parse_shard, plan_batch, shard_of
 from upscale.cli import cli
-from upscale.io import is_temp_file, read_image, temp_path_for
+from upscale.io import read_image
 from upscale.loading import save_model
 
 # fp32 without compile, and a fixed thread count: the same settings in every process, so outputs
@@ -39,6 +40,20 @@ def _save(path: Path, size: tuple[int, int], seed: int, mode: str = "RGB", **par
     path.parent.mkdir(parents=True, exist_ok=True)
     PILImage.fromarray(arr, "RGBA").convert(mode).save(path, **params)
     return path
+
+
+def is_temp_file(path: Path) -> bool:
+    return atomic.is_temp_name(path.name)
+
+
+def _dead_temp(target: Path) -> Path:
+    """A temp file for ``target`` left by a process that was killed while writing it."""
+    code = ("import os, sys; from upscale import atomic\n"
+            "with atomic.atomic_file(sys.argv[1]) as f:\n"
+            "    f.write(b'half an image'); f.flush(); os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True)
+    (temp,) = [p for p in target.parent.iterdir() if atomic.is_temp_name(p.name) and p.name.startswith(f".{target.name}.")]
+    return temp
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
@@ -94,9 +109,8 @@ def test_plan_names_mirrors_skips_and_cleans(tmp_path):
     (src / "notes.txt").write_text("not an image")
     (src / "sub" / "d.gif").write_bytes(b"GIF89a")           # readable by Pillow, but not an output format
     (out / "sub").mkdir(parents=True)
-    (out / "sub" / "b_x4.jpg").write_bytes(b"done earlier")  # skipped: the output exists
-    stale = temp_path_for(out / "a_x4.png")
-    stale.write_bytes(b"half an image")                      # left by a killed run
+    _save(out / "sub" / "b_x4.jpg", (32, 32), 9)             # skipped: a complete output exists
+    stale = _dead_temp(out / "a_x4.png")                     # left by a killed run
 
     flat = plan_batch(src, out, outscale=4.0)
     assert [j.rel for j in flat.jobs] == ["a.png"] and flat.known == ()
@@ -307,8 +321,11 @@ def test_planned_work_counts_the_whole_shard_whatever_is_done(tmp_path):
     """--compile decides from this (on or off, the tile shape): it must not change when a run is resumed."""
     from upscale.batch import planned_work
 
+    def plan(src, *, exclude, **kwargs):
+        return plan_batch(src, exclude, outscale=4.0, **kwargs)
+
     def planned_pixels(*args, **kwargs):
-        return planned_work(*args, **kwargs).pixels
+        return planned_work(plan(*args, **kwargs)).pixels
 
     src, out = tmp_path / "in", tmp_path / "out"
     (src / "sub").mkdir(parents=True)
@@ -323,5 +340,136 @@ def test_planned_work_counts_the_whole_shard_whatever_is_done(tmp_path):
     assert planned_pixels(src, recursive=True, exclude=out) == before
     shards = [planned_pixels(src, recursive=True, shard=(k, 2), exclude=out) for k in (1, 2)]
     assert sum(shards) == before
-    assert planned_work(src, recursive=True, exclude=out).shape is None           # two sizes
-    assert planned_work(src, exclude=out).shape == (20, 30)                       # one: (height, width)
+    assert planned_work(plan(src, recursive=True, exclude=out)).shape is None     # two sizes
+    assert planned_work(plan(src, exclude=out)).shape == (20, 30)                 # one: (height, width)
+
+
+# --- issue 16 defects ------------------------------------------------------------------------------
+
+def _folder(root: Path, count: int = 6) -> Path:
+    for i in range(count):
+        _save(root / f"img{i}.png", (12 + i, 10), seed=200 + i)
+    return root
+
+
+def test_resume_redoes_empty_broken_and_wrong_sized_outputs(tmp_path, small_x2):
+    """#7: only a complete output (non-empty, header of the expected size) counts as done."""
+    src = _folder(tmp_path / "in", 4)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert _invoke([src, "--out", ref, "-m", small_x2, *FAST, "-q"]).exit_code == 0
+    reference = _outputs(ref)
+    out.mkdir()
+    for name, data in reference.items():
+        (out / name).write_bytes(data)
+    (out / "img0_x2.png").write_bytes(b"")                              # zero bytes (e.g. disk full)
+    (out / "img1_x2.png").write_bytes(reference["img1_x2.png"][:40])    # the header cut short
+    _save(out / "img2_x2.png", (5, 5), 1)                               # an image, of the wrong size
+    res = _invoke([src, "--out", out, "-m", small_x2, *FAST, "-q", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert (summary["done"], summary["skipped"]) == (3, 1)
+    assert _outputs(out) == reference
+
+
+def test_report_path_that_could_replace_an_image_is_refused_before_any_work(tmp_path):
+    """#2: an input, a planned output, or any image name inside IN/OUT: exit 2, one line, nothing touched."""
+    src = _folder(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    junk = tmp_path / "junk.safetensors"           # the model is never loaded: refusal comes first
+    junk.write_bytes(b"\x00" * 64)
+    before = _outputs(src)
+    for report in (src / "img0.png", out / "img0_x2.png", out / "later.JPG", src / "sub" / "x.webp"):
+        if report.parent != out:
+            report.parent.mkdir(exist_ok=True)
+        res = _invoke([src, "--out", out, "-m", junk, "--report", report, *FAST])
+        assert res.exit_code == 2, (report, res.output)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--report" in lines[0] and "image" in lines[0], res.stderr
+        assert _outputs(src) == before and not out.exists()
+    res = _invoke([src, "--out", out, "-m", junk, "--report", out / "report.json", *FAST])
+    assert res.exit_code == 1 and "junk.safetensors" in res.stderr      # a JSON name is fine
+
+
+def test_compile_work_counts_only_images_reading_accepts(tmp_path):
+    """#5: a file over the pixel limit, an unreadable one, or one whose output name collides adds nothing
+    to the work that decides --compile auto."""
+    from upscale.batch import planned_work
+
+    src = tmp_path / "in"
+    _save(src / "a.png", (30, 20), 1)
+    _save(src / "bomb.png", (80, 80), 2)            # 6400 px: over --max-pixels 3000
+    _save(src / "c.jpeg", (10, 10), 3)
+    _save(src / "c.jpg", (40, 40), 4)               # same output name as c.jpeg: refused while planning
+    (src / "broken.png").write_bytes(b"not an image")
+    plan = plan_batch(src, tmp_path / "out", outscale=2.0)
+    assert planned_work(plan, max_pixels=3000).pixels == 30 * 20 + 10 * 10
+    assert planned_work(plan).pixels == 30 * 20 + 80 * 80 + 10 * 10
+
+
+def test_two_concurrent_batches_into_one_folder_and_planted_symlinks(tmp_path, resume_set):
+    """#1: two batches on one output folder both finish (neither deletes the other's temps); symlinks
+    planted where the old predictable temps went, or where a dead run's temp was, are never followed."""
+    src, ref, args = resume_set
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "a" / ".img01_x2.png.upscale-tmp").symlink_to(victim)          # the old temp name
+    dead = _dead_temp(out / "a" / "img03_x2.png")
+    dead.unlink()
+    dead.symlink_to(victim)                                                # a dead process's temp name
+    procs = [_start(src, out, args) for _ in range(2)]
+    for proc in procs:
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, proc.stderr.read()
+    assert victim.read_text() == "keep me"
+    assert _outputs(out) == {**_outputs(ref), "a/.img01_x2.png.upscale-tmp": b"keep me"}
+    assert not _temps(out)
+
+
+def test_shard_from_launcher_environment():
+    from upscale.batch import shard_from_environment
+
+    assert shard_from_environment({}) is None
+    assert shard_from_environment({"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "0",
+                                   "LOCAL_WORLD_SIZE": "1"})[0] == (2, 3)        # global rank wins
+    assert shard_from_environment({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"})[0] == (1, 2)
+    assert shard_from_environment({"SLURM_PROCID": "3", "SLURM_NTASKS": "4"})[0] == (4, 4)
+    assert shard_from_environment({"RANK": "0", "WORLD_SIZE": "1"}) is None      # one copy: everything
+    with pytest.raises(errors.UsageError):
+        shard_from_environment({"SLURM_PROCID": "4", "SLURM_NTASKS": "4"})
+
+
+def test_two_launched_processes_split_the_folder(tmp_path, resume_set):
+    """Launcher shards: two real `python -m upscale batch` processes with torchrun's variables and no
+    --shard make disjoint outputs that together are the unsharded run's."""
+    import os
+
+    src, ref, args = resume_set
+    procs = []
+    for rank in (0, 1):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID")}
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+        cmd = [sys.executable, "-m", "upscale", "batch", str(src), "--out", str(tmp_path / str(rank)),
+               *map(str, args)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, proc.stderr.read()
+    parts = [_outputs(tmp_path / str(rank)) for rank in (0, 1)]
+    assert all(parts) and not set(parts[0]) & set(parts[1])
+    assert {**parts[0], **parts[1]} == _outputs(ref)
+
+
+def test_progress_off_a_terminal_is_plain_lines(tmp_path, small_x2):
+    """#14: no bar fragments off a terminal: failure lines stand alone, progress lines are few."""
+    src = _folder(tmp_path / "in", 12)
+    (src / "bad.png").write_text("not a png")
+    res = _invoke([src, "--out", tmp_path / "out", "-m", small_x2, *FAST])
+    assert res.exit_code == 3
+    assert "\r" not in res.stderr and "\x1b" not in res.stderr
+    lines = res.stderr.splitlines()
+    assert "upscale: failed: bad.png: not a recognised image (cannot identify image file)" in lines
+    assert 1 <= sum("upscale: batch: " in ln for ln in lines) <= 11
+    quiet = _invoke([src, "--out", tmp_path / "out2", "-m", small_x2, *FAST, "-q"])
+    assert quiet.stderr.splitlines() == ["upscale: failed: bad.png: not a recognised image (cannot identify image file)"]

@@ -7,6 +7,7 @@ error, exit 1 and no output file).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -140,7 +141,7 @@ def test_bad_weights(tmp_path, tiny_x4):
     assert res.exit_code == 1 and "corrupt.safetensors" in res.output
     assert not (tmp_path / "a_x4.png").exists()
 
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from safetensors.torch import save_file
     hp = {"num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4}
     sd = build_module("rrdbnet", hp).state_dict()
@@ -150,7 +151,6 @@ def test_bad_weights(tmp_path, tiny_x4):
               metadata={"upscale.arch": "compact", "upscale.hparams": '{"scale": 4}', "upscale.format": "1"})
     res = _invoke([src, "-m", wrong, *FAST])
     assert res.exit_code == 1 and "wrong.safetensors" in res.output and "compact" in res.output
-    assert torch is not None
 
 
 def test_fp16_on_cpu_is_a_usage_error(tmp_path, tiny_x4):
@@ -165,3 +165,98 @@ def test_unknown_model_name(tmp_path):
     src = _photo(tmp_path / "a.png")
     res = _invoke([src, "-m", "no-such-model", *FAST])
     assert res.exit_code == 2 and "no-such-model" in res.output
+
+
+# --- issue 16 defects ------------------------------------------------------------------------------
+
+def _one_line(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def keep_log_levels():
+    """-v/-vv change logger levels for the rest of the process: put them back after the test."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("upscale")]
+    levels = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, levels):
+        lg.setLevel(level)
+
+
+def test_group_options_before_and_after_the_image(tmp_path, tiny_x4, keep_log_levels):
+    """#11: -v/-vv/-q/--version work in every position with the implicit `run`."""
+    src = _photo(tmp_path / "a.png")
+    fast = ["--precision", "fp32", "--compile", "off", "--force"]
+    for args in (["-v", src], ["-vv", "run", src], [src, "-v"], ["-q", src], [src, "-q", "-v"],
+                 ["--verbose", "run", src, "-vv"]):
+        res = _invoke([*args, "-m", tiny_x4, *fast])
+        assert res.exit_code == 0, (args, res.output)
+        assert (tmp_path / "a_x4.png").exists()
+    assert _invoke(["-q", src, "-m", tiny_x4, *fast]).stderr == ""          # the group's -q reaches run
+    assert "a_x4.png" in _invoke([src, "-m", tiny_x4, *fast]).stderr
+    for args in (["--version"], ["-v", "--version"], [src, "--version"], ["models", "--version"],
+                 ["batch", tmp_path, "--version"]):
+        res = _invoke(args)
+        assert res.exit_code == 0 and res.stdout.startswith("upscale, version"), (args, res.output)
+    assert _invoke(["-v", "models"]).exit_code == 0
+    assert _invoke(["--verbose", "batch", tmp_path, "--out", tmp_path / "o", "-m", tiny_x4, *fast[:4]]).exit_code == 0
+
+
+def test_usage_errors_are_one_line_exit_2(tmp_path):
+    src = _photo(tmp_path / "a.png")
+    for args, words in (([src, "--no-such-flag"], ("--no-such-flag", "upscale run --help")),
+                        (["batch", tmp_path], ("--out", "upscale batch --help")),
+                        (["--bogus", src], ("--bogus", "upscale run --help")),
+                        ([src, "--tile", "big"], ("--tile", "upscale run --help"))):
+        res = _invoke(args)
+        line = _one_line(res)
+        assert res.exit_code == 2 and line.startswith("upscale: usage: "), (args, res.stderr)
+        assert all(w in line for w in words), line
+
+
+def test_bad_scale_and_output_are_refused_before_the_model_loads(tmp_path):
+    """#13 and #9: the model file is junk, so an answer about it would mean it was loaded first."""
+    src = _photo(tmp_path / "a.png")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "adir").mkdir()
+    cases = [(["-s", "0"], 2, "--scale"), (["-s", "-1"], 2, "--scale"), (["-s", "nan"], 2, "--scale"),
+             (["-s", "1e9"], 1, "needs"), (["-s", "100000"], 1, "needs"),
+             (["-o", tmp_path / "a.xyz"], 1, "'.xyz'"),
+             (["-o", tmp_path / "afile" / "x.png"], 1, "afile is not a folder"),
+             (["-o", tmp_path / "adir"], 1, "is a folder")]
+    for args, code, words in cases:
+        res = _invoke([src, "-m", junk, *args, *FAST])
+        line = _one_line(res)
+        assert res.exit_code == code and words in line and "junk" not in line, (args, res.stderr)
+        assert "--force" not in line and "internal error" not in line
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "adir", "afile", "junk.safetensors"]
+
+
+def test_a_killed_runs_temp_is_swept_by_the_next_run(tmp_path, tiny_x4):
+    """#10: the temp a killed single-image run left beside its target is removed by the next run."""
+    src = _photo(tmp_path / "a.png")
+    target = tmp_path / "a_x4.png"
+    code = ("import os, sys; from upscale import atomic\n"
+            "with atomic.atomic_file(sys.argv[1]) as f:\n"
+            "    f.write(b'half'); f.flush(); os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True)
+    assert len(os.listdir(tmp_path)) == 2                      # a.png and the dead run's temp
+    assert _invoke([src, "-m", tiny_x4, *FAST]).exit_code == 0
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a_x4.png"]
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(tmp_path, tiny_x4):
+    """#14: --tile 1 used to print thousands of bar fragments into a log."""
+    src = _photo(tmp_path / "a.png", size=(40, 30))
+    res = _invoke([src, "-m", tiny_x4, "--tile", "4", "--precision", "fp32", "--compile", "off"])
+    assert res.exit_code == 0, res.output
+    assert "\r" not in res.stderr and "\x1b" not in res.stderr
+    lines = res.stderr.splitlines()
+    assert 2 <= len(lines) <= 12, lines
+    assert all(ln.startswith("upscale: a.png: ") for ln in lines[:-1]) and "a_x4.png" in lines[-1]

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import safetensors
+import safetensors.torch
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -91,3 +92,37 @@ def test_convert_unknown_layout_and_bad_ncnn_fail_with_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["convert", str(param)])
     assert result.exit_code == 1 and "cannot convert" in result.output and str(param) in result.output
     assert not param.with_suffix(".safetensors").exists()
+
+
+# --- issue 16 #9: typed one-line errors, the same message as `run` ---------------------------------
+def test_convert_into_a_file_that_is_not_a_folder_is_one_line(esrgan_pth, tmp_path):
+    src, _ = esrgan_pth
+    (tmp_path / "afile").write_text("a plain file\n")
+    result = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "afile" / "out.safetensors")])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot write output" in lines[0] and "afile is a file, not a folder" in lines[0]
+    assert "internal error" not in result.output
+    missing = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "nowhere" / "out.safetensors")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RRDB_tiny_x4.pth", "afile"]
+
+
+@pytest.mark.parametrize("hparams_json, phrase", [
+    ('{"num_feat": 8, "num_block": 2, "num_grow_ch": 4, "scale": 4, "bogus": 1}', "cannot build rrdbnet"),
+    ('{"num_feat": 16, "num_block": 2, "num_grow_ch": 4, "scale": 4}', "shape mismatch"),
+    ('["not", "an", "object"]', "must be a JSON object"),
+])
+def test_convert_of_bad_metadata_says_what_run_says(esrgan_pth, tmp_path, hparams_json, phrase):
+    src, net = esrgan_pth
+    path = tmp_path / "meta.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
+                                metadata={"upscale.arch": "rrdbnet", "upscale.hparams": hparams_json})
+    converted = CliRunner().invoke(cli, ["convert", str(path), str(tmp_path / "out.safetensors")])
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    ran = CliRunner().invoke(cli, [str(image), "-m", str(path), "-o", str(tmp_path / "o.png"), "-q"])
+    assert converted.exit_code == ran.exit_code == 1, (converted.output, ran.output)
+    assert converted.output == ran.output and phrase in converted.output and "meta.safetensors" in converted.output
+    assert "internal error" not in converted.output and len(converted.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out.safetensors").exists()

@@ -18,7 +18,7 @@ from upscale.engine import EngineOptions
 from upscale.io import read_image
 from upscale.metrics import psnr
 from upscale.registry import PackageSource
-from upscale.resize import imresize
+from upscale.matlab_resize import imresize
 
 PACKAGED = [spec for spec in registry.all_models() if isinstance(spec.source, PackageSource)]
 FP32 = EngineOptions(precision="fp32", compile="off")

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,18 +223,97 @@ def test_fetch_file_verifies_once_and_refuses_a_wrong_hash(env, server):
     assert info.value.actual == sha and not path.exists()
 
 
-@pytest.mark.slow  # huggingface_hub retries an unreachable host with backoff for about 25 s
-def test_unreachable_hub_is_an_offline_error(env, monkeypatch):
-    import socket
-
+def closed_port() -> int:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        return s.getsockname()[1]
+
+
+def test_unreachable_hub_is_an_offline_error_within_seconds(env, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     data, _ = tiny_pth()
     spec = register(data, "0" * 40)
+    start = time.monotonic()
     with pytest.raises(errors.OfflineError) as info:
         hub.weights_path(spec)
+    assert time.monotonic() - start < 8  # huggingface_hub alone retried for ~25 s
     message = str(info.value)
     assert "cannot be reached" in message and "--weights" in message and "\n" not in message
+    assert "Connection refused" in message or "cannot connect" in message
     assert_nothing_partial(env)
+
+
+def cli_env(env: Path, endpoint: str) -> dict[str, str]:
+    """The test's environment for a CLI subprocess (its own caches, the registry written by ``register``)."""
+    keep = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "UPSCALE_DEBUG")}
+    return {**keep, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(env / "hf"),
+            "UPSCALE_CACHE": str(env / "upscale-cache"), "UPSCALE_CONFIG_DIR": str(env / "config")}
+
+
+def run_cli(args: list[str], environ: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "upscale", *args], capture_output=True, text=True, env=environ,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    return proc, time.monotonic() - start
+
+
+@pytest.mark.parametrize("endpoint", ["closed-port", "http://no-such-host.invalid"])
+def test_cli_without_a_reachable_hub_says_one_line_within_seconds(env, endpoint):
+    """Issue 16 #12: no retry storm (25-31 s, 23 lines) when the Hub cannot be reached."""
+    endpoint = f"http://127.0.0.1:{closed_port()}" if endpoint == "closed-port" else endpoint
+    data, _ = tiny_pth()
+    register(data, "0" * 40)
+    proc, elapsed = run_cli(["models", "pull", "tiny-hub"], cli_env(env, endpoint))
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 1 and elapsed < 10, (proc.returncode, elapsed, lines)
+    assert len(lines) == 1 and lines[0].startswith("upscale: offline: model 'tiny-hub'"), lines
+    assert "cannot be reached" in lines[0]
+
+
+def test_a_transient_error_is_one_line_per_retry_never_doubled(env, server):
+    """A 503 that huggingface_hub retries: its warning reaches stderr once, as one line, then it succeeds."""
+    data, _ = tiny_pth()
+    # the first 503 makes huggingface_hub look again with retries; the second is retried once
+    server.add(REPO, FILENAME, data, mode="flaky", failures=2)
+    spec = register(data, server.commit)
+    proc, _ = run_cli(["models", "pull", "tiny-hub"], cli_env(env, server.url))
+    assert proc.returncode == 0, proc.stderr
+    assert str(hub.converted_path(spec)) in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
+    retries = [line for line in lines if "etry" in line]
+    assert len(retries) == 1 and "503" in retries[0] and retries[0].startswith("upscale: "), lines
+    assert len(set(lines)) == len(lines), lines
+
+
+# --- issue 16 #6: the converted file in our cache is checked, not only the download -------------------
+def test_a_swapped_converted_file_is_discarded_and_converted_again(env, server):
+    data, net = tiny_pth()
+    server.add(REPO, FILENAME, data)
+    spec = register(data, server.commit)
+    path = hub.weights_path(spec)
+    good = loading.read_state_dict(path)[0]
+    torch.manual_seed(99)
+    other = build_module("rrdbnet", HPARAMS)
+    loading.save_model(path, loading.model_state_dict(other), "rrdbnet", HPARAMS)  # someone else's weights
+    assert not torch.equal(loading.read_state_dict(path)[0]["conv_first.weight"], good["conv_first.weight"])
+
+    server.reset_counts()
+    assert hub.weights_path(spec) == path
+    again = loading.read_state_dict(path)[0]    # converted again from the verified download
+    assert again.keys() == good.keys() and all(torch.equal(again[k], good[k]) for k in good)
+    assert server.count() == 0                  # which was still in the Hugging Face cache
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loading.load_model(path).module(x), net(x))
+
+
+def test_a_converted_file_with_a_new_mtime_but_the_same_bytes_is_kept(env, server):
+    data, _ = tiny_pth()
+    server.add(REPO, FILENAME, data)
+    spec = register(data, server.commit)
+    path = hub.weights_path(spec)
+    inode = path.stat().st_ino
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # e.g. copied back
+    assert hub.weights_path(spec) == path and path.stat().st_ino == inode  # rehashed, same: not rewritten
+    record = env / "upscale-cache" / "verified" / f"{path.name}.json"
+    assert str(path.stat().st_mtime_ns) in record.read_text()               # the new stamp is recorded

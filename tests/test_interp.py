@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from upscale import errors, loading, registry
 from upscale.archs import build_module
 from upscale.cli import cli
-from upscale.interp import interpolate, interpolate_files, interpolated_model
+from upscale.interp import interpolate
+from upscale.resolve import interpolate_files, interpolated_model
 
 HP = {"num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4}
 
@@ -119,8 +120,10 @@ def test_cli_writes_the_interpolated_network(pair, tmp_path):
 
     result = CliRunner().invoke(cli, ["interp", "--alpha", "0.5", "--psnr", str(p_path),
                                       "--gan", str(saved(tmp_path, "c", random_net(3, "compact", {"num_conv": 1}),
-                                                         "compact", {"num_conv": 1})), "-o", str(out)])
+                                                         "compact", {"num_conv": 1})),
+                                      "-o", str(tmp_path / "mismatch.safetensors")])
     assert result.exit_code == 1 and "cannot interpolate" in result.output
+    assert not (tmp_path / "mismatch.safetensors").exists()
 
 
 def test_interpolated_model_uses_the_registered_twin(pair, tmp_path, monkeypatch):
@@ -139,3 +142,61 @@ def test_interpolated_model_uses_the_registered_twin(pair, tmp_path, monkeypatch
     assert model.scale == 4 and model.name == "tiny-gan@alpha=0.8"
     with pytest.raises(errors.UsageError, match="no registered PSNR/GAN twin"):
         interpolated_model("tiny-psnr", 0.5)
+
+
+# --- issue 16: `upscale interp --alpha A` with nothing else; outputs are never silently replaced --------
+def test_interp_with_only_alpha_says_in_one_line_what_to_pass(tmp_path, monkeypatch):
+    """The shipped default model has no GAN twin yet (issue 15 builds it)."""
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["interp", "--alpha", "0.8"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    default = registry.default_model_for_scale(4).name
+    for part in (f"the default model {default} has no GAN twin", "--psnr FILE --gan FILE", "-m NAME", "esrgan"):
+        assert part in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == [] or [p.name for p in tmp_path.iterdir()] == ["cfg"]
+    one = CliRunner().invoke(cli, ["interp", "--alpha", "0.8", "--psnr", "a.safetensors"])
+    assert one.exit_code == 2 and "give both --psnr and --gan" in one.output
+
+
+def test_interp_of_a_twin_writes_the_printed_default_path_and_respects_force(pair, tmp_path, monkeypatch):
+    psnr, gan, p_path, g_path = pair
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["models", "add", "tiny-psnr", str(p_path), "--kind", "psnr"]).exit_code == 0
+    assert runner.invoke(cli, ["models", "add", "tiny-gan", str(g_path), "--kind", "gan",
+                               "--twin", "tiny-psnr"]).exit_code == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    first = runner.invoke(cli, ["interp", "--alpha", "0.8", "-m", "tiny-gan"])
+    assert first.exit_code == 0, first.output
+    out = work / "tiny-gan-interp-a0.80.safetensors"
+    assert f"wrote {out.name}:" in first.output and out.is_file()
+    arch, hp, sd = interpolate_files(p_path, g_path, 0.8)
+    with torch.no_grad():
+        assert torch.equal(loading.load_model(out).module(X), run(arch, hp, sd, X))
+
+    written = out.read_bytes()
+    again = runner.invoke(cli, ["interp", "--alpha", "0.8", "-m", "tiny-gan"])
+    assert again.exit_code == 1 and "exists already; pass --force" in again.output and out.name in again.output
+    assert out.read_bytes() == written
+    forced = runner.invoke(cli, ["interp", "--alpha", "0.3", "-m", "tiny-gan", "-o", out.name, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert out.read_bytes() != written
+
+
+@pytest.mark.parametrize("side", ["psnr", "gan"])
+def test_interp_never_overwrites_its_own_input(pair, side):
+    _, _, p_path, g_path = pair
+    target = p_path if side == "psnr" else g_path
+    before = target.read_bytes()
+    for extra in ([], ["--force"]):
+        result = CliRunner().invoke(cli, ["interp", "--alpha", "0.5", "--psnr", str(p_path), "--gan", str(g_path),
+                                          "-o", str(target), *extra])
+        assert result.exit_code == 1 and "would overwrite an input" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and target.name in result.output
+    assert target.read_bytes() == before

@@ -15,16 +15,16 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile, ImageOps
 
 from upscale import errors
+from upscale.atomic import atomic_file
 from upscale.io import (
     SUPPORTED_EXTENSIONS,
     Image,
-    from_float,
+    check_output,
     image_size,
     is_temp_file,
     output_format_for,
     read_image,
-    temp_path_for,
-    to_float,
+    to_uint8,
     write_image,
 )
 
@@ -132,9 +132,9 @@ def test_16bit_colour_png_round_trip_is_exact(tmp_path: Path, channels: int, wit
 def test_png_blocks_compressed_in_parallel_form_one_valid_stream(tmp_path: Path, monkeypatch, dtype) -> None:
     """Our PNG writer filters and deflates blocks of rows on several threads; the pieces must join
     into one zlib stream whose Adler-32 checks out, and decode to the same pixels."""
-    import upscale.io as uio
+    import upscale.io.png
 
-    monkeypatch.setattr(uio, "PNG_BLOCK_BYTES", 1000)      # 2-5 rows per block: ~25 blocks
+    monkeypatch.setattr(upscale.io.png, "PNG_BLOCK_BYTES", 1000)      # 2-5 rows per block: ~25 blocks
     pixels = rand((97, 61, 3), dtype)
     write_image(Image(pixels, None), tmp_path / "out.png", threads=3)
     data = (tmp_path / "out.png").read_bytes()
@@ -377,10 +377,23 @@ def test_exif_too_large_for_jpeg_is_left_out(tmp_path: Path, caplog: pytest.LogC
     assert "EXIF" in caplog.text and read_image(tmp_path / "out.jpg").exif is None
 
 
-def test_format_forced_over_extension(tmp_path: Path) -> None:
-    write_image(Image(rand((8, 8, 3)), None), tmp_path / "out.png", format="jpg")
-    with PILImage.open(tmp_path / "out.png") as im:
+def test_format_names_the_format_of_a_path_without_an_image_extension(tmp_path: Path) -> None:
+    write_image(Image(rand((8, 8, 3)), None), tmp_path / "out.data", format="jpg")
+    with PILImage.open(tmp_path / "out.data") as im:
         assert im.format == "JPEG"
+    write_image(Image(rand((8, 8, 3)), None), tmp_path / "same.jpeg", format="jpg")   # one format, two spellings
+    write_image(Image(rand((8, 8, 3)), None), tmp_path / "same.TIF", format="tiff")
+    assert read_image(tmp_path / "same.jpeg").source_format == "JPEG"
+    assert read_image(tmp_path / "same.TIF").source_format == "TIFF"
+
+
+def test_format_that_contradicts_the_extension_is_refused(tmp_path: Path) -> None:
+    """Issue 16 #7: ``-o y.png --format jpg`` wrote JPEG bytes into a .png."""
+    target = tmp_path / "y.png"
+    with pytest.raises(errors.UsageError, match="output_format 'jpg' contradicts") as exc:
+        write_image(Image(rand((8, 8, 3)), None), target, format="jpg")
+    assert str(target) in str(exc.value) and exc.value.params == ("output_format",)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unsupported_float_mode_is_refused(tmp_path: Path) -> None:
@@ -435,9 +448,10 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b""))
-    with pytest.raises(errors.ImageReadError, match="--max-pixels") as exc:
+    with pytest.raises(errors.ImageReadError, match="raise max_pixels") as exc:
         read_image(path)
     assert "400,000,000" in str(exc.value) and str(path) in str(exc.value)
+    assert exc.value.params == ("max_pixels",)      # the CLI words it as --max-pixels
 
 
 def test_max_pixels_raises_and_lowers_the_limit_for_one_call_only(tmp_path: Path,
@@ -529,35 +543,36 @@ def test_atomic_write_leaves_only_the_output(tmp_path: Path, ext: str) -> None:
 
 
 def test_temp_names_are_recognisable(tmp_path: Path) -> None:
-    temp = temp_path_for(tmp_path / "a.png")
-    assert temp.parent == tmp_path and temp.name.startswith(".a.png")
-    assert temp == temp_path_for(tmp_path / "a.png")   # deterministic: a later run finds a stale one
-    assert is_temp_file(temp) and not is_temp_file(tmp_path / "a.png")
-    assert temp.suffix.lower() not in SUPPORTED_EXTENSIONS   # never mistaken for an input
-    # A stale temp file from a killed run is simply overwritten by the next write.
-    temp.write_bytes(b"partial")
+    with atomic_file(tmp_path / "a.png") as f:       # the helper write_image writes through
+        f.write(b"partial")
+        (temp,) = tmp_path.iterdir()
+        assert temp.name.startswith(".a.png") and is_temp_file(temp)
+        assert temp.suffix.lower() not in SUPPORTED_EXTENSIONS   # never mistaken for an input
+    assert not is_temp_file(tmp_path / "a.png") and not is_temp_file(tmp_path / ".a.png")
     write_image(Image(rand((4, 4, 3)), None), tmp_path / "a.png")
-    assert not temp.exists() and leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
 # --- value helpers ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_float_conversion_round_trips(dtype: type) -> None:
-    top = np.iinfo(dtype).max
-    values = np.array([0, 1, top // 2, top - 1, top], dtype)
-    f = to_float(values)
-    assert f.dtype == np.float32 and f[0] == 0 and f[-1] == 1
-    assert np.array_equal(from_float(f, dtype), values)
-    assert np.array_equal(from_float(np.array([-0.5, 0.6 / top, 1.7], np.float32), dtype),
-                          np.array([0, 1, top], dtype))
+def test_to_uint8_is_the_rounded_ratio() -> None:
+    every = np.arange(65536, dtype=np.uint16)
+    assert np.array_equal(to_uint8(every), np.rint(every.astype(np.float64) * 255 / 65535).astype(np.uint8))
+    assert np.array_equal(to_uint8(every), np.floor(every / 257.0 + 0.5).astype(np.uint8))  # bench/train's
+    eight = rand((3, 4, 1))
+    assert to_uint8(eight) is eight
+    with pytest.raises(TypeError):
+        to_uint8(np.zeros(3, np.float32))
 
 
 def test_output_format_for() -> None:
     assert output_format_for("a.JPEG") == "JPEG" and output_format_for("a.tif") == "TIFF"
-    assert output_format_for("a.png", "webp") == "WEBP" and output_format_for("a", ".bmp") == "BMP"
+    assert output_format_for("a.jpg", "jpeg") == "JPEG" and output_format_for("a", ".bmp") == "BMP"
+    assert output_format_for("a.raw", "webp") == "WEBP"
     with pytest.raises(errors.ImageWriteError):
         output_format_for("a.gif")
+    with pytest.raises(errors.UsageError):
+        output_format_for("a.png", "webp")
 
 
 @pytest.mark.parametrize("channels", [3, 1])
@@ -573,3 +588,151 @@ def test_bmp_and_png_writers_round_trip_exactly(tmp_path, channels, width):
             assert im.mode == ("RGB" if channels == 3 else "L")
             back = np.asarray(im)
         np.testing.assert_array_equal(back.reshape(pixels.shape), pixels)
+
+
+# --- issue 16: defects found by the hostile-input probe -------------------------------------------
+
+def _frames(n: int, size: tuple[int, int] = (6, 5)) -> list[PILImage.Image]:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    return [PILImage.new("RGB", size, colours[i % 4]) for i in range(n)]
+
+
+def _frame_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "frames" in r.getMessage()]
+
+
+@pytest.mark.parametrize("name,count", [("anim.gif", 3), ("anim.png", 2), ("anim.webp", 4), ("pages.tif", 3)])
+def test_extra_frames_are_counted_and_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                    name: str, count: int) -> None:
+    """Issue 16 #7: animated GIF/WebP/APNG and multi-page TIFF lost every frame after the first
+    without a word. The first frame is still what is read; one line says what was left out."""
+    first, *rest = _frames(count)
+    extra = {"lossless": True} if name.endswith(".webp") else {}
+    first.save(tmp_path / name, save_all=True, append_images=rest, **extra)
+    with caplog.at_level(logging.WARNING):
+        img = read_image(tmp_path / name)
+    assert img.frames == count and img.pixels.shape == (5, 6, 3)
+    assert np.abs(img.pixels.astype(int) - [255, 0, 0]).max() <= 2          # the first frame
+    assert _frame_lines(caplog) == [f"{tmp_path / name}: {count} frames; only the first is read"]
+
+
+def test_single_frame_files_say_nothing_about_frames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("one.gif", "one.png", "one.webp", "one.tif"):
+        _frames(1)[0].save(tmp_path / name)
+        with caplog.at_level(logging.WARNING):
+            assert read_image(tmp_path / name).frames == 1
+    assert _frame_lines(caplog) == []
+
+
+def _corrupt_exif(orientation: int) -> bytes:
+    """EXIF whose Make entry claims 5000 bytes past the end of the block (Pillow warns and skips it)."""
+    block = bytearray(exif_bytes(orientation))
+    order = {b"II": "<", b"MM": ">"}[bytes(block[6:8])]
+    ifd = 6 + struct.unpack_from(order + "I", block, 10)[0]
+    for i in range(struct.unpack_from(order + "H", block, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from(order + "H", block, entry)[0] == 0x010F:
+            struct.pack_into(order + "I", block, entry + 4, 5000)
+    return bytes(block)
+
+
+def test_corrupt_exif_is_one_logged_line_and_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     capfd: pytest.CaptureFixture) -> None:
+    """Issue 16 #13: a corrupt EXIF block printed Pillow's raw two-line Python warning."""
+    import warnings
+
+    path = tmp_path / "bad_exif.jpg"
+    PILImage.fromarray(np.full((4, 8, 3), 200, np.uint8)).save(path, exif=_corrupt_exif(6), quality=95)
+    with warnings.catch_warnings(record=True) as raw, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        img = read_image(path)
+    assert raw == [] and capfd.readouterr().err == ""
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: corrupt EXIF dropped (") and "\n" not in lines[0]
+    assert img.exif is None and img.pixels.shape == (8, 4, 3)     # pixels read; orientation 6 still applied
+    assert image_size(path) == (4, 8)
+
+
+_LOW_MEMORY_READ = """
+import re, resource, sys
+from upscale import errors
+from upscale.io import read_image
+vm = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (60 << 20), resource.RLIM_INFINITY))
+try:
+    read_image(sys.argv[1])
+except errors.ImageReadError as err:
+    print(err)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux (RLIMIT_AS, /proc)")
+def test_out_of_memory_while_decoding_is_a_read_error(tmp_path: Path) -> None:
+    """Issue 16 #9: a MemoryError while decoding an image under the pixel limit was an internal error.
+    A 6000 x 6000 black PNG (100 kB; 144 MB decoded) is read by a process allowed 60 MB more."""
+    import subprocess
+    import sys
+
+    w = h = 6000
+    packer = zlib.compressobj(1)
+    row = b"\x00" * (1 + 3 * w)
+    idat = b"".join(packer.compress(row) for _ in range(h)) + packer.flush()
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+    done = subprocess.run([sys.executable, "-c", _LOW_MEMORY_READ, str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{path}: not enough memory to decode 6000 x 6000 pixels"
+
+
+def test_output_below_a_file_names_the_file_not_a_missing_folder(tmp_path: Path) -> None:
+    """Issue 16 #13: ``-o afile/x.png`` said the output folder does not exist."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for target in (afile / "x.png", afile / "sub" / "x.png"):
+        for attempt in (lambda: check_output(target), lambda: write_image(Image(rand((4, 4, 3)), None), target)):
+            with pytest.raises(errors.ImageWriteError) as exc:
+                attempt()
+            assert str(exc.value) == f"{target}: {afile} is not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "x"
+
+
+def test_output_that_is_a_folder_says_so_without_force_advice(tmp_path: Path) -> None:
+    """Issue 16 #13: ``-o existing_dir`` suggested --force, which cannot help."""
+    folder = tmp_path / "out.png"
+    folder.mkdir()
+    with pytest.raises(errors.ImageWriteError, match="is a folder") as exc:
+        write_image(Image(rand((4, 4, 3)), None), folder)
+    assert "force" not in str(exc.value) and list(folder.iterdir()) == []
+
+
+def test_planted_symlinks_at_old_temp_names_are_never_followed(tmp_path: Path) -> None:
+    """Issue 16 #1: the temp name was predictable (``.NAME.upscale-tmp``) and opened through symlinks,
+    so a planted link made the write land on the link's target (here the input image)."""
+    victim = tmp_path / "a.png"
+    PILImage.fromarray(rand((6, 6, 3))).save(victim)
+    before = victim.read_bytes()
+    links = [tmp_path / ".a_x4.png.upscale-tmp", tmp_path / ".a_x4.png.tmp", tmp_path / "a_x4.png.upscale-tmp"]
+    for link in links:
+        link.symlink_to(victim)
+    result = rand((12, 12, 3))
+    write_image(Image(result, None), tmp_path / "a_x4.png")
+    assert victim.read_bytes() == before
+    assert all(link.is_symlink() and link.resolve() == victim for link in links)
+    out = tmp_path / "a_x4.png"
+    assert not out.is_symlink() and np.array_equal(read_image(out).pixels, result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.png", "a_x4.png", *(p.name for p in links)])
+
+
+def test_library_errors_name_parameters_not_flags(tmp_path: Path) -> None:
+    PILImage.fromarray(rand((4, 4, 3))).save(tmp_path / "a.png")
+    with pytest.raises(errors.UsageError, match="^quality must be between 1 and 100") as exc:
+        write_image(Image(rand((4, 4, 3)), None), tmp_path / "b.jpg", quality=0)
+    assert exc.value.params == ("quality",)
+    with pytest.raises(errors.UsageError, match="^max_pixels must be a positive") as exc:
+        read_image(tmp_path / "a.png", max_pixels=0)
+    assert exc.value.params == ("max_pixels",)
+    with pytest.raises(errors.ImageReadError, match="raise max_pixels") as exc:
+        read_image(tmp_path / "a.png", max_pixels=10)
+    assert exc.value.params == ("max_pixels",)

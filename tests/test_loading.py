@@ -430,3 +430,63 @@ def test_old_esrgan_with_one_upsampling_stage_is_explained(tmp_path: Path) -> No
     torch.save(x2, path)
     with pytest.raises(errors.UnknownArchitectureError, match="old_x2.pth.*1 upsampling stage"):
         load_model(path)
+
+
+# --- issue 16 #6 and #8: weights that would give garbage, forged hyperparameters --------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_weights_are_refused_at_load(tmp_path: Path, bad: float) -> None:
+    arch, hp = SMALL["compact_prelu"]
+    sd = random_state_dict(arch, hp, seed=20)
+    sd["body.2.weight"][0, 0, 1, 1] = bad
+    sd["body.4.bias"][:] = bad
+    path = tmp_path / "black.safetensors"
+    save_model(path, sd, arch, hp)
+    with pytest.raises(errors.WeightsError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert type(info.value) is errors.WeightsError and info.value.path == str(path)
+    assert "black.safetensors" in message and "2 tensors hold NaN/inf" in message and "body.2.weight" in message
+    with pytest.raises(errors.WeightsError, match="1 tensor hold NaN/inf"):
+        model_from_state_dict({**random_state_dict(arch, hp, seed=20), "body.0.bias": sd["body.4.bias"][:16]},
+                              arch, hp, source="from.param")
+
+
+FORGE = """
+import json, resource, sys, time
+from upscale import errors, loading
+def peak_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before, start = peak_mb(), time.monotonic()
+try:
+    loading.load_model(sys.argv[1])
+    outcome = "loaded"
+except errors.ArchitectureMismatchError as err:
+    outcome = str(err)
+print(json.dumps({"grew_mb": peak_mb() - before, "seconds": time.monotonic() - start, "outcome": outcome}))
+"""
+
+
+def test_forged_hyperparameters_are_refused_before_the_network_is_built(tmp_path: Path) -> None:
+    """A small file whose metadata claims num_feat 1024 (a 0.6 GB network) is refused from the shapes,
+    without allocating it (it once took 20 s and 7 GB for num_feat 4000)."""
+    import subprocess
+    import sys
+
+    arch, hp = SMALL["compact_prelu"]
+    path = tmp_path / "forged.safetensors"
+    forged = {**archs.get_family(arch).defaults, **hp, "num_feat": 1024, "num_conv": 16}
+    safetensors.torch.save_file(random_state_dict(arch, hp, seed=21), str(path),
+                                metadata={META_ARCH: arch, META_HPARAMS: json.dumps(forged)})
+    proc = subprocess.run([sys.executable, "-c", FORGE, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.splitlines()[-1])
+    assert "forged.safetensors" in found["outcome"] and "shape mismatch" in found["outcome"], found
+    assert found["grew_mb"] < 150, found   # building it for real allocates > 600 MB
+
+
+def test_unbuildable_hyperparameters_are_a_mismatch_not_a_crash(tmp_path: Path) -> None:
+    arch, hp = SMALL["rrdbnet_x4"]
+    for bad in ({"num_feat": "wide"}, {"num_feat": -4}, {"bogus": 1}, {"scale": 3}):
+        path = tmp_path / "odd.safetensors"
+        save_model(path, random_state_dict(arch, hp, seed=22), arch, {**hp, **bad})
+        with pytest.raises(errors.ArchitectureMismatchError, match="odd.safetensors.*cannot build rrdbnet"):
+            load_model(path)

@@ -19,13 +19,13 @@ from click.testing import CliRunner
 from PIL import Image as PILImage
 
 from upscale import metrics
-from upscale.resize import contributions, cubic, imresize, round_like_matlab
+from upscale.matlab_resize import contributions, cubic, imresize, round_like_matlab
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def keys_kernel(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-    """Keys (1981) cubic convolution kernel written out independently of upscale.resize."""
+    """Keys (1981) cubic convolution kernel written out independently of upscale.matlab_resize."""
     t = np.abs(np.asarray(x, dtype=np.float64))
     near = (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
     far = a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
@@ -178,7 +178,9 @@ def test_ssim_single_window_weighted_statistics():
 
 
 def test_mod_crop_and_shape_errors():
-    assert metrics.mod_crop(np.zeros((13, 10, 3)), 4).shape == (12, 8, 3)
+    from upscale.dataprep import mod_crop
+
+    assert mod_crop(np.zeros((13, 10, 3)), 4).shape == (12, 8, 3)
     with pytest.raises(ValueError):
         metrics.psnr(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(ValueError):
@@ -256,9 +258,9 @@ def test_bench_json_schema_models_and_sheet(hr_dir, tiny_model, tmp_path):
     assert model_rows[0]["note"] == "" and "Lanczos" in model_rows[1]["note"]
     assert doc["environment"]["models"]["tiny_x2"]["native_scale"] == 2
     # the bicubic row is the MATLAB pipeline, recomputed here from the parts
-    from upscale.bench import make_lr, matlab_bicubic
-    hr = metrics.mod_crop(np.asarray(PILImage.open(hr_dir / "waves.png")), 4)
-    want = metrics.psnr(matlab_bicubic(make_lr(hr, 4), 4), hr, crop_border=4)
+    from upscale.dataprep import bicubic_down, bicubic_up, mod_crop
+    hr = mod_crop(np.asarray(PILImage.open(hr_dir / "waves.png")), 4)
+    want = metrics.psnr(bicubic_up(bicubic_down(hr, 4), 4), hr, crop_border=4)
     bicubic_x4 = next(r for r in doc["rows"] if r["scale"] == 4 and r["method"] == "bicubic")
     assert math.isclose(bicubic_x4["per_image"][2]["psnr_db"], want)
     # on smooth content bicubic beats nearest
@@ -270,13 +272,12 @@ def test_bench_json_schema_models_and_sheet(hr_dir, tiny_model, tmp_path):
 
 
 def test_bench_lr_folder_pairs_by_stem_and_formats(hr_dir, tmp_path):
-    from upscale.bench import make_lr, to_uint8
-    from upscale.io import read_image
+    from upscale.dataprep import bicubic_down, mod_crop, read_uint8
 
     lr_dir = tmp_path / "lr"
     lr_dir.mkdir()
     for p in hr_dir.glob("*.png"):
-        lr = make_lr(metrics.mod_crop(to_uint8(read_image(p), "y"), 3), 3)
+        lr = bicubic_down(mod_crop(read_uint8(p, rgb=False), 3), 3)
         PILImage.fromarray(lr[..., 0] if lr.shape[2] == 1 else lr).save(lr_dir / p.name)
     made = _bench(["--data", hr_dir, "-s", "3", "--csv", "--baselines", "bicubic,nearest", *FAST])
     paired = _bench(["--data", hr_dir, "-s", "3", "--csv", "--lr", lr_dir, "--baselines", "bicubic,nearest",

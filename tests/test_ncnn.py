@@ -329,3 +329,18 @@ def test_written_pairs_run_the_same_in_ncnn(tmp_path, arch, scale):
     param = writer(tmp_path / "net", sd, hp, True)
     x = np.random.default_rng(1).random((3, 32, 32), dtype=np.float32)
     assert _compare(param, x, f"written {arch} x{scale}") < 1e-4
+
+
+# --- issue 16 #13: a .bin of another network is called what it is, not "quantized" -------------------
+@pytest.mark.parametrize("other_feat", [3, 7])
+@pytest.mark.parametrize("fp16", [False, True])
+def test_a_bin_of_another_network_is_a_size_mismatch(tmp_path, fp16, other_feat):
+    param = write_compact(tmp_path / "net", random_state_dict("compact", COMPACT_HP, seed=9), COMPACT_HP, fp16)
+    other_hp = {**COMPACT_HP, "num_feat": other_feat}
+    other = write_compact(tmp_path / "other", random_state_dict("compact", other_hp, seed=10), other_hp, fp16)
+    other.with_suffix(".bin").replace(param.with_suffix(".bin"))
+    with pytest.raises(ConversionError) as info:
+        read_ncnn(param)
+    message = str(info.value)
+    assert "\n" not in message and "net.bin" in message and "quantized" not in message, message
+    assert "size mismatch: expected" in message and "bytes of fp32 weights" in message and "net.param" in message

@@ -6,10 +6,9 @@ nearest-upsampled input, so pixel values can be checked bit for bit (16-bit incl
 
 from __future__ import annotations
 
-import io as _io
-
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image as PILImage
 from PIL import ImageCms
@@ -20,7 +19,6 @@ from upscale.cli import cli
 from upscale.io import read_image
 from upscale.loading import save_model
 
-torch = pytest.importorskip("torch")
 FAST = ["--precision", "fp32", "--compile", "off", "-q"]
 
 
@@ -107,4 +105,3 @@ def test_bleed_fills_hidden_colour_from_neighbours():
     assert (out[:, 3:] == np.array([200, 100, 50], dtype=np.uint8)).all()
     # untouched when nothing is hidden
     assert bleed_colour(rgb, np.full((6, 6), 255, np.uint8)) is rgb
-    assert _io is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import pytest
@@ -196,3 +197,19 @@ def test_invalid_user_registry_is_reported_with_its_path(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["models"])
     assert result.exit_code == 1
     assert f"{tmp_path / 'models.toml'}: model 'broken': unknown architecture 'nonet'" in result.output
+
+
+def test_models_lists_the_packaged_models_with_their_real_sizes(tmp_path, monkeypatch):
+    """Issue 16: the four packaged models showed size "?"."""
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path))
+    packaged = [s for s in registry.all_models() if isinstance(s.source, registry.PackageSource)]
+    assert len(packaged) == 4
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    for spec in packaged:
+        size = spec.source.path.stat().st_size
+        assert spec.size == size
+        assert f"{size / 1e6:.1f} MB" in rows[spec.name] and " ? " not in rows[spec.name], rows[spec.name]
+    listed = {m["name"]: m for m in json.loads(CliRunner().invoke(cli, ["models", "--json"]).output)}
+    assert all(listed[s.name]["size"] == s.source.path.stat().st_size for s in packaged)

@@ -7,13 +7,16 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from upscale import errors
 from upscale.archs import build_module
-from upscale.engine import (Engine, EngineOptions, TorchStitchOps, Workload, compile_estimates, probe_cost,
-                            resolve_precision)
+from upscale.engine import (Engine, EngineOptions, RunStats, TorchStitchOps, Workload, check_output_fits,
+                            compile_estimates, probe_cost, resolve_precision, uses_compiled)
+from upscale.metrics import psnr
 from upscale.model import Model
-from upscale.tiling import BandStitcher, plan_tiles
+from upscale.tiling import BandStitcher, plan_tiles, window_px
 
 
 def small_model(arch: str, **hparams) -> Model:
@@ -55,56 +58,84 @@ def _axis_sum(starts, weights, length_out, scale):
     return total
 
 
+def _check_axis(starts, size, length, weights, tile, overlap, margin, multiple, scale):
+    """One axis of a plan: windows of one size inside the image, covering it, advancing by at most the
+    core, sharing at least twice the context, zero weight in the margins, weights summing to 1."""
+    window = window_px(tile, overlap, multiple)
+    assert starts[0] == 0 and starts[-1] + size == length                 # covers, ends at the edge
+    assert all(s % multiple == 0 for s in starts) and size % multiple == 0
+    if tile == 0 or window >= length:
+        assert starts == (0,) and size == length                           # one window, the whole axis
+    else:
+        core = -(-tile // multiple) * multiple
+        context = -(-overlap // multiple) * multiple
+        assert size == window == core + 2 * context                        # context never shrinks
+        assert len(starts) == -(-(length - 2 * context) // core)           # the fewest windows at stride <= core
+        assert len(starts) * size <= length * size / core + size           # cost bound, plus one window
+        for a, b in zip(starts, starts[1:]):
+            assert 0 < b - a <= core and a + size - b >= 2 * overlap        # shared context
+    assert all(len(wt) == size * scale and wt.min() >= 0 and wt.max() <= 1 for wt in weights)
+    for i, wt in enumerate(weights):                                       # discarded margins
+        if i > 0:
+            assert not wt[:margin * scale].any()
+        if i + 1 < len(weights):
+            assert not wt[len(wt) - margin * scale:].any()
+    np.testing.assert_allclose(_axis_sum(starts, weights, length * scale, scale), 1.0, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_plan_covers_image_with_equal_windows_and_unit_weights(seed):
     rng = random.Random(seed)
     for _ in range(60):
         h, w = rng.randint(1, 400), rng.randint(1, 400)
         overlap, multiple, scale = rng.randint(0, 12), rng.choice([1, 2, 4]), rng.choice([1, 2, 3, 4])
-        least = -(-3 * overlap // multiple) * multiple + multiple      # > 3 x overlap, in whole multiples
-        tile = rng.choice([0, rng.randint(least, least + 150)])
-        fixed = rng.random() < 0.3 and tile > 0
-        shape = (tile, rng.randint(least, least + 150)) if fixed else None     # windows need not be square
-        plan = plan_tiles(h, w, tile, overlap, multiple, scale, fixed_shape=shape)
+        tile = rng.choice([0, rng.randint(1, 8), rng.randint(1, 150)])
+        margin = rng.randint(0, overlap)
+        plan = plan_tiles(h, w, tile, overlap, multiple, scale, margin_px=margin)
         assert plan.height % multiple == 0 and plan.width % multiple == 0
         assert plan.height >= h and plan.width >= w
-        for axis, (starts, size, length, weights) in enumerate(((plan.ys, plan.tile_h, plan.height, plan.row_weights),
-                                                                (plan.xs, plan.tile_w, plan.width, plan.col_weights))):
-            assert starts[0] == 0 and starts[-1] + size == length          # covers, ends at the edge
-            assert all(s % multiple == 0 for s in starts) and size % multiple == 0
-            if tile and not fixed:
-                assert size <= max(tile, multiple) or len(starts) == 1
-            if fixed:
-                assert size == max(shape[axis] // multiple, 1) * multiple
-            for a, b in zip(starts, starts[1:]):
-                assert a < b and a + size - b >= 3 * overlap                  # enough shared context
-            assert all(len(wt) == size * scale and wt.min() >= 0 for wt in weights)
-            for i, wt in enumerate(weights):                                  # discarded margins
-                if i > 0:
-                    assert not wt[:overlap * scale].any()
-                if i + 1 < len(weights):
-                    assert not wt[len(wt) - overlap * scale:].any()
-            np.testing.assert_allclose(_axis_sum(starts, weights, length * scale, scale), 1.0, atol=1e-6)
-        # every window has the same shape, so the 2-D weights stack
-        assert {plan.weight(win).shape for win in plan.windows()} == {(plan.tile_h * scale, plan.tile_w * scale)}
+        _check_axis(plan.ys, plan.tile_h, plan.height, plan.row_weights, tile, overlap, margin, multiple, scale)
+        _check_axis(plan.xs, plan.tile_w, plan.width, plan.col_weights, tile, overlap, margin, multiple, scale)
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(0, 40), overlap=st.integers(0, 12),
+       multiple=st.sampled_from([1, 2, 4]), scale=st.integers(1, 3), margin_share=st.floats(0, 1))
+def test_every_output_pixel_is_covered_and_its_blend_weights_sum_to_one(h, w, tile, overlap, multiple, scale,
+                                                                          margin_share):
+    """Property of the tiler, for any image size, tile, overlap, margin, size multiple and scale: the
+    2-D weights of the windows covering an output pixel sum to 1 (so every pixel is covered)."""
+    margin = round(overlap * margin_share)
+    plan = plan_tiles(h, w, tile, overlap, multiple, scale, margin_px=margin)
+    total = np.zeros((plan.height * scale, plan.width * scale))
+    for win in plan.windows():
+        y, x = win.y0 * scale, win.x0 * scale
+        weight = np.outer(plan.row_weights[win.row], plan.col_weights[win.col])
+        assert weight.shape == (plan.tile_h * scale, plan.tile_w * scale)   # one shape: windows stack
+        total[y:y + weight.shape[0], x:x + weight.shape[1]] += weight
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
 
 
 def test_plan_fades_rather_than_cuts_and_keeps_borders_at_one():
-    plan = plan_tiles(90, 300, 96, 8, 1, 2)
+    plan = plan_tiles(90, 300, 96, 8, 1, 2, margin_px=2)
     assert len(plan.ys) == 1 and plan.row_weights[0].min() == 1.0    # one row: weight 1 at both borders
     assert len(plan.xs) > 2
     first, last = plan.col_weights[0], plan.col_weights[-1]
     assert first[0] == 1.0 and last[-1] == 1.0
     fade = first[(first > 0) & (first < 1)]
-    assert len(fade) >= 8 * 2                                        # a ramp of >= overlap px, not a step
+    assert len(fade) >= 2 * (8 - 2) * 2                              # the context beyond the margins, not a step
     assert np.all(np.diff(fade) < 0)
 
 
-def test_plan_rejects_tile_smaller_than_its_overlap():
-    with pytest.raises(ValueError, match="too small"):
-        plan_tiles(500, 500, 30, 10)
-    with pytest.raises(errors.UsageError, match="--tile"):
-        EngineOptions(tile_px=30, overlap_px=10)
+def test_small_tiles_keep_the_whole_overlap_as_context():
+    """Issue 16 #4: a small tile used to shrink the overlap (or be refused with an explicit one)."""
+    for tile in (1, 4, 8, 16, 30):
+        plan = plan_tiles(500, 500, tile, 10)
+        assert plan.tile_h == plan.tile_w == tile + 20 and plan.margin_px == 10
+        assert all(b - a <= tile for a, b in zip(plan.xs, plan.xs[1:]))
+    assert EngineOptions(tile_px=30, overlap_px=10).tile_px == 30
+    with pytest.raises(ValueError, match="margin_px"):
+        plan_tiles(50, 50, 8, 4, margin_px=5)
 
 
 # --- stitcher --------------------------------------------------------------------------------------
@@ -191,12 +222,12 @@ def test_tiled_equals_untiled_when_overlap_covers_receptive_field(arch, hparams,
     for h, w in sizes:
         image = np_rng.random((h, w, 3), dtype=np.float32)
         overlap = radius + rng.randint(0, 2)
-        least = -(-3 * overlap // model.size_multiple) * model.size_multiple + model.size_multiple
-        tile = rng.randint(least, max(least, max_side - 4))
+        room = max_side - 2 * overlap - 2 * model.size_multiple    # a window smaller than the largest side
+        tile = rng.randint(max(1, room // 6), max(1, room))
         whole = Engine(model, fp32(0, 0)).upscale(image)
-        stats: dict = {}
+        stats = RunStats()
         tiled = Engine(model, fp32(tile, overlap, batch=rng.randint(1, 3))).upscale(image, stats=stats)
-        tiled_at_least_once |= stats["tiles"] > 1
+        tiled_at_least_once |= stats.tiles > 1
         assert tiled.shape == (h * model.scale, w * model.scale, 3)
         err = float(np.abs(tiled - whole).max())
         assert err < 1e-4, f"{arch} {h}x{w} tile {tile} overlap {overlap}: max abs error {err}"
@@ -245,10 +276,10 @@ def test_bf16_autocast_is_close_to_fp32_on_a_smooth_image():
     image = np.stack([0.5 + 0.3 * np.sin(4 * xx), 0.5 + 0.3 * np.cos(3 * yy), 0.4 + 0.2 * xx * yy], 2)
     image = (image * 255).round().astype(np.uint8)
     ref = Engine(model, fp32(0, 0)).upscale(image)
-    stats: dict = {}
+    stats = RunStats()
     low = Engine(model, EngineOptions(device="cpu", precision="bf16", tile_px=0, compile="off")).upscale(
         image, stats=stats)
-    assert stats["precision"] == "bf16"
+    assert stats.precision == "bf16"
     mse = np.mean((low.astype(np.float64) - ref) ** 2)
     assert mse > 0                       # bf16 really ran: results are not bit-identical
     assert 10 * np.log10(255.0**2 / mse) > 40
@@ -312,12 +343,14 @@ def test_progress_and_stats_report_every_tile_and_nothing_is_kept_between_calls(
     engine = Engine(model, fp32(24, 2, batch=4))
     image = np.random.default_rng(0).integers(0, 256, (70, 50, 3), dtype=np.uint8)
     seen: list[tuple[int, int]] = []
-    stats: dict = {}
+    stats = RunStats()
     first = engine.upscale(image, progress=lambda done, total: seen.append((done, total)), stats=stats)
-    total = stats["tiles"]
+    total = stats.tiles
     assert total > 4 and seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert stats["batches"] == -(-total // 4) and stats["forward_s"] > 0 and stats["compiled"] is False
-    np.testing.assert_array_equal(engine.upscale(image), first)
+    assert stats.batches == -(-total // 4) and stats.forward_s > 0 and stats.compiled is False
+    assert stats.tile_shape == (24 + 4, 24 + 4) and stats.device == "cpu" and stats.precision == "fp32"
+    np.testing.assert_array_equal(engine.upscale(image, stats=stats), first)
+    assert stats.tiles == 2 * total and stats.batches == 2 * -(-total // 4)     # counters add up over calls
     assert next(model.module.parameters()).is_contiguous()     # the caller's module was not touched
 
 
@@ -358,23 +391,92 @@ def test_repeated_blocks_count_once_towards_compile_time():
 
 
 @pytest.mark.parametrize("shape, tile, expected", [
-    ((1000, 750), 384, None),      # a tall photo: the windows eager tiling would use, not 384 squares
-    ((100, 60), 384, (100, 60)),   # smaller than a tile: one window of the image, not 384x384
-    ((1000, 750), 0, None),        # whole images: no fixed shape
+    ((1000, 750), 384, (400, 400)),   # the windows eager tiling uses for that size: core + 2 x 8 px context
+    ((100, 60), 384, (100, 60)),      # smaller than a window: one window of the image, not a padded square
+    ((1000, 750), 0, None),           # whole images: no fixed shape
 ])
-def test_compiled_tile_shape_fits_a_known_image_size(shape, tile, expected):
+def test_compiled_window_shape_fits_a_known_image_size(shape, tile, expected):
     model = small_model("compact", num_conv=1, num_feat=4, scale=2)
     options = EngineOptions(device="cpu", precision="fp32", tile_px=tile, overlap_px=8, compile="on")
     fitted = Engine(model, options, work=Workload(shape[0] * shape[1], shape))   # compiling itself is lazy
-    eager = None
+    assert fitted.compiled_shape == expected
     if tile:
-        plan = plan_tiles(*shape, tile, 8, model.size_multiple)
-        eager = (plan.tile_h, plan.tile_w)
-    assert fitted.compiled_shape == (expected or eager)
-    if tile:
-        assert max(fitted.compiled_shape) < tile
-        # without a known size, one square of the tile side serves any image
-        assert Engine(model, options).compiled_shape == (tile // model.size_multiple * model.size_multiple,) * 2
+        plan = fitted.plan_for(*shape)
+        assert fitted.compiled_shape == (plan.tile_h, plan.tile_w)
+        # without a known size, the full window of the tile serves any image at least that large
+        assert Engine(model, options).compiled_shape == (tile + 16, tile + 16)
+
+
+def test_only_the_compiled_window_shape_uses_the_compiled_graph():
+    assert uses_compiled((400, 400), (400, 400))
+    assert not uses_compiled((400, 400), (100, 60)) and not uses_compiled((400, 400), (400, 392))
+    assert uses_compiled(None, (123, 45))          # whole images: one graph per size
+
+
+def test_images_smaller_than_the_compiled_window_run_eagerly_with_the_eager_result():
+    """Issue 16 #5: the compiled path padded images smaller than the tile up to it (reflection beyond
+    the image: 5613 edge pixels differed by up to 109/255). Now such windows run through the eager
+    module (nothing is compiled here, so this is fast) and the output is the eager one, bit for bit."""
+    model = small_model("compact", num_conv=3, num_feat=8, scale=2)
+    image = np.random.default_rng(4).random((30, 22, 3), dtype=np.float32)
+    eager = Engine(model, fp32(32, 4)).upscale(image)
+    engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=4,
+                                         compile="on"))
+    assert engine.compiled and engine.compiled_shape == (40, 40)
+    stats = RunStats()
+    np.testing.assert_array_equal(engine.upscale(image, stats=stats), eager)
+    assert stats.tile_shape == (30, 22) and stats.compiled is False
+    assert engine.compiled and engine._compile_pending          # the compiled graph was never called
+
+
+def test_tiny_network_tiled_agrees_with_untiled_at_any_tile():
+    """Issue 16 #4 / issue 14: with the default context, tile 1/4/8/16/96 are all seam-free (>= 45 dB
+    vs untiled, 8-bit output) on the tiny generator, and on a compact net whose receptive radius (42 px)
+    exceeds the capped default context (32 px); the cost follows the geometry."""
+    nets = [(small_model("tiny", scale=2), {1: 28, 4: 40, 8: 56, 16: 72, 96: 160}),
+            (small_model("compact", num_conv=40, num_feat=4, scale=2), {1: 70, 4: 72, 8: 80, 16: 96, 96: 200})]
+    for model, side_for_tile in nets:
+        rng = np.random.default_rng(model.receptive_radius)
+        for tile, side in side_for_tile.items():
+            image = rng.integers(0, 256, (side, side - 3, 3), dtype=np.uint8)
+            whole = Engine(model, fp32(0, 0)).upscale(image)
+            engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=tile, compile="off"))
+            stats = RunStats()
+            tiled = engine.upscale(image, stats=stats)
+            assert stats.tiles > 1, (model.arch, tile)
+            quality = psnr(tiled, whole, crop_border=0, y_channel=False)
+            assert quality >= 45, f"{model.arch} tile {tile}: {quality:.1f} dB"
+    engine = Engine(small_model("tiny", scale=2), EngineOptions(device="cpu", tile_px=96, compile="off"))
+    plan = engine.plan_for(256, 256)
+    assert engine.overlap_px == 8 and (plan.tile_h, plan.tile_w) == (112, 112)     # 96 + 2 x 8
+    assert len(plan.ys) == len(plan.xs) == -(-(256 - 2 * 8) // 96) == 3            # 9 windows of 112 px
+    assert plan.num_tiles * 112**2 <= (256 * 112 / 96 + 112) ** 2                   # the cost bound
+
+
+def test_output_too_large_for_memory_is_a_resource_error_before_any_work():
+    """Issue 16 #9: -s 1000 died with MemoryError (an internal error). The check names the size."""
+    assert check_output_fits(100, 50, 3, 4, np.uint8) == 400 * 200 * 3
+    with pytest.raises(errors.ResourceError, match=r"output 300000 x 400000 x 3 needs \d+ GiB; \d+ \w+ free"):
+        check_output_fits(100_000, 75_000, 3, 4, np.uint8)
+    with pytest.raises(errors.UsageError, match="scale must be a positive number") as info:
+        check_output_fits(10, 10, 3, float("nan"), np.uint8)
+    assert info.value.params == ("scale",)
+    engine = Engine(small_model("tiny", scale=2), fp32(0, 0))
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (400_000, 300_000, 3))  # no memory behind it
+    with pytest.raises(errors.ResourceError, match="output 600000 x 800000 x 3 needs"):
+        engine.upscale(huge)
+
+
+@pytest.mark.parametrize("options, param", [
+    (dict(tile_px=-1), "tile_px"), (dict(overlap_px=-2), "overlap_px"), (dict(batch=0), "batch"),
+    (dict(threads=0), "threads"), (dict(device="tpu"), "device"), (dict(precision="int8"), "precision"),
+    (dict(compile="maybe"), "compile")])
+def test_option_errors_name_the_parameter_not_a_flag(options, param):
+    """The library names its parameter (``params``); the CLI's table words it as the flag."""
+    with pytest.raises(errors.UsageError) as info:
+        EngineOptions(**options)
+    assert info.value.params == (param,) and str(info.value).startswith(f"{param} must be")
+    assert "--" not in str(info.value)
 
 
 @pytest.mark.slow
@@ -383,9 +485,12 @@ def test_regionally_compiled_rrdbnet_matches_eager(monkeypatch, tmp_path):
     model = small_model("rrdbnet", num_feat=8, num_block=2, num_grow_ch=4, scale=2)
     image = np.random.default_rng(1).random((40, 30, 3), dtype=np.float32)
     eager = Engine(model, fp32(24, 4)).upscale(image)
-    engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=24, overlap_px=4, compile="on"))
+    engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=24, overlap_px=4, compile="on"),
+                    work=Workload(40 * 30, (40, 30)))       # the windows of this image are the compiled shape
     assert engine.compiled
-    assert np.abs(engine.upscale(image) - eager).max() < 1e-3
+    stats = RunStats()
+    assert np.abs(engine.upscale(image, stats=stats) - eager).max() < 1e-3
+    assert stats.compiled
     assert next(model.module.parameters()).is_contiguous()       # the caller's module was not touched
 
 
@@ -395,26 +500,26 @@ def test_compiled_engine_matches_eager_with_one_tile_shape(monkeypatch, tmp_path
     model = small_model("compact", num_conv=2, num_feat=8, scale=2)
     image = np.random.default_rng(0).random((50, 37, 3), dtype=np.float32)
     eager = Engine(model, fp32(32, 2, batch=3)).upscale(image)
-    stats: dict = {}
+    stats = RunStats()
     engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=2, batch=3,
                                          compile="auto"), work=Workload(10**13))   # auto: plenty of work
     compiled = engine.upscale(image, stats=stats)
-    assert stats["compiled"] and stats["tile_shape"] == (32, 32)               # fixed shape, not balanced
+    assert stats.compiled and stats.tile_shape == (36, 36)                     # the full window
     assert np.abs(compiled - eager).max() < 1e-3
     assert any(tmp_path.iterdir())                                             # the cache was written
     # told the image size, it compiles the windows eager tiling uses for it
-    eager_stats: dict = {}
+    eager_stats = RunStats()
     Engine(model, fp32(32, 2, batch=3)).upscale(image, stats=eager_stats)
     fitted = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=2, batch=3,
                                          compile="on"), work=Workload(50 * 37, (50, 37)))
-    stats = {}
+    stats = RunStats()
     assert np.abs(fitted.upscale(image, stats=stats) - eager).max() < 1e-3
-    assert stats["compiled"] and stats["tile_shape"] == eager_stats["tile_shape"] != (32, 32)
+    assert stats.compiled and stats.tile_shape == eager_stats.tile_shape == fitted.compiled_shape
     # another size still runs through the same shape (exact with an overlap covering the receptive field)
     radius = model.receptive_radius
     exact = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=radius, batch=3,
                                         compile="on"), work=Workload(50 * 37, (50, 37)))
-    other = np.random.default_rng(1).random((70, 90, 3), dtype=np.float32)    # larger: no padding up
+    other = np.random.default_rng(1).random((70, 90, 3), dtype=np.float32)    # another window shape: eager
     np.testing.assert_allclose(exact.upscale(other), Engine(model, fp32(0, 0)).upscale(other), atol=1e-3)
 
 
@@ -438,5 +543,6 @@ def test_compile_failure_falls_back_to_eager_or_is_a_usage_error(monkeypatch, tm
     np.testing.assert_allclose(out, eager, atol=1e-6)
     torch._dynamo.reset()
     forced = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=16, overlap_px=2, compile="on"))
-    with pytest.raises(errors.UsageError, match="--compile on"):
+    with pytest.raises(errors.UsageError, match="^compile on") as info:
         forced.upscale(image)
+    assert info.value.params == ("compile",)

@@ -62,6 +62,14 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def dead_writer(target: Path) -> None:
+    """A process that dies (os._exit) in the middle of an atomic write of ``target``."""
+    code = ("import os, sys; from upscale.atomic import atomic_file; "
+            "cm = atomic_file(sys.argv[1], 'wb'); f = cm.__enter__(); f.write(b'x' * 1000); f.flush(); os._exit(9)")
+    subprocess.run([sys.executable, "-c", code, str(target)], check=False, timeout=60)
+    assert any(f.name.startswith(f".{target.name}.") for f in target.parent.iterdir())
+
+
 def net_hp(hp: dict) -> dict:
     return {"num_in_ch": 3, "num_out_ch": 3, **hp}
 
@@ -93,7 +101,15 @@ def test_kill9_and_resume_is_bit_exact(data: dict[str, Path], tmp_path: Path) ->
     assert ckpt10.exists(), proc.stderr.read().decode() if proc.stderr else ""
     assert not list((killed / "checkpoints").glob("*.tmp"))  # nothing half-written under its real name
 
-    train(build_config("psnr", settings, {"max_iters": 20, "out": str(killed)}), progress=False, resume=ckpt10)
+    # temps a kill -9 leaves mid-save: ours (owner process dead) and an earlier version's mkstemp name
+    dead_writer(killed / "checkpoints" / "iter_00000030.pt")
+    dead_writer(killed / "model.safetensors")
+    legacy = killed / "checkpoints" / ".iter_00000030.pt.k3x9_a2b.tmp"
+    legacy.write_bytes(b"half")
+    r = run_cli("--out", str(killed), "--resume", str(ckpt10), "--max-iters", "20")
+    assert r.returncode == 0, r.stderr
+    left = [f.name for d in (killed, killed / "checkpoints") for f in d.iterdir() if f.name.startswith(".")]
+    assert left == [], left
     a = load_checkpoint(straight / "checkpoints" / "iter_00000020.pt")
     b = load_checkpoint(killed / "checkpoints" / "iter_00000020.pt")
     for part in ("generator", "ema"):
@@ -187,12 +203,15 @@ def test_psnr_preset_beats_bicubic_by_2db(tmp_path: Path) -> None:
                                 "arch": "compact", "hparams": {"num_feat": 16, "num_conv": 3, "act_type": "lrelu"},
                                 "val_every": 200, "log_every": 40, "ckpt_every": 1000, "threads": 1,
                                 "precision": "fp32"})
-    t0 = time.perf_counter()
     result = train(cfg, progress=False)
-    elapsed = time.perf_counter() - t0
     gain = result.last_val["val"][0] - result.bicubic["val"][0]
     assert gain >= 2.0, f"PSNR gain over bicubic only {gain:.2f} dB"
-    assert elapsed < 60, f"took {elapsed:.0f} s"
+    # measured progress, not wall time: every logged window ran, at a measured rate, and the loss fell
+    recs = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in recs if "loss/g_total" in r]
+    assert [r["iter"] for r in logged] == [40, 80, 120, 160, 200]
+    assert all(r["it_per_s"] > 0 for r in logged)
+    assert logged[-1]["loss/g_total"] < 0.8 * logged[0]["loss/g_total"]
 
 
 # --- NaN, config, signals ----------------------------------------------------------------------------
@@ -202,17 +221,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data: dict[str, Path], tm
 
     hp = {"num_feat": 8, "num_conv": 1, "scale": 2, "act_type": "prelu"}
     sd = model_state_dict(build_module("compact", hp))
-    sd["body.2.weight"][0, 0, 0, 0] = float("nan")
+    # finite weights (loading refuses NaN/inf ones) that overflow: +-inf features mixed into NaN outputs
+    sd["body.2.weight"].fill_(3e38)
     bad = tmp_path / "nan.safetensors"
     save_model(bad, sd, "compact", net_hp(hp))
     cfg = small_cfg(data, tmp_path / "run", init=str(bad), hparams={})
     with pytest.raises(TrainingError, match="g_pix became nan at iteration 1"):
         train(cfg, progress=False)
-    assert not (tmp_path / "run" / "checkpoints").exists()
-    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert not (tmp_path / "run").exists()   # failed before its first checkpoint: nothing left behind
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_130(data: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_signal_saves_a_checkpoint_and_exits_130(signum: int, data: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "upscale", "train", "-q", "--data", str(data["hr"]), "-s", "2",
                              "--arch", "compact", "--num-feat", "8", "--num-conv", "1", "--gt-size", "32",
@@ -222,10 +242,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(data: dict[str, Path], tmp_pat
     deadline = time.monotonic() + 60
     while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted at iteration" in err
+    assert "interrupted at iteration" in err and "checkpoint saved" in err
+    assert f"continue with: upscale train --out {out} --resume" in err
     ckpts = list((out / "checkpoints").glob("iter_*.pt"))
     assert len(ckpts) == 1 and load_checkpoint(ckpts[0])["iteration"] >= 1
     assert (out / "model.safetensors").is_file() and (out / "curves.png").is_file()
@@ -242,7 +263,7 @@ def test_config_layers_and_errors(tmp_path: Path) -> None:
     assert build_config("psnr", {"data": ["d"], "scale": 2}).gt_size == 96
     with pytest.raises(UsageError, match="unknown training option 'max_iter'"):
         build_config("psnr", {"data": ["d"], "max_iter": 3})
-    with pytest.raises(UsageError, match="needs --init"):
+    with pytest.raises(UsageError, match="needs init"):
         build_config("finetune", {"data": ["d"]})
     with pytest.raises(UsageError, match="unknown preset"):
         build_config("nope", {"data": ["d"]})
@@ -355,3 +376,59 @@ def test_vgg_indices_follow_torchvision() -> None:
     full = VGG19Features("conv5_4")
     full.load_imagenet(sd, "test")
     assert torch.equal(full.features[34].weight, sd["features.34.weight"])
+
+
+# --- issue 16: a sensible default run, nothing left by a failed one, checkpoint errors in our words ---
+def test_data_alone_starts_a_run_in_the_default_folder(data: dict[str, Path], tmp_path: Path) -> None:
+    from upscale.train.runfolder import default_run_folder
+
+    (tmp_path / "runs" / "psnr-x2-4").mkdir(parents=True)          # empty: does not count as a run
+    (tmp_path / "runs" / "psnr-x2-2").mkdir()
+    (tmp_path / "runs" / "psnr-x2-2" / "config.json").write_text("{}")
+    assert default_run_folder("psnr", 2, tmp_path / "runs").name == "psnr-x2-3"
+    r = subprocess.run([sys.executable, "-m", "upscale", "train", "-q", "--data", str(data["hr"]), "-s", "2",
+                        "--arch", "compact", "--num-feat", "4", "--num-conv", "1", "--gt-size", "32",
+                        "--batch-size", "2", "--iters", "2", "--precision", "fp32", "--threads", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    run = Path("runs") / "psnr-x2-3"
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"run folder: {run}" and lines[1] == f"continue it with: upscale train --out {run} --resume"
+    assert (tmp_path / run / "checkpoints" / "iter_00000002.pt").is_file()
+    from click.testing import CliRunner
+    from upscale.cli import cli
+
+    help_text = CliRunner().invoke(cli, ["train", "--help"]).output
+    assert "--max-iters, --iters" in help_text and "psnr 100000" in " ".join(help_text.split())
+
+
+def test_bad_data_leaves_no_folder(tmp_path: Path) -> None:
+    small = write_set(tmp_path / "small", 2, 16, 0)               # smaller than the 32 px crop
+    out = tmp_path / "runs" / "new"
+    cfg = build_config("psnr", {"data": [str(small)], "out": str(out), "scale": 2, "gt_size": 32,
+                                "arch": "compact", "hparams": {"num_feat": 4, "num_conv": 1}})
+    with pytest.raises(DataError, match="no training image"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()
+    r = run_cli("--data", str(small), "--out", str(out), "-s", "2", "--gt-size", "32", "--arch", "compact")
+    assert r.returncode == 1 and "no training image" in r.stderr and not (tmp_path / "runs").exists()
+
+
+def test_corrupt_checkpoint_names_the_previous_good_one(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(small_cfg(data, out, ckpt_every=2), progress=False)
+    bad = out / "checkpoints" / "iter_00000004.pt"
+    bad.write_bytes(bad.read_bytes()[:1000])                        # truncated
+    good = out / "checkpoints" / "iter_00000002.pt"
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    text = str(info.value)
+    assert text == (f"{bad}: this checkpoint cannot be read (truncated or corrupt); previous good checkpoint: "
+                     f"{good} (use resume {good})")
+    r = run_cli("--out", str(out), "--resume")
+    assert r.returncode == 1 and f"(use --resume {good})" in r.stderr
+    assert "weights_only" not in r.stderr and len([ln for ln in r.stderr.splitlines() if ln.startswith("upscale:")]) == 1
+    torch.save({"iteration": 1, "generator": {}, "code": Image.new("L", (1, 1))}, bad)  # pickles an object
+    with pytest.raises(CheckpointError, match="holds objects other than tensors"):
+        load_checkpoint(bad)

@@ -5,6 +5,10 @@
     up = Upscaler(model, EngineOptions(tile_px=128))  # prepares the network once, for many images
     up.upscale_file("a.png", "a_x4.png")
 
+The rules the command line shares with library callers live here once: the default scale (the
+model's native one; x4 picks the default model when no model is named), the checks of an output
+path and of the output's size that can be made before a model is loaded, and where a result is put.
+Errors name this module's parameters (``outscale``, ``alpha_mode``, ``force``), never flags.
 Nothing here keeps state between calls except the prepared engine inside an ``Upscaler``.
 """
 
@@ -18,15 +22,16 @@ from typing import Callable
 
 import numpy as np
 
-from . import errors
-from .engine import Engine, EngineOptions, Workload
-from .io import Image, read_image, write_image
+from . import atomic, errors
+from .engine import Engine, EngineOptions, RunStats, Workload, check_output_fits
+from .io import Image, output_format_for, read_image, write_image
 from .model import Model
-from .resample import resize_array
+from .pillow_resize import resize_array
 
 log = logging.getLogger("upscale")
 
 ALPHA_MODES = ("model", "bicubic")
+DEFAULT_OUTSCALE = 4.0   # picks the default model when neither a model nor a scale is given
 Progress = Callable[[int, int], None]
 
 
@@ -36,36 +41,79 @@ def load_model(path_or_name: str | Path, *, alpha: float | None = None) -> Model
     ``alpha`` interpolates a registry model with its registered PSNR/GAN twin (ESRGAN's network
     interpolation): 0 is the PSNR model, 1 the GAN model.
     """
-    from . import hub, interp, loading, registry  # registry/hub only when a model is asked for
+    from .resolve import resolve_model  # registry/hub only when a model is asked for
 
-    path = Path(path_or_name)
-    if path.is_file():
-        if alpha is not None:
-            raise errors.UsageError("--alpha needs a registry model with a twin, not a file; "
-                                    "use `upscale interp --psnr A --gan B` for two files")
-        if path.suffix.lower() == ".param":
-            from .ncnn import read_ncnn
-            arch, hparams, state_dict = read_ncnn(path)
-            return loading.model_from_state_dict(state_dict, arch, hparams, source=str(path))
-        return loading.load_model(path)
-    if path.exists():
-        raise errors.ModelNotFoundError(f"{path} is not a weights file")
-    spec = registry.get_model(str(path_or_name))
-    if alpha is not None:
-        return interp.interpolated_model(spec, alpha)
-    model = loading.load_model(hub.weights_path(spec), name=spec.name)
-    return replace(model, name=spec.name, source=spec.name, bf16_safe=spec.bf16_safe)
+    return resolve_model(path_or_name, alpha=alpha)
 
 
-def default_model_name(scale: float) -> str:
-    """The registry's default model for the native scale nearest to ``scale`` (ties go up)."""
+def default_model_name(outscale: float | None = None) -> str:
+    """The registry's default model for the native scale nearest to ``outscale`` (ties go up; None:
+    ``DEFAULT_OUTSCALE``)."""
     from . import registry
 
-    spec = registry.default_model_for_scale(scale)
+    spec = registry.default_model_for_scale(DEFAULT_OUTSCALE if outscale is None else outscale)
     if spec is None:
         raise errors.ModelNotFoundError(
-            "no default model is installed for this scale; pass -m NAME or -m path/to/weights")
+            "no default model is installed for this scale; name a model (a registry name or a weights file)")
     return spec.name
+
+
+def check_outscale(outscale: float | None) -> None:
+    """``UsageError`` unless ``outscale`` is None (the model's native scale) or a finite number > 0."""
+    if outscale is not None and not (isinstance(outscale, (int, float)) and outscale > 0
+                                     and math.isfinite(outscale)):
+        raise errors.UsageError(f"outscale must be a number > 0, not {outscale}", params=("outscale",))
+
+
+def outscale_for(model: Model, outscale: float | None) -> float:
+    """The scale a run produces: ``outscale``, or the model's native scale when it is None."""
+    check_outscale(outscale)
+    return float(model.scale) if outscale is None else float(outscale)
+
+
+def check_output_memory(image: Image, outscale: float, *, native_scale: int | None = None,
+                        path: str | Path | None = None) -> None:
+    """``ResourceError`` (naming ``path``) when the output of ``image`` at ``outscale`` cannot fit in
+    memory. Without ``native_scale`` (no model loaded yet) the output's own size is checked; with it,
+    also the float32 image a resize from the native scale builds."""
+    h, w, c = image.pixels.shape
+    channels = c + (image.alpha is not None)
+    checks = [(outscale, image.pixels.dtype)]
+    if native_scale is not None and native_scale != outscale:
+        checks = [(native_scale, image.pixels.dtype), (outscale, np.float32)]
+    try:
+        for scale, dtype in checks:
+            check_output_fits(h, w, channels, scale, dtype)
+    except errors.ResourceError as err:
+        raise errors.ResourceError(err.message, path=path) from None
+
+
+def check_target(src: str | Path, target: str | Path, *, force: bool = False,
+                 output_format: str | None = None) -> None:
+    """Refuse, before any work: writing over the input, a folder, an existing file without ``force``,
+    a target whose folder is missing or is a file, and an output format io cannot write."""
+    src, target = Path(src), Path(target)
+    if target.resolve() == src.resolve():
+        raise errors.ImageWriteError("refusing to overwrite the input image; choose another output", path=target)
+    if target.is_dir():
+        raise errors.ImageWriteError("is a folder; name an output file", path=target)
+    folder = target.parent
+    if folder.exists() and not folder.is_dir():
+        raise errors.ImageWriteError(f"{folder} is not a folder", path=target)
+    if not folder.exists():
+        raise errors.ImageWriteError(f"output folder {folder} does not exist", path=target)
+    if target.exists() and not force:
+        raise errors.ImageWriteError("exists already; pass force to overwrite", path=target, params=("force",))
+    output_format_for(target, output_format)
+
+
+def write_result(image: Image, target: str | Path, *, output_format: str | None = None,
+                 quality: int | None = None, threads: int | None = None) -> None:
+    """Write ``image`` to ``target`` atomically, after removing temp files that killed runs (dead
+    processes of this host) left for that same target."""
+    target = Path(target)
+    atomic.sweep_temps(target.parent, name=target.name)
+    write_image(image, target, format=output_format, quality=quality, threads=threads)
 
 
 def output_size(height: int, width: int, outscale: float) -> tuple[int, int]:
@@ -118,15 +166,15 @@ class Upscaler:
         self.engine = Engine(model, self.options, work=work)
 
     def upscale(self, image: Image, *, outscale: float | None = None, alpha_mode: str = "model",
-                progress: Progress | None = None, stats: dict | None = None) -> Image:
-        """Upscale an ``Image`` to ``outscale`` (default: the model's native scale)."""
+                progress: Progress | None = None, stats: RunStats | None = None) -> Image:
+        """Upscale an ``Image`` to ``outscale`` (default: the model's native scale). ``stats``, when
+        given, adds up the engine's figures of every pass (the image, and its alpha)."""
         if alpha_mode not in ALPHA_MODES:
-            raise errors.UsageError(f"--alpha-mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}")
+            raise errors.UsageError(f"alpha_mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}",
+                                    params=("alpha_mode",))
         scale = self.model.scale
-        if outscale is None:
-            outscale = float(scale)
-        if not (outscale > 0 and math.isfinite(outscale)):
-            raise errors.UsageError(f"--scale must be a number > 0, not {outscale}")
+        outscale = outscale_for(self.model, outscale)
+        check_output_memory(image, outscale, native_scale=scale)
         h, w = image.pixels.shape[:2]
         target_hw = output_size(h, w, outscale)
         native_hw = (h * scale, w * scale)
@@ -147,7 +195,7 @@ class Upscaler:
                 alpha = resize_array(alpha, (target_hw[1], target_hw[0]), "lanczos")
         return replace(image, pixels=rgb, alpha=alpha)
 
-    def _run(self, pixels: np.ndarray, progress: Progress | None, stats: dict | None) -> np.ndarray:
+    def _run(self, pixels: np.ndarray, progress: Progress | None, stats: RunStats | None) -> np.ndarray:
         """Run (H, W, C) through the engine, matching the model's channel count (gray <-> RGB)."""
         channels = pixels.shape[2]
         want = self.model.in_channels
@@ -165,11 +213,11 @@ class Upscaler:
     def upscale_file(self, src: str | Path, dst: str | Path, *, outscale: float | None = None,
                      alpha_mode: str = "model", output_format: str | None = None, quality: int | None = None,
                      max_pixels: int | None = None, progress: Progress | None = None,
-                     stats: dict | None = None) -> Image:
+                     stats: RunStats | None = None) -> Image:
         """Read ``src``, upscale, write ``dst`` atomically; returns the written image."""
         image = read_image(src, max_pixels=max_pixels)
         result = self.upscale(image, outscale=outscale, alpha_mode=alpha_mode, progress=progress, stats=stats)
-        write_image(result, dst, format=output_format, quality=quality)
+        write_result(result, dst, output_format=output_format, quality=quality)
         return result
 
 

@@ -14,6 +14,7 @@ Every ``os.replace`` of the package is in this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -67,7 +68,7 @@ def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = No
             yield f
             f.flush()
             if durable:
-                os.fsync(f.fileno())
+                _fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -85,6 +86,14 @@ def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
 def write_text(path: str | Path, text: str, *, durable: bool = True) -> None:
     with atomic_file(path, "w", durable=durable) as f:
         f.write(text)
+
+
+def _fsync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as err:  # file systems without fsync (some FUSE/network mounts) say EINVAL/ENOTSUP
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
 
 
 def fsync_folder(folder: str | Path) -> None:

@@ -119,3 +119,10 @@ class TrainingError(UpscaleError):
 
 class CheckpointError(UpscaleError):
     """A checkpoint is missing, corrupt, or from an incompatible configuration."""
+
+
+# --- appended by the loading/hub redesign --------------------------------------------------------
+class WeightsWriteError(ImageWriteError, WeightsError):
+    """A weights file (convert, interp, a converted download) cannot be written where asked: its folder
+    is missing or is a file, it exists already, it is one of the inputs, or the write failed. A
+    ``WeightsError`` for the library; the CLI table words it as "cannot write output" (exit 1)."""

@@ -3,7 +3,15 @@
 A Hub model is downloaded once with ``hf_hub_download`` into the Hugging Face cache (its own progress
 bar), its sha256 is checked against the registry before anything reads it, and it is converted once
 into a safetensors file with our architecture metadata under ``$UPSCALE_CACHE/models`` (default
-``~/.cache/upscale``). Later runs find that converted file first and make no network request.
+``~/.cache/upscale``, ``upscale.machine.cache_dir``). The converted file's own sha256 is recorded when it
+is written (``verified/<file>.json``, with its size and mtime): later runs check the stamp, rehash
+only when it changed, and convert again from the verified download when the file is not the one we
+wrote. Later runs make no network request.
+
+Before a download, the Hub's host is resolved and connected to once with a short timeout, so an
+unreachable Hub is a one-line ``OfflineError`` within seconds rather than a storm of retries;
+huggingface_hub's own retry warnings reach the log once each (one line per retry, see
+``_RetryLines``).
 
 Environment variables are read at call time (not at import), so a program or a test can set them
 late: ``UPSCALE_CACHE``; ``HF_ENDPOINT``, ``HF_HUB_CACHE``/``HF_HOME`` and ``HF_HUB_OFFLINE`` with
@@ -15,9 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
+import threading
+import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from . import __version__, errors
+from . import __version__, atomic, errors
+from .machine import cache_dir
 from .registry import FileSource, HubSource, ModelSpec, PackageSource, sha256_file
 
 log = logging.getLogger(__name__)
@@ -26,14 +41,6 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 # --- locations ------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """Our cache: ``$UPSCALE_CACHE``, else ``$XDG_CACHE_HOME/upscale``, else ``~/.cache/upscale``."""
-    explicit = os.environ.get("UPSCALE_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "upscale"
-
-
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache, resolved from the environment now rather than at import time."""
     explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
@@ -79,7 +86,11 @@ def weights_path(spec: ModelSpec) -> Path:
         return _check_local_file(spec, source)
     target = converted_path(spec)
     if target.is_file():
-        return target
+        if _still_verified(target, None):
+            return target
+        log.warning("%s is not the file converted from the verified download (its sha256 differs from the "
+                    "one recorded); converting again", target)
+        target.unlink(missing_ok=True)
     blob = _download(source.repo_id, source.filename, source.revision, source.sha256, model=spec.name)
     _convert(blob, target, spec)
     log.info("converted %s to %s", blob, target)
@@ -95,26 +106,54 @@ def fetch_file(repo_id: str, filename: str, revision: str, sha256: str | None = 
     if sha256 is None:
         return _download(repo_id, filename, revision, None, model=None)
     path = _download(repo_id, filename, revision, sha256, model=None, verify=False)
-    marker = cache_dir() / "verified" / f"{sha256}.json"
-    stamp = _stamp(path)
-    try:
-        if json.loads(marker.read_text(encoding="utf-8")) == stamp:
-            return path
-    except (OSError, ValueError):
-        pass
+    if _still_verified(path, sha256, rehash=False):
+        return path
     _verify(path, sha256, repo_id=repo_id, filename=filename)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stamp), encoding="utf-8")
-    os.replace(tmp, marker)
+    _remember(path, sha256)
     return path
 
 
-# --- internals ------------------------------------------------------------------------------------
+# --- what we verified: sha256 + a size/mtime stamp, so a file is hashed again only when it changed ------
+def _record_path(path: Path, sha256: str | None) -> Path:
+    """A Hub file's record is keyed by its expected hash; a converted file's by its own name."""
+    return cache_dir() / "verified" / f"{sha256 or path.name}.json"
+
+
 def _stamp(path: Path) -> dict[str, object]:
     real = path.resolve()
     st = real.stat()
     return {"path": str(real), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _remember(path: Path, sha256: str, *, keyed_by_hash: bool = True) -> None:
+    """Record that ``path`` (as it is now) has ``sha256``. Losing the record costs one rehash."""
+    record = _record_path(path, sha256 if keyed_by_hash else None)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(record, json.dumps({**_stamp(path), "sha256": sha256}), durable=False)
+    except OSError as err:
+        log.debug("cannot record the hash of %s: %s", path, err)
+
+
+def _still_verified(path: Path, sha256: str | None, *, rehash: bool = True) -> bool:
+    """Whether ``path`` is the file recorded: same stamp, or (``rehash``) a changed stamp but the same
+    sha256, which is then recorded again. ``sha256`` None: a converted file, keyed by its name."""
+    try:
+        record = json.loads(_record_path(path, sha256).read_text(encoding="utf-8"))
+        stamp = _stamp(path)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or (sha256 is not None and record.get("sha256") != sha256):
+        return False
+    if all(record.get(k) == v for k, v in stamp.items()):
+        return True
+    if not rehash or not isinstance(record.get("sha256"), str) or sha256_file(path) != record["sha256"]:
+        return False
+    _remember(path, record["sha256"], keyed_by_hash=sha256 is not None)
+    return True
+
+
+# --- internals ------------------------------------------------------------------------------------
 
 
 def _check_local_file(spec: ModelSpec, source: FileSource) -> Path:
@@ -132,24 +171,58 @@ def _check_local_file(spec: ModelSpec, source: FileSource) -> Path:
 
 def _download(repo_id: str, filename: str, revision: str, sha256: str | None, *, model: str | None,
               verify: bool = True) -> Path:
-    """``hf_hub_download`` with our error types; verifies ``sha256`` when given and ``verify``."""
+    """``hf_hub_download`` with our error types; verifies ``sha256`` when given and ``verify``.
+
+    A file of a pinned commit already in the Hugging Face cache is taken from there without a request;
+    otherwise the Hub is probed once (``_unreachable``) before huggingface_hub starts its retries."""
+    what = f"{repo_id}/{filename}@{revision[:12]}"
+    needed_by = f"model {model!r} needs {what}" if model else f"{what} is needed"
+    hint = ("pass --weights PATH or register a copy with `upscale models add NAME PATH`" if model
+            else "download it by hand into the Hugging Face cache")
+    _tame_hub_logging()
+    path = _cached(repo_id, filename, revision) if not offline() and _COMMIT.match(revision) else None
+    if path is None and not offline():
+        reason = _unreachable(_endpoint())
+        if reason:
+            raise errors.OfflineError(f"{needed_by} and the Hub cannot be reached ({reason}); {hint}")
+    if path is None:
+        path = _hub_download(repo_id, filename, revision, needed_by=needed_by, hint=hint)
+    if sha256 is not None and verify:
+        _verify(path, sha256, repo_id=repo_id, filename=filename, model=model)
+    return path
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _download_kwargs(revision: str) -> dict[str, object]:
+    return {"revision": revision, "library_name": "upscale", "library_version": __version__,
+            "cache_dir": hub_cache_dir(), "endpoint": os.environ.get("HF_ENDPOINT") or None}
+
+
+def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
+    """The file of a pinned commit when the Hugging Face cache has it (no request), else None."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True, **_download_kwargs(revision)))
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
+        return None
+
+
+def _hub_download(repo_id: str, filename: str, revision: str, *, needed_by: str, hint: str) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
-    what = f"{repo_id}/{filename}@{revision[:12]}"
-    needed_by = f"model {model!r} needs {what}" if model else f"{what} is needed"
     try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, library_name="upscale",
-                                    library_version=__version__, cache_dir=hub_cache_dir(),
-                                    endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=offline()))
+        return Path(hf_hub_download(repo_id, filename, local_files_only=offline(), **_download_kwargs(revision)))
     except LocalEntryNotFoundError as err:
         cause = err.__cause__
         if isinstance(cause, HfHubHTTPError) and cause.response is not None and not offline():
             raise errors.DownloadError(f"{needed_by}; the Hub answered HTTP {cause.response.status_code}") from None
         reason = "HF_HUB_OFFLINE is set" if offline() else "the Hub cannot be reached"
-        hint = ("pass --weights PATH or register a copy with `upscale models add NAME PATH`" if model
-                else "download it by hand into the Hugging Face cache")
         raise errors.OfflineError(f"{needed_by} and {reason}; {hint}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError, GatedRepoError) as err:
         status = err.response.status_code if getattr(err, "response", None) is not None else "404"
@@ -164,9 +237,89 @@ def _download(repo_id: str, filename: str, revision: str, sha256: str | None, *,
         raise errors.DownloadError(f"{needed_by}; the download failed ({type(err).__name__}: "
                                    f"{str(err).splitlines()[0] if str(err) else 'no detail'}); "
                                    "nothing was kept, run it again") from None
-    if sha256 is not None and verify:
-        _verify(path, sha256, repo_id=repo_id, filename=filename, model=model)
-    return path
+
+
+# --- reaching the Hub ---------------------------------------------------------------------------------
+PROBE_TIMEOUT_S = 3.0  # per step (name lookup, connect); a reachable Hub answers in well under a second
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why ``endpoint`` (or the proxy that requests to it go through) cannot be reached, in a few words;
+    None when a TCP connection opens. Name lookup runs in a thread so a hanging resolver has a deadline."""
+    url = urlsplit(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return None
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxied.hostname or host, proxied.port or 8080
+    found: dict[str, object] = {}
+
+    def lookup() -> None:
+        try:
+            found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            found["error"] = err
+
+    worker = threading.Thread(target=lookup, name="upscale-hub-lookup", daemon=True)
+    worker.start()
+    worker.join(PROBE_TIMEOUT_S)
+    if "addresses" not in found:
+        return f"{host} does not resolve" if "error" in found else f"no answer resolving {host}"
+    deadline, last = time.monotonic() + PROBE_TIMEOUT_S, "no address"
+    for family, kind, proto, _, address in found["addresses"][:3]:  # type: ignore[index]
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(max(0.2, deadline - time.monotonic()))
+                sock.connect(address)
+                return None
+        except OSError as err:
+            last = err.strerror or type(err).__name__
+    return f"cannot connect to {host}:{port}: {last}"
+
+
+class _RetryLines(logging.Filter):
+    """huggingface_hub logs each failed attempt and then "Retrying in Ns [Retry n/m]."; this keeps one
+    line per retry (the retry, saying what failed) and drops the attempt's own line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cause = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if " thrown while requesting " in message or message.startswith("HTTP Error "):
+            self.cause = message
+            return False
+        if message.startswith(("Retrying in", "Rate limited")):
+            record.msg, record.args = f"Hub request failed ({self.cause or 'no detail'}); {message}", ()
+            self.cause = ""
+        return True
+
+
+_RETRY_FILTER = _RetryLines()
+
+
+def _tame_hub_logging() -> None:
+    """huggingface_hub prints its warnings through its own stderr handler and also passes them on to
+    the root logger (ours): remove its default handler, so each line is printed once, by the root
+    handler (or Python's last-resort handler when nothing is configured), and merge retry lines."""
+    import huggingface_hub.utils._http  # noqa: F401 - the module whose logger reports retries
+
+    library = logging.getLogger("huggingface_hub")
+    for handler in list(library.handlers):
+        if type(handler) is logging.StreamHandler:
+            library.removeHandler(handler)
+    http = logging.getLogger("huggingface_hub.utils._http")
+    if _RETRY_FILTER not in http.filters:
+        http.addFilter(_RETRY_FILTER)
 
 
 def _is_transfer_error(err: BaseException) -> bool:
@@ -199,20 +352,19 @@ def _remove_from_hub_cache(pointer: Path) -> None:
 
 
 def _convert(blob: Path, target: Path, spec: ModelSpec) -> None:
-    """Strictly load ``blob`` into the registered architecture and save it as safetensors, atomically."""
-    from . import archs, loading
+    """Strictly load ``blob`` into the registered architecture and save it as safetensors, atomically;
+    the written file's sha256 is recorded (``_remember``) for later runs to check."""
+    from . import loading
 
-    sd, _ = loading.read_state_dict(blob)
-    sd = loading.canonicalize(sd)
     hparams = dict(spec.hparams)
-    module = archs.build_module(spec.arch, hparams)
-    loading.load_strict(module, sd, source=blob, arch=spec.arch)
+    model = loading.load_model(blob, arch=spec.arch, hparams=hparams)
     source = spec.source
     assert isinstance(source, HubSource)
     target.parent.mkdir(parents=True, exist_ok=True)
-    loading.save_model(target, loading.model_state_dict(module), spec.arch, hparams, extra_metadata={
+    digest = loading.save_model(target, loading.model_state_dict(model), spec.arch, hparams, extra_metadata={
         "upscale.name": spec.name,
         "upscale.source": f"hf://{source.repo_id}/{source.filename}@{source.revision}",
         "upscale.source_sha256": source.sha256,
         loading.META_BF16_SAFE: "true" if spec.bf16_safe else "false",
     })
+    _remember(target, digest, keyed_by_hash=False)

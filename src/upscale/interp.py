@@ -4,19 +4,20 @@ model, 1 the GAN model; values between trade fidelity for texture without retrai
 
 The two networks must be the same architecture with the same keys and shapes; anything else is an
 ``InterpolationError`` naming the first differences, never a silent partial blend.
+
+Pure tensor maths over state dicts: reading files and finding a registry model's twin is
+``upscale.resolve``'s job.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from . import errors
-from .model import Model
 
 StateDict = dict[str, torch.Tensor]
 _FEW = 4
@@ -24,7 +25,8 @@ _FEW = 4
 
 def check_alpha(alpha: float) -> float:
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-        raise errors.UsageError(f"--alpha must be between 0 (PSNR model) and 1 (GAN model), not {alpha}")
+        raise errors.UsageError(f"alpha must be between 0 (PSNR model) and 1 (GAN model), not {alpha}",
+                                params=("alpha",))
     return float(alpha)
 
 
@@ -59,60 +61,23 @@ def interpolate(sd_psnr: Mapping[str, torch.Tensor], sd_gan: Mapping[str, torch.
     return out
 
 
-def interpolate_files(psnr: str | Path, gan: str | Path, alpha: float) -> tuple[str, dict[str, Any], StateDict]:
-    """Read two weights files (any layout ``upscale.loading`` knows), check they are the same network,
-    and interpolate them; returns (arch, hparams, state dict)."""
-    from . import loading
-
-    check_alpha(alpha)
-    found = []
-    for path in (psnr, gan):
-        sd, metadata = loading.read_state_dict(path)
-        sd = loading.canonicalize(sd)
-        arch, hparams = loading.detect(sd, metadata, source=path)
-        found.append((arch, hparams, sd))
-    (arch_p, hp_p, sd_p), (arch_g, hp_g, sd_g) = found
-    if arch_p != arch_g:
-        raise errors.InterpolationError(f"{psnr} is {arch_p} but {gan} is {arch_g}; only two trainings of the same "
-                                        "network can be interpolated")
-    if hp_p != hp_g:
-        diff = ", ".join(f"{k}={hp_p.get(k)} vs {hp_g.get(k)}" for k in sorted(set(hp_p) | set(hp_g))
-                         if hp_p.get(k) != hp_g.get(k))
-        raise errors.InterpolationError(f"{psnr} and {gan} are {arch_p} with different hyperparameters ({diff})")
-    return arch_p, hp_p, interpolate(sd_p, sd_g, alpha, names=(str(psnr), str(gan)))
+def check_same_network(a: tuple[str, Mapping[str, Any]], b: tuple[str, Mapping[str, Any]],
+                       names: tuple[str, str] = ("PSNR model", "GAN model")) -> None:
+    """InterpolationError unless the two (architecture, hyperparameters) describe the same network."""
+    (arch_a, hp_a), (arch_b, hp_b) = a, b
+    if arch_a != arch_b:
+        raise errors.InterpolationError(f"{names[0]} is {arch_a} but {names[1]} is {arch_b}; only two trainings "
+                                        "of the same network can be interpolated")
+    if dict(hp_a) != dict(hp_b):
+        diff = ", ".join(f"{k}={hp_a.get(k)} vs {hp_b.get(k)}" for k in sorted(set(hp_a) | set(hp_b))
+                         if hp_a.get(k) != hp_b.get(k))
+        raise errors.InterpolationError(f"{names[0]} and {names[1]} are {arch_a} with different hyperparameters "
+                                        f"({diff})")
 
 
 def interpolation_metadata(psnr: str, gan: str, alpha: float) -> dict[str, str]:
     """What a saved interpolation records about where it came from."""
     return {"upscale.interp": json.dumps({"alpha": alpha, "psnr": psnr, "gan": gan})}
-
-
-def interpolated_model(spec_or_name: Any, alpha: float) -> Model:
-    """A registry model blended with its registered twin: ``upscale photo.jpg -m esrgan --alpha 0.8``.
-
-    ``spec_or_name`` is a ``ModelSpec`` or a registry name; alpha 0 is the PSNR side of the pair and 1
-    the GAN side, whichever of the two was named.
-    """
-    from . import archs, hub, loading, registry
-
-    check_alpha(alpha)
-    spec = registry.get_model(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
-    if spec.twin is None:
-        raise errors.UsageError(f"model {spec.name!r} has no registered PSNR/GAN twin, so --alpha cannot be used")
-    twin = registry.get_model(spec.twin)
-    pair = {spec.kind: spec, twin.kind: twin}
-    if set(pair) != {"psnr", "gan"}:
-        raise errors.RegistryError(f"model {spec.name!r} ({spec.kind}) and its twin {twin.name!r} ({twin.kind}) "
-                                   "are not a psnr/gan pair")
-    psnr, gan = pair["psnr"], pair["gan"]
-    arch, hparams, sd = interpolate_files(hub.weights_path(psnr), hub.weights_path(gan), alpha)
-    module = archs.build_module(arch, hparams)
-    loading.load_strict(module, sd, source=f"{psnr.name}+{gan.name}", arch=arch)
-    module.float().eval()
-    name = f"{gan.name}@alpha={alpha:g}"
-    return Model(module=module, arch=arch, hparams=hparams, source=name, name=name,
-                 bf16_safe=psnr.bf16_safe and gan.bf16_safe,
-                 metadata=interpolation_metadata(psnr.name, gan.name, alpha))
 
 
 def _few(items: list[str]) -> str:

@@ -6,27 +6,25 @@ Training wrappers (``params_ema`` preferred, ``params``, ``state_dict``, ``model
 ``module.`` prefixes (DataParallel) stripped.
 
 Canonical keys are the ones our modules in ``upscale.archs`` use (BasicSR's where BasicSR has the
-network). Other known layouts are renamed to them by ``canonicalize``:
-
-- old ESRGAN (``model.0``, ``model.1.sub.N.RDB1.conv1.0``, ``model.1.sub.{num_block}``, then the
-  upsampling convs, the HR conv and the last conv at increasing ``model.K`` indices);
-- the ESRGAN repository's ``RRDB_trunk`` / ``trunk_conv`` / ``upconvN`` / ``HRconv`` (also BSRGAN);
-- MMSR's MSRResNet (``recon_trunk.N``, ``HRconv``).
+network). Other known layouts (old ESRGAN, the ESRGAN repository, MMSR) are renamed by the family that
+owns them (``archs/<family>.py``); ``canonicalize`` asks each family in turn.
 
 Our own files carry ``upscale.arch`` and ``upscale.hparams`` (JSON) in their safetensors metadata; when
 present they take precedence over what the keys suggest.
+
+Before any network is built for real, its shapes are derived on the ``meta`` device and compared with
+the file's (forged hyperparameters cost nothing), and weights holding NaN or inf are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
-import os
 import pickle
 import pickletools
 import re
-import secrets
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -38,7 +36,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from . import archs, errors
+from . import archs, atomic, errors
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -195,70 +193,17 @@ def _strip_module_prefix(sd: StateDict, p: Path) -> StateDict:
 
 
 # --- key layouts --------------------------------------------------------------------------------
-_OLD_RDB = re.compile(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)")
-_OLD_TRUNK = re.compile(r"model\.1\.sub\.(\d+)\.(weight|bias)")
-_OLD_TOP = re.compile(r"model\.(\d+)\.(weight|bias)")
-_REPO_RDB = re.compile(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)")
-_REPO_UP = re.compile(r"upconv(\d+)\.(weight|bias)")
-_MMSR_BLOCK = re.compile(r"recon_trunk\.(\d+)\.(conv[12])\.(weight|bias)")
-
-
 def canonicalize(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """Rename a state dict in any known layout to our canonical keys (a new dict; tensors shared).
 
-    Keys a layout does not explain are kept as they are, so a strict load reports them as unexpected.
+    Each family owns its legacy layouts (``ArchFamily.canonicalize``); the first that recognises the
+    keys renames them. Keys a layout does not explain are kept, so a strict load reports them.
     """
-    keys = set(sd)
-    if "model.0.weight" in keys and any(_OLD_RDB.fullmatch(k) for k in keys):
-        return _from_old_esrgan(sd)
-    if any(k.startswith("RRDB_trunk.") for k in keys):
-        return _rename(sd, _esrgan_repo_key)
-    if any(k.startswith("recon_trunk.") for k in keys):
-        return _rename(sd, _mmsr_key)
+    for family in archs.FAMILIES:
+        renamed = family.canonicalize(sd) if family.canonicalize else None
+        if renamed is not None:
+            return renamed
     return dict(sd)
-
-
-def _rename(sd: Mapping[str, torch.Tensor], fn: Callable[[str], str]) -> StateDict:
-    return {fn(k): v for k, v in sd.items()}
-
-
-def _from_old_esrgan(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """Old ESRGAN: model.0 conv_first; model.1.sub.{i}.RDB* the trunk, model.1.sub.{num_block} conv_body;
-    after that, in index order, one conv per x2 upsampling stage, then the HR conv, then the last conv."""
-    tail = sorted({int(m.group(1)) for k in sd if (m := _OLD_TOP.fullmatch(k)) and int(m.group(1)) >= 2})
-    tail_names: dict[int, str] = {}
-    if len(tail) >= 2:
-        tail_names = {i: f"conv_up{n + 1}" for n, i in enumerate(tail[:-2])}
-        tail_names[tail[-2]] = "conv_hr"
-        tail_names[tail[-1]] = "conv_last"
-    top_names = {0: "conv_first", **tail_names}
-
-    def rename(key: str) -> str:
-        if m := _OLD_RDB.fullmatch(key):
-            return f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"
-        if m := _OLD_TRUNK.fullmatch(key):
-            return f"conv_body.{m.group(2)}"
-        if (m := _OLD_TOP.fullmatch(key)) and int(m.group(1)) in top_names:
-            return f"{top_names[int(m.group(1))]}.{m.group(2)}"
-        return key
-
-    return _rename(sd, rename)
-
-
-def _esrgan_repo_key(key: str) -> str:
-    if m := _REPO_RDB.fullmatch(key):
-        return f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"
-    if m := _REPO_UP.fullmatch(key):
-        return f"conv_up{m.group(1)}.{m.group(2)}"
-    head, _, param = key.partition(".")
-    return {"trunk_conv": f"conv_body.{param}", "HRconv": f"conv_hr.{param}"}.get(head, key)
-
-
-def _mmsr_key(key: str) -> str:
-    if m := _MMSR_BLOCK.fullmatch(key):
-        return f"body.{m.group(1)}.{m.group(2)}.{m.group(3)}"
-    head, _, param = key.partition(".")
-    return f"conv_hr.{param}" if head == "HRconv" else key
 
 
 # --- detection ----------------------------------------------------------------------------------
@@ -288,6 +233,15 @@ def detect(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = 
         path=source)
 
 
+def _layout_hint(sd: Mapping[str, torch.Tensor]) -> str:
+    """What a family says about keys that nearly look like it ("; it looks like ...")."""
+    for family in archs.FAMILIES:
+        hint = family.explain(sd) if family.explain else ""
+        if hint:
+            return f"; {hint}"
+    return ""
+
+
 def _try_detect(family: archs.ArchFamily, sd: Mapping[str, torch.Tensor]) -> dict | None:
     """A family's detect, with a foreign state dict that trips it (odd key, missing tensor) as no match."""
     try:
@@ -308,58 +262,80 @@ def _metadata_hparams(metadata: Mapping[str, str], source: str | Path | None) ->
     return hp
 
 
-def _layout_hint(sd: Mapping[str, torch.Tensor]) -> str:
-    if "body.0.rdb1.conv1.weight" in sd and "conv_up2.weight" not in sd:
-        stages = sum(1 for k in sd if re.fullmatch(r"conv_up\d+\.weight", k))
-        return (f"; it looks like ESRGAN (RRDBNet) with {stages} upsampling stage(s), but only two are supported "
-                "(x4, or x2/x1 with pixel-unshuffle)")
-    return ""
-
-
 # --- building -----------------------------------------------------------------------------------
-def load_model(path: str | Path, *, name: str = "") -> Model:
-    """Read, canonicalize, detect, build and strictly load a weights file; the module comes back in
-    eval mode, float32, on the CPU. ``upscale.bf16_safe`` in the metadata sets ``Model.bf16_safe``."""
+def read_canonical(path: str | Path) -> tuple[StateDict, str, dict[str, Any], dict[str, str]]:
+    """(canonical state dict, architecture, full hyperparameters, metadata) of a weights file: read,
+    canonicalize and detect, nothing built."""
     sd, metadata = read_state_dict(path)
     sd = canonicalize(sd)
     arch, hparams = detect(sd, metadata, source=path)
-    return model_from_state_dict(sd, arch, hparams, source=str(path), name=name, metadata=metadata)
+    return sd, arch, hparams, metadata
+
+
+def load_model(path: str | Path, *, name: str = "", arch: str | None = None,
+               hparams: Mapping[str, Any] | None = None) -> Model:
+    """Read, canonicalize, detect, build and strictly load a weights file: the one way a file becomes
+    a ``Model``. The module comes back in eval mode, float32, on the CPU; ``upscale.bf16_safe`` in
+    the metadata sets ``Model.bf16_safe``. ``arch`` (with ``hparams``) skips detection: the file must
+    then load into that registered network."""
+    if arch is None:
+        sd, arch, hparams, metadata = read_canonical(path)
+    else:
+        raw, metadata = read_state_dict(path)
+        sd = canonicalize(raw)
+    return model_from_state_dict(sd, arch, hparams or {}, source=str(path), name=name, metadata=metadata)
 
 
 def model_from_state_dict(sd: Mapping[str, torch.Tensor], arch: str, hparams: Mapping[str, Any], *,
                           source: str = "", name: str = "", metadata: Mapping[str, str] | None = None) -> Model:
     """Build ``arch`` (family defaults filled in) and load a canonical state dict into it strictly; the
-    module comes back in eval mode, float32, on the CPU. For state dicts that did not come from a
-    weights file (ncnn conversion, interpolation)."""
+    module comes back in eval mode, float32, on the CPU. Used by ``load_model`` and for state dicts that
+    did not come from a weights file (ncnn conversion, interpolation).
+
+    The shapes are checked first on a network built on the ``meta`` device (no memory, no time), so a
+    file whose hyperparameters claim a huge network is refused before anything is allocated; tensors
+    holding NaN or inf are refused too (they would give a black image)."""
     metadata = dict(metadata or {})
     family = archs.BY_NAME.get(arch)
     if family is None:
         raise errors.UnknownArchitectureError(f"unknown architecture {arch!r}; known: {', '.join(archs.BY_NAME)}",
                                               path=source or None)
     hparams = {**family.defaults, **hparams}
+    bf16_safe = _metadata_bool(metadata, META_BF16_SAFE, True, source)
+    with torch.device("meta"):
+        skeleton = _build(arch, hparams, source)
+    check_fits(skeleton, sd, source=source or None, arch=arch)
+    check_finite(sd, source=source or None)
     module = _build(arch, hparams, source)
     load_strict(module, sd, source=source or None, arch=arch)
     module.float().eval()
-    return Model(module=module, arch=arch, hparams=hparams, source=source, name=name,
-                 bf16_safe=_metadata_bool(metadata, META_BF16_SAFE, True, source), metadata=metadata)
+    return Model(module=module, arch=arch, hparams=hparams, source=source, name=name, bf16_safe=bf16_safe,
+                 metadata=metadata)
 
 
 def _build(arch: str, hparams: dict[str, Any], source: str | Path | None) -> nn.Module:
     try:
         return archs.build_module(arch, hparams)
-    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as e:
         raise errors.ArchitectureMismatchError(f"cannot build {arch} with {_hp_text(hparams)} ({e})",
                                                path=source or None, arch=arch) from None
 
 
-def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str | Path | None = None,
-                arch: str | None = None) -> None:
-    """``module.load_state_dict(sd, strict=True)``, with any mismatch raised as ArchitectureMismatchError
-    listing missing and unexpected keys and shape differences.
+def check_finite(sd: Mapping[str, torch.Tensor], *, source: str | Path | None = None) -> None:
+    """WeightsError naming the tensors that hold NaN or inf (a network with them outputs garbage)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise errors.WeightsError(f"{len(bad)} tensor{'' if len(bad) == 1 else 's'} hold NaN/inf "
+                                  f"({_few(bad)}); refusing weights that would give a black or garbage image",
+                                  path=source)
 
-    BatchNorm's ``num_batches_tracked`` counters (unused at inference, absent from some old files) are
-    the one thing taken from the fresh module when the file lacks them.
-    """
+
+def check_fits(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str | Path | None = None,
+               arch: str | None = None) -> StateDict:
+    """ArchitectureMismatchError listing missing and unexpected keys and shape differences between
+    ``module`` (which may live on the ``meta`` device) and ``sd``; returns ``sd`` completed for a strict
+    load. BatchNorm's ``num_batches_tracked`` counters (unused at inference, absent from some old files)
+    are the one thing taken from the module when the file lacks them."""
     expected = module.state_dict()
     sd = dict(sd)
     for key in expected:
@@ -375,6 +351,14 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: st
         raise errors.ArchitectureMismatchError(f"weights do not fit {arch or type(module).__name__}: "
                                                + "; ".join(parts), path=source, arch=arch, missing=missing,
                                                unexpected=unexpected)
+    return sd
+
+
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str | Path | None = None,
+                arch: str | None = None) -> None:
+    """``module.load_state_dict(sd, strict=True)``, with any mismatch raised as ArchitectureMismatchError
+    (see ``check_fits``)."""
+    sd = check_fits(module, sd, source=source, arch=arch)
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -403,9 +387,9 @@ def model_state_dict(model: Model | nn.Module) -> StateDict:
 
 
 def save_model(path: str | Path, state_dict: Mapping[str, torch.Tensor], arch: str, hparams: Mapping[str, Any],
-               extra_metadata: Mapping[str, str] | None = None) -> None:
+               extra_metadata: Mapping[str, str] | None = None) -> str:
     """Write ``state_dict`` as safetensors with our metadata (arch, JSON hparams, format version),
-    atomically: a temp file in the same folder, then ``os.replace``. ``extra_metadata`` cannot
+    atomically (``upscale.atomic``); returns the sha256 of the bytes written. ``extra_metadata`` cannot
     override the three keys above. Raises ``WeightsError`` when the file cannot be written."""
     archs.get_family(arch)  # an unknown name is a programming error: KeyError listing the known ones
     tensors: StateDict = {}
@@ -417,24 +401,21 @@ def save_model(path: str | Path, state_dict: Mapping[str, torch.Tensor], arch: s
     metadata = {str(k): str(v) for k, v in (extra_metadata or {}).items()}
     metadata.update({META_ARCH: arch, META_HPARAMS: json.dumps(dict(hparams), sort_keys=True),
                      META_FORMAT: FORMAT_VERSION})
-    _write_atomic(Path(path), safetensors.torch.save(tensors, metadata=metadata))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    path = Path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.write_bytes(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise errors.WeightsError(f"cannot write weights ({e.strerror or e})", path=path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise errors.WeightsWriteError(f"cannot write weights ({_os_reason(e, path)})", path=path) from None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _os_reason(e: OSError, path: Path) -> str:
+    if isinstance(e, NotADirectoryError) or (path.parent.exists() and not path.parent.is_dir()):
+        return f"{path.parent} is not a folder"
+    if isinstance(e, FileNotFoundError) and not path.parent.exists():
+        return f"folder {path.parent} does not exist"
+    return e.strerror or str(e)
 
 
 # --- message helpers ----------------------------------------------------------------------------

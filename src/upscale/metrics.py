@@ -5,7 +5,8 @@
   converted with ITU-R BT.601 "studio range", Y = 16 + 65.481 R + 128.553 G + 24.966 B for R, G, B in
   [0, 1], i.e. Y in [16, 235] on the 255 scale, kept in float64 (not rounded). An image that has a
   single channel already *is* its luma and is compared as it is.
-- ``crop_border`` pixels are removed from every side first (the papers use crop_border = scale).
+- ``crop_border`` pixels are removed from every side first (the papers use crop_border = scale); the
+  mod-crop to a multiple of the scale is ``dataprep.mod_crop``.
 - PSNR = 10 log10(255^2 / MSE), in float64, per image (a benchmark averages the per-image values).
 - SSIM is Wang et al.'s index as in their MATLAB ``ssim_index`` and BasicSR: an 11x11 Gaussian window
   with sigma 1.5, C1 = (0.01*255)^2, C2 = (0.03*255)^2, local statistics only where the window fits
@@ -33,12 +34,6 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     if rgb.shape[-1] != 3:
         raise ValueError(f"rgb_to_y: expected 3 channels in the last axis, got shape {rgb.shape}")
     return (16.0 + rgb @ _Y_WEIGHTS) / 255.0
-
-
-def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
-    """Crop the bottom/right so that height and width are multiples of ``scale``."""
-    h, w = img.shape[:2]
-    return img[: h - h % scale, : w - w % scale]
 
 
 def shave(img: np.ndarray, crop_border: int) -> np.ndarray:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,7 +42,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from . import errors
+from . import atomic, errors
 from .archs import BY_NAME
 
 KINDS = ("psnr", "gan", "other")
@@ -81,6 +80,14 @@ class PackageSource:
     def path(self) -> Path:
         return Path(str(resources.files("upscale").joinpath("weights", self.filename)))
 
+    @property
+    def size(self) -> int | None:
+        """Bytes of the shipped file (None when it is missing)."""
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return None
+
 
 @dataclass(frozen=True)
 class FileSource:
@@ -113,7 +120,7 @@ class ModelSpec:
 
     @property
     def size(self) -> int | None:
-        """Size in bytes of the weights file, when the registry records it."""
+        """Size in bytes of the weights file: recorded in the registry, or the shipped file's own."""
         return getattr(self.source, "size", None)
 
 
@@ -393,14 +400,10 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
     new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
     packaged = packaged_registry_path()
     build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
-    user.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".models.", suffix=".toml.tmp", dir=user.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new)
-        os.replace(tmp, user)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        user.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(user, new)
+    except OSError as err:
+        raise errors.RegistryError(f"cannot write the user registry ({err.strerror or err})", path=user) from None
     _CACHE.clear()
     return get_model(name)

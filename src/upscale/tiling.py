@@ -2,29 +2,36 @@
 
 Layout (per axis, input pixels of the image padded to the model's size multiple):
 
-- Every window has the same shape, so windows stack into batches. Along an axis of length ``L`` with
-  requested ``tile_px`` we take the fewest windows ``n`` for which neighbours share at least
-  ``3 * overlap_px``, then shrink the window to the smallest size (rounded up to 8 px and to the size
-  multiple) that still shares that much, and spread the ``n`` windows evenly from 0 to ``L - size``.
-  Shrinking instead of keeping ``tile_px`` wastes less work on overlap. ``fixed_shape=(h, w)`` keeps
-  the window at that shape instead (one shape for every image, for compiled graphs).
+- ``tile_px`` is the *core* of a window: the stride at which windows advance. Each window adds
+  ``overlap_px`` of *context* on both sides of its core (as Real-ESRGAN's ``tile_pad``), so every window
+  is ``tile_px + 2 * overlap_px`` px (both rounded up to the size multiple) and all windows have one
+  shape and stack into batches. A window never reaches outside the image: at a border it slides
+  inwards, its core taking the context it does not need there. Along an axis of length ``L`` that the
+  window does not cover whole, ``n = ceil((L - 2 * overlap_px) / tile_px)`` windows are spread evenly
+  from 0 to ``L - window``, so neighbours advance by at most ``tile_px`` and the pixels computed per
+  image pixel stay below ``(tile_px + 2 * overlap_px) / tile_px`` per axis (plus at most one window).
+  A small ``tile_px`` only costs more; it never reduces the context. An axis no longer than one
+  window is one window over the whole axis.
 - Blend weights live in output (upscaled) coordinates and are separable: ``w(y, x) = wy(y) * wx(x)``.
-  Along an axis, a window's weight is 0 on the ``overlap_px * scale`` output pixels next to an
-  interior edge (context it only needed to compute its neighbours' pixels), 1 in its core, and a
-  raised-cosine cross-fade where it meets a neighbour. The fade is centred in what the two windows
-  share beyond both discarded margins and spans all of it (at least ``overlap_px``), unless windows are
-  packed so densely that it would run into the next fade. Inside a fade one neighbour's weight is one
-  minus the other's, so the weights of the windows covering a pixel always sum to 1. At the image
-  borders the weight stays 1: a window there sees the same zero padding the untiled network sees.
+  Along an axis, a window's weight is 0 on the ``margin_px * scale`` output pixels next to an interior
+  edge (context it only needed to compute its neighbours' pixels; ``margin_px <= overlap_px``), 1 in its
+  core, and a raised-cosine cross-fade where it meets a neighbour: the fade spans everything the two
+  windows share beyond both margins (``2 * (overlap_px - margin_px)`` px at least, plus the slack of the
+  even spread), so it lies inside the context, unless windows are packed so densely that it would run
+  into the next fade. Inside a fade one neighbour's weight is one minus the other's, so the weights of
+  the windows covering a pixel always sum to 1. At the image borders the weight stays 1: a window there
+  sees the same zero padding the untiled network sees.
 
-Why this meets both goals:
+Why this is exact, and seam-free where it cannot be exact:
 
 - Exact: a pixel more than the receptive radius away from a window's interior edges is computed from
-  the same inputs as in the untiled pass. With ``overlap_px >= receptive radius`` every pixel with a
+  the same inputs as in the untiled pass. With ``margin_px >= receptive radius`` every pixel with a
   non-zero weight is such a pixel, so the blend is a convex mix of identical values: tiled == untiled.
-- Seam-free for large receptive fields (RRDBNet's is ~350 px): the error a window makes grows towards
-  its edges; we never use its last ``overlap_px`` and fade smoothly from one window to the next, so no
-  hard edge (a visible seam) remains.
+  The engine passes ``margin_px = min(overlap_px, receptive radius)``: exact whenever the context holds
+  the receptive field, and the rest of the context is cross-faded.
+- For large receptive fields (RRDBNet's is ~350 px) the engine's context is capped: a window's error
+  grows towards its edges, and we never use its last ``margin_px`` pixels; what the neighbours share
+  beyond that is cross-faded.
 
 ``BandStitcher`` accumulates weighted tiles into a float32 band that only spans the rows of one row of
 windows, and converts each finished band straight into the preallocated output array.
@@ -32,13 +39,10 @@ windows, and converts each finished band straight into the preallocated output a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-
-SHAPE_QUANTUM_PX = 8   # window sizes are rounded up to this, so fewer distinct shapes reach the compiler
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,11 @@ class TilePlan:
 
     height: int                     # padded input height (a multiple of ``multiple``)
     width: int
-    tile_h: int                     # window shape, input px; the same for every window
+    tile_h: int                     # window shape, input px (core + context); the same for every window
     tile_w: int
     scale: int
-    overlap_px: int
+    overlap_px: int                 # context on each side of a core, input px
+    margin_px: int                  # context never used at an interior edge (weight 0), input px
     ys: tuple[int, ...]             # top edge of each row of windows
     xs: tuple[int, ...]             # left edge of each column of windows
     row_weights: tuple[np.ndarray, ...]   # per row of windows: (tile_h * scale,) float32
@@ -77,79 +82,72 @@ class TilePlan:
             for c, x0 in enumerate(self.xs):
                 yield Window(r * len(self.xs) + c, r, c, y0, x0)
 
-    def weight(self, window: Window) -> np.ndarray:
-        """The (tile_h * scale, tile_w * scale) float32 blend weight of one window."""
-        return np.outer(self.row_weights[window.row], self.col_weights[window.col])
-
 
 def padded_length(length: int, multiple: int) -> int:
     """``length`` rounded up to a multiple of ``multiple``."""
     return -(-length // multiple) * multiple
 
 
+def window_px(tile_px: int, overlap_px: int, multiple: int = 1) -> int:
+    """The side of a window for a core of ``tile_px`` and ``overlap_px`` of context on each side, both
+    rounded up to ``multiple`` (0 when ``tile_px`` is 0: whole images)."""
+    if tile_px == 0:
+        return 0
+    return padded_length(tile_px, multiple) + 2 * padded_length(overlap_px, multiple)
+
+
 def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple: int = 1, scale: int = 1,
-               *, fixed_shape: tuple[int, int] | None = None) -> TilePlan:
+               *, margin_px: int | None = None) -> TilePlan:
     """Plan windows over an image of ``height`` x ``width`` input pixels.
 
-    ``tile_px`` is the largest window side (0 = one window over the whole image); ``overlap_px`` the
-    context discarded at every interior window edge; ``multiple`` the model's size multiple; ``scale``
-    its upscaling factor (weights are in output pixels). The image is taken as padded (bottom/right)
-    to a multiple of ``multiple``: ``plan.height``/``plan.width`` are the sizes the caller must feed.
-
-    ``fixed_shape=(h, w)`` makes every window exactly that shape (each side rounded down to
-    ``multiple``; ``tile_px`` is then ignored) for any image, padding images smaller than that up to it,
-    so a compiled graph sees one shape only. Raises ValueError when a window side is not larger than
-    ``3 * overlap_px``.
+    ``tile_px`` is the core (stride) of each window (0 = one window over the whole image), any size
+    >= 1; ``overlap_px`` the context added on each side of a core; ``margin_px`` (default
+    ``overlap_px``, at most that) the context discarded at every interior window edge; ``multiple`` the
+    model's size multiple; ``scale`` its upscaling factor (weights are in output pixels). The image is
+    taken as padded (bottom/right) to a multiple of ``multiple``: ``plan.height``/``plan.width`` are the
+    sizes the caller must feed. Raises ValueError on negative or inconsistent arguments.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if tile_px < 0 or overlap_px < 0 or multiple < 1 or scale < 1:
         raise ValueError("tile_px and overlap_px must be >= 0, multiple and scale >= 1")
+    margin = overlap_px if margin_px is None else margin_px
+    if not 0 <= margin <= overlap_px:
+        raise ValueError(f"margin_px must be between 0 and overlap_px ({overlap_px}), not {margin}")
     ph, pw = padded_length(height, multiple), padded_length(width, multiple)
-    sides = (tile_px, tile_px)
-    if fixed_shape is not None:
-        sides = tuple(max(side // multiple, 1) * multiple for side in fixed_shape)
-        ph, pw = max(ph, sides[0]), max(pw, sides[1])
-    tile_h, ys = _axis_layout(ph, sides[0], overlap_px, multiple, fixed_shape is not None)
-    tile_w, xs = _axis_layout(pw, sides[1], overlap_px, multiple, fixed_shape is not None)
+    side = window_px(tile_px, overlap_px, multiple)
+    tile_h, ys = _axis_layout(ph, side, tile_px, overlap_px, multiple)
+    tile_w, xs = _axis_layout(pw, side, tile_px, overlap_px, multiple)
     return TilePlan(
         height=ph, width=pw, tile_h=tile_h, tile_w=tile_w, scale=scale, overlap_px=overlap_px,
-        ys=ys, xs=xs,
-        row_weights=_axis_weights(ys, tile_h, overlap_px, scale),
-        col_weights=_axis_weights(xs, tile_w, overlap_px, scale),
+        margin_px=margin, ys=ys, xs=xs,
+        row_weights=_axis_weights(ys, tile_h, margin, scale),
+        col_weights=_axis_weights(xs, tile_w, margin, scale),
     )
 
 
-def _axis_layout(length: int, tile_px: int, overlap_px: int, multiple: int,
-                 fixed: bool) -> tuple[int, tuple[int, ...]]:
-    """Window size and start positions along one axis (px, multiples of ``multiple``). Neighbours
-    overlap by at least ``3 * overlap_px``; the windows are spread evenly from 0 to the end."""
-    unit = multiple
-    n_len = length // unit
-    n_tile = max(tile_px // unit, 1)
-    if tile_px == 0 or n_tile >= n_len:
+def _axis_layout(length: int, side: int, tile_px: int, overlap_px: int,
+                 multiple: int) -> tuple[int, tuple[int, ...]]:
+    """Window size and start positions along one axis (px, multiples of ``multiple``): windows of
+    ``side`` px spread evenly from 0 to the end, advancing by at most the core."""
+    if side == 0 or side >= length:
         return length, (0,)
-    n_overlap = -(-3 * overlap_px // unit)
-    if n_tile <= n_overlap:
-        raise ValueError(f"tile_px {tile_px} is too small for overlap_px {overlap_px}: tiles must be larger "
-                         f"than 3 x overlap ({n_overlap * unit} px here)")
-    count = -(-(n_len - n_overlap) // (n_tile - n_overlap))
-    size = n_tile
-    if not fixed:   # the smallest window (rounded up to the shape quantum) that keeps the overlap
-        quantum = math.lcm(SHAPE_QUANTUM_PX, unit) // unit
-        size = -(-(n_len + (count - 1) * n_overlap) // count)
-        size = min(-(-size // quantum) * quantum, n_tile)
-    return size * unit, tuple(i * (n_len - size) // (count - 1) * unit for i in range(count))
+    unit = multiple
+    n_len, n_side = length // unit, side // unit
+    n_core = padded_length(tile_px, unit) // unit
+    n_context = padded_length(overlap_px, unit) // unit
+    count = -(-(n_len - 2 * n_context) // n_core)     # >= 2, as side < length
+    return side, tuple(i * (n_len - n_side) // (count - 1) * unit for i in range(count))
 
 
-def _axis_weights(starts: tuple[int, ...], size: int, overlap_px: int, scale: int) -> tuple[np.ndarray, ...]:
+def _axis_weights(starts: tuple[int, ...], size: int, margin_px: int, scale: int) -> tuple[np.ndarray, ...]:
     """Per-window 1-D weights in output pixels: 0 in discarded margins, 1 in the core, and a cosine
     cross-fade between neighbours. The fade between windows i and i+1 is centred in what they share
     beyond both margins and, where windows are packed densely, narrowed so that it never meets the
     next fade: every output pixel then lies in at most one fade, and the weights sum to 1."""
     # fade k (between windows k and k+1): centre and half-width in output px
-    lows = [(b + overlap_px) * scale for b in starts[1:]]
-    highs = [(a + size - overlap_px) * scale for a in starts[:-1]]
+    lows = [(b + margin_px) * scale for b in starts[1:]]
+    highs = [(a + size - margin_px) * scale for a in starts[:-1]]
     centres = [(lo + hi) // 2 for lo, hi in zip(lows, highs)]
     halves = [(hi - lo) // 2 for lo, hi in zip(lows, highs)]
     for k in range(len(centres)):

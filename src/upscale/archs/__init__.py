@@ -2,17 +2,34 @@
 
 Each family module provides ``build(**hparams)``, ``detect(state_dict) -> hparams | None`` (on our
 canonical key layout), ``size_multiple(hparams)`` and ``receptive_radius(hparams)`` (input pixels of
-context a tile needs on each side to reproduce the untiled output exactly).
+context a tile needs on each side to reproduce the untiled output exactly). The family owns its keys:
+where other programs save it under other names, ``canonicalize(state_dict) -> renamed | None`` and
+``explain(state_dict) -> hint`` live beside ``detect``, and so does the matcher of its ncnn graph
+(``NcnnMatch``). No family knows about files; ``upscale.loading`` and ``upscale.ncnn`` read them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from . import compact, rrdbnet, srcnn, srresnet, tiny
+
+
+@dataclass(frozen=True)
+class NcnnMatch:
+    """How ``upscale.ncnn`` recognises a family's graph: ``marker``, a layer type only its graphs have,
+    selects it; ``match(graph) -> hparams`` takes every layer through the graph matcher (storing the
+    weights under canonical keys) or raises the matcher's ``ConversionError``."""
+
+    marker: str
+    title: str          # the network's usual name, for messages ("RRDBNet")
+    match: Callable[[Any], dict]
+
+
+Renamer = Callable[[Mapping[str, Any]], "dict | None"]
 
 
 @dataclass(frozen=True)
@@ -26,17 +43,23 @@ class ArchFamily:
     # containers of identical repeated blocks: torch.compile compiles one block's graph and reuses it
     # for the others (regional compilation) instead of tracing the whole deep network; empty = whole
     compile_regions: tuple[str, ...] = ()
+    canonicalize: Renamer | None = None             # a legacy layout -> canonical keys, else None
+    explain: Callable[[Mapping[str, Any]], str] | None = None  # hint when keys almost match
+    ncnn: NcnnMatch | None = None
 
 
 FAMILIES: tuple[ArchFamily, ...] = (
     ArchFamily(rrdbnet.NAME, rrdbnet.DEFAULTS, rrdbnet.build, rrdbnet.detect, rrdbnet.size_multiple,
-               rrdbnet.receptive_radius, compile_regions=("body",)),
+               rrdbnet.receptive_radius, compile_regions=("body",), canonicalize=rrdbnet.canonicalize,
+               explain=rrdbnet.explain, ncnn=NcnnMatch(rrdbnet.NCNN_MARKER, rrdbnet.TITLE, rrdbnet.match_ncnn)),
     ArchFamily(compact.NAME, compact.DEFAULTS, compact.build, compact.detect, compact.size_multiple,
-               compact.receptive_radius),
+               compact.receptive_radius,
+               ncnn=NcnnMatch(compact.NCNN_MARKER, compact.TITLE, compact.match_ncnn)),
     ArchFamily(srresnet.NAME, srresnet.DEFAULTS, srresnet.build, srresnet.detect, srresnet.size_multiple,
                srresnet.receptive_radius, compile_regions=("body",)),
     ArchFamily(srresnet.MS_NAME, srresnet.MS_DEFAULTS, srresnet.build_ms, srresnet.detect_ms,
-               srresnet.size_multiple, srresnet.receptive_radius_ms, compile_regions=("body",)),
+               srresnet.size_multiple, srresnet.receptive_radius_ms, compile_regions=("body",),
+               canonicalize=srresnet.canonicalize_ms),
     ArchFamily(srcnn.NAME, srcnn.DEFAULTS, srcnn.build, srcnn.detect, srcnn.size_multiple, srcnn.receptive_radius),
     ArchFamily(tiny.NAME, tiny.DEFAULTS, tiny.build, tiny.detect, tiny.size_multiple, tiny.receptive_radius),
 )

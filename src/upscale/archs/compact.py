@@ -5,11 +5,15 @@ indices, PReLU weights (one per channel) at odd indices when the activation is P
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 NAME = "compact"
+TITLE = "SRVGGNetCompact"
+NCNN_MARKER = "PixelShuffle"
 DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_conv": 32, "scale": 4, "act_type": "prelu"}
 ACT_TYPES = ("prelu", "lrelu", "relu")
 
@@ -86,3 +90,58 @@ def detect(sd: dict[str, torch.Tensor]) -> dict | None:
         return None
     return {"num_in_ch": num_in_ch, "num_out_ch": num_out_ch, "num_feat": num_feat,
             "num_conv": len(convs) - 2, "scale": s, "act_type": act_type}
+
+
+# --- the ncnn graph (``g`` is ``upscale.ncnn``'s graph matcher) ------------------------------------
+# Real-ESRGAN ships its animevideov3 x2 and x3 ncnn models as the x4 network followed by a bicubic
+# x0.5 / x0.75 downscale: a trailing bilinear/bicubic Interp is dropped and recorded in
+# ``g.post_resize``; the converted model is the x4 network.
+_NCNN_ACTS = {"prelu": ("prelu",), "lrelu": ("leaky", 0.1), "relu": ("leaky", 0.0)}
+
+
+def match_ncnn(g: Any) -> dict[str, Any]:
+    """conv -> act -> (conv -> act) x num_conv -> conv -> PixelShuffle(s), + nearest-upsampled input."""
+    x = g.input_blob
+    blob, index, act_type = x, 0, None
+    num_in_ch = num_feat = None
+    while True:
+        key = f"body.{index}"
+        blob, in_ch, out_ch, act = g.conv(blob, key, num_feat if index else None)
+        if g.has_consumer(blob, "PixelShuffle") and act == ("none",) and index > 0:
+            break
+        if index == 0:
+            num_in_ch, num_feat = in_ch, out_ch
+        elif out_ch != num_feat:
+            raise g.error(f"{key} writes {out_ch} channels, expected num_feat {num_feat}")
+        found = next((name for name, a in _NCNN_ACTS.items() if a[0] == act[0] and
+                      (len(a) == 1 or abs(float(act[1]) - a[1]) < 1e-6)), None)
+        if found is None or act_type not in (None, found):
+            raise g.error(f"activation after {key} is {g.describe(act)}; expected "
+                          f"{act_type or 'PReLU, LeakyReLU(0.1) or ReLU'}")
+        act_type = found
+        if act[0] == "prelu":
+            g.state_dict[f"body.{index + 1}.weight"] = torch.from_numpy(act[1].copy())
+        index += 2
+    shuffle = g.take(blob, ("PixelShuffle",), "PixelShuffle")
+    scale = shuffle.get(0, 1)
+    if not isinstance(scale, int) or scale < 1 or shuffle.get(1, 0) != 0 or out_ch % (scale * scale):
+        raise g.error(f"expected a PyTorch-order pixel shuffle of {out_ch} channels", shuffle)
+    skip = g.interp(x, "nearest", float(scale), f"nearest x{scale} upsampling of the input")
+    out = g.weighted_sum(shuffle.outputs[0], skip, 1.0, "sum of pixel shuffle and upsampled input")
+    if out != g.output_blob and g.has_consumer(out, "Interp"):
+        out = _take_output_resize(g, out)
+    if out != g.output_blob:
+        raise g.error(f"the network ends at {out!r}, but the graph's output is {g.output_blob!r}")
+    return {"num_in_ch": num_in_ch, "num_out_ch": out_ch // (scale * scale), "num_feat": num_feat,
+            "num_conv": index // 2 - 1, "scale": scale, "act_type": act_type}
+
+
+def _take_output_resize(g: Any, out: str) -> str:
+    resize = g.take(out, ("Interp",), "output resize")
+    mode = g.INTERP_MODES.get(resize.get(0, 0))
+    factor = float(resize.get(1, 1.0))
+    if mode not in ("bilinear", "bicubic") or float(resize.get(2, 1.0)) != factor or resize.get(3, 0) \
+            or resize.get(4, 0) or resize.get(5, 0) or resize.get(6, 0):
+        raise g.error("expected a uniform bilinear or bicubic output resize by a factor", resize)
+    g.post_resize = (mode, factor)
+    return resize.outputs[0]

@@ -21,11 +21,17 @@ Without autocast nothing changes: the same operations, in the same order, on the
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 NAME = "rrdbnet"
+TITLE = "RRDBNet"
+NCNN_MARKER = "Concat"   # only RRDBNet graphs concatenate (the dense blocks)
 DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4}
 
 
@@ -143,3 +149,132 @@ def detect(sd: dict[str, torch.Tensor]) -> dict | None:
     num_in_ch = in_ch // {4: 1, 2: 4, 1: 16}[scale]
     return {"num_in_ch": int(num_in_ch), "num_out_ch": int(num_out_ch), "num_feat": int(num_feat),
             "num_block": int(num_block), "num_grow_ch": int(num_grow_ch), "scale": int(scale)}
+
+
+# --- legacy key layouts ---------------------------------------------------------------------------
+# - old ESRGAN (``model.0``, ``model.1.sub.N.RDB1.conv1.0``, ``model.1.sub.{num_block}``, then the
+#   upsampling convs, the HR conv and the last conv at increasing ``model.K`` indices);
+# - the ESRGAN repository's ``RRDB_trunk`` / ``trunk_conv`` / ``upconvN`` / ``HRconv`` (also BSRGAN).
+_OLD_RDB = re.compile(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)")
+_OLD_TRUNK = re.compile(r"model\.1\.sub\.(\d+)\.(weight|bias)")
+_OLD_TOP = re.compile(r"model\.(\d+)\.(weight|bias)")
+_REPO_RDB = re.compile(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)")
+_REPO_UP = re.compile(r"upconv(\d+)\.(weight|bias)")
+
+
+def canonicalize(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The state dict renamed to canonical keys when it is in one of RRDBNet's legacy layouts, else None.
+    Keys a layout does not explain are kept, so a strict load reports them."""
+    keys = set(sd)
+    if "model.0.weight" in keys and any(_OLD_RDB.fullmatch(k) for k in keys):
+        return _rename(sd, _old_esrgan_renamer(sd))
+    if any(k.startswith("RRDB_trunk.") for k in keys):
+        return _rename(sd, _esrgan_repo_key)
+    return None
+
+
+def _rename(sd: Mapping[str, torch.Tensor], fn: Callable[[str], str]) -> dict[str, torch.Tensor]:
+    return {fn(k): v for k, v in sd.items()}
+
+
+def _old_esrgan_renamer(sd: Mapping[str, Any]) -> Callable[[str], str]:
+    """Old ESRGAN: model.0 conv_first; model.1.sub.{i}.RDB* the trunk, model.1.sub.{num_block} conv_body;
+    after that, in index order, one conv per x2 upsampling stage, then the HR conv, then the last conv."""
+    tail = sorted({int(m.group(1)) for k in sd if (m := _OLD_TOP.fullmatch(k)) and int(m.group(1)) >= 2})
+    tail_names: dict[int, str] = {}
+    if len(tail) >= 2:
+        tail_names = {i: f"conv_up{n + 1}" for n, i in enumerate(tail[:-2])}
+        tail_names[tail[-2]] = "conv_hr"
+        tail_names[tail[-1]] = "conv_last"
+    top_names = {0: "conv_first", **tail_names}
+
+    def rename(key: str) -> str:
+        if m := _OLD_RDB.fullmatch(key):
+            return f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"
+        if m := _OLD_TRUNK.fullmatch(key):
+            return f"conv_body.{m.group(2)}"
+        if (m := _OLD_TOP.fullmatch(key)) and int(m.group(1)) in top_names:
+            return f"{top_names[int(m.group(1))]}.{m.group(2)}"
+        return key
+
+    return rename
+
+
+def _esrgan_repo_key(key: str) -> str:
+    if m := _REPO_RDB.fullmatch(key):
+        return f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"
+    if m := _REPO_UP.fullmatch(key):
+        return f"conv_up{m.group(1)}.{m.group(2)}"
+    head, _, param = key.partition(".")
+    return {"trunk_conv": f"conv_body.{param}", "HRconv": f"conv_hr.{param}"}.get(head, key)
+
+
+def explain(sd: Mapping[str, torch.Tensor]) -> str:
+    """Why canonical keys that look like RRDBNet were not recognised ("" when they do not look like it)."""
+    if "body.0.rdb1.conv1.weight" in sd and "conv_up2.weight" not in sd:
+        stages = sum(1 for k in sd if re.fullmatch(r"conv_up\d+\.weight", k))
+        return (f"it looks like ESRGAN (RRDBNet) with {stages} upsampling stage(s), but only two are supported "
+                "(x4, or x2/x1 with pixel-unshuffle)")
+    return ""
+
+
+# --- the ncnn graph -------------------------------------------------------------------------------
+# ``g`` is ``upscale.ncnn``'s graph matcher: it takes layers by data flow and stores their weights
+# under the canonical key it is given.
+def match_ncnn(g: Any) -> dict[str, Any]:
+    """conv_first -> N x RRDB -> conv_body (+ trunk) -> 2 x (nearest x2, conv, lrelu) -> conv_hr -> conv_last."""
+    lrelu = ("leaky", 0.2)
+    x, unshuffle = g.input_blob, 1
+    if g.has_consumer(x, "Reorg"):
+        reorg = g.take(x, ("Reorg",), "Reorg (pixel unshuffle)")
+        factor = reorg.get(0, 0)
+        if factor not in (2, 4) or reorg.get(1, 0) != 0:
+            raise g.error("expected a pixel unshuffle by 2 or 4 in PyTorch channel order (mode 0)", reorg)
+        unshuffle = int(factor)
+        x = reorg.outputs[0]
+    feat, in_ch, num_feat, act = g.conv(x, "conv_first")
+    g.expect_act(act, ("none",), "conv_first", feat)
+    if in_ch % (unshuffle * unshuffle):
+        raise g.error(f"conv_first reads {in_ch} channels, not a multiple of the unshuffle {unshuffle}^2")
+    trunk, num_block, num_grow_ch = feat, 0, None
+    while g.has_consumer(trunk, "Concat"):
+        block_in = trunk
+        for r in (1, 2, 3):
+            trunk, num_grow_ch = _match_rdb(g, trunk, f"body.{num_block}.rdb{r}", num_feat, num_grow_ch)
+        trunk = g.weighted_sum(trunk, block_in, 0.2, f"RRDB residual (body.{num_block})")
+        num_block += 1
+    if num_block == 0:
+        raise g.error("no residual-in-residual dense block after conv_first")
+    body, _, _, act = g.conv(trunk, "conv_body", num_feat, num_feat)
+    g.expect_act(act, ("none",), "conv_body", body)
+    out = g.weighted_sum(body, feat, 1.0, "trunk sum (conv_first + conv_body)")
+    for key in ("conv_up1", "conv_up2"):
+        out = g.interp(out, "nearest", 2.0, f"nearest x2 upsampling before {key}")
+        out, _, _, act = g.conv(out, key, num_feat, num_feat)
+        g.expect_act(act, lrelu, key, out)
+    out, _, _, act = g.conv(out, "conv_hr", num_feat, num_feat)
+    g.expect_act(act, lrelu, "conv_hr", out)
+    out, _, num_out_ch, act = g.conv(out, "conv_last", num_feat)
+    g.expect_act(act, ("none",), "conv_last", out)
+    if out != g.output_blob:
+        raise g.error(f"conv_last writes {out!r}, but the graph's output is {g.output_blob!r}")
+    return {"num_in_ch": in_ch // (unshuffle * unshuffle), "num_out_ch": num_out_ch, "num_feat": num_feat,
+            "num_block": num_block, "num_grow_ch": num_grow_ch, "scale": {1: 4, 2: 2, 4: 1}[unshuffle]}
+
+
+def _match_rdb(g: Any, x: str, key: str, num_feat: int, num_grow_ch: int | None) -> tuple[str, int]:
+    """Five convs, each reading the concat of the block input and every earlier conv's output."""
+    feats = [x]
+    for k in range(1, 6):
+        src = x
+        if k > 1:
+            wanted = tuple(feats)
+            src = g.take(feats[-1], ("Concat",), f"Concat of {k} blobs ({key}.conv{k} input)",
+                         lambda layer: g.ins(layer) == wanted and layer.get(0, 0) == 0).outputs[0]
+        out_ch = num_feat if k == 5 else num_grow_ch
+        in_ch = num_feat + (k - 1) * (num_grow_ch or 0)
+        out, _, found_out, act = g.conv(src, f"{key}.conv{k}", in_ch, out_ch)
+        num_grow_ch = num_grow_ch or found_out
+        g.expect_act(act, ("none",) if k == 5 else ("leaky", 0.2), f"{key}.conv{k}", out)
+        feats.append(out)
+    return g.weighted_sum(feats[-1], x, 0.2, f"dense block residual ({key})"), num_grow_ch

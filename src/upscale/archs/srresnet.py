@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -148,3 +151,21 @@ def detect_ms(sd: dict[str, torch.Tensor]) -> dict | None:
         scale = int(round((sd["upconv1.weight"].shape[0] // num_feat) ** 0.5))
     return {"num_in_ch": num_in_ch, "num_out_ch": int(sd["conv_last.weight"].shape[0]), "num_feat": num_feat,
             "num_block": int(num_block), "scale": scale}
+
+
+# --- legacy key layout: MMSR's MSRResNet (``recon_trunk.N.convK``, ``HRconv``) ----------------------
+_MMSR_BLOCK = re.compile(r"recon_trunk\.(\d+)\.(conv[12])\.(weight|bias)")
+
+
+def canonicalize_ms(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """MMSR's MSRResNet keys renamed to BasicSR's, or None when ``sd`` is not in that layout."""
+    if not any(k.startswith("recon_trunk.") for k in sd):
+        return None
+    return {_mmsr_key(k): v for k, v in sd.items()}
+
+
+def _mmsr_key(key: str) -> str:
+    if m := _MMSR_BLOCK.fullmatch(key):
+        return f"body.{m.group(1)}.{m.group(2)}.{m.group(3)}"
+    head, _, param = key.partition(".")
+    return f"conv_hr.{param}" if head == "HRconv" else key

@@ -8,8 +8,10 @@ Exit codes: 0 ok; 1 failure; 2 usage; 3 batch finished with some failures; 130 i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable
@@ -45,6 +47,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.InterpolationError, EXIT_FAILURE, "cannot interpolate"),
     (errors.DataError, EXIT_FAILURE, "data"),
     (errors.CheckpointError, EXIT_FAILURE, "checkpoint"),
+    (errors.ResourceError, EXIT_FAILURE, "not enough resources"),
     (errors.TrainingError, EXIT_FAILURE, "training stopped"),
     (errors.UpscaleError, EXIT_FAILURE, "error"),
 )
@@ -59,17 +62,17 @@ FLAG_FOR_PARAM: dict[str, str] = {
     "quality": "--quality", "output_format": "--format", "max_pixels": "--max-pixels", "shard": "--shard",
     "gray": "--gray", "warmup": "--warmup", "sheet_image": "--sheet-image", "lr_dir": "--lr", "hr_dir": "--hr",
     "init": "--init", "report": "--report", "output": "--output", "force": "--force", "resume": "--resume",
+    "data": "--data",
 }
 
 
 def word_as_flags(err: BaseException, message: str) -> str:
     """``message`` with the library parameter names that ``err`` declares written as their flags."""
-    import re
-
     for param in getattr(err, "params", ()):
         flag = FLAG_FOR_PARAM.get(param)
         if flag:
-            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag, message)
+            # a whole word, never part of a path or file name (".../resume/x", "data.png")
+            message = re.sub(rf"(?<![\w./-]){re.escape(param)}(?![\w/-]|\.\w)", flag, message)
     return message
 
 
@@ -85,7 +88,10 @@ def report_error(err: BaseException) -> int:
     code, label = classify(err)
     if os.environ.get("UPSCALE_DEBUG") == "1":
         traceback.print_exception(err, file=sys.stderr)
-    msg = word_as_flags(err, str(err).replace("\n", " ")) or type(err).__name__
+    if isinstance(err, errors.UpscaleError) and err.path:  # the path itself is never reworded
+        msg = f"{err.path}: " + word_as_flags(err, err.message.replace("\n", " "))
+    else:
+        msg = word_as_flags(err, str(err).replace("\n", " ")) or type(err).__name__
     if not isinstance(err, errors.UpscaleError):
         msg = f"{type(err).__name__}: {msg} (set UPSCALE_DEBUG=1 for a traceback)"
     click.echo(f"upscale: {label}: {msg}", err=True)
@@ -105,21 +111,106 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("upscale: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:   # stdout closed early (`upscale models | head`): no message, no traceback
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_FAILURE)
         except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
             sys.exit(report_error(err))
 
     return wrapper
 
 
+# Group options, accepted before the sub-command (``upscale -v a.png``) and after it (``upscale a.png -v``).
+_GROUP_FLAG = re.compile(r"^(-[vq]+|--verbose|--quiet|--version|-h|--help)$")
+_VERBOSITY_KEY = "upscale.verbosity"
+
+
+def set_verbosity(level: int) -> None:
+    """0: our info lines only; 1 (-v): other libraries' info too; 2 (-vv): debug."""
+    logging.basicConfig(level=logging.WARNING if level == 0 else logging.INFO if level == 1 else logging.DEBUG,
+                        format="upscale: %(message)s")
+    if level:
+        logging.getLogger().setLevel(logging.INFO if level == 1 else logging.DEBUG)
+    logging.getLogger("upscale").setLevel(logging.DEBUG if level > 1 else logging.INFO)
+
+
+def _more_verbose(ctx: click.Context, param: click.Parameter, count: int) -> None:
+    """-v given after the sub-command: adds to the group's count."""
+    if count:
+        level = ctx.meta.get(_VERBOSITY_KEY, 0) + count
+        ctx.meta[_VERBOSITY_KEY] = level
+        set_verbosity(level)
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from .. import __version__
+        click.echo(f"upscale, version {__version__}")
+        ctx.exit()
+
+
+def _usage_line(err: click.UsageError) -> str:
+    """One line: ``upscale: usage: <message> (see upscale CMD --help)``."""
+    names, ctx = [], err.ctx
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(["upscale", *names])
+    message = " ".join(err.format_message().split()).rstrip(".")
+    return f"upscale: usage: {message} (see {command} --help)"
+
+
+class _OneLineUsageError(click.UsageError):
+    """A click usage error shown as one line on stderr (click's own takes four), exit 2."""
+
+    def __init__(self, err: click.UsageError) -> None:
+        super().__init__(err.format_message(), err.ctx)
+        self.line = _usage_line(err)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.line, err=True)
+
+
+def _one_line(err: click.UsageError) -> click.UsageError:
+    no_args_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
+    if isinstance(err, _OneLineUsageError) or (no_args_help and isinstance(err, no_args_help)):
+        return err
+    return _OneLineUsageError(err)
+
+
 class DefaultGroup(click.Group):
-    """A group whose first argument, when it is not a sub-command, is handed to ``run``."""
+    """A group whose first argument after its own options, when it is not a sub-command, is handed to
+    ``run``; each sub-command also takes the group's -v and --version."""
 
     default_command = "run"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
-            args = [self.default_command, *args]
+        at = 0
+        while at < len(args) and _GROUP_FLAG.match(args[at]):
+            at += 1
+        if at < len(args) and args[at] not in self.commands:
+            args = [*args[:at], self.default_command, *args[at:]]
         return super().parse_args(ctx, args)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_more_verbose,
+                                       help="More logging (-v info, -vv debug); same as before the command."))
+        cmd.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                                       callback=_show_version, hidden=True))
+        super().add_command(cmd, name)
 
 
 EPILOG = """\b
@@ -128,9 +219,11 @@ Set UPSCALE_DEBUG=1 to see tracebacks."""
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
-@click.version_option(package_name="upscale")
+@click.version_option(package_name="upscale", prog_name="upscale")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress or info lines (the sub-command's -q).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Single-image super-resolution with the SRGAN/ESRGAN family.
 
     \b
@@ -141,10 +234,14 @@ def cli(verbose: int) -> None:
     upscale train --data DIR ...      train or fine-tune a generator
     """
     # Our own info lines (e.g. "model is x4; resizing to x3") show by default; -v shows other
-    # libraries' info too, -vv debug. Commands' -q lowers the "upscale" logger to warnings.
-    logging.basicConfig(level=logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG,
-                        format="upscale: %(message)s")
-    logging.getLogger("upscale").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    # libraries' info too, -vv debug. -q lowers the "upscale" logger to warnings.
+    ctx.meta[_VERBOSITY_KEY] = verbose
+    set_verbosity(verbose)
+    if quiet:
+        logging.getLogger("upscale").setLevel(logging.WARNING)
+        # hand -q to the sub-command as its own -q, where it has one
+        ctx.default_map = {name: {"quiet": True} for name, cmd in ctx.command.commands.items()
+                           if any(p.name == "quiet" for p in cmd.params)}
 
 
 def _register() -> None:

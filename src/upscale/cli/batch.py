@@ -10,12 +10,13 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import click
 
 from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, handle_errors
-from .run import build_upscaler, engine_options
+from .options import engine_options_from, load_model_from, model_name_from, model_options, quiet_option
+from .progress import Progress
 
 log = logging.getLogger("upscale")
 
@@ -29,7 +30,7 @@ def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None)
     try:
         return parse_shard(value)
     except errors.UsageError as err:
-        raise click.BadParameter(str(err)) from None
+        raise click.BadParameter(err.message.replace("shard ", "", 1)) from None
 
 
 @contextmanager
@@ -61,15 +62,18 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
               help="Only images whose path relative to IN_DIR matches PATTERN (e.g. '*.png', 'raw/*'); repeatable.")
 @click.option("--overwrite", is_flag=True, help="Redo images whose output exists (default: skip them, i.e. resume).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write every file's outcome (done / skipped / failed and why) to this JSON file.")
+              help="Write every file's outcome (done / skipped / failed and why) to this JSON file "
+                   "(not an image path inside IN_DIR or OUT_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; failures are still reported.")
+@quiet_option("No progress or summary; failures are still reported.")
 @click.option("--shard", "shard", default=None, metavar="K/N", callback=_shard_option,
               help="Process only shard K of N (by a hash of each relative path): N runs with 1/N .. N/N "
-                   "split a folder into disjoint parts that together cover it.")
+                   "split a folder into disjoint parts that together cover it. Default: the shard torchrun "
+                   "(RANK/WORLD_SIZE, LOCAL_RANK/LOCAL_WORLD_SIZE) or SLURM (SLURM_PROCID/SLURM_NTASKS) "
+                   "gave this process, else the whole folder.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Decoding threads, and as many encoding threads, beside the model.")
-@engine_options
+@model_options
 @handle_errors
 def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], overwrite: bool,
           report: Path | None, as_json: bool, quiet: bool, shard: tuple[int, int] | None, workers: int,
@@ -84,35 +88,65 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     image (e.g. IN_DIR/trip/cat.jpg -> OUT_DIR/trip/cat_x4.jpg). Files without an image extension
     (png jpg jpeg webp bmp tif tiff) are ignored; a file with one that cannot be read is a failure,
     reported with its reason, and the run goes on. Each output is written under a temporary name and
-    renamed when complete; an existing output is skipped, so running the same command again after
-    a crash or Ctrl-C resumes where it stopped (with byte-identical results).
+    renamed when complete; a complete output (its header reads with the expected size) is skipped,
+    so running the same command again after a crash or Ctrl-C resumes where it stopped (with
+    byte-identical results); an empty or broken one is redone.
     Ctrl-C stops after the image in flight and prints the summary so far; a second Ctrl-C aborts.
 
     \b
     Exit codes: 0 every image done or skipped; 3 finished, some images failed; 1 could not run at
     all (bad model, unwritable OUT_DIR); 2 usage error; 130 interrupted.
     """
-    from tqdm import tqdm
+    from .. import api
+    from ..batch import BatchSettings, check_folders, check_report_path, plan_batch, planned_work
 
+    # everything that can be refused is refused before the model loads
+    api.check_outscale(outscale)
+    shard = shard or _launcher_shard()
+    check_folders(in_dir, out_dir)
+    check_report_path(report, in_dir, out_dir)
+    options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
+    model = load_model_from(model_name_from(model_name, weights, outscale), outscale, interp_alpha)
+    scale = api.outscale_for(model, outscale)
+
+    plan = plan_batch(in_dir, out_dir, outscale=scale, output_format=output_format, recursive=recursive,
+                      globs=globs, shard=shard, overwrite=overwrite)
+    # the whole shard's work decides --compile auto, done or not, counting only images reading accepts
+    work = planned_work(plan, max_pixels=max_pixels) if compile_mode != "off" else None
+    upscaler = api.Upscaler(model, options, work=work)
+    _make_folder(out_dir)
+    _say_known(plan, quiet)
+    settings = BatchSettings(outscale=scale, alpha_mode=alpha_mode, output_format=output_format, quality=quality,
+                             max_pixels=max_pixels, workers=workers)
+    summary = _run(plan, upscaler, settings, shard, quiet)
+    _finish(summary, report, as_json, quiet)
+
+
+def _launcher_shard() -> tuple[int, int] | None:
+    """The shard a launcher (torchrun, SLURM) gave this process, said at info level; None if none."""
+    from ..batch import shard_from_environment
+
+    found = shard_from_environment()
+    if found is None:
+        return None
+    (k, n), source = found
+    log.info("shard %d/%d from %s; pass --shard K/N to choose another", k, n, source)
+    return k, n
+
+
+def _make_folder(out_dir: Path) -> None:
     from .. import errors
-    from ..batch import (DONE, FAILED, SKIPPED, BatchSettings, Outcome, plan_batch, planned_work, run_batch,
-                         write_report)
 
-    if quiet:
-        logging.getLogger("upscale").setLevel(logging.WARNING)
-    if report is not None and not report.parent.is_dir():
-        raise click.BadParameter(f"folder {report.parent} does not exist", param_hint="--report")
-    work = None
-    if compile_mode != "off" and in_dir.is_dir():   # the whole shard's work decides, done or not
-        work = planned_work(in_dir, recursive=recursive, globs=globs, shard=shard, exclude=out_dir)
-    upscaler, scale = build_upscaler(outscale, model_name, weights, interp_alpha, device, precision, tile_px,
-                                     overlap_px, batch, threads, compile_mode, work=work)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise errors.ImageWriteError(f"cannot create the output folder: {err.strerror or err}", path=out_dir) from None
-    plan = plan_batch(in_dir, out_dir, outscale=scale, output_format=output_format, recursive=recursive,
-                      globs=globs, shard=shard, overwrite=overwrite)
+
+
+def _say_known(plan: Any, quiet: bool) -> None:
+    """The failures and skips the plan already knows, before the run starts."""
+    from ..batch import FAILED, SKIPPED
+
     for outcome in plan.known:
         if outcome.status == FAILED:
             click.echo(f"upscale: failed: {outcome.input}: {outcome.reason}", err=True)
@@ -121,38 +155,47 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
         log.info("%d of %d images already have outputs (skipped)%s", skipped, len(plan.jobs) + skipped,
                  f"; removed {plan.stale_temps_removed} stale temporary files" if plan.stale_temps_removed else "")
 
-    bar = tqdm(total=len(plan.jobs), unit="img", disable=quiet, dynamic_ncols=True, smoothing=0.1,
-               file=sys.stderr)
+
+def _run(plan: Any, upscaler: Any, settings: Any, shard: tuple[int, int] | None, quiet: bool) -> Any:
+    """Run the plan with progress on stderr (a bar on a terminal, plain lines elsewhere)."""
+    from ..batch import DONE, Outcome, run_batch
+
+    progress = Progress("batch", "image", total=len(plan.jobs), quiet=quiet)
     lock = threading.Lock()
     started = time.perf_counter()
     megapixels = 0.0
+    settled = 0
 
     def rate() -> str:
         return f"{megapixels / max(time.perf_counter() - started, 1e-9):.3g} MP/s"
 
     def on_outcome(outcome: Outcome) -> None:
-        nonlocal megapixels
+        nonlocal megapixels, settled
         with lock:
             if outcome.status == DONE:
                 megapixels += outcome.input_px / 1e6
             else:
-                bar.write(f"upscale: failed: {outcome.input}: {outcome.reason}", file=sys.stderr)
-            bar.update(1)
-            bar.set_postfix_str(rate(), refresh=False)
+                progress.write(f"upscale: failed: {outcome.input}: {outcome.reason}")
+            settled += 1
+            progress.note(rate())
+            progress.update(settled)
 
     def on_tiles(rel: str, done: int, total: int) -> None:
         if total > 1:
             with lock:
-                bar.set_postfix_str(f"{rate()}, {Path(rel).name}: tile {done}/{total}")
+                progress.note(f"{rate()}, {Path(rel).name}: tile {done}/{total}")
 
-    settings = BatchSettings(outscale=scale, alpha_mode=alpha_mode, output_format=output_format, quality=quality,
-                             max_pixels=max_pixels, workers=workers)
     with _stop_on_ctrl_c() as stop:
         try:
-            summary = run_batch(plan, upscaler, settings, stop=stop, shard=shard, on_outcome=on_outcome,
-                                on_tiles=None if quiet else on_tiles)
+            return run_batch(plan, upscaler, settings, stop=stop, shard=shard, on_outcome=on_outcome,
+                             on_tiles=None if quiet else on_tiles)
         finally:
-            bar.close()
+            progress.close()
+
+
+def _finish(summary: Any, report: Path | None, as_json: bool, quiet: bool) -> None:
+    """Report, JSON, the summary line and the exit code."""
+    from ..batch import write_report
 
     if report is not None:
         write_report(summary, report)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from . import handle_errors
+from .options import device_options, engine_options_from, quiet_option, tile_option
 
 
 @click.command("bench")
@@ -38,18 +39,14 @@ from . import handle_errors
               help="Image(s) shown on the sheet (default: the first); repeatable.")
 @click.option("--crop", "crop_px", type=click.IntRange(min=8), default=64, show_default=True,
               help="Side of the sheet's crop, in HR pixels.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
-@click.option("--tile", "tile_px", type=int, default=None, help="Tile size in input pixels for models (0 = whole).")
-@click.option("--threads", type=int, default=None, help="CPU threads for models (default: all cores).")
-@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@device_options
+@tile_option
+@quiet_option("No progress bar.")
 @handle_errors
 def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_dir: Path | None, baselines: str,
           rgb_metrics: bool, gray: str, lpips: bool, warmup_runs: int, fmt: str | None, sheet_path: Path | None,
-          sheet_images: tuple[str, ...], crop_px: int, device: str, precision: str, tile_px: int | None,
-          threads: int | None, compile_mode: str, quiet: bool) -> None:
+          sheet_images: tuple[str, ...], crop_px: int, device: str, precision: str, threads: int | None,
+          compile_mode: str, tile_px: str | None, quiet: bool) -> None:
     """Compare models with nearest, bilinear, bicubic (MATLAB) and Lanczos on a test set.
 
     \b
@@ -62,12 +59,7 @@ def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_d
 
     engine_options = None
     if models:
-        from ..engine import EngineOptions
-
-        kwargs = {"device": device, "precision": precision, "threads": threads, "compile": compile_mode}
-        if tile_px is not None:
-            kwargs["tile_px"] = tile_px
-        engine_options = EngineOptions(**kwargs)
+        engine_options = engine_options_from(device, precision, tile_px, threads=threads, compile_mode=compile_mode)
     options = BenchOptions(
         scales=tuple(dict.fromkeys(scales)), baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
         lr_dir=lr_dir, y_channel=not rgb_metrics, gray=gray, warmup_runs=warmup_runs, lpips=lpips,

@@ -15,6 +15,35 @@ def default_output(src: Path) -> Path:
     return out if out != src else src.with_name(f"{src.stem}.converted.safetensors")
 
 
+def check_output(dst: Path, inputs: tuple[Path, ...], force: bool, *, exists_is_usage: bool = True) -> None:
+    """Before anything is read: refuse an OUT that is not .safetensors, that is one of the inputs (even
+    with --force), whose folder is missing or a file, or that exists without --force (a usage error for
+    `convert`, as it always was; a write failure, exit 1, for `interp`, as for `run`)."""
+    from .. import errors
+
+    if dst.suffix.lower() != ".safetensors":
+        raise errors.UsageError(f"{dst}: the output must be a .safetensors file")
+    if any(_same_file(dst, p) for p in inputs):
+        raise (errors.UsageError if exists_is_usage else errors.WeightsWriteError)(
+            "the output would overwrite an input; choose another output", path=dst)
+    folder = dst.parent
+    if folder.exists() and not folder.is_dir():
+        raise errors.WeightsWriteError(f"{folder} is a file, not a folder", path=dst)
+    if not folder.exists():
+        raise errors.WeightsWriteError(f"folder {folder} does not exist", path=dst)
+    if dst.exists() and not force:
+        if exists_is_usage:
+            raise errors.UsageError(f"{dst} exists; pass --force to overwrite it")
+        raise errors.WeightsWriteError("exists already; pass --force to overwrite it", path=dst)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
 @click.command()
 @click.argument("src", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("dst", metavar="[OUT]", required=False, type=click.Path(dir_okay=False, path_type=Path))
@@ -25,35 +54,25 @@ def default_output(src: Path) -> Path:
 def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool) -> None:
     """Convert IN (.pth/.pt/.ckpt/.safetensors in any known layout, or an ncnn .param) to OUT.safetensors
     with architecture metadata, after checking that it loads strictly into the detected network."""
-    from .. import archs, errors, loading
+    from .. import errors, loading
+    from ..resolve import NCNN_SUFFIX, open_weights
 
     dst = dst or default_output(src)
-    if dst.suffix.lower() != ".safetensors":
-        raise errors.UsageError(f"{dst}: the output must be a .safetensors file")
-    if dst.resolve() == src.resolve():
-        raise errors.UsageError(f"{dst}: the output would overwrite the input")
-    if dst.exists() and not force:
-        raise errors.UsageError(f"{dst} exists; pass --force to overwrite it")
+    ncnn = src.suffix.lower() == NCNN_SUFFIX
+    if bin_path is not None and not ncnn:
+        raise errors.UsageError("--bin is only for ncnn .param inputs")
+    inputs = (src, bin_path or src.with_suffix(".bin")) if ncnn else (src,)
+    check_output(dst, inputs, force)
 
+    model = open_weights(src, bin_path)
     extra = {"upscale.converted_from": src.name}
-    if src.suffix.lower() == ".param":
-        from ..ncnn import read_ncnn
-
-        arch, hparams, sd = read_ncnn(src, bin_path or src.with_suffix(".bin"))
-        hparams = {**archs.get_family(arch).defaults, **hparams}
+    if ncnn:
         how = "ncnn graph"
     else:
-        if bin_path is not None:
-            raise errors.UsageError("--bin is only for ncnn .param inputs")
-        raw, metadata = loading.read_state_dict(src)
-        sd = loading.canonicalize(raw)
-        arch, hparams = loading.detect(sd, metadata, source=src)
-        how = "our metadata" if loading.META_ARCH in metadata else "keys and shapes"
-        if metadata.get(loading.META_BF16_SAFE):
-            extra[loading.META_BF16_SAFE] = metadata[loading.META_BF16_SAFE]
-    module = archs.build_module(arch, hparams)
-    loading.load_strict(module, sd, source=src, arch=arch)
-    loading.save_model(dst, loading.model_state_dict(module), arch, hparams, extra_metadata=extra)
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
-    click.echo(f"{src}: detected {arch} ({shown}) from its {how}")
+        how = "our metadata" if loading.META_ARCH in model.metadata else "keys and shapes"
+        if model.metadata.get(loading.META_BF16_SAFE):
+            extra[loading.META_BF16_SAFE] = model.metadata[loading.META_BF16_SAFE]
+    loading.save_model(dst, loading.model_state_dict(model), model.arch, model.hparams, extra_metadata=extra)
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(model.hparams.items()))
+    click.echo(f"{src}: detected {model.arch} ({shown}) from its {how}")
     click.echo(f"wrote {dst}")

@@ -90,13 +90,10 @@ def pull(names: tuple[str, ...]) -> None:
 def add(name: str, path: Path, description: str | None, license_: str, kind: str, twin: str | None,
         bf16_safe: bool) -> None:
     """Register the weights file PATH as model NAME in your user registry (`-m NAME` then works)."""
-    from .. import archs, loading, registry
+    from .. import loading, registry
 
-    sd, metadata = loading.read_state_dict(path)
-    sd = loading.canonicalize(sd)
-    arch, hparams = loading.detect(sd, metadata, source=path)
-    module = archs.build_module(arch, hparams)
-    loading.load_strict(module, sd, source=path, arch=arch)
-    spec = registry.add_user_model(name, path, arch=arch, hparams=hparams, description=description,
+    model = loading.load_model(path)  # it must load strictly before it is registered
+    spec = registry.add_user_model(name, path, arch=model.arch, hparams=model.hparams, description=description,
                                    license=license_, kind=kind, twin=twin, bf16_safe=bf16_safe)
-    click.echo(f"added {spec.name}: {arch} x{spec.scale} from {spec.source.path} to {registry.user_registry_path()}")
+    click.echo(f"added {spec.name}: {model.arch} x{spec.scale} from {spec.source.path} to "
+               f"{registry.user_registry_path()}")

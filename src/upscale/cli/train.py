@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,14 @@ def _parse_hparam(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except ValueError:
         return key.strip(), value
+
+
+def _default_lengths() -> str:
+    """The run length each preset trains to when --max-iters is not given, for --help."""
+    from ..train.config import PRESETS, TrainConfig
+
+    base = TrainConfig.max_iters
+    return ", ".join(f"{name} {PRESETS[name].get('max_iters', base)}" for name in PRESET_NAMES)
 
 
 def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +73,11 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--val", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Validation HR folder (repeatable), e.g. Set5; PSNR-Y/SSIM-Y with crop = scale.")
 @click.option("-s", "--scale", type=int, default=None, help="Upscaling factor.  [default: 4]")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Run folder.  [default: runs/<preset>-x<scale>-<n>, n one past the last run there]")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[CHECKPOINT]",
-              help="Continue a run: the newest checkpoint in --out, or the one given.")
+              help="Continue a run: the newest checkpoint in --out, or the one given (its run folder "
+                   "is then the default --out).")
 @click.option("--arch", default=None, help="Generator architecture (rrdbnet, compact, srresnet, msrresnet, srcnn, tiny).")
 @click.option("--num-feat", type=int, default=None, help="Generator width.")
 @click.option("--num-conv", type=int, default=None, help="Body convs (compact).")
@@ -79,7 +90,8 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--freeze", multiple=True, metavar="PATTERN", help="Freeze parameters matching (fnmatch).")
 @click.option("--gt-size", type=int, default=None, help="HR crop side in pixels.  [default: 128 at x4, 48*scale below]")
 @click.option("--batch-size", type=int, default=None, help="Global batch size.  [default: 16]")
-@click.option("--max-iters", type=int, default=None, help="Iterations to train to.")
+@click.option("--max-iters", "--iters", "max_iters", type=int, default=None,
+              help=f"Iterations to train to.  [default: {_default_lengths()}]")
 @click.option("--learning-rate", type=float, default=None, help="Adam learning rate (generator).")
 @click.option("--d-learning-rate", type=float, default=None, help="Discriminator learning rate.")
 @click.option("--betas", type=(float, float), default=None, help="Adam betas.")
@@ -119,6 +131,7 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     """Train or fine-tune a generator on a folder of images.
 
     \b
+    upscale train --data DIR                             psnr preset, x4, in runs/psnr-x4-1
     upscale train --data T91 --data BSD200 --val Set5 -s 4 --arch compact --out runs/c4
     upscale train --out runs/c4 --resume                 continue after a stop or a crash
     upscale train --preset esrgan --init runs/psnr/model.safetensors --data DIR --out runs/gan
@@ -126,42 +139,72 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
 
     The run folder gets config.json, metrics.jsonl, curves.png, checkpoints/, samples/,
     model.safetensors (EMA weights, usable with `upscale -m`) and best.safetensors.
+    The run folder and the command that continues it are printed first. Ctrl-C (or SIGTERM)
+    stops at the next iteration, saves a checkpoint and exits 130; a run that fails before its
+    first checkpoint leaves nothing behind.
     """
-    from ..train.config import build_config, read_config_file
-    from ..train.loop import resolve_resume, train as run_training
-
     opts["compile"] = compile_
-    out = opts["out"]
-    layers: list[dict[str, Any]] = []
-    resume_path = None
-    if resume is not None:
-        resume_path = resolve_resume(out, resume)
-        layers.append(_saved_config(out, resume_path))
-    if config_file:
-        layers.append(read_config_file(config_file))
-    layers.append(_flag_layer(dict(opts)))
-    chosen = preset or next((l["preset"] for l in reversed(layers) if "preset" in l), "psnr")
-    cfg = build_config(chosen, *[{k: v for k, v in l.items() if k != "preset"} for l in layers])
-    if resume_path is None:
-        from ..train.checkpoint import latest_checkpoint
-
-        if latest_checkpoint(out) is not None:
-            from ..errors import UsageError
-            raise UsageError(f"{out} already holds checkpoints; add --resume to continue it, or pick another --out")
+    out, resume_path = _resume_target(opts["out"], resume)
+    opts["out"] = out
+    cfg = _build(preset, config_file, opts, out, resume_path)
+    out = cfg.out
+    resume_line = f"upscale train --out {shlex.quote(out)} --resume"
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"run folder: {out}", err=True)
+        click.echo(f"continue it with: {resume_line}", err=True)
 
     from tqdm import tqdm
+
+    from ..train.loop import train as run_training
 
     result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=not quiet, resume=resume_path)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         sys.exit(EXIT_INTERRUPTED if result.interrupted else 0)
     if result.interrupted:
-        click.echo(f"upscale: interrupted at iteration {result.iteration}; resume with "
-                   f"`upscale train --out {out} --resume`", err=True)
+        click.echo(f"upscale: interrupted at iteration {result.iteration}; checkpoint saved; continue with: "
+                   f"{resume_line}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if result.model_path.is_file():
         click.echo(f"model: {result.model_path}")
     if result.best_path is not None:
         click.echo(f"best:  {result.best_path} (mean validation PSNR-Y {result.best_psnr:.2f} dB)")
+
+
+def _resume_target(out: str | None, resume: str | None) -> tuple[str | None, Path | None]:
+    """(run folder, checkpoint to resume from): --resume CHECKPOINT alone implies its run folder."""
+    from ..errors import UsageError
+    from ..train.loop import resolve_resume
+
+    if resume is None:
+        return out, None
+    if out is None:
+        if resume == "latest":
+            raise UsageError("--resume without a checkpoint needs --out RUN_FOLDER")
+        out = str(Path(resume).parent.parent)
+    return out, resolve_resume(out, resume)
+
+
+def _build(preset: str | None, config_file: str | None, opts: dict[str, Any], out: str | None,
+           resume_path: Path | None) -> Any:
+    """Saved config (resuming) < --config file < flags; then the run folder: the default one when
+    none is named, and never a folder that holds another run unless resuming."""
+    from ..errors import UsageError
+    from ..train.config import build_config, read_config_file
+    from ..train.runfolder import default_run_folder, holds_run
+
+    layers: list[dict[str, Any]] = []
+    if resume_path is not None:
+        layers.append(_saved_config(str(out), resume_path))
+    if config_file:
+        layers.append(read_config_file(config_file))
+    layers.append(_flag_layer(dict(opts)))
+    chosen = preset or next((l["preset"] for l in reversed(layers) if "preset" in l), "psnr")
+    cfg = build_config(chosen, *[{k: v for k, v in l.items() if k != "preset"} for l in layers])
+    if not any("out" in l for l in layers):
+        cfg.out = str(default_run_folder(cfg.preset, cfg.scale))
+    if resume_path is None and holds_run(cfg.out):
+        raise UsageError(f"{cfg.out} already holds a run; add --resume to continue it, or pick another --out")
+    return cfg
 
 
 def _saved_config(out: str, checkpoint_path: Path) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Checkpoints: one ``torch.save`` file per saved iteration, written atomically (temp file in the same
-folder + ``os.replace``) and read back only with ``torch.load(weights_only=True)``, so nothing in a
-checkpoint can run code. Contents are plain containers of tensors, numbers and strings.
+"""Checkpoints: one ``torch.save`` file per saved iteration, written atomically (``upscale.atomic``)
+and read back only with ``torch.load(weights_only=True)``, so nothing in a checkpoint can run code.
+Contents are plain containers of tensors, numbers and strings. A checkpoint that cannot be read is
+reported in our words, with the newest older checkpoint of the run that does read, if any.
 
 Layout of ``{out}/checkpoints/``: ``iter_00001000.pt`` ... (the last ``keep_last`` are kept) and
 ``best.pt`` (the state at the best validation PSNR).
@@ -8,21 +9,18 @@ Layout of ``{out}/checkpoints/``: ``iter_00001000.pt`` ... (the last ``keep_last
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
 from ..errors import CheckpointError
 
 _NAME = re.compile(r"^iter_(\d{8,})\.pt$")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -33,44 +31,61 @@ def checkpoint_path(out: str | Path, iteration: int) -> Path:
     return checkpoint_dir(out) / f"iter_{iteration:08d}.pt"
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "wb") as f:
+        torch.save(state, f)
+
+
+def _read(p: Path) -> dict[str, Any] | str:
+    """The checkpoint's state, or why it cannot be used (our words, one line)."""
+    try:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt or unsafe files are all "cannot load"
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            return "holds objects other than tensors and plain values; refused without running them"
+        return "cannot be read (truncated or corrupt)"
+    if not isinstance(state, dict) or "iteration" not in state or "generator" not in state:
+        return "is not an upscale training checkpoint"
+    return state
+
+
+def previous_good(path: Path) -> Path | None:
+    """The newest numbered checkpoint beside ``path`` older than it (any, for ``best.pt``) that reads."""
+    found = [(it, f) for it, f in _list_in(path.parent) if f != path]
+    m = _NAME.match(path.name)
+    if m:
+        found = [(it, f) for it, f in found if it < int(m.group(1))]
+    for _, candidate in reversed(found):
+        if isinstance(_read(candidate), dict):
+            return candidate
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError("checkpoint not found", path=p)
-    try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - corrupt or unsafe files are all "cannot load"
-        raise CheckpointError(f"cannot load checkpoint safely: {err}".splitlines()[0], path=p) from None
-    if not isinstance(state, dict) or "iteration" not in state or "generator" not in state:
-        raise CheckpointError("not an upscale training checkpoint", path=p)
-    return state
+    problem = "checkpoint not found" if not p.is_file() else None
+    state = _read(p) if problem is None else problem
+    if isinstance(state, dict):
+        return state
+    message = state if problem else f"this checkpoint {state}"
+    good = previous_good(p)
+    if good is None:
+        raise CheckpointError(message, path=p)
+    # "resume" is worded as the flag by the CLI (params)
+    raise CheckpointError(f"{message}; previous good checkpoint: {good} (use resume {good})", path=p,
+                          params=("resume",))
+
+
+def _list_in(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), f) for f in folder.iterdir() if (m := _NAME.match(f.name)))
 
 
 def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
     """(iteration, path) of the numbered checkpoints, oldest first."""
-    folder = checkpoint_dir(out)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), f) for f in folder.iterdir() if (m := _NAME.match(f.name))]
-    return sorted(found)
+    return _list_in(checkpoint_dir(out))
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:

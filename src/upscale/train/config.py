@@ -186,13 +186,13 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.discriminator is not None:
         choice("discriminator", DISCRIMINATORS)
     if cfg.preset == "finetune" and not cfg.init:
-        raise UsageError("the finetune preset needs --init (a registry name or a weights file)")
+        raise UsageError("the finetune preset needs init (a registry name or a weights file)", params=("init",))
     if cfg.gan_weight > 0 and cfg.discriminator is None:
         raise UsageError("gan_weight > 0 needs a discriminator")
     if not cfg.data and not (cfg.lr_dir and cfg.hr_dir):
-        raise UsageError("give --data HR_DIR (repeatable) or both --lr DIR and --hr DIR")
+        raise UsageError("give data (HR folders) or both lr_dir and hr_dir", params=("data", "lr_dir", "hr_dir"))
     if (cfg.lr_dir is None) != (cfg.hr_dir is None):
-        raise UsageError("--lr and --hr must be given together")
+        raise UsageError("lr_dir and hr_dir must be given together", params=("lr_dir", "hr_dir"))
     for name in ("scale", "gt_size", "batch_size", "max_iters", "log_every", "val_every", "ckpt_every",
                  "keep_last"):
         if getattr(cfg, name) < 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import atomic_write
+from ..atomic import atomic_file
 
 PANEL_W, PANEL_H = 560, 360
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 64, 16, 28, 40
@@ -117,4 +117,5 @@ def draw_curves(metrics_path: str | Path, png_path: str | Path) -> None:
     sheet = Image.new("RGB", (2 * PANEL_W, PANEL_H), "white")
     sheet.paste(_panel("training loss", losses, True, "loss (log)"), (0, 0))
     sheet.paste(_panel("validation PSNR-Y (EMA model)", psnrs, False, "dB", bicubic), (PANEL_W, 0))
-    atomic_write(Path(png_path), lambda tmp: sheet.save(tmp, format="PNG"))
+    with atomic_file(Path(png_path), "wb", durable=False) as f:
+        sheet.save(f, format="PNG")

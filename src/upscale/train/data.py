@@ -1,5 +1,7 @@
 """Training data: folders -> decoded uint8 images in memory -> LR made once per image -> batches.
 
+Listing, 8-bit reading, mod-crop and MATLAB bicubic come from ``upscale.dataprep`` (shared with bench).
+
 The sampler is a pure function of (seed, iteration): the batch of iteration ``it`` is drawn from
 ``numpy.random.default_rng([seed, it])``. Resuming at iteration ``it`` therefore needs no sampler
 state at all, workers can build any batch independently, and DDP ranks each take their slice of the
@@ -18,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..dataprep import bicubic_down, list_images, mod_crop, read_uint8
 from ..errors import DataError, ImageReadError
-from ..resize import imresize, round_like_matlab
+from ..matlab_resize import round_like_matlab
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Trailing tags that LR/HR file names carry in the usual data sets (DIV2K "0001x4", "baby_LR",
 # "img_001_HR", "butterfly_LRx4", "bird_bicubic"). Stripped repeatedly, case-insensitively.
 _TAG = re.compile(r"(?:[_\-.]?(?:lr|hr|bicubic|lrbicx\d+|lrx\d+|hrx\d+|x\d+))$", re.IGNORECASE)
@@ -42,44 +44,12 @@ class PairSet:
         return len(self.hr)
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name; DataError if none."""
-    p = Path(folder)
-    if not p.is_dir():
-        raise DataError("not a folder", path=p)
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError("no images in folder", path=p)
-    return files
-
-
 def read_rgb8(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8: grey is repeated, alpha dropped, 16-bit rounded to 8."""
-    from ..io import read_image
-
+    """An image file as (H, W, 3) uint8 (``dataprep.read_uint8``); unreadable files are DataErrors."""
     try:
-        pixels = read_image(path).pixels
+        return read_uint8(path, rgb=True)
     except ImageReadError as err:
         raise DataError(f"cannot read training image: {err.message}", path=path) from None
-    if pixels.dtype == np.uint16:
-        pixels = np.floor(pixels.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    if pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels[:, :, :3])
-
-
-def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
-    """Crop bottom/right so both sides are multiples of ``scale`` (the benchmarks' convention)."""
-    h, w = img.shape[:2]
-    return img[: h - h % scale, : w - w % scale]
-
-
-def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB ``imresize(hr, 1/scale, 'bicubic')`` of a mod-cropped uint8 image, back to uint8."""
-    out = imresize(hr.astype(np.float64), 1.0 / scale, round_between_passes=True)
-    return round_like_matlab(out).astype(np.uint8)
 
 
 def _gaussian_matrix(in_len: int, scale: int, sigma: float) -> np.ndarray:
@@ -108,7 +78,7 @@ def blur_down_lr(hr: np.ndarray, scale: int, sigma: float) -> np.ndarray:
 
 def make_lr(hr: np.ndarray, scale: int, degradation: str = "bicubic", blur_sigma: float = 1.6) -> np.ndarray:
     if degradation == "bicubic":
-        return bicubic_lr(hr, scale)
+        return bicubic_down(hr, scale)
     if degradation == "blur-down":
         return blur_down_lr(hr, scale, blur_sigma)
     raise DataError(f"unknown degradation {degradation!r}")

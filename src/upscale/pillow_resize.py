@@ -3,7 +3,7 @@
 Used for the requested output scale when it differs from the model's (Lanczos), for alpha in
 ``--alpha-mode bicubic``, and for the benchmark's classic baselines. Works per channel in Pillow's
 32-bit float mode, so 16-bit images keep their full precision. (MATLAB-compatible bicubic, the one
-the published tables use, is ``upscale.resize.imresize``.)
+the published tables use, is ``upscale.matlab_resize.imresize``.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,237 @@
+"""Planning a batch: discovery, sharding (by flag or by launcher), output naming, the resume rule, and
+the checks that can be made before any model is loaded. Nothing here loads a model or decodes pixels
+(only image headers are read)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Mapping
+
+from .. import atomic, errors
+from .. import io as _io
+from ..api import default_output_path, output_size
+from ..engine import Workload
+from ..io import SUPPORTED_EXTENSIONS, image_size
+from .summary import FAILED, SKIPPED, Outcome
+
+log = logging.getLogger("upscale")
+
+# A file is an input when its extension is one ``io`` can write back (the output keeps it); anything
+# else in the folder is ignored.
+IMAGE_EXTENSIONS = SUPPORTED_EXTENSIONS
+
+# Launchers that start N copies of a command, and the variables that say which copy this is
+# (rank from 0, count). The first pair present wins: a multi-node torchrun sets RANK/WORLD_SIZE
+# (global) beside LOCAL_RANK/LOCAL_WORLD_SIZE (this node's).
+LAUNCHERS = (("torchrun", "RANK", "WORLD_SIZE"), ("torchrun", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+             ("SLURM", "SLURM_PROCID", "SLURM_NTASKS"))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image and where its output goes."""
+
+    source: Path           # the input file
+    rel: str               # its path relative to the input folder, POSIX style (the shard key)
+    output: Path           # the output file under the output folder
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The work for one run: jobs to do, and the outcomes already known without running the model."""
+
+    jobs: tuple[Job, ...]
+    known: tuple[Outcome, ...]      # skipped (a complete output exists) and failed (output name collides)
+    total_found: int                # image files found before sharding
+    stale_temps_removed: int
+    finished: tuple[Job, ...] = ()  # this shard's jobs whose complete output exists (the skipped ones)
+
+
+# --- shards --------------------------------------------------------------------------------------
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; ``UsageError`` otherwise."""
+    try:
+        k_txt, n_txt = text.split("/")
+        k, n = int(k_txt), int(n_txt)
+    except ValueError:
+        raise errors.UsageError(f"shard must look like K/N (e.g. 2/8), not {text!r}", params=("shard",)) from None
+    if not 1 <= k <= n:
+        raise errors.UsageError(f"shard {text}: need 1 <= K <= N", params=("shard",))
+    return k, n
+
+
+def shard_from_environment(environ: Mapping[str, str] | None = None) -> tuple[tuple[int, int], str] | None:
+    """The shard a launcher (torchrun, SLURM) gave this process, and a phrase saying where it came
+    from; None when no launcher started it or it started one copy only."""
+    environ = os.environ if environ is None else environ
+    for launcher, rank_var, size_var in LAUNCHERS:
+        rank_txt, size_txt = environ.get(rank_var), environ.get(size_var)
+        if rank_txt is None or size_txt is None:
+            continue
+        try:
+            rank, size = int(rank_txt), int(size_txt)
+        except ValueError:
+            rank, size = -1, 0
+        if not 0 <= rank < size:
+            raise errors.UsageError(f"{launcher} set {rank_var}={rank_txt!r} and {size_var}={size_txt!r}: "
+                                    "need 0 <= rank < count; pass shard K/N instead", params=("shard",))
+        if size == 1:
+            return None
+        return (rank + 1, size), f"{launcher} ({rank_var}={rank}, {size_var}={size})"
+    return None
+
+
+def shard_of(rel: str, n: int) -> int:
+    """The shard (1..n) that owns relative path ``rel``: a hash of the path, so file order never matters."""
+    digest = hashlib.sha256(rel.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n + 1
+
+
+def _in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
+    """Whether shard ``(k, n)`` owns relative path ``rel`` (no shard: every path)."""
+    return shard is None or shard_of(rel, shard[1]) == shard[0]
+
+
+# --- checks made before the model is loaded ------------------------------------------------------
+
+def check_folders(in_dir: Path, out_dir: Path) -> None:
+    """The input is a folder and the output folder is another one (``UsageError`` otherwise)."""
+    if not in_dir.is_dir():
+        raise errors.UsageError(f"{in_dir}: not a folder")
+    if out_dir.resolve() == in_dir.resolve():
+        raise errors.UsageError(f"{out_dir}: the output folder must differ from the input folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise errors.UsageError(f"{out_dir}: the output folder is a file")
+
+
+def check_report_path(report: str | Path | None, in_dir: str | Path, out_dir: str | Path) -> None:
+    """Refuse a report path that could replace an image: one with an image extension inside the
+    input or output folder (every input and every planned output is such a path), or one in a
+    folder that does not exist (other than the output folder, which the run creates)."""
+    if report is None:
+        return
+    report, out_dir = Path(report), Path(out_dir)
+    target = report.resolve()
+    if target.suffix.lower() in IMAGE_EXTENSIONS or atomic.is_temp_name(target.name):
+        for role, folder in (("input", Path(in_dir)), ("output", out_dir)):
+            if target.is_relative_to(folder.resolve()):
+                raise errors.UsageError(f"report {report} is an image path inside the {role} folder {folder}; "
+                                        "it would replace an image (name it .json, or put it elsewhere)",
+                                        params=("report",))
+    if not report.parent.is_dir() and target.parent != out_dir.resolve():   # OUT_DIR is created
+        raise errors.UsageError(f"report {report}: folder {report.parent} does not exist", params=("report",))
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+def find_images(in_dir: Path, *, recursive: bool = False, globs: tuple[str, ...] = (),
+                exclude: Path | None = None) -> list[tuple[Path, str]]:
+    """Image files under ``in_dir`` as sorted (path, relative POSIX path) pairs.
+
+    A file counts when its extension is an image extension and, if ``globs`` are given, it matches one
+    of them (``PurePosixPath.match`` on the relative path, so ``*.png`` matches at any depth).
+    ``exclude`` (the output folder, when it lies inside the input folder) is never entered, and our own
+    temporary files are never inputs.
+    """
+    excluded = exclude.resolve() if exclude is not None else None
+    found: list[tuple[Path, str]] = []
+    for folder, dirnames, filenames in os.walk(in_dir):
+        here = Path(folder)
+        if recursive:
+            dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() != excluded)
+        else:
+            dirnames[:] = []
+        for name in filenames:
+            path = here / name
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or atomic.is_temp_name(name):
+                continue
+            rel = path.relative_to(in_dir).as_posix()
+            if globs and not any(PurePosixPath(rel).match(g) for g in globs):
+                continue
+            found.append((path, rel))
+    found.sort(key=lambda pair: pair[1])
+    return found
+
+
+def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, output_format: str | None = None,
+               recursive: bool = False, globs: tuple[str, ...] = (), shard: tuple[int, int] | None = None,
+               overwrite: bool = False) -> Plan:
+    """Find the inputs, name their outputs, keep this shard's share, and sort it into to-do and known.
+
+    Two inputs whose outputs would have the same name (``a.jpg`` and ``a.jpeg``; ``a.png`` and ``a.jpg``
+    with ``--format png``) are decided over the whole folder before sharding, so every shard agrees:
+    the first in path order is processed, the others fail with a reason naming it. An output is done
+    (skipped) only when it is complete: not empty, and its header reads with the expected size.
+    Temp files that dead processes of this host left in the output folders are removed.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check_folders(in_dir, out_dir)
+    found = find_images(in_dir, recursive=recursive, globs=globs, exclude=out_dir)
+    owner: dict[Path, str] = {}
+    jobs: list[Job] = []
+    finished: list[Job] = []
+    known: list[Outcome] = []
+    for path, rel in found:
+        output = out_dir / default_output_path(Path(rel), outscale, output_format)
+        first = owner.setdefault(output, rel)
+        if not _in_shard(rel, shard):
+            continue
+        if first != rel:
+            known.append(Outcome(rel, str(output), FAILED, f"output {output} is also the output of {first}"))
+        else:
+            jobs.append(Job(path, rel, output))
+    removed = sum(len(atomic.sweep_temps(folder)) for folder in sorted({job.output.parent for job in jobs}))
+    if removed:
+        log.debug("removed %d temporary files left by processes that no longer run", removed)
+    todo = []
+    for job in jobs:
+        if not overwrite and _complete(job, outscale):
+            finished.append(job)
+            known.append(Outcome(job.rel, str(job.output), SKIPPED, "output exists"))
+        else:
+            todo.append(job)
+    return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
+
+
+def _complete(job: Job, outscale: float) -> bool:
+    """Whether ``job.output`` is a finished output: non-empty, and its header gives the size the
+    input's header asks for. A missing output is not; a broken one is logged and redone."""
+    if not os.path.lexists(job.output):
+        return False
+    try:
+        if job.output.stat().st_size > 0:
+            width, height = image_size(job.source)
+            out_h, out_w = output_size(height, width, outscale)
+            if image_size(job.output) == (out_w, out_h):
+                return True
+    except (OSError, errors.ImageReadError):
+        pass
+    log.info("%s: not a complete output (empty, unreadable or of the wrong size); redoing it", job.output)
+    return False
+
+
+def planned_work(plan: Plan, *, max_pixels: int | None = None) -> Workload:
+    """The input pixels of every image this shard owns, done or not, and their common (height, width)
+    if they all share one. Only images that pass the checks reading will apply count (the header
+    reads, and is within the pixel limit); files the plan refuses are not in it. It does not depend
+    on which outputs exist, so a resumed run makes the same ``compile`` decisions (on or off, tile
+    shape), and so the same bytes, as the run it resumes."""
+    limit = _io.pixel_limit(max_pixels)
+    total = 0
+    shapes = set()
+    for job in sorted((*plan.jobs, *plan.finished), key=lambda j: j.rel):
+        try:
+            w, h = image_size(job.source)
+        except errors.ImageReadError:
+            continue
+        if limit is not None and w * h > limit:
+            continue
+        total += w * h
+        shapes.add((h, w))
+    return Workload(total, shapes.pop() if len(shapes) == 1 else None)
+

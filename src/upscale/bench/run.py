@@ -1,0 +1,231 @@
+"""The bench run: options -> HR images -> per scale, LR/HR pairs -> per method, warm-up, timed images,
+scores -> rows (and the contact sheet's cells). See the package docstring for the conventions."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import errors, metrics
+from ..dataprep import bicubic_down, list_images, mod_crop, read_uint8
+from ..machine import environment as machine_environment
+from .measure import PeakRss, cuda_peak_mib, cuda_peak_reset
+from .methods import BASELINES, LoadedModel, MethodSpec, methods_for
+from .results import BenchResult, ImageInfo, ImageScore, MethodRow, SheetCell, SheetRow
+from .sheet import as_rgb, best_crop
+
+GRAY_MODES = ("y", "rgb")
+Pair = tuple[str, np.ndarray, np.ndarray]   # (stem, HR mod-cropped, LR), 8-bit
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    scales: tuple[int, ...] = (4,)
+    baselines: tuple[str, ...] = BASELINES
+    lr_dir: Path | None = None
+    y_channel: bool = True
+    gray: str = "y"
+    warmup_runs: int = 1
+    lpips: bool = True
+    sheet_images: tuple[str, ...] | None = None   # stems for the contact sheet; () = first image; None = no sheet
+    sheet_crop_px: int = 64                         # HR pixels on a side
+    progress: bool = False
+
+
+def _check_options(options: BenchOptions, n_models: int) -> None:
+    if not options.scales or any(s < 1 for s in options.scales):
+        raise errors.UsageError(f"scales must be integers >= 1, got {list(options.scales)}")
+    unknown = [b for b in options.baselines if b not in BASELINES]
+    if unknown:
+        raise errors.UsageError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+    if options.gray not in GRAY_MODES:
+        raise errors.UsageError(f"gray must be one of {', '.join(GRAY_MODES)}, not {options.gray!r}",
+                                params=("gray",))
+    if options.lr_dir is not None and len(options.scales) != 1:
+        raise errors.UsageError("lr_dir pairs belong to one scale; give a single scale with lr_dir",
+                                params=("lr_dir", "scale"))
+    if not options.baselines and not n_models:
+        raise errors.UsageError("nothing to benchmark: no baselines and no models")
+    if options.warmup_runs < 0:
+        raise errors.UsageError(f"warmup must be >= 0, got {options.warmup_runs}", params=("warmup",))
+
+
+def _lr_files(lr_dir: Path) -> dict[str, Path]:
+    """LR images by stem; two files with one stem are an error."""
+    by_stem: dict[str, Path] = {}
+    for p in list_images(lr_dir):
+        if p.stem in by_stem:
+            raise errors.DataError(f"two LR images with stem {p.stem!r}: {by_stem[p.stem].name}, {p.name}",
+                                   path=lr_dir)
+        by_stem[p.stem] = p
+    return by_stem
+
+
+def _read_lr(lr_files: dict[str, Path], lr_dir: Path, stem: str, expected_hw: tuple[int, int],
+             hr_channels: int, gray: str) -> np.ndarray:
+    if stem not in lr_files:
+        raise errors.DataError(f"no LR image with stem {stem!r} for the HR image of that name", path=lr_dir)
+    path = lr_files[stem]
+    lr = read_uint8(path, rgb=gray == "rgb")
+    if lr.shape[:2] != expected_hw:
+        raise errors.DataError(f"LR is {lr.shape[1]}x{lr.shape[0]}, expected {expected_hw[1]}x{expected_hw[0]} "
+                               "(HR mod-cropped, divided by the scale)", path=path)
+    if lr.shape[2] != hr_channels:
+        if lr.shape[2] == 1:
+            lr = np.repeat(lr, hr_channels, axis=2)
+        else:
+            raise errors.DataError(f"LR has {lr.shape[2]} channels, its HR image {hr_channels}", path=path)
+    return lr
+
+
+def _pairs_for_scale(hr_images: list[tuple[str, np.ndarray]], scale: int, options: BenchOptions,
+                     lr_files: dict[str, Path], data_dir: Path) -> list[Pair]:
+    """Each HR image mod-cropped, with its LR: MATLAB bicubic, or the file of the same stem in lr_dir."""
+    pairs = []
+    for stem, hr in hr_images:
+        hr = mod_crop(hr, scale)
+        if min(hr.shape[:2]) // scale < 1 or min(hr.shape[:2]) - 2 * scale < metrics.SSIM_WINDOW_PX:
+            raise errors.DataError(f"{hr.shape[1]}x{hr.shape[0]} is too small to benchmark at x{scale}",
+                                   path=data_dir / stem)
+        if options.lr_dir is not None:
+            lr = _read_lr(lr_files, options.lr_dir, stem, (hr.shape[0] // scale, hr.shape[1] // scale),
+                          hr.shape[2], options.gray)
+        else:
+            lr = bicubic_down(hr, scale)
+        pairs.append((stem, hr, lr))
+    return pairs
+
+
+def _sheet_stems(options: BenchOptions, hr_images: list[tuple[str, np.ndarray]], data_dir: Path) -> list[str]:
+    if options.sheet_images is None:
+        return []
+    stems = list(options.sheet_images) or [hr_images[0][0]]
+    missing = [s for s in stems if s not in dict(hr_images)]
+    if missing:
+        raise errors.UsageError(f"sheet_image {missing[0]!r} is not an image stem in {data_dir}",
+                                params=("sheet_image",))
+    return stems
+
+
+class _Sheet:
+    """The contact sheet's crops and cells for one scale."""
+
+    def __init__(self, pairs: list[Pair], stems: list[str], crop_px: int) -> None:
+        self.pairs, self.stems = pairs, stems
+        self.crops = {stem: best_crop(hr, crop_px) for stem, hr, _ in pairs if stem in stems}
+        self.cells: dict[str, list[SheetCell]] = {stem: [] for stem in self.crops}
+
+    def add(self, stem: str, label: str, sr: np.ndarray) -> None:
+        if stem in self.crops:
+            top, left, size = self.crops[stem]
+            self.cells[stem].append(SheetCell(label, as_rgb(sr[top:top + size, left:left + size])))
+
+    def rows(self, scale: int) -> list[SheetRow]:
+        hr_by_stem = {stem: hr for stem, hr, _ in self.pairs}
+        out = []
+        for stem in self.stems:
+            top, left, size = self.crops[stem]
+            hr_cell = SheetCell("HR", as_rgb(hr_by_stem[stem][top:top + size, left:left + size]))
+            title = f"{stem} x{scale}: {size}px crop at x={left}, y={top}; dB = PSNR of the whole image"
+            out.append(SheetRow(title, (hr_cell, *self.cells[stem])))
+        return out
+
+
+def _score(method: MethodSpec, pair: Pair, scale: int, options: BenchOptions, lpips_net: Any,
+           data_dir: Path) -> tuple[ImageScore, np.ndarray]:
+    """Time ``method`` on one LR image and score its output against HR."""
+    stem, hr, lr = pair
+    t0 = time.perf_counter()
+    sr = method.fn(lr)
+    dt = time.perf_counter() - t0
+    if sr.shape != hr.shape or sr.dtype != np.uint8:
+        raise errors.UpscaleError(f"{method.name} returned {sr.shape} {sr.dtype} for an HR image of "
+                                  f"{hr.shape} uint8", path=data_dir / stem)
+    p = metrics.psnr(sr, hr, scale, options.y_channel)
+    s = metrics.ssim(sr, hr, scale, options.y_channel)
+    lp = lpips_net(sr, hr, scale) if lpips_net is not None else None
+    return ImageScore(stem, p, s, lp, dt), sr
+
+
+def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOptions, lpips_net: Any,
+             sheet: _Sheet, bar: Any, data_dir: Path) -> MethodRow:
+    """Warm up, then time and score every image: one row of the table."""
+    for _ in range(options.warmup_runs):
+        method.fn(pairs[0][2])
+    on_cuda = cuda_peak_reset(method.device)
+    scores: list[ImageScore] = []
+    out_pixels = 0
+    with PeakRss() as mem:
+        for pair in pairs:
+            score, sr = _score(method, pair, scale, options, lpips_net, data_dir)
+            scores.append(score)
+            out_pixels += sr.shape[0] * sr.shape[1]
+            sheet.add(pair[0], f"{method.name} {score.psnr_db:.2f} dB", sr)
+            bar.update(1)
+    seconds_total = sum(score.seconds for score in scores)
+    return MethodRow(
+        scale=scale, method=method.name, kind=method.kind,
+        psnr_db=float(np.mean([x.psnr_db for x in scores])),
+        ssim=float(np.mean([x.ssim for x in scores])),
+        lpips=None if lpips_net is None else float(np.mean([x.lpips for x in scores])),
+        seconds_per_image=seconds_total / len(scores),
+        output_mp_per_s=out_pixels / 1e6 / seconds_total if seconds_total > 0 else float("inf"),
+        peak_memory_mib=mem.peak_mib, peak_device_mib=cuda_peak_mib() if on_cuda else None,
+        device=method.device, dtype=method.dtype, note=method.note, per_image=tuple(scores))
+
+
+def environment(models: Sequence[LoadedModel]) -> dict[str, Any]:
+    """``upscale.machine.environment()`` plus the keys docs/bench.md documents (``cpu_count``,
+    ``torch_threads`` null when no model ran) and each model's source, arch, scale, device, dtype."""
+    env = machine_environment()
+    env["cpu_count"] = os.cpu_count()
+    env["torch_threads"] = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    env["models"] = {m.label: {"source": m.upscaler.model.source, "arch": m.upscaler.model.arch,
+                               "native_scale": m.native_scale, "device": m.device, "dtype": m.dtype}
+                     for m in models}
+    return env
+
+
+def _metric(options: BenchOptions, lpips_net: Any, lpips_missing: str) -> dict[str, Any]:
+    return {"y_channel": options.y_channel, "crop_border": "scale", "gray": options.gray,
+            "psnr": "10*log10(255^2/MSE), float64, per image then mean",
+            "ssim": "Gaussian 11x11 sigma 1.5, valid region, C1=(0.01*255)^2, C2=(0.03*255)^2",
+            "lpips": "alex" if lpips_net is not None else None,
+            "lpips_missing": None if lpips_net is not None else lpips_missing}
+
+
+def run_bench(data_dir: str | Path, options: BenchOptions, models: Sequence[LoadedModel] = ()) -> BenchResult:
+    """Benchmark the baselines and ``models`` on the HR images in ``data_dir``; see the package docstring."""
+    _check_options(options, len(models))
+    data_dir = Path(data_dir)
+    hr_images = [(p.stem, read_uint8(p, rgb=options.gray == "rgb")) for p in list_images(data_dir)]
+    infos = tuple(ImageInfo(stem, px.shape[1], px.shape[0], px.shape[2]) for stem, px in hr_images)
+    lr_files = _lr_files(options.lr_dir) if options.lr_dir is not None else {}
+    lpips_net, lpips_missing = (None, "not requested (--no-lpips)")
+    if options.lpips:
+        lpips_net, lpips_missing = metrics.Lpips.create()
+    sheet_stems = _sheet_stems(options, hr_images, data_dir)
+
+    total = len(options.scales) * (len(options.baselines) + len(models)) * len(hr_images)
+    rows: list[MethodRow] = []
+    sheet_rows: list[SheetRow] = []
+    with tqdm(total=total, disable=not options.progress, desc="bench", unit="img", file=sys.stderr) as bar:
+        for scale in options.scales:
+            pairs = _pairs_for_scale(hr_images, scale, options, lr_files, data_dir)
+            sheet = _Sheet(pairs, sheet_stems, options.sheet_crop_px)
+            for method in methods_for(options.baselines, models, scale):
+                rows.append(_measure(method, pairs, scale, options, lpips_net, sheet, bar, data_dir))
+            sheet_rows += sheet.rows(scale)
+
+    timing = {"warmup_runs": options.warmup_runs, "clock": "time.perf_counter per image",
+              "memory": "peak RSS growth during the timed images, sampled every 2 ms"}
+    lr_source = "matlab-bicubic" if options.lr_dir is None else f"dir:{options.lr_dir}"
+    return BenchResult(str(data_dir), lr_source, _metric(options, lpips_net, lpips_missing), timing,
+                       environment(models), infos, tuple(rows), tuple(sheet_rows))

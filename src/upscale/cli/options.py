@@ -1,0 +1,130 @@
+"""Flags shared by `run`, `batch` and `bench`, and the one place that turns them into library values:
+``engine_options_from`` builds ``EngineOptions``, ``load_model_from`` resolves -m / --weights / -s
+to a ``Model``. Flag wording lives here and in ``cli/__init__.py`` only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+log = logging.getLogger("upscale")
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _stack(*options: Decorator) -> Decorator:
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+# What --tile means (the engine's TILE_HELP, worded as flags; kept here so --help needs no torch import).
+TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; --overlap pixels of context are "
+             "added on every side, so a small tile costs time, never seams. auto (default): the size measured "
+             "fastest for the model's family, smaller if memory is short, the whole image if that is no larger; "
+             "0 = whole image.")
+
+
+def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--device, --precision, --threads, --compile (run, batch, bench)."""
+    return _stack(
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True, help="auto: fp16 on CUDA, bf16 on CPUs with avx512_bf16 or AMX, else fp32."),
+        click.option("--threads", type=int, default=None, help="CPU threads (default: all cores)."),
+        click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
+                     show_default=True, help="torch.compile the network (auto: when the work repays it)."),
+    )(fn)
+
+
+def tile_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--tile PX|auto|0 (run, batch, bench)."""
+    return click.option("--tile", "tile_px", default=None, metavar="PX|auto|0", help=TILE_HELP)(fn)
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-s, -m, --weights, --alpha, and the tiling, device and output options of `run` and `batch`."""
+    return _stack(
+        click.option("-s", "--scale", "outscale", type=float, default=None,
+                     help="Output scale, any number > 0 (default: the model's native scale, or 4 with no -m). "
+                          "The model runs at its native scale; a Lanczos resize gives the rest."),
+        click.option("-m", "--model", "model_name", default=None, metavar="NAME|PATH",
+                     help="Registry name (see `upscale models`) or weights file (.safetensors, .pth, ncnn .param). "
+                          "Default: the registry's default model for the nearest native scale."),
+        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Weights file to use (same as -m PATH)."),
+        click.option("--alpha", "interp_alpha", type=float, default=None,
+                     help="Network interpolation with the model's PSNR/GAN twin: 0 = PSNR model, 1 = GAN model."),
+        device_options,
+        tile_option,
+        click.option("--overlap", "overlap_px", type=int, default=None,
+                     help="Context around each tile, in input pixels (default: the model's receptive radius)."),
+        click.option("--batch", "batch", type=int, default=None, help="Tiles per forward pass."),
+        click.option("--format", "output_format", type=click.Choice(["png", "jpg", "webp", "tif", "bmp"]),
+                     default=None, help="Output format (default: the output file's extension)."),
+        click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality."),
+        click.option("--alpha-mode", type=click.Choice(["model", "bicubic"]), default="model", show_default=True,
+                     help="Upscale transparency with the model (as a gray image) or with bicubic."),
+        click.option("--max-pixels", type=int, default=None,
+                     help="Raise (or lower) the decompression-bomb limit on input pixels."),
+    )(fn)
+
+
+def quiet_option(help_text: str) -> Decorator:
+    """-q/--quiet: no progress and no info lines (``upscale -q CMD`` sets it too)."""
+    def lower_logging(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value:
+            logging.getLogger("upscale").setLevel(logging.WARNING)
+        return value
+    return click.option("-q", "--quiet", is_flag=True, help=help_text, callback=lower_logging)
+
+
+def engine_options_from(device: str = "auto", precision: str = "auto", tile_px: str | int | None = None,
+                        overlap_px: int | None = None, batch: int | None = None, threads: int | None = None,
+                        compile_mode: str = "auto") -> Any:
+    """``EngineOptions`` from the flags' values (None: the engine's default); validated here, before
+    any model is loaded."""
+    from ..engine import EngineOptions
+
+    kwargs: dict[str, Any] = {"device": device, "precision": precision, "threads": threads, "compile": compile_mode}
+    if tile_px is not None:
+        kwargs["tile_px"] = tile_px if tile_px == "auto" else _whole_number("--tile", tile_px)
+    if overlap_px is not None:
+        kwargs["overlap_px"] = overlap_px
+    if batch is not None:
+        kwargs["batch"] = batch
+    return EngineOptions(**kwargs)
+
+
+def model_name_from(model_name: str | None, weights: Path | None, outscale: float | None) -> str:
+    """What -m / --weights / -s name: a file, a registry name, or the default model for the scale."""
+    from ..api import default_model_name
+
+    if weights is not None and model_name is not None:
+        raise click.UsageError("give either -m or --weights, not both")
+    if weights is not None:
+        return str(weights)
+    return model_name if model_name is not None else default_model_name(outscale)
+
+
+def load_model_from(name: str, outscale: float | None, interp_alpha: float | None) -> Any:
+    """The ``Model`` for ``name`` (see ``model_name_from``), saying when its output will be resized."""
+    from ..api import load_model
+
+    model = load_model(name, alpha=interp_alpha)
+    if outscale is not None and outscale != model.scale:
+        log.info("model %s is x%d; resizing its output to x%g with Lanczos", model.name or model.source,
+                 model.scale, outscale)
+    return model
+
+
+def _whole_number(flag: str, value: str | int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an integer or 'auto'", param_hint=flag) from None

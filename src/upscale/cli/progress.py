@@ -1,0 +1,77 @@
+"""Progress on stderr that suits where stderr goes: a tqdm bar on a terminal; elsewhere (a log file, a
+pipe, CI) a plain line each tenth of the work or every ``PLAIN_EVERY_S`` seconds, whichever comes
+first, never a bar's carriage returns; nothing at all when quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+import click
+
+PLAIN_EVERY_S = 10.0   # off a terminal: at most one line per tenth of the work, or one per this long
+
+
+class Progress:
+    """``update(done, total)`` as work advances, ``note(text)`` for a side remark (rate, current file),
+    ``write(line)`` for a line that must stand alone (a failure), ``close()`` at the end."""
+
+    def __init__(self, label: str, unit: str, total: int = 0, *, quiet: bool = False, leave: bool = True,
+                 stream: IO[str] | None = None) -> None:
+        self.label, self.unit, self.total = label, unit, total
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        self.done = 0
+        self._decile = 0
+        self._last_line = time.monotonic()
+        self._note = ""
+        self._bar: Any = None
+        if not quiet and _is_terminal(self.stream):
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, unit=unit, desc=label if not leave else None, leave=leave,
+                             dynamic_ncols=True, smoothing=0.1, file=self.stream)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        self.done = done
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.n = done
+            self._bar.refresh()
+        elif not self.quiet and self.total > 1:
+            decile = done * 10 // self.total
+            if decile > self._decile or time.monotonic() - self._last_line >= PLAIN_EVERY_S:
+                self._decile = decile
+                self._plain_line()
+
+    def note(self, text: str) -> None:
+        self._note = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
+        elif not self.quiet and self.total > 1 and time.monotonic() - self._last_line >= PLAIN_EVERY_S:
+            self._plain_line()
+
+    def write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            click.echo(line, file=self.stream)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def _plain_line(self) -> None:
+        self._last_line = time.monotonic()
+        pct = 100 * self.done // max(self.total, 1)
+        note = f", {self._note}" if self._note else ""
+        click.echo(f"upscale: {self.label}: {self.done}/{self.total} {self.unit}s ({pct}%){note}", file=self.stream)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

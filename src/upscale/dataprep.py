@@ -1,0 +1,65 @@
+"""Dataset preparation shared by ``bench`` and ``train``: which files of a folder are images, 8-bit
+pixels from any image we read, the mod-crop, and MATLAB-bicubic down/up-scaling of 8-bit images.
+
+These are the conventions behind the published super-resolution tables (and BasicSR): every HR image
+is mod-cropped to a multiple of the scale, its LR is MATLAB's ``imresize(HR, 1/s, 'bicubic')`` rounded
+to 8 bits, and the bicubic baseline is ``imresize(LR, s, 'bicubic')`` rounded the same way. Bench and
+train must agree on them, or a validation PSNR and a bench PSNR of one model would not be comparable.
+
+No torch here: this is numpy on top of ``io`` and ``matlab_resize``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .io import SUPPORTED_EXTENSIONS, read_image, to_uint8
+from .matlab_resize import imresize, round_like_matlab
+
+IMAGE_SUFFIXES = tuple(sorted(SUPPORTED_EXTENSIONS))   # the suffixes io reads and writes
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder`` (io's suffixes, any case), sorted by name; other files
+    (manifests, checksums) are skipped. DataError when it is not a folder or holds no image."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise DataError("not a folder", path=p)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS)
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", path=p)
+    return files
+
+
+def read_uint8(path: str | Path, *, rgb: bool) -> np.ndarray:
+    """An image file as 8-bit (H, W, C): alpha dropped; a gray image is (H, W, 1), or repeated to
+    (H, W, 3) with ``rgb=True``. io's ImageReadError propagates (the caller words it).
+
+    16-bit samples go through ``io.to_uint8``, (v * 255 + 32767) // 65535; bench and train used
+    floor(v / 257 + 0.5) before, which gives the same 8-bit value for all 65536 inputs."""
+    pixels = to_uint8(read_image(path).pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if rgb and pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop bottom/right so that height and width are multiples of ``scale``."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB ``imresize(hr, 1/scale, 'bicubic')`` of an 8-bit image (antialiased, each pass rounded
+    to 8 bits as MATLAB does for uint8), as uint8: the LR input of the tables."""
+    return round_like_matlab(imresize(hr, 1.0 / scale, round_between_passes=True)).astype(np.uint8)
+
+
+def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB ``imresize(lr, scale, 'bicubic')`` of an 8-bit image, as uint8: the tables' bicubic row."""
+    return round_like_matlab(imresize(lr, float(scale), round_between_passes=True)).astype(np.uint8)

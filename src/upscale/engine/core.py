@@ -1,0 +1,253 @@
+"""The run loop: ``Engine`` prepares a network once; ``Engine.upscale`` checks the input and the
+output's size, plans windows (``upscale.tiling``), converts each band of rows of the input to float
+once, stacks windows into batches (NHWC memory, so the batch is channels_last without a copy), runs
+them under autocast and streams the outputs into the result through ``tiling.BandStitcher``."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import errors, tiling
+from ..device import NAMES, resolve_device, resolve_precision, synchronize
+from ..model import Model
+from .compiling import compiled_module, uses_compiled, want_compile
+from .cost import check_output_fits, fitting_window_px, probe_cost
+from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
+from .stitch_ops import TorchStitchOps, to_float
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class RunStats:
+    """Figures of ``Engine.upscale`` calls. Pass one in to have it filled; the counters add up, so one
+    record can follow several calls (an image and its alpha); the descriptive fields are the last call's."""
+
+    forward_s: float = 0.0        # seconds in forward passes (device synchronised)
+    stitch_s: float = 0.0         # seconds blending tiles into the output
+    total_s: float = 0.0          # seconds of the whole call
+    tiles: int = 0                # windows run through the model
+    batches: int = 0              # forward passes
+    tile_shape: tuple[int, int] | None = None   # window (height, width), input px
+    device: str = ""
+    precision: str = ""           # "fp32", "bf16" or "fp16"
+    compiled: bool = False        # whether the windows went through the compiled graph
+
+
+class Engine:
+    """A network prepared once for ``options``; ``upscale`` runs images through it.
+
+    ``work``: what the caller plans to run (``Workload``); used only when compiling, to judge whether
+    it pays off (``compile="auto"``) and to choose the window shape to compile.
+    """
+
+    def __init__(self, model: Model, options: EngineOptions | None = None, *,
+                 work: Workload | None = None) -> None:
+        self.model = model
+        self.options = options or EngineOptions()
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
+        self.device = resolve_device(self.options.device)
+        self.dtype = resolve_precision(self.options.precision, self.device, model)
+        self.cost = probe_cost(model)
+        module = copy.deepcopy(model.module).eval().to(self.device)
+        self.module: nn.Module = module.to(memory_format=torch.channels_last)   # eager, always kept
+        work = work or Workload()
+        self.compiled = want_compile(self.options.compile, self.device, self.cost, self.dtype, work.pixels)
+        # the one (height, width) window shape compiled (None: whole images, one graph per image size)
+        self.compiled_shape: tuple[int, int] | None = None
+        self._compiled_module: nn.Module | None = None
+        self._compile_pending = False
+        if self.compiled:
+            self._prepare_compile(work.shape)
+        self._note_cost()
+        log.debug("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
+                  torch.get_num_threads(), "on" if self.compiled else "off")
+
+    # -- geometry --
+    @property
+    def overlap_px(self) -> int:
+        """The context in force: as given, or the model's receptive radius within [8, 32] px."""
+        if self.options.overlap_px is not None:
+            return self.options.overlap_px
+        return max(DEFAULT_OVERLAP_PX, min(self.model.receptive_radius, AUTO_OVERLAP_MAX_PX))
+
+    @property
+    def margin_px(self) -> int:
+        """Context discarded at interior window edges: all of it, or just the receptive radius when the
+        context holds more (exact tiling; the rest is cross-faded)."""
+        return min(self.overlap_px, self.model.receptive_radius)
+
+    def tile_px_for(self, height: int, width: int) -> int:
+        """The core (stride) used for an image of this size (0 = whole image; resolves ``"auto"``)."""
+        tile = self.options.tile_px
+        if tile != "auto":
+            return int(tile)
+        window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
+        if window >= max(height, width):
+            return 0
+        context = tiling.padded_length(self.overlap_px, self.model.size_multiple)
+        return max(MIN_AUTO_CORE_PX, window - 2 * context)
+
+    def plan_for(self, height: int, width: int) -> tiling.TilePlan:
+        """The windows and blend weights for an image of this size."""
+        model = self.model
+        return tiling.plan_tiles(height, width, self.tile_px_for(height, width), self.overlap_px,
+                                 model.size_multiple, model.scale, margin_px=self.margin_px)
+
+    # -- preparation --
+    def _prepare_compile(self, image_shape: tuple[int, int] | None) -> None:
+        """Wrap the module for torch.compile and choose the window shape it serves. Compiling itself
+        happens on the first batch of that shape (no separate dummy pass, whose compute would be thrown
+        away: for RRDBNet that doubled the time to the first output); if it fails there,
+        ``compile="auto"`` falls back to the eager module and ``compile="on"`` raises a UsageError."""
+        if self.options.tile_px == 0:
+            self.compiled_shape = None
+        elif image_shape:
+            plan = self.plan_for(*image_shape)
+            self.compiled_shape = (plan.tile_h, plan.tile_w)
+        else:   # the full window, as an image larger than any window gets
+            side = tiling.window_px(self.tile_px_for(1 << 30, 1 << 30), self.overlap_px, self.model.size_multiple)
+            self.compiled_shape = (side, side) if side else None
+        self._compiled_module = compiled_module(self.module, self.model.arch)
+        self._compile_pending = True
+
+    def _note_cost(self) -> None:
+        tile = self.options.tile_px
+        if isinstance(tile, int) and tile > 0:
+            factor = (tiling.window_px(tile, self.overlap_px, self.model.size_multiple)
+                      / tiling.padded_length(tile, self.model.size_multiple)) ** 2
+            if factor > 4:
+                log.info("tile_px %d with %d px of context on each side computes each pixel up to ~%.0f times",
+                         tile, self.overlap_px, factor)
+
+    # -- running --
+    def upscale(self, pixels: np.ndarray, progress: Progress | None = None,
+                stats: RunStats | None = None) -> np.ndarray:
+        """(H, W, C) uint8/uint16/float32 in [0, 1] -> (H*s, W*s, C_out) of the same dtype.
+
+        ``progress(done_tiles, total_tiles)`` is called after each batch. ``stats``, when given, has
+        this call's figures added to it (``RunStats``). An output too large for the memory available is
+        an ``errors.ResourceError`` before anything is allocated.
+        """
+        start = time.perf_counter()
+        self._check_input(pixels)
+        h, w = pixels.shape[:2]
+        s = self.model.scale
+        check_output_fits(h, w, self.model.out_channels, s, pixels.dtype)
+        plan = self.plan_for(h, w)
+        out = np.empty((h * s, w * s, self.model.out_channels), dtype=pixels.dtype)
+        # tiles stay where the model ran (the GPU's memory on CUDA) until blended; each finished band
+        # reaches the host once, already clamped and in the output dtype
+        stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
+        compiled = self.compiled and uses_compiled(self.compiled_shape, (plan.tile_h, plan.tile_w))
+        forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
+                                                         stitcher, compiled, progress)
+        if stats is not None:
+            stats.forward_s += forward_s
+            stats.stitch_s += stitch_s
+            stats.total_s += time.perf_counter() - start
+            stats.tiles += plan.num_tiles
+            stats.batches += batches
+            stats.tile_shape, stats.device = (plan.tile_h, plan.tile_w), str(self.device)
+            stats.precision, stats.compiled = NAMES[self.dtype], compiled and self.compiled
+        return out
+
+    def _check_input(self, pixels: np.ndarray) -> None:
+        model = self.model
+        label = model.name or model.source or model.arch
+        if pixels.ndim != 3 or pixels.dtype not in (np.uint8, np.uint16, np.float32):
+            raise errors.UsageError(f"{label}: expected an (H, W, C) uint8, uint16 or float32 array, "
+                                    f"got {pixels.shape} {pixels.dtype}")
+        h, w, c = pixels.shape
+        if c != model.in_channels:
+            raise errors.UsageError(f"{label} takes {model.in_channels}-channel input, the image has {c}")
+        if h < 1 or w < 1:
+            raise errors.UsageError(f"{label}: empty image ({h}x{w})")
+
+    def _run_windows(self, padded: np.ndarray, plan: tiling.TilePlan, stitcher: tiling.BandStitcher,
+                     compiled: bool, progress: Progress | None) -> tuple[float, float, int]:
+        """Every window of ``plan`` through the model (the compiled graph if ``compiled``) and into the
+        stitcher; returns (forward seconds, stitch seconds, batches)."""
+        forward_s = stitch_s = 0.0
+        batches = 0
+        total = plan.num_tiles
+        with torch.inference_mode(), self._autocast():
+            for done, group, x in self._batches(padded, plan, static=compiled):
+                t0 = time.perf_counter()
+                y = self._forward(x, compiled).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
+                synchronize(self.device)   # so forward_s is the forward pass (and the input may be refilled)
+                t1 = time.perf_counter()
+                for i, win in enumerate(group):
+                    stitcher.add(win, y[i])
+                stitch_s += time.perf_counter() - t1
+                forward_s += t1 - t0
+                batches += 1
+                if progress is not None:
+                    progress(done, total)
+        return forward_s, stitch_s, batches
+
+    def _batches(self, padded: np.ndarray, plan: tiling.TilePlan, *,
+                 static: bool) -> Iterator[tuple[int, list[tiling.Window], torch.Tensor]]:
+        """(windows done after this batch, its windows, its NCHW input on the device), batch after batch.
+        Each band of rows is converted to float once; ``static``: always a full batch (compiled graphs
+        keep one batch size; the rows past the last window are ignored)."""
+        full = self.options.batch
+        th, tw = plan.tile_h, plan.tile_w
+        windows = list(plan.windows())
+        batch_in = torch.zeros((full, th, tw, padded.shape[2]), dtype=torch.float32,
+                               pin_memory=self.device.type == "cuda")
+        band_row, band = -1, None
+        for first in range(0, len(windows), full):
+            group = windows[first:first + full]
+            for i, win in enumerate(group):
+                if win.row != band_row:
+                    band_row, band = win.row, to_float(padded[win.y0:win.y0 + th])
+                batch_in[i].copy_(band[:, win.x0:win.x0 + tw])
+            n = full if static else len(group)
+            yield first + len(group), group, batch_in[:n].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+
+    def _forward(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:
+        """One batch through the eager module, or the compiled one; the first compiled call compiles
+        (or falls back to the eager module)."""
+        if not (compiled and self.compiled):
+            return self.module(x)
+        if not self._compile_pending:
+            return self._compiled_module(x)
+        t0 = time.perf_counter()
+        try:
+            y = self._compiled_module(x)
+        except Exception as exc:   # compiler missing or failing: many exception types, all mean the same
+            if self.options.compile == "on":
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise errors.UsageError(f"compile on: torch.compile failed here ({type(exc).__name__}: {first}); "
+                                        "use compile off", params=("compile",)) from exc
+            log.warning("compile auto: torch.compile failed (%s); running eagerly", type(exc).__name__)
+            self.compiled, self._compiled_module = False, None
+            y = self.module(x)
+        else:
+            log.info("compiled for %s tiles, batch %d, in %.1f s (first batch included)",
+                     f"{x.shape[2]}x{x.shape[3]}", x.shape[0], time.perf_counter() - t0)
+        self._compile_pending = False
+        return y
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def _pad(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad the bottom/right of an (H, W, C) array to (height, width); no copy if it fits."""
+    h, w = pixels.shape[:2]
+    if (h, w) == (height, width):
+        return pixels
+    return np.pad(pixels, ((0, height - h), (0, width - w), (0, 0)), mode="reflect")

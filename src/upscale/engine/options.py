@@ -1,0 +1,103 @@
+"""What a caller asks of an engine: ``EngineOptions`` (validated on construction, errors naming the
+parameter) and ``Workload`` (what will go through it), with the documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import errors
+from ..device import DEVICES, PRECISIONS
+
+COMPILE_MODES = ("auto", "on", "off")
+
+# Default tile = "auto". The fallback constant is a *window* side (core + context), the fastest measured
+# for the model's family on this project's CPU (docs/perf.md, ``benchmarks/speed_core.py --sweep``:
+# whole-image seconds per window size), reduced where the memory available could not hold one batch of
+# its activations; the core is that window less the context on both sides, and images no larger than
+# one window run whole. RRDBNet x4plus, 512x512, bf16, 2 threads: window 192 41.2 s, 256 26.0 s,
+# 384 20.8 s, whole (512) 22.9 s -- its 64-channel layers at 4x resolution get slower per pixel as
+# windows grow, so mid-sized windows beat one pass. default-x4 (compact 48x12), 768x768: 192 0.87 s,
+# 256 0.74 s, 384 0.80 s, 512 0.63 s, whole 1.01 s. The compact cap is 496, not 512: a 64-channel bf16
+# activation of a 512 px window is 33.5 MB, just over glibc's 32 MiB mmap ceiling, so every layer's
+# output would be a fresh mmap (page faults on every pass); realesr-animevideov3 (64 ch, PReLU) took
+# 1.27 s per 512 px window against 0.59 s at 496.
+DEFAULT_TILE_PX: int | str = "auto"
+BEST_TILE_PX = {"compact": 496}      # window side by family; the others get the fallback (measured best or
+                                     # within 12%: rrdbnet, srresnet, srcnn, tiny; docs/perf.md)
+BEST_TILE_FALLBACK_PX = 384
+MIN_AUTO_CORE_PX = 64           # "auto" never picks a core smaller than this
+DEFAULT_OVERLAP_PX = 8          # smallest default context: used when the model's receptive radius is smaller
+# Default context = the model's receptive radius (exact tiling) capped here. Measured with the real
+# realesrgan-x4plus weights (RRDBNet 23 blocks, radius ~350 px) on a 256x256 BSD200 crop, fp32, window
+# 192 (the old geometry, which discarded the overlap at each edge as the new one does): overlap 8 ->
+# 41.3 dB vs untiled, 16 -> 44.9 dB, 32 -> 57.1 dB.
+AUTO_OVERLAP_MAX_PX = 32
+DEFAULT_BATCH = 1
+MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batch's activations use
+
+TILE_HELP = ("tile_px is the core of each window (the stride, input px); overlap_px of context is added "
+             "on every side (default: the model's receptive radius, 8 to 32 px), so a window is "
+             "tile_px + 2 x overlap_px, a pixel costs at most ((tile_px + 2 x overlap_px) / tile_px)^2 "
+             "passes, and a small tile only costs time, never seams; 0 = whole image, auto = the fastest "
+             "measured window for the model's family")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a caller plans to run through an engine: ``pixels``, the input pixels of all images (for
+    ``compile="auto"``), and ``shape``, the (height, width) every image has, when they all have the same
+    one (a compiled engine then compiles the window shape of that size)."""
+
+    pixels: int = 0
+    shape: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run a model.
+
+    ``tile_px``: the core of each window, i.e. the stride at which windows advance (input px, any whole
+    number >= 1), 0 = the whole image in one pass, "auto" (default) = the fastest measured window side
+    for the model's family (``BEST_TILE_PX``, smaller if the memory available cannot hold one batch of
+    it) less the context, and the whole image when that is no larger. ``overlap_px``: context added on
+    each side of every core (None: the model's receptive radius within [8, 32] px), so a window is
+    ``tile_px + 2 * overlap_px`` px and a pixel is computed at most ``((tile_px + 2 * overlap_px) /
+    tile_px)^2`` times; neighbouring windows cross-fade inside the context, a small tile never reduces
+    the context (it only costs time), and tiled == untiled exactly once the context reaches
+    ``Model.receptive_radius``. ``batch``: windows per forward pass; ``threads``: torch intra-op threads
+    (None = all cores); ``device``/``precision``: see ``upscale.device``; ``compile``: auto/on/off (see
+    ``upscale.engine.compiling``).
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    tile_px: int | str = DEFAULT_TILE_PX
+    overlap_px: int | None = None
+    batch: int = DEFAULT_BATCH
+    threads: int | None = None
+    compile: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("compile", self.compile, COMPILE_MODES)
+        if self.tile_px != "auto" and not _whole(self.tile_px, 0):
+            raise errors.UsageError(f"tile_px must be a whole number of pixels >= 0 or 'auto', not {self.tile_px!r}",
+                                    params=("tile_px",))
+        if self.overlap_px is not None and not _whole(self.overlap_px, 0):
+            raise errors.UsageError(f"overlap_px must be a whole number of pixels >= 0, not {self.overlap_px!r}",
+                                    params=("overlap_px",))
+        if not _whole(self.batch, 1):
+            raise errors.UsageError(f"batch must be a whole number >= 1, not {self.batch!r}", params=("batch",))
+        if self.threads is not None and not _whole(self.threads, 1):
+            raise errors.UsageError(f"threads must be a whole number >= 1, not {self.threads!r}",
+                                    params=("threads",))
+
+
+def _whole(value: object, least: int) -> bool:
+    return isinstance(value, int) and value >= least
+
+
+def _choice(param: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise errors.UsageError(f"{param} must be one of {', '.join(allowed)}, not {value!r}", params=(param,))

@@ -1,0 +1,60 @@
+"""The ``Image`` record, the format tables and the one 16 -> 8 bit conversion of the project.
+
+Nothing here touches a file: ``read`` fills an ``Image`` from one, ``write`` puts one back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Output formats: extension -> Pillow format name. The suffix set is the project's list of image files.
+FORMAT_BY_EXT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF",
+                 "tiff": "TIFF", "bmp": "BMP"}
+SUPPORTED_EXTENSIONS = frozenset(f".{ext}" for ext in FORMAT_BY_EXT)
+DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95}
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """Decoded pixels with what is needed to write them back faithfully."""
+
+    pixels: np.ndarray            # (H, W, C), C in {1, 3}; uint8 or uint16 as the file's mode says
+    alpha: np.ndarray | None      # (H, W), same dtype as pixels, or None
+    icc_profile: bytes | None = None
+    exif: bytes | None = None     # Orientation reset to 1 (the pixels are already upright)
+    source_format: str = ""       # "PNG", "JPEG", ...
+    source_mode: str = ""         # Pillow's mode of the file; "RGB;16"/"RGBA;16"/"LA;16" for 16-bit colour
+    frames: int = 1               # frames/pages in the file; only the first is in ``pixels``
+
+    def __post_init__(self) -> None:
+        p = self.pixels
+        if p.ndim != 3 or p.shape[2] not in (1, 3) or p.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"pixels must be (H, W, 1|3) uint8/uint16, got {p.shape} {p.dtype}")
+        if self.alpha is not None and (self.alpha.shape != p.shape[:2] or self.alpha.dtype != p.dtype):
+            raise ValueError(f"alpha must be {p.shape[:2]} {p.dtype}, got {self.alpha.shape} {self.alpha.dtype}")
+
+    @property
+    def bit_depth(self) -> int:
+        """8 or 16 bits per sample."""
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+
+def to_uint8(samples: np.ndarray) -> np.ndarray:
+    """uint8 samples unchanged (the same array); uint16 rounded to the nearest 8-bit value.
+
+    The formula is exact integer arithmetic: ``(v * 255 + 32767) // 65535``, i.e. ``v * 255 / 65535``
+    rounded half down. For every uint16 ``v`` it equals ``floor(v / 257 + 0.5)`` (``v / 257`` never
+    has a fractional part of exactly one half). Any shape; other dtypes raise ``TypeError``.
+    """
+    if samples.dtype == np.uint8:
+        return samples
+    if samples.dtype != np.uint16:
+        raise TypeError(f"expected uint8 or uint16 samples, got {samples.dtype}")
+    return ((samples.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's text on one line (its type name when it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__

@@ -1,0 +1,146 @@
+"""Writing: ``Image`` -> a file, atomically through ``upscale.atomic`` (the per-format rules are in the
+package docstring). ``check_output`` is the whole up-front check, for callers that want to refuse a bad
+output before the slow work."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image as PILImage
+
+from .. import errors
+from ..atomic import atomic_file, is_temp_name
+from .bmp import write_bmp
+from .exif import JPEG_MAX_EXIF
+from .image import DEFAULT_QUALITY, FORMAT_BY_EXT, SUPPORTED_EXTENSIONS, Image, one_line, to_uint8
+from .png import png_workers, write_png
+from .tiff import write_tiff
+
+log = logging.getLogger(__name__)
+
+
+def output_format_for(path: str | Path, format: str | None = None) -> str:
+    """Pillow format name ("PNG", "JPEG", "WEBP", "TIFF", "BMP") from ``format`` or else the extension.
+
+    A ``format`` that contradicts a known extension of ``path`` (``y.png`` as jpg) is a ``UsageError``;
+    the same format spelled otherwise (jpg/jpeg, tif/tiff) is fine, and so is a path whose extension
+    is not an image format's.
+    """
+    suffix = Path(path).suffix
+    by_ext = FORMAT_BY_EXT.get(suffix.lower().lstrip("."))
+    key = (format if format else suffix).lower().lstrip(".")
+    if key not in FORMAT_BY_EXT:
+        what = f"format {format!r}" if format else f"extension {suffix or '(none)'!r}"
+        raise errors.ImageWriteError(
+            f"unknown output {what}; use one of {', '.join(sorted(SUPPORTED_EXTENSIONS))}", path=path)
+    fmt = FORMAT_BY_EXT[key]
+    if by_ext is not None and by_ext != fmt:
+        raise errors.UsageError(
+            f"output_format {format!r} contradicts the file's extension {suffix!r} ({by_ext}); "
+            f"name the file .{key} or leave output_format out", path=path, params=("output_format",))
+    return fmt
+
+
+def check_output(path: str | Path, format: str | None = None, quality: int | None = None) -> str:
+    """Everything ``write_image`` checks before it encodes: a known format that agrees with the
+    extension, ``quality`` in 1..100, an existing folder, a target that is not a folder. Returns the
+    Pillow format name; raises ``ImageWriteError`` / ``UsageError`` naming the file."""
+    path = Path(path)
+    fmt = output_format_for(path, format)
+    if quality is not None and not 1 <= quality <= 100:
+        raise errors.UsageError(f"quality must be between 1 and 100, not {quality}", params=("quality",))
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise errors.ImageWriteError(problem, path=path)
+    if _is_dir(path):
+        raise errors.ImageWriteError("is a folder; name an image file to write", path=path)
+    return fmt
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """None when ``folder`` is a folder; else why not: the first part of it that is not a folder, or
+    that it does not exist."""
+    if _is_dir(folder):
+        return None
+    for part in (folder, *folder.parents):
+        if _is_dir(part):
+            break
+        try:
+            os.lstat(part)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:
+            return f"cannot use the output folder {part} ({err.strerror or one_line(err)})"
+        return f"{part} is not a folder"
+    return f"output folder {folder} does not exist"
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """True when ``path`` is named like a temporary file of ``write_image`` (``upscale.atomic``'s)."""
+    return is_temp_name(Path(path).name)
+
+
+def write_image(image: Image, path: str | Path, *, format: str | None = None,
+                quality: int | None = None, threads: int | None = None) -> None:
+    """Write ``image`` to ``path`` atomically; ``ImageWriteError`` if it cannot be written.
+
+    ``format`` (png, jpg/jpeg, webp, tif/tiff, bmp) is for a path without an image extension (it must
+    agree with one that has); ``quality`` (1..100) is for JPEG and WebP; ``threads`` is how many
+    threads PNG encoding may use (None: every CPU this process may run on; a caller that already
+    encodes several images at once passes 1).
+    """
+    path = Path(path)
+    fmt = check_output(path, format, quality)
+    try:
+        with atomic_file(path, "wb") as f:
+            _encode(image, f, fmt, quality, path, threads)
+    except OSError as err:
+        raise errors.ImageWriteError(f"cannot write ({err.strerror or one_line(err)})", path=path) from None
+    except ValueError as err:  # Pillow's encoders report impossible images this way
+        raise errors.ImageWriteError(f"cannot encode as {fmt} ({one_line(err)})", path=path) from None
+
+
+def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path, threads: int | None) -> None:
+    alpha = image.alpha
+    if alpha is not None and fmt in ("JPEG", "BMP"):
+        log.warning("%s: %s has no alpha channel; transparency dropped", path, fmt)
+        alpha = None
+    if fmt == "TIFF":
+        write_tiff(f, image.pixels, alpha, image.icc_profile)
+        return
+    if fmt == "PNG":   # streamed by our own writer: no second copy of a large output in Pillow's memory
+        write_png(f, image.pixels, alpha, image.icc_profile, image.exif, threads or png_workers())
+        return
+    pixels = to_uint8(image.pixels)
+    if fmt == "BMP":
+        write_bmp(f, pixels)
+        return
+    if fmt == "WEBP" and pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    stack = pixels if alpha is None else np.dstack([pixels, to_uint8(alpha)])
+    pil = PILImage.fromarray(stack[..., 0] if stack.shape[2] == 1 else stack)
+    params: dict[str, object] = {}
+    if image.icc_profile:
+        params["icc_profile"] = image.icc_profile
+    if image.exif:
+        if fmt == "JPEG" and len(image.exif) > JPEG_MAX_EXIF:
+            log.warning("%s: EXIF block of %d bytes is too large for JPEG; not written", path, len(image.exif))
+        else:
+            params["exif"] = image.exif
+    if fmt in DEFAULT_QUALITY:
+        params["quality"] = quality if quality is not None else DEFAULT_QUALITY[fmt]
+    if fmt == "JPEG":
+        params["subsampling"] = 0
+    pil.save(f, format=fmt, **params)

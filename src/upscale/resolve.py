@@ -1,0 +1,96 @@
+"""Name or path -> a ready ``Model``: the one place that turns what a user typed (``-m esrgan``,
+``-m w.pth``, ``--init net.param``, ``--psnr A --gan B``) into weights and a network.
+
+It sits above the rooms it combines (``registry`` for names, ``hub`` for a spec's local file,
+``loading`` for a file's network, ``ncnn`` for .param pairs, ``interp`` for the blend) and below
+those that ask for models (``api``, ``cli``, ``train``). None of those rooms imports this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from . import errors, hub, interp, loading, registry
+from .model import Model
+from .registry import ModelSpec
+
+NCNN_SUFFIX = ".param"
+
+
+def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Model:
+    """A weights file (.safetensors, .pth/.pt/.ckpt, ncnn .param) or a registry name -> a ready ``Model``.
+
+    ``alpha`` blends a registry model with its registered PSNR/GAN twin (ESRGAN's network
+    interpolation): 0 is the PSNR model, 1 the GAN model.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        if alpha is not None:
+            raise errors.UsageError("alpha needs a registry model with a PSNR/GAN twin, not a file; to blend "
+                                    "two files, interpolate them (`upscale interp`)", params=("alpha",))
+        return open_weights(path)
+    if path.exists():
+        raise errors.ModelNotFoundError(f"{path} is not a weights file")
+    spec = registry.get_model(str(name_or_path))
+    if alpha is not None:
+        return interpolated_model(spec, alpha)
+    model = loading.load_model(hub.weights_path(spec), name=spec.name)
+    return replace(model, name=spec.name, source=spec.name, bf16_safe=spec.bf16_safe)
+
+
+def open_weights(path: str | Path, bin_path: str | Path | None = None) -> Model:
+    """A weights file, or an ncnn .param (with ``bin_path``, default: beside it), as a ``Model``."""
+    path = Path(path)
+    if path.suffix.lower() == NCNN_SUFFIX:
+        from .ncnn import read_ncnn
+
+        arch, hparams, state_dict = read_ncnn(path, bin_path)
+        return loading.model_from_state_dict(state_dict, arch, hparams, source=str(path))
+    return loading.load_model(path)
+
+
+def weights_file(name_or_path: str | Path) -> Path:
+    """An existing file as it is; otherwise a registry name's verified local weights (``hub``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    return hub.weights_path(registry.get_model(str(name_or_path)))
+
+
+def twin_pair(spec_or_name: ModelSpec | str) -> tuple[ModelSpec, ModelSpec]:
+    """(PSNR spec, GAN spec) of a registry model and its registered twin, whichever was named."""
+    spec = registry.get_model(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
+    if spec.twin is None:
+        raise errors.UsageError(f"model {spec.name!r} has no registered PSNR/GAN twin, so alpha cannot be used",
+                                params=("alpha",))
+    twin = registry.get_model(spec.twin)
+    pair = {spec.kind: spec, twin.kind: twin}
+    if set(pair) != {"psnr", "gan"}:
+        raise errors.RegistryError(f"model {spec.name!r} ({spec.kind}) and its twin {twin.name!r} ({twin.kind}) "
+                                   "are not a psnr/gan pair")
+    return pair["psnr"], pair["gan"]
+
+
+def interpolate_files(psnr: str | Path, gan: str | Path, alpha: float) -> tuple[str, dict[str, Any],
+                                                                               loading.StateDict]:
+    """Read two weights files (any layout ``loading`` knows), check they are the same network and
+    interpolate them; returns (arch, hparams, state dict)."""
+    interp.check_alpha(alpha)
+    sd_p, arch_p, hp_p, _ = loading.read_canonical(psnr)
+    sd_g, arch_g, hp_g, _ = loading.read_canonical(gan)
+    names = (str(psnr), str(gan))
+    interp.check_same_network((arch_p, hp_p), (arch_g, hp_g), names)
+    return arch_p, hp_p, interp.interpolate(sd_p, sd_g, alpha, names=names)
+
+
+def interpolated_model(spec_or_name: ModelSpec | str, alpha: float) -> Model:
+    """A registry model blended with its registered twin: ``upscale photo.jpg -m esrgan --alpha 0.8``."""
+    interp.check_alpha(alpha)
+    psnr, gan = twin_pair(spec_or_name)
+    arch, hparams, sd = interpolate_files(hub.weights_path(psnr), hub.weights_path(gan), alpha)
+    name = f"{gan.name}@alpha={alpha:g}"
+    model = loading.model_from_state_dict(sd, arch, hparams, source=f"{psnr.name}+{gan.name}",
+                                          metadata=interp.interpolation_metadata(psnr.name, gan.name, alpha))
+    return replace(model, source=name, name=name, bf16_safe=psnr.bf16_safe and gan.bf16_safe)
