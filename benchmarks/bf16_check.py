@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_core import publish  # noqa: E402
+from _common import publish  # noqa: E402
 
 from upscale import metrics  # noqa: E402
 from upscale.api import load_model  # noqa: E402

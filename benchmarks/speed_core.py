@@ -15,8 +15,7 @@ seeded random weights otherwise. Every run is timed after warm-up runs,
 with ``time.perf_counter`` around whole ``Engine.upscale`` calls (tiling and stitching included).
 
 This file is the command line (it answers ``--help`` without loading torch); the measurements are in
-``speed_modes.py``. ``publish`` and ``markdown`` are re-exported from ``_common`` for the sibling
-scripts that import them from here.
+``speed_modes.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import command_line, environment, markdown, publish  # noqa: F401  (publish: for siblings)
+from _common import command_line, environment, markdown
 
 ARCHS = {
     "rrdbnet": {"num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4},

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_core import publish  # noqa: E402
+from _common import publish  # noqa: E402
 
 from upscale import tiling  # noqa: E402
 from upscale.engine import TorchStitchOps  # noqa: E402

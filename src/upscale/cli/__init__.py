@@ -126,10 +126,42 @@ _GROUP_FLAG = re.compile(r"^(-[vq]+|--verbose|--quiet|--version|-h|--help)$")
 _VERBOSITY_KEY = "upscale.verbosity"
 
 
+class _StderrHandler(logging.Handler):
+    """Our log lines on whatever stderr is current when they are emitted (click's, under a test
+    runner), each prefixed ``upscale:``; one handler, so no line is ever printed twice. A record
+    logged with ``extra={"params": (...)}`` has those parameter names worded as flags."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"upscale: {word_as_flags(record, record.getMessage())}", err=True)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def _not_ours(record: logging.LogRecord) -> bool:
+    return not (record.name == "upscale" or record.name.startswith("upscale."))
+
+
+def _own_handler() -> None:
+    log = logging.getLogger("upscale")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        log.addHandler(handler)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # the command's own; gone when it ends (an embedding program keeps its logging)
+            ctx.find_root().call_on_close(lambda: log.removeHandler(handler))
+    # the plain stderr handler basicConfig gave the root (other libraries' lines) never repeats ours;
+    # other handlers (a host program's, a test's capture) still see our records
+    for root_handler in logging.getLogger().handlers:
+        if type(root_handler) is logging.StreamHandler and _not_ours not in root_handler.filters:
+            root_handler.addFilter(_not_ours)
+
+
 def set_verbosity(level: int) -> None:
     """0: our info lines only; 1 (-v): other libraries' info too; 2 (-vv): debug."""
     logging.basicConfig(level=logging.WARNING if level == 0 else logging.INFO if level == 1 else logging.DEBUG,
                         format="upscale: %(message)s")
+    _own_handler()
     if level:
         logging.getLogger().setLevel(logging.INFO if level == 1 else logging.DEBUG)
     logging.getLogger("upscale").setLevel(logging.DEBUG if level > 1 else logging.INFO)

@@ -139,8 +139,8 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
 
     The run folder gets config.json, metrics.jsonl, curves.png, checkpoints/, samples/,
     model.safetensors (EMA weights, usable with `upscale -m`) and best.safetensors.
-    The run folder and the command that continues it are printed first. Ctrl-C (or SIGTERM)
-    stops at the next iteration, saves a checkpoint and exits 130; a run that fails before its
+    The run folder and the command that continues it are printed once the data is read. From then
+    on Ctrl-C (or SIGTERM) stops at the next iteration, saves a checkpoint and exits 130; a run that fails before its
     first checkpoint leaves nothing behind.
     """
     opts["compile"] = compile_
@@ -149,7 +149,8 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     cfg = _build(preset, config_file, opts, out, resume_path)
     out = cfg.out
     resume_line = f"upscale train --out {shlex.quote(out)} --resume"
-    if os.environ.get("RANK", "0") == "0":
+
+    def announce() -> None:  # once the folder exists and Ctrl-C would save a checkpoint
         click.echo(f"run folder: {out}", err=True)
         click.echo(f"continue it with: {resume_line}", err=True)
 
@@ -157,7 +158,8 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
 
     from ..train.loop import train as run_training
 
-    result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=not quiet, resume=resume_path)
+    result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=not quiet, resume=resume_path,
+                          on_start=announce)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         sys.exit(EXIT_INTERRUPTED if result.interrupted else 0)
     if result.interrupted:

@@ -129,7 +129,7 @@ class Engine:
                       / tiling.padded_length(tile, self.model.size_multiple)) ** 2
             if factor > 4:
                 log.info("tile_px %d with %d px of context on each side computes each pixel up to ~%.0f times",
-                         tile, self.overlap_px, factor)
+                         tile, self.overlap_px, factor, extra={"params": ("tile_px",)})
 
     # -- running --
     def upscale(self, pixels: np.ndarray, progress: Progress | None = None,

@@ -141,7 +141,6 @@ class Trainer:
         state = ckpt.load_checkpoint(resume) if resume is not None else None
         self._build_networks(cfg, state)
         self.iteration = 0
-        self.saved_at = 0
         self.best_psnr: float | None = None
         self.elapsed_s = 0.0
         if state is not None:
@@ -243,17 +242,23 @@ class Trainer:
         return terms
 
     # -- the run, top to bottom --
-    def run(self) -> TrainResult:
-        """Read the data (before anything is written), prepare the folder, train, finish."""
+    def run(self, on_start: Callable[[], None] | None = None) -> TrainResult:
+        """Read the data (before anything is written), prepare the folder, train, finish.
+        ``on_start`` is called once the folder exists and a stop signal would save a checkpoint
+        (the CLI prints the run folder and its --resume line there)."""
         echo = self.echo if self.rt.is_main else _silent
         pairs, val_sets = self._load_data(echo)
         if self.rt.is_main:
             self.folder.prepare(self.cfg.to_json(), self.iteration)
+        flag = StopFlag()  # from here on a stop saves a checkpoint (at iteration 0 if it comes that early)
         try:
-            bicubic = self._bicubic_baseline(val_sets, echo)
-            self._announce(echo)
-            last_val, reason = self._loop(pairs, val_sets, echo)
-            interrupted = self._finish(reason, echo)
+            with stop_signals(flag):
+                if on_start is not None and self.rt.is_main:
+                    on_start()
+                bicubic = self._bicubic_baseline(val_sets, echo)
+                self._announce(echo)
+                last_val, reason = self._loop(pairs, val_sets, echo, flag)
+                interrupted = self._finish(reason, echo)
         except BaseException:
             if self.rt.is_main:
                 self.folder.discard_if_unsaved()
@@ -295,29 +300,28 @@ class Trainer:
         elif self.cfg.preset == "esrgan" and not self.cfg.init:
             echo("warning: esrgan from random weights; the recipe starts from a PSNR-trained model (init)")
 
-    def _loop(self, pairs: PairSet, val_sets: dict[str, list[ValImage]], echo: Echo) -> tuple[Scores, str | None]:
+    def _loop(self, pairs: PairSet, val_sets: dict[str, list[ValImage]], echo: Echo,
+              flag: StopFlag) -> tuple[Scores, str | None]:
         """Iterations until max_iters or a stop signal; returns the last validation and the signal."""
         cfg, rt = self.cfg, self.rt
         batches = IterationBatches(pairs, seed=cfg.seed, batch_size=cfg.batch_size, gt_size=cfg.gt_size,
                                    rank=rt.rank, world_size=rt.world_size)
         loader = batch_loader(batches, self.iteration, cfg.max_iters, cfg.workers)
-        flag, window, last_val = StopFlag(), _LossWindow(), {}
-        self.saved_at = self.iteration
+        window, last_val = _LossWindow(), {}
         bar = tqdm(total=cfg.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
                    disable=not (self.progress and rt.is_main), leave=True)
         session_start, elapsed_before = time.perf_counter(), self.elapsed_s
         try:
-            with stop_signals(flag):
-                for lr_u8, hr_u8 in loader:
-                    values = {k: float(v) for k, v in self.step(lr_u8, hr_u8).items()}
-                    stop = self._agree_stop(flag.reason is not None, values)
-                    self._check_finite(values)
-                    self.elapsed_s = elapsed_before + time.perf_counter() - session_start
-                    window.add(values)
-                    self._show_progress(bar, values)
-                    last_val = self._cadences(window, val_sets, echo) or last_val
-                    if stop:
-                        break
+            for lr_u8, hr_u8 in loader if flag.reason is None else ():
+                values = {k: float(v) for k, v in self.step(lr_u8, hr_u8).items()}
+                stop = self._agree_stop(flag.reason is not None, values)
+                self._check_finite(values)
+                self.elapsed_s = elapsed_before + time.perf_counter() - session_start
+                window.add(values)
+                self._show_progress(bar, values)
+                last_val = self._cadences(window, val_sets, echo) or last_val
+                if stop:
+                    break
         finally:
             bar.close()
         return last_val, flag.reason
@@ -325,7 +329,7 @@ class Trainer:
     def _finish(self, reason: str | None, echo: Echo) -> bool:
         """Save where a stop left the run, draw the curves, wait for the other ranks; True if stopped early."""
         interrupted = self.iteration < self.cfg.max_iters
-        if interrupted and self.rt.is_main and self.saved_at != self.iteration:
+        if interrupted and self.rt.is_main and not ckpt.checkpoint_path(self.out, self.iteration).is_file():
             self.save()
         if interrupted:
             echo(f"stopped ({reason or 'interrupted'}) at iteration {self.iteration}; checkpoint saved: "
@@ -364,8 +368,7 @@ class Trainer:
         if self._due(self.cfg.ckpt_every):
             if self.rt.is_main:
                 self.save()
-            self.saved_at = self.iteration
-        return scores
+            return scores
 
     def _log(self, window: _LossWindow) -> None:
         now = time.perf_counter()
@@ -408,11 +411,11 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, *, echo: Echo | None = None, progress: bool = True,
-          resume: str | Path | None = None) -> TrainResult:
-    """Train (or resume) a run described by ``cfg``; see ``Trainer``."""
+          resume: str | Path | None = None, on_start: Callable[[], None] | None = None) -> TrainResult:
+    """Train (or resume) a run described by ``cfg``; see ``Trainer`` and ``Trainer.run``."""
     trainer = Trainer(cfg, echo=echo, progress=progress, resume=resume)
     try:
-        return trainer.run()
+        return trainer.run(on_start)
     finally:
         if trainer.rt.world_size > 1:
             import torch.distributed as dist
