@@ -20,12 +20,10 @@ from click.testing import CliRunner
 from PIL import Image as PILImage
 
 from upscale import errors
-from upscale.archs import build_module
 from upscale import atomic
 from upscale.batch import FAILED, SKIPPED, parse_shard, plan_batch, shard_of
 from upscale.cli import cli
 from upscale.io import read_image
-from upscale.loading import save_model
 
 # fp32 without compile, and a fixed thread count: the same settings in every process, so outputs
 # of different processes can be compared byte for byte.
@@ -70,25 +68,11 @@ def _invoke(args: list) -> object:
     return CliRunner().invoke(cli, ["batch", *map(str, args)], catch_exceptions=False)
 
 
-def _model(tmp_path_factory, arch: str, hp: dict, seed: int) -> str:
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(seed)
-    path = tmp_path_factory.mktemp("w") / f"{arch}.safetensors"
-    save_model(path, build_module(arch, hp).state_dict(), arch, hp)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def small_x2(tmp_path_factory) -> str:
-    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "scale": 2, "act_type": "prelu"}
-    return _model(tmp_path_factory, "compact", hp, 0)
-
-
-@pytest.fixture(scope="module")
-def resume_set(tmp_path_factory) -> tuple[Path, Path, list]:
+def resume_set(tmp_path_factory, weights_file) -> tuple[Path, Path, list]:
     """30 images in two folders, a model slow enough (~10 ms an image) to be stopped mid-run, and
     the outputs of one uninterrupted run to compare everything else with."""
-    model = _model(tmp_path_factory, "tiny", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2}, 1)
+    model = str(weights_file("tiny", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2}, 1))
     src = tmp_path_factory.mktemp("resume_in")
     for i in range(30):
         _save(src / ("a" if i % 2 else "b") / f"img{i:02d}.png", (32 + i % 3 * 4, 32), seed=100 + i)
@@ -184,7 +168,7 @@ def test_usage_errors_exit_2_and_unusable_model_exits_1(tmp_path):
 
 # --- Must show 1: good and bad files ---------------------------------------------------------------
 
-def test_good_and_bad_files(tmp_path, small_x2):
+def test_good_and_bad_files(tmp_path, tiny_x2):
     src, out = tmp_path / "in", tmp_path / "out"
     good: dict[str, tuple[int, int]] = {}
     modes = ["RGB", "RGBA", "L", "P"]
@@ -214,7 +198,7 @@ def test_good_and_bad_files(tmp_path, small_x2):
     (src / "README.txt").write_text("ignored: not an image by its extension")
     report = tmp_path / "report.json"
 
-    args = [src, "--out", out, "-m", small_x2, "--recursive", "--max-pixels", "3000", "--report", report,
+    args = [src, "--out", out, "-m", tiny_x2, "--recursive", "--max-pixels", "3000", "--report", report,
             "--json", *FAST]
     res = _invoke(args)
     assert res.exit_code == 3, res.output
@@ -352,11 +336,11 @@ def _folder(root: Path, count: int = 6) -> Path:
     return root
 
 
-def test_resume_redoes_empty_broken_and_wrong_sized_outputs(tmp_path, small_x2):
+def test_resume_redoes_empty_broken_and_wrong_sized_outputs(tmp_path, tiny_x2):
     """#7: only a complete output (non-empty, header of the expected size) counts as done."""
     src = _folder(tmp_path / "in", 4)
     ref, out = tmp_path / "ref", tmp_path / "out"
-    assert _invoke([src, "--out", ref, "-m", small_x2, *FAST, "-q"]).exit_code == 0
+    assert _invoke([src, "--out", ref, "-m", tiny_x2, *FAST, "-q"]).exit_code == 0
     reference = _outputs(ref)
     out.mkdir()
     for name, data in reference.items():
@@ -364,7 +348,7 @@ def test_resume_redoes_empty_broken_and_wrong_sized_outputs(tmp_path, small_x2):
     (out / "img0_x2.png").write_bytes(b"")                              # zero bytes (e.g. disk full)
     (out / "img1_x2.png").write_bytes(reference["img1_x2.png"][:40])    # the header cut short
     _save(out / "img2_x2.png", (5, 5), 1)                               # an image, of the wrong size
-    res = _invoke([src, "--out", out, "-m", small_x2, *FAST, "-q", "--json"])
+    res = _invoke([src, "--out", out, "-m", tiny_x2, *FAST, "-q", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert (summary["done"], summary["skipped"]) == (3, 1)
@@ -461,15 +445,15 @@ def test_two_launched_processes_split_the_folder(tmp_path, resume_set):
     assert {**parts[0], **parts[1]} == _outputs(ref)
 
 
-def test_progress_off_a_terminal_is_plain_lines(tmp_path, small_x2):
+def test_progress_off_a_terminal_is_plain_lines(tmp_path, tiny_x2):
     """#14: no bar fragments off a terminal: failure lines stand alone, progress lines are few."""
     src = _folder(tmp_path / "in", 12)
     (src / "bad.png").write_text("not a png")
-    res = _invoke([src, "--out", tmp_path / "out", "-m", small_x2, *FAST])
+    res = _invoke([src, "--out", tmp_path / "out", "-m", tiny_x2, *FAST])
     assert res.exit_code == 3
     assert "\r" not in res.stderr and "\x1b" not in res.stderr
     lines = res.stderr.splitlines()
     assert "upscale: failed: bad.png: not a recognised image (cannot identify image file)" in lines
     assert 1 <= sum("upscale: batch: " in ln for ln in lines) <= 11
-    quiet = _invoke([src, "--out", tmp_path / "out2", "-m", small_x2, *FAST, "-q"])
+    quiet = _invoke([src, "--out", tmp_path / "out2", "-m", tiny_x2, *FAST, "-q"])
     assert quiet.stderr.splitlines() == ["upscale: failed: bad.png: not a recognised image (cannot identify image file)"]

@@ -17,29 +17,8 @@ from PIL import Image as PILImage
 
 from upscale.archs import build_module
 from upscale.cli import cli
-from upscale.loading import save_model
 
 FAST = ["--precision", "fp32", "--compile", "off", "-q"]
-
-
-@pytest.fixture(scope="module")
-def tiny_x4(tmp_path_factory) -> str:
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "scale": 4, "act_type": "prelu"}
-    path = tmp_path_factory.mktemp("w") / "tiny_x4.safetensors"
-    save_model(path, build_module("compact", hp).state_dict(), "compact", hp)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_x2_rrdb(tmp_path_factory) -> str:
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(1)
-    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 2}
-    path = tmp_path_factory.mktemp("w") / "rrdb_x2.safetensors"
-    save_model(path, build_module("rrdbnet", hp).state_dict(), "rrdbnet", hp)
-    return str(path)
 
 
 def _photo(path, size=(23, 17), mode="RGB"):

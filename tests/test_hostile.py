@@ -64,12 +64,9 @@ def private_env(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def tiny(tiny_x4) -> Path:
     """A 0.01 M-parameter x4 compact network saved as safetensors (outside every case's folder)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny_x4.safetensors"
-    save_model(path, build_module("compact", TINY_HP).state_dict(), "compact", TINY_HP)
-    return path
+    return Path(tiny_x4)
 
 
 # --- image makers ---------------------------------------------------------------------------------------

@@ -203,16 +203,10 @@ FAST = ["-q", "--precision", "fp32", "--compile", "off", "--warmup", "1"]
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    torch = pytest.importorskip("torch")
-    from upscale.archs import build_module
-    from upscale.loading import save_model
+def tiny_model(weights_file) -> str:
+    from conftest import COMPACT_X2_SMALLEST
 
-    torch.manual_seed(0)
-    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "scale": 2, "act_type": "prelu"}
-    path = tmp_path_factory.mktemp("weights") / "tiny_x2.safetensors"
-    save_model(path, build_module("compact", hp).state_dict(), "compact", hp)
-    return str(path)
+    return str(weights_file("compact", COMPACT_X2_SMALLEST, 0, "tiny_x2"))
 
 
 @pytest.fixture()

@@ -1,0 +1,59 @@
+"""Fixtures shared by the test files: small real networks saved as safetensors.
+
+``weights_file(arch, hparams, seed, name)`` builds the network with ``torch.manual_seed(seed)``, saves it
+through ``upscale.loading.save_model`` (the path every user file takes) and returns the path; one
+file per distinct request for the whole session. The named fixtures are the small nets most tests use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+COMPACT_X4 = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "scale": 4, "act_type": "prelu"}
+COMPACT_X2 = {**COMPACT_X4, "scale": 2}
+COMPACT_X2_SMALLEST = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "scale": 2, "act_type": "prelu"}
+RRDB_X2 = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 2}
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    import torch
+
+    from upscale.archs import build_module
+    from upscale.loading import save_model
+
+    made: dict[str, Path] = {}
+
+    def make(arch: str, hparams: dict, seed: int = 0, name: str | None = None) -> Path:
+        """``name`` (the file's stem, which bench and batch show as the model's label): default ARCH."""
+        key = json.dumps([arch, hparams, seed, name], sort_keys=True)
+        if key not in made:
+            torch.manual_seed(seed)
+            path = tmp_path_factory.mktemp("weights") / f"{name or arch}.safetensors"
+            save_model(path, build_module(arch, hparams).state_dict(), arch, hparams)
+            made[key] = path
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_x4(weights_file) -> str:
+    """Compact x4, 8 features, 2 convs, PReLU, seed 0 (~0.01 M parameters)."""
+    return str(weights_file("compact", COMPACT_X4, 0, "tiny_x4"))
+
+
+@pytest.fixture(scope="session")
+def tiny_x2(weights_file) -> str:
+    """Compact x2, 8 features, 2 convs, PReLU, seed 0."""
+    return str(weights_file("compact", COMPACT_X2, 0, "tiny_x2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_x2_rrdb(weights_file) -> str:
+    """RRDBNet x2 with one block of 8 features, seed 1."""
+    return str(weights_file("rrdbnet", RRDB_X2, 1, "rrdb_x2"))
