@@ -31,8 +31,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import __version__, atomic, errors
-from .machine import cache_dir
+from . import atomic, errors
+from .machine import cache_dir, package_version
 from .registry import FileSource, HubSource, ModelSpec, PackageSource, sha256_file
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _download_kwargs(revision: str) -> dict[str, object]:
-    return {"revision": revision, "library_name": "upscale", "library_version": __version__,
+    return {"revision": revision, "library_name": "upscale", "library_version": package_version("upscale") or "0.0.0",
             "cache_dir": hub_cache_dir(), "endpoint": os.environ.get("HF_ENDPOINT") or None}
 
 
