@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import textured
 from PIL import Image as PILImage
 
 ENV_KEYS = ("UPSCALE_CACHE", "HF_HOME", "UPSCALE_CONFIG_DIR", "XDG_CACHE_HOME")
@@ -50,14 +51,6 @@ def photo(path: Path, size: int = 48, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     PILImage.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=92)
     return path
-
-
-def textured(size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    img = sum(np.sin(rng.uniform(0.4, 1.2) * (x * np.cos(a) + y * np.sin(a)))
-              for a in rng.uniform(0, np.pi, 3))[..., None] * np.ones(3)
-    return (127.5 + 42 * img).round().clip(0, 255).astype(np.uint8)
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:
@@ -149,7 +142,7 @@ def test_train_data_only_starts_a_run_and_ctrl_c_checkpoints(tmp_path: Path) -> 
     lines: exit 130, a checkpoint is written and the message says so."""
     for i in range(4):
         (tmp_path / "div2k").mkdir(exist_ok=True)
-        PILImage.fromarray(textured(160, i)).save(tmp_path / "div2k" / f"{i:04d}.png")
+        PILImage.fromarray(textured(160, 160, i)).save(tmp_path / "div2k" / f"{i:04d}.png")
     proc = subprocess.Popen([sys.executable, "-m", "upscale", "train", "--data", "div2k/"], cwd=tmp_path,
                             env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
@@ -181,7 +174,7 @@ def test_train_data_only_starts_a_run_and_ctrl_c_checkpoints(tmp_path: Path) -> 
 def test_bench_set5_x4(tmp_path: Path) -> None:
     (tmp_path / "Set5").mkdir()
     for i in range(2):
-        PILImage.fromarray(textured(64, 10 + i)).save(tmp_path / "Set5" / f"img{i}.png")
+        PILImage.fromarray(textured(64, 64, 10 + i)).save(tmp_path / "Set5" / f"img{i}.png")
     proc, _ = typed("upscale bench --data Set5/ -s 4", tmp_path, environment(tmp_path))
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr

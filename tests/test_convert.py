@@ -101,7 +101,7 @@ def test_convert_into_a_file_that_is_not_a_folder_is_one_line(esrgan_pth, tmp_pa
     result = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "afile" / "out.safetensors")])
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "cannot write output" in lines[0] and "afile is a file, not a folder" in lines[0]
+    assert len(lines) == 1 and "cannot write output" in lines[0] and "afile is not a folder" in lines[0]
     assert "internal error" not in result.output
     missing = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "nowhere" / "out.safetensors")])
     assert missing.exit_code == 1 and "does not exist" in missing.output

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import textured
 import torch
 from PIL import Image as PILImage
 from safetensors.torch import load_file
@@ -143,24 +144,13 @@ def test_batch_killed_then_rerun_is_identical(tmp_path: Path, batch_set: dict, m
 
 
 # --- train ----------------------------------------------------------------------------------------------
-def _textured(size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    img = np.zeros((size, size, 3))
-    for c in range(3):
-        for _ in range(2):
-            f, a, p = rng.uniform(0.5, 1.3), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-            img[..., c] += np.sin(f * (x * np.cos(a) + y * np.sin(a)) + p)
-    return (127.5 + 127.5 * img / 2.0).round().clip(0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def train_setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("kill_train")
     data = root / "hr"
     data.mkdir()
     for i in range(4):
-        PILImage.fromarray(_textured(64, i)).save(data / f"hr{i}.png")
+        PILImage.fromarray(textured(64, 64, i)).save(data / f"hr{i}.png")
     config = root / "run.json"
     config.write_text(json.dumps({
         "data": [str(data)], "scale": 2, "arch": "compact", "hparams": {"num_feat": 32, "num_conv": 3},

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import textured
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -22,19 +23,6 @@ from upscale.train.checkpoint import load_checkpoint
 from upscale.train.data import blur_down_lr, load_hr_folders, load_paired, match_pairs, pair_key, sample_batch
 from upscale.train.loop import lr_factor
 from upscale.train.vgg import VGG19Features, layer_indices
-
-def textured(h: int, w: int, seed: int) -> np.ndarray:
-    """Sums of oriented gratings with periods of 4.5 to 10 HR pixels: detail that survives the x2
-    downscale but that bicubic upscaling attenuates, and that a small network learns to restore."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.zeros((h, w, 3))
-    for c in range(3):
-        for _ in range(3):
-            freq, angle, phase = rng.uniform(0.6, 1.4), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-            img[..., c] += np.sin(freq * (x * np.cos(angle) + y * np.sin(angle)) + phase)
-    return (127.5 + 127.5 * img / 3.0).round().clip(0, 255).astype(np.uint8)
-
 
 def write_set(folder: Path, n: int, size: int, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

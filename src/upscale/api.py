@@ -92,18 +92,12 @@ def check_target(src: str | Path, target: str | Path, *, force: bool = False,
                  output_format: str | None = None) -> None:
     """Refuse, before any work: writing over the input, a folder, an existing file without ``force``,
     a target whose folder is missing or is a file, and an output format io cannot write."""
-    src, target = Path(src), Path(target)
-    if target.resolve() == src.resolve():
-        raise errors.ImageWriteError("refusing to overwrite the input image; choose another output", path=target)
-    if target.is_dir():
-        raise errors.ImageWriteError("is a folder; name an output file", path=target)
-    folder = target.parent
-    if folder.exists() and not folder.is_dir():
-        raise errors.ImageWriteError(f"{folder} is not a folder", path=target)
-    if not folder.exists():
-        raise errors.ImageWriteError(f"output folder {folder} does not exist", path=target)
-    if target.exists() and not force:
-        raise errors.ImageWriteError("exists already; pass force to overwrite", path=target, params=("force",))
+    problem = atomic.target_problem(target, (src,), force=force)
+    if problem is not None:
+        kind, message = problem
+        if kind == "input":
+            message = "refusing to overwrite the input image; choose another output"
+        raise errors.ImageWriteError(message, path=target, params=("force",) if kind == "exists" else ())
     output_format_for(target, output_format)
 
 

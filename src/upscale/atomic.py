@@ -143,3 +143,31 @@ def sweep_temps(folder: str | Path, *, name: str | None = None) -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+def target_problem(target: str | Path, inputs: tuple[str | Path, ...] = (), *,
+                   force: bool = False) -> tuple[str, str] | None:
+    """Why a new file may not be put at ``target``, checked before any work: ``(kind, message)`` with
+    kind "input" (it is one of ``inputs``, refused even with ``force``), "folder" (it is a folder, its
+    folder is missing or is a file) or "exists" (without ``force``); None when it may be written.
+    Callers raise their own typed error from it."""
+    target = Path(target)
+    if any(_same_file(target, Path(p)) for p in inputs):
+        return "input", "would overwrite an input; choose another output"
+    if target.is_dir():
+        return "folder", "is a folder; name an output file"
+    folder = target.parent
+    if folder.exists() and not folder.is_dir():
+        return "folder", f"{folder} is not a folder"
+    if not folder.exists():
+        return "folder", f"output folder {folder} does not exist"
+    if target.exists() and not force:
+        return "exists", "exists already; pass force to overwrite"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False

@@ -23,25 +23,15 @@ def check_output(dst: Path, inputs: tuple[Path, ...], force: bool, *, exists_is_
 
     if dst.suffix.lower() != ".safetensors":
         raise errors.UsageError(f"{dst}: the output must be a .safetensors file")
-    if any(_same_file(dst, p) for p in inputs):
-        raise (errors.UsageError if exists_is_usage else errors.WeightsWriteError)(
-            "the output would overwrite an input; choose another output", path=dst)
-    folder = dst.parent
-    if folder.exists() and not folder.is_dir():
-        raise errors.WeightsWriteError(f"{folder} is a file, not a folder", path=dst)
-    if not folder.exists():
-        raise errors.WeightsWriteError(f"folder {folder} does not exist", path=dst)
-    if dst.exists() and not force:
-        if exists_is_usage:
-            raise errors.UsageError(f"{dst} exists; pass --force to overwrite it")
-        raise errors.WeightsWriteError("exists already; pass --force to overwrite it", path=dst)
+    from ..atomic import target_problem
 
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
+    problem = target_problem(dst, inputs, force=force)
+    if problem is None:
+        return
+    kind, message = problem
+    usage = exists_is_usage and kind in ("input", "exists")
+    raise (errors.UsageError if usage else errors.WeightsWriteError)(
+        message, path=dst, params=("force",) if kind == "exists" else ())
 
 
 @click.command()
