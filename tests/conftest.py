@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -18,6 +18,23 @@ COMPACT_X4 = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "sc
 COMPACT_X2 = {**COMPACT_X4, "scale": 2}
 COMPACT_X2_SMALLEST = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "scale": 2, "act_type": "prelu"}
 RRDB_X2 = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 2}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs against an empty cache of its own (weights, tuning, compiled graphs), never the
+    developer's ~/.cache/upscale: a cached tuning result there would change tile and compile choices.
+    Subprocesses inherit it through the environment."""
+    import os
+
+    folder = tmp_path_factory.mktemp("upscale-cache")
+    old = os.environ.get("UPSCALE_CACHE")
+    os.environ["UPSCALE_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("UPSCALE_CACHE", None)
+    else:
+        os.environ["UPSCALE_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -126,3 +126,15 @@ class WeightsWriteError(ImageWriteError, WeightsError):
     """A weights file (convert, interp, a converted download) cannot be written where asked: its folder
     is missing or is a file, it exists already, it is one of the inputs, or the write failed. A
     ``WeightsError`` for the library; the CLI table words it as "cannot write output" (exit 1)."""
+
+
+# --- appended by the tuner (issue 14) ------------------------------------------------------------
+class TuneCacheError(UpscaleError):
+    """The tuning cache (``<cache>/tune.json``) cannot be written: its folder cannot be made, or the
+    write failed. Reading never raises: a corrupt cache is ignored with a warning."""
+
+
+# --- appended by the OpenVINO backend (issue 14) -------------------------------------------------
+class BackendError(UpscaleError):
+    """A window backend (OpenVINO) failed on a network that torch runs: it cannot convert it, compile
+    it for a window shape, or run it. The message names the model and says to use backend torch."""

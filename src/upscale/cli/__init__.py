@@ -49,6 +49,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.CheckpointError, EXIT_FAILURE, "checkpoint"),
     (errors.ResourceError, EXIT_FAILURE, "not enough resources"),
     (errors.TrainingError, EXIT_FAILURE, "training stopped"),
+    (errors.BackendError, EXIT_FAILURE, "backend"),
+    (errors.TuneCacheError, EXIT_FAILURE, "tuning cache"),
     (errors.UpscaleError, EXIT_FAILURE, "error"),
 )
 
@@ -62,7 +64,7 @@ FLAG_FOR_PARAM: dict[str, str] = {
     "quality": "--quality", "output_format": "--format", "max_pixels": "--max-pixels", "shard": "--shard",
     "gray": "--gray", "warmup": "--warmup", "sheet_image": "--sheet-image", "lr_dir": "--lr", "hr_dir": "--hr",
     "init": "--init", "report": "--report", "output": "--output", "force": "--force", "resume": "--resume",
-    "data": "--data",
+    "data": "--data", "windows": "--windows",
 }
 
 
@@ -264,6 +266,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     upscale models                    the model registry
     upscale bench --data Set5 -s 4    quality and speed against classic interpolation
     upscale train --data DIR ...      train or fine-tune a generator
+    upscale tune -m MODEL             measure what runs a model fastest here (--tile/--compile/--backend auto)
     """
     # Our own info lines (e.g. "model is x4; resizing to x3") show by default; -v shows other
     # libraries' info too, -vv debug. -q lowers the "upscale" logger to warnings.
@@ -286,6 +289,7 @@ def _register() -> None:
     from .models import models; cli.add_command(models)  # noqa: E702
     from .interp import interp; cli.add_command(interp)  # noqa: E702
     from .convert import convert; cli.add_command(convert)  # noqa: E702
+    from .tune import tune; cli.add_command(tune)  # noqa: E702
 
 
 _register()

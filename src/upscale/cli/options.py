@@ -25,13 +25,25 @@ def _stack(*options: Decorator) -> Decorator:
 
 # What --tile means (the engine's TILE_HELP, worded as flags; kept here so --help needs no torch import).
 TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; --overlap pixels of context are "
-             "added on every side, so a small tile costs time, never seams. auto (default): the size measured "
-             "fastest for the model's family, smaller if memory is short, the whole image if that is no larger; "
-             "0 = whole image.")
+             "added on every side, so a small tile costs time, never seams. auto (default): the window `upscale tune` "
+             "measured fastest on this machine (a built-in default for the model's family if not tuned), smaller "
+             "if memory is short, the whole image if that is no larger; 0 = whole image.")
+
+
+BACKEND_HELP = ("What computes the tiles. auto (default): torch, unless `upscale tune` measured OpenVINO faster "
+                "for this model, precision and thread count on this machine (CPU only). openvino: OpenVINO's "
+                "CPU plugin on the same network (needs pip install 'upscale[openvino]').")
+BACKEND_META = "upscale.backend"     # where --backend leaves its value in the click context
+
+
+def _keep_backend(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    ctx.meta[BACKEND_META] = value
+    return value
 
 
 def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--device, --precision, --threads, --compile (run, batch, bench)."""
+    """--device, --precision, --threads, --compile, --backend (run, batch, bench). --backend is not
+    passed to the command: ``engine_options_from`` reads it from the click context."""
     return _stack(
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
@@ -39,6 +51,8 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--threads", type=int, default=None, help="CPU threads (default: all cores)."),
         click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      show_default=True, help="torch.compile the network (auto: when the work repays it)."),
+        click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto",
+                     show_default=True, help=BACKEND_HELP, expose_value=False, callback=_keep_backend),
     )(fn)
 
 
@@ -86,12 +100,16 @@ def quiet_option(help_text: str) -> Decorator:
 
 def engine_options_from(device: str = "auto", precision: str = "auto", tile_px: str | int | None = None,
                         overlap_px: int | None = None, batch: int | None = None, threads: int | None = None,
-                        compile_mode: str = "auto") -> Any:
+                        compile_mode: str = "auto", backend: str | None = None) -> Any:
     """``EngineOptions`` from the flags' values (None: the engine's default); validated here, before
-    any model is loaded."""
+    any model is loaded. ``backend`` None: the --backend of the running command, if it has one."""
     from ..engine import EngineOptions
 
-    kwargs: dict[str, Any] = {"device": device, "precision": precision, "threads": threads, "compile": compile_mode}
+    if backend is None:
+        ctx = click.get_current_context(silent=True)
+        backend = ctx.meta.get(BACKEND_META, "auto") if ctx is not None else "auto"
+    kwargs: dict[str, Any] = {"device": device, "precision": precision, "threads": threads, "compile": compile_mode,
+                              "backend": backend}
     if tile_px is not None:
         kwargs["tile_px"] = tile_px if tile_px == "auto" else _whole_number("--tile", tile_px)
     if overlap_px is not None:

@@ -21,17 +21,20 @@ import torch
 from torch import nn
 
 from ..machine import cache_dir
-from .cost import ModelCost, region_blocks
+from .cost import ModelCost, region_blocks, tuned
 
 log = logging.getLogger(__name__)
 
-# compile="auto": on when the compile time is repaid by what it saves, i.e. when the estimated eager
-# seconds of the announced work times COMPILE_GAIN reach the estimated compile time. Measured on this
-# project's CPU (AMD EPYC Zen 5, avx512_bf16, no AMX; docs/perf.md): compiling saves ~5-13% per pixel
-# in bf16 (oneDNN's eager convolutions already run near the bf16 GEMM ceiling; more for PReLU nets,
-# whose activation it fuses), and a cold compile takes about COMPILE_BASE_S plus COMPILE_PER_CONV_S per
-# traced conv (repeated blocks are compiled once: realesrgan-x4plus ~16 s, realesr-animevideov3 ~13 s).
-# Eager conv throughput per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4: ~0.34 TMAC/s bf16, 0.17 fp32, 2 threads).
+# compile="auto": on when the compile time is repaid by what it saves, i.e. when the eager seconds of the
+# announced work times the gain reach the compile time. Where ``upscale tune`` measured this network here
+# (``upscale.tune``), its figures are used: eager seconds per megapixel, the gain of the compiled graph and
+# the seconds its compile took. Otherwise these fallbacks, measured on this project's CPU (AMD EPYC Zen 5,
+# avx512_bf16, no AMX, 2 threads; docs/perf.md): compiling saves ~5-13% per pixel in bf16 (oneDNN's
+# eager convolutions already run near the bf16 GEMM ceiling; more for PReLU nets, whose activation it
+# fuses), and a cold compile takes about COMPILE_BASE_S plus COMPILE_PER_CONV_S per traced conv (repeated
+# blocks are compiled once: realesrgan-x4plus ~16 s, realesr-animevideov3 ~13 s). Eager conv throughput
+# per thread is EAGER_CPU_MACS_PER_S (RRDBNet x4: ~0.34 TMAC/s bf16, 0.17 fp32, 2 threads). On a CPU
+# with AMX these are known to be wrong (issue 14): tune there.
 COMPILE_GAIN = 0.05
 COMPILE_BASE_S = 10.0
 COMPILE_PER_CONV_S = 0.3
@@ -45,9 +48,22 @@ def inductor_cache_dir() -> Path:
 
 def compile_estimates(cost: ModelCost, dtype: torch.dtype, threads: int, expected_px: int) -> tuple[float, float]:
     """(eager seconds for ``expected_px`` input pixels, seconds to compile) on this CPU, from the
-    measured constants above."""
+    fallback constants above (what ``want_compile`` uses when nothing was tuned)."""
     eager_s = expected_px * cost.macs_per_px / (EAGER_CPU_MACS_PER_S.get(dtype, 5e10) * threads)
     return eager_s, COMPILE_BASE_S + COMPILE_PER_CONV_S * cost.compiled_convs
+
+
+def compile_figures(cost: ModelCost, dtype: torch.dtype, device: torch.device,
+                    expected_px: int) -> tuple[float, float, float, str]:
+    """(eager seconds for ``expected_px`` input pixels, gain, compile seconds, where they come from):
+    what ``upscale tune`` measured for this network here, else the fallback constants."""
+    result = tuned(cost, dtype, device)
+    measured = result.get("compile") if result else None
+    if measured:
+        eager_s = expected_px * float(result["s_per_mp"]) / 1e6
+        return eager_s, float(measured["gain"]), float(measured["compile_s"]), "tuned"
+    eager_s, compile_s = compile_estimates(cost, dtype, torch.get_num_threads(), expected_px)
+    return eager_s, COMPILE_GAIN, compile_s, "defaults"
 
 
 def want_compile(mode: str, device: torch.device, cost: ModelCost, dtype: torch.dtype, expected_px: int) -> bool:
@@ -60,12 +76,12 @@ def want_compile(mode: str, device: torch.device, cost: ModelCost, dtype: torch.
     if not expected_px:
         log.debug("compile auto: off (amount of work not known)")
         return False
-    eager_s, compile_s = compile_estimates(cost, dtype, torch.get_num_threads(), expected_px)
-    decision = eager_s * COMPILE_GAIN >= compile_s
+    eager_s, gain, compile_s, source = compile_figures(cost, dtype, device, expected_px)
+    decision = eager_s * gain >= compile_s
     # said when it turns on (it changes what the user waits for); a debug line when it stays off
     log.log(logging.INFO if decision else logging.DEBUG,
-            "compile auto: %s (would save ~%.0f s of an estimated %.0f s eager run; compiling takes ~%.0f s)",
-            "on" if decision else "off", eager_s * COMPILE_GAIN, eager_s, compile_s)
+            "compile auto: %s (would save ~%.0f s of an estimated %.0f s eager run; compiling takes ~%.0f s; %s)",
+            "on" if decision else "off", eager_s * gain, eager_s, compile_s, source)
     return decision
 
 

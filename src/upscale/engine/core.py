@@ -1,7 +1,8 @@
 """The run loop: ``Engine`` prepares a network once; ``Engine.upscale`` checks the input and the
 output's size, plans windows (``upscale.tiling``), converts each band of rows of the input to float
 once, stacks windows into batches (NHWC memory, so the batch is channels_last without a copy), runs
-them under autocast and streams the outputs into the result through ``tiling.BandStitcher``."""
+them under autocast (or through the OpenVINO backend, ``upscale.backends``, which computes the same
+windows) and streams the outputs into the result through ``tiling.BandStitcher``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import errors, tiling
+from ..backends import choose_backend, openvino_windows
 from ..device import NAMES, resolve_device, resolve_precision, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
@@ -42,6 +44,7 @@ class RunStats:
     device: str = ""
     precision: str = ""           # "fp32", "bf16" or "fp16"
     compiled: bool = False        # whether the windows went through the compiled graph
+    backend: str = ""             # what computed the windows: "torch" or "openvino"
 
 
 class Engine:
@@ -62,8 +65,15 @@ class Engine:
         self.cost = probe_cost(model)
         module = copy.deepcopy(model.module).eval().to(self.device)
         self.module: nn.Module = module.to(memory_format=torch.channels_last)   # eager, always kept
+        threads = torch.get_num_threads()
+        self.backend = choose_backend(self.options.backend, model, self.device.type, NAMES[self.dtype], threads,
+                                      self.options.compile)
+        # the OpenVINO windows (None: torch computes them); converted here, compiled per window shape
+        self.openvino = (openvino_windows(model, precision=NAMES[self.dtype], threads=threads)
+                         if self.backend == "openvino" else None)
         work = work or Workload()
-        self.compiled = want_compile(self.options.compile, self.device, self.cost, self.dtype, work.pixels)
+        self.compiled = self.openvino is None and want_compile(self.options.compile, self.device, self.cost,
+                                                               self.dtype, work.pixels)
         # the one (height, width) window shape compiled (None: whole images, one graph per image size)
         self.compiled_shape: tuple[int, int] | None = None
         self._compiled_module: nn.Module | None = None
@@ -71,8 +81,8 @@ class Engine:
         if self.compiled:
             self._prepare_compile(work.shape)
         self._note_cost()
-        log.debug("engine: %s, %s, %d threads, compile %s", self.device, NAMES[self.dtype],
-                  torch.get_num_threads(), "on" if self.compiled else "off")
+        log.debug("engine: %s, %s, %d threads, backend %s, compile %s", self.device, NAMES[self.dtype],
+                  threads, self.backend, "on" if self.compiled else "off")
 
     # -- geometry --
     @property
@@ -161,6 +171,7 @@ class Engine:
             stats.batches += batches
             stats.tile_shape, stats.device = (plan.tile_h, plan.tile_w), str(self.device)
             stats.precision, stats.compiled = NAMES[self.dtype], compiled and self.compiled
+            stats.backend = self.backend
         return out
 
     def _check_input(self, pixels: np.ndarray) -> None:
@@ -185,7 +196,7 @@ class Engine:
         with torch.inference_mode(), self._autocast():
             for done, group, x in self._batches(padded, plan, static=compiled):
                 t0 = time.perf_counter()
-                y = self._forward(x, compiled).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
+                y = self._compute(x, compiled)
                 synchronize(self.device)   # so forward_s is the forward pass (and the input may be refilled)
                 t1 = time.perf_counter()
                 for i, win in enumerate(group):
@@ -216,6 +227,13 @@ class Engine:
                 batch_in[i].copy_(band[:, win.x0:win.x0 + tw])
             n = full if static else len(group)
             yield first + len(group), group, batch_in[:n].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+
+    def _compute(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:
+        """One batch (NCHW view of NHWC memory) -> its output as an NHWC float32 tensor, from the
+        OpenVINO windows (which take and give NHWC arrays: no copy either way) or the torch module."""
+        if self.openvino is not None:
+            return torch.from_numpy(self.openvino(x.permute(0, 2, 3, 1).numpy()))
+        return self._forward(x, compiled).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
 
     def _forward(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:
         """One batch through the eager module, or the compiled one; the first compiled call compiles

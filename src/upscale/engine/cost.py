@@ -1,6 +1,8 @@
 """What a network costs and whether it fits: conv MACs and peak activation per input pixel from one
-small probe pass, the window side that fits in memory, and the up-front check that an output array
-fits in the memory available (``check_output_fits``, callable before any model is loaded)."""
+small probe pass, the window side for ``tile_px="auto"`` (the one ``upscale tune`` measured fastest on
+this machine, else the documented fallback constants), capped by the memory available, and the up-front
+check that an output array fits in the memory available (``check_output_fits``, callable before any
+model is loaded)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from torch import nn
 
 from .. import errors
 from ..archs import get_family
-from ..device import available_memory_bytes
+from ..device import NAMES, available_memory_bytes
 from ..model import Model
 from .options import BEST_TILE_FALLBACK_PX, BEST_TILE_PX, MEMORY_FRACTION
 
@@ -26,6 +28,9 @@ class ModelCost:
     activation_per_px: float      # elements in the largest conv input + output (peak activation proxy)
     num_convs: int
     compiled_convs: int           # convs torch.compile traces: repeated blocks (compile_regions) count once
+    arch: str = ""                # the network measured, for the tuning cache's key
+    hparams: str = ""             # its hparams as canonical JSON ("" = not known: no tuning looked up)
+    label: str = ""               # its registry name or file, for messages
 
 
 def region_blocks(module: nn.Module, arch: str) -> list[nn.Module]:
@@ -58,17 +63,46 @@ def probe_cost(model: Model) -> ModelCost:
             h.remove()
     in_blocks = [sum(isinstance(m, nn.Conv2d) for m in blk.modules()) for blk in region_blocks(module, model.arch)]
     traced = convs - sum(in_blocks) + (in_blocks[0] if in_blocks else 0)
-    return ModelCost(macs / side**2, peak / side**2, convs, traced)
+    from ..tune.cache import canonical
+
+    return ModelCost(macs / side**2, peak / side**2, convs, traced, arch=model.arch,
+                     hparams=canonical(model.hparams), label=model.name or model.source)
 
 
-def fitting_window_px(cost: ModelCost, arch: str, dtype: torch.dtype, device: torch.device, batch: int) -> int:
-    """The family's measured best window side, or the largest side (a multiple of 8) whose activations
-    for one batch fit in MEMORY_FRACTION of the memory available now, if smaller."""
+def tuned(cost: ModelCost, dtype: torch.dtype, device: torch.device) -> dict | None:
+    """What ``upscale tune`` measured for this network, precision, device and torch's thread count on
+    this machine (``upscale.tune.cache``), or None, said once per process at info level."""
+    if not cost.hparams:
+        return None
+    from ..tune.cache import lookup_or_note, tuning_key
+
+    key = tuning_key(cost.arch, cost.hparams, NAMES.get(dtype, str(dtype)), device, torch.get_num_threads())
+    return lookup_or_note(key, cost.label)
+
+
+def default_window_px(arch: str) -> int:
+    """The fallback window side when nothing was tuned: ``BEST_TILE_PX`` by family, else
+    ``BEST_TILE_FALLBACK_PX`` (measured on this project's AMD EPYC Zen 5 CPU, 2 threads, bf16;
+    engine/options.py says how)."""
+    return BEST_TILE_PX.get(arch, BEST_TILE_FALLBACK_PX)
+
+
+def memory_window_px(cost: ModelCost, dtype: torch.dtype, device: torch.device, batch: int) -> int:
+    """The largest window side (a multiple of 8) whose activations for one batch fit in
+    MEMORY_FRACTION of the memory available now."""
     elem = torch.finfo(dtype).bits // 8
     budget = MEMORY_FRACTION * available_memory_bytes(device)
     per_px = 3 * cost.activation_per_px * elem * batch
-    fit = int(math.sqrt(budget / per_px)) // 8 * 8
-    return min(fit, BEST_TILE_PX.get(arch, BEST_TILE_FALLBACK_PX))
+    return int(math.sqrt(budget / per_px)) // 8 * 8
+
+
+def fitting_window_px(cost: ModelCost, arch: str, dtype: torch.dtype, device: torch.device, batch: int) -> int:
+    """The window side for ``tile_px="auto"``: the one ``upscale tune`` measured fastest here for this
+    network, precision, device and thread count, else ``default_window_px(arch)``; in both cases no
+    larger than ``memory_window_px`` allows."""
+    result = tuned(cost, dtype, device)
+    window = int(result["window_px"]) if result else default_window_px(arch)
+    return min(memory_window_px(cost, dtype, device, batch), window)
 
 
 def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type) -> int:

@@ -9,9 +9,11 @@ from .. import errors
 from ..device import DEVICES, PRECISIONS
 
 COMPILE_MODES = ("auto", "on", "off")
+BACKENDS = ("auto", "torch", "openvino")   # see ``upscale.backends``
 
-# Default tile = "auto". The fallback constant is a *window* side (core + context), the fastest measured
-# for the model's family on this project's CPU (docs/perf.md, ``benchmarks/speed_core.py --sweep``:
+# Default tile = "auto": the window ``upscale tune`` measured fastest on the running machine
+# (``upscale.tune``, read by ``cost.fitting_window_px``). When it has no entry, these FALLBACK constants:
+# a *window* side (core + context), the fastest measured for the model's family on this project's CPU (docs/perf.md, ``benchmarks/speed_core.py --sweep``:
 # whole-image seconds per window size), reduced where the memory available could not hold one batch of
 # its activations; the core is that window less the context on both sides, and images no larger than
 # one window run whole. RRDBNet x4plus, 512x512, bf16, 2 threads: window 192 41.2 s, 256 26.0 s,
@@ -38,8 +40,8 @@ MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batc
 TILE_HELP = ("tile_px is the core of each window (the stride, input px); overlap_px of context is added "
              "on every side (default: the model's receptive radius, 8 to 32 px), so a window is "
              "tile_px + 2 x overlap_px, a pixel costs at most ((tile_px + 2 x overlap_px) / tile_px)^2 "
-             "passes, and a small tile only costs time, never seams; 0 = whole image, auto = the fastest "
-             "measured window for the model's family")
+             "passes, and a small tile only costs time, never seams; 0 = whole image, auto = the window "
+             "upscale tune measured fastest here (else the family's fallback)")
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ class EngineOptions:
     """How to run a model.
 
     ``tile_px``: the core of each window, i.e. the stride at which windows advance (input px, any whole
-    number >= 1), 0 = the whole image in one pass, "auto" (default) = the fastest measured window side
-    for the model's family (``BEST_TILE_PX``, smaller if the memory available cannot hold one batch of
+    number >= 1), 0 = the whole image in one pass, "auto" (default) = the window side ``upscale tune``
+    measured fastest on this machine, else the family's fallback (``BEST_TILE_PX``), smaller if the memory available cannot hold one batch of
     it) less the context, and the whole image when that is no larger. ``overlap_px``: context added on
     each side of every core (None: the model's receptive radius within [8, 32] px), so a window is
     ``tile_px + 2 * overlap_px`` px and a pixel is computed at most ``((tile_px + 2 * overlap_px) /
@@ -66,7 +68,8 @@ class EngineOptions:
     the context (it only costs time), and tiled == untiled exactly once the context reaches
     ``Model.receptive_radius``. ``batch``: windows per forward pass; ``threads``: torch intra-op threads
     (None = all cores); ``device``/``precision``: see ``upscale.device``; ``compile``: auto/on/off (see
-    ``upscale.engine.compiling``).
+    ``upscale.engine.compiling``); ``backend``: what computes the windows, auto/torch/openvino (see
+    ``upscale.backends``: auto is torch unless the tuner measured OpenVINO faster for this model here).
     """
 
     device: str = "auto"
@@ -76,11 +79,13 @@ class EngineOptions:
     batch: int = DEFAULT_BATCH
     threads: int | None = None
     compile: str = "auto"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("compile", self.compile, COMPILE_MODES)
+        _choice("backend", self.backend, BACKENDS)
         if self.tile_px != "auto" and not _whole(self.tile_px, 0):
             raise errors.UsageError(f"tile_px must be a whole number of pixels >= 0 or 'auto', not {self.tile_px!r}",
                                     params=("tile_px",))

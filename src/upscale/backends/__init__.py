@@ -1,0 +1,87 @@
+"""What computes the windows of an ``Engine``: the choice of backend and the door to each one.
+
+``torch`` is the engine's own path (eager or torch.compile, autocast, any device). ``openvino``
+(``openvino_backend``, the optional extra ``pip install 'upscale[openvino]'``) runs the same network
+converted in memory by OpenVINO's CPU plugin; it only computes windows, the engine still plans,
+batches and stitches them, so seams and blending are the same on both.
+
+``choose_backend`` resolves ``EngineOptions.backend``: ``auto`` is torch unless the tuner
+(``upscale.tune.preferred_backend``, when that module and function exist) measured OpenVINO faster
+for this model, precision and thread count on this machine. Neither this package nor the engine
+imports openvino unless the openvino backend is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .. import errors
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+log = logging.getLogger(__name__)
+
+OPENVINO_EXTRA = "pip install 'upscale[openvino]'"
+
+
+def openvino_installed() -> bool:
+    """Whether the openvino package can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):   # a stub in sys.modules, or a broken install
+        return False
+
+
+def choose_backend(requested: str, model: Model, device_type: str, precision: str, threads: int,
+                   compile_mode: str = "auto") -> str:
+    """The backend that will compute the windows: "torch" or "openvino".
+
+    ``requested``: auto, torch or openvino; ``device_type``: the resolved device ("cpu", "cuda", ...);
+    ``precision``: the resolved precision's name ("fp32", "bf16", ...); ``threads``: the CPU threads
+    the run uses. openvino off the CPU, or with compile on, is a ``UsageError``.
+    """
+    if requested == "torch":
+        return "torch"
+    if requested == "openvino":
+        if device_type != "cpu":
+            raise errors.UsageError(f"backend openvino runs on the CPU only, not on {device_type}; "
+                                    "use backend torch (or auto) there", params=("backend",))
+        if compile_mode == "on":
+            raise errors.UsageError("compile on is torch.compile, which backend openvino does not use; "
+                                    "use compile auto or off with it", params=("compile", "backend"))
+        return "openvino"
+    if requested != "auto":
+        raise errors.UsageError(f"backend must be one of auto, torch, openvino, not {requested!r}",
+                                params=("backend",))
+    if device_type != "cpu" or compile_mode == "on":
+        return "torch"
+    if _tuner_preference(model, precision, threads) == "openvino":
+        if openvino_installed():
+            return "openvino"
+        log.info("backend auto: the tuner measured openvino faster here, but it is not installed; using torch")
+    return "torch"
+
+
+def _tuner_preference(model: Model, precision: str, threads: int) -> str | None:
+    """What ``upscale.tune.preferred_backend`` says for this model here, or None when the tuner (or
+    that function) is absent or has measured nothing."""
+    try:
+        tune = importlib.import_module("upscale.tune")
+    except ImportError:
+        return None
+    preferred = getattr(tune, "preferred_backend", None)
+    if preferred is None:
+        return None
+    return preferred(model, precision, threads)
+
+
+def openvino_windows(model: Model, *, precision: str, threads: int) -> Any:
+    """An ``openvino_backend.OpenVinoWindows`` for ``model`` (imports openvino; a ``UsageError``
+    naming the extra to install when it is missing)."""
+    from .openvino_backend import OpenVinoWindows
+
+    return OpenVinoWindows(model, precision=precision, threads=threads)

@@ -1,0 +1,203 @@
+"""The OpenVINO backend: the network we loaded, converted in memory by ``openvino.convert_model`` and
+compiled by the CPU plugin, computing windows for the engine (NHWC float32 in, NHWC float32 out).
+
+Start-up: converting a torch module costs seconds (tracing), compiling a fraction of that. So the
+converted graph (shape-free, NHWC at both ends, fp32 weights) is kept as OpenVINO IR in
+``machine.cache_dir() / "openvino"`` under a key of what it was made from (architecture,
+hyperparameters, a digest of the weights, the openvino version); the next process reads it instead
+of converting. Each window shape gets its own static compiled model (a small dict per instance),
+and OpenVINO's own model cache (``CACHE_DIR``, same folder) lets a later process import those
+compiled blobs instead of compiling again. Measured on an AMD EPYC (avx512_bf16, no AMX), 2 threads,
+OpenVINO 2026.4, `upscale IMG -m default-x4` on 256x256 (docs/perf/openvino_start.json): process 1
+9.8 s, process 2 3.8 s (torch: 3.7 s); with CACHE_DIR's blobs alone (no IR) 8.5 s, since converting
+dominates (~5-7 s for default-x4, 25-100 s for x4plus on a loaded machine).
+
+Precision: ``INFERENCE_PRECISION_HINT`` bf16 when the run's precision is bf16 and the CPU has native
+bf16 (``machine.cpu_bf16_flags()``), f32 otherwise (OpenVINO would pick bf16 by itself on such CPUs).
+Threads: ``INFERENCE_NUM_THREADS``; ``PERFORMANCE_HINT`` LATENCY (one window at a time, all threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..atomic import sweep_temps, write_bytes
+from ..machine import cache_dir, cpu_bf16_flags
+from ..model import Model
+from . import OPENVINO_EXTRA
+
+log = logging.getLogger(__name__)
+
+GRAPH_FORMAT = "nhwc-1"      # bump when what is stored as IR changes (layout, conversion options)
+EXAMPLE_PX = 64              # side of the example window the conversion traces with
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise errors.UsageError(f"backend openvino needs the openvino package ({exc}); install it with "
+                                f"{OPENVINO_EXTRA}, or use backend torch", params=("backend",)) from None
+    return openvino
+
+
+def graph_key(model: Model, openvino_version: str) -> str:
+    """sha256 of what the converted graph depends on: arch, hyperparameters, weights, versions."""
+    digest = hashlib.sha256()
+    head = {"arch": model.arch, "hparams": model.hparams, "openvino": openvino_version, "format": GRAPH_FORMAT}
+    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.module.state_dict().items()):
+        digest.update(name.encode())
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def openvino_folder() -> Path:
+    return cache_dir() / "openvino"
+
+
+class OpenVinoWindows:
+    """``model`` prepared for OpenVINO's CPU plugin; call it with an (N, H, W, C) float32 batch of
+    windows to get (N, H*s, W*s, C_out) float32 (not clamped, like ``Model.module``).
+
+    ``precision``: the run's resolved precision name ("fp32" or "bf16"); ``threads``: CPU threads.
+    Conversion, compilation and inference failures raise ``errors.BackendError``.
+    """
+
+    def __init__(self, model: Model, *, precision: str, threads: int) -> None:
+        self._ov = _import_openvino()
+        self.model = model
+        self.label = model.name or model.source or model.arch
+        self.hint = "bf16" if precision == "bf16" and cpu_bf16_flags() else "f32"
+        self.folder = openvino_folder()
+        self.config = {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": int(threads),
+                       "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(self.folder)}
+        self._core = self._ov.Core()
+        self._compiled: dict[tuple[int, ...], Any] = {}
+        self.graph_from_cache = False
+        self._graph = self._load_graph()
+
+    @property
+    def compiled_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The (N, H, W, C) batch shapes compiled so far, one compiled model each."""
+        return tuple(self._compiled)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        compiled = self._compiled.get(batch.shape)
+        if compiled is None:
+            compiled = self._compile(batch.shape)
+        try:
+            result = compiled(np.ascontiguousarray(batch, dtype=np.float32), share_inputs=True)
+        except RuntimeError as exc:
+            raise errors.BackendError(f"{self.label}: OpenVINO inference failed on a {_shape(batch.shape)} "
+                                      f"batch ({_first_line(exc)})", params=("backend",)) from exc
+        return result[0]
+
+    # -- the graph: cached IR, or a fresh conversion --
+    def _load_graph(self) -> Any:
+        key = graph_key(self.model, self._ov.__version__)
+        xml, weights = self.folder / f"{key}.xml", self.folder / f"{key}.bin"
+        if xml.is_file() and weights.is_file():
+            try:
+                graph = self._core.read_model(str(xml), str(weights))
+            except RuntimeError as exc:
+                log.warning("openvino: ignoring unreadable cached graph %s (%s); converting again",
+                            xml, _first_line(exc))
+            else:
+                self.graph_from_cache = True
+                log.debug("openvino: read the converted graph of %s from %s", self.label, xml)
+                return graph
+        graph = self._convert()
+        if self._store(graph, xml, weights):
+            # read back what was stored, so this process and the next compile the same graph (and
+            # OpenVINO's compiled-model cache serves the next one)
+            return self._core.read_model(str(xml), str(weights))
+        return graph
+
+    def _convert(self) -> Any:
+        import torch
+
+        ov = self._ov
+        side = -(-EXAMPLE_PX // self.model.size_multiple) * self.model.size_multiple
+        example = torch.zeros((1, self.model.in_channels, side, side), dtype=torch.float32)
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                # the converter traces with torch.jit.trace, which torch now calls deprecated
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+                graph = ov.convert_model(self.model.module, example_input=example)
+            graph = _nhwc(ov, graph)
+        except Exception as exc:   # the converter raises many types (op not supported, tracing errors)
+            raise errors.BackendError(f"{self.label}: OpenVINO cannot convert this network "
+                                      f"({type(exc).__name__}: {_first_line(exc)}); use backend torch",
+                                      params=("backend",)) from exc
+        log.info("openvino: converted %s in %.1f s", self.label, time.perf_counter() - t0)
+        return graph
+
+    def _store(self, graph: Any, xml: Path, weights: Path) -> bool:
+        """Save ``graph`` as IR at ``xml`` + ``weights``, each put in place atomically (the weights
+        first: a reader looks for the .xml). A failure only costs the next process a conversion."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            sweep_temps(self.folder)          # temps left by writers that died
+            with tempfile.TemporaryDirectory(prefix="upscale-ov-") as tmp:
+                staged = Path(tmp) / "graph.xml"
+                self._ov.save_model(graph, str(staged), compress_to_fp16=False)
+                write_bytes(weights, staged.with_suffix(".bin").read_bytes(), durable=False)
+                write_bytes(xml, staged.read_bytes(), durable=False)
+        except (OSError, RuntimeError) as exc:
+            log.warning("openvino: cannot cache the converted graph in %s (%s); the next run converts again",
+                        self.folder, _first_line(exc))
+            return False
+        return True
+
+    # -- one compiled model per window shape --
+    def _compile(self, shape: tuple[int, ...]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            graph = self._graph.clone()
+            graph.reshape(list(shape))
+            compiled = self._core.compile_model(graph, "CPU", self.config)
+        except RuntimeError as exc:
+            raise errors.BackendError(f"{self.label}: OpenVINO cannot compile the network for "
+                                      f"{_shape(shape)} windows ({_first_line(exc)}); use backend torch",
+                                      params=("backend",)) from exc
+        self._compiled[tuple(shape)] = compiled
+        log.debug("openvino: compiled %s for %s windows (%s) in %.2f s", self.label, _shape(shape), self.hint,
+                  time.perf_counter() - t0)
+        return compiled
+
+
+def _nhwc(ov: Any, graph: Any) -> Any:
+    """``graph`` taking and giving NHWC tensors (the engine's window batches are NHWC in memory; the
+    transposes then run inside OpenVINO)."""
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(graph)
+    ppp.input().tensor().set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.output().tensor().set_layout(ov.Layout("NHWC"))
+    ppp.output().model().set_layout(ov.Layout("NCHW"))
+    return ppp.build()
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    n, h, w = shape[:3]
+    return f"{n}x{h}x{w}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

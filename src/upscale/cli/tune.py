@@ -1,0 +1,120 @@
+"""`upscale tune -m MODEL`: measure what runs a model fastest on this machine and cache it;
+`upscale tune --show`: what the cache holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from . import handle_errors
+
+
+def _windows(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sides = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers",
+                                 param_hint="--windows") from None
+    if not sides or min(sides) < 1:
+        raise click.BadParameter(f"{value!r}: give one or more window sides >= 1", param_hint="--windows")
+    return sides
+
+
+@click.command("tune")
+@click.option("-m", "--model", "model_name", default=None, metavar="NAME|PATH",
+              help="Registry name or weights file to tune (default: the default x4 model).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="The precision to tune for (auto: as `upscale run` resolves it).")
+@click.option("--threads", type=int, default=None, help="CPU threads to tune for (default: all cores).")
+@click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+              help="Backends to measure: auto = torch, and openvino where it is installed and the device is "
+                   "the CPU; openvino = require it.")
+@click.option("--quick", is_flag=True, help="One timed run per probe and no torch.compile probe.")
+@click.option("--windows", "windows", default=None, metavar="PX,PX,...",
+              help="Window sides to try (default: 128,192,256,384,496,512; up to 384 for large networks).")
+@click.option("--show", is_flag=True, help="Print what the tuning cache holds and stop.")
+@handle_errors
+def tune(model_name: str | None, device: str, precision: str, threads: int | None, backend: str, quick: bool,
+         windows: str | None, show: bool) -> None:
+    """Measure window size, batch, torch.compile and backend for a model on this machine.
+
+    The winner is kept in the tuning cache (<cache>/tune.json), keyed by the CPU model and flags,
+    threads, torch/openvino versions, device, precision and network; `--tile auto`, `--compile auto`
+    and `--backend auto` use it, and the built-in defaults where it has no entry.
+
+    Each probe is one warm-up and the best of 3 timed runs (--quick: 1) on a synthetic image. s/MP is
+    seconds per megapixel of a large image: a window's seconds over its core (the window less the
+    context it shares with its neighbours); for "whole", over the whole probe image. The window is
+    chosen by the estimated time of a 1000x750 image. On CUDA only window and batch are measured.
+
+    \b
+    Exit codes: 0 ok, 1 failure, 2 usage error.
+    """
+    if show:
+        _show()
+        return
+    from ..api import default_model_name, load_model
+    from ..engine import EngineOptions
+    from ..tune import tune_model
+
+    sides = _windows(windows)
+    options = EngineOptions(device=device, precision=precision, threads=threads)
+    model = load_model(model_name or default_model_name(None))
+    report = tune_model(model, options, backend=backend, quick=quick, windows=sides)
+    _print_report(report)
+
+
+def _print_report(report: Any) -> None:
+    from ..tune import cache
+
+    click.echo(f"tuned {report.label}: {cache.describe(report.key)}")
+    click.echo(f"{'candidate':<30} {'seconds':>9} {'s/MP':>9}  chosen")
+    for row in report.rows:
+        click.echo(f"{row.candidate:<30} {row.seconds:>9.4f} {row.s_per_mp:>9.3f}  {'*' if row.chosen else ''}")
+    res, old, ref = report.result, report.old, report.reference
+    compiled = res["compile"]
+    if compiled is None:
+        compile_text = "not measured"
+    else:
+        compile_text = (f"{'on when the work repays it' if compiled['gain'] > 0 else 'off'} (measured gain "
+                        f"{compiled['gain']:+.1%}, compile {compiled['compile_s']:.1f} s)")
+    click.echo(f"chosen: window {res['window_px']}, batch {res['batch']}, compile {compile_text}, "
+               f"backend {res['backend'] or 'torch (openvino not measured)'}")
+    click.echo(f"old defaults: window {old['window_px']}, batch 1, compile {'on' if old['compile'] else 'off'} "
+               f"(assumed gain {old['compile_gain']:.0%}, ~{old['compile_s_estimate']:.0f} s), backend torch")
+    h, w = ref["shape"]
+    if ref.get("old_s") is not None:
+        click.echo(f"{w}x{h} image, model time: ~{ref['chosen_s']:.2f} s tuned vs ~{ref['old_s']:.2f} s with the "
+                   f"old defaults (saves {ref['saved_s']:.2f} s, {ref['saved_pct']:.0f}%)")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"saved in {cache.cache_path()}")
+
+
+def _show() -> None:
+    from ..tune import cache, cached_entries
+
+    entries = cached_entries()
+    if not entries:
+        click.echo(f"no tuning results in {cache.cache_path()}")
+        return
+    for entry in entries:
+        key, res = entry["key"], entry["result"]
+        compiled = res.get("compile")
+        compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s"
+        click.echo(f"{cache.describe(key)} [{entry.get('label', '')}]: window {res['window_px']}, "
+                   f"batch {res['batch']}, compile {compile_text}, backend {res.get('backend') or '-'}; "
+                   f"{res['s_per_mp']:.3g} s/MP; {entry.get('when', '?')}{_stale(key)}")
+
+
+def _stale(key: dict[str, Any]) -> str:
+    """" (not this machine or these versions)" when an entry's machine part differs from here."""
+    from ..tune import cache
+
+    here = cache.tuning_key(key.get("arch", ""), key.get("hparams", ""), key.get("precision", ""), "cpu", 1)
+    same = all(key.get(k) == here[k] for k in ("cpu", "cpu_flags", "torch", "openvino"))
+    return "" if same else " (not this machine or these versions: not used)"

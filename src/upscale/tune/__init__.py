@@ -1,0 +1,119 @@
+"""The tuner: measure, on the running machine, which window side, batch, compile setting and backend
+run a network fastest, and keep the winner in the tuning cache (``upscale.tune.cache``).
+
+``tune_model`` measures (``upscale.tune.measure``) and stores; ``--tile auto`` reads the result through
+``engine.cost.fitting_window_px``, ``--compile auto`` through ``engine.compiling.want_compile``, and
+``--backend auto`` through ``preferred_backend``. With no entry for the key, each uses the fallback
+constants and says so once per process. This package never prints (``upscale.cli.tune`` does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from ..engine import EngineOptions
+from ..model import Model
+from . import cache
+from .measure import (REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, candidate_windows, measure_backend,
+                      measure_batch, measure_compile, measure_windows, old_choices, pick_window,
+                      precision_name, reference_windows)
+
+__all__ = ["REFERENCE_SHAPE", "Row", "TuneReport", "preferred_backend", "tune_model"]
+
+
+def preferred_backend(model: Model, precision: str | torch.dtype, threads: int | None) -> str | None:
+    """The backend ``upscale tune`` measured fastest for ``model`` at ``precision`` (a resolved name,
+    "fp32"/"bf16", or a dtype) with ``threads`` (None: torch's current count) on this CPU: "torch" or
+    "openvino"; None when nothing was measured (the caller uses its default; said once per process)."""
+    from ..device import NAMES, resolve_precision
+
+    if isinstance(precision, torch.dtype):
+        name = NAMES[precision]
+    elif precision == "auto":
+        name = NAMES[resolve_precision("auto", torch.device("cpu"), model)]
+    else:
+        name = precision
+    key = cache.tuning_key(model.arch, model.hparams, name, "cpu", threads or torch.get_num_threads())
+    result = cache.lookup_or_note(key, model.name or model.source)
+    return result.get("backend") if result else None
+
+
+def _base_options(options: EngineOptions | None) -> EngineOptions:
+    base = options or EngineOptions()
+    if any(f.name == "backend" for f in dataclasses.fields(EngineOptions)):
+        base = dataclasses.replace(base, backend="torch")   # never what a previous tune chose
+    return base
+
+
+def tune_model(model: Model, options: EngineOptions | None = None, *, backend: str = "auto",
+               quick: bool = False, runs: int | None = None, windows: tuple[int, ...] | None = None,
+               save: bool = True) -> TuneReport:
+    """Measure ``model`` with ``options``' device, precision and threads (its tile, batch, compile and
+    backend are what is measured, so they are ignored) and store the winner in the cache.
+
+    ``backend``: "auto" measures openvino too where it can run, "torch" only torch, "openvino"
+    requires it (a UsageError where it cannot run). ``quick``: one timed run per probe, no compile
+    probe. ``windows``: the window sides to try (default ``measure.WINDOWS_PX``)."""
+    prober = Prober(model, _base_options(options), runs or (1 if quick else RUNS))
+    notes: list[str] = []
+    rows, per_window = measure_windows(prober, candidate_windows(prober, windows))
+    old, old_row = old_choices(prober, per_window, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1])
+    rows += [old_row] if old_row is not None else []
+    window, _ = pick_window(prober, per_window)
+    batch_row, batch = measure_batch(prober, window, per_window[window])
+    rows.append(batch_row)
+    best_s = batch_row.seconds if batch == 2 else per_window[window]
+    compile_row = measured_compile = None
+    if quick or prober.engine.device.type != "cpu":
+        notes.append("compile: not measured (" + ("--quick" if quick else "CPU only") + ")")
+    else:
+        compile_row, measured_compile = measure_compile(prober, window, batch, best_s, notes)
+    backend_row = measure_backend(prober, window, backend, notes)
+    rows += [r for r in (compile_row, backend_row) if r is not None]
+    chosen_backend = None
+    if backend_row is not None:
+        chosen_backend = "openvino" if backend_row.seconds < per_window[window] else "torch"
+    n_ref = reference_windows(prober.engine, window)
+    result = {"window_px": window, "batch": batch, "s_per_mp": round(per_window[window] / prober.core(window) ** 2
+                                                                      * 1e6, 5),
+              "seconds_per_window": round(per_window[window], 5), "compile": measured_compile,
+              "backend": chosen_backend, "runs": prober.runs}
+    _mark_chosen(rows, result)
+    best_window_s = min([best_s] + ([backend_row.seconds] if chosen_backend == "openvino" else []))
+    reference = _reference(prober, old, per_window, n_ref * best_window_s)
+    key = cache.tuning_key(model.arch, model.hparams, precision_name(prober), prober.engine.device,
+                           torch.get_num_threads())
+    report = TuneReport(key, model.name or model.source or model.arch, rows, result, old, reference, notes)
+    if save:
+        cache.store(key, result, label=report.label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return report
+
+
+def _mark_chosen(rows: list[Row], result: dict[str, Any]) -> None:
+    backend = result["backend"] or "torch"
+    compiled = bool(result["compile"]) and result["compile"]["gain"] > 0
+    for row in rows:
+        row.chosen = (row.candidate.startswith("window") and row.window_px == result["window_px"]
+                      and row.batch == (1 if backend == "openvino" else result["batch"])
+                      and row.backend == backend and row.compiled == (compiled and backend == "torch"))
+
+
+def _reference(prober: Prober, old: dict[str, Any], per_window: dict[int, float], chosen_s: float) -> dict[str, Any]:
+    """Estimated seconds of a REFERENCE_SHAPE image (the model part): the choice vs the old constants."""
+    old_window = old["window_px"]
+    old_s = reference_windows(prober.engine, old_window) * per_window[old_window] if old_window in per_window else None
+    ref = {"shape": list(REFERENCE_SHAPE), "chosen_s": round(chosen_s, 3),
+           "old_s": None if old_s is None else round(old_s, 3)}
+    if old_s:
+        ref["saved_s"] = round(old_s - chosen_s, 3)
+        ref["saved_pct"] = round(100 * (old_s - chosen_s) / old_s, 1)
+    return ref
+
+
+def cached_entries() -> list[dict[str, Any]]:
+    """What the cache holds (``cache.load_entries``), for ``upscale tune --show``."""
+    return cache.load_entries()

@@ -1,0 +1,183 @@
+"""The tuning cache: one small JSON file, ``machine.cache_dir() / "tune.json"``, holding what
+``upscale tune`` measured, one entry per key.
+
+A key is everything that makes a measurement valid here: the CPU's model and flags, torch's thread
+count, the torch and openvino versions, the device, the precision, and the network (arch + hparams as
+canonical JSON). An entry is used only when every part of its key equals the running one; a stale
+entry is never used (a new tune of that key replaces it, entries of other keys are kept).
+
+A file that is not valid JSON of the expected shape is ignored with one warning (per content of the
+file) and replaced by the next tune. Nothing here imports torch at module level or measures anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import atomic, errors, machine
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "tune.json"
+FORMAT = 1
+
+# keys the fallback note was given for in this process (one info line per key)
+_noted: set[str] = set()
+# (path, inode, mtime_ns, size) -> entries, so the engine's per-image lookups do not re-read the file
+_memo: dict[tuple[str, int, int, int], list[dict[str, Any]]] = {}
+
+
+def cache_path() -> Path:
+    return machine.cache_dir() / CACHE_NAME
+
+
+def canonical(value: Any) -> str:
+    """``value`` as canonical JSON (sorted keys, no spaces): equal values, equal strings."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def device_name(device: Any) -> str:
+    """"cpu", or "cuda:<GPU name>" (a measurement on one GPU says nothing about another)."""
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return kind
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_part() -> tuple[str, str, str, str]:
+    """(CPU model, digest of its flags, torch version, openvino version or "none"): fixed per process."""
+    import torch
+
+    cpu = machine.cpu_info()
+    flags = hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:16]
+    return cpu.model, flags, torch.__version__, machine.package_version("openvino") or "none"
+
+
+def tuning_key(arch: str, hparams: dict[str, Any] | str, precision: str, device: Any,
+               threads: int) -> dict[str, Any]:
+    """The key of a measurement of network ``arch``/``hparams`` at ``precision`` ("fp32", "bf16",
+    "fp16") on ``device`` with ``threads`` torch threads, on this machine with these versions."""
+    cpu, flags, torch_version, openvino_version = _machine_part()
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "threads": int(threads),
+        "torch": torch_version,
+        "openvino": openvino_version,
+        "device": device_name(device),
+        "precision": precision,
+        "arch": arch,
+        "hparams": hparams if isinstance(hparams, str) else canonical(hparams),
+    }
+
+
+def describe(key: dict[str, Any]) -> str:
+    """A short human name for a key: "compact 48x12 x4 bf16 2 threads"."""
+    try:
+        hp = json.loads(key["hparams"])
+    except (TypeError, ValueError, KeyError):
+        hp = {}
+    depth = hp.get("num_conv", hp.get("num_block"))
+    shape = f" {hp['num_feat']}x{depth}" if "num_feat" in hp and depth is not None else ""
+    scale = f" x{hp['scale']}" if "scale" in hp else ""
+    device = "" if key.get("device") == "cpu" else f" on {key.get('device')}"
+    return f"{key.get('arch')}{shape}{scale} {key.get('precision')} {key.get('threads')} threads{device}"
+
+
+def _valid_entry(entry: Any) -> bool:
+    if not (isinstance(entry, dict) and isinstance(entry.get("key"), dict) and isinstance(entry.get("result"), dict)):
+        return False
+    result = entry["result"]
+    window = result.get("window_px")
+    numbers_ok = all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)
+                     for k in ("s_per_mp", "batch"))
+    compile_ok = result.get("compile") is None or (
+        isinstance(result["compile"], dict)
+        and all(isinstance(result["compile"].get(k), (int, float)) for k in ("gain", "compile_s")))
+    backend_ok = result.get("backend") in (None, "torch", "openvino")
+    return (isinstance(window, int) and not isinstance(window, bool) and window > 0 and numbers_ok
+            and compile_ok and backend_ok and isinstance(entry.get("when", ""), str))
+
+
+def _parse(text: str) -> list[dict[str, Any]] | None:
+    """The entries of a cache file's text, or None when it is not a cache of this format."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not (isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("entries"), list)):
+        return None
+    entries = data["entries"]
+    return entries if all(_valid_entry(e) for e in entries) else None
+
+
+def load_entries() -> list[dict[str, Any]]:
+    """Every entry of the cache file; [] when there is none. A corrupt file is ignored with one
+    warning (once per content of the file in this process), never an error."""
+    path = cache_path()
+    try:
+        st = path.stat()
+    except OSError:
+        return []
+    memo_key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    if memo_key in _memo:
+        return _memo[memo_key]
+    try:
+        entries = _parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        entries = None
+    if entries is None:
+        log.warning("tuning cache %s is unreadable or corrupt; ignoring it (the next `upscale tune` "
+                    "rewrites it)", path)
+        entries = []
+    _memo.clear()
+    _memo[memo_key] = entries
+    return entries
+
+
+def lookup(key: dict[str, Any]) -> dict[str, Any] | None:
+    """The result stored for exactly ``key``, or None."""
+    for entry in load_entries():
+        if entry["key"] == key:
+            return entry["result"]
+    return None
+
+
+def lookup_or_note(key: dict[str, Any], model_label: str) -> dict[str, Any] | None:
+    """``lookup(key)``; when there is nothing, say once per key in this process (info level) that the
+    defaults are used and how to measure."""
+    result = lookup(key)
+    if result is None:
+        tag = canonical(key)
+        if tag not in _noted:
+            _noted.add(tag)
+            label = model_label or "MODEL"
+            log.info("no tuning for %s on this CPU: using defaults; run `upscale tune -m %s`",
+                     describe(key), label)
+    return result
+
+
+def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str) -> Path:
+    """Put ``result`` under ``key`` (replacing that key's entry, keeping the others; a corrupt file
+    is replaced); raises ``errors.TuneCacheError`` when the file cannot be written."""
+    entries = [e for e in load_entries() if e["key"] != key]
+    entries.append({"key": key, "label": label, "when": when, "result": result})
+    path = cache_path()
+    text = json.dumps({"format": FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n"
+    try:
+        os.makedirs(path.parent, exist_ok=True)
+        atomic.sweep_temps(path.parent, name=path.name)
+        atomic.write_text(path, text, durable=False)   # a lost cache costs only a re-tune
+    except OSError as err:
+        raise errors.TuneCacheError(f"cannot write the tuning cache: {err.strerror or err}", path=path) from err
+    _noted.discard(canonical(key))
+    return path

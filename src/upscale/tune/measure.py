@@ -1,0 +1,251 @@
+"""The measurements of ``upscale tune``: short timed probes of one network on this machine.
+
+Every probe goes through the real ``Engine`` (autocast, channels_last, stitching, the chosen backend)
+on a synthetic textured image, one warm-up call, then the best of ``runs`` timed calls:
+
+- window side W (``WINDOWS_PX``, those with a core of at least ``MIN_AUTO_CORE_PX``): one W x W image
+  at a core of W less the context, i.e. exactly one window; its cost per megapixel of a large image is
+  that time over the core's area (what each window adds to the output);
+- the whole probe image (the largest window measured) in one pass, for reference;
+- batch 2 at the winning window (two windows side by side in one forward pass);
+- torch.compile on/off at the winning window (CPU only, not with ``quick``, skipped when the compile
+  is estimated to take longer than ``COMPILE_LIMIT_S``);
+- backend torch vs openvino at the winning window (CPU only, when openvino imports and the engine
+  has a ``backend`` option).
+
+The window is chosen by the estimated seconds of a ``REFERENCE_SHAPE`` image (window count from
+``upscale.tiling`` times the measured seconds per window), which weighs both the per-pixel cost and
+the context every window recomputes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import errors, tiling
+from ..device import NAMES
+from ..engine import Engine, EngineOptions, RunStats, Workload
+from ..engine.compiling import COMPILE_GAIN, compile_estimates
+from ..engine.cost import default_window_px, memory_window_px
+from ..engine.options import MIN_AUTO_CORE_PX
+from ..model import Model
+
+log = logging.getLogger(__name__)
+
+WINDOWS_PX = (128, 192, 256, 384, 496, 512)
+REFERENCE_SHAPE = (750, 1000)      # (height, width) of the image the choice and the time saved are for
+BIG_NET_MACS_PER_PX = 2e6          # above this, windows stop at BIG_NET_MAX_WINDOW_PX (probes of seconds each)
+BIG_NET_MAX_WINDOW_PX = 384
+COMPILE_LIMIT_S = 120.0            # compile probes estimated to take longer are skipped
+BATCH_GAIN_MIN = 0.03              # batch 2 must be this much faster per window to be chosen
+RUNS = 3
+
+
+@dataclass
+class Row:
+    """One measured candidate: ``seconds`` per call; ``s_per_mp`` the seconds per megapixel it costs
+    (per core area for a window, per image area for the whole image)."""
+
+    candidate: str
+    seconds: float
+    s_per_mp: float
+    window_px: int = 0
+    batch: int = 1
+    backend: str = "torch"
+    compiled: bool = False
+    chosen: bool = False
+
+
+@dataclass
+class TuneReport:
+    key: dict[str, Any]
+    label: str
+    rows: list[Row]
+    result: dict[str, Any]                  # what goes in the cache (see upscale.tune.cache)
+    old: dict[str, Any]                     # the fallback constants' choices and their estimates
+    reference: dict[str, Any]               # estimated seconds of REFERENCE_SHAPE: chosen vs old
+    notes: list[str] = field(default_factory=list)
+
+
+def textured(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A synthetic photo-like uint8 image: smooth gradients, stripes of several frequencies, noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    planes = []
+    for c in range(channels):
+        f = 0.02 + 0.05 * c
+        plane = (0.5 + 0.25 * np.sin(x * f + y * f * 0.7) + 0.15 * np.cos(x * 0.31 - y * 0.17 * (c + 1))
+                 + 0.1 * (x / max(width, 1) - y / max(height, 1)))
+        planes.append(plane)
+    img = np.stack(planes, axis=-1) + rng.normal(0, 0.05, (height, width, channels))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def best_seconds(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
+    """(seconds of the warm-up call, fewest seconds of ``runs`` timed calls after it)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, min(times)
+
+
+def _run(engine: Engine, image: np.ndarray) -> Callable[[], Any]:
+    return lambda: engine.upscale(image, stats=RunStats())
+
+
+def reference_windows(engine: Engine, window_px: int, shape: tuple[int, int] = REFERENCE_SHAPE) -> int:
+    """How many windows an image of ``shape`` needs at ``window_px`` (1 when it fits in one)."""
+    model = engine.model
+    context = tiling.padded_length(engine.overlap_px, model.size_multiple)
+    core = 0 if window_px >= max(shape) else max(MIN_AUTO_CORE_PX, window_px - 2 * context)
+    return tiling.plan_tiles(*shape, core, engine.overlap_px, model.size_multiple, model.scale,
+                             margin_px=engine.margin_px).num_tiles
+
+
+class Prober:
+    """The probes of one network with one set of options (device, precision, threads fixed)."""
+
+    def __init__(self, model: Model, base: EngineOptions, runs: int) -> None:
+        self.model, self.runs = model, runs
+        self.base = dataclasses.replace(base, compile="off", batch=1)
+        self.engine = Engine(model, self.base)          # resolves device, dtype, threads; owns the cost
+        self.context = tiling.padded_length(self.engine.overlap_px, model.size_multiple)
+
+    def core(self, window_px: int) -> int:
+        return window_px - 2 * self.context
+
+    def window(self, window_px: int, *, batch: int = 1, **changes: Any) -> tuple[float, float]:
+        """(warm-up seconds, best seconds) per window of side ``window_px`` (``batch`` windows side by
+        side in one pass, the time divided among them)."""
+        core = self.core(window_px)
+        opts = dataclasses.replace(self.base, tile_px=core, batch=batch, **changes)
+        width = window_px + (batch - 1) * core
+        work = Workload(pixels=window_px * width, shape=(window_px, width)) if opts.compile == "on" else None
+        engine = Engine(self.model, opts, work=work)
+        first, best = best_seconds(_run(engine, textured(window_px, width)), self.runs)
+        return first / batch, best / batch
+
+    def whole(self, side: int) -> float:
+        engine = Engine(self.model, dataclasses.replace(self.base, tile_px=0))
+        return best_seconds(_run(engine, textured(side, side)), self.runs)[1]
+
+
+def candidate_windows(prober: Prober, windows: tuple[int, ...] | None) -> list[int]:
+    cost, engine = prober.engine.cost, prober.engine
+    limit = memory_window_px(cost, engine.dtype, engine.device, 2)
+    if windows is None:
+        windows = WINDOWS_PX
+        if cost.macs_per_px > BIG_NET_MACS_PER_PX:
+            windows = tuple(w for w in windows if w <= BIG_NET_MAX_WINDOW_PX)
+    multiple = prober.model.size_multiple
+    chosen = sorted({w for w in windows if w % multiple == 0 and prober.core(w) >= MIN_AUTO_CORE_PX and w <= limit})
+    if not chosen:
+        raise errors.UsageError(f"no window to measure: each must be a multiple of {multiple} with a core of at "
+                                f"least {MIN_AUTO_CORE_PX} px beside {prober.context} px of context, and fit in "
+                                f"memory ({limit} px)", params=("windows",))
+    return chosen
+
+
+def measure_windows(prober: Prober, windows: list[int]) -> tuple[list[Row], dict[int, float]]:
+    """One row per window, plus the whole probe image; (rows, seconds per window)."""
+    rows, per_window = [], {}
+    for w in windows:
+        seconds = prober.window(w)[1]
+        per_window[w] = seconds
+        rows.append(Row(f"window {w}", seconds, seconds / prober.core(w) ** 2 * 1e6, window_px=w))
+        log.info("tune: window %d: %.3f s (%.3f s/MP)", w, seconds, rows[-1].s_per_mp)
+    side = windows[-1]
+    rows.append(Row(f"whole {side}x{side}", per_window[side], per_window[side] / side**2 * 1e6, window_px=side))
+    return rows, per_window
+
+
+def pick_window(prober: Prober, per_window: dict[int, float]) -> tuple[int, float]:
+    """(window, estimated seconds of REFERENCE_SHAPE) with the fewest estimated seconds."""
+    estimates = {w: reference_windows(prober.engine, w) * s for w, s in per_window.items()}
+    best = min(estimates, key=lambda w: (estimates[w], -w))
+    return best, estimates[best]
+
+
+def measure_batch(prober: Prober, window_px: int, batch1_s: float) -> tuple[Row, int]:
+    """Batch 2 at ``window_px``: (its row, the batch chosen)."""
+    seconds = prober.window(window_px, batch=2)[1]
+    row = Row(f"window {window_px} batch 2", seconds, seconds / prober.core(window_px) ** 2 * 1e6,
+              window_px=window_px, batch=2)
+    return row, 2 if seconds < batch1_s * (1 - BATCH_GAIN_MIN) else 1
+
+
+def measure_compile(prober: Prober, window_px: int, batch: int, eager_s: float,
+                    notes: list[str]) -> tuple[Row | None, dict[str, float] | None]:
+    """torch.compile at ``window_px``: (its row, {"gain", "compile_s"}) or (None, None) with a note."""
+    engine = prober.engine
+    _, estimate = compile_estimates(engine.cost, engine.dtype, torch.get_num_threads(), 0)
+    if estimate > COMPILE_LIMIT_S:
+        notes.append(f"compile: skipped (estimated {estimate:.0f} s to compile, over {COMPILE_LIMIT_S:.0f} s)")
+        return None, None
+    try:
+        first, seconds = prober.window(window_px, batch=batch, compile="on")
+    except errors.UsageError as err:   # compile on raises one when torch.compile fails here
+        notes.append(f"compile: skipped ({err.message})")
+        return None, None
+    compile_s = max(0.0, first - seconds)
+    row = Row(f"window {window_px} batch {batch} compiled", seconds, seconds / prober.core(window_px) ** 2 * 1e6,
+              window_px=window_px, batch=batch, compiled=True)
+    return row, {"gain": round(1 - seconds / eager_s, 4), "compile_s": round(compile_s, 2)}
+
+
+def backend_unavailable(prober: Prober, wanted: str) -> str | None:
+    """Why the openvino backend cannot be measured here (None: it can)."""
+    if wanted == "torch":
+        return "only backend torch was asked for"
+    if "backend" not in {f.name for f in dataclasses.fields(EngineOptions)}:
+        return "this build's engine has no backend option yet"
+    if prober.engine.device.type != "cpu":
+        return f"OpenVINO runs on the CPU only, not {prober.engine.device.type}"
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'upscale[openvino]')"
+    return None
+
+
+def measure_backend(prober: Prober, window_px: int, wanted: str, notes: list[str]) -> Row | None:
+    """The openvino backend at ``window_px`` (batch 1), or None with a note."""
+    why = backend_unavailable(prober, wanted)
+    if why is not None:
+        if wanted == "openvino":
+            raise errors.UsageError(f"backend openvino cannot be measured: {why}", params=("backend",))
+        notes.append(f"backend openvino: skipped ({why})")
+        return None
+    seconds = prober.window(window_px, backend="openvino")[1]
+    return Row(f"window {window_px} openvino", seconds, seconds / prober.core(window_px) ** 2 * 1e6,
+               window_px=window_px, backend="openvino")
+
+
+def old_choices(prober: Prober, per_window: dict[int, float], reference_px: int) -> tuple[dict[str, Any], Row | None]:
+    """What the fallback constants pick for this network here, with their own estimates; and the row
+    of the old window when it was not among the candidates (measured now)."""
+    engine = prober.engine
+    window = min(default_window_px(engine.model.arch), memory_window_px(engine.cost, engine.dtype, engine.device, 1))
+    row = None
+    if window not in per_window and prober.core(window) >= MIN_AUTO_CORE_PX:
+        per_window[window] = seconds = prober.window(window)[1]
+        row = Row(f"window {window} (default)", seconds, seconds / prober.core(window) ** 2 * 1e6, window_px=window)
+    eager_s, compile_s = compile_estimates(engine.cost, engine.dtype, torch.get_num_threads(), reference_px)
+    return {"window_px": window, "batch": 1, "backend": "torch",
+            "compile": engine.device.type == "cpu" and eager_s * COMPILE_GAIN >= compile_s,
+            "compile_gain": COMPILE_GAIN, "compile_s_estimate": round(compile_s, 1)}, row
+
+
+def precision_name(prober: Prober) -> str:
+    return NAMES[prober.engine.dtype]

@@ -1,0 +1,157 @@
+"""The OpenVINO backend (issue 14, Must show 5 and 6): `--backend openvino` through the CLI against
+`--backend torch`, one compiled model per window shape, the converted-graph cache reused by a second
+process, the one-line message when the package is missing, and the backend choice rules.
+
+Skipped as a whole where openvino is not installed (`pip install 'upscale[openvino]'`), except the
+tests that need only our own code (marked below).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image as PILImage
+
+from upscale import errors
+from upscale.backends import choose_backend
+from upscale.cli import cli
+from upscale.engine import Engine, EngineOptions, RunStats
+from upscale.loading import load_model
+from upscale.metrics import psnr
+
+needs_openvino = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("openvino") is None, reason="openvino is not installed")
+
+
+def _photo(path: Path, size: tuple[int, int] = (41, 29)) -> Path:
+    rng = np.random.default_rng(3)
+    PILImage.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with PILImage.open(path) as im:
+        return np.asarray(im)
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "UPSCALE_CACHE": str(cache), "UPSCALE_DEBUG": "0"}
+
+
+@needs_openvino
+def test_cli_openvino_matches_torch(tmp_path, tiny_x4, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    src = _photo(tmp_path / "a.png")
+    outputs = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / f"{backend}.png"
+        res = CliRunner().invoke(cli, [str(src), "-m", tiny_x4, "--backend", backend, "--precision", "fp32",
+                                       "-o", str(out), "-q"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        outputs[backend] = _pixels(out)
+    assert outputs["openvino"].shape == outputs["torch"].shape == (29 * 4, 41 * 4, 3)
+    assert psnr(outputs["openvino"], outputs["torch"], y_channel=False) >= 50.0
+
+
+@needs_openvino
+def test_tiled_windows_share_one_compiled_model(tmp_path, tiny_x4, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    model = load_model(tiny_x4)
+    pixels = _pixels(_photo(tmp_path / "a.png", (70, 50)))
+    options = dict(precision="fp32", tile_px=16, overlap_px=8, compile="off")
+    engine = Engine(model, EngineOptions(backend="openvino", **options))
+    stats = RunStats()
+    got = engine.upscale(pixels, stats=stats)
+    assert stats.backend == "openvino" and stats.tiles > 10
+    assert engine.openvino.compiled_shapes == ((1, 32, 32, 3),)    # every window: one shape, one compile
+    want = Engine(model, EngineOptions(backend="torch", **options)).upscale(pixels)
+    assert psnr(got, want, y_channel=False) >= 50.0
+
+
+@needs_openvino
+def test_second_process_reads_the_cache(tmp_path, tiny_x4):
+    cache = tmp_path / "cache"
+    src = _photo(tmp_path / "a.png")
+    cmd = [sys.executable, "-m", "upscale", str(src), "-m", tiny_x4, "--backend", "openvino",
+           "--precision", "fp32", "--force", "-o", str(tmp_path / "out.png")]
+    first = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "openvino: converted" in first.stderr
+    folder = cache / "openvino"
+    stored = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    suffixes = {Path(name).suffix for name in stored}
+    assert {".xml", ".bin", ".blob"} <= suffixes, stored    # converted graph + OpenVINO's compiled blob
+    second = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "openvino: converted" not in second.stderr          # read, not converted again
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stored   # nothing rewritten or added
+
+
+@needs_openvino
+def test_corrupt_cached_graph_is_converted_again(tmp_path, tiny_x4, monkeypatch, caplog):
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    model = load_model(tiny_x4)
+    options = EngineOptions(backend="openvino", precision="fp32", compile="off")
+    assert not Engine(model, options).openvino.graph_from_cache
+    assert Engine(model, options).openvino.graph_from_cache
+    for xml in (tmp_path / "cache" / "openvino").glob("*.xml"):
+        xml.write_text("<net this is not IR")
+    engine = Engine(model, options)
+    assert not engine.openvino.graph_from_cache
+    assert "ignoring unreadable cached graph" in caplog.text
+    assert engine.upscale(np.zeros((8, 8, 3), np.uint8)).shape == (32, 32, 3)
+
+
+@needs_openvino
+def test_backend_failure_is_a_typed_one_line_error(tmp_path, tiny_x4, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    engine = Engine(load_model(tiny_x4), EngineOptions(backend="openvino", precision="fp32"))
+    with pytest.raises(errors.BackendError) as info:
+        engine.openvino(np.zeros((1, 16, 16, 5), np.float32))   # 5 channels into a 3-channel network
+    assert "backend torch" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_openvino_is_a_usage_error_naming_the_extra(tmp_path, tiny_x4):
+    """Runs everywhere: openvino is made unimportable in the child (a real ImportError)."""
+    src = _photo(tmp_path / "a.png")
+    code = ("import sys; sys.modules['openvino'] = None; from upscale.cli import main; "
+            f"sys.argv = ['upscale', {str(src)!r}, '-m', {tiny_x4!r}, '--backend', 'openvino', '-o', "
+            f"{str(tmp_path / 'out.png')!r}]; main()")
+    res = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path / "cache"), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "openvino" in line]
+    assert len(lines) == 1 and "pip install 'upscale[openvino]'" in lines[0] and "--backend" in lines[0], res.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_torch_runs_never_import_openvino(tmp_path, tiny_x4):
+    """Runs everywhere: `import upscale` and a torch (or auto, untuned) run leave openvino unimported."""
+    code = ("import sys, numpy as np, upscale; from upscale.engine import Engine, EngineOptions; "
+            f"m = upscale.load_model({tiny_x4!r}); "
+            "[Engine(m, EngineOptions(backend=b, compile='off')).upscale(np.zeros((8, 8, 3), np.uint8)) "
+            "for b in ('torch', 'auto')]; print('openvino' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path / "cache"), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+
+
+def test_backend_choice_rules(tiny_x4):
+    """Runs everywhere: openvino is CPU-only and not for torch.compile; auto never picks it off the CPU."""
+    model = load_model(tiny_x4)
+    with pytest.raises(errors.UsageError, match="CPU only") as info:
+        choose_backend("openvino", model, "cuda", "fp16", 1)
+    assert info.value.params == ("backend",)
+    with pytest.raises(errors.UsageError, match="compile on"):
+        choose_backend("openvino", model, "cpu", "fp32", 1, "on")
+    assert choose_backend("auto", model, "cuda", "fp16", 1) == "torch"
+    assert choose_backend("torch", model, "cpu", "bf16", 1) == "torch"
+    with pytest.raises(errors.UsageError, match="backend must be one of"):
+        EngineOptions(backend="onnx")

@@ -1,0 +1,158 @@
+"""The tuner: `upscale tune` measures real short probes on tiny networks and caches the winner; the
+cache round-trip, key invalidation, a corrupt cache file, and the fallback when nothing was measured."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from upscale.api import load_model
+from upscale.cli import cli
+from upscale.engine import Engine, EngineOptions, Workload
+from upscale.engine.compiling import want_compile
+from upscale.engine.cost import default_window_px, fitting_window_px, memory_window_px
+from upscale.tune import preferred_backend
+from upscale.tune.cache import CACHE_NAME, tuning_key
+
+# one compact net only the fallback test uses, so no other test has said its "no tuning" line already
+COMPACT_FALLBACK = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 1, "scale": 2, "act_type": "prelu"}
+QUICK = ["--quick", "--windows", "96,128", "--backend", "torch", "--precision", "fp32", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def cache_here(tmp_path, monkeypatch):
+    """Each test gets its own cache folder; torch's thread count is put back afterwards."""
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    yield tmp_path / "cache" / CACHE_NAME
+    torch.set_num_threads(threads)
+
+
+def tune(*args: str) -> str:
+    result = CliRunner().invoke(cli, ["tune", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def engine_window(path: str, **opts) -> int:
+    engine = Engine(load_model(path), EngineOptions(device="cpu", precision="fp32", **opts))
+    return fitting_window_px(engine.cost, engine.model.arch, engine.dtype, engine.device, engine.options.batch)
+
+
+def default_window(path: str) -> int:
+    engine = Engine(load_model(path), EngineOptions(device="cpu", precision="fp32"))
+    return min(default_window_px("compact"), memory_window_px(engine.cost, engine.dtype, engine.device, 1))
+
+
+def edit_entry(cache_file, **changes) -> None:
+    """Change the (one) real entry's key parts (``key_*``) or result fields in place."""
+    data = json.loads(cache_file.read_text())
+    entry = data["entries"][0]
+    for name, value in changes.items():
+        if name.startswith("key_"):
+            entry["key"][name[4:]] = value
+        else:
+            entry["result"][name] = value
+    cache_file.write_text(json.dumps(data))
+
+
+def test_tune_writes_show_reads_and_auto_uses_the_window(tiny_x4, cache_here):
+    out = tune("-m", tiny_x4, *QUICK)
+    assert "candidate" in out and "s/MP" in out and "chosen" in out and "old defaults: window" in out
+    assert sum(line.rstrip().endswith("*") for line in out.splitlines()) == 1      # one row chosen
+    data = json.loads(cache_here.read_text())
+    (entry,) = data["entries"]
+    result = entry["result"]
+    assert result["window_px"] in (96, 128, default_window(tiny_x4)) and result["batch"] in (1, 2)
+    assert result["compile"] is None and result["s_per_mp"] > 0                    # --quick: no compile probe
+    assert entry["key"] == tuning_key("compact", load_model(tiny_x4).hparams, "fp32", "cpu", torch.get_num_threads())
+
+    shown = tune("--show")
+    assert "compact 8x2 x4 fp32" in shown and f"window {result['window_px']}" in shown and "s/MP" in shown
+
+    assert engine_window(tiny_x4) == result["window_px"]
+    edit_entry(cache_here, window_px=200)                    # the real entry, another window: auto follows it
+    engine = Engine(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32"))
+    assert engine_window(tiny_x4) == 200
+    assert engine.tile_px_for(1000, 1000) == 200 - 2 * engine.overlap_px
+
+
+@pytest.mark.parametrize("part, value", [("threads", None), ("cpu_flags", "0" * 16), ("precision", "bf16"),
+                                         ("torch", "0.0.0"), ("openvino", "1999.0")])
+def test_an_entry_with_another_key_is_not_used(tiny_x4, cache_here, part, value, caplog):
+    tune("-m", tiny_x4, *QUICK)
+    if part == "threads":
+        value = torch.get_num_threads() + 1
+    edit_entry(cache_here, window_px=200, **{f"key_{part}": value})
+    caplog.set_level(logging.INFO, logger="upscale")
+    assert engine_window(tiny_x4) == default_window(tiny_x4) != 200
+    assert "(not this machine" in tune("--show") or part in ("threads", "precision")
+
+
+def test_threads_are_part_of_the_key(tiny_x4, cache_here):
+    tune("-m", tiny_x4, *QUICK, "--threads", "1")
+    edit_entry(cache_here, window_px=200)
+    assert engine_window(tiny_x4, threads=1) == 200
+    if torch.get_num_threads() != 2:
+        torch.set_num_threads(2)
+    assert engine_window(tiny_x4, threads=2) == default_window(tiny_x4)
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"format": 1, "entries": [{"key": {}, "result":
+                                                                                     {"window_px": "big"}}]}),
+                                  json.dumps([1, 2, 3])])
+def test_a_corrupt_cache_warns_once_uses_defaults_and_tune_rewrites_it(tiny_x4, cache_here, caplog, text):
+    cache_here.parent.mkdir(parents=True)
+    cache_here.write_text(text)
+    caplog.set_level(logging.INFO, logger="upscale")
+    for _ in range(2):
+        assert engine_window(tiny_x4) == default_window(tiny_x4)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "tuning cache" in r.getMessage()]
+    assert len(warnings) == 1 and "corrupt" in warnings[0].getMessage()
+    assert "no tuning results" in tune("--show")
+    tune("-m", tiny_x4, *QUICK)
+    assert len(json.loads(cache_here.read_text())["entries"]) == 1
+
+
+def test_nothing_measured_uses_the_constants_and_says_so_once(weights_file, cache_here, caplog):
+    path = str(weights_file("compact", COMPACT_FALLBACK, 3, "fallback_net"))
+    caplog.set_level(logging.INFO, logger="upscale")
+    model = load_model(path)
+    for _ in range(2):
+        engine = Engine(model, EngineOptions(device="cpu", precision="fp32", compile="auto"),
+                        work=Workload(pixels=10**6))
+        assert engine.tile_px_for(4000, 4000) == default_window(path) - 2 * engine.overlap_px
+    assert preferred_backend(model, "fp32", None) is None
+    notes = [r.getMessage() for r in caplog.records if "no tuning for" in r.getMessage()]
+    assert len(notes) == 1
+    assert "compact 8x1 x2 fp32" in notes[0] and f"upscale tune -m {path}" in notes[0]
+    assert not cache_here.exists()
+
+
+def test_compile_and_backend_auto_read_the_cache(tiny_x4, cache_here):
+    tune("-m", tiny_x4, *QUICK)
+    model = load_model(tiny_x4)
+    cost = Engine(model, EngineOptions(device="cpu", precision="fp32")).cost
+    cpu = torch.device("cpu")
+    assert not want_compile("auto", cpu, cost, torch.float32, 10**5)            # defaults: not repaid
+    edit_entry(cache_here, compile={"gain": 0.5, "compile_s": 0.01}, s_per_mp=1.0, backend="openvino")
+    assert want_compile("auto", cpu, cost, torch.float32, 10**5)                # measured: 0.05 s saved > 0.01 s
+    assert preferred_backend(model, "fp32", None) == "openvino"
+    assert preferred_backend(model, "bf16", None) is None                        # another key
+
+
+def test_tune_measures_openvino_where_it_runs(tiny_x4, cache_here):
+    pytest.importorskip("openvino")
+    out = tune("-m", tiny_x4, "--quick", "--windows", "96", "--backend", "openvino", "--precision", "fp32",
+               "--device", "cpu")
+    assert "openvino" in out
+    assert json.loads(cache_here.read_text())["entries"][0]["result"]["backend"] in ("torch", "openvino")
+
+
+def test_bad_windows_are_a_usage_error(tiny_x4):
+    result = CliRunner().invoke(cli, ["tune", "-m", tiny_x4, "--windows", "8,16", "--device", "cpu"])
+    assert result.exit_code == 2 and "no window to measure" in result.output
