@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, action="append", required=True, help="folder of natural images")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path)
+    p.add_argument("--backend", default="torch", choices=("torch", "openvino"),
+                   help="what runs the bf16 side (the fp32 reference is always torch): the rule is per backend")
     args = p.parse_args(argv)
     try:
         paths = sorted(f for folder in args.images for f in list_images(folder))
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.model:
         model = load_model(name)
         fp32 = Engine(model, EngineOptions(precision="fp32", compile="off", threads=args.threads))
-        bf16 = Engine(model, EngineOptions(precision="bf16", compile="off", threads=args.threads))
+        bf16 = Engine(model, EngineOptions(precision="bf16", compile="off", threads=args.threads,
+                                           backend=args.backend))
         worst = float("inf")
         for path in paths:
             pixels = read_image(path).pixels
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": name, "image": f"{path.parent.name}/{path.name}",
                          "size": f"{pixels.shape[1]}x{pixels.shape[0]}", "psnr_fp32_vs_bf16_db": psnr})
             print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-        summary.append({"model": name, "arch": model.arch, "images": len(paths), "min_psnr_db": worst,
+        summary.append({"model": name, "arch": model.arch, "backend": args.backend, "images": len(paths),
+                        "min_psnr_db": worst,
                         "bf16_safe": bool(worst >= THRESHOLD_DB)})
     publish("bf16_check.py", argv, args.json, threshold_db=THRESHOLD_DB, rows=rows, summary=summary)
     return 0

@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--rounds", type=int, default=1, help="passes over the timed windows")
     c.add_argument("--no-compile", action="store_true", help="skip the --compile on CLI runs")
     c.add_argument("--no-ncnn", action="store_true", help="skip the ncnn baselines")
+    c.add_argument("--tuned-cache", type=Path, help="an UPSCALE_CACHE folder that `upscale tune -m MODEL` filled: "
+                   "adds two CLI runs (1st and 2nd process) whose auto settings come from it")
     t = sub.add_parser("tiling", parents=[common], help="3: default tiling vs --tile 0")
     t.add_argument("--size", type=int, default=512)
     t.add_argument("--rounds", type=int, default=3)

@@ -76,6 +76,9 @@ def cli_rows(args: argparse.Namespace, workdir: Path, image_path: Path, model_pa
     if not args.no_compile:
         runs += [("ours CLI auto --compile on, cold cache", ["--compile", "on"], cache),
                  ("ours CLI auto --compile on, warm cache", ["--compile", "on"], cache)]
+    if args.tuned_cache:  # a cache `upscale tune -m MODEL` filled on this machine: auto uses what it chose
+        runs += [("ours CLI after upscale tune, 1st process", [], args.tuned_cache),
+                 ("ours CLI after upscale tune, 2nd process", [], args.tuned_cache)]
     for label, flags, cache_dir in runs:
         out = workdir / f"cli_{len(outputs)}.png"
         r = run_process(base + flags + ["-o", str(out)], cli_env(cache_dir))
