@@ -57,11 +57,11 @@ def _dead_temp(target: Path) -> Path:
 def _outputs(folder: Path) -> dict[str, bytes]:
     """Relative path -> bytes of every finished output under ``folder`` (temporary files excluded)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not is_temp_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and not atomic.is_temp_name(p.name)}
 
 
 def _temps(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if is_temp_file(p)]
+    return [p for p in folder.rglob("*") if atomic.is_temp_name(p.name)]
 
 
 def _invoke(args: list) -> object:

@@ -14,14 +14,13 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile, ImageOps
 
-from upscale import errors
+from upscale import atomic, errors
 from upscale.atomic import atomic_file
 from upscale.io import (
     SUPPORTED_EXTENSIONS,
     Image,
     check_output,
     image_size,
-    is_temp_file,
     output_format_for,
     read_image,
     to_uint8,
@@ -37,7 +36,7 @@ def rand(shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if is_temp_file(p) or "tmp" in p.name)
+    return sorted(p.name for p in folder.iterdir() if atomic.is_temp_name(p.name) or "tmp" in p.name)
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -546,9 +545,9 @@ def test_temp_names_are_recognisable(tmp_path: Path) -> None:
     with atomic_file(tmp_path / "a.png") as f:       # the helper write_image writes through
         f.write(b"partial")
         (temp,) = tmp_path.iterdir()
-        assert temp.name.startswith(".a.png") and is_temp_file(temp)
+        assert temp.name.startswith(".a.png") and atomic.is_temp_name(temp.name)
         assert temp.suffix.lower() not in SUPPORTED_EXTENSIONS   # never mistaken for an input
-    assert not is_temp_file(tmp_path / "a.png") and not is_temp_file(tmp_path / ".a.png")
+    assert not atomic.is_temp_name("a.png") and not atomic.is_temp_name(".a.png")
     write_image(Image(rand((4, 4, 3)), None), tmp_path / "a.png")
     assert leftovers(tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["a.png"]
 

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -156,14 +157,38 @@ def target_problem(target: str | Path, inputs: tuple[str | Path, ...] = (), *,
         return "input", "would overwrite an input; choose another output"
     if target.is_dir():
         return "folder", "is a folder; name an output file"
-    folder = target.parent
-    if folder.exists() and not folder.is_dir():
-        return "folder", f"{folder} is not a folder"
-    if not folder.exists():
-        return "folder", f"output folder {folder} does not exist"
+    problem = folder_problem(target.parent)
+    if problem is not None:
+        return "folder", problem
     if target.exists() and not force:
         return "exists", "exists already; pass force to overwrite"
     return None
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """None when ``folder`` is a folder; else why not: the first part of it that exists but is not a
+    folder (``afile/sub`` -> "afile is not a folder"), or that it does not exist."""
+    folder = Path(folder)
+    if _is_dir(folder):
+        return None
+    for part in (folder, *folder.parents):
+        if _is_dir(part):
+            break
+        try:
+            os.lstat(part)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:
+            return f"cannot use the output folder {part} ({err.strerror or err})"
+        return f"{part} is not a folder"
+    return f"output folder {folder} does not exist"
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -13,8 +13,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image as PILImage
 
-from .. import errors
-from ..atomic import atomic_file, is_temp_name
+from .. import atomic, errors
+from ..atomic import atomic_file
 from .bmp import write_bmp
 from .exif import JPEG_MAX_EXIF
 from .image import DEFAULT_QUALITY, FORMAT_BY_EXT, SUPPORTED_EXTENSIONS, Image, one_line, to_uint8
@@ -54,7 +54,7 @@ def check_output(path: str | Path, format: str | None = None, quality: int | Non
     fmt = output_format_for(path, format)
     if quality is not None and not 1 <= quality <= 100:
         raise errors.UsageError(f"quality must be between 1 and 100, not {quality}", params=("quality",))
-    problem = _folder_problem(path.parent)
+    problem = atomic.folder_problem(path.parent)
     if problem:
         raise errors.ImageWriteError(problem, path=path)
     if _is_dir(path):
@@ -69,27 +69,6 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _folder_problem(folder: Path) -> str | None:
-    """None when ``folder`` is a folder; else why not: the first part of it that is not a folder, or
-    that it does not exist."""
-    if _is_dir(folder):
-        return None
-    for part in (folder, *folder.parents):
-        if _is_dir(part):
-            break
-        try:
-            os.lstat(part)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as err:
-            return f"cannot use the output folder {part} ({err.strerror or one_line(err)})"
-        return f"{part} is not a folder"
-    return f"output folder {folder} does not exist"
-
-
-def is_temp_file(path: str | Path) -> bool:
-    """True when ``path`` is named like a temporary file of ``write_image`` (``upscale.atomic``'s)."""
-    return is_temp_name(Path(path).name)
 
 
 def write_image(image: Image, path: str | Path, *, format: str | None = None,
