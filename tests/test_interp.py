@@ -145,20 +145,38 @@ def test_interpolated_model_uses_the_registered_twin(pair, tmp_path, monkeypatch
 
 
 # --- issue 16: `upscale interp --alpha A` with nothing else; outputs are never silently replaced --------
-def test_interp_with_only_alpha_says_in_one_line_what_to_pass(tmp_path, monkeypatch):
-    """The shipped default model has no GAN twin yet (issue 15 builds it)."""
+def test_interp_with_only_alpha_mixes_the_default_model_and_its_shipped_twin(tmp_path, monkeypatch):
+    """Issue 15: the shipped default-x4 has a GAN twin, so `upscale interp --alpha 0.8` alone writes
+    ./default-x4-interp-a0.80.safetensors, says so, and the file is the blend of the two package files."""
     monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.chdir(tmp_path)
+    spec = registry.default_model_for_scale(4)
+    assert spec.name == "default-x4" and spec.twin == "default-x4-gan"
     result = CliRunner().invoke(cli, ["interp", "--alpha", "0.8"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "default-x4-interp-a0.80.safetensors"
+    assert out.is_file() and f"wrote {out.name}:" in result.output
+    gan = registry.get_model("default-x4-gan")
+    arch, hp, sd = interpolate_files(spec.source.path, gan.source.path, 0.8)
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loading.load_model(out).module(x), run(arch, hp, sd, x))
+    again = CliRunner().invoke(cli, ["interp", "--alpha", "0.8"])
+    assert again.exit_code == 1 and "exists already; pass --force" in again.output
+    one = CliRunner().invoke(cli, ["interp", "--alpha", "0.8", "--psnr", "a.safetensors"])
+    assert one.exit_code == 2 and "give both --psnr and --gan" in one.output
+
+
+def test_a_model_without_twin_says_in_one_line_what_to_pass(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["interp", "--alpha", "0.8", "-m", "default-x2"])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, lines
-    default = registry.default_model_for_scale(4).name
-    for part in (f"the default model {default} has no GAN twin", "--psnr FILE --gan FILE", "-m NAME", "esrgan"):
+    for part in ("default-x2 has no GAN twin", "--psnr FILE --gan FILE", "-m NAME", "default-x4-gan"):
         assert part in lines[0], lines[0]
-    assert list(tmp_path.iterdir()) == [] or [p.name for p in tmp_path.iterdir()] == ["cfg"]
-    one = CliRunner().invoke(cli, ["interp", "--alpha", "0.8", "--psnr", "a.safetensors"])
-    assert one.exit_code == 2 and "give both --psnr and --gan" in one.output
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["cfg"])
 
 
 def test_interp_of_a_twin_writes_the_printed_default_path_and_respects_force(pair, tmp_path, monkeypatch):

@@ -197,7 +197,7 @@ def test_lpips_reports_why_it_is_missing():
 
 
 # --- bench end to end -----------------------------------------------------------------------------
-ROW_KEYS = {"scale", "method", "kind", "psnr_db", "ssim", "lpips", "seconds_per_image", "output_mp_per_s",
+ROW_KEYS = {"scale", "method", "kind", "psnr_db", "ssim", "lpips", "niqe", "seconds_per_image", "output_mp_per_s",
             "peak_memory_mib", "peak_device_mib", "device", "dtype", "note", "per_image"}
 FAST = ["-q", "--precision", "fp32", "--compile", "off", "--warmup", "1"]
 
@@ -235,7 +235,9 @@ def test_bench_json_schema_models_and_sheet(hr_dir, tiny_model, tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["schema"] == "upscale.bench/1"
-    assert set(doc) == {"schema", "data", "lr_source", "metric", "timing", "environment", "images", "rows"}
+    assert set(doc) == {"schema", "data", "lr_source", "metric", "timing", "environment", "images", "rows",
+                        "hr_reference"}
+    assert doc["hr_reference"] == [] and doc["metric"]["niqe"] is None
     assert doc["lr_source"] == "matlab-bicubic"
     assert [i["name"] for i in doc["images"]] == ["gray", "noise", "waves"]
     assert [i["channels"] for i in doc["images"]] == [1, 3, 3]
@@ -248,6 +250,7 @@ def test_bench_json_schema_models_and_sheet(hr_dir, tiny_model, tmp_path):
         assert math.isclose(row["psnr_db"], np.mean([p["psnr_db"] for p in row["per_image"]]))
         assert 0 < row["ssim"] <= 1 and row["seconds_per_image"] > 0 and row["output_mp_per_s"] > 0
         assert (row["lpips"] is None) == (doc["metric"]["lpips"] is None)
+        assert row["niqe"] is None and all(p["niqe"] is None for p in row["per_image"])
     model_rows = [r for r in doc["rows"] if r["kind"] == "model"]
     assert model_rows[0]["note"] == "" and "Lanczos" in model_rows[1]["note"]
     assert doc["environment"]["models"]["tiny_x2"]["native_scale"] == 2
@@ -285,6 +288,7 @@ def test_bench_lr_folder_pairs_by_stem_and_formats(hr_dir, tmp_path):
     assert md.exit_code == 0, md.output
     header = [c.strip() for c in md.stdout.splitlines()[0].strip("|").split("|")]
     assert header[:4] == ["scale", "method", "PSNR-RGB (dB)", "SSIM-RGB"]
+    assert "NIQE" not in md.stdout
 
     (lr_dir / "noise.png").unlink()
     sheet = tmp_path / "never.png"
@@ -303,6 +307,48 @@ def test_bench_usage_errors(hr_dir, tmp_path):
     assert res.exit_code == 2 and "unknown baseline 'cubic'" in res.stderr
     res = _bench(["--data", hr_dir, "-s", "2", "-s", "3", "--lr", hr_dir, *FAST])
     assert res.exit_code == 2
+
+
+def test_bench_niqe_column_and_hr_reference(tmp_path):
+    from test_niqe import dead_leaves
+
+    from upscale import niqe
+    from upscale.dataprep import mod_crop, read_uint8
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for seed, name in ((0, "a"), (1, "b")):
+        gray = dead_leaves(200, 201, seed)
+        rgb = np.stack([gray, 0.8 * gray + 20, gray[::-1]], axis=2)
+        PILImage.fromarray(np.round(rgb).astype(np.uint8)).save(folder / f"{name}.png")
+    res = _bench(["--data", folder, "-s", "2", "--niqe", "--json", "--baselines", "bicubic,nearest", *FAST])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert "96 px patches" in doc["metric"]["niqe"] and len(doc["metric"]["niqe_model_sha256"]) == 64
+    [hr] = doc["hr_reference"]
+    assert hr["scale"] == 2 and [p["name"] for p in hr["per_image"]] == ["a", "b"]
+    want = niqe.niqe(mod_crop(read_uint8(folder / "b.png", rgb=False), 2), crop_border=2)
+    assert hr["per_image"][1]["niqe"] == want
+    assert math.isclose(hr["niqe"], np.mean([p["niqe"] for p in hr["per_image"]]))
+    for row in doc["rows"]:
+        assert math.isclose(row["niqe"], np.mean([p["niqe"] for p in row["per_image"]]))
+    bicubic = next(r for r in doc["rows"] if r["method"] == "bicubic")
+    assert bicubic["niqe"] > hr["niqe"]          # the x2 bicubic round trip blurs: less natural than HR
+
+    md = _bench(["--data", folder, "-s", "2", "--niqe", "--markdown", "--baselines", "bicubic", *FAST])
+    assert md.exit_code == 0, md.output
+    lines = md.stdout.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:5] == ["scale", "method", "PSNR-Y (dB)", "SSIM-Y", "NIQE"]
+    hr_cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert hr_cells[:2] == ["x2", "HR"] and float(hr_cells[4]) == pytest.approx(hr["niqe"], abs=0.005)
+    assert any(line.startswith("NIQE: lower is more natural") for line in lines)
+
+
+def test_bench_niqe_refuses_images_too_small_for_it(hr_dir):
+    res = _bench(["--data", hr_dir, "-s", "2", "--niqe", "--baselines", "bicubic", *FAST])
+    assert res.exit_code == 1
+    assert "gray" in res.stderr and "NIQE needs at least 2" in res.stderr and "x2" in res.stderr
 
 
 def test_gray_modes_differ_by_the_studio_range_factor(hr_dir):

@@ -69,7 +69,10 @@ def test_tiled_windows_share_one_compiled_model(tmp_path, tiny_x4, monkeypatch):
     stats = RunStats()
     got = engine.upscale(pixels, stats=stats)
     assert stats.backend == "openvino" and stats.tiles > 10
-    assert engine.openvino.compiled_shapes == ((1, 32, 32, 3),)    # every window: one shape, one compile
+    plan = engine.plan_for(*pixels.shape[:2])       # tiny_x4's context covers its radius: fitted windows
+    assert (plan.tile_h, plan.tile_w) == (28, 30)
+    # every window: one shape, one compile
+    assert engine.openvino.compiled_shapes == ((1, plan.tile_h, plan.tile_w, 3),)
     want = Engine(model, EngineOptions(backend="torch", **options)).upscale(pixels)
     assert psnr(got, want, y_channel=False) >= 50.0
 

@@ -124,7 +124,8 @@ def test_bf16_safe_only_where_measured():
     # measured with benchmarks/bf16_check.py (docs/perf.md): ours and Real-ESRGAN x4plus pass; x4plus
     # anime does not (49.7 dB on Set14 bridge); Hub models whose weights could not be measured here
     # stay unflagged
-    assert measured == {"default-x4", "default-x2", "srcnn-x4", "srcnn-x2", "esrgan"}
+    assert measured == {"default-x4", "default-x2", "default-x4-gan", "default-x4-v1", "default-x2-v1",
+                        "srcnn-x4", "srcnn-x2", "esrgan"}
 
 
 def test_lookup_and_close_names(tmp_path, monkeypatch):
@@ -200,10 +201,11 @@ def test_invalid_user_registry_is_reported_with_its_path(tmp_path, monkeypatch):
 
 
 def test_models_lists_the_packaged_models_with_their_real_sizes(tmp_path, monkeypatch):
-    """Issue 16: the four packaged models showed size "?"."""
+    """Issue 16: the packaged models showed size "?". Issue 15: seven now (SPAN x4/x2, the GAN twin,
+    the first-generation compact pair, SRCNN x4/x2)."""
     monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path))
     packaged = [s for s in registry.all_models() if isinstance(s.source, registry.PackageSource)]
-    assert len(packaged) == 4
+    assert len(packaged) == 7
     result = CliRunner().invoke(cli, ["models"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}

@@ -69,11 +69,15 @@ def _check_axis(starts, size, length, weights, tile, overlap, margin, multiple, 
     else:
         core = -(-tile // multiple) * multiple
         context = -(-overlap // multiple) * multiple
-        assert size == window == core + 2 * context                        # context never shrinks
-        assert len(starts) == -(-(length - 2 * context) // core)           # the fewest windows at stride <= core
-        assert len(starts) * size <= length * size / core + size           # cost bound, plus one window
+        count = -(-(length - 2 * context) // core)
+        assert len(starts) == count                                        # the fewest windows at stride <= core
+        fitted = -(-(length - 2 * context) // multiple // count) * multiple + 2 * context
+        assert size == min(window, core + 2 * context, fitted)             # only the core shrinks, to fit
+        assert size - 2 * context >= multiple                              # context never shrinks
+        # cost bound: the cores overshoot the image by less than one unit per window
+        assert count * (size - 2 * context) < length - 2 * context + count * multiple
         for a, b in zip(starts, starts[1:]):
-            assert 0 < b - a <= core and a + size - b >= 2 * overlap        # shared context
+            assert 0 < b - a <= size - 2 * context and a + size - b >= 2 * overlap   # shared context
     assert all(len(wt) == size * scale and wt.min() >= 0 and wt.max() <= 1 for wt in weights)
     for i, wt in enumerate(weights):                                       # discarded margins
         if i > 0:
@@ -348,6 +352,7 @@ def test_progress_and_stats_report_every_tile_and_nothing_is_kept_between_calls(
     total = stats.tiles
     assert total > 4 and seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert stats.batches == -(-total // 4) and stats.forward_s > 0 and stats.compiled is False
+    # 2 px of context < the receptive radius (3): not exact, so windows keep their full side
     assert stats.tile_shape == (24 + 4, 24 + 4) and stats.device == "cpu" and stats.precision == "fp32"
     np.testing.assert_array_equal(engine.upscale(image, stats=stats), first)
     assert stats.tiles == 2 * total and stats.batches == 2 * -(-total // 4)     # counters add up over calls
@@ -391,7 +396,8 @@ def test_repeated_blocks_count_once_towards_compile_time():
 
 
 @pytest.mark.parametrize("shape, tile, expected", [
-    ((1000, 750), 384, (400, 400)),   # the windows eager tiling uses for that size: core + 2 x 8 px context
+    # the windows eager tiling uses for that size, fitted: cores of 3 x 328 and 2 x 367 + 2 x 8 px context
+    ((1000, 750), 384, (344, 383)),
     ((100, 60), 384, (100, 60)),      # smaller than a window: one window of the image, not a padded square
     ((1000, 750), 0, None),           # whole images: no fixed shape
 ])
@@ -448,9 +454,10 @@ def test_tiny_network_tiled_agrees_with_untiled_at_any_tile():
             assert quality >= 45, f"{model.arch} tile {tile}: {quality:.1f} dB"
     engine = Engine(small_model("tiny", scale=2), EngineOptions(device="cpu", tile_px=96, compile="off"))
     plan = engine.plan_for(256, 256)
-    assert engine.overlap_px == 8 and (plan.tile_h, plan.tile_w) == (112, 112)     # 96 + 2 x 8
-    assert len(plan.ys) == len(plan.xs) == -(-(256 - 2 * 8) // 96) == 3            # 9 windows of 112 px
-    assert plan.num_tiles * 112**2 <= (256 * 112 / 96 + 112) ** 2                   # the cost bound
+    assert len(plan.ys) == len(plan.xs) == -(-(256 - 2 * 8) // 96) == 3            # 3 x 3 windows at stride <= 96
+    # fitted: 3 cores of 80 cover the 240 px inside the outer context, so windows of 80 + 2 x 8
+    assert engine.overlap_px == 8 and (plan.tile_h, plan.tile_w) == (96, 96)
+    assert plan.num_tiles * 96**2 <= (256 * 112 / 96 + 112) ** 2                    # the cost bound
 
 
 def test_output_too_large_for_memory_is_a_resource_error_before_any_work():
@@ -546,3 +553,14 @@ def test_compile_failure_falls_back_to_eager_or_is_a_usage_error(monkeypatch, tm
     with pytest.raises(errors.UsageError, match="^compile on") as info:
         forced.upscale(image)
     assert info.value.params == ("compile",)
+
+
+def test_windows_are_fitted_only_where_tiling_is_exact():
+    """Fitting shrinks windows to the image, which removes the extra shared context that hides the seams
+    of a network whose receptive field exceeds the context: the engine fits only when exact."""
+    exact = Engine(small_model("compact", num_conv=1, num_feat=4, scale=2), fp32(96, 8))   # radius 3 <= 8
+    inexact = Engine(small_model("compact", num_conv=12, num_feat=4, scale=2), fp32(96, 8))  # radius 14 > 8
+    assert exact.plan_for(256, 256).tile_h == 80 + 16          # 3 cores of 80 cover the 240 px inside
+    assert inexact.plan_for(256, 256).tile_h == 96 + 16        # the full window
+    assert len(exact.plan_for(256, 256).ys) == len(inexact.plan_for(256, 256).ys) == 3
+    assert plan_tiles(256, 256, 96, 8, fit=False).tile_h == 112 and plan_tiles(256, 256, 96, 8).tile_h == 96

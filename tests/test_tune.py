@@ -16,7 +16,7 @@ from upscale.engine import Engine, EngineOptions, Workload
 from upscale.engine.compiling import want_compile
 from upscale.engine.cost import default_window_px, fitting_window_px, memory_window_px
 from upscale.tune import preferred_backend
-from upscale.tune.cache import CACHE_NAME, tuning_key
+from upscale.tuned import CACHE_NAME, tuning_key
 
 # one compact net only the fallback test uses, so no other test has said its "no tuning" line already
 COMPACT_FALLBACK = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 1, "scale": 2, "act_type": "prelu"}

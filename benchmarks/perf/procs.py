@@ -4,6 +4,7 @@ own cache folder, timed from the parent with the child's peak RSS and CPU second
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,21 +16,35 @@ from _common import load_avg
 
 
 def run_process(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds, the child's peak RSS and CPU seconds (from wait4), its output."""
+    """Run ``cmd``; wall seconds, the child's peak RSS and CPU seconds, its output.
+
+    The peak RSS comes from GNU time (``maxrss_source``: "time"), whose own child starts from a small
+    process: the figure wait4 gives for a child spawned from this one also counts *this* process's
+    resident memory at the exec (Linux keeps the old address space's high-water mark across exec:
+    /bin/true spawned from a Python holding 300 MB reads 317 MB), so a large benchmark parent made
+    every child look as big as itself. Without GNU time, wait4's figure ("wait4", an upper bound)."""
+    gnu_time = shutil.which("time")
     before = load_avg()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".time") as peak:
+        full = [gnu_time, "-f", "%M", "-o", peak.name, *cmd] if gnu_time else cmd
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(full, env=env, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        lines = peak.read().split()
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{stderr[-2000:]}")
-    return {"wall_s": wall, "stdout": stdout, "stderr": stderr[-4000:], "maxrss_mb": usage.ru_maxrss / 1024,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "loadavg_before": before, "loadavg_after": load_avg()}
+    maxrss_mb, source = usage.ru_maxrss / 1024, "wait4"
+    if gnu_time and lines and lines[-1].isdigit():
+        maxrss_mb, source = int(lines[-1]) / 1024, "time"
+    return {"wall_s": wall, "stdout": stdout, "stderr": stderr[-4000:], "maxrss_mb": maxrss_mb,
+            "maxrss_source": source, "cpu_s": usage.ru_utime + usage.ru_stime, "loadavg_before": before,
+            "loadavg_after": load_avg()}
 
 
 def upscale_cli() -> list[str]:

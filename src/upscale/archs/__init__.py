@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from . import compact, rrdbnet, srcnn, srresnet, tiny
+from . import compact, rrdbnet, span, srcnn, srresnet, tiny
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class ArchFamily:
     canonicalize: Renamer | None = None             # a legacy layout -> canonical keys, else None
     explain: Callable[[Mapping[str, Any]], str] | None = None  # hint when keys almost match
     ncnn: NcnnMatch | None = None
+    # the inference form of a network trained in another (re-parameterised) form:
+    # (state dict, hparams) -> (state dict, hparams) of the same function; None = already plain
+    deploy: Callable[[Mapping[str, Any], dict], "tuple[dict, dict]"] | None = None
 
 
 FAMILIES: tuple[ArchFamily, ...] = (
@@ -60,6 +63,8 @@ FAMILIES: tuple[ArchFamily, ...] = (
     ArchFamily(srresnet.MS_NAME, srresnet.MS_DEFAULTS, srresnet.build_ms, srresnet.detect_ms,
                srresnet.size_multiple, srresnet.receptive_radius_ms, compile_regions=("body",),
                canonicalize=srresnet.canonicalize_ms),
+    ArchFamily(span.NAME, span.DEFAULTS, span.build, span.detect, span.size_multiple, span.receptive_radius,
+               canonicalize=span.canonicalize, explain=span.explain, deploy=span.collapse),
     ArchFamily(srcnn.NAME, srcnn.DEFAULTS, srcnn.build, srcnn.detect, srcnn.size_multiple, srcnn.receptive_radius),
     ArchFamily(tiny.NAME, tiny.DEFAULTS, tiny.build, tiny.detect, tiny.size_multiple, tiny.receptive_radius),
 )

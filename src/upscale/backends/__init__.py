@@ -6,14 +6,13 @@ converted in memory by OpenVINO's CPU plugin; it only computes windows, the engi
 batches and stitches them, so seams and blending are the same on both.
 
 ``choose_backend`` resolves ``EngineOptions.backend``: ``auto`` is torch unless the tuner
-(``upscale.tune.preferred_backend``, when that module and function exist) measured OpenVINO faster
+(``upscale.tuned.preferred_backend``) measured OpenVINO faster
 for this model, precision and thread count on this machine. Neither this package nor the engine
 imports openvino unless the openvino backend is chosen.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any
@@ -67,16 +66,10 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
 
 
 def _tuner_preference(model: Model, precision: str, threads: int) -> str | None:
-    """What ``upscale.tune.preferred_backend`` says for this model here, or None when the tuner (or
-    that function) is absent or has measured nothing."""
-    try:
-        tune = importlib.import_module("upscale.tune")
-    except ImportError:
-        return None
-    preferred = getattr(tune, "preferred_backend", None)
-    if preferred is None:
-        return None
-    return preferred(model, precision, threads)
+    """What the tuning cache says for this model here (``upscale.tuned.preferred_backend``), or None."""
+    from ..tuned import preferred_backend
+
+    return preferred_backend(model, precision, threads)
 
 
 def openvino_windows(model: Model, *, precision: str, threads: int) -> Any:

@@ -1,5 +1,6 @@
-"""The bench's records: per-image scores, one row per scale and method, and the whole result with
-its ``--json`` (schema ``upscale.bench/1``, docs/bench.md), CSV and Markdown forms."""
+"""The bench's records: per-image scores, one row per scale and method, the HR images' own
+no-reference scores, and the whole result with its ``--json`` (schema ``upscale.bench/1``,
+docs/bench.md), CSV and Markdown forms."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class ImageScore:
     ssim: float
     lpips: float | None
     seconds: float
+    niqe: float | None = None        # no-reference, lower is better; None unless asked for
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,17 @@ class MethodRow:
     dtype: str
     note: str
     per_image: tuple[ImageScore, ...]
+    niqe: float | None = None        # mean over images; None unless asked for
+
+
+@dataclass(frozen=True)
+class HrReference:
+    """The HR images' own NIQE at one scale (mod-cropped, border = scale, like the methods' outputs):
+    the reference the methods' NIQE is read against."""
+
+    scale: int
+    niqe: float
+    per_image: tuple[tuple[str, float], ...]   # (image name, NIQE)
 
 
 @dataclass(frozen=True)
@@ -62,8 +75,8 @@ class SheetRow:
     cells: tuple[SheetCell, ...]
 
 
-CSV_FIELDS = ("scale", "method", "kind", "psnr_db", "ssim", "lpips", "seconds_per_image", "output_mp_per_s",
-              "peak_memory_mib", "peak_device_mib", "device", "dtype", "note")
+CSV_FIELDS = ("scale", "method", "kind", "psnr_db", "ssim", "lpips", "niqe", "seconds_per_image",
+              "output_mp_per_s", "peak_memory_mib", "peak_device_mib", "device", "dtype", "note")
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -80,20 +93,24 @@ class BenchResult:
     images: tuple[ImageInfo, ...]
     rows: tuple[MethodRow, ...]
     sheet_rows: tuple[SheetRow, ...] = field(default=(), repr=False, compare=False)
+    hr_reference: tuple[HrReference, ...] = ()     # one per scale when NIQE was asked for
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (schema ``upscale.bench/1``, documented in docs/bench.md)."""
         rows = []
         for row in self.rows:
             d = asdict(row)
-            for key in ("psnr_db", "ssim", "lpips"):
+            for key in ("psnr_db", "ssim", "lpips", "niqe"):
                 d[key] = _finite_or_none(d[key])
-            d["per_image"] = [{**s, "psnr_db": _finite_or_none(s["psnr_db"]), "ssim": _finite_or_none(s["ssim"]),
-                               "lpips": _finite_or_none(s["lpips"])} for s in d["per_image"]]
+            d["per_image"] = [{**s, **{k: _finite_or_none(s[k]) for k in ("psnr_db", "ssim", "lpips", "niqe")}}
+                              for s in d["per_image"]]
             rows.append(d)
+        hr = [{"scale": h.scale, "niqe": _finite_or_none(h.niqe),
+               "per_image": [{"name": name, "niqe": _finite_or_none(v)} for name, v in h.per_image]}
+              for h in self.hr_reference]
         return {"schema": SCHEMA, "data": self.data, "lr_source": self.lr_source, "metric": dict(self.metric),
                 "timing": dict(self.timing), "environment": dict(self.environment),
-                "images": [asdict(i) for i in self.images], "rows": rows}
+                "images": [asdict(i) for i in self.images], "rows": rows, "hr_reference": hr}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
@@ -107,14 +124,21 @@ class BenchResult:
         return buf.getvalue()
 
     def to_markdown(self) -> str:
+        """The table; a NIQE column, and an HR row heading each scale, only when NIQE was computed."""
         space = "Y" if self.metric["y_channel"] else "RGB"
-        header = ["scale", "method", f"PSNR-{space} (dB)", f"SSIM-{space}", "LPIPS", "s/image", "MP/s",
-                  "peak MiB", "note"]
+        with_niqe = bool(self.hr_reference)
+        hr_niqe = {h.scale: h.niqe for h in self.hr_reference}
+        header = ["scale", "method", f"PSNR-{space} (dB)", f"SSIM-{space}", *(["NIQE"] if with_niqe else []),
+                  "LPIPS", "s/image", "MP/s", "peak MiB", "note"]
         lines = [header]
-        for r in self.rows:
+        for i, r in enumerate(self.rows):
+            if with_niqe and (i == 0 or self.rows[i - 1].scale != r.scale) and r.scale in hr_niqe:
+                lines.append([f"x{r.scale}", "HR", "", "", f"{hr_niqe[r.scale]:.2f}", "", "", "", "",
+                              "the HR images themselves (reference)"])
             lpips = "n/a" if r.lpips is None else f"{r.lpips:.4f}"
             mem = "n/a" if r.peak_memory_mib is None else f"{r.peak_memory_mib:.1f}"
-            lines.append([f"x{r.scale}", r.method, f"{r.psnr_db:.2f}", f"{r.ssim:.4f}", lpips,
+            niqe = ["n/a" if r.niqe is None else f"{r.niqe:.2f}"] if with_niqe else []
+            lines.append([f"x{r.scale}", r.method, f"{r.psnr_db:.2f}", f"{r.ssim:.4f}", *niqe, lpips,
                           f"{r.seconds_per_image:.4f}", f"{r.output_mp_per_s:.2f}", mem, r.note])
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
 
@@ -123,6 +147,8 @@ class BenchResult:
 
         out = [fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
         out += [fmt(line) for line in lines[1:]]
+        if with_niqe:
+            out.append(f"\nNIQE: lower is more natural (no reference; {self.metric['niqe']}).")
         if self.metric.get("lpips_missing"):
             out.append(f"\nLPIPS n/a: {self.metric['lpips_missing']}")
         return "\n".join(out) + "\n"

@@ -1,5 +1,6 @@
-"""The bench run: options -> HR images -> per scale, LR/HR pairs -> per method, warm-up, timed images,
-scores -> rows (and the contact sheet's cells). See the package docstring for the conventions."""
+"""The bench run: options -> HR images -> per scale, LR/HR pairs (and the HR images' own NIQE when
+asked) -> per method, warm-up, timed images, scores -> rows (and the contact sheet's cells). See the
+package docstring for the conventions."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .. import errors, metrics
+from .. import errors, metrics, niqe
 from ..dataprep import bicubic_down, list_images, mod_crop, read_uint8
 from ..machine import environment as machine_environment
 from .measure import PeakRss, cuda_peak_mib, cuda_peak_reset
 from .methods import BASELINES, LoadedModel, MethodSpec, methods_for
-from .results import BenchResult, ImageInfo, ImageScore, MethodRow, SheetCell, SheetRow
+from .results import BenchResult, HrReference, ImageInfo, ImageScore, MethodRow, SheetCell, SheetRow
 from .sheet import as_rgb, best_crop
 
 GRAY_MODES = ("y", "rgb")
@@ -34,6 +35,7 @@ class BenchOptions:
     gray: str = "y"
     warmup_runs: int = 1
     lpips: bool = True
+    niqe: bool = False                              # NIQE of every output and of HR (no reference, numpy)
     sheet_images: tuple[str, ...] | None = None   # stems for the contact sheet; () = first image; None = no sheet
     sheet_crop_px: int = 64                         # HR pixels on a side
     progress: bool = False
@@ -94,6 +96,11 @@ def _pairs_for_scale(hr_images: list[tuple[str, np.ndarray]], scale: int, option
         if min(hr.shape[:2]) // scale < 1 or min(hr.shape[:2]) - 2 * scale < metrics.SSIM_WINDOW_PX:
             raise errors.DataError(f"{hr.shape[1]}x{hr.shape[0]} is too small to benchmark at x{scale}",
                                    path=data_dir / stem)
+        if options.niqe:
+            try:
+                niqe.check_size(hr.shape[0], hr.shape[1], crop_border=scale)
+            except ValueError as err:
+                raise errors.DataError(f"{err} (mod-cropped for x{scale})", path=data_dir / stem) from None
         if options.lr_dir is not None:
             lr = _read_lr(lr_files, options.lr_dir, stem, (hr.shape[0] // scale, hr.shape[1] // scale),
                           hr.shape[2], options.gray)
@@ -151,7 +158,8 @@ def _score(method: MethodSpec, pair: Pair, scale: int, options: BenchOptions, lp
     p = metrics.psnr(sr, hr, scale, options.y_channel)
     s = metrics.ssim(sr, hr, scale, options.y_channel)
     lp = lpips_net(sr, hr, scale) if lpips_net is not None else None
-    return ImageScore(stem, p, s, lp, dt), sr
+    nq = niqe.niqe(sr, crop_border=scale) if options.niqe else None
+    return ImageScore(stem, p, s, lp, dt, nq), sr
 
 
 def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOptions, lpips_net: Any,
@@ -178,7 +186,14 @@ def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOp
         seconds_per_image=seconds_total / len(scores),
         output_mp_per_s=out_pixels / 1e6 / seconds_total if seconds_total > 0 else float("inf"),
         peak_memory_mib=mem.peak_mib, peak_device_mib=cuda_peak_mib() if on_cuda else None,
-        device=method.device, dtype=method.dtype, note=method.note, per_image=tuple(scores))
+        device=method.device, dtype=method.dtype, note=method.note, per_image=tuple(scores),
+        niqe=float(np.mean([x.niqe for x in scores])) if options.niqe else None)
+
+
+def _hr_reference(pairs: list[Pair], scale: int) -> HrReference:
+    """The HR images' own NIQE, with the border the methods' outputs lose."""
+    per_image = tuple((stem, niqe.niqe(hr, crop_border=scale)) for stem, hr, _ in pairs)
+    return HrReference(scale, float(np.mean([v for _, v in per_image])), per_image)
 
 
 def environment(models: Sequence[LoadedModel]) -> dict[str, Any]:
@@ -198,7 +213,15 @@ def _metric(options: BenchOptions, lpips_net: Any, lpips_missing: str) -> dict[s
             "psnr": "10*log10(255^2/MSE), float64, per image then mean",
             "ssim": "Gaussian 11x11 sigma 1.5, valid region, C1=(0.01*255)^2, C2=(0.03*255)^2",
             "lpips": "alex" if lpips_net is not None else None,
-            "lpips_missing": None if lpips_net is not None else lpips_missing}
+            "lpips_missing": None if lpips_net is not None else lpips_missing,
+            **_niqe_metric(options)}
+
+
+def _niqe_metric(options: BenchOptions) -> dict[str, Any]:
+    if not options.niqe:
+        return {"niqe": None, "niqe_model_sha256": None}
+    record = niqe.describe()
+    return {"niqe": record["niqe"] + "; crop border = scale", "niqe_model_sha256": record["niqe_model_sha256"]}
 
 
 def run_bench(data_dir: str | Path, options: BenchOptions, models: Sequence[LoadedModel] = ()) -> BenchResult:
@@ -216,10 +239,13 @@ def run_bench(data_dir: str | Path, options: BenchOptions, models: Sequence[Load
     total = len(options.scales) * (len(options.baselines) + len(models)) * len(hr_images)
     rows: list[MethodRow] = []
     sheet_rows: list[SheetRow] = []
+    hr_reference: list[HrReference] = []
     with tqdm(total=total, disable=not options.progress, desc="bench", unit="img", file=sys.stderr) as bar:
         for scale in options.scales:
             pairs = _pairs_for_scale(hr_images, scale, options, lr_files, data_dir)
             sheet = _Sheet(pairs, sheet_stems, options.sheet_crop_px)
+            if options.niqe:
+                hr_reference.append(_hr_reference(pairs, scale))
             for method in methods_for(options.baselines, models, scale):
                 rows.append(_measure(method, pairs, scale, options, lpips_net, sheet, bar, data_dir))
             sheet_rows += sheet.rows(scale)
@@ -228,4 +254,4 @@ def run_bench(data_dir: str | Path, options: BenchOptions, models: Sequence[Load
               "memory": "peak RSS growth during the timed images, sampled every 2 ms"}
     lr_source = "matlab-bicubic" if options.lr_dir is None else f"dir:{options.lr_dir}"
     return BenchResult(str(data_dir), lr_source, _metric(options, lpips_net, lpips_missing), timing,
-                       environment(models), infos, tuple(rows), tuple(sheet_rows))
+                       environment(models), infos, tuple(rows), tuple(sheet_rows), tuple(hr_reference))

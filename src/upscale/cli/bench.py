@@ -28,6 +28,9 @@ from .options import device_options, engine_options_from, quiet_option, tile_opt
                    "or repeat to RGB and take BT.601 Y (BasicSR's Python metrics).")
 @click.option("--lpips/--no-lpips", default=True, show_default=True,
               help="LPIPS when the lpips package and its AlexNet weights are on this machine.")
+@click.option("--niqe", "niqe", is_flag=True,
+              help="Also NIQE (no-reference, lower is better) of every output and of the HR images themselves; "
+                   "images need two whole 96x96 patches inside the border.")
 @click.option("--warmup", "warmup_runs", type=int, default=1, show_default=True,
               help="Untimed runs of each method on the first image before timing.")
 @click.option("--json", "fmt", flag_value="json", help="Print the results as JSON (schema upscale.bench/1).")
@@ -44,13 +47,14 @@ from .options import device_options, engine_options_from, quiet_option, tile_opt
 @quiet_option("No progress bar.")
 @handle_errors
 def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_dir: Path | None, baselines: str,
-          rgb_metrics: bool, gray: str, lpips: bool, warmup_runs: int, fmt: str | None, sheet_path: Path | None,
-          sheet_images: tuple[str, ...], crop_px: int, device: str, precision: str, threads: int | None,
-          compile_mode: str, tile_px: str | None, quiet: bool) -> None:
+          rgb_metrics: bool, gray: str, lpips: bool, niqe: bool, warmup_runs: int, fmt: str | None,
+          sheet_path: Path | None, sheet_images: tuple[str, ...], crop_px: int, device: str, precision: str,
+          threads: int | None, compile_mode: str, tile_px: str | None, quiet: bool) -> None:
     """Compare models with nearest, bilinear, bicubic (MATLAB) and Lanczos on a test set.
 
     \b
     PSNR/SSIM on Y (BT.601), crop border = scale, as in the papers;
+    --niqe adds NIQE (on Y, same border) and a row for the HR images' own NIQE;
     seconds per image, output megapixels per second and peak memory per method.
     upscale bench --data Set5 -s 2 -s 3 -s 4
     upscale bench --data Set5 -s 4 -m realesrgan-x4plus --sheet set5_x4.png --json
@@ -62,7 +66,7 @@ def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_d
         engine_options = engine_options_from(device, precision, tile_px, threads=threads, compile_mode=compile_mode)
     options = BenchOptions(
         scales=tuple(dict.fromkeys(scales)), baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
-        lr_dir=lr_dir, y_channel=not rgb_metrics, gray=gray, warmup_runs=warmup_runs, lpips=lpips,
+        lr_dir=lr_dir, y_channel=not rgb_metrics, gray=gray, warmup_runs=warmup_runs, lpips=lpips, niqe=niqe,
         sheet_images=None if sheet_path is None else tuple(sheet_images), sheet_crop_px=crop_px,
         progress=not quiet)
     result = run_bench(data_dir, options, load_models(models, engine_options))

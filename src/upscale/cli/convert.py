@@ -40,8 +40,11 @@ def check_output(dst: Path, inputs: tuple[Path, ...], force: bool, *, exists_is_
 @click.option("--bin", "bin_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The ncnn .bin beside a .param input (default: same name, .bin).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--deploy", is_flag=True,
+              help="Write the inference form of a re-parameterised network (SPAN: each trained conv branch "
+                   "collapsed into its one 3x3 kernel; same output, about a quarter of the parameters).")
 @handle_errors
-def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool) -> None:
+def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, deploy: bool) -> None:
     """Convert IN (.pth/.pt/.ckpt/.safetensors in any known layout, or an ncnn .param) to OUT.safetensors
     with architecture metadata, after checking that it loads strictly into the detected network."""
     from .. import errors, loading
@@ -62,7 +65,18 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool) -> 
         how = "our metadata" if loading.META_ARCH in model.metadata else "keys and shapes"
         if model.metadata.get(loading.META_BF16_SAFE):
             extra[loading.META_BF16_SAFE] = model.metadata[loading.META_BF16_SAFE]
-    loading.save_model(dst, loading.model_state_dict(model), model.arch, model.hparams, extra_metadata=extra)
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(model.hparams.items()))
+    sd, hparams = loading.model_state_dict(model), model.hparams
+    if deploy:
+        from ..archs import get_family
+
+        collapse = get_family(model.arch).deploy
+        if collapse is None:
+            raise errors.UsageError(f"{src}: {model.arch} has no separate inference form; drop --deploy",
+                                    params=("deploy",))
+        sd, hparams = collapse(sd, hparams)
+        # the deploy form must load strictly and be the same function: checked by building it
+        loading.model_from_state_dict(sd, model.arch, hparams, source=str(dst))
+    loading.save_model(dst, sd, model.arch, hparams, extra_metadata=extra)
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
     click.echo(f"{src}: detected {model.arch} ({shown}) from its {how}")
     click.echo(f"wrote {dst}")

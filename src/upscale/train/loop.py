@@ -36,7 +36,8 @@ from .config import TrainConfig
 from .curves import draw_curves
 from .data import IterationBatches, PairSet, batch_loader, load_hr_folders, load_paired
 from .discriminators import build_discriminator
-from .losses import PerceptualLoss
+from .featurenets import build_feature_net, build_teacher
+from .losses import DistillLoss, PerceptualLoss
 from .networks import EMA, lr_factor, select_trainable
 from .resume import capture_state, resolve_resume, restore_state
 from .runfolder import RunFolder
@@ -44,7 +45,6 @@ from .runtime import Runtime, resolve_runtime
 from .signals import StopFlag, stop_signals
 from .steps import GeneratorLoss, d_step, g_step
 from .validation import ValImage, bicubic_scores, evaluate, load_val_sets, save_sample
-from .vgg import build_vgg
 
 __all__ = ["EMA", "Runtime", "TrainResult", "Trainer", "build_generator", "lr_factor", "resolve_resume",
            "resolve_runtime", "select_trainable", "train"]
@@ -165,12 +165,14 @@ class Trainer:
             self.disc = build_discriminator(cfg.discriminator, cfg.gt_size).to(self.rt.device).train()
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_learning_rate or cfg.learning_rate,
                                           betas=cfg.betas, weight_decay=cfg.weight_decay)
-        perceptual = None
+        perceptual = distill = None
         if cfg.perceptual_weight > 0:
-            perceptual = PerceptualLoss(build_vgg(cfg.perceptual_layer, cfg.vgg_weights),
+            perceptual = PerceptualLoss(build_feature_net(cfg.perceptual_net, cfg.perceptual_layer, cfg.vgg_weights),
                                         cfg.perceptual_criterion).to(self.rt.device)
+        if cfg.distill_weight > 0 and cfg.distill_net:
+            distill = DistillLoss(build_teacher(cfg.distill_net, cfg.scale)).to(self.rt.device)
         self.spec = GeneratorLoss(cfg.pixel_loss, cfg.pixel_weight, perceptual, cfg.perceptual_weight,
-                                  cfg.gan_type, cfg.gan_weight)
+                                  cfg.gan_type, cfg.gan_weight, distill, cfg.distill_weight)
         self.scaler_g = torch.amp.GradScaler("cuda") if self.rt.fp16_scaler else None
         self.scaler_d = torch.amp.GradScaler("cuda") if self.rt.fp16_scaler and self.disc is not None else None
 
@@ -179,8 +181,9 @@ class Trainer:
         memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.memory_format = memory
         self.gen.to(memory_format=memory)
-        if self.disc is not None:
-            self.disc.to(memory_format=memory)
+        for judge in (self.disc, self.spec.perceptual, self.spec.distill):
+            if judge is not None:
+                judge.to(memory_format=memory)
         self.gen_run: nn.Module = self.gen
         self.disc_run: nn.Module | None = self.disc
         if self.rt.world_size > 1:

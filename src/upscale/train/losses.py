@@ -1,4 +1,5 @@
-"""Losses: pixel (L1/MSE), perceptual (VGG19 features) and adversarial (vanilla BCE or relativistic
+"""Losses: pixel (L1/MSE), perceptual (features of a frozen network: VGG19 or an RRDBNet trunk),
+distillation (a frozen teacher's SR of the same LR) and adversarial (vanilla BCE or relativistic
 average, both on logits)."""
 
 from __future__ import annotations
@@ -6,8 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from .vgg import VGG19Features
 
 
 def pixel_loss(kind: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -17,17 +16,38 @@ def pixel_loss(kind: str, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 
 class PerceptualLoss(nn.Module):
-    """Distance between VGG19 features of SR and HR (the HR features carry no gradient)."""
+    """Distance between a frozen network's features of SR and of HR (the HR features carry no
+    gradient). ``features`` returns one map (VGG19) or a list of maps (RRDB points), whose distances
+    are averaged."""
 
-    def __init__(self, vgg: VGG19Features, criterion: str = "l1") -> None:
+    def __init__(self, features: nn.Module, criterion: str = "l1") -> None:
         super().__init__()
-        self.vgg = vgg
+        self.features = features
         self.criterion = criterion
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = self.vgg(hr)
-        return pixel_loss(self.criterion, self.vgg(sr), target)
+            target = _as_list(self.features(hr))
+        maps = _as_list(self.features(sr))
+        return sum(pixel_loss(self.criterion, a, b) for a, b in zip(maps, target)) / len(maps)
+
+
+def _as_list(maps: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return [maps] if isinstance(maps, torch.Tensor) else list(maps)
+
+
+class DistillLoss(nn.Module):
+    """Distance between the generator's SR and a frozen teacher's SR of the same LR batch."""
+
+    def __init__(self, teacher: nn.Module, criterion: str = "l1") -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.criterion = criterion
+
+    def forward(self, lr: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.teacher(lr)
+        return pixel_loss(self.criterion, sr, target)
 
 
 def _bce(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .losses import PerceptualLoss, discriminator_adversarial, generator_adversarial, pixel_loss
+from .losses import (DistillLoss, PerceptualLoss, discriminator_adversarial, generator_adversarial,
+                     pixel_loss)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class GeneratorLoss:
     perceptual_weight: float = 0.0
     gan_type: str = "vanilla"
     gan_weight: float = 0.0
+    distill: DistillLoss | None = None
+    distill_weight: float = 0.0
 
 
 def _apply(loss: torch.Tensor, opt: torch.optim.Optimizer,
@@ -70,6 +73,8 @@ def g_step(gen: nn.Module, disc: nn.Module | None, lr: torch.Tensor, hr: torch.T
                 terms["pix"] = spec.pixel_weight * pixel_loss(spec.pixel_kind, sr, hr)
             if spec.perceptual is not None and spec.perceptual_weight > 0:
                 terms["percep"] = spec.perceptual_weight * spec.perceptual(sr, hr)
+            if spec.distill is not None and spec.distill_weight > 0:
+                terms["distill"] = spec.distill_weight * spec.distill(lr, sr)
             if use_gan:
                 fake_logits = disc(sr)
                 real_logits = disc(hr).detach() if spec.gan_type == "ragan" else None

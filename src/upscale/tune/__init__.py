@@ -1,5 +1,5 @@
 """The tuner: measure, on the running machine, which window side, batch, compile setting and backend
-run a network fastest, and keep the winner in the tuning cache (``upscale.tune.cache``).
+run a network fastest, and keep the winner in the tuning cache (``upscale.tuned``).
 
 ``tune_model`` measures (``upscale.tune.measure``) and stores; ``--tile auto`` reads the result through
 ``engine.cost.fitting_window_px``, ``--compile auto`` through ``engine.compiling.want_compile``, and
@@ -17,29 +17,13 @@ import torch
 
 from ..engine import EngineOptions
 from ..model import Model
-from . import cache
+from .. import tuned as cache
+from ..tuned import preferred_backend  # noqa: F401  (re-exported: where callers looked for it)
 from .measure import (REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, candidate_windows, measure_backend,
                       measure_batch, measure_compile, measure_windows, old_choices, pick_window,
                       precision_name, reference_windows)
 
 __all__ = ["REFERENCE_SHAPE", "Row", "TuneReport", "preferred_backend", "tune_model"]
-
-
-def preferred_backend(model: Model, precision: str | torch.dtype, threads: int | None) -> str | None:
-    """The backend ``upscale tune`` measured fastest for ``model`` at ``precision`` (a resolved name,
-    "fp32"/"bf16", or a dtype) with ``threads`` (None: torch's current count) on this CPU: "torch" or
-    "openvino"; None when nothing was measured (the caller uses its default; said once per process)."""
-    from ..device import NAMES, resolve_precision
-
-    if isinstance(precision, torch.dtype):
-        name = NAMES[precision]
-    elif precision == "auto":
-        name = NAMES[resolve_precision("auto", torch.device("cpu"), model)]
-    else:
-        name = precision
-    key = cache.tuning_key(model.arch, model.hparams, name, "cpu", threads or torch.get_num_threads())
-    result = cache.lookup_or_note(key, model.name or model.source)
-    return result.get("backend") if result else None
 
 
 def _base_options(options: EngineOptions | None) -> EngineOptions:

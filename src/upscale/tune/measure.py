@@ -69,7 +69,7 @@ class TuneReport:
     key: dict[str, Any]
     label: str
     rows: list[Row]
-    result: dict[str, Any]                  # what goes in the cache (see upscale.tune.cache)
+    result: dict[str, Any]                  # what goes in the cache (see upscale.tuned)
     old: dict[str, Any]                     # the fallback constants' choices and their estimates
     reference: dict[str, Any]               # estimated seconds of REFERENCE_SHAPE: chosen vs old
     notes: list[str] = field(default_factory=list)

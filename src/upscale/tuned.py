@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import atomic, errors, machine
+from . import atomic, errors, machine
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +181,23 @@ def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str)
         raise errors.TuneCacheError(f"cannot write the tuning cache: {err.strerror or err}", path=path) from err
     _noted.discard(canonical(key))
     return path
+
+
+def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | None:
+    """The backend ``upscale tune`` measured fastest for ``model`` (a ``Model``) at ``precision`` (a
+    resolved name, "fp32"/"bf16", or a torch dtype) with ``threads`` (None: torch's current count) on
+    this CPU: "torch" or "openvino"; None when nothing was measured (the caller uses its default; said
+    once per process)."""
+    import torch
+
+    from .device import NAMES, resolve_precision
+
+    if isinstance(precision, torch.dtype):
+        name = NAMES[precision]
+    elif precision == "auto":
+        name = NAMES[resolve_precision("auto", torch.device("cpu"), model)]
+    else:
+        name = precision
+    key = tuning_key(model.arch, model.hparams, name, "cpu", threads or torch.get_num_threads())
+    result = lookup_or_note(key, model.name or model.source)
+    return result.get("backend") if result else None
