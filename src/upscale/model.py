@@ -8,12 +8,12 @@ and casts it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
-from .archs import get_family
+from .archs import build_module, get_family
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,17 @@ class Model:
     @property
     def receptive_radius(self) -> int:
         return get_family(self.arch).receptive_radius(self.hparams)
+
+    def inference_form(self) -> "Model":
+        """This model as inference should run it: a network trained in a re-parameterised form (SPAN's
+        Conv3XC branches) as its family's ``deploy`` form, the same function with each kernel computed
+        once instead of at every forward pass; any other model as it is."""
+        deploy = get_family(self.arch).deploy
+        if deploy is None:
+            return self
+        sd, hparams = deploy(self.module.state_dict(), dict(self.hparams))
+        if hparams == dict(self.hparams):
+            return self
+        module = build_module(self.arch, hparams)
+        module.load_state_dict(sd, strict=True)
+        return replace(self, module=module.float().eval(), hparams=hparams)

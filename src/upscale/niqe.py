@@ -290,4 +290,10 @@ def describe() -> dict[str, str]:
     """How a NIQE figure was computed, for the record beside it."""
     return {"niqe": "Mittal et al. 2013 as in the authors' MATLAB release; BT.601 Y (gray as is), rounded; "
                     f"{PATCH_PX} px patches, all used; 2 scales",
-            "niqe_model_sha256": hashlib.sha256(PRISTINE_FILE.read_bytes()).hexdigest()}
+            "niqe_model_sha256": _pristine_sha256()}
+
+
+@functools.lru_cache(maxsize=1)
+def _pristine_sha256() -> str:
+    """The shipped parameter file's sha256, read and hashed once per process."""
+    return hashlib.sha256(PRISTINE_FILE.read_bytes()).hexdigest()

@@ -131,12 +131,12 @@ def plan_tiles(height: int, width: int, tile_px: int, overlap_px: int, multiple:
 
 
 def _axis_layout(length: int, side: int, tile_px: int, overlap_px: int,
-                 multiple: int, fit: bool = True) -> tuple[int, tuple[int, ...]]:
+                 multiple: int, fit: bool) -> tuple[int, tuple[int, ...]]:
     """Window size and start positions along one axis (px, multiples of ``multiple``): as few windows
     as cores of ``tile_px`` need, each (with ``fit``) shrunk to the smallest side whose cores still cover
-    the image in that many steps (at most ``side``), spread evenly from 0 to the end. Without the shrinking, a
-    512-px image in windows of 384 would compute 768 px per axis (2.25x the work in 2-D); fitted, 2
-    windows of 256 + 2 x context."""
+    the image in that many steps (at most ``side``), spread evenly from 0 to the end. Without the
+    shrinking, a 512-px image in windows of 384 with 32 px of context computes 768 px per axis (2.25x
+    the work in 2-D); fitted, 2 windows of 224 + 2 x 32 = 576 px."""
     if side == 0 or side >= length:
         return length, (0,)
     unit = multiple

@@ -69,9 +69,9 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
 
 
 def _print_report(report: Any) -> None:
-    from .. import tuned as cache
+    from .. import tuned
 
-    click.echo(f"tuned {report.label}: {cache.describe(report.key)}")
+    click.echo(f"tuned {report.label}: {tuned.describe(report.key)}")
     click.echo(f"{'candidate':<30} {'seconds':>9} {'s/MP':>9}  chosen")
     for row in report.rows:
         click.echo(f"{row.candidate:<30} {row.seconds:>9.4f} {row.s_per_mp:>9.3f}  {'*' if row.chosen else ''}")
@@ -92,30 +92,29 @@ def _print_report(report: Any) -> None:
                    f"old defaults (saves {ref['saved_s']:.2f} s, {ref['saved_pct']:.0f}%)")
     for note in report.notes:
         click.echo(f"note: {note}")
-    click.echo(f"saved in {cache.cache_path()}")
+    click.echo(f"saved in {tuned.cache_path()}")
 
 
 def _show() -> None:
-    from .. import tuned as cache
-    from ..tune import cached_entries
+    from .. import tuned
 
-    entries = cached_entries()
+    entries = tuned.load_entries()
     if not entries:
-        click.echo(f"no tuning results in {cache.cache_path()}")
+        click.echo(f"no tuning results in {tuned.cache_path()}")
         return
     for entry in entries:
         key, res = entry["key"], entry["result"]
         compiled = res.get("compile")
         compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s"
-        click.echo(f"{cache.describe(key)} [{entry.get('label', '')}]: window {res['window_px']}, "
+        click.echo(f"{tuned.describe(key)} [{entry.get('label', '')}]: window {res['window_px']}, "
                    f"batch {res['batch']}, compile {compile_text}, backend {res.get('backend') or '-'}; "
                    f"{res['s_per_mp']:.3g} s/MP; {entry.get('when', '?')}{_stale(key)}")
 
 
 def _stale(key: dict[str, Any]) -> str:
     """" (not this machine or these versions)" when an entry's machine part differs from here."""
-    from .. import tuned as cache
+    from .. import tuned
 
-    here = cache.tuning_key(key.get("arch", ""), key.get("hparams", ""), key.get("precision", ""), "cpu", 1)
+    here = tuned.tuning_key(key.get("arch", ""), key.get("hparams", ""), key.get("precision", ""), "cpu", 1)
     same = all(key.get(k) == here[k] for k in ("cpu", "cpu_flags", "torch", "openvino"))
     return "" if same else " (not this machine or these versions: not used)"

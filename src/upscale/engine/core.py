@@ -56,6 +56,7 @@ class Engine:
 
     def __init__(self, model: Model, options: EngineOptions | None = None, *,
                  work: Workload | None = None) -> None:
+        model = model.inference_form()      # e.g. SPAN's trained branches collapsed once, not per call
         self.model = model
         self.options = options or EngineOptions()
         if self.options.threads is not None:

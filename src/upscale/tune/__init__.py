@@ -17,7 +17,7 @@ import torch
 
 from ..engine import EngineOptions
 from ..model import Model
-from .. import tuned as cache
+from .. import tuned
 from ..tuned import preferred_backend  # noqa: F401  (re-exported: where callers looked for it)
 from .measure import (REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, candidate_windows, measure_backend,
                       measure_batch, measure_compile, measure_windows, old_choices, pick_window,
@@ -69,11 +69,11 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     _mark_chosen(rows, result)
     best_window_s = min([best_s] + ([backend_row.seconds] if chosen_backend == "openvino" else []))
     reference = _reference(prober, old, per_window, n_ref * best_window_s)
-    key = cache.tuning_key(model.arch, model.hparams, precision_name(prober), prober.engine.device,
+    key = tuned.tuning_key(model.arch, model.hparams, precision_name(prober), prober.engine.device,
                            torch.get_num_threads())
     report = TuneReport(key, model.name or model.source or model.arch, rows, result, old, reference, notes)
     if save:
-        cache.store(key, result, label=report.label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        tuned.store(key, result, label=report.label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return report
 
 
@@ -96,8 +96,3 @@ def _reference(prober: Prober, old: dict[str, Any], per_window: dict[int, float]
         ref["saved_s"] = round(old_s - chosen_s, 3)
         ref["saved_pct"] = round(100 * (old_s - chosen_s) / old_s, 1)
     return ref
-
-
-def cached_entries() -> list[dict[str, Any]]:
-    """What the cache holds (``cache.load_entries``), for ``upscale tune --show``."""
-    return cache.load_entries()
