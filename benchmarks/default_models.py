@@ -80,7 +80,7 @@ def speed(photo: Path, repeats: int, threads: int | None) -> dict:
         wall = time.perf_counter() - t0
     return {"input": "1000x750", "output": "4000x3000", "model": "default-x4", "precision": "auto",
             "dtype": str(up.engine.dtype).replace("torch.", ""), "tile_px": up.options.tile_px,
-            "tile_shape": stats.tile_shape, "tiles": stats.tiles,
+            "tile_shape": stats.tile_shape, "tiles": stats.tiles, "backend": stats.backend,
             "model_time_s_best": round(min(times), 3), "model_time_s_all": [round(t, 3) for t in times],
             "engine_total_s_best": round(min(totals), 3),
             "cli_wall_s": round(wall, 2)}

@@ -70,7 +70,7 @@ def tune(data: Any) -> list[str]:
     return lines + [""] + notes + ([""] if notes else [])
 
 
-def compare(data: Any, gemm_ceiling: float | None) -> list[str]:
+def compare(data: Any, gemm_ceiling: float | None, tune_data: Any = None) -> list[str]:
     lines = ["## Must show 1: whole command, x4plus (`perf_cpu.py compare`)", ""]
     if data is None:
         return lines + ["compare_x4plus.json missing", ""]
@@ -103,7 +103,29 @@ def compare(data: Any, gemm_ceiling: float | None) -> list[str]:
             lines.append(f"- {r['method']}: {fmt(r['median_tile_s'])} s per {data['tile_plan']['tile']} window "
                          f"(median of {r['calls']}), {fmt(r['gflops'])} GFLOP/s = **{frac:.2f}** of the ceiling "
                          f"(target >= 0.75: {_yes(frac >= 0.75)})")
+    lines += per_side_gflops(data, tune_data, peak)
     return lines + [""]
+
+
+def per_side_gflops(data: Any, tune_data: Any, peak: float) -> list[str]:
+    """The same fraction for every window side the tuner measured x4plus at with OpenVINO (best of its
+    timed calls; GFLOP per window pixel from compare's count), so the plan's choice of a larger, less
+    efficient window for fewer computed pixels is visible beside the per-window efficiency."""
+    if tune_data is None or not data.get("gflop_per_tile"):
+        return []
+    th, tw = data["tile_plan"]["tile"]
+    per_px = data["gflop_per_tile"] / (th * tw)
+    rows = [c for c in tune_data["candidates"]
+            if c["model"] == "x4plus" and c["candidate"].endswith("openvino") and c["candidate"].startswith("window")]
+    if not rows:
+        return []
+    out = ["", "Per window side, from the tuner's OpenVINO probes of x4plus (`tune_table.py`; best of its calls):", "",
+           "| window | s per window | GFLOP/s | of the ceiling |", "|---|---|---|---|"]
+    for c in rows:
+        side = int(c["candidate"].split()[1])
+        gflops = side * side * per_px / c["seconds"]
+        out.append(f"| {side} | {fmt(c['seconds'])} | {fmt(gflops)} | {gflops / peak:.2f} |")
+    return out
 
 
 def seams(data: Any) -> list[str]:
@@ -145,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path((argv or sys.argv[1:])[0])
     ceiling_lines, gemm = ceiling(_load(folder, "cpu_ceiling.json"))
     parts = [["# Issue 14 on this machine", ""], machine(folder), ceiling_lines,
-             compare(_load(folder, "compare_x4plus.json"), gemm), tune(_load(folder, "tune_table.json")),
+             compare(_load(folder, "compare_x4plus.json"), gemm, _load(folder, "tune_table.json")),
+             tune(_load(folder, "tune_table.json")),
              seams(_load(folder, "seams_x4plus.json")), openvino(_load(folder, "openvino_start.json"))]
     times = folder / "times.txt"
     if times.is_file():

@@ -28,6 +28,7 @@ import resource
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,7 @@ from safetensors.torch import save_file
 from upscale.archs import build_module
 from upscale.atomic import is_temp_name
 from upscale.cli import cli
+from upscale.cli.progress import PLAIN_EVERY_S
 from upscale.loading import save_model
 
 FAST = ["--precision", "fp32", "--compile", "off"]
@@ -670,10 +672,13 @@ def test_small_tile_never_trades_seams_silently(tmp_path: Path, tiny: Path, tile
     src = save_png(tmp_path / "photo.png")
     ref = run_cli([str(src), "-m", str(tiny), *FAST, "-q", "--tile", "0", "-o", str(tmp_path / "ref.png")], False)
     assert ref.code == 0, ref.stderr
+    started = time.monotonic()
     out = run_cli([str(src), "-m", str(tiny), *FAST, *tile, "-o", str(tmp_path / "t1.png")], False)
+    # off a terminal: a line per tenth of the work, or one per PLAIN_EVERY_S on a slow (loaded) machine
+    allowed = 15 + int((time.monotonic() - started) / PLAIN_EVERY_S)
     lines = message_lines(out.stderr)
     assert not out.uncaught and "internal error" not in out.stderr, out
-    assert "\r" not in out.stderr and len(lines) <= 15, f"{len(lines)} lines on stderr"
+    assert "\r" not in out.stderr and len(lines) <= allowed, f"{len(lines)} lines on stderr"
     assert "tile_px" not in out.stderr and "overlap_px" not in out.stderr, f"parameter names shown: {out.stderr!r}"
     if out.code == 2:
         assert len(lines) == 1 and "--tile" in lines[0], out.stderr

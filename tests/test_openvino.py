@@ -97,6 +97,22 @@ def test_second_process_reads_the_cache(tmp_path, tiny_x4):
 
 
 @needs_openvino
+def test_a_compiled_shape_is_warm_for_the_next_instance(tmp_path, tiny_x4, monkeypatch):
+    """The planner counts a compile only for shapes OpenVINO's model cache does not hold yet: a shape
+    one instance compiled is warm for the next one (its marker), another shape is not."""
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    model = load_model(tiny_x4)
+    options = EngineOptions(backend="openvino", precision="fp32", tile_px=0, compile="off")
+    first = Engine(model, options)
+    shape = (1, 29, 41, 3)
+    assert not first.openvino.is_warm(shape)
+    first.upscale(_pixels(_photo(tmp_path / "a.png")))
+    later = Engine(model, options).openvino
+    assert later.is_warm(shape) and not later.compiled_shapes
+    assert not later.is_warm((1, 30, 41, 3))
+
+
+@needs_openvino
 def test_corrupt_cached_graph_is_converted_again(tmp_path, tiny_x4, monkeypatch, caplog):
     monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
     model = load_model(tiny_x4)

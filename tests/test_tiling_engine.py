@@ -16,7 +16,7 @@ from upscale.engine import (Engine, EngineOptions, RunStats, TorchStitchOps, Wor
                             compile_estimates, probe_cost, resolve_precision, uses_compiled)
 from upscale.metrics import psnr
 from upscale.model import Model
-from upscale.tiling import BandStitcher, plan_tiles, window_px
+from upscale.tiling import BandStitcher, plan_extent, plan_tiles, window_px
 
 
 def small_model(arch: str, **hparams) -> Model:
@@ -100,6 +100,21 @@ def test_plan_covers_image_with_equal_windows_and_unit_weights(seed):
         assert plan.height >= h and plan.width >= w
         _check_axis(plan.ys, plan.tile_h, plan.height, plan.row_weights, tile, overlap, margin, multiple, scale)
         _check_axis(plan.xs, plan.tile_w, plan.width, plan.col_weights, tile, overlap, margin, multiple, scale)
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=st.integers(1, 900), w=st.integers(1, 900), tile=st.integers(0, 300), overlap=st.integers(0, 40),
+       multiple=st.sampled_from([1, 2, 4]), fit=st.booleans())
+def test_plan_extent_is_the_plans_window_shape_and_count(h, w, tile, overlap, multiple, fit):
+    """The planner's constant-time count (what the engine compares candidate plans with) is what
+    plan_tiles builds."""
+    plan = plan_tiles(h, w, tile, overlap, multiple, fit=fit)
+    assert plan_extent(h, w, tile, overlap, multiple, fit=fit) == (plan.tile_h, plan.tile_w, plan.num_tiles)
+
+
+def test_plan_extent_of_a_huge_image_is_instant():
+    th, tw, count = plan_extent(1 << 30, 1 << 30, 128, 32, 4, fit=False)
+    assert (th, tw) == (192, 192) and count == (-(-((1 << 30) - 64) // 128)) ** 2
 
 
 @settings(max_examples=150, deadline=None)

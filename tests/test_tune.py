@@ -75,7 +75,9 @@ def test_tune_writes_show_reads_and_auto_uses_the_window(tiny_x4, cache_here):
     assert "compact 8x2 x4 fp32" in shown and f"window {result['window_px']}" in shown and "s/MP" in shown
 
     assert engine_window(tiny_x4) == result["window_px"]
-    edit_entry(cache_here, window_px=200)                    # the real entry, another window: auto follows it
+    assert set(result["window_seconds"]) == set(result["window_setup_s"]) >= {"96", "128"}   # + the old default
+    # the real entry, another window and no per-side table (an entry from before the table): auto follows it
+    edit_entry(cache_here, window_px=200, window_seconds=None, window_setup_s=None)
     engine = Engine(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32"))
     assert engine_window(tiny_x4) == 200
     assert engine.tile_px_for(1000, 1000) == 200 - 2 * engine.overlap_px
@@ -131,6 +133,41 @@ def test_nothing_measured_uses_the_constants_and_says_so_once(weights_file, cach
     assert len(notes) == 1
     assert "compact 8x1 x2 fp32" in notes[0] and f"upscale tune -m {path}" in notes[0]
     assert not cache_here.exists()
+
+
+def test_auto_plans_each_image_from_the_measured_table(tiny_x4, cache_here):
+    """With a table of seconds per window side, each image gets the plan of the fewest estimated
+    seconds: a small image one window when the big side costs no more per pixel, a large image the
+    side whose windows cost least in all; a side whose first call compiles counts that only where the
+    shape is new (torch: never)."""
+    tune("-m", tiny_x4, *QUICK)
+    engine = Engine(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32"))
+    context = engine.overlap_px
+    # 512 costs the same per pixel as 128: one pass over a 500x400 image beats overlapping windows
+    edit_entry(cache_here, window_seconds={"128": 128**2 * 1e-6, "512": 512**2 * 1e-6},
+               window_setup_s={"128": 0.0, "512": 5.0})
+    assert engine.tile_px_for(500, 400) == 0
+    assert engine.tile_px_for(2000, 2000) == 512 - 2 * context
+    est = engine.estimate_s(500, 400, {128: (0.0164, 0.0), 512: (0.262, 5.0)})
+    assert est[512] == pytest.approx(500 * 400 * 0.262 / 512**2, rel=0.02)   # torch: no compile counted
+    # 512 costs 4x as much per pixel: windows of 128 win even though they overlap
+    edit_entry(cache_here, window_seconds={"128": 128**2 * 1e-6, "512": 4 * 512**2 * 1e-6})
+    assert engine.tile_px_for(500, 400) == 128 - 2 * context
+    # an entry whose table holds a side too large for the memory available ignores that side
+    edit_entry(cache_here, window_seconds={"128": 1.0, "100000": 1e-9})
+    assert engine.tile_px_for(500, 400) == 128 - 2 * context
+    # a table measured with another backend than the engine's is not used: the entry's one window is
+    edit_entry(cache_here, window_backend="openvino", window_px=200)
+    assert engine.tile_px_for(500, 400) == 200 - 2 * context
+
+
+@pytest.mark.parametrize("table", [{"96": "fast"}, {"big": 1.0}, {"96": -1.0}, [1, 2]])
+def test_a_malformed_table_makes_the_file_corrupt(tiny_x4, cache_here, table, caplog):
+    tune("-m", tiny_x4, *QUICK)
+    edit_entry(cache_here, window_seconds=table)
+    caplog.set_level(logging.WARNING, logger="upscale")
+    assert engine_window(tiny_x4) == default_window(tiny_x4)
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
 
 
 def test_compile_and_backend_auto_read_the_cache(tiny_x4, cache_here):

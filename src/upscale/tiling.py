@@ -137,8 +137,19 @@ def _axis_layout(length: int, side: int, tile_px: int, overlap_px: int,
     the image in that many steps (at most ``side``), spread evenly from 0 to the end. Without the
     shrinking, a 512-px image in windows of 384 with 32 px of context computes 768 px per axis (2.25x
     the work in 2-D); fitted, 2 windows of 224 + 2 x 32 = 576 px."""
+    size, count = axis_extent(length, side, tile_px, overlap_px, multiple, fit)
+    if count == 1:
+        return size, (0,)
+    n_len, n_side = length // multiple, size // multiple
+    return size, tuple(i * (n_len - n_side) // (count - 1) * multiple for i in range(count))
+
+
+def axis_extent(length: int, side: int, tile_px: int, overlap_px: int, multiple: int,
+                fit: bool) -> tuple[int, int]:
+    """(window size, number of windows) along one axis of ``length`` padded px, as ``_axis_layout``
+    lays them out, in constant time (planners compare many candidate plans without building them)."""
     if side == 0 or side >= length:
-        return length, (0,)
+        return length, 1
     unit = multiple
     n_len, n_side = length // unit, side // unit
     n_core = padded_length(tile_px, unit) // unit
@@ -146,7 +157,17 @@ def _axis_layout(length: int, side: int, tile_px: int, overlap_px: int,
     count = -(-(n_len - 2 * n_context) // n_core)     # >= 2, as side < length
     if fit:
         n_side = min(n_side, -(-(n_len - 2 * n_context) // count) + 2 * n_context)
-    return n_side * unit, tuple(i * (n_len - n_side) // (count - 1) * unit for i in range(count))
+    return n_side * unit, count
+
+
+def plan_extent(height: int, width: int, tile_px: int, overlap_px: int, multiple: int = 1, *,
+                fit: bool = True) -> tuple[int, int, int]:
+    """(window height, window width, number of windows) of ``plan_tiles`` with these arguments,
+    without computing positions or weights."""
+    side = window_px(tile_px, overlap_px, multiple)
+    th, rows = axis_extent(padded_length(height, multiple), side, tile_px, overlap_px, multiple, fit)
+    tw, cols = axis_extent(padded_length(width, multiple), side, tile_px, overlap_px, multiple, fit)
+    return th, tw, rows * cols
 
 
 def _axis_weights(starts: tuple[int, ...], size: int, margin_px: int, scale: int) -> tuple[np.ndarray, ...]:

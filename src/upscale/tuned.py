@@ -103,9 +103,20 @@ def _valid_entry(entry: Any) -> bool:
     compile_ok = result.get("compile") is None or (
         isinstance(result["compile"], dict)
         and all(isinstance(result["compile"].get(k), (int, float)) for k in ("gain", "compile_s")))
-    backend_ok = result.get("backend") in (None, "torch", "openvino")
+    backend_ok = (result.get("backend") in (None, "torch", "openvino")
+                  and result.get("window_backend", "torch") in ("torch", "openvino"))
+    tables_ok = all(_valid_table(result.get(k)) for k in ("window_seconds", "window_setup_s"))
     return (isinstance(window, int) and not isinstance(window, bool) and window > 0 and numbers_ok
-            and compile_ok and backend_ok and isinstance(entry.get("when", ""), str))
+            and compile_ok and backend_ok and tables_ok and isinstance(entry.get("when", ""), str))
+
+
+def _valid_table(table: Any) -> bool:
+    """None (entries written before the tables existed), or {window side as text: seconds >= 0}."""
+    if table is None:
+        return True
+    return isinstance(table, dict) and all(
+        isinstance(k, str) and k.isdigit() and int(k) > 0 and isinstance(v, (int, float))
+        and not isinstance(v, bool) and v >= 0 for k, v in table.items())
 
 
 def _parse(text: str) -> list[dict[str, Any]] | None:

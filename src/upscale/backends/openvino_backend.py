@@ -7,7 +7,8 @@ converted graph (shape-free, NHWC at both ends, fp32 weights) is kept as OpenVIN
 hyperparameters, a digest of the weights, the openvino version); the next process reads it instead
 of converting. Each window shape gets its own static compiled model (a small dict per instance),
 and OpenVINO's own model cache (``CACHE_DIR``, same folder) lets a later process import those
-compiled blobs instead of compiling again. Measured on an AMD EPYC (avx512_bf16, no AMX), 2 threads,
+compiled blobs instead of compiling again (an empty ``<graph key>.<shape>.compiled`` marker beside them
+tells the engine's planner which shapes start warm). Measured on an AMD EPYC (avx512_bf16, no AMX), 2 threads,
 OpenVINO 2026.4, `upscale IMG -m default-x4` on 256x256 (docs/perf/openvino_start.json): process 1
 9.8 s, process 2 3.8 s (torch: 3.7 s); with CACHE_DIR's blobs alone (no IR) 8.5 s, since converting
 dominates (~5-7 s for default-x4, 25-100 s for x4plus on a loaded machine).
@@ -89,6 +90,15 @@ class OpenVinoWindows:
         self.graph_from_cache = False
         self._graph = self._load_graph()
 
+    def is_warm(self, shape: tuple[int, ...]) -> bool:
+        """Whether a batch of ``shape`` (N, H, W, C) starts without a full compile: compiled in this
+        instance, or compiled by an earlier one with this graph (its blob is then in OpenVINO's model
+        cache, which this process imports instead of compiling; ``_compile`` leaves a marker)."""
+        return tuple(shape) in self._compiled or self._marker(shape).is_file()
+
+    def _marker(self, shape: tuple[int, ...]) -> Path:
+        return self.folder / f"{self._key}.{'x'.join(str(int(n)) for n in shape)}.compiled"
+
     @property
     def compiled_shapes(self) -> tuple[tuple[int, ...], ...]:
         """The (N, H, W, C) batch shapes compiled so far, one compiled model each."""
@@ -107,7 +117,7 @@ class OpenVinoWindows:
 
     # -- the graph: cached IR, or a fresh conversion --
     def _load_graph(self) -> Any:
-        key = graph_key(self.model, self._ov.__version__)
+        key = self._key = graph_key(self.model, self._ov.__version__)
         xml, weights = self.folder / f"{key}.xml", self.folder / f"{key}.bin"
         if xml.is_file() and weights.is_file():
             try:
@@ -175,6 +185,12 @@ class OpenVinoWindows:
                                       f"{_shape(shape)} windows ({_first_line(exc)}); use backend torch",
                                       params=("backend",)) from exc
         self._compiled[tuple(shape)] = compiled
+        marker = self._marker(shape)
+        try:
+            if not marker.is_file():
+                marker.touch()             # the next process: this shape's blob is in CACHE_DIR
+        except OSError:
+            pass                           # only costs a later estimate a compile it will not pay
         log.debug("openvino: compiled %s for %s windows (%s) in %.2f s", self.label, _shape(shape), self.hint,
                   time.perf_counter() - t0)
         return compiled

@@ -84,6 +84,9 @@ def _print_report(report: Any) -> None:
                         f"{compiled['gain']:+.1%}, compile {compiled['compile_s']:.1f} s)")
     click.echo(f"chosen: window {res['window_px']}, batch {res['batch']}, compile {compile_text}, "
                f"backend {res['backend'] or 'torch (openvino not measured)'}")
+    if res.get("window_seconds"):
+        click.echo("each image is planned from the measured sides (s per window): "
+                   + ", ".join(f"{side} {sec:.3g}" for side, sec in res["window_seconds"].items()))
     click.echo(f"old defaults: window {old['window_px']}, batch 1, compile {'on' if old['compile'] else 'off'} "
                f"(assumed gain {old['compile_gain']:.0%}, ~{old['compile_s_estimate']:.0f} s), backend torch")
     h, w = ref["shape"]

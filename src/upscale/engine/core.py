@@ -21,7 +21,7 @@ from ..backends import choose_backend, openvino_windows
 from ..device import NAMES, resolve_device, resolve_precision, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
-from .cost import check_output_fits, fitting_window_px, probe_cost
+from .cost import check_output_fits, fitting_window_px, measured_windows, probe_cost
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
 from .stitch_ops import TorchStitchOps, to_float
 
@@ -100,15 +100,46 @@ class Engine:
         return min(self.overlap_px, self.model.receptive_radius)
 
     def tile_px_for(self, height: int, width: int) -> int:
-        """The core (stride) used for an image of this size (0 = whole image; resolves ``"auto"``)."""
+        """The core (stride) used for an image of this size (0 = whole image; resolves ``"auto"``:
+        the cheapest plan by what ``upscale tune`` measured here, else the fallback window)."""
         tile = self.options.tile_px
         if tile != "auto":
             return int(tile)
+        table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, self.backend)
+        if table:
+            return self._cheapest_core(height, width, table)
         window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
+        return self._core_of(window, height, width)
+
+    def _core_of(self, window: int, height: int, width: int) -> int:
+        """The core of windows of side ``window`` (0 when the image fits in one)."""
         if window >= max(height, width):
             return 0
         context = tiling.padded_length(self.overlap_px, self.model.size_multiple)
         return max(MIN_AUTO_CORE_PX, window - 2 * context)
+
+    def estimate_s(self, height: int, width: int, table: dict[int, tuple[float, float]]) -> dict[int, float]:
+        """Estimated seconds of the model part of an image of this size for each measured window side
+        (``table``: side -> (seconds per window, first-call seconds)): the pixels its plan computes at
+        that side's measured cost per pixel (so an image that fits in one window, or fitted windows,
+        count their own area), plus the first call's compile for an OpenVINO shape not compiled here
+        before (in this process or, through OpenVINO's model cache, an earlier one)."""
+        estimates = {}
+        for side, (seconds, setup) in table.items():
+            core = self._core_of(side, height, width)
+            th, tw, count = tiling.plan_extent(height, width, core, self.overlap_px, self.model.size_multiple,
+                                               fit=self.overlap_px >= self.model.receptive_radius)
+            warm = self.openvino is None or self.openvino.is_warm((self.options.batch, th, tw,
+                                                                   self.model.in_channels))
+            estimates[side] = count * th * tw * seconds / side**2 + (0.0 if warm else setup)
+        return estimates
+
+    def _cheapest_core(self, height: int, width: int, table: dict[int, tuple[float, float]]) -> int:
+        """The core of the measured window side with the fewest estimated seconds for this image
+        (ties: the larger side, fewer windows)."""
+        estimates = self.estimate_s(height, width, table)
+        side = min(estimates, key=lambda s: (estimates[s], -s))
+        return self._core_of(side, height, width)
 
     def plan_for(self, height: int, width: int) -> tiling.TilePlan:
         """The windows and blend weights for an image of this size."""

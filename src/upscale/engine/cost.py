@@ -1,6 +1,7 @@
 """What a network costs and whether it fits: conv MACs and peak activation per input pixel from one
 small probe pass, the window side for ``tile_px="auto"`` (the one ``upscale tune`` measured fastest on
-this machine, else the documented fallback constants), capped by the memory available, and the up-front
+this machine, else the documented fallback constants), capped by the memory available, the table of
+measured window sides the engine plans each image from, and the up-front
 check that an output array fits in the memory available (``check_output_fits``, callable before any
 model is loaded)."""
 
@@ -103,6 +104,22 @@ def fitting_window_px(cost: ModelCost, arch: str, dtype: torch.dtype, device: to
     result = tuned(cost, dtype, device)
     window = int(result["window_px"]) if result else default_window_px(arch)
     return min(memory_window_px(cost, dtype, device, batch), window)
+
+
+def measured_windows(cost: ModelCost, dtype: torch.dtype, device: torch.device, batch: int,
+                     backend: str = "torch") -> dict[int, tuple[float, float]] | None:
+    """What ``upscale tune`` measured per window side here with ``backend``: {window side: (seconds
+    per window, seconds its first call added: compiling that shape)}, only the sides whose activations
+    fit in memory now (``memory_window_px``); None when nothing was measured with that backend (or
+    only a single window, as entries written before the table existed)."""
+    result = tuned(cost, dtype, device)
+    if not result or not result.get("window_seconds") or result.get("window_backend", "torch") != backend:
+        return None
+    limit = memory_window_px(cost, dtype, device, batch)
+    setup = result.get("window_setup_s") or {}
+    table = {int(side): (float(seconds), float(setup.get(side, 0.0)))
+             for side, seconds in result["window_seconds"].items() if int(side) <= limit}
+    return table or None
 
 
 def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type) -> int:

@@ -40,8 +40,8 @@ MEMORY_FRACTION = 0.5           # share of available memory "auto" lets one batc
 TILE_HELP = ("tile_px is the core of each window (the stride, input px); overlap_px of context is added "
              "on every side (default: the model's receptive radius, 8 to 32 px), so a window is "
              "tile_px + 2 x overlap_px, a pixel costs at most ((tile_px + 2 x overlap_px) / tile_px)^2 "
-             "passes, and a small tile only costs time, never seams; 0 = whole image, auto = the window "
-             "upscale tune measured fastest here (else the family's fallback)")
+             "passes, and a small tile only costs time, never seams; 0 = whole image, auto = per image, the "
+             "plan of the fewest seconds by what upscale tune measured here (else the family's fallback)")
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,10 @@ class EngineOptions:
     """How to run a model.
 
     ``tile_px``: the core of each window, i.e. the stride at which windows advance (input px, any whole
-    number >= 1), 0 = the whole image in one pass, "auto" (default) = the window side ``upscale tune``
-    measured fastest on this machine, else the family's fallback (``BEST_TILE_PX``), smaller if the memory available cannot hold one batch of
-    it) less the context, and the whole image when that is no larger. ``overlap_px``: context added on
+    number >= 1), 0 = the whole image in one pass, "auto" (default) = per image, the plan of the fewest
+    estimated seconds from the seconds per window side ``upscale tune`` measured on this machine
+    (``Engine.estimate_s``), else the family's fallback window (``BEST_TILE_PX``) less the context,
+    and the whole image when that is no larger; no side larger than the memory available can hold. ``overlap_px``: context added on
     each side of every core (None: the model's receptive radius within [8, 32] px), so a window is
     ``tile_px + 2 * overlap_px`` px and a pixel is computed at most ``((tile_px + 2 * overlap_px) /
     tile_px)^2`` times; neighbouring windows cross-fade inside the context, a small tile never reduces

@@ -44,8 +44,8 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     probe. ``windows``: the window sides to try (default ``measure.WINDOWS_PX``)."""
     prober = Prober(model, _base_options(options), runs or (1 if quick else RUNS))
     notes: list[str] = []
-    rows, per_window = measure_windows(prober, candidate_windows(prober, windows))
-    old, old_row = old_choices(prober, per_window, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1])
+    rows, per_window, setup = measure_windows(prober, candidate_windows(prober, windows))
+    old, old_row = old_choices(prober, per_window, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1], setup)
     rows += [old_row] if old_row is not None else []
     window, _ = pick_window(prober, per_window)
     batch_row, batch = measure_batch(prober, window, per_window[window])
@@ -56,18 +56,32 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
         notes.append("compile: not measured (" + ("--quick" if quick else "CPU only") + ")")
     else:
         compile_row, measured_compile = measure_compile(prober, window, batch, best_s, notes)
-    backend_row = measure_backend(prober, window, backend, notes)
-    rows += [r for r in (compile_row, backend_row) if r is not None]
+    rows += [compile_row] if compile_row is not None else []
+    torch_window = window
+    table, table_setup = per_window, setup
     chosen_backend = None
-    if backend_row is not None:
-        chosen_backend = "openvino" if backend_row.seconds < per_window[window] else "torch"
+    openvino_at_window = measure_backend(prober, window, backend, notes)
+    if openvino_at_window is not None:
+        chosen_backend = "openvino" if openvino_at_window[1] < per_window[window] else "torch"
+        if chosen_backend == "openvino":   # its own curve: every side, the one at hand not again
+            sides = sorted(set(candidate_windows(prober, windows, cap_big=False)) | {window})
+            ov_rows, table, table_setup = measure_windows(prober, sides, "openvino", {window: openvino_at_window})
+            rows += ov_rows
+            window, _ = pick_window(prober, table)
+        else:
+            first, seconds = openvino_at_window
+            rows.append(Row(f"window {window} openvino", seconds, seconds / prober.core(window) ** 2 * 1e6,
+                            window_px=window, backend="openvino"))
     n_ref = reference_windows(prober.engine, window)
-    result = {"window_px": window, "batch": batch, "s_per_mp": round(per_window[window] / prober.core(window) ** 2
-                                                                      * 1e6, 5),
-              "seconds_per_window": round(per_window[window], 5), "compile": measured_compile,
-              "backend": chosen_backend, "runs": prober.runs}
+    result = {"window_px": window, "batch": batch if chosen_backend != "openvino" else 1,
+              "s_per_mp": round(per_window[torch_window] / prober.core(torch_window) ** 2 * 1e6, 5),
+              "seconds_per_window": round(table[window], 5), "compile": measured_compile,
+              "backend": chosen_backend, "runs": prober.runs,
+              "window_backend": chosen_backend or "torch",     # what the two tables below were measured with
+              "window_seconds": {str(w): round(s, 5) for w, s in sorted(table.items())},
+              "window_setup_s": {str(w): round(s, 3) for w, s in sorted(table_setup.items())}}
     _mark_chosen(rows, result)
-    best_window_s = min([best_s] + ([backend_row.seconds] if chosen_backend == "openvino" else []))
+    best_window_s = table[window] if chosen_backend == "openvino" else best_s
     reference = _reference(prober, old, per_window, n_ref * best_window_s)
     key = tuned.tuning_key(model.arch, model.hparams, precision_name(prober), prober.engine.device,
                            torch.get_num_threads())

@@ -11,7 +11,13 @@ on a synthetic textured image, one warm-up call, then the best of ``runs`` timed
 - torch.compile on/off at the winning window (CPU only, not with ``quick``, skipped when the compile
   is estimated to take longer than ``COMPILE_LIMIT_S``);
 - backend torch vs openvino at the winning window (CPU only, when openvino imports and the engine
-  has a ``backend`` option).
+  has a ``backend`` option); where openvino wins, every window side again with openvino (without the
+  big-network cap: its per-pixel cost grows differently with the window), and the window is chosen
+  from those.
+
+The result keeps the whole table (seconds per window side, and what each side's first call added):
+the engine plans each image from it, so a 512x512 photo may run as one window where a 1000x750 one
+runs in tiles.
 
 The window is chosen by the estimated seconds of a ``REFERENCE_SHAPE`` image (window count from
 ``upscale.tiling`` times the measured seconds per window), which weighs both the per-pixel cost and
@@ -143,12 +149,14 @@ class Prober:
         return best_seconds(_run(engine, textured(side, side)), self.runs)[1]
 
 
-def candidate_windows(prober: Prober, windows: tuple[int, ...] | None) -> list[int]:
+def candidate_windows(prober: Prober, windows: tuple[int, ...] | None, *, cap_big: bool = True) -> list[int]:
+    """The window sides to measure: ``windows``, else ``WINDOWS_PX`` (for a big network only up to
+    ``BIG_NET_MAX_WINDOW_PX`` unless ``cap_big`` is off), those that fit the model and memory."""
     cost, engine = prober.engine.cost, prober.engine
     limit = memory_window_px(cost, engine.dtype, engine.device, 2)
     if windows is None:
         windows = WINDOWS_PX
-        if cost.macs_per_px > BIG_NET_MACS_PER_PX:
+        if cap_big and cost.macs_per_px > BIG_NET_MACS_PER_PX:
             windows = tuple(w for w in windows if w <= BIG_NET_MAX_WINDOW_PX)
     multiple = prober.model.size_multiple
     chosen = sorted({w for w in windows if w % multiple == 0 and prober.core(w) >= MIN_AUTO_CORE_PX and w <= limit})
@@ -159,17 +167,25 @@ def candidate_windows(prober: Prober, windows: tuple[int, ...] | None) -> list[i
     return chosen
 
 
-def measure_windows(prober: Prober, windows: list[int]) -> tuple[list[Row], dict[int, float]]:
-    """One row per window, plus the whole probe image; (rows, seconds per window)."""
-    rows, per_window = [], {}
+def measure_windows(prober: Prober, windows: list[int], backend: str = "torch",
+                    known: dict[int, tuple[float, float]] | None = None
+                    ) -> tuple[list[Row], dict[int, float], dict[int, float]]:
+    """One row per window (with ``backend``), plus the whole probe image for torch; (rows, seconds
+    per window, seconds the first call added per window: compiling that shape). ``known``: windows
+    already measured, {side: (first-call seconds, best seconds)}, not measured again."""
+    rows, per_window, setup = [], {}, {}
+    changes = {} if backend == "torch" else {"backend": backend}
+    tag = "" if backend == "torch" else f" {backend}"
     for w in windows:
-        seconds = prober.window(w)[1]
-        per_window[w] = seconds
-        rows.append(Row(f"window {w}", seconds, seconds / prober.core(w) ** 2 * 1e6, window_px=w))
-        log.info("tune: window %d: %.3f s (%.3f s/MP)", w, seconds, rows[-1].s_per_mp)
-    side = windows[-1]
-    rows.append(Row(f"whole {side}x{side}", per_window[side], per_window[side] / side**2 * 1e6, window_px=side))
-    return rows, per_window
+        first, seconds = (known or {}).get(w) or prober.window(w, **changes)
+        per_window[w], setup[w] = seconds, max(0.0, first - seconds)
+        rows.append(Row(f"window {w}{tag}", seconds, seconds / prober.core(w) ** 2 * 1e6, window_px=w,
+                        backend=backend))
+        log.info("tune: window %d%s: %.3f s (%.3f s/MP)", w, tag, seconds, rows[-1].s_per_mp)
+    if backend == "torch":
+        side = windows[-1]
+        rows.append(Row(f"whole {side}x{side}", per_window[side], per_window[side] / side**2 * 1e6, window_px=side))
+    return rows, per_window, setup
 
 
 def pick_window(prober: Prober, per_window: dict[int, float]) -> tuple[int, float]:
@@ -219,27 +235,30 @@ def backend_unavailable(prober: Prober, wanted: str) -> str | None:
     return None
 
 
-def measure_backend(prober: Prober, window_px: int, wanted: str, notes: list[str]) -> Row | None:
-    """The openvino backend at ``window_px`` (batch 1), or None with a note."""
+def measure_backend(prober: Prober, window_px: int, wanted: str,
+                    notes: list[str]) -> tuple[float, float] | None:
+    """The openvino backend at ``window_px`` (batch 1): (first-call seconds, best seconds), or None
+    with a note."""
     why = backend_unavailable(prober, wanted)
     if why is not None:
         if wanted == "openvino":
             raise errors.UsageError(f"backend openvino cannot be measured: {why}", params=("backend",))
         notes.append(f"backend openvino: skipped ({why})")
         return None
-    seconds = prober.window(window_px, backend="openvino")[1]
-    return Row(f"window {window_px} openvino", seconds, seconds / prober.core(window_px) ** 2 * 1e6,
-               window_px=window_px, backend="openvino")
+    return prober.window(window_px, backend="openvino")
 
 
-def old_choices(prober: Prober, per_window: dict[int, float], reference_px: int) -> tuple[dict[str, Any], Row | None]:
+def old_choices(prober: Prober, per_window: dict[int, float], reference_px: int,
+                setup: dict[int, float]) -> tuple[dict[str, Any], Row | None]:
     """What the fallback constants pick for this network here, with their own estimates; and the row
-    of the old window when it was not among the candidates (measured now)."""
+    of the old window when it was not among the candidates (measured now, and added to ``per_window``
+    and ``setup``)."""
     engine = prober.engine
     window = min(default_window_px(engine.model.arch), memory_window_px(engine.cost, engine.dtype, engine.device, 1))
     row = None
     if window not in per_window and prober.core(window) >= MIN_AUTO_CORE_PX:
-        per_window[window] = seconds = prober.window(window)[1]
+        first, seconds = prober.window(window)
+        per_window[window], setup[window] = seconds, max(0.0, first - seconds)
         row = Row(f"window {window} (default)", seconds, seconds / prober.core(window) ** 2 * 1e6, window_px=window)
     eager_s, compile_s = compile_estimates(engine.cost, engine.dtype, torch.get_num_threads(), reference_px)
     return {"window_px": window, "batch": 1, "backend": "torch",
