@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image as PILImage
 from torch.nn import functional as F
 
-from upscale import errors
+from upscale import api, errors
 from upscale.archs import span
 from upscale.cli import cli
 from upscale.engine import Engine, EngineOptions, RunStats
@@ -60,9 +60,13 @@ def branch_conv(sd: SD, prefix: str, x: torch.Tensor) -> torch.Tensor:
     return y + F.conv2d(x, sd[f"{prefix}.sk.weight"], sd[f"{prefix}.sk.bias"])
 
 
-def reference_forward(sd: SD, x: torch.Tensor, scale: int, norm: bool) -> torch.Tensor:
-    """SPAN's forward pass written from the paper's figure, on a state dict in the authors' training
-    layout, with every 3x3 conv in its branch form: independent of the module under test."""
+def reference_forward(sd: SD, x: torch.Tensor, scale: int, norm: bool, silu_first: bool = True) -> torch.Tensor:
+    """SPAN's forward pass written from the paper's figure and the authors' code, on a state dict in
+    their training layout, with every 3x3 conv in its branch form: independent of the module under
+    test. The authors' block hands back its first map after an in-place SiLU has overwritten it, so
+    conv_cat sees SiLU(first) (``silu_first``; checked against spandrel, the library under chaiNNer,
+    in ``test_spandrel_reads_our_authors_layout_as_the_same_function``); our first models used the
+    raw map (``silu_first=False``)."""
     if norm:
         x = (x - AUTHORS_MEAN.to(x.dtype)) * AUTHORS_RANGE
     feat = branch_conv(sd, "conv_1", x)
@@ -73,6 +77,8 @@ def reference_forward(sd: SD, x: torch.Tensor, scale: int, norm: bool) -> torch.
         out = (third + out) * (torch.sigmoid(third) - 0.5)
         if i == 1:
             after_first_block = out
+    if silu_first:
+        first = F.silu(first)
     fused = F.conv2d(torch.cat([feat, branch_conv(sd, "conv_2", out), after_first_block, first], 1),
                      sd["conv_cat.weight"], sd["conv_cat.bias"])
     return F.pixel_shuffle(F.conv2d(fused, sd["upsampler.0.weight"], sd["upsampler.0.bias"], padding=1), scale)
@@ -147,13 +153,89 @@ def test_gain_is_two_and_gradients_reach_every_branch() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
 
 
-@pytest.mark.parametrize("norm", [True, False])
-def test_module_computes_the_authors_training_forward(norm: bool) -> None:
-    net = random_span(1, norm=norm).double()
+@pytest.mark.parametrize("norm, silu_first", [(True, True), (False, True), (True, False)])
+def test_module_computes_the_authors_training_forward(norm: bool, silu_first: bool) -> None:
+    net = random_span(1, norm=norm, silu_first=silu_first).double()
     x = torch.rand(1, 3, 13, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     sd = {k: v for k, v in net.state_dict().items() if k != "no_norm"}
     with torch.no_grad():
-        torch.testing.assert_close(net(x), reference_forward(sd, x, 4, norm), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(net(x), reference_forward(sd, x, 4, norm, silu_first), rtol=1e-10, atol=1e-10)
+        # the two variants are different functions: the flag is not a no-op
+        other = reference_forward(sd, x, 4, norm, not silu_first)
+        assert (net(x) - other).abs().max() > 1e-4
+
+
+def test_the_authors_files_use_silu_first_and_ours_keep_their_raw_map(tmp_path: Path) -> None:
+    """A file in the authors' layout (no metadata of ours) is read with SiLU on the first map, as their
+    code computes; our shipped SPAN files, written before the flag existed, keep the raw map."""
+    net = random_span(3)
+    path = write_weights(tmp_path / "4x-community.pth", authors_file_dict(net))
+    assert load_model(path).hparams["silu_first"] is True
+    for name in ("default-x4", "default-x2", "default-x4-gan"):
+        assert api.load_model(name).hparams["silu_first"] is False
+
+
+def test_convert_authors_layout_round_trips_and_refuses_our_raw_map_models(tmp_path: Path) -> None:
+    """`upscale convert --authors-layout`: a deploy-form SPAN with SiLU on the first map becomes the
+    authors' full layout (branches and eval_conv for every conv), which reads back from its keys alone
+    as the same function; a model with the raw map (our shipped ones) is refused, naming the flag."""
+    net = random_span(4)
+    sd, hp = span.collapse(net.state_dict(), {**span.DEFAULTS, **SMALL})
+    deploy = tmp_path / "deploy.safetensors"
+    save_model(deploy, sd, "span", hp)
+    out = tmp_path / "authors.safetensors"
+    result = invoke(["convert", deploy, out, "--authors-layout"])
+    assert result.exit_code == 0, result.output
+    written = safetensors.torch.load_file(str(out))
+    convs = [n for n, m in net.named_modules() if isinstance(m, span.Conv3XC)]
+    assert all(f"{n}.sk.weight" in written and f"{n}.eval_conv.weight" in written for n in convs)
+    plain = tmp_path / "no-metadata.safetensors"        # as another tool would see it: keys only
+    safetensors.torch.save_file(written, str(plain))
+    back = load_model(plain)
+    assert back.hparams["silu_first"] is True and back.hparams["deploy"] is False
+    x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(back.module(x), net(x), rtol=1e-4, atol=1e-4)
+    refused = invoke(["convert", api_model_path("default-x4"), tmp_path / "x.safetensors",
+                      "--authors-layout"])
+    assert refused.exit_code == 2 and "--authors-layout" in refused.output and "silu_first" in refused.output
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def api_model_path(name: str) -> Path:
+    from upscale import hub, registry
+
+    return Path(hub.weights_path(registry.get_model(name)))
+
+
+@pytest.mark.optional
+def test_spandrel_reads_our_authors_layout_as_the_same_function(tmp_path: Path, monkeypatch) -> None:
+    """spandrel (the model loader under chaiNNer) opens a file in the authors' layout and computes what
+    we compute from it. spandrel imports torchvision in two architectures we do not use; where
+    torchvision cannot be imported (it cannot against this torch build) a stub of those two names
+    stands in, so only spandrel's SPAN code runs."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        importlib.import_module("torchvision.transforms.functional")
+    except Exception:
+        stub = types.ModuleType("torchvision.transforms.functional")
+        stub.InterpolationMode, stub.rotate, stub.normalize = None, None, None
+        for name, mod in (("torchvision", types.ModuleType("torchvision")),
+                          ("torchvision.transforms", types.ModuleType("torchvision.transforms")),
+                          ("torchvision.transforms.functional", stub)):
+            monkeypatch.setitem(sys.modules, name, mod)
+    spandrel = pytest.importorskip("spandrel")
+    net = random_span(6)
+    path = write_weights(tmp_path / "4x-community.safetensors", authors_file_dict(net))
+    theirs = spandrel.ModelLoader().load_from_file(str(path))
+    assert theirs.architecture.name == "SPAN" and theirs.scale == 4
+    ours = load_model(path)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.model.eval()(x), ours.module(x), rtol=1e-4, atol=1e-4)
 
 
 # --- (b) the authors' files ---------------------------------------------------------------------------
@@ -232,7 +314,7 @@ def test_cli_upscales_with_an_authors_pth(tmp_path: Path) -> None:
 @pytest.mark.parametrize("norm", [True, False])
 def test_deploy_form_is_the_same_function_with_a_quarter_of_the_parameters(tmp_path: Path, norm: bool) -> None:
     net = random_span(7, norm=norm)
-    hp = {**SMALL, "norm": norm}
+    hp = {**SMALL, "norm": norm, "silu_first": True}
     deployed, deploy_hp = span.collapse(net.state_dict(), hp)
     assert deploy_hp == {**hp, "deploy": True}
     assert not any(".sk." in k or ".conv." in k for k in deployed)

@@ -222,7 +222,7 @@ def detect(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = 
             raise errors.UnknownArchitectureError(
                 f"metadata names unknown architecture {arch!r}; known: {', '.join(archs.BY_NAME)}", path=source)
         detected = _try_detect(family, sd) or {}
-        return arch, {**family.defaults, **detected, **_metadata_hparams(metadata, source)}
+        return arch, {**family.defaults, **detected, **family.metadata_defaults, **_metadata_hparams(metadata, source)}
     for family in archs.FAMILIES:
         hp = _try_detect(family, sd)
         if hp is not None:

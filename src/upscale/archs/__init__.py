@@ -10,7 +10,7 @@ where other programs save it under other names, ``canonicalize(state_dict) -> re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from torch import nn
@@ -49,6 +49,12 @@ class ArchFamily:
     # the inference form of a network trained in another (re-parameterised) form:
     # (state dict, hparams) -> (state dict, hparams) of the same function; None = already plain
     deploy: Callable[[Mapping[str, Any], dict], "tuple[dict, dict]"] | None = None
+    # the layout the authors' own code (and tools that detect it, e.g. spandrel/chaiNNer) expect, where
+    # ours differs: (state dict, hparams) -> (state dict, hparams); None = our keys are theirs
+    authors_layout: Callable[[Mapping[str, Any], dict], "tuple[dict, dict]"] | None = None
+    # hparams a file with our metadata means when its metadata does not name them (written before they
+    # existed, when the network always behaved this way); files without our metadata get ``defaults``
+    metadata_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 FAMILIES: tuple[ArchFamily, ...] = (
@@ -64,7 +70,8 @@ FAMILIES: tuple[ArchFamily, ...] = (
                srresnet.size_multiple, srresnet.receptive_radius_ms, compile_regions=("body",),
                canonicalize=srresnet.canonicalize_ms),
     ArchFamily(span.NAME, span.DEFAULTS, span.build, span.detect, span.size_multiple, span.receptive_radius,
-               canonicalize=span.canonicalize, explain=span.explain, deploy=span.collapse),
+               canonicalize=span.canonicalize, explain=span.explain, deploy=span.collapse,
+               authors_layout=span.authors_layout, metadata_defaults=span.METADATA_DEFAULTS),
     ArchFamily(srcnn.NAME, srcnn.DEFAULTS, srcnn.build, srcnn.detect, srcnn.size_multiple, srcnn.receptive_radius),
     ArchFamily(tiny.NAME, tiny.DEFAULTS, tiny.build, tiny.detect, tiny.size_multiple, tiny.receptive_radius),
 )

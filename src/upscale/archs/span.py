@@ -27,7 +27,10 @@ from torch.nn import functional as F
 
 NAME = "span"
 TITLE = "SPAN"
-DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 48, "scale": 4, "norm": True, "deploy": False}
+DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 48, "scale": 4, "norm": True, "deploy": False,
+            "silu_first": True}
+# Files with our metadata written before ``silu_first`` existed were trained with the raw map (see SPAN).
+METADATA_DEFAULTS = {"silu_first": False}
 NUM_BLOCKS = 6
 GAIN = 2
 # The authors' input normalisation: (x - mean) * 255 (DIV2K's RGB mean); the output is not shifted back.
@@ -81,11 +84,19 @@ class SPAB(nn.Module):
 
 
 class SPAN(nn.Module):
+    """``silu_first``: the last block's first map enters ``conv_cat`` after SiLU. That is what the
+    authors' code computes, though not what it appears to say: its block returns ``out1`` after an
+    in-place ``SiLU(inplace=True)`` has overwritten it, so every SPAN trained with it (OpenModelDB's,
+    traiNNer-redux's, spandrel's reading of them) has the activated map there. Our first SPAN models
+    (default-x4, default-x2, default-x4-gan) were trained with the raw map (``silu_first=False``,
+    recorded in their metadata); files in the authors' layout, and new training runs, use SiLU."""
+
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 48, scale: int = 4,
-                 norm: bool = True, deploy: bool = False) -> None:
+                 norm: bool = True, deploy: bool = False, silu_first: bool = True) -> None:
         super().__init__()
         self.scale = scale
         self.norm = norm
+        self.silu_first = silu_first
         if not norm:
             # the authors mark an un-normalised model with this (unused) buffer; kept for their layout
             self.register_buffer("no_norm", torch.zeros(1))
@@ -108,13 +119,16 @@ class SPAN(nn.Module):
         for i in range(2, NUM_BLOCKS + 1):
             out, first = getattr(self, f"block_{i}")(out)
         # the last block's first conv (its out1) is one of the four maps fused by conv_cat
+        if self.silu_first:
+            first = F.silu(first)
         out = self.conv_cat(torch.cat([feat, self.conv_2(out), out_b1, first], 1))
         return self.upsampler(out)
 
 
 def build(num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 48, scale: int = 4, norm: bool = True,
-          deploy: bool = False) -> SPAN:
-    return SPAN(num_in_ch, num_out_ch, num_feat, scale, _flag("norm", norm), _flag("deploy", deploy))
+          deploy: bool = False, silu_first: bool = True) -> SPAN:
+    return SPAN(num_in_ch, num_out_ch, num_feat, scale, _flag("norm", norm), _flag("deploy", deploy),
+                _flag("silu_first", silu_first))
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -155,6 +169,51 @@ def to_authors_layout(sd: Mapping[str, torch.Tensor], hparams: dict) -> dict[str
     whose detection asks for both ``sk`` and ``eval_conv`` keys; neither our training form nor the deploy
     form is."""
     return {**{k: v.clone() for k, v in sd.items()}, **_collapsed_kernels(sd, hparams)}
+
+
+@torch.no_grad()
+def expand(sd: Mapping[str, torch.Tensor], hparams: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """A deploy-form state dict -> a training form computing the same function (the inverse of
+    ``collapse`` up to the choice of branches): each ``eval_conv`` kernel W, b becomes the chain
+    1x1 [I; 0] -> 3x3 [[W, 0], [0, 0]] -> 1x1 [I, 0] + b with a zero skip, which collapses back to
+    exactly W, b (biases before the 3x3 are zero, so the authors' zero-padded borders agree too). A
+    training form comes back as it is. Returns (state dict, hparams)."""
+    if not _flag("deploy", hparams.get("deploy", False)):
+        return dict(sd), dict(hparams)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        match = _EVAL_CONV.fullmatch(key)
+        if match is None:
+            out[key] = value.clone()
+        elif key.endswith(".weight"):
+            prefix = key[: -len("eval_conv.weight")]
+            weight, bias = value, sd[prefix + "eval_conv.bias"]
+            c_out, c_in = int(weight.shape[0]), int(weight.shape[1])
+            w1 = torch.zeros(c_in * GAIN, c_in, 1, 1, dtype=weight.dtype)
+            w1[:c_in, :, 0, 0] = torch.eye(c_in, dtype=weight.dtype)
+            w2 = torch.zeros(c_out * GAIN, c_in * GAIN, 3, 3, dtype=weight.dtype)
+            w2[:c_out, :c_in] = weight
+            w3 = torch.zeros(c_out, c_out * GAIN, 1, 1, dtype=weight.dtype)
+            w3[:, :c_out, 0, 0] = torch.eye(c_out, dtype=weight.dtype)
+            out.update({
+                prefix + "sk.weight": torch.zeros(c_out, c_in, 1, 1, dtype=weight.dtype),
+                prefix + "sk.bias": torch.zeros(c_out, dtype=weight.dtype),
+                prefix + "conv.0.weight": w1, prefix + "conv.0.bias": torch.zeros(c_in * GAIN, dtype=weight.dtype),
+                prefix + "conv.1.weight": w2, prefix + "conv.1.bias": torch.zeros(c_out * GAIN, dtype=weight.dtype),
+                prefix + "conv.2.weight": w3, prefix + "conv.2.bias": bias.clone(),
+            })
+    return out, {**hparams, "deploy": False}
+
+
+def authors_layout(sd: Mapping[str, torch.Tensor], hparams: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Any form (training or deploy) -> the authors' full layout (``to_authors_layout``), hparams of
+    the training form. Spandrel/chaiNNer and traiNNer-redux recognise SPAN only in this layout. A
+    network with ``silu_first`` off is a ValueError: the authors' code would compute another function."""
+    if not _flag("silu_first", hparams.get("silu_first", True)):
+        raise ValueError("it feeds the raw first map of its last block to conv_cat (silu_first false); the "
+                         "authors' SPAN applies SiLU there, so their code would compute something else")
+    sd, hparams = expand(sd, hparams)
+    return to_authors_layout(sd, hparams), hparams
 
 
 def _collapsed_kernels(sd: Mapping[str, torch.Tensor], hparams: dict) -> dict[str, torch.Tensor]:

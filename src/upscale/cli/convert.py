@@ -43,8 +43,13 @@ def check_output(dst: Path, inputs: tuple[Path, ...], force: bool, *, exists_is_
 @click.option("--deploy", is_flag=True,
               help="Write the inference form of a re-parameterised network (SPAN: each trained conv branch "
                    "collapsed into its one 3x3 kernel; same output, about a quarter of the parameters).")
+@click.option("--authors-layout", is_flag=True,
+              help="Write the network in its authors' key layout where ours differs (SPAN: the trained "
+                   "branches plus every collapsed eval_conv kernel, the layout spandrel/chaiNNer and "
+                   "traiNNer-redux detect; a deploy-form input gets equivalent branches).")
 @handle_errors
-def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, deploy: bool) -> None:
+def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, deploy: bool,
+            authors_layout: bool) -> None:
     """Convert IN (.pth/.pt/.ckpt/.safetensors in any known layout, or an ncnn .param) to OUT.safetensors
     with architecture metadata, after checking that it loads strictly into the detected network."""
     from .. import errors, loading
@@ -60,12 +65,32 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
     model = open_weights(src, bin_path)
     extra = {"upscale.converted_from": src.name}
     if ncnn:
-        how = "ncnn graph"
+        how = "its ncnn graph"
     else:
-        how = "our metadata" if loading.META_ARCH in model.metadata else "keys and shapes"
+        how = "our metadata" if loading.META_ARCH in model.metadata else "its keys and shapes"
         if model.metadata.get(loading.META_BF16_SAFE):
             extra[loading.META_BF16_SAFE] = model.metadata[loading.META_BF16_SAFE]
     sd, hparams = loading.model_state_dict(model), model.hparams
+    if deploy and authors_layout:
+        raise errors.UsageError("--deploy and --authors-layout ask for two different layouts; use one",
+                                params=("deploy", "authors_layout"))
+    if authors_layout:
+        from ..archs import get_family
+
+        relayout = get_family(model.arch).authors_layout
+        if relayout is None:
+            raise errors.UsageError(f"{src}: {model.arch} files already use the authors' keys; drop "
+                                    "--authors-layout", params=("authors_layout",))
+        try:
+            sd, hparams = relayout(sd, hparams)
+        except ValueError as exc:
+            raise errors.UsageError(f"{src}: cannot be written with --authors-layout: {exc}",
+                                    params=("authors_layout",)) from None
+        # read back as another tool reads such a file: from its keys alone; the same function
+        canonical = loading.canonicalize(sd)
+        arch, found = loading.detect(canonical, source=dst)
+        check = loading.model_from_state_dict(canonical, arch, found, source=str(dst))
+        _check_same_function(model, check, src)
     if deploy:
         from ..archs import get_family
 
@@ -78,5 +103,21 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
         loading.model_from_state_dict(sd, model.arch, hparams, source=str(dst))
     loading.save_model(dst, sd, model.arch, hparams, extra_metadata=extra)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
-    click.echo(f"{src}: detected {model.arch} ({shown}) from its {how}")
+    click.echo(f"{src}: detected {model.arch} ({shown}) from {how}")
     click.echo(f"wrote {dst}")
+
+
+def _check_same_function(before, after, src: Path) -> None:
+    """Raise ``errors.WeightsError`` when two networks differ on a small random input (a relayout
+    must not change what the network computes)."""
+    import torch
+
+    from .. import errors
+
+    side = 16 * before.size_multiple
+    x = torch.rand(1, before.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = before.module.eval()(x), after.module.eval()(x)
+    if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())):
+        raise errors.WeightsError(f"{src}: the relaid-out network computes something else "
+                                  f"(max difference {float((a - b).abs().max()):.3g})", path=src)
