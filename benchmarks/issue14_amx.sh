@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's "Must show" 1-5 on this machine in one go: meant for an otherwise idle CPU with AMX, 2 threads.
 #
-#   bash benchmarks/issue14_amx.sh OUT            # the real run: ~13-16 min on 2 idle cores (estimate below)
+#   bash benchmarks/issue14_amx.sh OUT            # the real run: 8-10 min measured on 2 idle AMX cores
 #   SMOKE=1 bash benchmarks/issue14_amx.sh OUT    # tiny inputs and a quick tune: checks the plumbing only
 #
 # Writes into OUT: lscpu.txt, cpu_ceiling.json, tune_table.json (+ tune_show.txt), compare_x4plus.json
