@@ -21,6 +21,7 @@ from upscale.archs import span
 from upscale.cli import cli
 from upscale.engine import Engine, EngineOptions, RunStats
 from upscale.loading import META_HPARAMS, canonicalize, detect, load_model, save_model
+from upscale.resolve import weights_file
 
 SD = dict[str, torch.Tensor]
 
@@ -196,16 +197,9 @@ def test_convert_authors_layout_round_trips_and_refuses_our_raw_map_models(tmp_p
     x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(back.module(x), net(x), rtol=1e-4, atol=1e-4)
-    refused = invoke(["convert", api_model_path("default-x4"), tmp_path / "x.safetensors",
-                      "--authors-layout"])
+    refused = invoke(["convert", weights_file("default-x4"), tmp_path / "x.safetensors", "--authors-layout"])
     assert refused.exit_code == 2 and "--authors-layout" in refused.output and "silu_first" in refused.output
     assert not (tmp_path / "x.safetensors").exists()
-
-
-def api_model_path(name: str) -> Path:
-    from upscale import hub, registry
-
-    return Path(hub.weights_path(registry.get_model(name)))
 
 
 @pytest.mark.optional

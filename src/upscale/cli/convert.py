@@ -53,8 +53,12 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
     """Convert IN (.pth/.pt/.ckpt/.safetensors in any known layout, or an ncnn .param) to OUT.safetensors
     with architecture metadata, after checking that it loads strictly into the detected network."""
     from .. import errors, loading
+    from ..archs import get_family
     from ..resolve import NCNN_SUFFIX, open_weights
 
+    if deploy and authors_layout:
+        raise errors.UsageError("--deploy and --authors-layout ask for two different layouts; use one",
+                                params=("deploy", "authors_layout"))
     dst = dst or default_output(src)
     ncnn = src.suffix.lower() == NCNN_SUFFIX
     if bin_path is not None and not ncnn:
@@ -71,13 +75,9 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
         if model.metadata.get(loading.META_BF16_SAFE):
             extra[loading.META_BF16_SAFE] = model.metadata[loading.META_BF16_SAFE]
     sd, hparams = loading.model_state_dict(model), model.hparams
-    if deploy and authors_layout:
-        raise errors.UsageError("--deploy and --authors-layout ask for two different layouts; use one",
-                                params=("deploy", "authors_layout"))
+    family = get_family(model.arch)
     if authors_layout:
-        from ..archs import get_family
-
-        relayout = get_family(model.arch).authors_layout
+        relayout = family.authors_layout
         if relayout is None:
             raise errors.UsageError(f"{src}: {model.arch} files already use the authors' keys; drop "
                                     "--authors-layout", params=("authors_layout",))
@@ -92,9 +92,7 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
         check = loading.model_from_state_dict(canonical, arch, found, source=str(dst))
         _check_same_function(model, check, src)
     if deploy:
-        from ..archs import get_family
-
-        collapse = get_family(model.arch).deploy
+        collapse = family.deploy
         if collapse is None:
             raise errors.UsageError(f"{src}: {model.arch} has no separate inference form; drop --deploy",
                                     params=("deploy",))

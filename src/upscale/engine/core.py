@@ -99,6 +99,12 @@ class Engine:
         context holds more (exact tiling; the rest is cross-faded)."""
         return min(self.overlap_px, self.model.receptive_radius)
 
+    @property
+    def fits_windows(self) -> bool:
+        """Whether windows are fitted to the image (``tiling.plan_tiles(fit=...)``): only where the
+        context covers the receptive radius, so tiling is exact either way."""
+        return self.overlap_px >= self.model.receptive_radius
+
     def tile_px_for(self, height: int, width: int) -> int:
         """The core (stride) used for an image of this size (0 = whole image; resolves ``"auto"``:
         the cheapest plan by what ``upscale tune`` measured here, else the fallback window)."""
@@ -128,7 +134,7 @@ class Engine:
         for side, (seconds, setup) in table.items():
             core = self._core_of(side, height, width)
             th, tw, count = tiling.plan_extent(height, width, core, self.overlap_px, self.model.size_multiple,
-                                               fit=self.overlap_px >= self.model.receptive_radius)
+                                               fit=self.fits_windows)
             warm = self.openvino is None or self.openvino.is_warm((self.options.batch, th, tw,
                                                                    self.model.in_channels))
             estimates[side] = count * th * tw * seconds / side**2 + (0.0 if warm else setup)
@@ -145,8 +151,7 @@ class Engine:
         """The windows and blend weights for an image of this size."""
         model = self.model
         return tiling.plan_tiles(height, width, self.tile_px_for(height, width), self.overlap_px,
-                                 model.size_multiple, model.scale, margin_px=self.margin_px,
-                                 fit=self.overlap_px >= model.receptive_radius)
+                                 model.size_multiple, model.scale, margin_px=self.margin_px, fit=self.fits_windows)
 
     # -- preparation --
     def _prepare_compile(self, image_shape: tuple[int, int] | None) -> None:

@@ -63,15 +63,15 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     openvino_at_window = measure_backend(prober, window, backend, notes)
     if openvino_at_window is not None:
         chosen_backend = "openvino" if openvino_at_window[1] < per_window[window] else "torch"
-        if chosen_backend == "openvino":   # its own curve: every side, the one at hand not again
+        # openvino faster: its own curve over every side (the one at hand not measured again)
+        sides = [window]
+        if chosen_backend == "openvino":
             sides = sorted(set(candidate_windows(prober, windows, cap_big=False)) | {window})
-            ov_rows, table, table_setup = measure_windows(prober, sides, "openvino", {window: openvino_at_window})
-            rows += ov_rows
+        ov_rows, ov_table, ov_setup = measure_windows(prober, sides, "openvino", {window: openvino_at_window})
+        rows += ov_rows
+        if chosen_backend == "openvino":
+            table, table_setup = ov_table, ov_setup
             window, _ = pick_window(prober, table)
-        else:
-            first, seconds = openvino_at_window
-            rows.append(Row(f"window {window} openvino", seconds, seconds / prober.core(window) ** 2 * 1e6,
-                            window_px=window, backend="openvino"))
     n_ref = reference_windows(prober.engine, window)
     result = {"window_px": window, "batch": batch if chosen_backend != "openvino" else 1,
               "s_per_mp": round(per_window[torch_window] / prober.core(torch_window) ** 2 * 1e6, 5),
