@@ -242,3 +242,14 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(tmp_path, tiny_x4):
     assert len(notice) == 1 and "--tile 4" in notice[0] and "tile_px" not in notice[0]
     assert all(ln.startswith("upscale: a.png: ") for ln in lines[:-1] if ln not in notice)
     assert "a_x4.png" in lines[-1]
+
+
+def test_cli_import_and_help_leave_torch_unimported():
+    """Registering the commands (the train command's help reads the presets) must not import the
+    training loop or torch: `upscale --help`, `tune --show` and usage errors answer at once."""
+    code = ("import sys; from click.testing import CliRunner; from upscale.cli import cli; "
+            "r = CliRunner().invoke(cli, ['train', '--help']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'upscale.train.loop') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -353,6 +353,44 @@ def test_degradations(tmp_path: Path) -> None:
         load_hr_folders([str(tmp_path)], 4, min_hr_px=32)
 
 
+def test_scale_aug_adds_shrunk_copies(tmp_path: Path) -> None:
+    from upscale.dataprep import mod_crop
+    from upscale.matlab_resize import imresize
+    from upscale.train.data import shrink_hr
+
+    folder = write_set(tmp_path / "hr", 2, 100, 3)
+    plain = load_hr_folders([str(folder)], 2, min_hr_px=64)
+    aug = load_hr_folders([str(folder)], 2, min_hr_px=64, scale_aug=[0.8, 0.5])
+    # 0.8 gives 80 px copies (kept); 0.5 gives 50 px, below the 64 px crop (skipped)
+    assert len(plain) == 2 and len(aug) == 4
+    assert aug.names == [plain.names[0], plain.names[0] + "@0.8", plain.names[1], plain.names[1] + "@0.8"]
+    first = plain.hr[0]
+    assert np.array_equal(aug.hr[0], first) and aug.hr[1].shape == (80, 80, 3)
+    # the copy is MATLAB's bicubic shrink of the decoded image, rounded, and its LR is made from it
+    expected = np.clip(np.floor(imresize(first, 0.8) + 0.5), 0, 255).astype(np.uint8)
+    assert np.array_equal(aug.hr[1], mod_crop(expected, 2)) and np.array_equal(shrink_hr(first, 0.8), expected)
+    assert aug.lr[1].shape == (40, 40, 3)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        build_config("psnr", {"data": ["d"], "scale_aug": [0.5, 1.0]})
+    with pytest.raises(UsageError, match="needs HR folders"):
+        build_config("psnr", {"lr_dir": "a", "hr_dir": "b", "scale_aug": [0.5]})
+
+
+def test_scale_aug_flag_reaches_the_run(tmp_path: Path) -> None:
+    folder = write_set(tmp_path / "hr", 2, 64, 4)
+    r = subprocess.run([sys.executable, "-m", "upscale", "train", "--data", str(folder), "-s", "2", "--gt-size", "32",
+                        "--arch", "compact", "--num-feat", "4", "--num-conv", "1", "--batch-size", "2",
+                        "--max-iters", "1", "--precision", "fp32", "--threads", "1", "--scale-aug", "0.75, 0.5",
+                        "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["scale_aug"] == [0.75, 0.5]
+    assert "data: 6 images" in r.stdout + r.stderr        # 64 px originals, 48 and 32 px copies: all fit the crop
+    bad = subprocess.run([sys.executable, "-m", "upscale", "train", "--data", str(folder), "--scale-aug", "0.5,x",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "expected comma-separated factors" in bad.stderr
+
+
 # --- VGG -----------------------------------------------------------------------------------------------
 def test_vgg_indices_follow_torchvision() -> None:
     idx = layer_indices()

@@ -56,6 +56,12 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 raise click.BadParameter(f"expected comma-separated iterations, got {value!r}",
                                          param_hint="--milestones") from None
+        elif key == "scale_aug":
+            try:
+                value = [float(v) for v in str(value).split(",") if v.strip()]
+            except ValueError:
+                raise click.BadParameter(f"expected comma-separated factors, got {value!r}",
+                                         param_hint="--scale-aug") from None
         elif isinstance(value, tuple) and key != "betas":
             value = list(value)
         layer[key] = value
@@ -124,6 +130,9 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--degradation", type=click.Choice(("bicubic", "blur-down")), default=None,
               help="How LR is made from HR folders.  [default: bicubic]")
 @click.option("--blur-sigma", type=float, default=None, help="Gaussian sigma (HR px) for blur-down.")
+@click.option("--scale-aug", default=None, metavar="F,F,...",
+              help="Also train on every HR image shrunk by these factors (0-1, MATLAB bicubic), e.g. "
+                   "0.9,0.8,0.7,0.6 as VDSR/DRRN did with the 291 images. Decoded once, kept in memory.")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes.")
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(("auto", "fp32", "bf16", "fp16")), default=None,

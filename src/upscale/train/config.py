@@ -39,6 +39,7 @@ class TrainConfig:
     gt_size: int | None = None                            # HR crop side, pixels; None = default_gt_size
     degradation: str = "bicubic"
     blur_sigma: float = 1.6                               # HR pixels, for blur-down
+    scale_aug: list[float] = field(default_factory=list)  # extra HR copies shrunk by these factors (0-1)
     workers: int = 0                                      # DataLoader worker processes
     # generator
     arch: str = "rrdbnet"
@@ -215,6 +216,12 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"gt_size ({cfg.gt_size}) must be a multiple of the scale ({cfg.scale})")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise UsageError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    bad = [f for f in cfg.scale_aug if not 0.0 < f < 1.0]
+    if bad:
+        raise UsageError(f"scale_aug factors must be between 0 and 1 (exclusive), got {bad}", params=("scale_aug",))
+    if cfg.scale_aug and not cfg.data:
+        raise UsageError("scale_aug needs HR folders (data); paired LR/HR folders are used as given",
+                         params=("scale_aug",))
     if cfg.learning_rate <= 0:
         raise UsageError(f"learning_rate must be positive, got {cfg.learning_rate}")
     if cfg.threads is not None and cfg.threads < 1:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..dataprep import bicubic_down, list_images, mod_crop, read_uint8
 from ..errors import DataError, ImageReadError
-from ..matlab_resize import round_like_matlab
+from ..matlab_resize import imresize, round_like_matlab
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +84,33 @@ def make_lr(hr: np.ndarray, scale: int, degradation: str = "bicubic", blur_sigma
     raise DataError(f"unknown degradation {degradation!r}")
 
 
+def shrink_hr(hr: np.ndarray, factor: float) -> np.ndarray:
+    """HR scaled down by ``factor`` (0 < factor < 1) with MATLAB bicubic, rounded to uint8: one more
+    training image at a smaller scale of the same scene (the 291-image recipe of VDSR, DRRN, MemNet)."""
+    return round_like_matlab(np.clip(imresize(hr, factor), 0, 255)).astype(np.uint8)
+
+
 def load_hr_folders(folders: list[str], scale: int, *, min_hr_px: int, degradation: str = "bicubic",
-                    blur_sigma: float = 1.6) -> PairSet:
+                    blur_sigma: float = 1.6, scale_aug: list[float] | tuple[float, ...] = ()) -> PairSet:
     """Decode every image of ``folders`` once, mod-crop it and make its LR once.
 
-    Images whose shorter side is below ``min_hr_px`` (the crop size) cannot give a crop; they are
-    skipped with a warning. DataError when nothing is left."""
+    Each factor of ``scale_aug`` adds a copy of every image shrunk by it (``shrink_hr``) before the
+    mod-crop, named ``folder/file@factor``. Images (or copies) whose shorter side is below
+    ``min_hr_px`` (the crop size) cannot give a crop; they are skipped with a warning. DataError when
+    nothing is left."""
     lrs, hrs, names, skipped = [], [], [], []
     for folder in folders:
         for path in list_images(folder):
-            hr = mod_crop(read_rgb8(path), scale)
-            if min(hr.shape[:2]) < min_hr_px:
-                skipped.append(path.name)
-                continue
-            hrs.append(hr)
-            lrs.append(make_lr(hr, scale, degradation, blur_sigma))
-            names.append(f"{Path(folder).name}/{path.name}")
+            full = read_rgb8(path)
+            for factor in (1.0, *scale_aug):
+                name = f"{Path(folder).name}/{path.name}" + ("" if factor == 1.0 else f"@{factor:g}")
+                hr = mod_crop(full if factor == 1.0 else shrink_hr(full, factor), scale)
+                if min(hr.shape[:2]) < min_hr_px:
+                    skipped.append(name.split("/", 1)[1])
+                    continue
+                hrs.append(hr)
+                lrs.append(make_lr(hr, scale, degradation, blur_sigma))
+                names.append(name)
     if skipped:
         log.warning("skipped %d images smaller than the %d px crop: %s", len(skipped), min_hr_px,
                     ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))

@@ -277,7 +277,7 @@ class Trainer:
             pairs = load_paired(cfg.lr_dir, cfg.hr_dir, cfg.scale, min_hr_px=cfg.gt_size)
         else:
             pairs = load_hr_folders(cfg.data, cfg.scale, min_hr_px=cfg.gt_size, degradation=cfg.degradation,
-                                    blur_sigma=cfg.blur_sigma)
+                                    blur_sigma=cfg.blur_sigma, scale_aug=cfg.scale_aug)
         echo(f"data: {len(pairs)} images decoded and degraded in {time.perf_counter() - t0:.1f} s")
         val_sets = load_val_sets(cfg.val, cfg.scale) if cfg.val and self.rt.is_main else {}
         return pairs, val_sets
