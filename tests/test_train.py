@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from upscale.errors import CheckpointError, DataError, TrainingError, UsageError
+from upscale.errors import ArchitectureMismatchError, CheckpointError, DataError, TrainingError, UsageError
 from upscale.train import TrainConfig, build_config, train
 from upscale.train.checkpoint import load_checkpoint
 from upscale.train.data import blur_down_lr, load_hr_folders, load_paired, match_pairs, pair_key, sample_batch
@@ -180,6 +180,33 @@ def test_finetune_trains_only_the_trunk(data: dict[str, Path], tmp_path: Path) -
     more = small_cfg(data, tmp_path / "ft", "finetune", init=str(init), arch="rrdbnet", hparams={},
                      max_iters=5, ema_decay=0.0)
     assert train(more, progress=False, resume=tmp_path / "ft" / "checkpoints" / "iter_00000003.pt").iteration == 5
+
+
+def test_init_with_other_hparams_rebuilds_the_same_weights(data: dict[str, Path], tmp_path: Path) -> None:
+    """--init FILE --hparam silu_first=true: the file's weights in a network built with the changed
+    setting (how a shipped SPAN with the raw first map is fine-tuned into the authors' form); a
+    change that alters shapes, or an unknown name, is refused before training starts."""
+    from upscale.archs import build_module
+    from upscale.loading import load_model, model_state_dict, save_model
+
+    hp = {"num_feat": 8, "scale": 2, "silu_first": False}
+    net = build_module("span", hp)
+    init = tmp_path / "raw.safetensors"
+    save_model(init, model_state_dict(net), "span", net_hp(hp))
+    cfg = small_cfg(data, tmp_path / "on", init=str(init), arch="span", hparams={"silu_first": True},
+                    max_iters=1, ema_decay=0.0, learning_rate=1e-12)
+    result = train(cfg, progress=False)
+    out = load_model(result.model_path)
+    assert out.hparams["silu_first"] is True and out.hparams["num_feat"] == 8
+    before = load_file(str(init))
+    after = load_file(str(result.model_path))
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)   # same weights (lr ~ 0)
+    with pytest.raises(ArchitectureMismatchError, match="weights do not fit span: shape mismatch"):
+        train(small_cfg(data, tmp_path / "wide", init=str(init), arch="span", hparams={"num_feat": 16},
+                        max_iters=1), progress=False)
+    with pytest.raises(UsageError, match="no hyperparameter 'nope'"):
+        train(small_cfg(data, tmp_path / "bad", init=str(init), arch="span", hparams={"nope": 1},
+                        max_iters=1), progress=False)
 
 
 # --- 3. learning is real -----------------------------------------------------------------------------

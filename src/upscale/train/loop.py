@@ -78,6 +78,16 @@ def build_generator(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]:
         if model.scale != cfg.scale:
             raise UsageError(f"init {cfg.init} is a x{model.scale} model, but training is x{cfg.scale}",
                              params=("init",))
+        hparams = {**model.hparams, **cfg.hparams}
+        if hparams != dict(model.hparams):
+            # e.g. --hparam silu_first=true: the same weights in a network built with other settings;
+            # model_from_state_dict refuses unknown names and any shape that does not fit
+            from ..loading import model_from_state_dict
+
+            unknown = set(cfg.hparams) - set(archs.get_family(model.arch).defaults)
+            if unknown:
+                raise UsageError(f"{model.arch} has no hyperparameter {sorted(unknown)[0]!r}", params=("hparams",))
+            model = model_from_state_dict(model.module.state_dict(), model.arch, hparams, source=cfg.init)
         return model.module.float().train(), model.arch, dict(model.hparams)
     family = archs.get_family(cfg.arch) if cfg.arch in archs.BY_NAME else None
     if family is None:
