@@ -168,12 +168,31 @@ def test_module_computes_the_authors_training_forward(norm: bool, silu_first: bo
 
 def test_the_authors_files_use_silu_first_and_ours_keep_their_raw_map(tmp_path: Path) -> None:
     """A file in the authors' layout (no metadata of ours) is read with SiLU on the first map, as their
-    code computes; our shipped SPAN files, written before the flag existed, keep the raw map."""
+    code computes; our shipped x4 SPAN files, written before the flag existed, keep the raw map, and
+    default-x2 (fine-tuned into the authors' form) names the flag in its metadata."""
     net = random_span(3)
     path = write_weights(tmp_path / "4x-community.pth", authors_file_dict(net))
     assert load_model(path).hparams["silu_first"] is True
-    for name in ("default-x4", "default-x2", "default-x4-gan"):
+    for name in ("default-x4", "default-x4-gan"):
         assert api.load_model(name).hparams["silu_first"] is False
+    x2 = api.load_model("default-x2")
+    assert x2.hparams["silu_first"] is True
+    assert json.loads(safetensors.safe_open(str(weights_file("default-x2")), "pt").metadata()[META_HPARAMS])["silu_first"]
+
+
+def test_default_x2_exports_to_the_authors_layout(tmp_path: Path) -> None:
+    """The shipped default-x2 is in the authors' SiLU-first form, so `convert --authors-layout` writes
+    a file that reads back from its keys alone (as spandrel/chaiNNer would) as the same network."""
+    out = tmp_path / "2x-upscale-default.safetensors"
+    result = invoke(["convert", weights_file("default-x2"), out, "--authors-layout"])
+    assert result.exit_code == 0, result.output
+    plain = tmp_path / "keys-only.safetensors"
+    safetensors.torch.save_file(safetensors.torch.load_file(str(out)), str(plain))
+    back, ours = load_model(plain), api.load_model("default-x2")
+    assert back.hparams["silu_first"] is True and back.scale == 2
+    x = torch.rand(1, 3, 20, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(back.module(x), ours.module(x), rtol=1e-4, atol=1e-4)
 
 
 def test_convert_authors_layout_round_trips_and_refuses_our_raw_map_models(tmp_path: Path) -> None:
@@ -230,6 +249,13 @@ def test_spandrel_reads_our_authors_layout_as_the_same_function(tmp_path: Path, 
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         torch.testing.assert_close(theirs.model.eval()(x), ours.module(x), rtol=1e-4, atol=1e-4)
+    # the shipped default-x2, exported by `upscale convert --authors-layout`, is the same in spandrel
+    exported = tmp_path / "2x-default.safetensors"
+    assert invoke(["convert", weights_file("default-x2"), exported, "--authors-layout"]).exit_code == 0
+    theirs = spandrel.ModelLoader().load_from_file(str(exported))
+    assert theirs.architecture.name == "SPAN" and theirs.scale == 2
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.model.eval()(x), api.load_model("default-x2").module(x), rtol=1e-4, atol=1e-4)
 
 
 # --- (b) the authors' files ---------------------------------------------------------------------------
