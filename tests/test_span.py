@@ -168,16 +168,18 @@ def test_module_computes_the_authors_training_forward(norm: bool, silu_first: bo
 
 def test_the_authors_files_use_silu_first_and_ours_keep_their_raw_map(tmp_path: Path) -> None:
     """A file in the authors' layout (no metadata of ours) is read with SiLU on the first map, as their
-    code computes; our shipped x4 SPAN files, written before the flag existed, keep the raw map, and
-    default-x2 (fine-tuned into the authors' form) names the flag in its metadata."""
+    code computes; a file with our metadata written before the flag existed (our first SPAN models)
+    keeps the raw map; the shipped SPAN models (fine-tuned into the authors' form) name the flag."""
     net = random_span(3)
     path = write_weights(tmp_path / "4x-community.pth", authors_file_dict(net))
     assert load_model(path).hparams["silu_first"] is True
-    for name in ("default-x4", "default-x4-gan"):
-        assert api.load_model(name).hparams["silu_first"] is False
-    x2 = api.load_model("default-x2")
-    assert x2.hparams["silu_first"] is True
-    assert json.loads(safetensors.safe_open(str(weights_file("default-x2")), "pt").metadata()[META_HPARAMS])["silu_first"]
+    old = tmp_path / "ours-before-the-flag.safetensors"
+    hp = {k: v for k, v in {**span.DEFAULTS, **SMALL}.items() if k != "silu_first"}
+    save_model(old, random_span(3, silu_first=False).state_dict(), "span", hp)
+    assert load_model(old).hparams["silu_first"] is False
+    for name in ("default-x4", "default-x2", "default-x4-gan"):
+        assert api.load_model(name).hparams["silu_first"] is True
+        assert json.loads(safetensors.safe_open(str(weights_file(name)), "pt").metadata()[META_HPARAMS])["silu_first"]
 
 
 def test_default_x2_exports_to_the_authors_layout(tmp_path: Path) -> None:
@@ -216,7 +218,11 @@ def test_convert_authors_layout_round_trips_and_refuses_our_raw_map_models(tmp_p
     x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(back.module(x), net(x), rtol=1e-4, atol=1e-4)
-    refused = invoke(["convert", weights_file("default-x4"), tmp_path / "x.safetensors", "--authors-layout"])
+    raw = tmp_path / "raw-map.safetensors"
+    raw_sd, raw_hp = span.collapse(random_span(4, silu_first=False).state_dict(),
+                                   {**span.DEFAULTS, **SMALL, "silu_first": False})
+    save_model(raw, raw_sd, "span", raw_hp)
+    refused = invoke(["convert", raw, tmp_path / "x.safetensors", "--authors-layout"])
     assert refused.exit_code == 2 and "--authors-layout" in refused.output and "silu_first" in refused.output
     assert not (tmp_path / "x.safetensors").exists()
 

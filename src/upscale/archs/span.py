@@ -89,7 +89,7 @@ class SPAN(nn.Module):
     in-place ``SiLU(inplace=True)`` has overwritten it, so every SPAN trained with it (OpenModelDB's,
     traiNNer-redux's, spandrel's reading of them) has the activated map there. Our first SPAN models
     (default-x4, default-x2, default-x4-gan) were trained with the raw map (``silu_first=False``,
-    recorded in their metadata; default-x2 was later fine-tuned into the SiLU form); files in the
+    recorded in their metadata; the shipped ones were later fine-tuned into the SiLU form); files in the
     authors' layout, and new training runs, use SiLU."""
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 48, scale: int = 4,
