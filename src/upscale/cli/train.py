@@ -36,6 +36,19 @@ def _default_lengths() -> str:
     return ", ".join(f"{name} {PRESETS[name].get('max_iters', base)}" for name in PRESET_NAMES)
 
 
+# comma-separated flags: config key -> (type of each item, what the items are)
+_LIST_FLAGS: dict[str, tuple[type, str]] = {"milestones": (int, "iterations"), "scale_aug": (float, "factors")}
+
+
+def _comma_list(key: str, text: Any) -> list:
+    cast, what = _LIST_FLAGS[key]
+    try:
+        return [cast(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated {what}, got {text!r}",
+                                 param_hint="--" + key.replace("_", "-")) from None
+
+
 def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
     """Options given on the command line (None/empty = not given) as TrainConfig keys."""
     layer: dict[str, Any] = {}
@@ -50,18 +63,8 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
     for key, value in opts.items():
         if value is None or value == ():
             continue
-        if key == "milestones":
-            try:
-                value = [int(v) for v in str(value).split(",") if v.strip()]
-            except ValueError:
-                raise click.BadParameter(f"expected comma-separated iterations, got {value!r}",
-                                         param_hint="--milestones") from None
-        elif key == "scale_aug":
-            try:
-                value = [float(v) for v in str(value).split(",") if v.strip()]
-            except ValueError:
-                raise click.BadParameter(f"expected comma-separated factors, got {value!r}",
-                                         param_hint="--scale-aug") from None
+        if key in _LIST_FLAGS:
+            value = _comma_list(key, value)
         elif isinstance(value, tuple) and key != "betas":
             value = list(value)
         layer[key] = value

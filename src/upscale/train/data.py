@@ -103,14 +103,14 @@ def load_hr_folders(folders: list[str], scale: int, *, min_hr_px: int, degradati
         for path in list_images(folder):
             full = read_rgb8(path)
             for factor in (1.0, *scale_aug):
-                name = f"{Path(folder).name}/{path.name}" + ("" if factor == 1.0 else f"@{factor:g}")
+                label = path.name if factor == 1.0 else f"{path.name}@{factor:g}"
                 hr = mod_crop(full if factor == 1.0 else shrink_hr(full, factor), scale)
                 if min(hr.shape[:2]) < min_hr_px:
-                    skipped.append(name.split("/", 1)[1])
+                    skipped.append(label)
                     continue
                 hrs.append(hr)
                 lrs.append(make_lr(hr, scale, degradation, blur_sigma))
-                names.append(name)
+                names.append(f"{Path(folder).name}/{label}")
     if skipped:
         log.warning("skipped %d images smaller than the %d px crop: %s", len(skipped), min_hr_px,
                     ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))

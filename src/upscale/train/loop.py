@@ -80,28 +80,30 @@ def build_generator(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]:
                              params=("init",))
         hparams = {**model.hparams, **cfg.hparams}
         if hparams != dict(model.hparams):
-            # e.g. --hparam silu_first=true: the same weights in a network built with other settings;
-            # model_from_state_dict refuses unknown names and any shape that does not fit
+            # e.g. --hparam silu_first=true: the same weights in a network built with other settings
+            # (model_from_state_dict refuses any shape that does not fit)
             from ..loading import model_from_state_dict
 
-            unknown = set(cfg.hparams) - set(archs.get_family(model.arch).defaults)
-            if unknown:
-                raise UsageError(f"{model.arch} has no hyperparameter {sorted(unknown)[0]!r}", params=("hparams",))
+            _check_hparam_names(archs.get_family(model.arch), cfg.hparams)
             model = model_from_state_dict(model.module.state_dict(), model.arch, hparams, source=cfg.init)
         return model.module.float().train(), model.arch, dict(model.hparams)
     family = archs.get_family(cfg.arch) if cfg.arch in archs.BY_NAME else None
     if family is None:
         raise UsageError(f"unknown architecture {cfg.arch!r}; known: {', '.join(archs.BY_NAME)}")
-    unknown = set(cfg.hparams) - set(family.defaults)
-    if unknown:
-        raise UsageError(f"{cfg.arch} has no hyperparameter {sorted(unknown)[0]!r}; "
-                         f"it takes {', '.join(family.defaults)}")
+    _check_hparam_names(family, cfg.hparams)
     hparams = {**family.defaults, **cfg.hparams, "scale": cfg.scale}
     try:
         module = family.build(**hparams)
     except (ValueError, TypeError) as err:
         raise UsageError(f"cannot build {cfg.arch} with {hparams}: {err}") from None
     return module.train(), cfg.arch, hparams
+
+
+def _check_hparam_names(family: archs.ArchFamily, given: dict[str, Any]) -> None:
+    unknown = set(given) - set(family.defaults)
+    if unknown:
+        raise UsageError(f"{family.name} has no hyperparameter {sorted(unknown)[0]!r}; "
+                         f"it takes {', '.join(family.defaults)}")
 
 
 def _load_init(init: str) -> Model:
