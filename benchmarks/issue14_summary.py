@@ -26,28 +26,35 @@ def _yes(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**not met**")
 
 
+def _cell(v: float | None) -> str:
+    return "-" if v is None else fmt(v)
+
+
 def machine(folder: Path) -> list[str]:
     text = (folder / "lscpu.txt").read_text() if (folder / "lscpu.txt").is_file() else ""
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = fields.get("Flags", "").split()
-    wanted = [f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_fp16", "avx512f", "avx_vnni"))]
-    return ["## Machine", "", f"- CPU: {fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} "
-            f"CPUs; flags of interest: {' '.join(wanted) or 'none'}",
+    wanted = [f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_fp16", "avx512f", "avx_vnni"))
+              or f in ("avx2", "fma", "f16c")]
+    family = " ".join(f"{k.strip().lower()} {fields[k].strip()}" for k in ("CPU family", "Model") if k in fields)
+    return ["## Machine", "", f"- CPU: {fields.get('Model name', '?').strip()} ({family or '?'}), "
+            f"{fields.get('CPU(s)', '?').strip()} CPUs; flags of interest: {' '.join(wanted) or 'none'}",
             f"- AMX: {'yes' if any(f.startswith('amx') for f in flags) else 'no'}", ""]
 
 
 def ceiling(data: Any) -> tuple[list[str], float | None]:
     if data is None:
         return ["## CPU ceiling", "", "cpu_ceiling.json missing", ""], None
-    gemm = {(r["op"], r["dtype"]): r["gflops"] for r in data["gemm"]}
-    conv = [r for r in data["conv"] if r["dtype"] == "bfloat16"]
     lines = ["## CPU ceiling (`cpu_ceiling.py`)", "",
              "| what | bf16 GFLOP/s | fp32 GFLOP/s |", "|---|---|---|"]
-    for n in (1024, 2048, 4096):
-        op = f"mm {n}^3"
-        lines.append(f"| {op} | {fmt(gemm.get((op, 'bfloat16')))} | {fmt(gemm.get((op, 'float32')))} |")
-    fp32 = {r["op"]: r["gflops"] for r in data["conv"] if r["dtype"] == "float32"}
-    lines += [f"| {r['op']} | {fmt(r['gflops'])} | {fmt(fp32.get(r['op']))} |" for r in conv]
+    for key in ("gemm", "conv"):
+        by_op: dict[str, dict[str, float]] = {}
+        for r in data[key]:
+            by_op.setdefault(r["op"], {})[r["dtype"]] = r["gflops"]
+        lines += [f"| {op} | {_cell(v.get('bfloat16'))} | {_cell(v.get('float32'))} |" for op, v in by_op.items()]
+    if not data.get("environment", {}).get("native_bf16", True):
+        lines += ["", "No native bf16 on this CPU: bf16 was measured only once, emulated, and the engine runs fp32."]
+    gemm = {(r["op"], r["dtype"]): r["gflops"] for r in data["gemm"]}
     return lines + [""], gemm.get(("mm 2048^3", "bfloat16"))
 
 
@@ -93,13 +100,19 @@ def compare(data: Any, gemm_ceiling: float | None, tune_data: Any = None) -> lis
                          f"{_yes(x >= 8)})")
         lines.append(f"- ours' output vs our fp32: {fmt(ours.get('psnr_vs_fp32_db'))} dB (target >= 50 dB: "
                      f"{_yes((ours.get('psnr_vs_fp32_db') or 0) >= 50)})")
-    lines += ["", "## Must show 2: the model part's GFLOP/s vs the bf16 GEMM ceiling", ""]
-    peak = data["peak"]["measured_bf16_gemm_gflops"]
-    lines.append(f"bf16 GEMM 2048^3 measured by compare itself: {fmt(peak)} GFLOP/s"
-                 + (f" (cpu_ceiling.py: {fmt(gemm_ceiling)})" if gemm_ceiling else "") + ".")
+    info = data["peak"]
+    dtype = info.get("ceiling_dtype", "bf16")      # runs before the key existed were judged against bf16
+    peak = info.get("ceiling_gemm_gflops", info["measured_bf16_gemm_gflops"])
+    lines += ["", f"## Must show 2: the model part's GFLOP/s vs the {dtype} GEMM ceiling", ""]
+    if dtype != "bf16":
+        lines.append(f"This CPU has no native bf16 (bf16 GEMM {info.get('measured_bf16_gemm_n', 2048)}^3, "
+                     f"emulated: {fmt(info['measured_bf16_gemm_gflops'])} GFLOP/s), so the engine runs fp32 "
+                     f"and is judged against the fp32 GEMM.")
+    lines.append(f"{dtype} GEMM 2048^3 measured by compare itself: {fmt(peak)} GFLOP/s"
+                 + (f" (cpu_ceiling.py: {fmt(gemm_ceiling)})" if gemm_ceiling and dtype == "bf16" else "") + ".")
     for r in data["tile_rows"]:
         if r["method"].startswith("ours"):
-            frac = r["fraction_of_measured_bf16_gemm"]
+            frac = r.get("fraction_of_ceiling", r["fraction_of_measured_bf16_gemm"])
             lines.append(f"- {r['method']}: {fmt(r['median_tile_s'])} s per {data['tile_plan']['tile']} window "
                          f"(median of {r['calls']}), {fmt(r['gflops'])} GFLOP/s = **{frac:.2f}** of the ceiling "
                          f"(target >= 0.75: {_yes(frac >= 0.75)})")
@@ -115,11 +128,13 @@ def per_side_gflops(data: Any, tune_data: Any, peak: float) -> list[str]:
         return []
     th, tw = data["tile_plan"]["tile"]
     per_px = data["gflop_per_tile"] / (th * tw)
-    rows = [c for c in tune_data["candidates"]
-            if c["model"] == "x4plus" and c["candidate"].endswith("openvino") and c["candidate"].startswith("window")]
+    backend = data["engine"]["backend"]      # the per-side curve of the backend the tuner chose
+    rows = [c for c in tune_data["candidates"] if c["model"] == "x4plus" and c["candidate"].startswith("window")
+            and c["candidate"].endswith("openvino") == (backend == "openvino")
+            and "batch" not in c["candidate"] and "compiled" not in c["candidate"]]
     if not rows:
         return []
-    out = ["", "Per window side, from the tuner's OpenVINO probes of x4plus (`tune_table.py`; best of its calls):", "",
+    out = ["", f"Per window side, from the tuner's {backend} probes of x4plus (`tune_table.py`; best of its calls):", "",
            "| window | s per window | GFLOP/s | of the ceiling |", "|---|---|---|---|"]
     for c in rows:
         side = int(c["candidate"].split()[1])

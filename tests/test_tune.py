@@ -16,6 +16,7 @@ from upscale.engine import Engine, EngineOptions, Workload
 from upscale.engine.compiling import want_compile
 from upscale.engine.cost import default_window_px, fitting_window_px, memory_window_px
 from upscale.tune import preferred_backend
+from upscale.tune.measure import Prober, candidate_windows, measure_batch
 from upscale.tuned import CACHE_NAME, tuning_key
 
 # one compact net only the fallback test uses, so no other test has said its "no tuning" line already
@@ -193,3 +194,20 @@ def test_tune_measures_openvino_where_it_runs(tiny_x4, cache_here):
 def test_bad_windows_are_a_usage_error(tiny_x4):
     result = CliRunner().invoke(cli, ["tune", "-m", tiny_x4, "--windows", "8,16", "--device", "cpu"])
     assert result.exit_code == 2 and "no window to measure" in result.output
+
+
+def test_windows_that_fit_one_at_a_time_are_measured_and_batch_2_is_skipped_where_two_do_not(tiny_x4):
+    """The window probes run one window at a time, so a side that fits in memory alone is a
+    candidate even where two of it would not (an fp32 x4plus at 512 px on a 24 GB machine was left
+    out by a two-window limit, and a 512x512 photo then ran as four windows of 384); the batch-2
+    probe is what checks for two, and is skipped with a note (nothing is run at that size)."""
+    prober = Prober(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32"), runs=1)
+    engine = prober.engine
+    one, two = (memory_window_px(engine.cost, engine.dtype, engine.device, b) for b in (1, 2))
+    assert two < one
+    side = one // 4 * 4                    # tiny_x4's windows are multiples of 4; fits alone, not in pairs
+    assert side > two
+    assert candidate_windows(prober, (side,)) == [side]
+    notes: list[str] = []
+    assert measure_batch(prober, side, 1.0, notes) == (None, 1)
+    assert notes == [f"batch 2: not measured (two {side}-px windows do not fit in memory)"]

@@ -48,9 +48,9 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     old, old_row = old_choices(prober, per_window, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1], setup)
     rows += [old_row] if old_row is not None else []
     window, _ = pick_window(prober, per_window)
-    batch_row, batch = measure_batch(prober, window, per_window[window])
-    rows.append(batch_row)
-    best_s = batch_row.seconds if batch == 2 else per_window[window]
+    batch_row, batch = measure_batch(prober, window, per_window[window], notes)
+    rows += [batch_row] if batch_row is not None else []
+    best_s = batch_row.seconds if batch_row is not None and batch == 2 else per_window[window]
     compile_row = measured_compile = None
     if quick or prober.engine.device.type != "cpu":
         notes.append("compile: not measured (" + ("--quick" if quick else "CPU only") + ")")

@@ -151,9 +151,10 @@ class Prober:
 
 def candidate_windows(prober: Prober, windows: tuple[int, ...] | None, *, cap_big: bool = True) -> list[int]:
     """The window sides to measure: ``windows``, else ``WINDOWS_PX`` (for a big network only up to
-    ``BIG_NET_MAX_WINDOW_PX`` unless ``cap_big`` is off), those that fit the model and memory."""
+    ``BIG_NET_MAX_WINDOW_PX`` unless ``cap_big`` is off), those that fit the model and memory (one
+    window at a time, as they are probed and as the engine runs them; the batch-2 probe checks its own)."""
     cost, engine = prober.engine.cost, prober.engine
-    limit = memory_window_px(cost, engine.dtype, engine.device, 2)
+    limit = memory_window_px(cost, engine.dtype, engine.device, 1)
     if windows is None:
         windows = WINDOWS_PX
         if cap_big and cost.macs_per_px > BIG_NET_MACS_PER_PX:
@@ -195,8 +196,13 @@ def pick_window(prober: Prober, per_window: dict[int, float]) -> tuple[int, floa
     return best, estimates[best]
 
 
-def measure_batch(prober: Prober, window_px: int, batch1_s: float) -> tuple[Row, int]:
-    """Batch 2 at ``window_px``: (its row, the batch chosen)."""
+def measure_batch(prober: Prober, window_px: int, batch1_s: float, notes: list[str]) -> tuple[Row | None, int]:
+    """Batch 2 at ``window_px``: (its row, the batch chosen); (None, 1) with a note when two such
+    windows do not fit in memory."""
+    engine = prober.engine
+    if memory_window_px(engine.cost, engine.dtype, engine.device, 2) < window_px:
+        notes.append(f"batch 2: not measured (two {window_px}-px windows do not fit in memory)")
+        return None, 1
     seconds = prober.window(window_px, batch=2)[1]
     row = Row(f"window {window_px} batch 2", seconds, seconds / prober.core(window_px) ** 2 * 1e6,
               window_px=window_px, batch=2)
