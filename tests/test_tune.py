@@ -211,3 +211,27 @@ def test_windows_that_fit_one_at_a_time_are_measured_and_batch_2_is_skipped_wher
     notes: list[str] = []
     assert measure_batch(prober, side, 1.0, notes) == (None, 1)
     assert notes == [f"batch 2: not measured (two {side}-px windows do not fit in memory)"]
+
+
+def test_openvino_gets_its_own_curve_where_close_and_the_best_plan_wins(tiny_x4):
+    """Checked on real probes: OpenVINO's curve is measured over every window exactly when it was
+    faster at torch's chosen window or within the margin behind it, and the backend chosen is the
+    one whose best window gives the fewer estimated seconds for the reference image."""
+    pytest.importorskip("openvino")
+    from upscale.tune import tune_model
+    from upscale.tune.measure import openvino_curve_wanted, reference_windows
+
+    options = EngineOptions(device="cpu", precision="fp32")
+    report = tune_model(load_model(tiny_x4), options, quick=True, windows=(96, 128), save=False)
+    torch_s = {r.window_px: r.seconds for r in report.rows
+               if r.candidate.startswith("window") and r.backend == "torch" and r.batch == 1 and not r.compiled}
+    ov_s = {r.window_px: r.seconds for r in report.rows if r.backend == "openvino"}
+    engine = Prober(load_model(tiny_x4), options, runs=1).engine
+    estimate = {w: reference_windows(engine, w) for w in torch_s}
+    torch_window = min(torch_s, key=lambda w: (estimate[w] * torch_s[w], -w))
+    assert torch_window in ov_s                        # measured at torch's window in any case
+    wanted = openvino_curve_wanted(ov_s[torch_window], torch_s[torch_window])
+    assert set(ov_s) == ({96, 128, torch_window} if wanted else {torch_window})
+    best_torch = estimate[torch_window] * torch_s[torch_window]
+    best_ov = min(estimate[w] * ov_s[w] for w in ov_s)
+    assert report.result["backend"] == ("openvino" if best_ov < best_torch else "torch")

@@ -20,8 +20,8 @@ from ..model import Model
 from .. import tuned
 from ..tuned import preferred_backend  # noqa: F401  (re-exported: where callers looked for it)
 from .measure import (REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, candidate_windows, measure_backend,
-                      measure_batch, measure_compile, measure_windows, old_choices, pick_window,
-                      precision_name, reference_windows)
+                      measure_batch, measure_compile, measure_windows, old_choices, openvino_curve_wanted,
+                      pick_window, precision_name, reference_windows)
 
 __all__ = ["REFERENCE_SHAPE", "Row", "TuneReport", "preferred_backend", "tune_model"]
 
@@ -47,7 +47,7 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     rows, per_window, setup = measure_windows(prober, candidate_windows(prober, windows))
     old, old_row = old_choices(prober, per_window, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1], setup)
     rows += [old_row] if old_row is not None else []
-    window, _ = pick_window(prober, per_window)
+    window, torch_estimate = pick_window(prober, per_window)
     batch_row, batch = measure_batch(prober, window, per_window[window], notes)
     rows += [batch_row] if batch_row is not None else []
     best_s = batch_row.seconds if batch_row is not None and batch == 2 else per_window[window]
@@ -62,16 +62,17 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     chosen_backend = None
     openvino_at_window = measure_backend(prober, window, backend, notes)
     if openvino_at_window is not None:
-        chosen_backend = "openvino" if openvino_at_window[1] < per_window[window] else "torch"
-        # openvino faster: its own curve over every side (the one at hand not measured again)
+        # openvino faster at torch's window, or close behind: its own curve over every side (the one
+        # at hand not measured again), since its cost grows differently with the window than torch's
         sides = [window]
-        if chosen_backend == "openvino":
+        if openvino_curve_wanted(openvino_at_window[1], per_window[window]):
             sides = sorted(set(candidate_windows(prober, windows, cap_big=False)) | {window})
         ov_rows, ov_table, ov_setup = measure_windows(prober, sides, "openvino", {window: openvino_at_window})
         rows += ov_rows
+        ov_window, ov_estimate = pick_window(prober, ov_table)
+        chosen_backend = "openvino" if ov_estimate < torch_estimate else "torch"   # best plan against best plan
         if chosen_backend == "openvino":
-            table, table_setup = ov_table, ov_setup
-            window, _ = pick_window(prober, table)
+            table, table_setup, window = ov_table, ov_setup, ov_window
     n_ref = reference_windows(prober.engine, window)
     result = {"window_px": window, "batch": batch if chosen_backend != "openvino" else 1,
               "s_per_mp": round(per_window[torch_window] / prober.core(torch_window) ** 2 * 1e6, 5),

@@ -11,9 +11,10 @@ on a synthetic textured image, one warm-up call, then the best of ``runs`` timed
 - torch.compile on/off at the winning window (CPU only, not with ``quick``, skipped when the compile
   is estimated to take longer than ``COMPILE_LIMIT_S``);
 - backend torch vs openvino at the winning window (CPU only, when openvino imports and the engine
-  has a ``backend`` option); where openvino wins, every window side again with openvino (without the
-  big-network cap: its per-pixel cost grows differently with the window), and the window is chosen
-  from those.
+  has a ``backend`` option); where openvino wins there or trails by less than
+  ``OPENVINO_CURVE_MARGIN``, every window side again with openvino (without the big-network cap: its
+  per-pixel cost grows differently with the window). The backend whose best window gives the fewer
+  estimated seconds for ``REFERENCE_SHAPE`` is chosen (torch's estimate is its eager one).
 
 The result keeps the whole table (seconds per window side, and what each side's first call added):
 the engine plans each image from it, so a 512x512 photo may run as one window where a 1000x750 one
@@ -52,6 +53,7 @@ BIG_NET_MACS_PER_PX = 2e6          # above this, windows stop at BIG_NET_MAX_WIN
 BIG_NET_MAX_WINDOW_PX = 384
 COMPILE_LIMIT_S = 120.0            # compile probes estimated to take longer are skipped
 BATCH_GAIN_MIN = 0.03              # batch 2 must be this much faster per window to be chosen
+OPENVINO_CURVE_MARGIN = 0.25       # openvino up to this much slower at torch's window still gets its own curve
 RUNS = 3
 
 
@@ -194,6 +196,14 @@ def pick_window(prober: Prober, per_window: dict[int, float]) -> tuple[int, floa
     estimates = {w: reference_windows(prober.engine, w) * s for w, s in per_window.items()}
     best = min(estimates, key=lambda w: (estimates[w], -w))
     return best, estimates[best]
+
+
+def openvino_curve_wanted(openvino_s: float, torch_s: float) -> bool:
+    """Whether OpenVINO's own window curve is worth measuring, given both backends' seconds at torch's
+    chosen window: where it is faster there or within ``OPENVINO_CURVE_MARGIN`` behind. Its cost per
+    pixel grows differently with the window (flat in f32 on an AVX2 EPYC, where torch's rises 39% from
+    128 to 384), so a window where it trails can hide a larger one where its plan wins."""
+    return openvino_s < torch_s * (1 + OPENVINO_CURVE_MARGIN)
 
 
 def measure_batch(prober: Prober, window_px: int, batch1_s: float, notes: list[str]) -> tuple[Row | None, int]:
