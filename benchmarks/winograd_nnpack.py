@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    from perf.runners import ncnn_runner
+    from upscale.backends.openvino_backend import OpenVinoWindows
+
     torch.set_num_threads(args.threads)
     if not torch._nnpack_available():      # also initialises NNPACK, which its convolution needs
         sys.exit("this torch build has no NNPACK")
@@ -88,11 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         nnp = nnpack_form(nchw)
         windows = None
         if importlib.util.find_spec("openvino") is not None:
-            from upscale.backends.openvino_backend import OpenVinoWindows
             windows = OpenVinoWindows(model, precision="fp32", threads=args.threads)
         ncnn_run = None
         if param is not None:
-            from perf.runners import ncnn_runner
             ncnn_run, _ = ncnn_runner(param, "default", args.threads)
         for side in args.sides:
             x = torch.rand(1, model.in_channels, side, side, generator=torch.Generator().manual_seed(side))

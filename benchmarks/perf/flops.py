@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from _common import best_of, load_avg
-from upscale.machine import cpu_bf16_flags, cpu_info
+from _common import EMULATED_BF16_N, best_of, load_avg
+from upscale.device import cpu_native_bf16
+from upscale.machine import cpu_info
 
 # Peak arithmetic assumptions (FLOP per cycle per core; one multiply-add = 2 FLOP).
 AMX_BF16_FLOP_PER_CYCLE = 2 * 1024   # AMX TMUL: 1024 bf16 multiply-adds per cycle per core
@@ -27,9 +28,6 @@ def _clock_hz() -> float:
         return float("nan")
 
 
-EMULATED_BF16_N = 256   # GEMM side for bf16 where the CPU has no native bf16 (~0.3 GFLOP/s on AVX2)
-
-
 def peak_flops(threads: int) -> dict[str, Any]:
     """Theoretical bf16 peaks from the stated assumptions and the clock in /proc/cpuinfo, plus the
     bf16 and fp32 GEMM throughput measured now (2048^3 torch.mm, best of 5), as a practical ceiling.
@@ -40,7 +38,7 @@ def peak_flops(threads: int) -> dict[str, Any]:
     ``EMULATED_BF16_N``^3 for the record)."""
     flags = cpu_info().flags
     hz = _clock_hz()
-    native = bool(cpu_bf16_flags())
+    native = cpu_native_bf16()
     out: dict[str, Any] = {"clock_ghz": hz / 1e9, "cores_used": threads}
     out["amx_bf16_peak_gflops"] = AMX_BF16_FLOP_PER_CYCLE * hz * threads / 1e9
     out["amx_present"] = "amx_bf16" in flags

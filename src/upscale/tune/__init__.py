@@ -50,7 +50,7 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     window, torch_estimate = pick_window(prober, per_window)
     batch_row, batch = measure_batch(prober, window, per_window[window], notes)
     rows += [batch_row] if batch_row is not None else []
-    best_s = batch_row.seconds if batch_row is not None and batch == 2 else per_window[window]
+    best_s = batch_row.seconds if batch == 2 else per_window[window]      # batch 2 only with its row
     compile_row = measured_compile = None
     if quick or prober.engine.device.type != "cpu":
         notes.append("compile: not measured (" + ("--quick" if quick else "CPU only") + ")")
