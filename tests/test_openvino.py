@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,11 @@ def test_second_process_reads_the_cache(tmp_path, tiny_x4):
     second = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert "openvino: converted" not in second.stderr          # read, not converted again
-    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stored   # nothing rewritten or added
+    again = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert again.keys() == stored.keys()                          # nothing added
+    # nothing rewritten: only the graph's .xml is touched (its last use, for pruning)
+    assert {n: t for n, t in again.items() if not n.endswith(".xml")} == \
+        {n: t for n, t in stored.items() if not n.endswith(".xml")}
 
 
 @needs_openvino
@@ -174,3 +179,72 @@ def test_backend_choice_rules(tiny_x4):
     assert choose_backend("torch", model, "cpu", "bf16", 1) == "torch"
     with pytest.raises(errors.UsageError, match="backend must be one of"):
         EngineOptions(backend="onnx")
+
+
+RRDB_X4 = {"num_feat": 8, "num_block": 2, "num_grow_ch": 4, "scale": 4}
+
+
+@needs_openvino
+def test_rrdbnet_graph_keeps_its_fp32_islands(tmp_path, weights_file, monkeypatch):
+    """The stored graph marks RRDBNet's image-side convs and trunk residuals to stay fp32 (and no conv
+    of the blocks); where the CPU has native bf16, the compiled bf16 graph runs exactly those in f32."""
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    model = load_model(weights_file("rrdbnet", RRDB_X4, 2, "rrdb_x4_ov"))
+    engine = Engine(model, EngineOptions(backend="openvino", precision="bf16", compile="off", tile_px=0))
+    xml = next((tmp_path / "cache" / "openvino").glob("*.xml")).read_text()
+    root = ET.fromstring(xml)
+    marked = [layer.get("name") for layer in root.iter("layer")
+              if any(a.get("name") == "precise" for a in layer.iter("attribute"))]
+    assert any(n.startswith("__module.conv_first/") for n in marked)
+    assert any(n.startswith("__module.conv_last/") for n in marked)
+    for block in range(RRDB_X4["num_block"]):
+        assert any(n.startswith(f"__module.body.{block}/aten::add") for n in marked), marked
+        for rdb in (1, 2, 3):
+            assert any(n.startswith(f"__module.body.{block}.rdb{rdb}/aten::add") for n in marked), marked
+    assert not [n for n in marked if "/aten::_convolution/" in n and "conv_first" not in n and "conv_last" not in n]
+    pixels = _pixels(_photo(tmp_path / "a.png", (24, 20)))
+    out = engine.upscale(pixels)
+    want = Engine(model, EngineOptions(backend="torch", precision="fp32", tile_px=0)).upscale(pixels)
+    assert psnr(out, want, y_channel=False) >= 40.0
+    if engine.openvino.hint != "bf16":
+        return          # f32 inference: the marks change nothing
+    compiled = next(iter(engine.openvino._compiled.values()))
+    precision = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "Convolution":
+            precision[op.get_friendly_name()] = info["runtimePrecision"].astype(str)
+    first = [p for n, p in precision.items() if "conv_first" in n]
+    block = [p for n, p in precision.items() if ".rdb1.conv1" in n]
+    assert first and set(first) == {"f32"} and block and "bf16" in set(block), precision
+
+
+def test_prune_stale_removes_graphs_markers_and_blobs_unused_for_a_month(tmp_path):
+    """Our own code only (no openvino needed): what goes is judged by last use, a graph's files go
+    together, and files of other kinds are never touched."""
+    from upscale.backends.openvino_backend import STALE_AFTER_S, prune_stale
+
+    now = 2_000_000_000.0
+    old, recent = now - STALE_AFTER_S - 60, now - 3600
+    files = {"aaa.xml": old, "aaa.bin": recent, "aaa.1x64x64x3.compiled": recent,     # graph unused: all go
+             "bbb.xml": recent, "bbb.bin": old, "bbb.1x64x64x3.compiled": old,        # graph used: all stay
+             "ccc.1x8x8x3.compiled": old,                                             # orphan marker: goes
+             "123.blob": old, "456.blob": recent, "notes.txt": old}
+    for name, mtime in files.items():
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    removed = {p.name for p in prune_stale(tmp_path, now=now)}
+    assert removed == {"aaa.xml", "aaa.bin", "aaa.1x64x64x3.compiled", "ccc.1x8x8x3.compiled", "123.blob"}
+    assert {p.name for p in tmp_path.iterdir()} == set(files) - removed
+
+
+@needs_openvino
+def test_reading_a_cached_graph_marks_its_use(tmp_path, tiny_x4, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    model = load_model(tiny_x4)
+    options = EngineOptions(backend="openvino", precision="fp32", compile="off")
+    Engine(model, options)
+    xml = next((tmp_path / "cache" / "openvino").glob("*.xml"))
+    os.utime(xml, (1_000_000_000, 1_000_000_000))
+    assert Engine(model, options).openvino.graph_from_cache
+    assert xml.stat().st_mtime > 1_000_000_000

@@ -55,12 +55,16 @@ class ArchFamily:
     # hparams a file with our metadata means when its metadata does not name them (written before they
     # existed, when the network always behaved this way); files without our metadata get ``defaults``
     metadata_defaults: dict[str, Any] = field(default_factory=dict)
+    # nodes of the OpenVINO graph (a regex over their names) kept in fp32 when OpenVINO infers in bf16:
+    # where the family's own forward keeps fp32 under autocast; "" = none
+    openvino_fp32: str = ""
 
 
 FAMILIES: tuple[ArchFamily, ...] = (
     ArchFamily(rrdbnet.NAME, rrdbnet.DEFAULTS, rrdbnet.build, rrdbnet.detect, rrdbnet.size_multiple,
                rrdbnet.receptive_radius, compile_regions=("body",), canonicalize=rrdbnet.canonicalize,
-               explain=rrdbnet.explain, ncnn=NcnnMatch(rrdbnet.NCNN_MARKER, rrdbnet.TITLE, rrdbnet.match_ncnn)),
+               explain=rrdbnet.explain, ncnn=NcnnMatch(rrdbnet.NCNN_MARKER, rrdbnet.TITLE, rrdbnet.match_ncnn),
+               openvino_fp32=rrdbnet.OPENVINO_FP32),
     ArchFamily(compact.NAME, compact.DEFAULTS, compact.build, compact.detect, compact.size_multiple,
                compact.receptive_radius,
                ncnn=NcnnMatch(compact.NCNN_MARKER, compact.TITLE, compact.match_ncnn)),

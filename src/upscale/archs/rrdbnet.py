@@ -17,6 +17,14 @@ where precision is cheap and matters (docs/perf.md, real realesrgan-x4plus weigh
   the output resolution), so it stays in the low precision.
 
 Without autocast nothing changes: the same operations, in the same order, on the same dtype.
+
+OpenVINO's CPU plugin ignores autocast: under a bf16 inference precision it rounds every node's output
+to bf16, so ``OPENVINO_FP32`` names the nodes of the converted graph (OpenVINO's PyTorch frontend names
+them ``__module.<module path>/aten::<op>/...``; the top level's own ops have no module prefix) that the
+backend keeps in fp32: the same trunk and ``conv_first`` as above, and ``conv_last`` too, which costs
+nothing there (a 64 -> 3 conv runs no faster in bf16). Set14 256x256 crops, bf16 vs our fp32 (man,
+baboon, bridge): all bf16 51.5 / 48.7 / 47.6 dB; first + trunk 54.4 / 51.6 / 51.8; with ``conv_last``
+55.6 / 52.0 / 52.5 (docs/perf.md, "OpenVINO bf16 keeps RRDBNet's fp32 islands").
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from torch.nn import functional as F
 NAME = "rrdbnet"
 TITLE = "RRDBNet"
 NCNN_MARKER = "Concat"   # only RRDBNet graphs concatenate (the dense blocks)
+OPENVINO_FP32 = (r"^(__module\.conv_first/|__module\.conv_last/"               # the two image-side convs
+                 r"|__module\.body\.\d+(\.rdb\d)?/aten::(add|mul)/(Add|Multiply)$"  # block residuals
+                 r"|aten::add/Add$)")                                               # feat + body
 DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4}
 
 

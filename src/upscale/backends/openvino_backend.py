@@ -8,13 +8,22 @@ hyperparameters, a digest of the weights, the openvino version); the next proces
 of converting. Each window shape gets its own static compiled model (a small dict per instance),
 and OpenVINO's own model cache (``CACHE_DIR``, same folder) lets a later process import those
 compiled blobs instead of compiling again (an empty ``<graph key>.<shape>.compiled`` marker beside them
-tells the engine's planner which shapes start warm). Measured on an AMD EPYC (avx512_bf16, no AMX), 2 threads,
+tells the engine's planner which shapes start warm). Graphs, markers and blobs unused for
+``STALE_AFTER_S`` are removed whenever a new graph is stored (``prune_stale``).
+
+Measured on an AMD EPYC (avx512_bf16, no AMX), 2 threads,
 OpenVINO 2026.4, `upscale IMG -m default-x4` on 256x256 (docs/perf/openvino_start.json): process 1
 9.8 s, process 2 3.8 s (torch: 3.7 s); with CACHE_DIR's blobs alone (no IR) 8.5 s, since converting
 dominates (~5-7 s for default-x4, 25-100 s for x4plus on a loaded machine).
 
 Precision: ``INFERENCE_PRECISION_HINT`` bf16 when the run's precision is bf16 and the CPU has native
 bf16 (``machine.cpu_bf16_flags()``), f32 otherwise (OpenVINO would pick bf16 by itself on such CPUs).
+Under bf16 the plugin rounds every node's output to bf16, autocast's fp32 islands included, so the
+stored IR marks the nodes the family names (``ArchFamily.openvino_fp32``) with the runtime attribute
+the plugin reads as "keep this node's precision" (``precise``, the one ``ov::disable_fp16_compression``
+sets; Python cannot create it, so it is written into the IR's XML). Without them RRDBNet in bf16 fell
+to 47.6 dB vs fp32 on a Set14 crop (rule: >= 50 dB); docs/perf.md, "OpenVINO bf16 keeps RRDBNet's fp32
+islands".
 Threads: ``INFERENCE_NUM_THREADS``; ``PERFORMANCE_HINT`` LATENCY (one window at a time, all threads).
 """
 
@@ -23,15 +32,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import tempfile
 import time
 import warnings
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import errors
+from ..archs import get_family
 from ..atomic import sweep_temps, write_bytes
 from ..machine import cache_dir, cpu_bf16_flags
 from ..model import Model
@@ -39,8 +52,9 @@ from . import OPENVINO_EXTRA
 
 log = logging.getLogger(__name__)
 
-GRAPH_FORMAT = "nhwc-1"      # bump when what is stored as IR changes (layout, conversion options)
+GRAPH_FORMAT = "nhwc-2"      # bump when what is stored as IR changes (layout, conversion options, fp32 marks)
 EXAMPLE_PX = 64              # side of the example window the conversion traces with
+STALE_AFTER_S = 30 * 86400   # cached graphs and compiled blobs unused this long are removed (``prune_stale``)
 
 
 def _import_openvino() -> Any:
@@ -127,14 +141,10 @@ class OpenVinoWindows:
                             xml, _first_line(exc))
             else:
                 self.graph_from_cache = True
+                _touch(xml)                # its last use, for prune_stale
                 log.debug("openvino: read the converted graph of %s from %s", self.label, xml)
                 return graph
-        graph = self._convert()
-        if self._store(graph, xml, weights):
-            # read back what was stored, so this process and the next compile the same graph (and
-            # OpenVINO's compiled-model cache serves the next one)
-            return self._core.read_model(str(xml), str(weights))
-        return graph
+        return self._store(self._convert(), xml, weights)
 
     def _convert(self) -> Any:
         import torch
@@ -156,22 +166,35 @@ class OpenVinoWindows:
         log.info("openvino: converted %s in %.1f s", self.label, time.perf_counter() - t0)
         return graph
 
-    def _store(self, graph: Any, xml: Path, weights: Path) -> bool:
-        """Save ``graph`` as IR at ``xml`` + ``weights``, each put in place atomically (the weights
-        first: a reader looks for the .xml). A failure only costs the next process a conversion."""
+    def _store(self, graph: Any, xml: Path, weights: Path) -> Any:
+        """``graph`` as IR with the family's fp32 nodes marked (``keep_fp32``), saved at ``xml`` +
+        ``weights``, each put in place atomically (the weights first: a reader looks for the .xml),
+        and read back: this process compiles what the next one reads (and OpenVINO's compiled-model
+        cache serves the next one). A failure to save only costs the next process a conversion."""
+        with tempfile.TemporaryDirectory(prefix="upscale-ov-") as tmp:
+            staged = Path(tmp) / "graph.xml"
+            try:
+                self._ov.save_model(graph, str(staged), compress_to_fp16=False)
+                text, marked = keep_fp32(staged.read_text(), get_family(self.model.arch).openvino_fp32)
+                blob = staged.with_suffix(".bin").read_bytes()
+            except (OSError, RuntimeError, ET.ParseError) as exc:
+                raise errors.BackendError(f"{self.label}: OpenVINO cannot serialise the converted network "
+                                          f"({_first_line(exc)}); use backend torch", params=("backend",)) from exc
+        if get_family(self.model.arch).openvino_fp32 and not marked:
+            log.warning("openvino: no node of %s matched its family's fp32 list (did OpenVINO rename "
+                        "them?); in bf16 all of it runs in bf16", self.label)
+        log.debug("openvino: %d nodes of %s kept in fp32", marked, self.label)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             sweep_temps(self.folder)          # temps left by writers that died
-            with tempfile.TemporaryDirectory(prefix="upscale-ov-") as tmp:
-                staged = Path(tmp) / "graph.xml"
-                self._ov.save_model(graph, str(staged), compress_to_fp16=False)
-                write_bytes(weights, staged.with_suffix(".bin").read_bytes(), durable=False)
-                write_bytes(xml, staged.read_bytes(), durable=False)
-        except (OSError, RuntimeError) as exc:
+            write_bytes(weights, blob, durable=False)
+            write_bytes(xml, text.encode(), durable=False)
+            prune_stale(self.folder)       # a conversion is rare and slow: the time to tidy up
+        except OSError as exc:
             log.warning("openvino: cannot cache the converted graph in %s (%s); the next run converts again",
                         self.folder, _first_line(exc))
-            return False
-        return True
+            return self._core.read_model(text, self._ov.Tensor(np.frombuffer(blob, dtype=np.uint8).copy()))
+        return self._core.read_model(str(xml), str(weights))
 
     # -- one compiled model per window shape --
     def _compile(self, shape: tuple[int, ...]) -> Any:
@@ -194,6 +217,68 @@ class OpenVinoWindows:
         log.debug("openvino: compiled %s for %s windows (%s) in %.2f s", self.label, _shape(shape), self.hint,
                   time.perf_counter() - t0)
         return compiled
+
+
+def prune_stale(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove from ``folder`` what no run used for ``STALE_AFTER_S``, and return it: converted graphs
+    (``<key>.xml`` + ``.bin``; each read touches the .xml) with their shape markers, e.g. those of an
+    older openvino or ``GRAPH_FORMAT``, and OpenVINO's compiled blobs not written since (OpenVINO
+    never touches a blob it imports, so one still in use may go too: it is compiled again, once)."""
+    cutoff = (time.time() if now is None else now) - STALE_AFTER_S
+    removed = []
+    for path in sorted(folder.iterdir()):
+        key = path.name.split(".")[0]
+        if path.suffix == ".xml":
+            stale = _mtime(path) < cutoff
+        elif path.suffix in (".bin", ".compiled"):      # goes with its graph, or alone if the graph is gone
+            graph = folder / f"{key}.xml"
+            stale = _mtime(graph) < cutoff if graph.exists() else _mtime(path) < cutoff
+        else:
+            stale = path.suffix == ".blob" and _mtime(path) < cutoff
+        if stale:
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    if removed:
+        log.info("openvino: removed %d cache files unused for %d days from %s", len(removed),
+                 STALE_AFTER_S // 86400, folder)
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")       # gone (another process pruned it) or unreadable: nothing to do
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass                      # a read-only cache is still a cache: only pruning is affected
+
+
+def keep_fp32(ir_xml: str, pattern: str) -> tuple[str, int]:
+    """The IR ``ir_xml`` with every layer whose name matches ``pattern`` marked to keep fp32 under a
+    bf16 (or f16) inference precision, and how many were marked ("" marks none). The mark is the
+    runtime attribute ``precise`` version 0, which the IR reader turns into the one
+    ``ov::disable_fp16_compression`` sets."""
+    if not pattern:
+        return ir_xml, 0
+    root = ET.fromstring(ir_xml)
+    wanted = re.compile(pattern)
+    marked = 0
+    for layer in root.iter("layer"):
+        if wanted.search(layer.get("name", "")):
+            info = layer.find("rt_info")
+            if info is None:
+                info = ET.SubElement(layer, "rt_info")
+            ET.SubElement(info, "attribute", name="precise", version="0")
+            marked += 1
+    return ET.tostring(root, encoding="unicode"), marked
 
 
 def _nhwc(ov: Any, graph: Any) -> Any:
