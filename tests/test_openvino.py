@@ -248,3 +248,21 @@ def test_reading_a_cached_graph_marks_its_use(tmp_path, tiny_x4, monkeypatch):
     os.utime(xml, (1_000_000_000, 1_000_000_000))
     assert Engine(model, options).openvino.graph_from_cache
     assert xml.stat().st_mtime > 1_000_000_000
+
+
+@needs_openvino
+def test_unwritable_cache_still_runs_the_marked_graph(tmp_path, weights_file, monkeypatch, caplog):
+    """Where the graph cannot be cached, the run goes on with the same (marked) graph from memory."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("UPSCALE_CACHE", str(blocker))
+    model = load_model(weights_file("rrdbnet", RRDB_X4, 2, "rrdb_x4_ov"))
+    engine = Engine(model, EngineOptions(backend="openvino", precision="bf16", compile="off", tile_px=0))
+    assert "cannot cache the converted graph" in caplog.text
+    marked = [op for op in engine.openvino._graph.get_ordered_ops()
+              if op.get_friendly_name().startswith("__module.conv_first/") and len(op.get_rt_info())]
+    assert marked
+    pixels = _pixels(_photo(tmp_path / "a.png", (16, 12)))
+    want = Engine(model, EngineOptions(backend="torch", precision="fp32", tile_px=0)).upscale(pixels)
+    assert psnr(engine.upscale(pixels), want, y_channel=False) >= 40.0
+    assert "compiling without its model cache" in caplog.text

@@ -170,17 +170,19 @@ class OpenVinoWindows:
         """``graph`` as IR with the family's fp32 nodes marked (``keep_fp32``), saved at ``xml`` +
         ``weights``, each put in place atomically (the weights first: a reader looks for the .xml),
         and read back: this process compiles what the next one reads (and OpenVINO's compiled-model
-        cache serves the next one). A failure to save only costs the next process a conversion."""
+        cache serves the next one). A failure to save only costs the next process a conversion: this
+        one goes on with the marked graph from memory."""
+        pattern = get_family(self.model.arch).openvino_fp32
         with tempfile.TemporaryDirectory(prefix="upscale-ov-") as tmp:
             staged = Path(tmp) / "graph.xml"
             try:
                 self._ov.save_model(graph, str(staged), compress_to_fp16=False)
-                text, marked = keep_fp32(staged.read_text(), get_family(self.model.arch).openvino_fp32)
+                text, marked = keep_fp32(staged.read_text(), pattern)
                 blob = staged.with_suffix(".bin").read_bytes()
             except (OSError, RuntimeError, ET.ParseError) as exc:
                 raise errors.BackendError(f"{self.label}: OpenVINO cannot serialise the converted network "
                                           f"({_first_line(exc)}); use backend torch", params=("backend",)) from exc
-        if get_family(self.model.arch).openvino_fp32 and not marked:
+        if pattern and not marked:
             log.warning("openvino: no node of %s matched its family's fp32 list (did OpenVINO rename "
                         "them?); in bf16 all of it runs in bf16", self.label)
         log.debug("openvino: %d nodes of %s kept in fp32", marked, self.label)
@@ -193,7 +195,7 @@ class OpenVinoWindows:
         except OSError as exc:
             log.warning("openvino: cannot cache the converted graph in %s (%s); the next run converts again",
                         self.folder, _first_line(exc))
-            return self._core.read_model(text, self._ov.Tensor(np.frombuffer(blob, dtype=np.uint8).copy()))
+            return self._core.read_model(text.encode(), self._ov.Tensor(np.frombuffer(blob, dtype=np.uint8).copy()))
         return self._core.read_model(str(xml), str(weights))
 
     # -- one compiled model per window shape --
@@ -202,7 +204,17 @@ class OpenVinoWindows:
         try:
             graph = self._graph.clone()
             graph.reshape(list(shape))
-            compiled = self._core.compile_model(graph, "CPU", self.config)
+            try:
+                compiled = self._core.compile_model(graph, "CPU", self.config)
+            except RuntimeError as exc:
+                if "CACHE_DIR" not in self.config:
+                    raise
+                # OpenVINO fails where its model cache cannot be written (a read-only or blocked cache
+                # folder): compile without it, as every later shape of this instance will
+                log.warning("openvino: compiling without its model cache in %s (%s)", self.folder,
+                            _first_line(exc))
+                self.config = {k: v for k, v in self.config.items() if k != "CACHE_DIR"}
+                compiled = self._core.compile_model(graph, "CPU", self.config)
         except RuntimeError as exc:
             raise errors.BackendError(f"{self.label}: OpenVINO cannot compile the network for "
                                       f"{_shape(shape)} windows ({_first_line(exc)}); use backend torch",
