@@ -15,7 +15,8 @@ best of ``--runs`` timings on the first photo.
 Variants: ``none`` (all bf16, the backend before 2026-12-07), ``first`` (``conv_first``), ``last``
 (``conv_last``), ``trunk`` (the block residuals and ``feat + body``), ``first+last``, ``first+trunk``
 (what autocast keeps), ``product`` (the family's own list, ``rrdbnet.OPENVINO_FP32``: first + trunk +
-last); ``split:V`` is V on the split layout. Needs a CPU with native bf16 (else OpenVINO runs f32 and
+last); ``split:V`` is V on the split layout; ``fp32`` is the whole graph in f32 (the speed bf16 is
+measured against). Needs a CPU with native bf16 (else OpenVINO runs f32 and
 every variant is the same). Timings on a shared machine are noisy: compare the PSNR columns.
 """
 
@@ -44,6 +45,8 @@ def pattern_of(name: str) -> str:
 
     if name == "product":
         return rrdbnet.OPENVINO_FP32
+    if name == "fp32":
+        return ""
     parts = ISLANDS[name]
     return f"^({'|'.join(parts)})" if parts else ""
 
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         for i, (name, x, ref) in enumerate(crops):
             shaped = graph.clone()
             shaped.reshape(list(x.shape))
-            compiled = ov.Core().compile_model(shaped, "CPU", config)
+            hint = {"INFERENCE_PRECISION_HINT": "f32"} if islands == "fp32" else {}
+            compiled = ov.Core().compile_model(shaped, "CPU", {**config, **hint})
             out = compiled(x)[0]
             if i == 0:
                 times = []
