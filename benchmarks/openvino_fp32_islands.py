@@ -32,11 +32,6 @@ from typing import Any
 from _common import progress, publish
 from dense_layout import convert
 
-FIRST = r"__module\.conv_first/"
-LAST = r"__module\.conv_last/"
-TRUNK = r"__module\.body\.\d+(\.rdb\d)?/aten::(add|mul)/(Add|Multiply)$|aten::add/Add$"
-ISLANDS = {"none": [], "first": [FIRST], "last": [LAST], "trunk": [TRUNK], "first+last": [FIRST, LAST],
-           "first+trunk": [FIRST, TRUNK]}
 DEFAULT_VARIANTS = "none,first,last,trunk,first+last,first+trunk,product,split:product"
 
 
@@ -45,10 +40,9 @@ def pattern_of(name: str) -> str:
 
     if name == "product":
         return rrdbnet.OPENVINO_FP32
-    if name == "fp32":
+    if name in ("fp32", "none"):
         return ""
-    parts = ISLANDS[name]
-    return f"^({'|'.join(parts)})" if parts else ""
+    return f"^({'|'.join(rrdbnet.OPENVINO_FP32_PARTS[part] for part in name.split('+'))})"
 
 
 def marked_graph(graph: Any, pattern: str) -> tuple[Any, int]:

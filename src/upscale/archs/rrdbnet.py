@@ -40,9 +40,12 @@ from torch.nn import functional as F
 NAME = "rrdbnet"
 TITLE = "RRDBNet"
 NCNN_MARKER = "Concat"   # only RRDBNet graphs concatenate (the dense blocks)
-OPENVINO_FP32 = (r"^(__module\.conv_first/|__module\.conv_last/"               # the two image-side convs
-                 r"|__module\.body\.\d+(\.rdb\d)?/aten::(add|mul)/(Add|Multiply)$"  # block residuals
-                 r"|aten::add/Add$)")                                               # feat + body
+OPENVINO_FP32_PARTS = {   # (benchmarks/openvino_fp32_islands.py measures them one by one)
+    "first": r"__module\.conv_first/",
+    "last": r"__module\.conv_last/",
+    "trunk": r"__module\.body\.\d+(\.rdb\d)?/aten::(add|mul)/(Add|Multiply)$|aten::add/Add$",  # residuals, feat + body
+}
+OPENVINO_FP32 = f"^({'|'.join(OPENVINO_FP32_PARTS.values())})"
 DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4}
 
 
