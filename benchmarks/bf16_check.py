@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         sys.exit(str(err))
     rows, summary = [], []
+    tiling = {} if args.tile is None else {"tile_px": args.tile}
     for name in args.model:
         model = load_model(name)
-        tiling = {} if args.tile is None else {"tile_px": args.tile}
         fp32 = Engine(model, EngineOptions(precision="fp32", compile="off", threads=args.threads, **tiling))
         bf16 = Engine(model, EngineOptions(precision="bf16", compile="off", threads=args.threads,
                                            backend=args.backend, **tiling))

@@ -23,8 +23,6 @@ every variant is the same). Timings on a shared machine are noisy: compare the P
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,17 +44,13 @@ def pattern_of(name: str) -> str:
 
 
 def marked_graph(graph: Any, pattern: str) -> tuple[Any, int]:
-    """``graph`` saved as IR, marked by the backend's own ``keep_fp32``, read back."""
+    """``graph`` marked as the backend marks it (``marked_ir``), read back; and the marked count."""
     import openvino as ov
 
-    from upscale.backends.openvino_backend import keep_fp32
+    from upscale.backends.openvino_backend import marked_ir, read_ir
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "g.xml")
-        ov.save_model(graph, path, compress_to_fp16=False)
-        text, count = keep_fp32(Path(path).read_text(), pattern)
-        Path(path).write_text(text)
-        return ov.Core().read_model(path), count
+    text, blob, count = marked_ir(ov, graph, pattern)
+    return read_ir(ov, ov.Core(), text, blob), count
 
 
 def main(argv: list[str] | None = None) -> None:

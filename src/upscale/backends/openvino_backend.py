@@ -173,15 +173,11 @@ class OpenVinoWindows:
         cache serves the next one). A failure to save only costs the next process a conversion: this
         one goes on with the marked graph from memory."""
         pattern = get_family(self.model.arch).openvino_fp32
-        with tempfile.TemporaryDirectory(prefix="upscale-ov-") as tmp:
-            staged = Path(tmp) / "graph.xml"
-            try:
-                self._ov.save_model(graph, str(staged), compress_to_fp16=False)
-                text, marked = keep_fp32(staged.read_text(), pattern)
-                blob = staged.with_suffix(".bin").read_bytes()
-            except (OSError, RuntimeError, ET.ParseError) as exc:
-                raise errors.BackendError(f"{self.label}: OpenVINO cannot serialise the converted network "
-                                          f"({_first_line(exc)}); use backend torch", params=("backend",)) from exc
+        try:
+            text, blob, marked = marked_ir(self._ov, graph, pattern)
+        except (OSError, RuntimeError, ET.ParseError) as exc:
+            raise errors.BackendError(f"{self.label}: OpenVINO cannot serialise the converted network "
+                                      f"({_first_line(exc)}); use backend torch", params=("backend",)) from exc
         if pattern and not marked:
             log.warning("openvino: no node of %s matched its family's fp32 list (did OpenVINO rename "
                         "them?); in bf16 all of it runs in bf16", self.label)
@@ -195,7 +191,7 @@ class OpenVinoWindows:
         except OSError as exc:
             log.warning("openvino: cannot cache the converted graph in %s (%s); the next run converts again",
                         self.folder, _first_line(exc))
-            return self._core.read_model(text.encode(), self._ov.Tensor(np.frombuffer(blob, dtype=np.uint8).copy()))
+            return read_ir(self._ov, self._core, text, blob)
         return self._core.read_model(str(xml), str(weights))
 
     # -- one compiled model per window shape --
@@ -239,11 +235,10 @@ def prune_stale(folder: Path, now: float | None = None) -> list[Path]:
     cutoff = (time.time() if now is None else now) - STALE_AFTER_S
     removed = []
     for path in sorted(folder.iterdir()):
-        key = path.name.split(".")[0]
         if path.suffix == ".xml":
             stale = _mtime(path) < cutoff
         elif path.suffix in (".bin", ".compiled"):      # goes with its graph, or alone if the graph is gone
-            graph = folder / f"{key}.xml"
+            graph = folder / f"{path.name.split('.')[0]}.xml"
             stale = _mtime(graph) < cutoff if graph.exists() else _mtime(path) < cutoff
         else:
             stale = path.suffix == ".blob" and _mtime(path) < cutoff
@@ -271,6 +266,21 @@ def _touch(path: Path) -> None:
         os.utime(path)
     except OSError:
         pass                      # a read-only cache is still a cache: only pruning is affected
+
+
+def marked_ir(ov: Any, graph: Any, pattern: str) -> tuple[str, bytes, int]:
+    """``graph`` serialised as IR (fp32 weights) with the layers matching ``pattern`` marked by
+    ``keep_fp32``: (the XML, the weights, how many layers were marked)."""
+    with tempfile.TemporaryDirectory(prefix="upscale-ov-") as tmp:
+        staged = Path(tmp) / "graph.xml"
+        ov.save_model(graph, str(staged), compress_to_fp16=False)
+        text, marked = keep_fp32(staged.read_text(), pattern)
+        return text, staged.with_suffix(".bin").read_bytes(), marked
+
+
+def read_ir(ov: Any, core: Any, text: str, blob: bytes) -> Any:
+    """The graph of IR held in memory (``marked_ir``'s XML and weights)."""
+    return core.read_model(text.encode(), ov.Tensor(np.frombuffer(blob, dtype=np.uint8).copy()))
 
 
 def keep_fp32(ir_xml: str, pattern: str) -> tuple[str, int]:
