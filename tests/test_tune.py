@@ -235,3 +235,88 @@ def test_openvino_gets_its_own_curve_where_close_and_the_best_plan_wins(tiny_x4)
     best_torch = estimate[torch_window] * torch_s[torch_window]
     best_ov = min(estimate[w] * ov_s[w] for w in ov_s)
     assert report.result["backend"] == ("openvino" if best_ov < best_torch else "torch")
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """The rule's answer for ``--precision auto`` on the CPU is bf16 (as on a CPU with avx512_bf16 or
+    AMX; on one without, torch emulates bf16, which the tiny networks here do not mind)."""
+    monkeypatch.setattr("upscale.device.cpu_bf16_flags", lambda: ("avx512_bf16",))
+
+
+def entries_by_precision(cache_file) -> dict[str, dict]:
+    return {e["key"]["precision"]: e["result"] for e in json.loads(cache_file.read_text())["entries"]}
+
+
+@pytest.mark.parametrize("margin", [None, -1.0, 100.0])      # as shipped; fp32 never / always close enough
+def test_tune_auto_measures_fp32_too_and_auto_runs_the_faster(tiny_x4, cache_here, native_bf16, caplog,
+                                                              monkeypatch, margin):
+    """`upscale tune` at precision auto where that resolves to bf16: bf16 tuned, fp32 screened at
+    bf16's window (and tuned in full where it came within the margin), and the faster stored as what
+    auto runs; the engine follows that choice, and only for auto."""
+    if margin is not None:
+        monkeypatch.setattr("upscale.tune.PRECISION_SCREEN_MARGIN", margin)
+    out = tune("-m", tiny_x4, "--quick", "--windows", "96,128", "--backend", "torch", "--device", "cpu")
+    results = entries_by_precision(cache_here)
+    choice = results["auto"]
+    assert "fp32 screen: window" in out and f"precision auto: {choice['precision']} from now on" in out
+    assert set(choice["estimate_s"]) == {"bf16", "fp32"}
+    assert ("fp32" in results) == ("tuned in full" in out) and "bf16" in results
+    fp32_faster = choice["estimate_s"]["fp32"] < choice["estimate_s"]["bf16"]
+    assert choice["precision"] == ("fp32" if "fp32" in results and fp32_faster else "bf16")
+    assert "fp32" in results if margin == 100.0 else "fp32" not in results if margin == -1.0 else True
+    assert out.count("candidate ") == 1 + ("fp32" in results)
+    assert ("screened only" in out) == ("fp32" not in results)
+    shown = tune("--show")
+    assert f"compact 8x2 x4 auto {torch.get_num_threads()} threads" in shown and f"runs {choice['precision']}" in shown
+
+    model = load_model(tiny_x4)
+    caplog.set_level(logging.INFO, logger="upscale")
+    for chosen, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        data = json.loads(cache_here.read_text())
+        for entry in data["entries"]:
+            if entry["key"]["precision"] == "auto":
+                entry["result"] = {"precision": chosen, "estimate_s": {"bf16": 2.0, "fp32": 1.0}}
+        cache_here.write_text(json.dumps(data))
+        assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == dtype
+        assert Engine(model, EngineOptions(device="cpu", precision="bf16")).dtype == torch.bfloat16
+    assert sum("precision auto: fp32, which `upscale tune` measured faster" in r.getMessage()
+               for r in caplog.records) == 1
+
+
+def test_auto_with_nothing_measured_keeps_the_rule_and_explicit_tunes_make_no_choice(tiny_x4, cache_here,
+                                                                                    native_bf16):
+    model = load_model(tiny_x4)
+    assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == torch.bfloat16
+    tune("-m", tiny_x4, "--quick", "--windows", "96", "--backend", "torch", "--device", "cpu", "--precision", "bf16")
+    assert set(entries_by_precision(cache_here)) == {"bf16"}
+    assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == torch.bfloat16
+
+
+def test_auto_choice_applies_only_where_the_rule_says_bf16(tiny_x4, cache_here):
+    """A stored choice of bf16 does not turn a model the rule keeps in fp32 (not bf16-safe, or a CPU
+    without native bf16) into bf16."""
+    from upscale.tuned import AUTO, auto_precision, store
+
+    model = load_model(tiny_x4)
+    store(tuning_key(model.arch, model.hparams, AUTO, "cpu", torch.get_num_threads()),
+          {"precision": "bf16", "estimate_s": {"bf16": 1.0, "fp32": 2.0}}, label="t", when="now")
+    assert auto_precision(model, "fp32", "cpu", torch.get_num_threads()) == "fp32"
+    assert auto_precision(model, "bf16", "cpu", torch.get_num_threads()) == "bf16"
+    assert auto_precision(model, "fp16", torch.device("cpu"), torch.get_num_threads()) == "fp16"
+
+
+@pytest.mark.parametrize("result", [{"precision": "fp16", "estimate_s": {"fp16": 1.0}},
+                                    {"precision": "fp32", "estimate_s": {"bf16": 1.0}},
+                                    {"precision": "fp32", "estimate_s": {"fp32": "fast"}},
+                                    {"precision": "fp32"}])
+def test_a_malformed_auto_choice_makes_the_file_corrupt(tiny_x4, cache_here, native_bf16, result, caplog):
+    from upscale.tuned import AUTO
+
+    model = load_model(tiny_x4)
+    key = tuning_key(model.arch, model.hparams, AUTO, "cpu", torch.get_num_threads())
+    cache_here.parent.mkdir(parents=True)
+    cache_here.write_text(json.dumps({"format": 1, "entries": [{"key": key, "result": result, "when": "now"}]}))
+    caplog.set_level(logging.WARNING, logger="upscale")
+    assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == torch.bfloat16
+    assert any("corrupt" in r.getMessage() for r in caplog.records)

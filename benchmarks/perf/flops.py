@@ -28,14 +28,14 @@ def _clock_hz() -> float:
         return float("nan")
 
 
-def peak_flops(threads: int) -> dict[str, Any]:
+def peak_flops(threads: int, runs_in: str | None = None) -> dict[str, Any]:
     """Theoretical bf16 peaks from the stated assumptions and the clock in /proc/cpuinfo, plus the
     bf16 and fp32 GEMM throughput measured now (2048^3 torch.mm, best of 5), as a practical ceiling.
 
     ``ceiling_dtype`` / ``ceiling_gemm_gflops``: the ceiling our engine's figures are judged against,
-    the GEMM of the precision it runs in here: bf16 where the CPU has native bf16 (AMX or
-    avx512_bf16), else fp32 (bf16 is then emulated, hundreds of times slower, and measured only at
-    ``EMULATED_BF16_N``^3 for the record)."""
+    the GEMM of the precision it runs in here, ``runs_in`` ("bf16" or "fp32"; None: bf16 where the
+    CPU has native bf16, AMX or avx512_bf16, else fp32). Without native bf16, bf16 is emulated,
+    hundreds of times slower, and measured only at ``EMULATED_BF16_N``^3 for the record."""
     flags = cpu_info().flags
     hz = _clock_hz()
     native = cpu_native_bf16()
@@ -49,7 +49,7 @@ def peak_flops(threads: int) -> dict[str, Any]:
         a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
         out[f"measured_{name}_gemm_gflops"] = 2 * n**3 / best_of(lambda: torch.mm(a, b), runs=5) / 1e9
         out[f"measured_{name}_gemm_n"] = n
-    out["ceiling_dtype"] = "bf16" if native else "fp32"
+    out["ceiling_dtype"] = runs_in or ("bf16" if native else "fp32")
     out["ceiling_gemm_gflops"] = out[f"measured_{out['ceiling_dtype']}_gemm_gflops"]
     out["loadavg"] = load_avg()
     return out

@@ -6,6 +6,13 @@ count, the torch and openvino versions, the device, the precision, and the netwo
 canonical JSON). An entry is used only when every part of its key equals the running one; a stale
 entry is never used (a new tune of that key replaces it, entries of other keys are kept).
 
+Two kinds of entry: a plan (precision "fp32", "bf16" or "fp16": window, batch, compile, backend and
+the seconds per window side measured), and, under precision "auto", which precision ``--precision
+auto`` runs on this CPU (``{"precision": "fp32" | "bf16", "estimate_s": {precision: seconds}}``):
+written where the CPU computes bf16 natively and both were measured, since native bf16 is not always
+the faster (OpenVINO's x4plus ran 1.6x faster in f32 than in bf16 on a Xeon with avx512_bf16 and no
+AMX, where on an AMX Xeon bf16 GEMM runs ~5x fp32).
+
 A file that is not valid JSON of the expected shape is ignored with one warning (per content of the
 file) and replaced by the next tune. Nothing here imports torch at module level or measures anything.
 """
@@ -26,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "tune.json"
 FORMAT = 1
+AUTO = "auto"                          # the precision part of the key of an auto-precision choice
+AUTO_CANDIDATES = ("bf16", "fp32")     # what --precision auto chooses between on a CPU with native bf16
 
 # keys the fallback note was given for in this process (one info line per key)
 _noted: set[str] = set()
@@ -97,6 +106,8 @@ def _valid_entry(entry: Any) -> bool:
     if not (isinstance(entry, dict) and isinstance(entry.get("key"), dict) and isinstance(entry.get("result"), dict)):
         return False
     result = entry["result"]
+    if entry["key"].get("precision") == AUTO:
+        return _valid_choice(result)
     window = result.get("window_px")
     numbers_ok = all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)
                      for k in ("s_per_mp", "batch"))
@@ -108,6 +119,14 @@ def _valid_entry(entry: Any) -> bool:
     tables_ok = all(_valid_table(result.get(k)) for k in ("window_seconds", "window_setup_s"))
     return (isinstance(window, int) and not isinstance(window, bool) and window > 0 and numbers_ok
             and compile_ok and backend_ok and tables_ok and isinstance(entry.get("when", ""), str))
+
+
+def _valid_choice(result: dict[str, Any]) -> bool:
+    """An "auto" entry: the precision chosen, among those whose estimates were measured."""
+    estimates = result.get("estimate_s")
+    return (isinstance(estimates, dict) and result.get("precision") in estimates and all(
+        k in AUTO_CANDIDATES and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        for k, v in estimates.items()))
 
 
 def _valid_table(table: Any) -> bool:
@@ -203,12 +222,24 @@ def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | 
 
     from .device import NAMES, resolve_precision
 
+    threads = threads or torch.get_num_threads()
     if isinstance(precision, torch.dtype):
         name = NAMES[precision]
-    elif precision == "auto":
-        name = NAMES[resolve_precision("auto", torch.device("cpu"), model)]
+    elif precision == AUTO:
+        name = auto_precision(model, NAMES[resolve_precision(AUTO, torch.device("cpu"), model)], "cpu", threads)
     else:
         name = precision
-    key = tuning_key(model.arch, model.hparams, name, "cpu", threads or torch.get_num_threads())
+    key = tuning_key(model.arch, model.hparams, name, "cpu", threads)
     result = lookup_or_note(key, model.name or model.source)
     return result.get("backend") if result else None
+
+
+def auto_precision(model: Any, resolved: str, device: Any, threads: int) -> str:
+    """What ``--precision auto`` runs ``model`` in: ``resolved`` (the rule's answer, ``device.
+    resolve_precision``) unless that is bf16 on the CPU and ``upscale tune`` measured fp32 faster here
+    for this network and thread count. Nothing measured: ``resolved`` (the per-precision lookup that
+    follows says once that nothing was tuned)."""
+    if resolved != "bf16" or device_name(device) != "cpu":
+        return resolved
+    result = lookup(tuning_key(model.arch, model.hparams, AUTO, "cpu", threads))
+    return result["precision"] if result else resolved

@@ -40,11 +40,16 @@ def _windows(value: str | None) -> tuple[int, ...] | None:
 @handle_errors
 def tune(model_name: str | None, device: str, precision: str, threads: int | None, backend: str, quick: bool,
          windows: str | None, show: bool) -> None:
-    """Measure window size, batch, torch.compile and backend for a model on this machine.
+    """Measure window size, batch, torch.compile, backend (and precision) for a model on this machine.
 
     The winner is kept in the tuning cache (<cache>/tune.json), keyed by the CPU model and flags,
     threads, torch/openvino versions, device, precision and network; `--tile auto`, `--compile auto`
     and `--backend auto` use it, and the built-in defaults where it has no entry.
+
+    With --precision auto on a CPU with native bf16 (a model flagged bf16-safe), fp32 is measured too:
+    screened at bf16's chosen window, tuned in full where it comes within 25% of bf16, and `--precision
+    auto` then runs whichever was measured faster here (bf16 is not always: without AMX, OpenVINO's
+    f32 can beat its bf16).
 
     Each probe is one warm-up and the best of 3 timed runs (--quick: 1) on a synthetic image. s/MP is
     seconds per megapixel of a large image: a window's seconds over its core (the window less the
@@ -59,13 +64,34 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
         return
     from ..api import default_model_name, load_model
     from ..engine import EngineOptions
-    from ..tune import tune_model
+    from ..tune import tune_precisions
 
     sides = _windows(windows)
     options = EngineOptions(device=device, precision=precision, threads=threads)
     model = load_model(model_name or default_model_name(None))
-    report = tune_model(model, options, backend=backend, quick=quick, windows=sides)
-    _print_report(report)
+    tuning = tune_precisions(model, options, backend=backend, quick=quick, windows=sides)
+    _print_report(tuning.reports[0])
+    for row in tuning.screen:       # measured between the two tunes
+        click.echo(f"fp32 screen: {row.candidate:<30} {row.seconds:>9.4f} s {row.s_per_mp:>9.3f} s/MP")
+    for report in tuning.reports[1:]:
+        _print_report(report)
+    if tuning.choice is not None:
+        _print_choice(tuning)
+    from .. import tuned
+
+    click.echo(f"saved in {tuned.cache_path()}")
+
+
+def _print_choice(tuning: Any) -> None:
+    """What ``--precision auto`` runs from now on, and why."""
+    from ..tune import PRECISION_SCREEN_MARGIN
+
+    choice, tuned_fully = tuning.choice, len(tuning.reports) > 1
+    screened = f"screened only: over {PRECISION_SCREEN_MARGIN:.0%} slower than bf16"
+    shape = tuning.reports[0].reference["shape"]
+    estimates = ", ".join(f"{k} ~{v:.2f} s" for k, v in choice["estimate_s"].items())
+    click.echo(f"precision auto: {choice['precision']} from now on ({shape[1]}x{shape[0]} image, model time: "
+               f"{estimates}; fp32 {'tuned in full' if tuned_fully else screened})")
 
 
 def _print_report(report: Any) -> None:
@@ -95,7 +121,6 @@ def _print_report(report: Any) -> None:
                    f"old defaults (saves {ref['saved_s']:.2f} s, {ref['saved_pct']:.0f}%)")
     for note in report.notes:
         click.echo(f"note: {note}")
-    click.echo(f"saved in {tuned.cache_path()}")
 
 
 def _show() -> None:
@@ -107,6 +132,11 @@ def _show() -> None:
         return
     for entry in entries:
         key, res = entry["key"], entry["result"]
+        if key.get("precision") == tuned.AUTO:
+            estimates = ", ".join(f"{k} ~{v:.3g} s" for k, v in res["estimate_s"].items())
+            click.echo(f"{tuned.describe(key)} [{entry.get('label', '')}]: runs {res['precision']} "
+                       f"(est. model time {estimates}); {entry.get('when', '?')}{_stale(key)}")
+            continue
         compiled = res.get("compile")
         compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s"
         click.echo(f"{tuned.describe(key)} [{entry.get('label', '')}]: window {res['window_px']}, "

@@ -1,10 +1,18 @@
 """The tuner: measure, on the running machine, which window side, batch, compile setting and backend
 run a network fastest, and keep the winner in the tuning cache (``upscale.tuned``).
 
-``tune_model`` measures (``upscale.tune.measure``) and stores; ``--tile auto`` reads the result through
-``engine.cost.fitting_window_px``, ``--compile auto`` through ``engine.compiling.want_compile``, and
-``--backend auto`` through ``preferred_backend``. With no entry for the key, each uses the fallback
-constants and says so once per process. This package never prints (``upscale.cli.tune`` does).
+``tune_model`` measures one precision (``upscale.tune.measure``) and stores; ``--tile auto`` reads the
+result through ``engine.cost.fitting_window_px``, ``--compile auto`` through
+``engine.compiling.want_compile``, and ``--backend auto`` through ``preferred_backend``. With no entry
+for the key, each uses the fallback constants and says so once per process.
+
+``tune_precisions`` is what ``upscale tune`` runs: ``tune_model`` at the precision asked for, and, where
+that is ``auto`` and resolves to bf16 on the CPU, fp32 as well, so that ``--precision auto`` runs the
+one measured faster here (``tuned.auto_precision``). fp32 is first screened at bf16's chosen window
+(each backend, one probe); its full tune runs only where it came within ``PRECISION_SCREEN_MARGIN`` of
+bf16's estimate (on an AMX CPU, where fp32 is several times slower, the screen is all it costs).
+
+This package never prints (``upscale.cli.tune`` does).
 """
 
 from __future__ import annotations
@@ -19,11 +27,25 @@ from ..engine import EngineOptions
 from ..model import Model
 from .. import tuned
 from ..tuned import preferred_backend  # noqa: F401  (re-exported: where callers looked for it)
-from .measure import (REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, candidate_windows, measure_backend,
-                      measure_batch, measure_compile, measure_windows, old_choices, openvino_curve_wanted,
-                      pick_window, precision_name, reference_windows)
+from .measure import (REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, backend_unavailable, candidate_windows,
+                      measure_backend, measure_batch, measure_compile, measure_windows, old_choices,
+                      openvino_curve_wanted, pick_window, precision_name, reference_windows)
 
-__all__ = ["REFERENCE_SHAPE", "Row", "TuneReport", "preferred_backend", "tune_model"]
+__all__ = ["PRECISION_SCREEN_MARGIN", "REFERENCE_SHAPE", "Row", "TuneReport", "Tuning", "preferred_backend",
+           "tune_model", "tune_precisions"]
+
+PRECISION_SCREEN_MARGIN = 0.25     # fp32 up to this much slower than bf16 in the screen still gets a full tune
+
+
+@dataclasses.dataclass
+class Tuning:
+    """What ``tune_precisions`` measured: one report per precision tuned in full; where ``auto`` had a
+    choice, the rows of the fp32 screen and the choice stored (``{"precision", "estimate_s"}``, the
+    estimated model seconds of a ``REFERENCE_SHAPE`` image for each precision)."""
+
+    reports: list[TuneReport]
+    screen: list[Row] = dataclasses.field(default_factory=list)
+    choice: dict[str, Any] | None = None
 
 
 def _base_options(options: EngineOptions | None) -> EngineOptions:
@@ -90,6 +112,45 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     if save:
         tuned.store(key, result, label=report.label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return report
+
+
+def tune_precisions(model: Model, options: EngineOptions | None = None, *, backend: str = "auto",
+                    quick: bool = False, runs: int | None = None, windows: tuple[int, ...] | None = None,
+                    save: bool = True) -> Tuning:
+    """``tune_model`` at ``options``' precision; where that is ``auto`` and resolves to bf16 on the CPU,
+    fp32 too (screened first, see the package docstring), and the faster of the two stored as what
+    ``auto`` runs here."""
+    options = options or EngineOptions()
+    kwargs: dict[str, Any] = {"backend": backend, "quick": quick, "runs": runs, "windows": windows, "save": save}
+    first = tune_model(model, options, **kwargs)
+    if options.precision != tuned.AUTO or first.key["device"] != "cpu" or first.key["precision"] != "bf16":
+        return Tuning([first])
+    fp32 = dataclasses.replace(options, precision="fp32")
+    estimates = {"bf16": first.reference["chosen_s"]}
+    screen, estimates["fp32"] = _screen(Prober(model, _base_options(fp32), runs or (1 if quick else RUNS)),
+                                        first.result["window_px"], backend)
+    reports = [first]
+    if estimates["fp32"] < estimates["bf16"] * (1 + PRECISION_SCREEN_MARGIN):
+        reports.append(tune_model(model, fp32, **kwargs))
+        estimates["fp32"] = reports[-1].reference["chosen_s"]
+    faster = len(reports) > 1 and estimates["fp32"] < estimates["bf16"]    # fp32 only with a plan of its own
+    choice = {"precision": "fp32" if faster else "bf16",
+              "estimate_s": {k: round(v, 3) for k, v in estimates.items()}}
+    if save:
+        key = dict(first.key, precision=tuned.AUTO)
+        tuned.store(key, choice, label=first.label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return Tuning(reports, screen, choice)
+
+
+def _screen(prober: Prober, window_px: int, backend: str) -> tuple[list[Row], float]:
+    """fp32 at bf16's chosen window, with torch and (where it can run) openvino: (rows, estimated
+    seconds of a REFERENCE_SHAPE image at the faster of them)."""
+    rows = []
+    for name in ["torch"] + ([] if backend_unavailable(prober, backend) else ["openvino"]):
+        seconds = prober.window(window_px, **({} if name == "torch" else {"backend": name}))[1]
+        rows.append(Row(f"window {window_px} {name} fp32", seconds, seconds / prober.core(window_px) ** 2 * 1e6,
+                        window_px=window_px, backend=name))
+    return rows, reference_windows(prober.engine, window_px) * min(r.seconds for r in rows)
 
 
 def _mark_chosen(rows: list[Row], result: dict[str, Any]) -> None:
