@@ -8,6 +8,11 @@ configuration with device, dtype, threads and versions.
     python benchmarks/train_speed.py                       # compact + rrdbnet, fp32 vs bf16, eager
     python benchmarks/train_speed.py --compile --iters 5   # also torch.compile'd
     python benchmarks/train_speed.py --arch compact --hparams '{"num_feat": 48, "act_type": "lrelu"}'
+    python benchmarks/train_speed.py --precision fp32 --precision bf16 --precision auto   # what auto picks
+
+``--precision auto`` is the run's own choice (on a CPU with native bf16, measured at the Trainer's start
+and kept in the tuning cache: point UPSCALE_CACHE at an empty folder to see it measured); its row
+says which dtype it trained in and the Trainer's note why.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def measure(arch: str, hparams: dict, precision: str, compile_: bool, *, batch: 
                                 "compile": compile_, "channels_last": channels_last, "out": "/tmp/unused"})
     # Trainer() writes nothing (the run folder is prepared by run(), which is not called here).
     trainer = Trainer(cfg, progress=False)
+    note = trainer.precision_note
     g = torch.Generator().manual_seed(0)
     lr_px = gt_px // scale
     lr = torch.randint(0, 256, (batch, 3, lr_px, lr_px), dtype=torch.uint8, generator=g)
@@ -54,14 +60,15 @@ def measure(arch: str, hparams: dict, precision: str, compile_: bool, *, batch: 
             "precision": precision, "compile": compile_, "channels_last": channels_last, "batch": batch,
             "gt_px": gt_px, "scale": scale, "s_per_it": round(step_s, 4), "median_s_per_it": round(median_s, 4), "it_per_s": round(1 / step_s, 4),
             "warmup_s": round(warm_s, 2), "threads": torch.get_num_threads(), "device": str(trainer.rt.device),
-            "dtype": str(trainer.rt.amp.dtype or torch.float32).replace("torch.", ""), **environment()}
+            "dtype": str(trainer.rt.amp.dtype or torch.float32).replace("torch.", ""), "auto_note": note,
+            **environment()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=sorted(NETS), action="append")
     ap.add_argument("--hparams", type=json.loads, default=None, help="JSON overriding the net's hparams")
-    ap.add_argument("--precision", action="append", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--precision", action="append", choices=("fp32", "bf16", "fp16", "auto"))
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd steps")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--gt-px", type=int, default=128)
@@ -82,11 +89,14 @@ def main() -> None:
                             warmup=args.warmup, iters=args.iters, channels_last=not args.no_channels_last)
                 print(json.dumps(r), flush=True)
                 rows.append(r)
-    print("\n| arch | params (M) | precision | compiled | s/it (best) | s/it (median) | it/s (best) |")
+    print("\n| arch | params (M) | precision (dtype run) | compiled | s/it (best) | s/it (median) | it/s (best) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['params_M']} | {r['precision']} | {'yes' if r['compile'] else 'no'} | "
+        print(f"| {r['arch']} | {r['params_M']} | {r['precision']} ({r['dtype']}) | {'yes' if r['compile'] else 'no'} | "
               f"{r['s_per_it']:.3f} | {r['median_s_per_it']:.3f} | {r['it_per_s']:.3f} |")
+    for r in rows:
+        if r["auto_note"]:
+            print(f"{r['arch']}: {r['auto_note']}")
 
 
 if __name__ == "__main__":

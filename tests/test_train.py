@@ -485,3 +485,65 @@ def test_corrupt_checkpoint_names_the_previous_good_one(data: dict[str, Path], t
     torch.save({"iteration": 1, "generator": {}, "code": Image.new("L", (1, 1))}, bad)  # pickles an object
     with pytest.raises(CheckpointError, match="holds objects other than tensors"):
         load_checkpoint(bad)
+
+
+# --- precision auto on a CPU with native bf16: measured once, cached, kept on resume ------------------
+@pytest.fixture
+def native_bf16(monkeypatch, tmp_path):
+    """The rule's answer for precision auto on the CPU is bf16 (as with avx512_bf16 or AMX; elsewhere
+    torch emulates bf16, which the tiny generator does not mind); a tuning cache of the test's own."""
+    monkeypatch.setattr("upscale.device.cpu_bf16_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "tune.json"
+
+
+def _train_auto(data, out, lines, **over):
+    train(small_cfg(data, out, precision="auto", ckpt_every=2, **over), echo=lines.append, progress=False)
+    notes = [line for line in lines if line.startswith("precision auto:")]
+    assert len(notes) == 1, lines
+    return notes[0]
+
+
+def test_auto_training_precision_is_measured_once_cached_and_kept_on_resume(data, tmp_path, native_bf16):
+    lines: list[str] = []
+    note = _train_auto(data, tmp_path / "a", lines)
+    chosen = note.split()[2]
+    assert chosen in ("bf16", "fp32") and "generator step measured here" in note
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "iter_00000004.pt")["precision"] == chosen
+    (entry,) = json.loads(native_bf16.read_text())["entries"]
+    assert entry["key"]["precision"] == "train-auto" and entry["result"]["precision"] == chosen
+    assert set(entry["result"]["estimate_s"]) == {"bf16", "fp32"}
+
+    # a later run of the same generator, batch and patch takes the cached choice without measuring
+    other = "fp32" if chosen == "bf16" else "bf16"
+    data_ = json.loads(native_bf16.read_text())
+    data_["entries"][0]["result"]["precision"] = other
+    native_bf16.write_text(json.dumps(data_))
+    lines = []
+    assert _train_auto(data, tmp_path / "b", lines) == f"precision auto: {other} (measured faster on this CPU earlier)"
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "iter_00000004.pt")["precision"] == other
+
+    # resuming run a keeps the precision it started in, whatever the cache says now
+    lines = []
+    train(small_cfg(data, tmp_path / "a", precision="auto", ckpt_every=2, max_iters=6), echo=lines.append,
+          progress=False, resume=tmp_path / "a" / "checkpoints" / "iter_00000002.pt")
+    assert f"precision auto: {chosen} (the precision this run started in)" in lines
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "iter_00000006.pt")["precision"] == chosen
+
+
+def test_auto_training_precision_measurement_leaves_the_run_as_it_was(data, tmp_path, native_bf16):
+    """The same seed trains to the same weights whether the choice was measured in this run or read from
+    the cache (the probe runs on a copy, on constant input, with the random streams put back)."""
+    lines: list[str] = []
+    _train_auto(data, tmp_path / "measured", lines)
+    lines = []
+    assert "earlier" in _train_auto(data, tmp_path / "cached", lines)
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "iter_00000004.pt") for name in ("measured", "cached"))
+    for k in a["generator"]:
+        assert torch.equal(a["generator"][k], b["generator"][k]), k
+
+
+def test_explicit_precision_is_not_measured(data, tmp_path, native_bf16):
+    lines: list[str] = []
+    train(small_cfg(data, tmp_path / "x", precision="bf16"), echo=lines.append, progress=False)
+    assert not any(line.startswith("precision auto:") for line in lines) and not native_bf16.exists()

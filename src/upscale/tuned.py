@@ -11,7 +11,8 @@ the seconds per window side measured), and, under precision "auto", which precis
 auto`` runs on this CPU (``{"precision": "fp32" | "bf16", "estimate_s": {precision: seconds}}``):
 written where the CPU computes bf16 natively and both were measured, since native bf16 is not always
 the faster (OpenVINO's x4plus ran 1.6x faster in f32 than in bf16 on a Xeon with avx512_bf16 and no
-AMX, where on an AMX Xeon bf16 GEMM runs ~5x fp32).
+AMX, where on an AMX Xeon bf16 GEMM runs ~5x fp32). Training's choice has the same form under
+"train-auto" (its hparams part also holds the batch and patch size it was measured at).
 
 A file that is not valid JSON of the expected shape is ignored with one warning (per content of the
 file) and replaced by the next tune. Nothing here imports torch at module level or measures anything.
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 CACHE_NAME = "tune.json"
 FORMAT = 1
 AUTO = "auto"                          # the precision part of the key of an auto-precision choice
+TRAIN_AUTO = "train-auto"              # the same for training (``train.runtime.settle_auto_precision``)
 AUTO_CANDIDATES = ("bf16", "fp32")     # what --precision auto chooses between on a CPU with native bf16
 
 # keys the fallback note was given for in this process (one info line per key)
@@ -106,7 +108,7 @@ def _valid_entry(entry: Any) -> bool:
     if not (isinstance(entry, dict) and isinstance(entry.get("key"), dict) and isinstance(entry.get("result"), dict)):
         return False
     result = entry["result"]
-    if entry["key"].get("precision") == AUTO:
+    if entry["key"].get("precision") in (AUTO, TRAIN_AUTO):
         return _valid_choice(result)
     window = result.get("window_px")
     numbers_ok = all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)

@@ -41,7 +41,7 @@ from .losses import DistillLoss, PerceptualLoss
 from .networks import EMA, lr_factor, select_trainable
 from .resume import capture_state, resolve_resume, restore_state
 from .runfolder import RunFolder
-from .runtime import Runtime, resolve_runtime
+from .runtime import Runtime, resolve_runtime, settle_auto_precision
 from .signals import StopFlag, stop_signals
 from .steps import GeneratorLoss, d_step, g_step
 from .validation import ValImage, bicubic_scores, evaluate, load_val_sets, save_sample
@@ -152,6 +152,9 @@ class Trainer:
         _seed_everything(cfg)
         state = ckpt.load_checkpoint(resume) if resume is not None else None
         self._build_networks(cfg, state)
+        # checkpoints from before the choice was recorded were trained in the rule's answer (bf16 here)
+        recorded = None if state is None else state.get("precision", "bf16")
+        self.rt, self.precision_note = settle_auto_precision(self.rt, cfg, self.gen, self.arch, self.hparams, recorded)
         self.iteration = 0
         self.best_psnr: float | None = None
         self.elapsed_s = 0.0
@@ -310,6 +313,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.gen.parameters())
         echo(f"generator {self.arch} {self.hparams}: {n_params / 1e6:.3f} M parameters; device {rt.device}, "
              f"precision {rt.amp.dtype or 'fp32'}, {rt.world_size} process(es)")
+        if self.precision_note:
+            echo(self.precision_note)
         if self.iteration:
             echo(f"resumed at iteration {self.iteration}")
         elif self.cfg.preset == "esrgan" and not self.cfg.init:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from . import checkpoint as ckpt
+from . import runtime
 
 # Options that fix the networks' shapes: a checkpoint cannot be resumed under other values.
 _SHAPE_KEYS = ("arch", "hparams", "scale", "discriminator", "gt_size")
@@ -20,6 +21,7 @@ def capture_state(t: Any) -> dict[str, Any]:
         "iteration": t.iteration, "config": json.loads(t.cfg.to_json()), "arch": t.arch,
         "hparams": t.hparams, "generator": t.gen.state_dict(), "opt_g": t.opt_g.state_dict(),
         "best_psnr": t.best_psnr, "elapsed_s": t.elapsed_s, "rng": ckpt.capture_rng(),
+        "precision": runtime.NAMES[t.rt.amp.dtype],     # what precision auto resumes in (train.runtime)
     }
     if t.ema is not None:
         s["ema"] = t.ema.module.state_dict()
