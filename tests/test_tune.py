@@ -269,9 +269,19 @@ def test_tune_auto_measures_fp32_too_and_auto_runs_the_faster(tiny_x4, cache_her
     assert ("screened only" in out) == ("fp32" not in results)
     shown = tune("--show")
     assert f"compact 8x2 x4 auto {torch.get_num_threads()} threads" in shown and f"runs {choice['precision']}" in shown
+    # tuning again weighs both precisions again, even where auto runs fp32 now
+    stored = json.loads(cache_here.read_text())
+    for entry in stored["entries"]:
+        if entry["key"]["precision"] == "auto":
+            entry["result"]["precision"] = "fp32"
+    cache_here.write_text(json.dumps(stored))
+    again = tune("-m", tiny_x4, "--quick", "--windows", "96,128", "--backend", "torch", "--device", "cpu")
+    first_title = next(line for line in again.splitlines() if line.startswith("tuned "))
+    assert first_title.endswith(f"compact 8x2 x4 bf16 {torch.get_num_threads()} threads") and "fp32 screen" in again
 
     model = load_model(tiny_x4)
     caplog.set_level(logging.INFO, logger="upscale")
+    monkeypatch.setattr("upscale.engine.precision._said", set())
     for chosen, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         data = json.loads(cache_here.read_text())
         for entry in data["entries"]:
@@ -280,17 +290,38 @@ def test_tune_auto_measures_fp32_too_and_auto_runs_the_faster(tiny_x4, cache_her
         cache_here.write_text(json.dumps(data))
         assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == dtype
         assert Engine(model, EngineOptions(device="cpu", precision="bf16")).dtype == torch.bfloat16
-    assert sum("precision auto: fp32, which `upscale tune` measured faster" in r.getMessage()
+    assert sum("precision auto: fp32 (`upscale tune` measured it faster" in r.getMessage()
                for r in caplog.records) == 1
 
 
-def test_auto_with_nothing_measured_keeps_the_rule_and_explicit_tunes_make_no_choice(tiny_x4, cache_here,
-                                                                                    native_bf16):
+def probe_choice(cache_file) -> torch.dtype:
+    """What the machine probe stored (it must have run)."""
+    from upscale.tuned import PROBE_ARCH
+
+    (entry,) = [e for e in json.loads(cache_file.read_text())["entries"] if e["key"]["arch"] == PROBE_ARCH]
+    assert set(entry["result"]["estimate_s"]) == {"bf16", "fp32"}
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[entry["result"]["precision"]]
+
+
+def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache_here, native_bf16, monkeypatch):
+    """No `upscale tune` for the model: one convolution timed in bf16 and fp32 decides, stored, and read
+    (not measured again) by the next engine, for any model; explicit precisions never probe."""
+    import upscale.engine.precision as precision
+
     model = load_model(tiny_x4)
-    assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == torch.bfloat16
+    assert Engine(model, EngineOptions(device="cpu", precision="bf16")).dtype == torch.bfloat16
+    assert not cache_here.exists()
+    dtype = Engine(model, EngineOptions(device="cpu", precision="auto")).dtype
+    assert dtype == probe_choice(cache_here)
+    calls = []
+    monkeypatch.setattr(precision, "_conv_seconds", lambda d: calls.append(d) or 1.0)   # a second probe would show
+    assert Engine(load_model(tiny_x2), EngineOptions(device="cpu", precision="auto")).dtype == dtype
+    assert calls == []
+    # an explicit tune of one precision makes no choice for the model: the probe's answer stands
     tune("-m", tiny_x4, "--quick", "--windows", "96", "--backend", "torch", "--device", "cpu", "--precision", "bf16")
-    assert set(entries_by_precision(cache_here)) == {"bf16"}
-    assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == torch.bfloat16
+    assert {e["key"]["precision"] for e in json.loads(cache_here.read_text())["entries"]
+            if e["key"]["arch"] == "compact"} == {"bf16"}
+    assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == dtype
 
 
 def test_auto_choice_applies_only_where_the_rule_says_bf16(tiny_x4, cache_here):
@@ -299,11 +330,13 @@ def test_auto_choice_applies_only_where_the_rule_says_bf16(tiny_x4, cache_here):
     from upscale.tuned import AUTO, auto_precision, store
 
     model = load_model(tiny_x4)
-    store(tuning_key(model.arch, model.hparams, AUTO, "cpu", torch.get_num_threads()),
+    threads = torch.get_num_threads()
+    assert auto_precision(model, "bf16", "cpu", threads) == (None, "")
+    store(tuning_key(model.arch, model.hparams, AUTO, "cpu", threads),
           {"precision": "bf16", "estimate_s": {"bf16": 1.0, "fp32": 2.0}}, label="t", when="now")
-    assert auto_precision(model, "fp32", "cpu", torch.get_num_threads()) == "fp32"
-    assert auto_precision(model, "bf16", "cpu", torch.get_num_threads()) == "bf16"
-    assert auto_precision(model, "fp16", torch.device("cpu"), torch.get_num_threads()) == "fp16"
+    assert auto_precision(model, "fp32", "cpu", threads) == ("fp32", "rule")
+    assert auto_precision(model, "bf16", "cpu", threads) == ("bf16", "model")
+    assert auto_precision(model, "fp16", torch.device("cpu"), threads) == ("fp16", "rule")
 
 
 @pytest.mark.parametrize("result", [{"precision": "fp16", "estimate_s": {"fp16": 1.0}},
@@ -318,5 +351,6 @@ def test_a_malformed_auto_choice_makes_the_file_corrupt(tiny_x4, cache_here, nat
     cache_here.parent.mkdir(parents=True)
     cache_here.write_text(json.dumps({"format": 1, "entries": [{"key": key, "result": result, "when": "now"}]}))
     caplog.set_level(logging.WARNING, logger="upscale")
-    assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == torch.bfloat16
+    dtype = Engine(model, EngineOptions(device="cpu", precision="auto")).dtype
     assert any("corrupt" in r.getMessage() for r in caplog.records)
+    assert dtype == probe_choice(cache_here)         # the choice ignored, the machine probed (and the file replaced)

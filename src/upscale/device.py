@@ -7,9 +7,9 @@ Precision (``resolve_precision``, ``precision="auto"``): fp16 autocast on CUDA; 
 with native bf16 dot products (``avx512_bf16`` or ``amx_bf16``, asked of ``upscale.machine``); fp32
 otherwise, and fp32 whenever the model is not flagged ``bf16_safe``. Explicit choices: fp16 on CPU is
 refused (``PrecisionError``); bf16 on a CPU without those instructions is allowed (PyTorch emulates it)
-with a warning that it is likely slower than fp32. This rule knows nothing of measurements: for
-inference the engine runs fp32 instead of auto's bf16 where ``upscale tune`` measured fp32 faster on
-this CPU (``tuned.auto_precision``).
+with a warning that it is likely slower than fp32. This rule knows nothing of measurements: where it
+says bf16 on the CPU, inference (``engine.precision``) and training (``train.runtime``) run fp32
+instead where fp32 was measured faster on this CPU.
 
 Also here: the memory free on a device and a device synchronisation before reading the clock.
 """

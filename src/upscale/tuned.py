@@ -11,8 +11,9 @@ the seconds per window side measured), and, under precision "auto", which precis
 auto`` runs on this CPU (``{"precision": "fp32" | "bf16", "estimate_s": {precision: seconds}}``):
 written where the CPU computes bf16 natively and both were measured, since native bf16 is not always
 the faster (OpenVINO's x4plus ran 1.6x faster in f32 than in bf16 on a Xeon with avx512_bf16 and no
-AMX, where on an AMX Xeon bf16 GEMM runs ~5x fp32). Training's choice has the same form under
-"train-auto" (its hparams part also holds the batch and patch size it was measured at).
+AMX, where on an AMX Xeon bf16 GEMM runs ~5x fp32). The machine's own probe (one convolution, for
+models nobody tuned) is such an entry too, with arch "conv3x3-probe". Training's choice has the same
+form under "train-auto" (its hparams part also holds the batch and patch size it was measured at).
 
 A file that is not valid JSON of the expected shape is ignored with one warning (per content of the
 file) and replaced by the next tune. Nothing here imports torch at module level or measures anything.
@@ -37,6 +38,8 @@ FORMAT = 1
 AUTO = "auto"                          # the precision part of the key of an auto-precision choice
 TRAIN_AUTO = "train-auto"              # the same for training (``train.runtime.settle_auto_precision``)
 AUTO_CANDIDATES = ("bf16", "fp32")     # what --precision auto chooses between on a CPU with native bf16
+PROBE_ARCH = "conv3x3-probe"           # the machine's precision probe (engine.precision): its key's arch
+PROBE_SHAPE = {"channels": 64, "side": 128}
 
 # keys the fallback note was given for in this process (one info line per key)
 _noted: set[str] = set()
@@ -227,8 +230,9 @@ def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | 
     threads = threads or torch.get_num_threads()
     if isinstance(precision, torch.dtype):
         name = NAMES[precision]
-    elif precision == AUTO:
-        name = auto_precision(model, NAMES[resolve_precision(AUTO, torch.device("cpu"), model)], "cpu", threads)
+    elif precision == AUTO:      # as the engine resolves it, as far as the cache knows (nothing probed here)
+        rule = NAMES[resolve_precision(AUTO, torch.device("cpu"), model)]
+        name = auto_precision(model, rule, "cpu", threads)[0] or rule
     else:
         name = precision
     key = tuning_key(model.arch, model.hparams, name, "cpu", threads)
@@ -236,12 +240,21 @@ def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | 
     return result.get("backend") if result else None
 
 
-def auto_precision(model: Any, resolved: str, device: Any, threads: int) -> str:
-    """What ``--precision auto`` runs ``model`` in: ``resolved`` (the rule's answer, ``device.
-    resolve_precision``) unless that is bf16 on the CPU and ``upscale tune`` measured fp32 faster here
-    for this network and thread count. Nothing measured: ``resolved`` (the per-precision lookup that
-    follows says once that nothing was tuned)."""
+def probe_key(threads: int) -> dict[str, Any]:
+    """The key of the machine's precision probe (``engine.precision``) at ``threads`` threads."""
+    return tuning_key(PROBE_ARCH, PROBE_SHAPE, AUTO, "cpu", threads)
+
+
+def auto_precision(model: Any, resolved: str, device: Any, threads: int) -> tuple[str | None, str]:
+    """What ``--precision auto`` runs ``model`` in, as far as the cache knows: (``resolved``, "rule")
+    unless that is bf16 on the CPU; then ``upscale tune``'s choice for this network and thread count
+    (source "model"), else the machine probe's (source "probe"), else (None, "") when neither was
+    measured (``engine.precision`` probes then)."""
     if resolved != "bf16" or device_name(device) != "cpu":
-        return resolved
-    result = lookup(tuning_key(model.arch, model.hparams, AUTO, "cpu", threads))
-    return result["precision"] if result else resolved
+        return resolved, "rule"
+    for key, source in ((tuning_key(model.arch, model.hparams, AUTO, "cpu", threads), "model"),
+                        (probe_key(threads), "probe")):
+        result = lookup(key)
+        if result is not None:
+            return result["precision"], source
+    return None, ""

@@ -6,6 +6,8 @@ stitches the outputs on the model's device. Its rooms:
 
 - ``options``: ``EngineOptions`` and ``Workload``, validated, with the documented defaults;
 - ``upscale.device`` (shared with training): device and precision resolution, free memory;
+- ``precision``: what ``precision="auto"`` computes in where the rule says bf16 on the CPU: what
+  ``upscale tune`` measured for the model, else the machine's own one-convolution probe (cached);
 - ``cost``: the probe of a network's MACs and activations, the window ``auto`` uses (the one
   ``upscale tune`` measured fastest here, else the documented fallback; capped by memory), and
   ``check_output_fits`` (is there memory for the output at all; callable before loading a model);

@@ -19,12 +19,12 @@ from torch import nn
 
 from .. import errors, tiling
 from ..backends import choose_backend, openvino_windows
-from ..device import DTYPES, NAMES, resolve_device, resolve_precision, synchronize
+from ..device import NAMES, resolve_device, synchronize
 from ..model import Model
-from ..tuned import auto_precision
 from .compiling import compiled_module, uses_compiled, want_compile
 from .cost import check_output_fits, fitting_window_px, measured_windows, probe_cost
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
+from .precision import auto_dtype
 from .stitch_ops import TorchStitchOps, to_float
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Engine:
             torch.set_num_threads(self.options.threads)
         self.device = resolve_device(self.options.device)
         threads = torch.get_num_threads()
-        self.dtype = self._precision(model, threads)
+        self.dtype = auto_dtype(self.options.precision, self.device, model, threads)
         self.cost = probe_cost(model)
         self.backend = choose_backend(self.options.backend, model, self.device.type, NAMES[self.dtype], threads,
                                       self.options.compile)
@@ -84,18 +84,6 @@ class Engine:
         self._note_cost()
         log.debug("engine: %s, %s, %d threads, backend %s, compile %s", self.device, NAMES[self.dtype],
                   threads, self.backend, "on" if self.compiled else "off")
-
-    def _precision(self, model: Model, threads: int) -> torch.dtype:
-        """The compute dtype: ``device.resolve_precision``'s rule; for ``auto``, the precision
-        ``upscale tune`` measured faster here where it measured both (``tuned.auto_precision``)."""
-        dtype = resolve_precision(self.options.precision, self.device, model)
-        if self.options.precision != "auto":
-            return dtype
-        chosen = auto_precision(model, NAMES[dtype], self.device, threads)
-        if chosen != NAMES[dtype]:
-            log.info("precision auto: %s, which `upscale tune` measured faster than %s for this model here",
-                     chosen, NAMES[dtype])
-        return DTYPES[chosen]
 
     @functools.cached_property
     def module(self) -> nn.Module:

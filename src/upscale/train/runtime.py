@@ -102,7 +102,7 @@ def settle_auto_precision(rt: Runtime, cfg: TrainConfig, gen: nn.Module, arch: s
     if cfg.precision != "auto" or rt.device.type != "cpu" or rt.amp.dtype != torch.bfloat16 or rt.world_size > 1:
         return rt, None
     lr_px = max(1, cfg.gt_size // cfg.scale)
-    if recorded is not None:
+    if recorded in ("bf16", "fp32"):      # not fp16: a run started on CUDA measures here afresh
         name, why = recorded, "the precision this run started in"
     else:
         key = tuned.tuning_key(arch, dict(hparams, train_batch=cfg.batch_size, train_lr_px=lr_px), tuned.TRAIN_AUTO,

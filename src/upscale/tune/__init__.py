@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..device import NAMES, resolve_device, resolve_precision
 from ..engine import EngineOptions
 from ..model import Model
 from .. import tuned
@@ -122,8 +123,12 @@ def tune_precisions(model: Model, options: EngineOptions | None = None, *, backe
     ``auto`` runs here."""
     options = options or EngineOptions()
     kwargs: dict[str, Any] = {"backend": backend, "quick": quick, "runs": runs, "windows": windows, "save": save}
+    choosing = options.precision == tuned.AUTO
+    if choosing:       # the rule's answer, not what an earlier tune made auto run: both are measured again
+        rule = NAMES[resolve_precision(tuned.AUTO, resolve_device(options.device), model)]
+        options = dataclasses.replace(options, precision=rule)
     first = tune_model(model, options, **kwargs)
-    if options.precision != tuned.AUTO or first.key["device"] != "cpu" or first.key["precision"] != "bf16":
+    if not choosing or first.key["device"] != "cpu" or first.key["precision"] != "bf16":
         return Tuning([first])
     fp32 = dataclasses.replace(options, precision="fp32")
     estimates = {"bf16": first.reference["chosen_s"]}

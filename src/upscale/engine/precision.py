@@ -1,0 +1,80 @@
+"""Which dtype ``precision="auto"`` computes in: ``device.resolve_precision``'s rule, and, where the
+rule says bf16 on the CPU, what was measured on this CPU, since native bf16 (avx512_bf16, AMX) is not
+always the faster (on a Xeon with avx512_bf16 and no AMX, torch's bf16 GEMM ran at about half its
+fp32 rate; on an AMX Xeon at ~5x):
+
+1. ``upscale tune -m MODEL``'s choice for this network and thread count (``tuned.auto_precision``);
+2. else the machine's probe: one 3x3 convolution (``PROBE_SHAPE``, channels_last, constant tensors)
+   timed under bf16 autocast and in fp32, best of ``PROBE_RUNS`` after a warm-up (well under a
+   second), measured once per CPU, thread count and torch version and kept in the tuning cache, so
+   a first run neither stalls nor flips between runs.
+
+The choice is said at info level where it overrides the rule, once per process (per model for
+``upscale tune``'s choices)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import tuned
+from ..device import DTYPES, resolve_precision
+from ..errors import TuneCacheError
+from ..model import Model
+
+log = logging.getLogger(__name__)
+
+PROBE_RUNS = 5
+_said: set[tuple[str, str, str]] = set()
+
+
+def auto_dtype(name: str, device: torch.device, model: Model, threads: int) -> torch.dtype:
+    """The compute dtype for precision ``name`` (only ``auto`` is ever changed from the rule's answer)."""
+    dtype = resolve_precision(name, device, model)
+    if name != tuned.AUTO or dtype != torch.bfloat16 or device.type != "cpu":
+        return dtype
+    chosen, source = tuned.auto_precision(model, "bf16", device, threads)
+    if chosen is None:
+        chosen, source = probe_machine(threads), "probe"
+    said = (chosen, source, "" if source == "probe" else tuned.canonical([model.arch, model.hparams]))
+    if chosen != "bf16" and said not in _said:
+        _said.add(said)
+        why = ("`upscale tune` measured it faster than bf16 for this model here" if source == "model" else
+               "a 3x3 convolution ran faster in it than in bf16 on this CPU; `upscale tune -m MODEL` measures "
+               "the model itself")
+        log.info("precision auto: %s (%s)", chosen, why)
+    return DTYPES[chosen]
+
+
+def probe_machine(threads: int) -> str:
+    """Time the probe convolution in bf16 and fp32 now, store the faster in the tuning cache (a cache
+    that cannot be written costs a warning and a probe per process) and return its name."""
+    seconds = {name: _conv_seconds(DTYPES[name]) for name in tuned.AUTO_CANDIDATES}
+    chosen = "fp32" if seconds["fp32"] < seconds["bf16"] else "bf16"
+    try:
+        tuned.store(tuned.probe_key(threads), {"precision": chosen,
+                                              "estimate_s": {k: round(v, 6) for k, v in seconds.items()}},
+                    label="machine probe", when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    except TuneCacheError as err:
+        log.warning("%s; precision auto measures again in the next process", err.message)
+    log.debug("precision probe: bf16 %.4f s, fp32 %.4f s -> %s", seconds["bf16"], seconds["fp32"], chosen)
+    return chosen
+
+
+def _conv_seconds(dtype: torch.dtype) -> float:
+    channels, side = tuned.PROBE_SHAPE["channels"], tuned.PROBE_SHAPE["side"]
+    x = torch.full((1, channels, side, side), 0.5).contiguous(memory_format=torch.channels_last)
+    w = torch.full((channels, channels, 3, 3), 0.01).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        for _ in range(PROBE_RUNS + 1):
+            t0 = time.perf_counter()
+            F.conv2d(x, w, padding=1)
+            times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+__all__ = ["PROBE_RUNS", "auto_dtype", "probe_machine"]
