@@ -513,6 +513,11 @@ def test_auto_training_precision_is_measured_once_cached_and_kept_on_resume(data
     (entry,) = json.loads(native_bf16.read_text())["entries"]
     assert entry["key"]["precision"] == "train-auto" and entry["result"]["precision"] == chosen
     assert set(entry["result"]["estimate_s"]) == {"bf16", "fp32"}
+    from click.testing import CliRunner
+    from upscale.cli import cli
+
+    shown = CliRunner().invoke(cli, ["tune", "--show"]).output
+    assert "train-auto" in shown and f"[train compact]: runs {chosen} (training step: bf16 ~" in shown
 
     # a later run of the same generator, batch and patch takes the cached choice without measuring
     other = "fp32" if chosen == "bf16" else "bf16"

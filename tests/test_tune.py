@@ -313,6 +313,8 @@ def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache
     assert not cache_here.exists()
     dtype = Engine(model, EngineOptions(device="cpu", precision="auto")).dtype
     assert dtype == probe_choice(cache_here)
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    assert f"conv3x3-probe auto {torch.get_num_threads()} threads [machine probe]: runs {name} (one 3x3 conv:" in tune("--show")
     calls = []
     monkeypatch.setattr(precision, "_conv_seconds", lambda d: calls.append(d) or 1.0)   # a second probe would show
     assert Engine(load_model(tiny_x2), EngineOptions(device="cpu", precision="auto")).dtype == dtype

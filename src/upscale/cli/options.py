@@ -48,7 +48,8 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _stack(
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True, help="auto: fp16 on CUDA, bf16 on CPUs with avx512_bf16 or AMX, else fp32."),
+                     show_default=True, help="auto: fp16 on CUDA; on CPUs with avx512_bf16 or AMX, bf16 where measured faster "
+                          "there (`upscale tune`, else a one-convolution probe, cached); else fp32."),
         click.option("--threads", type=int, default=None, help="CPU threads (default: all cores)."),
         click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      show_default=True, help="torch.compile the network (auto: when the work repays it)."),

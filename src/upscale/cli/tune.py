@@ -132,10 +132,12 @@ def _show() -> None:
         return
     for entry in entries:
         key, res = entry["key"], entry["result"]
-        if key.get("precision") == tuned.AUTO:
+        if key.get("precision") in (tuned.AUTO, tuned.TRAIN_AUTO):
+            what = ("training step" if key["precision"] == tuned.TRAIN_AUTO else "one 3x3 conv"
+                    if key.get("arch") == tuned.PROBE_ARCH else "est. 1000x750 model time")
             estimates = ", ".join(f"{k} ~{v:.3g} s" for k, v in res["estimate_s"].items())
             click.echo(f"{tuned.describe(key)} [{entry.get('label', '')}]: runs {res['precision']} "
-                       f"(est. model time {estimates}); {entry.get('when', '?')}{_stale(key)}")
+                       f"({what}: {estimates}); {entry.get('when', '?')}{_stale(key)}")
             continue
         compiled = res.get("compile")
         compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s"
