@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,18 @@ def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | 
     key = tuning_key(model.arch, model.hparams, name, "cpu", threads)
     result = lookup_or_note(key, model.name or model.source)
     return result.get("backend") if result else None
+
+
+def remember_faster(key: dict[str, Any], seconds: dict[str, float], *, label: str) -> str:
+    """The faster precision of ``seconds`` ({"bf16": s, "fp32": s}; bf16 on a tie), stored under ``key``
+    as an auto choice. A cache that cannot be written costs a warning: the next process measures again."""
+    chosen = min(AUTO_CANDIDATES, key=lambda name: seconds[name])
+    try:
+        store(key, {"precision": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}},
+              label=label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    except errors.TuneCacheError as err:
+        log.warning("%s; measured again in the next process", err.message)
+    return chosen
 
 
 def probe_key(threads: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
 from .cost import check_output_fits, fitting_window_px, measured_windows, probe_cost
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
-from .precision import auto_dtype
+from .precision import resolve_dtype
 from .stitch_ops import TorchStitchOps, to_float
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Engine:
             torch.set_num_threads(self.options.threads)
         self.device = resolve_device(self.options.device)
         threads = torch.get_num_threads()
-        self.dtype = auto_dtype(self.options.precision, self.device, model, threads)
+        self.dtype = resolve_dtype(self.options.precision, self.device, model, threads)
         self.cost = probe_cost(model)
         self.backend = choose_backend(self.options.backend, model, self.device.type, NAMES[self.dtype], threads,
                                       self.options.compile)

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from .. import tuned
 from ..device import DTYPES, resolve_precision
-from ..errors import TuneCacheError
 from ..model import Model
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ PROBE_RUNS = 5
 _said: set[tuple[str, str, str]] = set()
 
 
-def auto_dtype(name: str, device: torch.device, model: Model, threads: int) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -> torch.dtype:
     """The compute dtype for precision ``name`` (only ``auto`` is ever changed from the rule's answer)."""
     dtype = resolve_precision(name, device, model)
     if name != tuned.AUTO or dtype != torch.bfloat16 or device.type != "cpu":
@@ -50,18 +49,10 @@ def auto_dtype(name: str, device: torch.device, model: Model, threads: int) -> t
 
 
 def probe_machine(threads: int) -> str:
-    """Time the probe convolution in bf16 and fp32 now, store the faster in the tuning cache (a cache
-    that cannot be written costs a warning and a probe per process) and return its name."""
+    """Time the probe convolution in bf16 and fp32 now; the faster, stored in the tuning cache."""
     seconds = {name: _conv_seconds(DTYPES[name]) for name in tuned.AUTO_CANDIDATES}
-    chosen = "fp32" if seconds["fp32"] < seconds["bf16"] else "bf16"
-    try:
-        tuned.store(tuned.probe_key(threads), {"precision": chosen,
-                                              "estimate_s": {k: round(v, 6) for k, v in seconds.items()}},
-                    label="machine probe", when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    except TuneCacheError as err:
-        log.warning("%s; precision auto measures again in the next process", err.message)
-    log.debug("precision probe: bf16 %.4f s, fp32 %.4f s -> %s", seconds["bf16"], seconds["fp32"], chosen)
-    return chosen
+    log.debug("precision probe: bf16 %.4f s, fp32 %.4f s", seconds["bf16"], seconds["fp32"])
+    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe")
 
 
 def _conv_seconds(dtype: torch.dtype) -> float:
@@ -77,4 +68,4 @@ def _conv_seconds(dtype: torch.dtype) -> float:
     return min(times[1:])
 
 
-__all__ = ["PROBE_RUNS", "auto_dtype", "probe_machine"]
+__all__ = ["PROBE_RUNS", "probe_machine", "resolve_dtype"]

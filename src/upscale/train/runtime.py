@@ -25,7 +25,7 @@ from torch import nn
 
 from ..device import fast_dtype, resolve_device
 from .. import tuned
-from ..errors import DeviceError, PrecisionError, TuneCacheError, UsageError
+from ..errors import DeviceError, PrecisionError, UsageError
 from ..machine import cpu_bf16_flags
 from .config import TrainConfig
 from .steps import Amp
@@ -112,14 +112,9 @@ def settle_auto_precision(rt: Runtime, cfg: TrainConfig, gen: nn.Module, arch: s
             name, why = result["precision"], "measured faster on this CPU earlier"
         else:
             seconds = {p: _time_step(gen, _DTYPES[p], min(cfg.batch_size, PROBE_BATCH), hparams.get("num_in_ch", 3),
-                                     lr_px, cfg.channels_last) for p in ("bf16", "fp32")}
-            name = "fp32" if seconds["fp32"] < seconds["bf16"] else "bf16"
+                                     lr_px, cfg.channels_last) for p in tuned.AUTO_CANDIDATES}
+            name = tuned.remember_faster(key, seconds, label=f"train {arch}")
             why = f"generator step measured here: bf16 {seconds['bf16']:.3g} s, fp32 {seconds['fp32']:.3g} s"
-            try:
-                tuned.store(key, {"precision": name, "estimate_s": {k: round(v, 5) for k, v in seconds.items()}},
-                            label=f"train {arch}", when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            except TuneCacheError as err:
-                log.warning("%s; the next run measures again", err.message)
     return dataclasses.replace(rt, amp=Amp("cpu", _DTYPES[name])), f"precision auto: {name} ({why})"
 
 
