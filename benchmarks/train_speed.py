@@ -40,7 +40,7 @@ def measure(arch: str, hparams: dict, precision: str, compile_: bool, *, batch: 
                                 "compile": compile_, "channels_last": channels_last, "out": "/tmp/unused"})
     # Trainer() writes nothing (the run folder is prepared by run(), which is not called here).
     trainer = Trainer(cfg, progress=False)
-    note = trainer.precision_note
+    trainer.settle_precision()           # precision auto's measured choice, before the timed steps
     g = torch.Generator().manual_seed(0)
     lr_px = gt_px // scale
     lr = torch.randint(0, 256, (batch, 3, lr_px, lr_px), dtype=torch.uint8, generator=g)
@@ -60,7 +60,7 @@ def measure(arch: str, hparams: dict, precision: str, compile_: bool, *, batch: 
             "precision": precision, "compile": compile_, "channels_last": channels_last, "batch": batch,
             "gt_px": gt_px, "scale": scale, "s_per_it": round(step_s, 4), "median_s_per_it": round(median_s, 4), "it_per_s": round(1 / step_s, 4),
             "warmup_s": round(warm_s, 2), "threads": torch.get_num_threads(), "device": str(trainer.rt.device),
-            "dtype": str(trainer.rt.amp.dtype or torch.float32).replace("torch.", ""), "auto_note": note,
+            "dtype": str(trainer.rt.amp.dtype or torch.float32).replace("torch.", ""), "auto_note": trainer.precision_note,
             **environment()}
 
 

@@ -509,6 +509,7 @@ def test_auto_training_precision_is_measured_once_cached_and_kept_on_resume(data
     note = _train_auto(data, tmp_path / "a", lines)
     chosen = note.split()[2]
     assert chosen in ("bf16", "fp32") and "generator step measured here" in note
+    assert next(i for i, line in enumerate(lines) if line.startswith("timing the generator")) < lines.index(note)
     assert load_checkpoint(tmp_path / "a" / "checkpoints" / "iter_00000004.pt")["precision"] == chosen
     (entry,) = json.loads(native_bf16.read_text())["entries"]
     assert entry["key"]["precision"] == "train-auto" and entry["result"]["precision"] == chosen

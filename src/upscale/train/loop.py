@@ -153,8 +153,9 @@ class Trainer:
         state = ckpt.load_checkpoint(resume) if resume is not None else None
         self._build_networks(cfg, state)
         # checkpoints from before the choice was recorded were trained in the rule's answer (bf16 here)
-        recorded = None if state is None else state.get("precision", "bf16")
-        self.rt, self.precision_note = settle_auto_precision(self.rt, cfg, self.gen, self.arch, self.hparams, recorded)
+        self._recorded_precision = None if state is None else state.get("precision", "bf16")
+        self._precision_settled = False
+        self.precision_note: str | None = None
         self.iteration = 0
         self.best_psnr: float | None = None
         self.elapsed_s = 0.0
@@ -244,7 +245,17 @@ class Trainer:
         x = batch.to(self.rt.device, non_blocking=True).float().div_(255.0)
         return x.contiguous(memory_format=self.memory_format)
 
+    def settle_precision(self, say: Echo | None = None) -> None:
+        """Precision auto's measured choice (``runtime.settle_auto_precision``), once, before the first
+        step: ``run`` makes it once the run folder is announced, so a stop during the probe still
+        saves a checkpoint; ``say`` hears that a probe is starting."""
+        if not self._precision_settled:
+            self.rt, self.precision_note = settle_auto_precision(self.rt, self.cfg, self.gen, self.arch, self.hparams,
+                                                                 self._recorded_precision, say=say)
+            self._precision_settled = True
+
     def step(self, lr_u8: torch.Tensor, hr_u8: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.settle_precision()
         factor = lr_factor(self.cfg, self.iteration + 1)
         for group in self.opt_g.param_groups:
             group["lr"] = self.cfg.learning_rate * factor
@@ -274,6 +285,7 @@ class Trainer:
                 if on_start is not None and self.rt.is_main:
                     on_start()
                 bicubic = self._bicubic_baseline(val_sets, echo)
+                self.settle_precision(say=echo)
                 self._announce(echo)
                 last_val, reason = self._loop(pairs, val_sets, echo, flag)
                 interrupted = self._finish(reason, echo)

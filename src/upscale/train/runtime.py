@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from .steps import Amp
 log = logging.getLogger(__name__)
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NAMES = {v: k for k, v in _DTYPES.items()}
-PROBE_BATCH = 4        # at most this many patches per timed generator step of the precision probe
+PROBE_BATCH = 2        # at most this many patches per timed generator step of the precision probe
 PROBE_RUNS = 2         # timed steps per precision, after one warm-up
 
 
@@ -92,13 +92,15 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
 
 
 def settle_auto_precision(rt: Runtime, cfg: TrainConfig, gen: nn.Module, arch: str, hparams: dict[str, Any],
-                          recorded: str | None) -> tuple[Runtime, str | None]:
+                          recorded: str | None, *, say: Callable[[str], None] | None = None
+                          ) -> tuple[Runtime, str | None]:
     """The runtime to train with, and a line saying how its precision was chosen (None: no choice).
 
     Only for ``precision auto`` where the rule chose bf16 on the CPU, in one process (DDP ranks would
     each measure their own answer): ``recorded`` (the precision the checkpoint being resumed was
     trained in, so the run continues exactly), else what the tuning cache holds for this generator,
-    batch, patch and thread count here, else measured now and stored."""
+    batch, patch and thread count here, else measured now and stored (``say`` hears it start: for
+    ESRGAN's RRDBNet it takes ~10 s)."""
     if cfg.precision != "auto" or rt.device.type != "cpu" or rt.amp.dtype != torch.bfloat16 or rt.world_size > 1:
         return rt, None
     lr_px = max(1, cfg.gt_size // cfg.scale)
@@ -111,6 +113,8 @@ def settle_auto_precision(rt: Runtime, cfg: TrainConfig, gen: nn.Module, arch: s
         if result is not None:
             name, why = result["precision"], "measured faster on this CPU earlier"
         else:
+            if say is not None:
+                say("timing the generator's step in bf16 and fp32 for precision auto (once for it on this CPU)")
             seconds = {p: _time_step(gen, _DTYPES[p], min(cfg.batch_size, PROBE_BATCH), hparams.get("num_in_ch", 3),
                                      lr_px, cfg.channels_last) for p in tuned.AUTO_CANDIDATES}
             name = tuned.remember_faster(key, seconds, label=f"train {arch}")
