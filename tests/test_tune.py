@@ -316,7 +316,7 @@ def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
     assert f"conv3x3-probe auto {torch.get_num_threads()} threads [machine probe]: runs {name} (one 3x3 conv:" in tune("--show")
     calls = []
-    monkeypatch.setattr(precision, "_conv_seconds", lambda d: calls.append(d) or 1.0)   # a second probe would show
+    monkeypatch.setattr(precision, "probe_seconds", lambda: calls.append(1) or {"bf16": 1.0, "fp32": 1.0})
     assert Engine(load_model(tiny_x2), EngineOptions(device="cpu", precision="auto")).dtype == dtype
     assert calls == []
     # an explicit tune of one precision makes no choice for the model: the probe's answer stands
@@ -324,6 +324,10 @@ def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache
     assert {e["key"]["precision"] for e in json.loads(cache_here.read_text())["entries"]
             if e["key"]["arch"] == "compact"} == {"bf16"}
     assert Engine(model, EngineOptions(device="cpu", precision="auto")).dtype == dtype
+    # `upscale tune --probe` measures it again (here: a tie, which keeps bf16)
+    out = tune("--probe", "--threads", str(torch.get_num_threads()))
+    assert calls == [1] and "precision probe" in out and "runs bf16 for models not tuned here" in out
+    assert probe_choice(cache_here) == torch.bfloat16
 
 
 def test_auto_choice_applies_only_where_the_rule_says_bf16(tiny_x4, cache_here):

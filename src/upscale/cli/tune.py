@@ -37,9 +37,12 @@ def _windows(value: str | None) -> tuple[int, ...] | None:
 @click.option("--windows", "windows", default=None, metavar="PX,PX,...",
               help="Window sides to try (default: 128,192,256,384,496,512; up to 384 for large networks).")
 @click.option("--show", is_flag=True, help="Print what the tuning cache holds and stop.")
+@click.option("--probe", is_flag=True,
+              help="Measure the machine's precision probe again (one 3x3 conv in bf16 and fp32: what --precision "
+                   "auto runs for models not tuned here, on CPUs with native bf16) and stop.")
 @handle_errors
 def tune(model_name: str | None, device: str, precision: str, threads: int | None, backend: str, quick: bool,
-         windows: str | None, show: bool) -> None:
+         windows: str | None, show: bool, probe: bool) -> None:
     """Measure window size, batch, torch.compile, backend (and precision) for a model on this machine.
 
     The winner is kept in the tuning cache (<cache>/tune.json), keyed by the CPU model and flags,
@@ -61,6 +64,9 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
     """
     if show:
         _show()
+        return
+    if probe:
+        _probe(threads)
         return
     from ..api import default_model_name, load_model
     from ..engine import EngineOptions
@@ -121,6 +127,25 @@ def _print_report(report: Any) -> None:
                    f"old defaults (saves {ref['saved_s']:.2f} s, {ref['saved_pct']:.0f}%)")
     for note in report.notes:
         click.echo(f"note: {note}")
+
+
+def _probe(threads: int | None) -> None:
+    import torch
+
+    from .. import tuned
+    from ..device import cpu_native_bf16
+    from ..engine.precision import probe_machine
+
+    if threads:
+        torch.set_num_threads(threads)
+    if not cpu_native_bf16():
+        click.echo("this CPU has no native bf16 (avx512_bf16 or AMX): --precision auto runs fp32, nothing to probe")
+        return
+    chosen = probe_machine(torch.get_num_threads())
+    result = tuned.lookup(tuned.probe_key(torch.get_num_threads())) or {"estimate_s": {}}
+    timed = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in result["estimate_s"].items())
+    click.echo(f"precision probe, {torch.get_num_threads()} threads: {timed or 'not stored'}; --precision auto "
+               f"runs {chosen} for models not tuned here (saved in {tuned.cache_path()})")
 
 
 def _show() -> None:

@@ -5,9 +5,10 @@ fp32 rate; on an AMX Xeon at ~5x):
 
 1. ``upscale tune -m MODEL``'s choice for this network and thread count (``tuned.auto_precision``);
 2. else the machine's probe: one 3x3 convolution (``PROBE_SHAPE``, channels_last, constant tensors)
-   timed under bf16 autocast and in fp32, best of ``PROBE_RUNS`` after a warm-up (well under a
-   second), measured once per CPU, thread count and torch version and kept in the tuning cache, so
-   a first run neither stalls nor flips between runs.
+   timed under bf16 autocast and in fp32, alternately, best of ``PROBE_RUNS`` after a warm-up (well
+   under a second), measured once per CPU, thread count and torch version and kept in the tuning
+   cache, so a first run neither stalls nor flips between runs (``upscale tune --probe`` measures it
+   again).
 
 The choice is said at info level where it overrides the rule, once per process (per model for
 ``upscale tune``'s choices)."""
@@ -50,22 +51,26 @@ def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -
 
 def probe_machine(threads: int) -> str:
     """Time the probe convolution in bf16 and fp32 now; the faster, stored in the tuning cache."""
-    seconds = {name: _conv_seconds(DTYPES[name]) for name in tuned.AUTO_CANDIDATES}
+    seconds = probe_seconds()
     log.debug("precision probe: bf16 %.4f s, fp32 %.4f s", seconds["bf16"], seconds["fp32"])
     return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe")
 
 
-def _conv_seconds(dtype: torch.dtype) -> float:
+def probe_seconds() -> dict[str, float]:
+    """{precision: best seconds of the probe convolution}: the two precisions alternate, one warm-up
+    call each, then ``PROBE_RUNS`` calls each, so a change in the machine's load weighs on both."""
     channels, side = tuned.PROBE_SHAPE["channels"], tuned.PROBE_SHAPE["side"]
     x = torch.full((1, channels, side, side), 0.5).contiguous(memory_format=torch.channels_last)
     w = torch.full((channels, channels, 3, 3), 0.01).contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    times: dict[str, list[float]] = {name: [] for name in tuned.AUTO_CANDIDATES}
+    with torch.inference_mode():
         for _ in range(PROBE_RUNS + 1):
-            t0 = time.perf_counter()
-            F.conv2d(x, w, padding=1)
-            times.append(time.perf_counter() - t0)
-    return min(times[1:])
+            for name in tuned.AUTO_CANDIDATES:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                    t0 = time.perf_counter()
+                    F.conv2d(x, w, padding=1)
+                    times[name].append(time.perf_counter() - t0)
+    return {name: min(t[1:]) for name, t in times.items()}
 
 
-__all__ = ["PROBE_RUNS", "probe_machine", "resolve_dtype"]
+__all__ = ["PROBE_RUNS", "probe_machine", "probe_seconds", "resolve_dtype"]
