@@ -202,11 +202,13 @@ def lookup_or_note(key: dict[str, Any], model_label: str) -> dict[str, Any] | No
     return result
 
 
-def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str) -> Path:
+def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str | None = None) -> Path:
     """Put ``result`` under ``key`` (replacing that key's entry, keeping the others; a corrupt file
-    is replaced); raises ``errors.TuneCacheError`` when the file cannot be written."""
+    is replaced), dated ``when`` (default: now); raises ``errors.TuneCacheError`` when the file
+    cannot be written."""
     entries = [e for e in load_entries() if e["key"] != key]
-    entries.append({"key": key, "label": label, "when": when, "result": result})
+    entries.append({"key": key, "label": label, "when": when or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "result": result})
     path = cache_path()
     text = json.dumps({"format": FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n"
     try:
@@ -246,8 +248,7 @@ def remember_faster(key: dict[str, Any], seconds: dict[str, float], *, label: st
     as an auto choice. A cache that cannot be written costs a warning: the next process measures again."""
     chosen = min(AUTO_CANDIDATES, key=lambda name: seconds[name])
     try:
-        store(key, {"precision": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}},
-              label=label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        store(key, {"precision": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}}, label=label)
     except errors.TuneCacheError as err:
         log.warning("%s; measured again in the next process", err.message)
     return chosen

@@ -141,10 +141,9 @@ def _probe(threads: int | None) -> None:
     if not cpu_native_bf16():
         click.echo("this CPU has no native bf16 (avx512_bf16 or AMX): --precision auto runs fp32, nothing to probe")
         return
-    chosen = probe_machine(torch.get_num_threads())
-    result = tuned.lookup(tuned.probe_key(torch.get_num_threads())) or {"estimate_s": {}}
-    timed = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in result["estimate_s"].items())
-    click.echo(f"precision probe, {torch.get_num_threads()} threads: {timed or 'not stored'}; --precision auto "
+    chosen, seconds = probe_machine(torch.get_num_threads())
+    timed = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items())
+    click.echo(f"precision probe, {torch.get_num_threads()} threads: {timed}; --precision auto "
                f"runs {chosen} for models not tuned here (saved in {tuned.cache_path()})")
 
 

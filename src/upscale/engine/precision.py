@@ -38,7 +38,7 @@ def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -
         return dtype
     chosen, source = tuned.auto_precision(model, "bf16", device, threads)
     if chosen is None:
-        chosen, source = probe_machine(threads), "probe"
+        chosen, source = probe_machine(threads)[0], "probe"
     said = (chosen, source, "" if source == "probe" else tuned.canonical([model.arch, model.hparams]))
     if chosen != "bf16" and said not in _said:
         _said.add(said)
@@ -49,11 +49,12 @@ def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -
     return DTYPES[chosen]
 
 
-def probe_machine(threads: int) -> str:
-    """Time the probe convolution in bf16 and fp32 now; the faster, stored in the tuning cache."""
+def probe_machine(threads: int) -> tuple[str, dict[str, float]]:
+    """Time the probe convolution in bf16 and fp32 now: (the faster, stored in the tuning cache,
+    {precision: seconds})."""
     seconds = probe_seconds()
     log.debug("precision probe: bf16 %.4f s, fp32 %.4f s", seconds["bf16"], seconds["fp32"])
-    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe")
+    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe"), seconds
 
 
 def probe_seconds() -> dict[str, float]:

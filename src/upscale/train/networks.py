@@ -1,17 +1,63 @@
-"""The networks' training-side helpers: which parameters train (name patterns), the EMA of the
-generator's weights, and the learning-rate schedule (a pure function of the iteration)."""
+"""The networks' training-side helpers: the generator a run starts from (``init`` or built fresh),
+which parameters train (name patterns), the EMA of the generator's weights, and the learning-rate
+schedule (a pure function of the iteration)."""
 
 from __future__ import annotations
 
 import copy
 import fnmatch
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
+from .. import archs
 from ..errors import UsageError
+from ..model import Model
 from .config import TrainConfig
+
+
+def build_generator(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]:
+    """(module, arch, hparams): from ``cfg.init`` (registry name or weights file) or built fresh."""
+    if cfg.init:
+        model = _load_init(cfg.init)
+        if model.scale != cfg.scale:
+            raise UsageError(f"init {cfg.init} is a x{model.scale} model, but training is x{cfg.scale}",
+                             params=("init",))
+        hparams = {**model.hparams, **cfg.hparams}
+        if hparams != dict(model.hparams):
+            # e.g. --hparam silu_first=true: the same weights in a network built with other settings
+            # (model_from_state_dict refuses any shape that does not fit)
+            from ..loading import model_from_state_dict
+
+            _check_hparam_names(archs.get_family(model.arch), cfg.hparams)
+            model = model_from_state_dict(model.module.state_dict(), model.arch, hparams, source=cfg.init)
+        return model.module.float().train(), model.arch, dict(model.hparams)
+    family = archs.get_family(cfg.arch) if cfg.arch in archs.BY_NAME else None
+    if family is None:
+        raise UsageError(f"unknown architecture {cfg.arch!r}; known: {', '.join(archs.BY_NAME)}")
+    _check_hparam_names(family, cfg.hparams)
+    hparams = {**family.defaults, **cfg.hparams, "scale": cfg.scale}
+    try:
+        module = family.build(**hparams)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"cannot build {cfg.arch} with {hparams}: {err}") from None
+    return module.train(), cfg.arch, hparams
+
+
+def _check_hparam_names(family: archs.ArchFamily, given: dict[str, Any]) -> None:
+    unknown = set(given) - set(family.defaults)
+    if unknown:
+        raise UsageError(f"{family.name} has no hyperparameter {sorted(unknown)[0]!r}; "
+                         f"it takes {', '.join(family.defaults)}")
+
+
+def _load_init(init: str) -> Model:
+    """A weights file, or a registry name resolved through the hub (downloaded once, verified)."""
+    from ..resolve import resolve_model
+
+    return resolve_model(init)
 
 
 def select_trainable(module: nn.Module, trainable: list[str], freeze: list[str]) -> list[nn.Parameter]:

@@ -18,7 +18,6 @@ This package never prints (``upscale.cli.tune`` does).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import torch
@@ -111,7 +110,7 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
                            torch.get_num_threads())
     report = TuneReport(key, model.name or model.source or model.arch, rows, result, old, reference, notes)
     if save:
-        tuned.store(key, result, label=report.label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        tuned.store(key, result, label=report.label)
     return report
 
 
@@ -143,7 +142,7 @@ def tune_precisions(model: Model, options: EngineOptions | None = None, *, backe
               "estimate_s": {k: round(v, 3) for k, v in estimates.items()}}
     if save:
         key = dict(first.key, precision=tuned.AUTO)
-        tuned.store(key, choice, label=first.label, when=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        tuned.store(key, choice, label=first.label)
     return Tuning(reports, screen, choice)
 
 
