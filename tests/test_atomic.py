@@ -84,3 +84,40 @@ def test_sweep_removes_dead_owners_temps_only(tmp_path):
         assert live_temp.exists()
     assert not dead_temp.exists() and (tmp_path / ".z.png.tmp").exists()
     assert (tmp_path / "y.png").read_bytes() == b"y"
+
+
+# --- read, change, write back: `updating` ---------------------------------------------------------
+_INCREMENT = ("import sys, time; from pathlib import Path; from upscale import atomic\n"
+              "path = Path(sys.argv[1])\n"
+              "for _ in range(int(sys.argv[2])):\n"
+              "    with atomic.updating(path):\n"
+              "        n = int(path.read_text()) if path.exists() else 0\n"
+              "        time.sleep(0.002)   # widen the read-to-write gap another process could write in\n"
+              "        atomic.write_text(path, str(n + 1), durable=False)\n")
+
+
+def test_updating_keeps_every_change_of_concurrent_processes(tmp_path):
+    # three real processes each add 1 to a counter 30 times; without the lock most adds are lost
+    counter = tmp_path / "count.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", _INCREMENT, str(counter), "30"]) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert counter.read_text() == "90"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".count.txt.lock", "count.txt"]
+
+
+def test_updating_times_out_as_an_oserror_naming_the_file(tmp_path):
+    target = tmp_path / "registry.toml"
+    holder = ("import sys, time; from upscale import atomic\n"
+              "with atomic.updating(sys.argv[1]):\n"
+              "    print('held', flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(OSError, match="registry.toml stayed locked by another process for 0.2 s"):
+            with atomic.updating(target, timeout_s=0.2):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with atomic.updating(target, timeout_s=5):   # a killed holder's lock is free again
+        pass

@@ -147,6 +147,28 @@ def tiny_file(tmp_path, name="mine.pth"):
     return path
 
 
+_ADD = ("import sys, time; from pathlib import Path; from upscale import registry\n"
+        "while not Path(sys.argv[3]).exists(): time.sleep(0.01)   # start together\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    registry.add_user_model(f'{sys.argv[1]}-{i}', sys.argv[4], arch='compact',\n"
+        "                            hparams={'num_feat': 4, 'num_conv': 1, 'scale': 2})\n")
+
+
+def test_models_added_by_processes_at_once_are_all_kept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    path, go = tiny_file(tmp_path), tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _ADD, f"p{n}", "12", str(go), str(path)], env=dict(os.environ))
+             for n in range(3)]
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    registry._CACHE.clear()
+    added = {spec.name for spec in registry.all_models() if spec.origin == str(tmp_path / "cfg" / "models.toml")}
+    assert added == {f"p{n}-{i}" for n in range(3) for i in range(12)}
+
+
 def test_models_add_registers_a_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
     path = tiny_file(tmp_path)
@@ -158,7 +180,7 @@ def test_models_add_registers_a_local_file(tmp_path, monkeypatch):
                                               path.stat().st_size)
     assert spec.hparams["num_conv"] == 1 and spec.hparams["act_type"] == "prelu"
     assert spec.origin == str(tmp_path / "cfg" / "models.toml")
-    assert [p.name for p in (tmp_path / "cfg").iterdir()] == ["models.toml"]  # no temp file left
+    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == [".models.toml.lock", "models.toml"]  # no temp
     assert spec.bf16_safe is False                                            # not measured: fp32 in auto
 
     from upscale import hub

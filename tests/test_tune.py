@@ -121,6 +121,38 @@ def test_a_corrupt_cache_warns_once_uses_defaults_and_tune_rewrites_it(tiny_x4, 
     assert len(json.loads(cache_here.read_text())["entries"]) == 1
 
 
+_STORE = ("import sys, time; from pathlib import Path; from upscale import tuned\n"
+          "while not Path(sys.argv[3]).exists(): time.sleep(0.01)   # start together\n"
+          "for i in range(int(sys.argv[2])):\n"
+          "    key = tuned.tuning_key('compact', {'writer': sys.argv[1], 'i': i}, 'fp32', 'cpu', 1)\n"
+          "    tuned.store(key, {'window_px': 96 + i, 's_per_mp': 1.0, 'batch': 1}, label=sys.argv[1])\n")
+
+
+def test_processes_storing_at_once_keep_every_entry(cache_here, tmp_path):
+    # three `upscale tune`s finishing together: each one's entries survive the others' writes
+    import os
+    import subprocess
+    import sys
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _STORE, f"w{n}", "60", str(go)], env=dict(os.environ))
+             for n in range(3)]
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    entries = json.loads(cache_here.read_text())["entries"]
+    assert sorted((e["label"], e["result"]["window_px"]) for e in entries) == sorted(
+        (f"w{n}", 96 + i) for n in range(3) for i in range(60))
+
+
+def test_storing_an_invalid_result_is_refused_and_the_file_kept(tiny_x4, cache_here):
+    from upscale import tuned
+    tune("-m", tiny_x4, *QUICK)
+    before = cache_here.read_text()
+    key = tuned.tuning_key("compact", {"num_feat": 4}, "fp32", "cpu", 1)
+    with pytest.raises(ValueError, match="not a valid tuning result"):
+        tuned.store(key, {"window_px": 96}, label="no s_per_mp, no batch")
+    assert cache_here.read_text() == before
+
+
 def test_nothing_measured_uses_the_constants_and_says_so_once(weights_file, cache_here, caplog):
     path = str(weights_file("compact", COMPACT_FALLBACK, 3, "fallback_net"))
     caplog.set_level(logging.INFO, logger="upscale")

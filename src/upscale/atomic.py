@@ -8,6 +8,11 @@ folder never share or delete each other's temps. Each name records the host and 
 owns it (``.NAME.<host>-<pid>-<random>.upscale-tmp``): ``sweep_temps`` removes only temps whose
 owner is a process of this host that is no longer running.
 
+A file that is read, changed and written back (the tuning cache, the user registry) is changed under
+``updating``: an exclusive lock on ``.NAME.lock`` beside it, held from the read to the rename, so
+that two processes adding an entry at the same moment both keep theirs (``filelock``, which
+huggingface_hub already installs: lock files that work on POSIX and Windows alike).
+
 Every ``os.replace`` of the package is in this module.
 """
 
@@ -23,6 +28,8 @@ import socket
 import stat
 from pathlib import Path
 from typing import IO, Iterator
+
+import filelock
 
 TEMP_SUFFIX = ".upscale-tmp"
 _UMASK = os.umask(0)
@@ -77,6 +84,27 @@ def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = No
         raise
     if durable:
         fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def updating(path: str | Path, *, timeout_s: float = 60.0) -> Iterator[Path]:
+    """Hold the exclusive lock of ``path`` (a file whose owner reads, changes and writes it back) for
+    the ``with`` block; read ``path`` inside it. Raises ``TimeoutError`` (an OSError) when another
+    process holds it for over ``timeout_s``; the lock file (``.NAME.lock``, empty) is left in place. On
+    a file system that cannot lock, the block runs unlocked (a concurrent update may then be lost)."""
+    path = Path(path)
+    lock: filelock.BaseFileLock | None = filelock.FileLock(path.with_name(f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=timeout_s)
+    except filelock.Timeout:
+        raise TimeoutError(errno.ETIMEDOUT, f"{path} stayed locked by another process for {timeout_s:g} s") from None
+    except NotImplementedError:    # a file system without locks (flock says ENOSYS): unlocked, as before
+        lock = None
+    try:
+        yield path
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:

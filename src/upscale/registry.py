@@ -395,14 +395,15 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
         "source": {"type": "file", "path": str(path), "sha256": sha256_file(path), "size": size},
     }
     user = user_registry_path()
-    old = user.read_text(encoding="utf-8") if user.is_file() else ""
-    new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + format_entry(fields)
-    new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
     packaged = packaged_registry_path()
-    build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
     try:
         user.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(user, new)
+        with atomic.updating(user):     # a model another process adds meanwhile is kept
+            old = user.read_text(encoding="utf-8") if user.is_file() else ""
+            new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + format_entry(fields)
+            new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
+            build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
+            atomic.write_text(user, new)
     except OSError as err:
         raise errors.RegistryError(f"cannot write the user registry ({err.strerror or err})", path=user) from None
     _CACHE.clear()

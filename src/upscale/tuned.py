@@ -206,15 +206,17 @@ def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str 
     """Put ``result`` under ``key`` (replacing that key's entry, keeping the others; a corrupt file
     is replaced), dated ``when`` (default: now); raises ``errors.TuneCacheError`` when the file
     cannot be written."""
-    entries = [e for e in load_entries() if e["key"] != key]
-    entries.append({"key": key, "label": label, "when": when or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "result": result})
+    entry = {"key": key, "label": label, "when": when or time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result}
+    if not _valid_entry(entry):    # it would make the whole file read as corrupt
+        raise ValueError(f"not a valid tuning result for {describe(key)}: {result!r}")
     path = cache_path()
-    text = json.dumps({"format": FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n"
     try:
         os.makedirs(path.parent, exist_ok=True)
-        atomic.sweep_temps(path.parent, name=path.name)
-        atomic.write_text(path, text, durable=False)   # a lost cache costs only a re-tune
+        with atomic.updating(path):     # another process's entry, stored meanwhile, is kept
+            entries = [e for e in load_entries() if e["key"] != key] + [entry]
+            text = json.dumps({"format": FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n"
+            atomic.sweep_temps(path.parent, name=path.name)
+            atomic.write_text(path, text, durable=False)   # a lost cache costs only a re-tune
     except OSError as err:
         raise errors.TuneCacheError(f"cannot write the tuning cache: {err.strerror or err}", path=path) from err
     _noted.discard(canonical(key))
