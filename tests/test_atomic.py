@@ -118,6 +118,6 @@ def test_updating_times_out_as_an_oserror_naming_the_file(tmp_path):
                 pass
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()
     with atomic.updating(target, timeout_s=5):   # a killed holder's lock is free again
         pass
