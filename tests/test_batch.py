@@ -91,7 +91,8 @@ def test_plan_names_mirrors_skips_and_cleans(tmp_path):
     _save(src / "sub" / "b.jpeg", (8, 8), 1)
     _save(src / "sub" / "c.tif", (8, 8), 2)
     (src / "notes.txt").write_text("not an image")
-    (src / "sub" / "d.gif").write_bytes(b"GIF89a")           # readable by Pillow, but not an output format
+    (src / "sub" / "d.gif").write_bytes(b"GIF89a")           # read, not written: its output is a PNG
+    (src / "sub" / "e.xcf").write_bytes(b"gimp xcf")         # not a format io reads: ignored
     (out / "sub").mkdir(parents=True)
     _save(out / "sub" / "b_x4.jpg", (32, 32), 9)             # skipped: a complete output exists
     stale = _dead_temp(out / "a_x4.png")                     # left by a killed run
@@ -103,13 +104,15 @@ def test_plan_names_mirrors_skips_and_cleans(tmp_path):
 
     deep = plan_batch(src, out, outscale=4.0, recursive=True)
     assert [(j.rel, j.output) for j in deep.jobs] == [("a.png", out / "a_x4.png"),
-                                                      ("sub/c.tif", out / "sub" / "c_x4.tif")]
+                                                      ("sub/c.tif", out / "sub" / "c_x4.tif"),
+                                                      ("sub/d.gif", out / "sub" / "d_x4.png")]
     assert [(o.input, o.status) for o in deep.known] == [("sub/b.jpeg", SKIPPED)]
-    assert deep.total_found == 3
+    assert deep.total_found == 4
 
     redo = plan_batch(src, out, outscale=2.5, recursive=True, overwrite=True, output_format="webp",
                       globs=("sub/*",))
-    assert [(j.rel, j.output.name) for j in redo.jobs] == [("sub/b.jpeg", "b_x2.5.webp"), ("sub/c.tif", "c_x2.5.webp")]
+    assert [(j.rel, j.output.name) for j in redo.jobs] == [("sub/b.jpeg", "b_x2.5.webp"), ("sub/c.tif", "c_x2.5.webp"),
+                                                          ("sub/d.gif", "d_x2.5.webp")]
 
 
 def test_plan_collisions_agree_across_shards(tmp_path):

@@ -253,3 +253,42 @@ def test_cli_import_and_help_leave_torch_unimported():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_formats_read_but_not_written_come_out_as_png(tmp_path, tiny_x4):
+    # a palette image with a transparent index, as GIF and as PNG: the same pixels in, the same PNG out
+    rng = np.random.default_rng(5)
+    pal = PILImage.fromarray(rng.integers(0, 256, (13, 19, 3), dtype=np.uint8)).quantize(16)
+    pal.save(tmp_path / "sprite.gif", transparency=3)
+    (tmp_path / "ref").mkdir()
+    pal.save(tmp_path / "ref" / "sprite.png", transparency=3)
+    for src in (tmp_path / "sprite.gif", tmp_path / "ref" / "sprite.png"):
+        res = _invoke([src, "-m", tiny_x4, *FAST])
+        assert res.exit_code == 0, res.output
+    assert not (tmp_path / "sprite_x4.gif").exists()
+    with PILImage.open(tmp_path / "sprite_x4.png") as a, PILImage.open(tmp_path / "ref" / "sprite_x4.png") as b:
+        assert a.format == "PNG" and a.size == (76, 52) and a.mode == "RGBA"
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # JPEG's other spellings stay JPEG; --format still chooses
+    _photo(tmp_path / "cam.jfif")
+    assert _invoke([tmp_path / "cam.jfif", "-m", tiny_x4, *FAST]).exit_code == 0
+    with PILImage.open(tmp_path / "cam_x4.jpg") as im:
+        assert im.format == "JPEG"
+    assert _invoke([tmp_path / "sprite.gif", "-m", tiny_x4, "--format", "webp", *FAST]).exit_code == 0
+    assert (tmp_path / "sprite_x4.webp").is_file()
+    # naming a GIF output is still refused, before any work
+    res = _invoke([tmp_path / "sprite.gif", "-m", tiny_x4, "-o", tmp_path / "big.gif", *FAST])
+    assert res.exit_code != 0 and "unknown output extension '.gif'" in res.output
+    assert not (tmp_path / "big.gif").exists()
+
+
+@pytest.mark.parametrize("ext, feature", [(".avif", "avif"), (".jp2", "jpg_2000"), (".tga", None), (".ppm", None)])
+def test_other_read_only_inputs(tmp_path, tiny_x4, ext, feature):
+    from PIL import features
+    if feature and not features.check(feature):
+        pytest.skip(f"this Pillow cannot read {ext}")
+    src = _photo(tmp_path / f"pic{ext}")
+    res = _invoke([src, "-m", tiny_x4, *FAST])
+    assert res.exit_code == 0, res.output
+    with PILImage.open(tmp_path / "pic_x4.png") as im:
+        assert im.format == "PNG" and im.size == (92, 68)

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import atomic, errors
 from .engine import Engine, EngineOptions, RunStats, Workload, check_output_fits
-from .io import Image, output_format_for, read_image, write_image
+from .io import Image, output_extension, output_format_for, read_image, write_image
 from .model import Model
 from .pillow_resize import resize_array
 
@@ -231,10 +231,7 @@ def upscale_image(image: Image, model: Model, *, outscale: float | None = None, 
 
 
 def default_output_path(src: str | Path, outscale: float, output_format: str | None = None) -> Path:
-    """``{stem}_x{scale}.{ext}`` beside the input (scale printed without a trailing .0)."""
+    """``{stem}_x{scale}.{ext}`` beside the input (scale printed without a trailing .0; ``ext`` from
+    ``io.output_extension``: the input's, or .png for a format that is read and not written)."""
     src = Path(src)
-    scale_txt = f"{outscale:g}"
-    ext = f".{output_format.lower()}" if output_format else src.suffix
-    if ext.lower() == ".jpeg":
-        ext = ".jpg"
-    return src.with_name(f"{src.stem}_x{scale_txt}{ext}")
+    return src.with_name(f"{src.stem}_x{outscale:g}{output_extension(src.suffix, output_format)}")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .io import SUPPORTED_EXTENSIONS, read_image, to_uint8
+from .io import INPUT_EXTENSIONS, read_image, to_uint8
 from .matlab_resize import imresize, round_like_matlab
 
-IMAGE_SUFFIXES = tuple(sorted(SUPPORTED_EXTENSIONS))   # the suffixes io reads and writes
+IMAGE_SUFFIXES = tuple(sorted(INPUT_EXTENSIONS))   # the suffixes io reads
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -28,7 +28,7 @@ def list_images(folder: str | Path) -> list[Path]:
     p = Path(folder)
     if not p.is_dir():
         raise DataError("not a folder", path=p)
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_EXTENSIONS)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", path=p)
     return files

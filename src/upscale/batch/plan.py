@@ -15,14 +15,14 @@ from .. import atomic, errors
 from .. import io as _io
 from ..api import default_output_path, output_size
 from ..engine import Workload
-from ..io import SUPPORTED_EXTENSIONS, image_size
+from ..io import INPUT_EXTENSIONS, image_size
 from .summary import FAILED, SKIPPED, Outcome
 
 log = logging.getLogger("upscale")
 
-# A file is an input when its extension is one ``io`` can write back (the output keeps it); anything
-# else in the folder is ignored.
-IMAGE_EXTENSIONS = SUPPORTED_EXTENSIONS
+# A file is an input when ``io`` reads its extension (outputs keep it where ``io`` writes it back, else
+# PNG: ``io.output_extension``); anything else in the folder is ignored.
+IMAGE_EXTENSIONS = INPUT_EXTENSIONS
 
 # Launchers that start N copies of a command, and the variables that say which copy this is
 # (rank from 0, count). The first pair present wins: a multi-node torchrun sets RANK/WORLD_SIZE

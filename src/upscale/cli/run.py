@@ -14,7 +14,8 @@ from .progress import Progress
 @click.command("run")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output file (default: {stem}_x{scale}.{ext} beside the input).")
+              help="Output file (default: {stem}_x{scale}.{ext} beside the input; .png for inputs that are "
+                   "read but not written, such as GIF or AVIF).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @quiet_option("No progress or info lines.")
 @model_options

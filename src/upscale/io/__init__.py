@@ -55,12 +55,12 @@ format comes from the extension; ``format`` may name it for a path without an im
 must not contradict one (``y.png`` with ``jpg`` is a ``UsageError``).
 """
 
-from .image import DEFAULT_QUALITY, SUPPORTED_EXTENSIONS, Image, to_uint8
+from .image import DEFAULT_QUALITY, INPUT_EXTENSIONS, SUPPORTED_EXTENSIONS, Image, output_extension, to_uint8
 from .png import PNG_COMPRESS_LEVEL
 from .read import image_size, pixel_limit, read_image
 from .write import check_output, output_format_for, write_image
 
 __all__ = [
-    "DEFAULT_QUALITY", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Image", "check_output", "image_size",
-    "output_format_for", "pixel_limit", "read_image", "to_uint8", "write_image",
+    "DEFAULT_QUALITY", "INPUT_EXTENSIONS", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Image", "check_output",
+    "image_size", "output_extension", "output_format_for", "pixel_limit", "read_image", "to_uint8", "write_image",
 ]

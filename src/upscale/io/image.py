@@ -13,6 +13,26 @@ import numpy as np
 FORMAT_BY_EXT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF",
                  "tiff": "TIFF", "bmp": "BMP"}
 SUPPORTED_EXTENSIONS = frozenset(f".{ext}" for ext in FORMAT_BY_EXT)
+# Inputs Pillow reads that are not written back: their outputs are PNG by default (lossless, keeps
+# alpha; a GIF's 256 colours or a JPEG 2000's codec would not carry an upscaled image well). JPEG's
+# other spellings come out as .jpg.
+READ_ONLY_EXTENSIONS = frozenset({".gif", ".avif", ".jp2", ".j2k", ".tga", ".ppm", ".pgm", ".pbm", ".pnm",
+                                  ".qoi", ".pcx", ".jfif", ".jpe"})
+INPUT_EXTENSIONS = SUPPORTED_EXTENSIONS | READ_ONLY_EXTENSIONS
+_JPEG_SPELLINGS = frozenset({".jpeg", ".jfif", ".jpe"})
+
+
+def output_extension(input_suffix: str, output_format: str | None = None) -> str:
+    """The extension of the output made from an input named ``*input_suffix``: ``output_format``'s
+    (an ``FORMAT_BY_EXT`` key) when given; else the input's own (its case kept) where it is written
+    back, ``.jpg`` for JPEG's other spellings, and ``.png`` for the other read-only formats."""
+    if output_format:
+        ext = f".{output_format.lower()}"
+        return ".jpg" if ext == ".jpeg" else ext
+    lower = input_suffix.lower()
+    if lower in _JPEG_SPELLINGS:
+        return ".jpg"
+    return input_suffix if lower in SUPPORTED_EXTENSIONS else ".png"
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95}
 
 
