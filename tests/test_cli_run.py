@@ -292,3 +292,13 @@ def test_other_read_only_inputs(tmp_path, tiny_x4, ext, feature):
     assert res.exit_code == 0, res.output
     with PILImage.open(tmp_path / "pic_x4.png") as im:
         assert im.format == "PNG" and im.size == (92, 68)
+
+
+def test_a_folder_given_to_run_points_to_batch(tmp_path, tiny_x4):
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    _photo(folder / "a.png")
+    res = _invoke([folder, "-m", tiny_x4, *FAST])
+    assert res.exit_code == 2
+    assert res.output.strip() == f"upscale: usage: {folder} is a folder; for every image in it: upscale batch {folder} --out OUT_DIR"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]

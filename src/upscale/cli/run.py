@@ -29,10 +29,12 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     \b
     Exit codes: 0 ok, 1 failure (bad input, bad weights, cannot write, not enough memory), 2 usage error.
     """
-    from .. import api
+    from .. import api, errors
     from ..io import read_image
 
     # everything that can be refused is refused before the model loads
+    if image.is_dir():
+        raise errors.UsageError(f"{image} is a folder; for every image in it: upscale batch {image} --out OUT_DIR")
     api.check_outscale(outscale)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
     name = model_name_from(model_name, weights, outscale)
