@@ -367,6 +367,26 @@ def test_webp_keeps_alpha_and_quality_is_used(tmp_path: Path) -> None:
     assert (tmp_path / "lo.webp").stat().st_size < (tmp_path / "hi.webp").stat().st_size
 
 
+@pytest.mark.skipif(".avif" not in SUPPORTED_EXTENSIONS, reason="this Pillow has no AVIF codec")
+def test_avif_keeps_alpha_icc_exif_full_chroma_and_quality_is_used(tmp_path: Path) -> None:
+    # a red/blue checkerboard of 1-px squares: 4:2:0 chroma would average it to purple
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[..., 0] = 255 * ((np.add.outer(np.arange(32), np.arange(32)) % 2) == 0)
+    pixels[..., 2] = 255 - pixels[..., 0]
+    alpha = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
+    PILImage.fromarray(rand((8, 8, 3))).save(tmp_path / "cam.jpg", exif=exif_bytes(1))
+    exif = read_image(tmp_path / "cam.jpg").exif
+    write_image(Image(pixels, alpha, SRGB_ICC, exif), tmp_path / "hi.avif")
+    write_image(Image(pixels, alpha), tmp_path / "lo.avif", quality=5)
+    back = read_image(tmp_path / "hi.avif")
+    assert back.source_format == "AVIF" and back.icc_profile == SRGB_ICC
+    assert np.abs(back.alpha.astype(int) - alpha).max() <= 8
+    assert np.abs(back.pixels.astype(int) - pixels).mean() < 24      # 4:2:0: ~89 off
+    with PILImage.open(tmp_path / "hi.avif") as out:
+        assert out.getexif()[0x010F] == "UpscaleTestCam"
+    assert (tmp_path / "lo.avif").stat().st_size < (tmp_path / "hi.avif").stat().st_size
+
+
 def test_exif_too_large_for_jpeg_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     exif = PILImage.Exif()
     exif[0x010E] = "x" * 70_000  # ImageDescription: more than one JPEG APP1 segment holds
@@ -538,7 +558,7 @@ def test_atomic_write_leaves_only_the_output(tmp_path: Path, ext: str) -> None:
     write_image(Image(rand((8, 8, 3), np.uint16), rand((8, 8), np.uint16)), target)
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
     assert read_image(target).pixels.shape == (8, 8, 3)
-    assert output_format_for(target) in ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+    assert output_format_for(target) in ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "AVIF")
 
 
 def test_temp_names_are_recognisable(tmp_path: Path) -> None:

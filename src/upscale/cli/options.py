@@ -31,6 +31,10 @@ TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; --
              "0 = whole image.")
 
 
+# --format's choices (io's FORMAT_BY_EXT, listed here so --help needs no Pillow import; on a Pillow without
+# the AVIF codec, avif is refused with io's "unknown output format" before any work)
+OUTPUT_FORMATS = ["png", "jpg", "webp", "tif", "bmp", "avif"]
+
 BACKEND_HELP = ("What computes the tiles. auto (default): torch, unless `upscale tune` measured OpenVINO faster "
                 "for this model, precision and thread count on this machine (CPU only). openvino: OpenVINO's "
                 "CPU plugin on the same network (needs pip install 'upscale[openvino]').")
@@ -81,9 +85,10 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--overlap", "overlap_px", type=int, default=None,
                      help="Context around each tile, in input pixels (default: the model's receptive radius)."),
         click.option("--batch", "batch", type=int, default=None, help="Tiles per forward pass."),
-        click.option("--format", "output_format", type=click.Choice(["png", "jpg", "webp", "tif", "bmp"]),
+        click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
                      default=None, help="Output format (default: the output file's extension)."),
-        click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality."),
+        click.option("--quality", type=click.IntRange(1, 100), default=None,
+                     help="JPEG/WebP/AVIF quality (default 95/95/90)."),
         click.option("--alpha-mode", type=click.Choice(["model", "bicubic"]), default="model", show_default=True,
                      help="Upscale transparency with the model (as a gray image) or with bicubic."),
         click.option("--max-pixels", type=int, default=None,

@@ -15,7 +15,7 @@ from .progress import Progress
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file (default: {stem}_x{scale}.{ext} beside the input; .png for inputs that are "
-                   "read but not written, such as GIF or AVIF).")
+                   "read but not written, such as GIF or JPEG 2000).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @quiet_option("No progress or info lines.")
 @model_options

@@ -47,6 +47,7 @@ TIFF    kept        kept   yes  no    written by our encoder (``tiff``), deflate
 JPEG    -> 8 bit    drop   yes  yes   quality 95 by default, 4:4:4 chroma
 WebP    -> 8 bit    kept   yes  yes   lossy, quality 95 by default; grayscale is stored as RGB
 BMP     -> 8 bit    drop   no   no    written by our encoder (``bmp``)
+AVIF    -> 8 bit    kept   yes  yes   where Pillow has the codec; quality 90 by default, 4:4:4 chroma
 ======  ==========  =====  ===  ====  =============================================================
 
 16 -> 8 bit is ``to_uint8`` (``round(v * 255 / 65535)``); dropping alpha logs a warning. A 16-bit

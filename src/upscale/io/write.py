@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def output_format_for(path: str | Path, format: str | None = None) -> str:
-    """Pillow format name ("PNG", "JPEG", "WEBP", "TIFF", "BMP") from ``format`` or else the extension.
+    """Pillow format name ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "AVIF") from ``format`` or else the extension.
 
     A ``format`` that contradicts a known extension of ``path`` (``y.png`` as jpg) is a ``UsageError``;
     the same format spelled otherwise (jpg/jpeg, tif/tiff) is fine, and so is a path whose extension
@@ -75,8 +75,8 @@ def write_image(image: Image, path: str | Path, *, format: str | None = None,
                 quality: int | None = None, threads: int | None = None) -> None:
     """Write ``image`` to ``path`` atomically; ``ImageWriteError`` if it cannot be written.
 
-    ``format`` (png, jpg/jpeg, webp, tif/tiff, bmp) is for a path without an image extension (it must
-    agree with one that has); ``quality`` (1..100) is for JPEG and WebP; ``threads`` is how many
+    ``format`` (png, jpg/jpeg, webp, tif/tiff, bmp, avif) is for a path without an image extension (it
+    must agree with one that has); ``quality`` (1..100) is for JPEG, WebP and AVIF; ``threads`` is how many
     threads PNG encoding may use (None: every CPU this process may run on; a caller that already
     encodes several images at once passes 1).
     """
@@ -122,4 +122,6 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         params["quality"] = quality if quality is not None else DEFAULT_QUALITY[fmt]
     if fmt == "JPEG":
         params["subsampling"] = 0
+    if fmt == "AVIF":
+        params["subsampling"] = "4:4:4"   # an upscaled image's chroma is as sharp as its luma
     pil.save(f, format=fmt, **params)
