@@ -314,7 +314,7 @@ def filesystem_cases() -> list[Case]:
         Case("symlink-loop", 1, run_image(_symlink_loop)),
         Case("dangling-symlink", 1, run_image(_dangling)),
         Case("fifo", 1, run_image(_fifo), isolate=True, marks=(posix,)),
-        Case("folder-as-image", 1, run_image(_folder)),
+        Case("folder-as-image", 2, run_image(_folder)),      # usage: it points to `upscale batch`
         Case("path-through-a-file", 1, run_image(_through_file, names=["afile"])),
         Case("unreadable-chmod-000", 1, run_image(_unreadable), marks=(root,)),
         Case("planted-temp-symlink", 0, lambda work, tiny: Prepared(
