@@ -37,6 +37,29 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["UPSCALE_CACHE"] = old
 
 
+@pytest.fixture
+def busy_cpus() -> Iterator[Callable[[], None]]:
+    """Call it to start twice as many busy-looping processes as there are CPUs (real load from
+    outside the test's process: others' share of the CPUs ~2/3 beside two threads of ours); all are
+    killed when the test ends."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    procs: list[subprocess.Popen] = []
+
+    def start() -> None:
+        procs.extend(subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                     for _ in range(2 * (os.cpu_count() or 1)))
+        time.sleep(0.3)          # running before the caller starts timing
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     import torch

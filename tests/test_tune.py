@@ -362,6 +362,58 @@ def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache
     assert probe_choice(cache_here) == torch.bfloat16
 
 
+def test_a_probe_on_a_busy_machine_serves_its_run_and_is_not_kept(tiny_x4, cache_here, native_bf16, busy_cpus,
+                                                                     caplog):
+    """Other processes taking the CPUs while the machine probe runs (real ones): its answer is used,
+    said at info level, and not stored; the next engine measures again."""
+    from upscale import machine
+
+    if machine.cpu_clock() is None:
+        pytest.skip("no /proc/stat here")
+    caplog.set_level(logging.INFO, logger="upscale")
+    busy_cpus()
+    dtype = Engine(load_model(tiny_x4), EngineOptions(device="cpu", precision="auto")).dtype
+    assert dtype in (torch.bfloat16, torch.float32)
+    assert any("precision probe: other processes used" in r.getMessage() and "serves this run only" in r.getMessage()
+               for r in caplog.records)
+    assert not cache_here.exists() or "conv3x3-probe" not in cache_here.read_text()
+
+
+def test_tuning_on_a_busy_machine_warns(tiny_x4, cache_here, busy_cpus, caplog):
+    from upscale import machine
+    from upscale.tune import tune_precisions
+
+    if machine.cpu_clock() is None:
+        pytest.skip("no /proc/stat here")
+    caplog.set_level(logging.WARNING, logger="upscale")
+    busy_cpus()
+    tuning = tune_precisions(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32"), backend="torch",
+                             quick=True, windows=(96,))
+    assert tuning.others_share > machine.BUSY_SHARE
+    assert any("while tuning" in r.getMessage() and "idle machine" in r.getMessage() for r in caplog.records)
+
+
+def test_own_work_is_not_counted_as_others(busy_cpus):
+    """others_share subtracts this process's CPU time (all its threads) from the machine's busy time."""
+    import time
+
+    from upscale import machine
+
+    start = machine.cpu_clock()
+    if start is None:
+        pytest.skip("no /proc/stat here")
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    a = torch.rand(512, 512)
+    while time.perf_counter() - t0 < 0.5:       # our own threads busy
+        a @ a
+    assert machine.others_share(start, machine.cpu_clock()) < machine.BUSY_SHARE
+    busy_cpus()
+    start = machine.cpu_clock()
+    time.sleep(0.5)
+    assert machine.others_share(start, machine.cpu_clock()) > 0.5
+
+
 def test_auto_choice_applies_only_where_the_rule_says_bf16(tiny_x4, cache_here):
     """A stored choice of bf16 does not turn a model the rule keeps in fp32 (not bf16-safe, or a CPU
     without native bf16) into bf16."""

@@ -1,5 +1,6 @@
 """What this machine is: the CPU's model and flags (the one /proc/cpuinfo reader), its native bf16
-instruction sets, our cache folder, and the facts every benchmark records beside its figures.
+instruction sets, how busy other processes keep it (``cpu_clock`` / ``others_share``), our cache
+folder, and the facts every benchmark records beside its figures.
 No torch import at module level: io-level code and benchmarks may ask without loading it."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import resource
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -54,6 +56,48 @@ def cpu_info() -> CpuInfo:
 
 def cpu_bf16_flags() -> tuple[str, ...]:
     return cpu_info().bf16_flags
+
+
+# Other processes' share of the CPUs while something was timed above which the timing is not kept
+# (the precision probes) or is warned about (`upscale tune`): on 2 cores, one other busy process is ~0.33.
+BUSY_SHARE = 0.25
+# CPU time (all CPUs together) under which ``others_share`` does not judge: /proc/stat counts 10 ms
+# ticks, so over 0.2 s a tick or two of rounding moves the share by 0.05-0.1, over 20 ms by 0.5
+MIN_CLOCK_S = 0.2
+
+
+@dataclass(frozen=True)
+class CpuClock:
+    """CPU seconds at one moment: the machine's busy and total time over all its CPUs (/proc/stat; a
+    VM's stolen time counts as busy: a neighbour had the core) and this process's own, all threads."""
+
+    busy_s: float
+    total_s: float
+    own_s: float
+
+
+def cpu_clock() -> CpuClock | None:
+    """Now's ``CpuClock``; None where /proc/stat cannot be read (off Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq + steal
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return CpuClock(busy / tick, (busy + idle + iowait) / tick, usage.ru_utime + usage.ru_stime)
+
+
+def others_share(start: CpuClock | None, end: CpuClock | None) -> float | None:
+    """The share (0..1) of the machine's CPU time between ``start`` and ``end`` that other processes
+    used (their busy time less ours); None where it cannot be told: no clock, or under ``MIN_CLOCK_S``
+    of CPU time between the two (a probe of a tiny network)."""
+    if start is None or end is None or end.total_s - start.total_s < MIN_CLOCK_S:
+        return None
+    others = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
+    return min(1.0, max(0.0, others / (end.total_s - start.total_s)))
 
 
 def cache_dir() -> Path:

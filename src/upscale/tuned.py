@@ -245,10 +245,13 @@ def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | 
     return result.get("backend") if result else None
 
 
-def remember_faster(key: dict[str, Any], seconds: dict[str, float], *, label: str) -> str:
+def remember_faster(key: dict[str, Any], seconds: dict[str, float], *, label: str, keep: bool = True) -> str:
     """The faster precision of ``seconds`` ({"bf16": s, "fp32": s}; bf16 on a tie), stored under ``key``
-    as an auto choice. A cache that cannot be written costs a warning: the next process measures again."""
+    as an auto choice (unless ``keep`` is False: measured on a busy machine, say). A cache that cannot
+    be written costs a warning: the next process measures again."""
     chosen = min(AUTO_CANDIDATES, key=lambda name: seconds[name])
+    if not keep:
+        return chosen
     try:
         store(key, {"precision": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}}, label=label)
     except errors.TuneCacheError as err:

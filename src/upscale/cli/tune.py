@@ -58,6 +58,7 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
     seconds per megapixel of a large image: a window's seconds over its core (the window less the
     context it shares with its neighbours); for "whole", over the whole probe image. The window is
     chosen by the estimated time of a 1000x750 image. On CUDA only window and batch are measured.
+    Tune on an idle machine: it warns when other processes used over 25% of the CPUs meanwhile.
 
     \b
     Exit codes: 0 ok, 1 failure, 2 usage error.

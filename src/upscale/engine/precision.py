@@ -5,10 +5,11 @@ fp32 rate; on an AMX Xeon at ~5x):
 
 1. ``upscale tune -m MODEL``'s choice for this network and thread count (``tuned.auto_precision``);
 2. else the machine's probe: one 3x3 convolution (``PROBE_SHAPE``, channels_last, constant tensors)
-   timed under bf16 autocast and in fp32, alternately, best of ``PROBE_RUNS`` after a warm-up (well
-   under a second), measured once per CPU, thread count and torch version and kept in the tuning
+   timed under bf16 autocast and in fp32, alternately, best of ``PROBE_RUNS`` or more (``PROBE_MIN_S``)
+   after a warm-up (well under a second), measured once per CPU, thread count and torch version and kept in the tuning
    cache, so a first run neither stalls nor flips between runs (``upscale tune --probe`` measures it
-   again).
+   again). An answer measured while other processes took over ``machine.BUSY_SHARE`` of the CPUs
+   (``machine.others_share``) serves this process only: the next one measures again.
 
 The choice is said at info level where it overrides the rule, once per process (per model for
 ``upscale tune``'s choices)."""
@@ -21,13 +22,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .. import tuned
+from .. import machine, tuned
 from ..device import DTYPES, resolve_precision
 from ..model import Model
 
 log = logging.getLogger(__name__)
 
-PROBE_RUNS = 5
+PROBE_RUNS = 5            # timed calls of each precision, at least ...
+PROBE_MIN_S = 0.2         # ... and more until this long has passed (so /proc/stat's 10 ms ticks can tell the load)
 _said: set[tuple[str, str, str]] = set()
 
 
@@ -50,22 +52,31 @@ def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -
 
 
 def probe_machine(threads: int) -> tuple[str, dict[str, float]]:
-    """Time the probe convolution in bf16 and fp32 now: (the faster, stored in the tuning cache,
-    {precision: seconds})."""
+    """Time the probe convolution in bf16 and fp32 now: (the faster, {precision: seconds}); the answer
+    is stored in the tuning cache unless other processes kept the machine busy meanwhile."""
+    start = machine.cpu_clock()
     seconds = probe_seconds()
-    log.debug("precision probe: bf16 %.4f s, fp32 %.4f s", seconds["bf16"], seconds["fp32"])
-    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe"), seconds
+    busy = machine.others_share(start, machine.cpu_clock())
+    log.debug("precision probe: bf16 %.4f s, fp32 %.4f s, others' CPU share %s", seconds["bf16"], seconds["fp32"],
+              "unknown" if busy is None else f"{busy:.2f}")
+    keep = busy is None or busy <= machine.BUSY_SHARE
+    if not keep:
+        log.info("precision probe: other processes used %.0f%% of the CPUs while it ran; its answer serves this "
+                 "run only (the next measures again)", 100 * busy)
+    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe", keep=keep), seconds
 
 
 def probe_seconds() -> dict[str, float]:
     """{precision: best seconds of the probe convolution}: the two precisions alternate, one warm-up
-    call each, then ``PROBE_RUNS`` calls each, so a change in the machine's load weighs on both."""
+    call each, then ``PROBE_RUNS`` calls each or more until ``PROBE_MIN_S`` has passed, so a change in
+    the machine's load weighs on both."""
     channels, side = tuned.PROBE_SHAPE["channels"], tuned.PROBE_SHAPE["side"]
     x = torch.full((1, channels, side, side), 0.5).contiguous(memory_format=torch.channels_last)
     w = torch.full((channels, channels, 3, 3), 0.01).contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {name: [] for name in tuned.AUTO_CANDIDATES}
+    start = time.perf_counter()
     with torch.inference_mode():
-        for _ in range(PROBE_RUNS + 1):
+        while len(times["fp32"]) <= PROBE_RUNS or time.perf_counter() - start < PROBE_MIN_S:
             for name in tuned.AUTO_CANDIDATES:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
                     t0 = time.perf_counter()
@@ -74,4 +85,4 @@ def probe_seconds() -> dict[str, float]:
     return {name: min(t[1:]) for name, t in times.items()}
 
 
-__all__ = ["PROBE_RUNS", "probe_machine", "probe_seconds", "resolve_dtype"]
+__all__ = ["PROBE_MIN_S", "PROBE_RUNS", "probe_machine", "probe_seconds", "resolve_dtype"]

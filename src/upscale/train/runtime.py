@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..device import fast_dtype, resolve_device
-from .. import tuned
+from .. import machine, tuned
 from ..errors import DeviceError, PrecisionError, UsageError
 from ..machine import cpu_bf16_flags
 from .config import TrainConfig
@@ -99,8 +99,9 @@ def settle_auto_precision(rt: Runtime, cfg: TrainConfig, gen: nn.Module, arch: s
     Only for ``precision auto`` where the rule chose bf16 on the CPU, in one process (DDP ranks would
     each measure their own answer): ``recorded`` (the precision the checkpoint being resumed was
     trained in, so the run continues exactly), else what the tuning cache holds for this generator,
-    batch, patch and thread count here, else measured now and stored (``say`` hears it start: for
-    ESRGAN's RRDBNet it takes ~10 s)."""
+    batch, patch and thread count here, else measured now and stored unless other processes kept the
+    CPUs busy meanwhile (``machine.BUSY_SHARE``; ``say`` hears it start: for ESRGAN's RRDBNet it takes
+    ~10 s)."""
     if cfg.precision != "auto" or rt.device.type != "cpu" or rt.amp.dtype != torch.bfloat16 or rt.world_size > 1:
         return rt, None
     lr_px = max(1, cfg.gt_size // cfg.scale)
@@ -115,10 +116,15 @@ def settle_auto_precision(rt: Runtime, cfg: TrainConfig, gen: nn.Module, arch: s
         else:
             if say is not None:
                 say("timing the generator's step in bf16 and fp32 for precision auto (once for it on this CPU)")
+            start = machine.cpu_clock()
             seconds = {p: _time_step(gen, _DTYPES[p], min(cfg.batch_size, PROBE_BATCH), hparams.get("num_in_ch", 3),
                                      lr_px, cfg.channels_last) for p in tuned.AUTO_CANDIDATES}
-            name = tuned.remember_faster(key, seconds, label=f"train {arch}")
+            busy = machine.others_share(start, machine.cpu_clock())
+            keep = busy is None or busy <= machine.BUSY_SHARE
+            name = tuned.remember_faster(key, seconds, label=f"train {arch}", keep=keep)
             why = f"generator step measured here: bf16 {seconds['bf16']:.3g} s, fp32 {seconds['fp32']:.3g} s"
+            if not keep:
+                why += f"; not cached: other processes used {100 * busy:.0f}% of the CPUs meanwhile"
     return dataclasses.replace(rt, amp=Amp("cpu", _DTYPES[name])), f"precision auto: {name} ({why})"
 
 

@@ -12,16 +12,22 @@ one measured faster here (``tuned.auto_precision``). fp32 is first screened at b
 (each backend, one probe); its full tune runs only where it came within ``PRECISION_SCREEN_MARGIN`` of
 bf16's estimate (on an AMX CPU, where fp32 is several times slower, the screen is all it costs).
 
+Timings are only as good as an idle machine: where other processes used over ``machine.BUSY_SHARE``
+of the CPUs while ``tune_precisions`` measured (``machine.others_share``), it warns, and ``Tuning`` says how
+much (a smoke tune on a 2-core AMX Xeon beside a CI run chose bf16 for default-x4 by 11.9 s to 12.8 s).
+
 This package never prints (``upscale.cli.tune`` does).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import torch
 
+from .. import machine
 from ..device import NAMES, resolve_device, resolve_precision
 from ..engine import EngineOptions
 from ..model import Model
@@ -36,6 +42,8 @@ __all__ = ["PRECISION_SCREEN_MARGIN", "REFERENCE_SHAPE", "Row", "TuneReport", "T
 
 PRECISION_SCREEN_MARGIN = 0.25     # fp32 up to this much slower than bf16 in the screen still gets a full tune
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class Tuning:
@@ -46,6 +54,7 @@ class Tuning:
     reports: list[TuneReport]
     screen: list[Row] = dataclasses.field(default_factory=list)
     choice: dict[str, Any] | None = None
+    others_share: float | None = None    # of the CPUs' time while measuring, by other processes (None: unknown)
 
 
 def _base_options(options: EngineOptions | None) -> EngineOptions:
@@ -120,6 +129,18 @@ def tune_precisions(model: Model, options: EngineOptions | None = None, *, backe
     """``tune_model`` at ``options``' precision; where that is ``auto`` and resolves to bf16 on the CPU,
     fp32 too (screened first, see the package docstring), and the faster of the two stored as what
     ``auto`` runs here."""
+    start = machine.cpu_clock()
+    tuning = _tune_precisions(model, options, backend=backend, quick=quick, runs=runs, windows=windows, save=save)
+    tuning.others_share = machine.others_share(start, machine.cpu_clock())
+    if tuning.others_share is not None and tuning.others_share > machine.BUSY_SHARE:
+        log.warning("other processes used %.0f%% of this machine's CPU time while tuning: the measurements (and "
+                    "what was chosen from them) may mislead; run `upscale tune` again on an idle machine",
+                    100 * tuning.others_share)
+    return tuning
+
+
+def _tune_precisions(model: Model, options: EngineOptions | None, *, backend: str, quick: bool, runs: int | None,
+                     windows: tuple[int, ...] | None, save: bool) -> Tuning:
     options = options or EngineOptions()
     kwargs: dict[str, Any] = {"backend": backend, "quick": quick, "runs": runs, "windows": windows, "save": save}
     choosing = options.precision == tuned.AUTO
