@@ -98,6 +98,8 @@ class SPAN(nn.Module):
         self.scale = scale
         self.norm = norm
         self.silu_first = silu_first
+        self.gray = num_in_ch != 3        # normalised by the mean of the three (fixed here, not read off
+                                          # the input, so OpenVINO's tracer sees no shape-dependent branch)
         if not norm:
             # the authors mark an un-normalised model with this (unused) buffer; kept for their layout
             self.register_buffer("no_norm", torch.zeros(1))
@@ -112,7 +114,7 @@ class SPAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm:
-            mean = self.mean if x.shape[1] == 3 else self.mean.mean()   # gray models: the mean of the three
+            mean = self.mean.mean() if self.gray else self.mean
             x = (x - mean.to(x.dtype)) * IMG_RANGE
         feat = self.conv_1(x)
         out, first = self.block_1(feat)
