@@ -194,6 +194,31 @@ def test_auto_plans_each_image_from_the_measured_table(tiny_x4, cache_here):
     assert engine.tile_px_for(500, 400) == 200 - 2 * context
 
 
+def test_an_image_a_little_larger_than_every_measured_window_may_run_as_one(tiny_x4, cache_here):
+    """Sides measured up to 384: a 500x400 image (within 1.5x of 384) is one window when the cost per
+    pixel held steady from 256 to 384 (estimated, not measured: its overlapping windows would compute
+    ~1.5x the pixels); where that cost climbed steeply, the climb is extrapolated and windows win; an
+    image beyond 1.5x is never one window."""
+    from upscale.engine.cost import whole_window
+
+    tune("-m", tiny_x4, *QUICK)
+    engine = Engine(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32"))
+    context = engine.overlap_px
+    edit_entry(cache_here, window_seconds={"256": 256**2 * 1e-6, "384": 384**2 * 1e-6})
+    assert engine.tile_px_for(500, 400) == 0
+    assert engine.tile_px_for(600, 400) == 384 - 2 * context               # 600 > 1.5 x 384
+    edit_entry(cache_here, window_seconds={"256": 256**2 * 1e-6, "384": 384**2 * 3e-6})
+    assert engine.tile_px_for(500, 400) == 256 - 2 * context
+
+    table = {256: (256**2 * 1e-6, 0.5), 384: (384**2 * 2e-6, 1.0)}       # cost per pixel doubled over 128 px
+    seconds, setup = whole_window(table, 512)
+    assert seconds == pytest.approx(512**2 * 4e-6) and setup == pytest.approx(1.0 * (512 / 384) ** 2)
+    falling = {256: (256**2 * 2e-6, 0.0), 384: (384**2 * 1e-6, 0.0)}      # cheaper per pixel: held, not lowered
+    assert whole_window(falling, 500)[0] == pytest.approx(500**2 * 1e-6)
+    assert whole_window(table, 384) is None and whole_window(table, 577) is None and whole_window(table, 300) is None
+    assert whole_window({384: (1.0, 0.0)}, 400) is None
+
+
 @pytest.mark.parametrize("table", [{"96": "fast"}, {"big": 1.0}, {"96": -1.0}, [1, 2]])
 def test_a_malformed_table_makes_the_file_corrupt(tiny_x4, cache_here, table, caplog):
     tune("-m", tiny_x4, *QUICK)

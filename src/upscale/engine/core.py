@@ -22,7 +22,7 @@ from ..backends import choose_backend, openvino_windows
 from ..device import NAMES, resolve_device, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
-from .cost import check_output_fits, fitting_window_px, measured_windows, probe_cost
+from .cost import check_output_fits, fitting_window_px, measured_windows, memory_window_px, probe_cost, whole_window
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
 from .precision import resolve_dtype
 from .stitch_ops import TorchStitchOps, to_float
@@ -120,7 +120,7 @@ class Engine:
             return int(tile)
         table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, self.backend)
         if table:
-            return self._cheapest_core(height, width, table)
+            return self._cheapest_core(height, width, self._with_whole_image(table, height, width))
         window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
         return self._core_of(window, height, width)
 
@@ -130,6 +130,17 @@ class Engine:
             return 0
         context = tiling.padded_length(self.overlap_px, self.model.size_multiple)
         return max(MIN_AUTO_CORE_PX, window - 2 * context)
+
+    def _with_whole_image(self, table: dict[int, tuple[float, float]], height: int,
+                          width: int) -> dict[int, tuple[float, float]]:
+        """``table`` plus, for an image a little larger than every measured window that fits in memory
+        as one, that one window, estimated from the measured sides (``cost.whole_window``)."""
+        multiple = self.model.size_multiple
+        side = -(-max(height, width) // multiple) * multiple
+        if side > memory_window_px(self.cost, self.dtype, self.device, self.options.batch):
+            return table
+        extra = whole_window(table, side)
+        return table if extra is None else {**table, side: extra}
 
     def estimate_s(self, height: int, width: int, table: dict[int, tuple[float, float]]) -> dict[int, float]:
         """Estimated seconds of the model part of an image of this size for each measured window side

@@ -122,6 +122,29 @@ def measured_windows(cost: ModelCost, dtype: torch.dtype, device: torch.device, 
     return table or None
 
 
+EXTRAPOLATE_MAX = 1.5   # one window up to this many times the largest measured side may be estimated
+TREND_SPAN = 0.75       # ... from the trend between the largest side and the largest at most this fraction of it
+
+
+def whole_window(table: dict[int, tuple[float, float]], side: int) -> tuple[float, float] | None:
+    """An estimate, in ``table``'s terms (seconds of one window, seconds its first call adds), of one
+    window of ``side`` beyond the largest measured side (up to ``EXTRAPOLATE_MAX`` times it), so an
+    image a little larger than every measured window can be planned as one window instead of several
+    overlapping ones. The cost per pixel is the largest side's, grown as it grew from the largest side
+    at most ``TREND_SPAN`` of it (sides closer together make a noisy trend: 496 and 512 measured 10%
+    apart per pixel here); a cost per pixel that fell with the side is not extrapolated downward. The
+    first call's seconds grow with the area. None when ``side`` is measured or out of range, or no
+    side lies far enough below the largest."""
+    largest = max(table, default=0)
+    below = [s for s in table if s <= TREND_SPAN * largest]
+    if not below or side in table or not largest < side <= EXTRAPOLATE_MAX * largest:
+        return None
+    prev = max(below)
+    per_px_prev, per_px = table[prev][0] / prev**2, table[largest][0] / largest**2
+    growth = max(1.0, per_px / per_px_prev) ** ((side - largest) / (largest - prev))
+    return per_px * growth * side**2, table[largest][1] * (side / largest) ** 2
+
+
 def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type) -> int:
     """Raise ``errors.ResourceError`` when an (height*scale, width*scale, channels) array of ``dtype``
     would not fit in the host memory available now; else return its size in bytes. Cheap: call it
