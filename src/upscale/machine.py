@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import resource
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -84,6 +83,8 @@ def cpu_clock() -> CpuClock | None:
         tick = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    import resource   # POSIX only, as /proc/stat is: not imported with the module (Windows has neither)
+
     user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     busy = user + nice + system + irq + softirq + steal
     usage = resource.getrusage(resource.RUSAGE_SELF)
