@@ -8,9 +8,9 @@
 #   SMOKE=1 bash benchmarks/issue14_amx.sh OUT    # tiny inputs and a quick tune: checks the plumbing only
 #
 # Writes into OUT: lscpu.txt, cpu_ceiling.json, tune_table.json (+ tune_show.txt), compare_x4plus.json
-# (+ compare/: the inputs and every output PNG), seams_x4plus.json, openvino_start.json, one .log per
-# step, times.txt (seconds per step) and summary.md (benchmarks/issue14_summary.py: every figure and
-# whether each target was met). A failing step is recorded (times.txt, its .log) and the others still run.
+# (+ compare/: the inputs and every output PNG), seams_x4plus.json, whole_window_x4plus.json,
+# openvino_start.json, one .log per step, times.txt (seconds per step) and summary.md
+# (benchmarks/issue14_summary.py: every figure and whether each target was met). A failing step is recorded (times.txt, its .log) and the others still run.
 #
 # The steps, with seconds estimated for 2 idle AMX cores from the issue's figures (x4plus: eager bf16
 # ~0.46 TFLOP/s, OpenVINO bf16 ~1.7x that, ncnn 76 s for the 512x512 image; fp32 NCHW ~0.15-0.2
@@ -29,7 +29,9 @@
 #      and one timed call)                                                                            ~50
 #   6. openvino_start.py --nets default-x4 (256x256): torch, openvino 1st/2nd process, blobs only;
 #      one 128x128 window side by side                                                                ~50
-#   7. issue14_summary.py                                                                                ~1
+#   7. whole_window_estimate.py: x4plus on a 576x576 crop (Set14 barbara), 4 windows vs the one window
+#      the planner now estimates beyond the measured sides (warm-up + 1 timed call each)              ~60
+#   8. issue14_summary.py                                                                                ~1
 # Peak memory: ncnn ~3 GB (62 KB per window pixel), our fp32 reference ~3 GB; the rest < 2 GB.
 # For a second sample of Must show 1, rerun step 4 (its command is at the top of OUT/compare.log).
 #
@@ -46,6 +48,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 THREADS=${THREADS:-2}
 PHOTO=${PHOTO:-$ROOT/../shared/data/Set14/man.png}
 CROP_PHOTO=${CROP_PHOTO:-$ROOT/../shared/data/BSD200/100075.png}
+WHOLE_PHOTO=${WHOLE_PHOTO:-$ROOT/../shared/data/Set14/barbara.png}
 SMOKE=${SMOKE:-0}
 mkdir -p "$OUT"
 export UPSCALE_CACHE="$OUT/cache" HF_HUB_OFFLINE=1
@@ -74,12 +77,14 @@ if [ "$SMOKE" = 1 ]; then
   TUNE=(--quick --windows 128)
   CROP=96
   OV=(--size 64 --window 64)
+  WHOLE=96
 else
   SIZE=${SIZE:-512}
   CEILING=()
   TUNE=(--runs "${TUNE_RUNS:-2}")
   CROP=256
   OV=()
+  WHOLE=576
 fi
 
 { lscpu; echo; uptime; free -m; } > "$OUT/lscpu.txt"
@@ -94,6 +99,8 @@ step compare "$PY" perf_cpu.py compare --net x4plus --model "$OUT/x4plus.safeten
   --json "$OUT/compare_x4plus.json"
 step seams "$PY" seams_real.py "$PARAM" "$CROP_PHOTO" --crop "$CROP" --tiles auto 96 128 --precision auto \
   --threads "$THREADS" --json "$OUT/seams_x4plus.json"
+step whole_window "$PY" whole_window_estimate.py --model "$OUT/x4plus.safetensors" --photo "$WHOLE_PHOTO" \
+  --sizes "$WHOLE" --rounds 1 --threads "$THREADS" --json "$OUT/whole_window_x4plus.json"
 step openvino "$PY" openvino_start.py --threads "$THREADS" --nets default-x4 "${OV[@]}" \
   --json "$OUT/openvino_start.json"
 "$PY" issue14_summary.py "$OUT" > /dev/null && echo "summary: $OUT/summary.md" >&2
