@@ -10,7 +10,8 @@
 # Writes into OUT: lscpu.txt, cpu_ceiling.json, tune_table.json (+ tune_show.txt), compare_x4plus.json
 # (+ compare/: the inputs and every output PNG), seams_x4plus.json, whole_window_x4plus.json,
 # openvino_start.json, one .log per step, times.txt (seconds per step) and summary.md
-# (benchmarks/issue14_summary.py: every figure and whether each target was met). A failing step is recorded (times.txt, its .log) and the others still run.
+# (benchmarks/issue14_summary.py: every figure and whether each target was met). A failing step is
+# recorded (times.txt, its .log) and the others still run.
 #
 # The steps, with seconds estimated for 2 idle AMX cores from the issue's figures (x4plus: eager bf16
 # ~0.46 TFLOP/s, OpenVINO bf16 ~1.7x that, ncnn 76 s for the 512x512 image; fp32 NCHW ~0.15-0.2
