@@ -305,3 +305,24 @@ def test_a_folder_given_to_run_points_to_batch(tmp_path, tiny_x4):
     assert res.exit_code == 2
     assert res.output.strip() == f"upscale: usage: {folder} is a folder; for every image in it: upscale batch {folder} --out OUT_DIR"
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def test_xmp_and_exif_reach_the_output(tmp_path, tiny_x4):
+    from upscale.io import read_image
+
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:rights>CC BY 4.0</dc:rights>'
+           b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+    exif = PILImage.Exif()
+    exif[0x010F] = "UpscaleTestCam"
+    rng = np.random.default_rng(1)
+    PILImage.fromarray(rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)).save(
+        tmp_path / "shot.jpg", exif=exif.tobytes(), xmp=xmp)
+    for out in ("shot_x4.jpg", "shot.png"):
+        res = _invoke([tmp_path / "shot.jpg", "-m", tiny_x4, *FAST] + ([] if out.endswith(".jpg") else
+                                                                      ["-o", tmp_path / out]))
+        assert res.exit_code == 0, res.output
+        back = read_image(tmp_path / out)
+        assert back.xmp == xmp and back.pixels.shape == (68, 92, 3)
+        with PILImage.open(tmp_path / out) as im:
+            assert im.getexif()[0x010F] == "UpscaleTestCam"

@@ -300,6 +300,40 @@ def test_exif_survives_png_and_webp(tmp_path: Path, ext: str) -> None:
         assert out.getexif()[0x010F] == "UpscaleTestCam"
 
 
+XMP = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+       b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+       b'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmp:Rating="4" '
+       b'tiff:Orientation="6"><tiff:Orientation>6</tiff:Orientation></rdf:Description></rdf:RDF></x:xmpmeta>'
+       b'<?xpacket end="w"?>')
+
+
+@pytest.mark.parametrize("ext", sorted(e.lstrip(".") for e in SUPPORTED_EXTENSIONS if e not in (".jpeg", ".tiff")))
+def test_xmp_survives_with_its_orientation_reset(tmp_path: Path, ext: str) -> None:
+    # a photo rotated by EXIF whose XMP says the same: the pixels come upright, both say 1 afterwards
+    src = tmp_path / "in.jpg"
+    PILImage.fromarray(rand((6, 10, 3))).save(src, exif=exif_bytes(6), xmp=XMP)
+    img = read_image(src)
+    assert img.pixels.shape == (10, 6, 3)
+    assert img.xmp == XMP.replace(b'tiff:Orientation="6"', b'tiff:Orientation="1"').replace(
+        b"<tiff:Orientation>6<", b"<tiff:Orientation>1<")
+    write_image(img, tmp_path / f"out.{ext}")
+    back = read_image(tmp_path / f"out.{ext}").xmp
+    assert back == (None if ext == "bmp" else img.xmp)
+
+
+def test_xmp_too_large_for_jpeg_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from upscale.io.xmp import JPEG_MAX_XMP
+
+    upright = XMP.replace(b'Orientation="6"', b'Orientation="1"').replace(b"Orientation>6<", b"Orientation>1<")
+    big = upright.replace(b'xmp:Rating="4"', b'xmp:Rating="4" xmp:Label="' + b"x" * JPEG_MAX_XMP + b'"')
+    image = Image(rand((8, 8, 3)), None, xmp=big)
+    with caplog.at_level(logging.WARNING):
+        write_image(image, tmp_path / "out.jpg")
+    assert "XMP packet" in caplog.text and read_image(tmp_path / "out.jpg").xmp is None
+    write_image(image, tmp_path / "out.png")                  # PNG has no such limit
+    assert read_image(tmp_path / "out.png").xmp == big
+
+
 # --- conversions -----------------------------------------------------------------------------------
 
 def test_palette_with_transparency_becomes_rgba(tmp_path: Path) -> None:

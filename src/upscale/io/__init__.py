@@ -1,9 +1,9 @@
 """Image files <-> the ``Image`` record (numpy pixels + alpha + colour metadata). Pillow only; no torch.
 
 The package: ``image`` (the record, format tables, ``to_uint8``), ``opening`` (Pillow's open/load under
-our limits, its warnings as log lines), ``decode`` (modes and bit depths), ``exif``, ``read``,
-``write`` (format choice, checks, atomic write) and one module per own encoder: ``png``, ``tiff``,
-``bmp``. Import from ``upscale.io``; the modules are its inside.
+our limits, its warnings as log lines), ``decode`` (modes and bit depths), ``exif``, ``xmp``,
+``read``, ``write`` (format choice, checks, atomic write) and one module per own encoder: ``png``,
+``tiff``, ``bmp``. Import from ``upscale.io``; the modules are its inside.
 
 Reading (``read_image``):
 
@@ -20,7 +20,8 @@ Reading (``read_image``):
   integer (``I`` from signed or 32-bit samples) and float (``F``) images are refused: there is no
   unambiguous mapping of their values to [0, 1]. 16-bit premultiplied-alpha TIFFs are refused too.
 - The EXIF Orientation is applied to the pixels (ImageOps.exif_transpose semantics) and the EXIF block
-  is kept byte for byte except that Orientation is set to 1. TIFF inputs carry no separate EXIF block
+  is kept byte for byte except that Orientation is set to 1. The XMP packet (ratings, keywords,
+  rights) is kept too, its ``tiff:Orientation`` set to 1 likewise (``xmp``). TIFF inputs carry no separate EXIF block
   (their tags describe the file itself), so their ``exif`` is None; their orientation is still applied.
   An EXIF block Pillow warns about (corrupt) is dropped with one logged line naming the file; the
   pixels are still read.
@@ -39,16 +40,16 @@ Writing (``write_image``) goes through ``upscale.atomic.atomic_file``: a private
 target (created exclusively, never through a symlink), fsync, rename; on any failure the temp file is
 removed. ``check_output`` runs the same up-front checks alone. Per format:
 
-======  ==========  =====  ===  ====  =============================================================
-format  16-bit      alpha  ICC  EXIF  notes
-======  ==========  =====  ===  ====  =============================================================
-PNG     kept        kept   yes  yes   16-bit written by our encoder (``png``; Pillow cannot)
-TIFF    kept        kept   yes  no    written by our encoder (``tiff``), deflate + predictor 2
-JPEG    -> 8 bit    drop   yes  yes   quality 95 by default, 4:4:4 chroma
-WebP    -> 8 bit    kept   yes  yes   lossy, quality 95 by default; grayscale is stored as RGB
-BMP     -> 8 bit    drop   no   no    written by our encoder (``bmp``)
-AVIF    -> 8 bit    kept   yes  yes   where Pillow has the codec; quality 90 by default, 4:4:4 chroma
-======  ==========  =====  ===  ====  =============================================================
+======  ==========  =====  ===  ====  ===  ========================================================
+format  16-bit      alpha  ICC  EXIF  XMP  notes
+======  ==========  =====  ===  ====  ===  ========================================================
+PNG     kept        kept   yes  yes   yes  16-bit written by our encoder (``png``; Pillow cannot)
+TIFF    kept        kept   yes  no    yes  written by our encoder (``tiff``), deflate + predictor 2
+JPEG    -> 8 bit    drop   yes  yes   yes  quality 95 by default, 4:4:4 chroma; XMP up to one segment
+WebP    -> 8 bit    kept   yes  yes   yes  lossy, quality 95 by default; grayscale is stored as RGB
+BMP     -> 8 bit    drop   no   no    no   written by our encoder (``bmp``)
+AVIF    -> 8 bit    kept   yes  yes   yes  where Pillow has the codec; quality 90 by default, 4:4:4 chroma
+======  ==========  =====  ===  ====  ===  ========================================================
 
 16 -> 8 bit is ``to_uint8`` (``round(v * 255 / 65535)``); dropping alpha logs a warning. A 16-bit
 gray+alpha TIFF is valid but Pillow (and so ``read_image``) cannot read that layout back. The output

@@ -52,6 +52,7 @@ class Image:
     source_format: str = ""       # "PNG", "JPEG", ...
     source_mode: str = ""         # Pillow's mode of the file; "RGB;16"/"RGBA;16"/"LA;16" for 16-bit colour
     frames: int = 1               # frames/pages in the file; only the first is in ``pixels``
+    xmp: bytes | None = None      # the XMP packet, tiff:Orientation reset to 1 (``xmp``)
 
     def __post_init__(self) -> None:
         p = self.pixels

@@ -18,6 +18,7 @@ from .decode import decode, tile_rawmode
 from .exif import exif_of, orient
 from .image import Image
 from .opening import PillowWarning, load_pixels, open_image, pillow_warnings
+from .xmp import xmp_of
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,12 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
             load_pixels(im, path)
             pixels, alpha, source_mode, icc = decode(im, path, rawmode)
         orientation, exif = _metadata(im, path, opened)
+        xmp = xmp_of(im)
         frames = _frame_count(im, path)
     with _out_of_memory(path, w, h):
         pixels = np.ascontiguousarray(orient(pixels, orientation))
         alpha = None if alpha is None else np.ascontiguousarray(orient(alpha, orientation))
-    return Image(pixels, alpha, icc, exif, source_format, source_mode, frames)
+    return Image(pixels, alpha, icc, exif, source_format, source_mode, frames, xmp)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

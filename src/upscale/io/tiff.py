@@ -1,5 +1,5 @@
 """Our TIFF encoder: little-endian baseline TIFF, 8 or 16 bit, deflate strips with the horizontal
-predictor, unassociated alpha, ICC profile."""
+predictor, unassociated alpha, ICC profile, XMP."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import BinaryIO
 import numpy as np
 
 # TIFF tag numbers and field types used by the writer.
-_SHORT, _LONG, _UNDEFINED = 3, 4, 7
+_BYTE, _SHORT, _LONG, _UNDEFINED = 1, 3, 4, 7
 
 
-def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None) -> None:
-    """A little-endian baseline TIFF: deflate strips, horizontal predictor, unassociated alpha, ICC."""
+def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
+               xmp: bytes | None = None) -> None:
+    """A little-endian baseline TIFF: deflate strips, horizontal predictor, unassociated alpha, ICC, XMP."""
     samples = pixels if alpha is None else np.dstack([pixels, alpha])
     h, w, spp = samples.shape
     bits = 8 * samples.dtype.itemsize
@@ -39,6 +40,8 @@ def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: b
     ]
     if alpha is not None:
         entries.append((338, _SHORT, [2]))  # ExtraSamples: unassociated alpha
+    if xmp:
+        entries.append((700, _BYTE, xmp))   # XMLPacket (entries stay in tag order)
     if icc:
         entries.append((34675, _UNDEFINED, icc))
 

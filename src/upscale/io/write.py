@@ -17,6 +17,7 @@ from .. import atomic, errors
 from ..atomic import atomic_file
 from .bmp import write_bmp
 from .exif import JPEG_MAX_EXIF
+from .xmp import JPEG_MAX_XMP
 from .image import DEFAULT_QUALITY, FORMAT_BY_EXT, SUPPORTED_EXTENSIONS, Image, one_line, to_uint8
 from .png import png_workers, write_png
 from .tiff import write_tiff
@@ -97,10 +98,10 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         log.warning("%s: %s has no alpha channel; transparency dropped", path, fmt)
         alpha = None
     if fmt == "TIFF":
-        write_tiff(f, image.pixels, alpha, image.icc_profile)
+        write_tiff(f, image.pixels, alpha, image.icc_profile, image.xmp)
         return
     if fmt == "PNG":   # streamed by our own writer: no second copy of a large output in Pillow's memory
-        write_png(f, image.pixels, alpha, image.icc_profile, image.exif, threads or png_workers())
+        write_png(f, image.pixels, alpha, image.icc_profile, image.exif, threads or png_workers(), image.xmp)
         return
     pixels = to_uint8(image.pixels)
     if fmt == "BMP":
@@ -118,6 +119,11 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
             log.warning("%s: EXIF block of %d bytes is too large for JPEG; not written", path, len(image.exif))
         else:
             params["exif"] = image.exif
+    if image.xmp:
+        if fmt == "JPEG" and len(image.xmp) > JPEG_MAX_XMP:
+            log.warning("%s: XMP packet of %d bytes is too large for JPEG; not written", path, len(image.xmp))
+        else:
+            params["xmp"] = image.xmp
     if fmt in DEFAULT_QUALITY:
         params["quality"] = quality if quality is not None else DEFAULT_QUALITY[fmt]
     if fmt == "JPEG":

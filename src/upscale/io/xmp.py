@@ -1,0 +1,30 @@
+"""XMP: the packet of a decoded file (ratings, keywords, rights, edit history), with its
+``tiff:Orientation`` set to 1 as EXIF's is (the pixels are already upright), and how each writer
+carries it. Works on what Pillow already parsed (no import of PIL here)."""
+
+from __future__ import annotations
+
+import re
+
+PNG_KEYWORD = b"XML:com.adobe.xmp"           # the iTXt keyword XMP's PNG embedding names
+TIFF_TAG = 700                                 # XMLPacket
+JPEG_MAX_XMP = 65533 - len(b"http://ns.adobe.com/xap/1.0/\x00")   # one APP1 segment (no extended XMP)
+
+# tiff:Orientation as an attribute (tiff:Orientation="6") or an element (<tiff:Orientation>6</...>)
+_ORIENTATION = re.compile(rb"""(tiff:Orientation\s*=\s*["']|<tiff:Orientation>\s*)[1-8](?=\s*["<])""")
+
+
+def xmp_of(im) -> bytes | None:
+    """The XMP packet of an opened Pillow image (``info["xmp"]``, which Pillow fills for JPEG, PNG,
+    WebP, TIFF and AVIF) with any ``tiff:Orientation`` set to 1; None when it has none."""
+    raw = im.info.get("xmp")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        return None
+    return _ORIENTATION.sub(rb"\g<1>1", bytes(raw))
+
+
+def png_itxt(xmp: bytes) -> bytes:
+    """The data of the iTXt chunk that carries ``xmp`` in a PNG: keyword, uncompressed, no language."""
+    return PNG_KEYWORD + b"\x00\x00\x00\x00\x00" + xmp
