@@ -321,6 +321,15 @@ def test_xmp_survives_with_its_orientation_reset(tmp_path: Path, ext: str) -> No
     assert back == (None if ext == "bmp" else img.xmp)
 
 
+def test_xmp_that_is_not_utf8_is_dropped_with_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    PILImage.fromarray(rand((6, 10, 3))).save(tmp_path / "in.jpg", xmp=XMP.replace(b"Rating", b"R\xffting"))
+    with caplog.at_level(logging.WARNING):
+        img = read_image(tmp_path / "in.jpg")
+    assert img.xmp is None and caplog.text.count("XMP packet dropped (not UTF-8)") == 1 and "in.jpg" in caplog.text
+    write_image(img, tmp_path / "out.png")
+    assert read_image(tmp_path / "out.png").xmp is None
+
+
 def test_xmp_too_large_for_jpeg_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from upscale.io.xmp import JPEG_MAX_XMP
 

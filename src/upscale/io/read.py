@@ -59,7 +59,9 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
             load_pixels(im, path)
             pixels, alpha, source_mode, icc = decode(im, path, rawmode)
         orientation, exif = _metadata(im, path, opened)
-        xmp = xmp_of(im)
+        xmp, problem = xmp_of(im)
+        if problem:
+            log.warning("%s: %s", path, problem)
         frames = _frame_count(im, path)
     with _out_of_memory(path, w, h):
         pixels = np.ascontiguousarray(orient(pixels, orientation))

@@ -14,15 +14,20 @@ JPEG_MAX_XMP = 65533 - len(b"http://ns.adobe.com/xap/1.0/\x00")   # one APP1 seg
 _ORIENTATION = re.compile(rb"""(tiff:Orientation\s*=\s*["']|<tiff:Orientation>\s*)[1-8](?=\s*["<])""")
 
 
-def xmp_of(im) -> bytes | None:
-    """The XMP packet of an opened Pillow image (``info["xmp"]``, which Pillow fills for JPEG, PNG,
-    WebP, TIFF and AVIF) with any ``tiff:Orientation`` set to 1; None when it has none."""
+def xmp_of(im) -> tuple[bytes | None, str | None]:
+    """(the XMP packet of an opened Pillow image, with any ``tiff:Orientation`` set to 1, or None; what
+    was wrong with it, or None). Pillow fills ``info["xmp"]`` for JPEG, PNG, WebP, TIFF and AVIF. XMP is
+    UTF-8 by its specification (PNG's iTXt chunk requires it): a packet that is not is dropped."""
     raw = im.info.get("xmp")
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
     if not isinstance(raw, (bytes, bytearray)) or not raw:
-        return None
-    return _ORIENTATION.sub(rb"\g<1>1", bytes(raw))
+        return None, None
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "XMP packet dropped (not UTF-8)"
+    return _ORIENTATION.sub(rb"\g<1>1", bytes(raw)), None
 
 
 def png_itxt(xmp: bytes) -> bytes:
