@@ -219,6 +219,25 @@ def test_an_image_a_little_larger_than_every_measured_window_may_run_as_one(tiny
     assert whole_window({384: (1.0, 0.0)}, 400) is None
 
 
+def test_run_says_a_long_estimate_before_it_starts(tiny_x4, cache_here, tmp_path):
+    """`upscale IMG` with a tuned model whose plan is estimated at 10 s or more says so first (one
+    window shows no progress until it is done); not with -q, a given --tile, or a short estimate."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    tune("-m", tiny_x4, *QUICK)
+    src = tmp_path / "wide.png"
+    PILImage.fromarray(np.zeros((100, 120, 3), np.uint8)).save(src)
+    args = [str(src), "-m", tiny_x4, "--precision", "fp32", "--device", "cpu", "--force"]
+    edit_entry(cache_here, window_seconds={"96": 20.0, "128": 25.0})        # one 128 window: 120x100 of 128^2
+    out = CliRunner().invoke(cli, args, catch_exceptions=False).output
+    assert f"{src}: about {25.0 * 120 * 100 / 128**2:.0f} s of model time (as `upscale tune` measured here)" in out
+    assert "model time" not in CliRunner().invoke(cli, [*args, "-q"], catch_exceptions=False).output
+    assert "model time" not in CliRunner().invoke(cli, [*args, "--tile", "64"], catch_exceptions=False).output
+    edit_entry(cache_here, window_seconds={"96": 2.0, "128": 2.5})
+    assert "model time" not in CliRunner().invoke(cli, args, catch_exceptions=False).output
+
+
 @pytest.mark.parametrize("table", [{"96": "fast"}, {"big": 1.0}, {"96": -1.0}, [1, 2]])
 def test_a_malformed_table_makes_the_file_corrupt(tiny_x4, cache_here, table, caplog):
     tune("-m", tiny_x4, *QUICK)

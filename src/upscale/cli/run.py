@@ -11,6 +11,9 @@ from .options import engine_options_from, load_model_from, model_name_from, mode
 from .progress import Progress
 
 
+SAY_EXPECTED_S = 10.0    # an estimate this long is said before the work starts
+
+
 @click.command("run")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
@@ -53,6 +56,11 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
         target = api.default_output_path(image, scale, output_format)
         api.check_target(image, target, force=force, output_format=output_format)
     upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
+    expected = upscaler.engine.expected_s(*source.pixels.shape[:2])
+    if expected is not None and expected >= SAY_EXPECTED_S and not quiet:   # one window may show no progress
+        passes = 2 if source.alpha is not None and alpha_mode == "model" else 1
+        click.echo(f"{image}: about {expected * passes:.0f} s of model time (as `upscale tune` measured here)",
+                   err=True)
 
     progress = Progress(image.name, "tile", quiet=quiet, leave=False)
     try:

@@ -118,11 +118,24 @@ class Engine:
         tile = self.options.tile_px
         if tile != "auto":
             return int(tile)
-        table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, self.backend)
+        table = self._planning_table(height, width)
         if table:
-            return self._cheapest_core(height, width, self._with_whole_image(table, height, width))
+            return self._cheapest_core(height, width, table)
         window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
         return self._core_of(window, height, width)
+
+    def expected_s(self, height: int, width: int) -> float | None:
+        """The estimated seconds of the model part of an image of this size, in the plan ``--tile auto``
+        picks, by what ``upscale tune`` measured here; None where nothing was measured or the tile was
+        given."""
+        table = self._planning_table(height, width) if self.options.tile_px == "auto" else None
+        return min(self.estimate_s(height, width, table).values()) if table else None
+
+    def _planning_table(self, height: int, width: int) -> dict[int, tuple[float, float]] | None:
+        """What ``--tile auto`` plans an image of this size from: the measured window sides (and one
+        window a little beyond them, ``_with_whole_image``), or None where nothing was measured."""
+        table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, self.backend)
+        return self._with_whole_image(table, height, width) if table else None
 
     def _core_of(self, window: int, height: int, width: int) -> int:
         """The core of windows of side ``window`` (0 when the image fits in one)."""
