@@ -326,3 +326,29 @@ def test_xmp_and_exif_reach_the_output(tmp_path, tiny_x4):
         assert back.xmp == xmp and back.pixels.shape == (68, 92, 3)
         with PILImage.open(tmp_path / out) as im:
             assert im.getexif()[0x010F] == "UpscaleTestCam"
+
+
+def test_heic_photos_read_upright_into_png_with_their_exif(tmp_path, tiny_x4):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    exif = PILImage.Exif()
+    exif[0x0112], exif[0x010F] = 6, "UpscaleTestCam"        # stored turned: shown 17 wide, 23 high
+    rng = np.random.default_rng(2)
+    PILImage.fromarray(rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)).save(tmp_path / "phone.heic",
+                                                                                exif=exif.tobytes(), quality=90)
+    res = _invoke([tmp_path / "phone.heic", "-m", tiny_x4, *FAST])
+    assert res.exit_code == 0, res.output
+    with PILImage.open(tmp_path / "phone_x4.png") as im:
+        assert im.size == (68, 92) and im.getexif()[0x010F] == "UpscaleTestCam" and im.getexif()[0x0112] == 1
+
+
+def test_heic_without_its_plugin_says_how_to_install_it(tmp_path, tiny_x4):
+    (tmp_path / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")   # never decoded: the plugin is missing
+    code = ("import sys; sys.modules['pillow_heif'] = None   # as where the heif extra is not installed\n"
+            "from upscale.cli import main; sys.argv = ['upscale'] + sys.argv[1:]; main()\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "phone.heic"), "-m", tiny_x4, *FAST],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"upscale: cannot read image: {tmp_path / 'phone.heic'}: HEIC/HEIF needs the "
+                                  "pillow-heif package: pip install 'upscale[heif]'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["phone.heic"]

@@ -23,7 +23,8 @@ DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95, "AVIF": 90}
 # alpha; a GIF's 256 colours or a JPEG 2000's codec would not carry an upscaled image well). JPEG's
 # other spellings come out as .jpg.
 READ_ONLY_EXTENSIONS = frozenset({".gif", ".avif", ".jp2", ".j2k", ".tga", ".ppm", ".pgm", ".pbm", ".pnm",
-                                  ".qoi", ".pcx", ".jfif", ".jpe"}) - SUPPORTED_EXTENSIONS
+                                  ".qoi", ".pcx", ".jfif", ".jpe",
+                                  ".heic", ".heif", ".hif"}) - SUPPORTED_EXTENSIONS   # HEIF: the heif extra
 INPUT_EXTENSIONS = SUPPORTED_EXTENSIONS | READ_ONLY_EXTENSIONS
 _JPEG_SPELLINGS = frozenset({".jpeg", ".jfif", ".jpe"})
 

@@ -1,6 +1,8 @@
 """Opening and loading with Pillow under our rules: the per-call pixel limit (Pillow's global one is
 off only while a lock is held), every failure an ``ImageReadError`` naming the file, and Pillow's
-Python warnings collected and logged as one line naming the file instead of printed raw."""
+Python warnings collected and logged as one line naming the file instead of printed raw. HEIC/HEIF
+files (phone photos) open through the optional ``pillow-heif`` plugin, registered on first use
+(``pip install 'upscale[heif]'``); it applies the file's own rotation and reports EXIF orientation 1."""
 
 from __future__ import annotations
 
@@ -23,12 +25,30 @@ from .image import one_line
 # the header parse) and our own per-call limit is applied instead. The same lock serialises the
 # short stretches where Python warnings are caught (``pillow_warnings``), whose state is global too.
 _LOCK = threading.Lock()
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
+HEIF_EXTRA = "pip install 'upscale[heif]'"
+_heif_registered = False
+
+
+def _heif_plugin(path: Path) -> None:
+    """Register pillow-heif with Pillow before the first HEIC/HEIF file opens (under ``_LOCK``); an
+    ``ImageReadError`` saying how to install it where it is missing."""
+    global _heif_registered
+    if _heif_registered or path.suffix.lower() not in HEIF_EXTENSIONS:
+        return
+    try:
+        import pillow_heif
+    except ImportError:
+        raise errors.ImageReadError(f"HEIC/HEIF needs the pillow-heif package: {HEIF_EXTRA}", path=path) from None
+    pillow_heif.register_heif_opener()
+    _heif_registered = True
 
 
 def open_image(path: Path) -> tuple[PILImage.Image, int | None, list[PillowWarning]]:
     """Parse the header with Pillow's global size check off; return the image, the global limit and
     the warnings Pillow raised meanwhile (for the caller to word; nothing is printed or logged)."""
     with _LOCK:
+        _heif_plugin(path)
         default_limit = PILImage.MAX_IMAGE_PIXELS
         PILImage.MAX_IMAGE_PIXELS = None
         try:
