@@ -5,10 +5,12 @@ No torch import at module level: io-level code and benchmarks may ask without lo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -99,6 +101,28 @@ def others_share(start: CpuClock | None, end: CpuClock | None) -> float | None:
         return None
     others = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
     return min(1.0, max(0.0, others / (end.total_s - start.total_s)))
+
+
+@dataclass
+class OthersWatch:
+    """What ``watch_others`` saw: other processes' share of the CPUs over its block (None: unknown)."""
+
+    share: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether others took over ``BUSY_SHARE``: a timing from the block should not be kept."""
+        return self.share is not None and self.share > BUSY_SHARE
+
+
+@contextlib.contextmanager
+def watch_others() -> Iterator[OthersWatch]:
+    """Time something inside the block; afterwards the yielded ``OthersWatch`` says how busy other
+    processes kept the machine meanwhile (``others_share``)."""
+    watch = OthersWatch()
+    start = cpu_clock()
+    yield watch
+    watch.share = others_share(start, cpu_clock())
 
 
 def cache_dir() -> Path:

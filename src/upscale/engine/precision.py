@@ -6,9 +6,9 @@ fp32 rate; on an AMX Xeon at ~5x):
 1. ``upscale tune -m MODEL``'s choice for this network and thread count (``tuned.auto_precision``);
 2. else the machine's probe: one 3x3 convolution (``PROBE_SHAPE``, channels_last, constant tensors)
    timed under bf16 autocast and in fp32, alternately, best of ``PROBE_RUNS`` or more (``PROBE_MIN_S``)
-   after a warm-up (well under a second), measured once per CPU, thread count and torch version and kept in the tuning
-   cache, so a first run neither stalls nor flips between runs (``upscale tune --probe`` measures it
-   again). An answer measured while other processes took over ``machine.BUSY_SHARE`` of the CPUs
+   after a warm-up (well under a second), measured once per CPU, thread count and torch version and
+   kept in the tuning cache, so a first run neither stalls nor flips between runs (``upscale tune
+   --probe`` measures it again). An answer measured while other processes took over ``machine.BUSY_SHARE`` of the CPUs
    (``machine.others_share``) serves this process only: the next one measures again.
 
 The choice is said at info level where it overrides the rule, once per process (per model for
@@ -54,16 +54,15 @@ def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -
 def probe_machine(threads: int) -> tuple[str, dict[str, float]]:
     """Time the probe convolution in bf16 and fp32 now: (the faster, {precision: seconds}); the answer
     is stored in the tuning cache unless other processes kept the machine busy meanwhile."""
-    start = machine.cpu_clock()
-    seconds = probe_seconds()
-    busy = machine.others_share(start, machine.cpu_clock())
+    with machine.watch_others() as others:
+        seconds = probe_seconds()
     log.debug("precision probe: bf16 %.4f s, fp32 %.4f s, others' CPU share %s", seconds["bf16"], seconds["fp32"],
-              "unknown" if busy is None else f"{busy:.2f}")
-    keep = busy is None or busy <= machine.BUSY_SHARE
-    if not keep:
+              others.share)
+    if others.busy:
         log.info("precision probe: other processes used %.0f%% of the CPUs while it ran; its answer serves this "
-                 "run only (the next measures again)", 100 * busy)
-    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe", keep=keep), seconds
+                 "run only (the next measures again)", 100 * others.share)
+    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe",
+                                 keep=not others.busy), seconds
 
 
 def probe_seconds() -> dict[str, float]:

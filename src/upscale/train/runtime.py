@@ -116,15 +116,14 @@ def settle_auto_precision(rt: Runtime, cfg: TrainConfig, gen: nn.Module, arch: s
         else:
             if say is not None:
                 say("timing the generator's step in bf16 and fp32 for precision auto (once for it on this CPU)")
-            start = machine.cpu_clock()
-            seconds = {p: _time_step(gen, _DTYPES[p], min(cfg.batch_size, PROBE_BATCH), hparams.get("num_in_ch", 3),
-                                     lr_px, cfg.channels_last) for p in tuned.AUTO_CANDIDATES}
-            busy = machine.others_share(start, machine.cpu_clock())
-            keep = busy is None or busy <= machine.BUSY_SHARE
-            name = tuned.remember_faster(key, seconds, label=f"train {arch}", keep=keep)
+            with machine.watch_others() as others:
+                seconds = {p: _time_step(gen, _DTYPES[p], min(cfg.batch_size, PROBE_BATCH),
+                                         hparams.get("num_in_ch", 3), lr_px, cfg.channels_last)
+                           for p in tuned.AUTO_CANDIDATES}
+            name = tuned.remember_faster(key, seconds, label=f"train {arch}", keep=not others.busy)
             why = f"generator step measured here: bf16 {seconds['bf16']:.3g} s, fp32 {seconds['fp32']:.3g} s"
-            if not keep:
-                why += f"; not cached: other processes used {100 * busy:.0f}% of the CPUs meanwhile"
+            if others.busy:
+                why += f"; not cached: other processes used {100 * others.share:.0f}% of the CPUs meanwhile"
     return dataclasses.replace(rt, amp=Amp("cpu", _DTYPES[name])), f"precision auto: {name} ({why})"
 
 

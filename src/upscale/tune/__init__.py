@@ -13,8 +13,9 @@ one measured faster here (``tuned.auto_precision``). fp32 is first screened at b
 bf16's estimate (on an AMX CPU, where fp32 is several times slower, the screen is all it costs).
 
 Timings are only as good as an idle machine: where other processes used over ``machine.BUSY_SHARE``
-of the CPUs while ``tune_precisions`` measured (``machine.others_share``), it warns, and ``Tuning`` says how
-much (a smoke tune on a 2-core AMX Xeon beside a CI run chose bf16 for default-x4 by 11.9 s to 12.8 s).
+of the CPUs while ``tune_precisions`` measured (``machine.watch_others``), it warns, and ``Tuning``
+says how much (a smoke tune on a 2-core AMX Xeon beside a CI run chose bf16 for default-x4 by 11.9 s
+to 12.8 s).
 
 This package never prints (``upscale.cli.tune`` does).
 """
@@ -129,13 +130,14 @@ def tune_precisions(model: Model, options: EngineOptions | None = None, *, backe
     """``tune_model`` at ``options``' precision; where that is ``auto`` and resolves to bf16 on the CPU,
     fp32 too (screened first, see the package docstring), and the faster of the two stored as what
     ``auto`` runs here."""
-    start = machine.cpu_clock()
-    tuning = _tune_precisions(model, options, backend=backend, quick=quick, runs=runs, windows=windows, save=save)
-    tuning.others_share = machine.others_share(start, machine.cpu_clock())
-    if tuning.others_share is not None and tuning.others_share > machine.BUSY_SHARE:
+    with machine.watch_others() as others:
+        tuning = _tune_precisions(model, options, backend=backend, quick=quick, runs=runs, windows=windows,
+                                  save=save)
+    tuning.others_share = others.share
+    if others.busy:
         log.warning("other processes used %.0f%% of this machine's CPU time while tuning: the measurements (and "
                     "what was chosen from them) may mislead; run `upscale tune` again on an idle machine",
-                    100 * tuning.others_share)
+                    100 * others.share)
     return tuning
 
 
