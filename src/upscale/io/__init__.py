@@ -20,11 +20,11 @@ Reading (``read_image``):
   integer (``I`` from signed or 32-bit samples) and float (``F``) images are refused: there is no
   unambiguous mapping of their values to [0, 1]. 16-bit premultiplied-alpha TIFFs are refused too.
 - The EXIF Orientation is applied to the pixels (ImageOps.exif_transpose semantics) and the EXIF block
-  is kept byte for byte except that Orientation is set to 1. The XMP packet (ratings, keywords,
-  rights) is kept too, its ``tiff:Orientation`` set to 1 likewise (``xmp``). TIFF inputs carry no separate EXIF block
+  is kept byte for byte except that Orientation is set to 1. TIFF inputs carry no separate EXIF block
   (their tags describe the file itself), so their ``exif`` is None; their orientation is still applied.
   An EXIF block Pillow warns about (corrupt) is dropped with one logged line naming the file; the
-  pixels are still read.
+  pixels are still read. The XMP packet (ratings, keywords, rights) is kept too, its
+  ``tiff:Orientation`` set to 1 likewise; one that is not UTF-8 is dropped with one line (``xmp``).
 - Only the first frame of an animated or multi-page file (GIF, APNG, WebP, TIFF) is read; ``frames``
   on the record says how many there are, and one warning line names the file and the count.
 - Pillow's decompression-bomb limit stays on: an image with more pixels than ``max_pixels`` (default

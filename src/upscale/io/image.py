@@ -22,9 +22,9 @@ DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95, "AVIF": 90}
 # Inputs Pillow reads that are not written back: their outputs are PNG by default (lossless, keeps
 # alpha; a GIF's 256 colours or a JPEG 2000's codec would not carry an upscaled image well). JPEG's
 # other spellings come out as .jpg.
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})     # read through the heif extra (``opening``)
 READ_ONLY_EXTENSIONS = frozenset({".gif", ".avif", ".jp2", ".j2k", ".tga", ".ppm", ".pgm", ".pbm", ".pnm",
-                                  ".qoi", ".pcx", ".jfif", ".jpe",
-                                  ".heic", ".heif", ".hif"}) - SUPPORTED_EXTENSIONS   # HEIF: the heif extra
+                                  ".qoi", ".pcx", ".jfif", ".jpe", *HEIF_EXTENSIONS}) - SUPPORTED_EXTENSIONS
 INPUT_EXTENSIONS = SUPPORTED_EXTENSIONS | READ_ONLY_EXTENSIONS
 _JPEG_SPELLINGS = frozenset({".jpeg", ".jfif", ".jpe"})
 

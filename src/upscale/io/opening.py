@@ -19,13 +19,12 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from .. import errors
-from .image import one_line
+from .image import HEIF_EXTENSIONS, one_line
 
 # Image.open reads the global MAX_IMAGE_PIXELS; it is switched off only while this lock is held (for
 # the header parse) and our own per-call limit is applied instead. The same lock serialises the
 # short stretches where Python warnings are caught (``pillow_warnings``), whose state is global too.
 _LOCK = threading.Lock()
-HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
 HEIF_EXTRA = "pip install 'upscale[heif]'"
 _heif_registered = False
 
