@@ -39,8 +39,9 @@ typed() {  # typed [ENV=VALUE ...] -- upscale ARGS...
   echo
 }
 
-typed HF_HUB_OFFLINE=1 -- upscale photo.jpg -s 4
+# -m esrgan first: it writes nothing offline, so the default line after it is not refused as "exists already"
 typed HF_ENDPOINT=http://hub.invalid -- upscale photo.jpg -s 4 -m esrgan
+typed HF_HUB_OFFLINE=1 -- upscale photo.jpg -s 4
 typed HF_HUB_OFFLINE=1 -- upscale batch dir/ --out hi/
 typed HF_HUB_OFFLINE=1 -- upscale interp --alpha 0.8
 typed HF_HUB_OFFLINE=1 -- upscale bench --data Set5/ -s 4
