@@ -321,6 +321,20 @@ def test_xmp_survives_with_its_orientation_reset(tmp_path: Path, ext: str) -> No
     assert back == (None if ext == "bmp" else img.xmp)
 
 
+@pytest.mark.parametrize("ext", ["png", "jpg", "tif", "bmp", "webp"])
+def test_dpi_is_kept_and_turns_with_the_pixels(tmp_path: Path, ext: str) -> None:
+    # 300 x 150 dpi, stored turned a quarter (EXIF 6): upright, the axes' resolutions swap too
+    PILImage.fromarray(rand((6, 10, 3))).save(tmp_path / "scan.jpg", dpi=(300, 150), exif=exif_bytes(6))
+    img = read_image(tmp_path / "scan.jpg")
+    assert img.pixels.shape == (10, 6, 3) and img.dpi == (150.0, 300.0)
+    write_image(img, tmp_path / f"out.{ext}")
+    back = read_image(tmp_path / f"out.{ext}").dpi
+    if ext == "webp":                                  # Pillow's WebP holds no resolution
+        assert back is None
+    else:
+        assert back == pytest.approx((150.0, 300.0), abs=0.0254)    # PNG/BMP count whole pixels per metre
+
+
 def test_xmp_that_is_not_utf8_is_dropped_with_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     PILImage.fromarray(rand((6, 10, 3))).save(tmp_path / "in.jpg", xmp=XMP.replace(b"Rating", b"R\xffting"))
     with caplog.at_level(logging.WARNING):

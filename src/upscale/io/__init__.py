@@ -38,7 +38,9 @@ Reading (``read_image``):
 
 Writing (``write_image``) goes through ``upscale.atomic.atomic_file``: a private temp file beside the
 target (created exclusively, never through a symlink), fsync, rename; on any failure the temp file is
-removed. ``check_output`` runs the same up-front checks alone. Per format:
+removed. ``check_output`` runs the same up-front checks alone. The resolution (``dpi``) is written back
+unchanged where the format holds one (PNG, JPEG, TIFF, BMP; Pillow's WebP and AVIF hold none), so the
+print size grows with the scale, as image editors do when they resample. Per format:
 
 ======  ==========  =====  ===  ====  ===  ========================================================
 format  16-bit      alpha  ICC  EXIF  XMP  notes

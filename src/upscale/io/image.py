@@ -54,6 +54,7 @@ class Image:
     source_mode: str = ""         # Pillow's mode of the file; "RGB;16"/"RGBA;16"/"LA;16" for 16-bit colour
     frames: int = 1               # frames/pages in the file; only the first is in ``pixels``
     xmp: bytes | None = None      # the XMP packet, tiff:Orientation reset to 1 (``xmp``)
+    dpi: tuple[float, float] | None = None   # pixels per inch (x, y) as the file says, axes as the pixels stand
 
     def __post_init__(self) -> None:
         p = self.pixels

@@ -34,9 +34,10 @@ _PNG_COLOUR_TYPE = {(1, False): 0, (1, True): 4, (3, False): 2, (3, True): 6}
 
 
 def write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
-              exif: bytes | None, threads: int = 1, xmp: bytes | None = None) -> None:
-    """An 8- or 16-bit PNG (from the dtype; gray, gray+alpha, RGB or RGBA) with optional iCCP, eXIf and
-    XMP (iTXt) chunks, filtered and compressed in blocks of rows, so no full-size copy is made (except to
+              exif: bytes | None, threads: int = 1, xmp: bytes | None = None,
+              dpi: tuple[float, float] | None = None) -> None:
+    """An 8- or 16-bit PNG (from the dtype; gray, gray+alpha, RGB or RGBA) with optional iCCP, pHYs
+    (``dpi``), eXIf and XMP (iTXt) chunks, filtered and compressed in blocks of rows, so no full-size copy is made (except to
     interleave an alpha channel)."""
     samples = pixels if alpha is None else np.dstack([pixels, alpha])
     h, w, c = samples.shape
@@ -46,6 +47,8 @@ def write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: by
     f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0)))
     if icc:
         f.write(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    if dpi:
+        f.write(_chunk(b"pHYs", struct.pack(">IIB", *(round(v / 0.0254) for v in dpi), 1)))   # per metre
     if exif:
         f.write(_chunk(b"eXIf", exif[len(EXIF_PREFIX):] if exif.startswith(EXIF_PREFIX) else exif))
     if xmp:

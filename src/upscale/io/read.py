@@ -59,6 +59,7 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
             load_pixels(im, path)
             pixels, alpha, source_mode, icc = decode(im, path, rawmode)
         orientation, exif = _metadata(im, path, opened)
+        dpi = _dpi(im, orientation)
         xmp, problem = xmp_of(im)
         if problem:
             log.warning("%s: %s", path, problem)
@@ -66,7 +67,7 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
     with _out_of_memory(path, w, h):
         pixels = np.ascontiguousarray(orient(pixels, orientation))
         alpha = None if alpha is None else np.ascontiguousarray(orient(alpha, orientation))
-    return Image(pixels, alpha, icc, exif, source_format, source_mode, frames, xmp)
+    return Image(pixels, alpha, icc, exif, source_format, source_mode, frames, xmp, dpi)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -121,6 +122,20 @@ def _metadata(im: PILImage.Image, path: Path, opened: list[PillowWarning]) -> tu
     if problem:
         log.warning("%s: %s", path, problem)
     return orientation, exif
+
+
+def _dpi(im: PILImage.Image, orientation: int) -> tuple[float, float] | None:
+    """The file's pixels per inch (Pillow's ``info["dpi"]``: PNG pHYs in metres, JPEG JFIF, TIFF
+    resolution), x and y swapped where the orientation turns the image a quarter; None when absent or
+    not two positive numbers."""
+    dpi = im.info.get("dpi")
+    try:
+        x, y = (float(v) for v in dpi)
+    except (TypeError, ValueError):
+        return None
+    if not (0 < x < 1e6 and 0 < y < 1e6):
+        return None
+    return (y, x) if orientation >= 5 else (x, y)
 
 
 def _frame_count(im: PILImage.Image, path: Path) -> int:

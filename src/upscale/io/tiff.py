@@ -1,22 +1,24 @@
 """Our TIFF encoder: little-endian baseline TIFF, 8 or 16 bit, deflate strips with the horizontal
-predictor, unassociated alpha, ICC profile, XMP."""
+predictor, unassociated alpha, ICC profile, XMP, resolution."""
 
 from __future__ import annotations
 
 import os
 import struct
 import zlib
+from fractions import Fraction
 from typing import BinaryIO
 
 import numpy as np
 
 # TIFF tag numbers and field types used by the writer.
-_BYTE, _SHORT, _LONG, _UNDEFINED = 1, 3, 4, 7
+_BYTE, _SHORT, _LONG, _RATIONAL, _UNDEFINED = 1, 3, 4, 5, 7
 
 
 def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
-               xmp: bytes | None = None) -> None:
-    """A little-endian baseline TIFF: deflate strips, horizontal predictor, unassociated alpha, ICC, XMP."""
+               xmp: bytes | None = None, dpi: tuple[float, float] | None = None) -> None:
+    """A little-endian baseline TIFF: deflate strips, horizontal predictor, unassociated alpha, ICC, XMP,
+    resolution (``dpi``, in inches)."""
     samples = pixels if alpha is None else np.dstack([pixels, alpha])
     h, w, spp = samples.shape
     bits = 8 * samples.dtype.itemsize
@@ -41,15 +43,21 @@ def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: b
     if alpha is not None:
         entries.append((338, _SHORT, [2]))  # ExtraSamples: unassociated alpha
     if xmp:
-        entries.append((700, _BYTE, xmp))   # XMLPacket (entries stay in tag order)
+        entries.append((700, _BYTE, xmp))   # XMLPacket
     if icc:
         entries.append((34675, _UNDEFINED, icc))
+    if dpi:
+        for tag, value in zip((282, 283), dpi):   # X/YResolution, as numerator and denominator
+            ratio = Fraction(value).limit_denominator(10000)
+            entries.append((tag, _RATIONAL, [ratio.numerator, ratio.denominator]))
+        entries.append((296, _SHORT, [2]))        # ResolutionUnit: inch
+    entries.sort(key=lambda entry: entry[0])      # an IFD lists its tags in ascending order
 
     packed: list[bytes] = []
     for tag, kind, values in entries:
         data = values if isinstance(values, bytes) else struct.pack(
             f"<{len(values)}{'H' if kind == _SHORT else 'I'}", *values)
-        count = len(values)
+        count = len(values) // 2 if kind == _RATIONAL else len(values)
         if len(data) <= 4:
             packed.append(struct.pack("<HHI", tag, kind, count) + data.ljust(4, b"\x00"))
             continue

@@ -98,14 +98,15 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         log.warning("%s: %s has no alpha channel; transparency dropped", path, fmt)
         alpha = None
     if fmt == "TIFF":
-        write_tiff(f, image.pixels, alpha, image.icc_profile, image.xmp)
+        write_tiff(f, image.pixels, alpha, image.icc_profile, image.xmp, image.dpi)
         return
     if fmt == "PNG":   # streamed by our own writer: no second copy of a large output in Pillow's memory
-        write_png(f, image.pixels, alpha, image.icc_profile, image.exif, threads or png_workers(), image.xmp)
+        write_png(f, image.pixels, alpha, image.icc_profile, image.exif, threads or png_workers(), image.xmp,
+                  image.dpi)
         return
     pixels = to_uint8(image.pixels)
     if fmt == "BMP":
-        write_bmp(f, pixels)
+        write_bmp(f, pixels, image.dpi)
         return
     if fmt == "WEBP" and pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
@@ -128,6 +129,8 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         params["quality"] = quality if quality is not None else DEFAULT_QUALITY[fmt]
     if fmt == "JPEG":
         params["subsampling"] = 0
+        if image.dpi:
+            params["dpi"] = tuple(round(v) for v in image.dpi)   # JFIF holds whole dots per inch
     if fmt == "AVIF":
         params["subsampling"] = "4:4:4"   # an upscaled image's chroma is as sharp as its luma
     pil.save(f, format=fmt, **params)
