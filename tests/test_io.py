@@ -335,6 +335,23 @@ def test_dpi_is_kept_and_turns_with_the_pixels(tmp_path: Path, ext: str) -> None
         assert back == pytest.approx((150.0, 300.0), abs=0.0254)    # PNG/BMP count whole pixels per metre
 
 
+@pytest.mark.parametrize("written, upright", [
+    (b'tiff:Orientation="6"', b'tiff:Orientation="1"'), (b"tiff:Orientation = '8'", b"tiff:Orientation = '1'"),
+    (b"<tiff:Orientation>6</tiff:Orientation>", b"<tiff:Orientation>1</tiff:Orientation>"),
+    (b'<tiff:Orientation rdf:datatype="x"> 3 </tiff:Orientation>',
+     b'<tiff:Orientation rdf:datatype="x"> 1 </tiff:Orientation>'),
+    (b"<tiff:OrientationNote>6</tiff:OrientationNote>", b"<tiff:OrientationNote>6</tiff:OrientationNote>"),
+    (b'xmp:Rating="6"', b'xmp:Rating="6"')])
+def test_xmp_orientation_is_reset_in_each_spelling_and_nothing_else(written: bytes, upright: bytes) -> None:
+    from types import SimpleNamespace
+
+    from upscale.io.xmp import xmp_of
+
+    packet = b"<x:xmpmeta><rdf:Description " + written + b"/></x:xmpmeta>"
+    assert xmp_of(SimpleNamespace(info={"xmp": packet})) == (packet.replace(written, upright), None)
+    assert xmp_of(SimpleNamespace(info={"xmp": packet.decode()}))[0] == packet.replace(written, upright)
+
+
 def test_xmp_that_is_not_utf8_is_dropped_with_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     PILImage.fromarray(rand((6, 10, 3))).save(tmp_path / "in.jpg", xmp=XMP.replace(b"Rating", b"R\xffting"))
     with caplog.at_level(logging.WARNING):

@@ -10,8 +10,9 @@ PNG_KEYWORD = b"XML:com.adobe.xmp"           # the iTXt keyword XMP's PNG embedd
 TIFF_TAG = 700                                 # XMLPacket
 JPEG_MAX_XMP = 65533 - len(b"http://ns.adobe.com/xap/1.0/\x00")   # one APP1 segment (no extended XMP)
 
-# tiff:Orientation as an attribute (tiff:Orientation="6") or an element (<tiff:Orientation>6</...>)
-_ORIENTATION = re.compile(rb"""(tiff:Orientation\s*=\s*["']|<tiff:Orientation>\s*)[1-8](?=\s*["<])""")
+# tiff:Orientation as an attribute (tiff:Orientation="6") or an element (<tiff:Orientation>6</...>,
+# possibly with attributes of its own, such as rdf:datatype)
+_ORIENTATION = re.compile(rb"""(tiff:Orientation\s*=\s*["']|<tiff:Orientation(?:\s[^>]*)?>\s*)[1-8](?=\s*["'<])""")
 
 
 def xmp_of(im) -> tuple[bytes | None, str | None]:
