@@ -38,6 +38,13 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
+def any_load_kept(monkeypatch) -> None:
+    """Precision probes are cached whatever else runs on the machine (``machine.BUSY_SHARE`` 1.0): for
+    tests about caching, which a busy CI host must not turn into tests about its load."""
+    monkeypatch.setattr("upscale.machine.BUSY_SHARE", 1.0)
+
+
+@pytest.fixture
 def busy_cpus() -> Iterator[Callable[[], None]]:
     """Call it to start twice as many busy-looping processes as there are CPUs (real load from
     outside the test's process: others' share of the CPUs ~2/3 beside two threads of ours); all are

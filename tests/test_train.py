@@ -504,7 +504,8 @@ def _train_auto(data, out, lines, **over):
     return notes[0]
 
 
-def test_auto_training_precision_is_measured_once_cached_and_kept_on_resume(data, tmp_path, native_bf16):
+def test_auto_training_precision_is_measured_once_cached_and_kept_on_resume(data, tmp_path, native_bf16,
+                                                                           any_load_kept):
     lines: list[str] = []
     note = _train_auto(data, tmp_path / "a", lines)
     chosen = note.split()[2]
@@ -537,7 +538,7 @@ def test_auto_training_precision_is_measured_once_cached_and_kept_on_resume(data
     assert load_checkpoint(tmp_path / "a" / "checkpoints" / "iter_00000006.pt")["precision"] == chosen
 
 
-def test_auto_training_precision_measurement_leaves_the_run_as_it_was(data, tmp_path, native_bf16):
+def test_auto_training_precision_measurement_leaves_the_run_as_it_was(data, tmp_path, native_bf16, any_load_kept):
     """The same seed trains to the same weights whether the choice was measured in this run or read from
     the cache (the probe runs on a copy, on constant input, with the random streams put back)."""
     lines: list[str] = []

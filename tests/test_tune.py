@@ -379,7 +379,8 @@ def probe_choice(cache_file) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[entry["result"]["precision"]]
 
 
-def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache_here, native_bf16, monkeypatch):
+def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache_here, native_bf16, monkeypatch,
+                                                          any_load_kept):
     """No `upscale tune` for the model: one convolution timed in bf16 and fp32 decides, stored, and read
     (not measured again) by the next engine, for any model; explicit precisions never probe."""
     import upscale.engine.precision as precision
@@ -480,7 +481,8 @@ def test_auto_choice_applies_only_where_the_rule_says_bf16(tiny_x4, cache_here):
                                     {"precision": "fp32", "estimate_s": {"bf16": 1.0}},
                                     {"precision": "fp32", "estimate_s": {"fp32": "fast"}},
                                     {"precision": "fp32"}])
-def test_a_malformed_auto_choice_makes_the_file_corrupt(tiny_x4, cache_here, native_bf16, result, caplog):
+def test_a_malformed_auto_choice_makes_the_file_corrupt(tiny_x4, cache_here, native_bf16, result, caplog,
+                                                         any_load_kept):
     from upscale.tuned import AUTO
 
     model = load_model(tiny_x4)
