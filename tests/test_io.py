@@ -352,6 +352,16 @@ def test_xmp_orientation_is_reset_in_each_spelling_and_nothing_else(written: byt
     assert xmp_of(SimpleNamespace(info={"xmp": packet.decode()}))[0] == packet.replace(written, upright)
 
 
+def test_a_file_without_a_resolution_gives_the_formats_default(tmp_path: Path) -> None:
+    PILImage.fromarray(rand((6, 10, 3))).save(tmp_path / "in.png")              # no pHYs
+    img = read_image(tmp_path / "in.png")
+    assert img.dpi is None
+    for ext, expected in (("png", None), ("jpg", None), ("tif", (72.0, 72.0)), ("bmp", (72.0, 72.0))):
+        write_image(img, tmp_path / f"out.{ext}")
+        back = read_image(tmp_path / f"out.{ext}").dpi                           # baseline TIFF requires one;
+        assert back == (expected if expected is None else pytest.approx(expected, abs=0.0254)), ext  # BMP has one
+
+
 def test_xmp_that_is_not_utf8_is_dropped_with_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     PILImage.fromarray(rand((6, 10, 3))).save(tmp_path / "in.jpg", xmp=XMP.replace(b"Rating", b"R\xffting"))
     with caplog.at_level(logging.WARNING):

@@ -18,7 +18,8 @@ _BYTE, _SHORT, _LONG, _RATIONAL, _UNDEFINED = 1, 3, 4, 5, 7
 def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
                xmp: bytes | None = None, dpi: tuple[float, float] | None = None) -> None:
     """A little-endian baseline TIFF: deflate strips, horizontal predictor, unassociated alpha, ICC, XMP,
-    resolution (``dpi``, in inches)."""
+    resolution (``dpi``, in inches; 72 where unknown, since baseline TIFF requires one, as BMP's
+    writer does)."""
     samples = pixels if alpha is None else np.dstack([pixels, alpha])
     h, w, spp = samples.shape
     bits = 8 * samples.dtype.itemsize
@@ -46,11 +47,10 @@ def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: b
         entries.append((700, _BYTE, xmp))   # XMLPacket
     if icc:
         entries.append((34675, _UNDEFINED, icc))
-    if dpi:
-        for tag, value in zip((282, 283), dpi):   # X/YResolution, as numerator and denominator
-            ratio = Fraction(value).limit_denominator(10000)
-            entries.append((tag, _RATIONAL, [ratio.numerator, ratio.denominator]))
-        entries.append((296, _SHORT, [2]))        # ResolutionUnit: inch
+    for tag, value in zip((282, 283), dpi or (72, 72)):   # X/YResolution, as numerator and denominator
+        ratio = Fraction(value).limit_denominator(10000)
+        entries.append((tag, _RATIONAL, [ratio.numerator, ratio.denominator]))
+    entries.append((296, _SHORT, [2]))                     # ResolutionUnit: inch
     entries.sort(key=lambda entry: entry[0])      # an IFD lists its tags in ascending order
 
     packed: list[bytes] = []
