@@ -352,3 +352,71 @@ def test_heic_without_its_plugin_says_how_to_install_it(tmp_path, tiny_x4):
     assert out.stderr.strip() == (f"upscale: cannot read image: {tmp_path / 'phone.heic'}: HEIC/HEIF needs the "
                                   "pillow-heif package: pip install 'upscale[heif]'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phone.heic"]
+
+
+def _animated_gif(path, frames=3, size=(19, 13), transparent=False):
+    rng = np.random.default_rng(4)
+    pictures = [PILImage.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).quantize(8)
+                for _ in range(frames)]
+    extra = {"transparency": 0} if transparent else {}
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=[80, 160, 240][:frames], loop=2,
+                     **extra)
+    return path
+
+
+def test_every_frame_of_an_animated_gif_becomes_an_apng_with_its_timing(tmp_path, tiny_x4):
+    src = _animated_gif(tmp_path / "wave.gif")
+    res = _invoke([src, "-m", tiny_x4, "--frames", "all", *FAST])
+    assert res.exit_code == 0, res.output
+    with PILImage.open(src) as gif:                   # each frame as Pillow composes it, upscaled alone
+        singles = []
+        for i in range(3):
+            gif.seek(i)
+            gif.convert("RGB").save(tmp_path / f"f{i}.png")
+            assert _invoke([tmp_path / f"f{i}.png", "-m", tiny_x4, *FAST]).exit_code == 0
+            with PILImage.open(tmp_path / f"f{i}_x4.png") as one:
+                singles.append(np.asarray(one.convert("RGB")))
+    with PILImage.open(tmp_path / "wave_x4.png") as apng:
+        assert (apng.format, apng.n_frames, apng.size, apng.info["loop"]) == ("PNG", 3, (76, 52), 2)
+        for i in range(3):
+            apng.seek(i)
+            assert apng.info["duration"] == [80, 160, 240][i]
+            assert np.array_equal(np.asarray(apng.convert("RGB")), singles[i]), i
+    res = _invoke([src, "-m", tiny_x4, "--frames", "all", "-o", tmp_path / "wave.webp", *FAST])
+    assert res.exit_code == 0, res.output
+    with PILImage.open(tmp_path / "wave.webp") as webp:
+        assert (webp.format, webp.n_frames, webp.size) == ("WEBP", 3, (76, 52))
+
+
+def test_frames_all_refuses_a_format_without_animation_and_leaves_other_inputs_alone(tmp_path, tiny_x4):
+    src = _animated_gif(tmp_path / "wave.gif", transparent=True)
+    res = _invoke([src, "-m", tiny_x4, "--frames", "all", "-s", "4", "-o", tmp_path / "wave.jpg", *FAST])
+    assert res.exit_code == 1 and "JPEG holds no animation; write .png (APNG) or .webp" in res.output
+    assert not (tmp_path / "wave.jpg").exists()
+    res = _invoke([src, "-m", tiny_x4, "--frames", "all", *FAST])              # transparency kept
+    with PILImage.open(tmp_path / "wave_x4.png") as apng:
+        assert apng.n_frames == 3 and apng.mode == "RGBA"
+    # the default reads the first frame only; a still image is the same either way (16 bit kept)
+    res = CliRunner().invoke(cli, [str(src), "-m", tiny_x4, "-o", str(tmp_path / "first.png"), "--precision", "fp32",
+                                   "--compile", "off"], catch_exceptions=False)
+    assert res.exit_code == 0 and "3 frames; only the first is read" in res.output
+    with PILImage.open(tmp_path / "first.png") as im:
+        assert getattr(im, "n_frames", 1) == 1
+    still = tmp_path / "deep.png"
+    PILImage.fromarray(np.full((9, 11), 40000, np.uint16)).save(still)
+    assert _invoke([still, "-m", tiny_x4, "--frames", "all", *FAST]).exit_code == 0
+    with PILImage.open(tmp_path / "deep_x4.png") as im:
+        assert im.mode in ("I;16", "I") and im.size == (44, 36)
+
+
+def test_an_animation_whose_outputs_cannot_all_be_held_is_refused_naming_the_file():
+    from upscale import api, errors
+    from upscale.io import Image
+
+    frame = Image(np.zeros((100, 100, 3), np.uint8), None)
+    api.check_output_memory(frame, 4, path="a.gif", frames=3)                  # 1.4 MB: fine
+    with pytest.raises(errors.ResourceError) as err:
+        api.check_output_memory(frame, 4, path="a.gif", frames=10**7)          # 4.8 TB of frames
+    assert err.value.path == "a.gif" and "needs" in err.value.message
+    with pytest.raises(errors.ResourceError):
+        api.check_output_memory(frame, 3, native_scale=4, path="a.gif", frames=10**7)

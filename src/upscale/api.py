@@ -24,7 +24,7 @@ import numpy as np
 
 from . import atomic, errors
 from .engine import Engine, EngineOptions, RunStats, Workload, check_output_fits
-from .io import Image, output_extension, output_format_for, read_image, write_image
+from .io import Animation, Image, output_extension, output_format_for, read_image, write_image
 from .model import Model
 from .pillow_resize import resize_array
 
@@ -72,18 +72,19 @@ def outscale_for(model: Model, outscale: float | None) -> float:
 
 
 def check_output_memory(image: Image, outscale: float, *, native_scale: int | None = None,
-                        path: str | Path | None = None) -> None:
+                        path: str | Path | None = None, frames: int = 1) -> None:
     """``ResourceError`` (naming ``path``) when the output of ``image`` at ``outscale`` cannot fit in
-    memory. Without ``native_scale`` (no model loaded yet) the output's own size is checked; with it,
-    also the float32 image a resize from the native scale builds."""
+    memory (``frames`` of them: an animation's outputs are all held until it is written). Without
+    ``native_scale`` (no model loaded yet) the output's own size is checked; with it, also the float32
+    image a resize from the native scale builds."""
     h, w, c = image.pixels.shape
     channels = c + (image.alpha is not None)
-    checks = [(outscale, image.pixels.dtype)]
+    checks = [(outscale, image.pixels.dtype, frames)]
     if native_scale is not None and native_scale != outscale:
-        checks = [(native_scale, image.pixels.dtype), (outscale, np.float32)]
+        checks = [(native_scale, image.pixels.dtype, 1), (outscale, np.float32, 1)] + checks[1 if frames == 1 else 0:]
     try:
-        for scale, dtype in checks:
-            check_output_fits(h, w, channels, scale, dtype)
+        for scale, dtype, count in checks:
+            check_output_fits(h, w * count, channels, scale, dtype)
     except errors.ResourceError as err:
         raise errors.ResourceError(err.message, path=path) from None
 
@@ -188,6 +189,17 @@ class Upscaler:
             if alpha is not None:
                 alpha = resize_array(alpha, (target_hw[1], target_hw[0]), "lanczos")
         return replace(image, pixels=rgb, alpha=alpha)
+
+    def upscale_animation(self, animation: Animation, *, outscale: float | None = None, alpha_mode: str = "model",
+                          on_frame: Progress | None = None, stats: RunStats | None = None) -> Animation:
+        """Every frame of ``animation`` through ``upscale``, one after another (``on_frame(done, total)``
+        after each); durations and loop are kept."""
+        frames = []
+        for frame in animation.frames:
+            frames.append(self.upscale(frame, outscale=outscale, alpha_mode=alpha_mode, stats=stats))
+            if on_frame is not None:
+                on_frame(len(frames), len(animation.frames))
+        return replace(animation, frames=frames)
 
     def _run(self, pixels: np.ndarray, progress: Progress | None, stats: RunStats | None) -> np.ndarray:
         """Run (H, W, C) through the engine, matching the model's channel count (gray <-> RGB)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,10 +21,13 @@ SAY_EXPECTED_S = 10.0    # an estimate this long is said before the work starts
               help="Output file (default: {stem}_x{scale}.{ext} beside the input; .png for inputs that are "
                    "read but not written, such as GIF or JPEG 2000).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--frames", type=click.Choice(["first", "all"]), default="first", show_default=True,
+              help="Of an animated GIF, WebP or PNG: the first frame only (said in one line), or every frame, "
+                   "written as an animated PNG (APNG) or WebP with the same timing.")
 @quiet_option("No progress or info lines.")
 @model_options
 @handle_errors
-def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: float | None,
+def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool, outscale: float | None,
         model_name: str | None, weights: Path | None, interp_alpha: float | None, device: str, precision: str,
         tile_px: str | None, overlap_px: int | None, batch: int | None, threads: int | None, compile_mode: str,
         output_format: str | None, quality: int | None, alpha_mode: str, max_pixels: int | None) -> None:
@@ -33,7 +37,7 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     Exit codes: 0 ok, 1 failure (bad input, bad weights, cannot write, not enough memory), 2 usage error.
     """
     from .. import api, errors
-    from ..io import read_image
+    from ..io import check_animation_output, read_animation, read_image
 
     # everything that can be refused is refused before the model loads
     if image.is_dir():
@@ -41,21 +45,33 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     api.check_outscale(outscale)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
     name = model_name_from(model_name, weights, outscale)
-    source = read_image(image, max_pixels=max_pixels)
+    animation = read_animation(image, max_pixels=max_pixels) if frames == "all" else None
+    if animation is not None and len(animation.frames) < 2:
+        animation = None                      # one frame: read as any image (16 bit, EXIF, ...)
+    source = animation.frames[0] if animation else read_image(image, max_pixels=max_pixels)
+
+    def check(target: Path) -> None:
+        api.check_target(image, target, force=force, output_format=output_format)
+        if animation:
+            check_animation_output(target, output_format, quality)
+
     target = output
     if target is None and outscale is not None:
         target = api.default_output_path(image, outscale, output_format)
     if target is not None:
-        api.check_target(image, target, force=force, output_format=output_format)
+        check(target)
     if outscale is not None:
-        api.check_output_memory(source, outscale, path=image)
+        api.check_output_memory(source, outscale, path=image, frames=len(animation.frames) if animation else 1)
 
     model = load_model_from(name, outscale, interp_alpha)
     scale = api.outscale_for(model, outscale)
     if target is None:   # the default name depends on the model's scale
         target = api.default_output_path(image, scale, output_format)
-        api.check_target(image, target, force=force, output_format=output_format)
+        check(target)
     upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
+    if animation:
+        _upscale_frames(upscaler, animation, image, target, scale, alpha_mode, output_format, quality, quiet)
+        return
     expected = upscaler.engine.expected_s(*source.pixels.shape[:2])
     if expected is not None and expected >= SAY_EXPECTED_S and not quiet:   # one window may show no progress
         passes = 2 if source.alpha is not None and alpha_mode == "model" else 1
@@ -71,3 +87,22 @@ def run(image: Path, output: Path | None, force: bool, quiet: bool, outscale: fl
     if not quiet:
         h, w = result.pixels.shape[:2]
         click.echo(f"{image} -> {target} ({w}x{h})", err=True)
+
+
+def _upscale_frames(upscaler: Any, animation: Any, image: Path, target: Path, scale: float, alpha_mode: str,
+                    output_format: str | None, quality: int | None, quiet: bool) -> None:
+    """``run --frames all`` on an animated input: every frame, with frame progress, then one animated
+    output."""
+    from .. import api
+    from ..io import write_animation
+
+    api.check_output_memory(animation.frames[0], scale, path=image, frames=len(animation.frames))
+    progress = Progress(image.name, "frame", quiet=quiet, leave=False)
+    try:
+        result = upscaler.upscale_animation(animation, outscale=scale, alpha_mode=alpha_mode, on_frame=progress.update)
+    finally:
+        progress.close()
+    write_animation(result, target, format=output_format, quality=quality)
+    if not quiet:
+        h, w = result.frames[0].pixels.shape[:2]
+        click.echo(f"{image} -> {target} ({w}x{h}, {len(result.frames)} frames)", err=True)

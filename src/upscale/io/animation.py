@@ -1,0 +1,101 @@
+"""Animated images (GIF, animated WebP and PNG) as a sequence of ``Image`` frames, and back.
+
+Reading: every frame as Pillow composes it (each a full canvas: GIF disposal and WebP/APNG blending
+already applied), as RGB with an alpha channel where any frame has transparency, 8 bit; the frame
+durations (ms) and loop count; the ICC profile of the file. The pixel limit covers all frames together.
+Writing: APNG (``.png``) or animated WebP (``.webp``) through Pillow, atomically; other formats hold no
+animation and are refused before any work (``check_animation_output``). A GIF is never written: 256
+colours would undo the upscale.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageSequence
+
+from .. import errors
+from ..atomic import atomic_file
+from .image import DEFAULT_QUALITY, Image, one_line
+from .opening import load_pixels, open_image
+from .write import check_output
+
+log = logging.getLogger(__name__)
+
+ANIMATED_FORMATS = ("PNG", "WEBP")
+DEFAULT_DURATION_MS = 100   # a frame whose file names no duration
+
+
+@dataclass(frozen=True, eq=False)
+class Animation:
+    """Frames of one size with what is needed to play them back."""
+
+    frames: list[Image]
+    durations_ms: list[int] = field(default_factory=list)
+    loop: int = 0                # 0 = forever
+    source_format: str = ""
+
+
+def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animation:
+    """Every frame of ``path``; ``ImageReadError`` naming the file for anything wrong with it."""
+    path = Path(path)
+    im, default_limit, _ = open_image(path)
+    with im:
+        limit = max_pixels if max_pixels is not None else default_limit
+        count = int(getattr(im, "n_frames", 1) or 1)
+        w, h = im.size
+        if limit is not None and w * h * count > limit:
+            raise errors.ImageReadError(
+                f"{count} frames of {w}x{h} = {w * h * count:,} pixels is over the limit of {limit:,} pixels "
+                "(decompression-bomb guard); raise max_pixels if you trust this file", path=path,
+                params=("max_pixels",))
+        rgba, durations = [], []
+        try:
+            for frame in ImageSequence.Iterator(im):
+                load_pixels(frame, path)
+                rgba.append(np.asarray(frame.convert("RGBA")))
+                durations.append(int(frame.info.get("duration") or DEFAULT_DURATION_MS))
+        except (OSError, ValueError, EOFError) as err:
+            raise errors.ImageReadError(f"cannot read frame {len(rgba) + 1} ({one_line(err)})", path=path) from None
+        loop, icc, source_format = int(im.info.get("loop", 0) or 0), im.info.get("icc_profile") or None, im.format or ""
+    transparent = any((a[..., 3] < 255).any() for a in rgba)
+    frames = [Image(np.ascontiguousarray(a[..., :3]), np.ascontiguousarray(a[..., 3]) if transparent else None,
+                    icc_profile=icc, source_format=source_format, source_mode="RGBA" if transparent else "RGB",
+                    frames=len(rgba)) for a in rgba]
+    return Animation(frames, durations, loop, source_format)
+
+
+def check_animation_output(path: str | Path, format: str | None = None, quality: int | None = None) -> str:
+    """``write.check_output`` plus: the format holds an animation (APNG or WebP). Returns its name."""
+    fmt = check_output(path, format, quality)
+    if fmt not in ANIMATED_FORMATS:
+        raise errors.ImageWriteError(f"{fmt} holds no animation; write .png (APNG) or .webp for every frame",
+                                     path=path)
+    return fmt
+
+
+def write_animation(animation: Animation, path: str | Path, *, format: str | None = None,
+                    quality: int | None = None) -> None:
+    """Write every frame of ``animation`` to ``path`` (APNG or animated WebP) atomically."""
+    path = Path(path)
+    fmt = check_animation_output(path, format, quality)
+    pictures = [PILImage.fromarray(f.pixels if f.alpha is None else np.dstack([f.pixels, f.alpha]))
+                for f in animation.frames]
+    params: dict[str, object] = {"save_all": True, "append_images": pictures[1:],
+                                 "duration": list(animation.durations_ms), "loop": animation.loop}
+    icc = animation.frames[0].icc_profile
+    if icc:
+        params["icc_profile"] = icc
+    if fmt == "WEBP":
+        params["quality"] = quality if quality is not None else DEFAULT_QUALITY["WEBP"]
+    try:
+        with atomic_file(path, "wb") as f:
+            pictures[0].save(f, format=fmt, **params)
+    except OSError as err:
+        raise errors.ImageWriteError(f"cannot write ({err.strerror or one_line(err)})", path=path) from None
+    except ValueError as err:
+        raise errors.ImageWriteError(f"cannot encode as animated {fmt} ({one_line(err)})", path=path) from None
