@@ -460,3 +460,24 @@ def test_progress_off_a_terminal_is_plain_lines(tmp_path, tiny_x2):
     assert 1 <= sum("upscale: batch: " in ln for ln in lines) <= 11
     quiet = _invoke([src, "--out", tmp_path / "out2", "-m", tiny_x2, *FAST, "-q"])
     assert quiet.stderr.splitlines() == ["upscale: failed: bad.png: not a recognised image (cannot identify image file)"]
+
+
+def test_frames_all_turns_animated_inputs_into_animations_and_resumes(tmp_path, tiny_x4):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _save(src / "still.png", (9, 7), 1)
+    rng = np.random.default_rng(6)
+    gif = [PILImage.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)).quantize(8) for _ in range(3)]
+    gif[0].save(src / "loop.gif", save_all=True, append_images=gif[1:], duration=[50, 60, 70], loop=0)
+    args = ["batch", str(src), "--out", str(out), "-m", tiny_x4, "--frames", "all", *FAST, "-q"]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with PILImage.open(out / "loop_x4.png") as apng, PILImage.open(out / "still_x4.png") as still:
+        assert (apng.n_frames, apng.size) == (3, (36, 28)) and getattr(still, "n_frames", 1) == 1
+        apng.seek(2)
+        assert apng.info["duration"] == 70
+    again = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert json.loads(again.stdout)["skipped"] == 2                    # resumes: both outputs complete
+    # a format without animation fails that file before the model runs it, and the run goes on
+    res = CliRunner().invoke(cli, [*args[:3], str(tmp_path / "jpg"), *args[4:], "--format", "jpg"],
+                             catch_exceptions=False)
+    assert res.exit_code == 3 and sorted(p.name for p in (tmp_path / "jpg").iterdir()) == ["still_x4.jpg"]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..api import Upscaler
 from ..engine import RunStats
-from ..io import read_image, write_image
+from ..io import Animation, check_animation_output, read_animation, read_image, write_animation, write_image
 from .plan import Job, Plan
 from .summary import DONE, FAILED, BatchSummary, Outcome, reason_for
 
@@ -39,6 +39,7 @@ class BatchSettings:
     quality: int | None = None
     max_pixels: int | None = None
     workers: int = 2
+    frames: str = "first"     # "all": every frame of an animated file, written as APNG or animated WebP
 
 
 @dataclass
@@ -132,7 +133,7 @@ def _read_loop(todo: queue.SimpleQueue, decoded: queue.Queue, stop: threading.Ev
             except queue.Empty:
                 break
             try:
-                image = read_image(job.source, max_pixels=settings.max_pixels)
+                image = _read(job, settings)
             except Exception as err:  # noqa: BLE001 - one bad file must not end the run
                 tally.add(Outcome(job.rel, None, FAILED, reason_for(err)))
                 continue
@@ -141,13 +142,31 @@ def _read_loop(todo: queue.SimpleQueue, decoded: queue.Queue, stop: threading.Ev
         decoded.put(_END)
 
 
+def _read(job: Job, settings: BatchSettings) -> Any:
+    """The decoded input: an ``Image``, or with ``frames="all"`` an ``Animation`` of two or more frames
+    (refused here, before the model, when the output format holds no animation)."""
+    if settings.frames == "all":
+        animation = read_animation(job.source, max_pixels=settings.max_pixels)
+        if len(animation.frames) > 1:
+            check_animation_output(job.output, settings.output_format, settings.quality)
+            return animation
+    return read_image(job.source, max_pixels=settings.max_pixels)
+
+
 def _upscale_one(job: Job, image: Any, upscaler: Upscaler, settings: BatchSettings, on_tiles: OnTiles | None,
                  tally: _Tally) -> tuple[Job, Any, int, float] | None:
-    """Run one decoded image through the model: (job, result, input pixels, model seconds), or None."""
-    height, width = image.pixels.shape[:2]
+    """Run one decoded image (or every frame of an animation) through the model: (job, result, input
+    pixels, model seconds), or None."""
+    animated = isinstance(image, Animation)
+    first = image.frames[0] if animated else image
+    height, width = first.pixels.shape[:2]
     progress = None if on_tiles is None else (lambda done, total: on_tiles(job.rel, done, total))
     stats = RunStats()
     try:
+        if animated:    # frame progress in place of tile progress
+            result = upscaler.upscale_animation(image, outscale=settings.outscale, alpha_mode=settings.alpha_mode,
+                                                on_frame=progress, stats=stats)
+            return job, result, height * width * len(image.frames), stats.forward_s
         result = upscaler.upscale(image, outscale=settings.outscale, alpha_mode=settings.alpha_mode,
                                   progress=progress, stats=stats)
     except Exception as err:  # noqa: BLE001 - e.g. an RGB image for a grayscale model: that file fails
@@ -162,8 +181,10 @@ def _write_loop(upscaled: queue.Queue, settings: BatchSettings, tally: _Tally) -
         job, result, input_px, model_s = item
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
-            # one thread each: the writers already encode images side by side, beside the model
-            write_image(result, job.output, format=settings.output_format, quality=settings.quality, threads=1)
+            if isinstance(result, Animation):
+                write_animation(result, job.output, format=settings.output_format, quality=settings.quality)
+            else:   # one thread each: the writers already encode images side by side, beside the model
+                write_image(result, job.output, format=settings.output_format, quality=settings.quality, threads=1)
         except Exception as err:  # noqa: BLE001 - an unwritable output fails that file only
             tally.add(Outcome(job.rel, str(job.output), FAILED, reason_for(err), input_px, model_s))
             continue

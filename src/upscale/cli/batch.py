@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import click
 
 from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, handle_errors
-from .options import engine_options_from, load_model_from, model_name_from, model_options, quiet_option
+from .options import (engine_options_from, frames_option, load_model_from, model_name_from, model_options,
+                      quiet_option)
 from .progress import Progress
 
 log = logging.getLogger("upscale")
@@ -73,10 +74,11 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
                    "gave this process, else the whole folder.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Decoding threads, and as many encoding threads, beside the model.")
+@frames_option
 @model_options
 @handle_errors
 def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], overwrite: bool,
-          report: Path | None, as_json: bool, quiet: bool, shard: tuple[int, int] | None, workers: int,
+          report: Path | None, as_json: bool, quiet: bool, shard: tuple[int, int] | None, workers: int, frames: str,
           outscale: float | None, model_name: str | None, weights: Path | None, interp_alpha: float | None,
           device: str, precision: str, tile_px: str | None, overlap_px: int | None, batch: int | None,
           threads: int | None, compile_mode: str, output_format: str | None, quality: int | None,
@@ -118,7 +120,7 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     _make_folder(out_dir)
     _say_known(plan, quiet)
     settings = BatchSettings(outscale=scale, alpha_mode=alpha_mode, output_format=output_format, quality=quality,
-                             max_pixels=max_pixels, workers=workers)
+                             max_pixels=max_pixels, workers=workers, frames=frames)
     summary = _run(plan, upscaler, settings, shard, quiet)
     _finish(summary, report, as_json, quiet)
 

@@ -96,6 +96,13 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def frames_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--frames first|all (run, batch)."""
+    return click.option("--frames", type=click.Choice(["first", "all"]), default="first", show_default=True,
+                        help="Of an animated GIF, WebP or PNG: the first frame only (said in one line), or every "
+                             "frame, written as an animated PNG (APNG) or WebP with the same timing.")(fn)
+
+
 def quiet_option(help_text: str) -> Decorator:
     """-q/--quiet: no progress and no info lines (``upscale -q CMD`` sets it too)."""
     def lower_logging(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from . import handle_errors
-from .options import engine_options_from, load_model_from, model_name_from, model_options, quiet_option
+from .options import (engine_options_from, frames_option, load_model_from, model_name_from, model_options,
+                      quiet_option)
 from .progress import Progress
 
 
@@ -21,9 +22,7 @@ SAY_EXPECTED_S = 10.0    # an estimate this long is said before the work starts
               help="Output file (default: {stem}_x{scale}.{ext} beside the input; .png for inputs that are "
                    "read but not written, such as GIF or JPEG 2000).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--frames", type=click.Choice(["first", "all"]), default="first", show_default=True,
-              help="Of an animated GIF, WebP or PNG: the first frame only (said in one line), or every frame, "
-                   "written as an animated PNG (APNG) or WebP with the same timing.")
+@frames_option
 @quiet_option("No progress or info lines.")
 @model_options
 @handle_errors
