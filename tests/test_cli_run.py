@@ -354,13 +354,12 @@ def test_heic_without_its_plugin_says_how_to_install_it(tmp_path, tiny_x4):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phone.heic"]
 
 
-def _animated_gif(path, frames=3, size=(19, 13), transparent=False):
+def _animated_gif(path, frames=3, size=(19, 13), transparent=False, loop=2):
     rng = np.random.default_rng(4)
     pictures = [PILImage.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).quantize(8)
                 for _ in range(frames)]
-    extra = {"transparency": 0} if transparent else {}
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=[80, 160, 240][:frames], loop=2,
-                     **extra)
+    extra = ({"transparency": 0} if transparent else {}) | ({} if loop is None else {"loop": loop})
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=[80, 160, 240][:frames], **extra)
     return path
 
 
@@ -382,6 +381,12 @@ def test_every_frame_of_an_animated_gif_becomes_an_apng_with_its_timing(tmp_path
             apng.seek(i)
             assert apng.info["duration"] == [80, 160, 240][i]
             assert np.array_equal(np.asarray(apng.convert("RGB")), singles[i]), i
+    once = _animated_gif(tmp_path / "once.gif", loop=None)   # no loop extension: played once, and so is the output
+    with PILImage.open(once) as check:
+        assert "loop" not in check.info
+    assert _invoke([once, "-m", tiny_x4, "--frames", "all", *FAST]).exit_code == 0
+    with PILImage.open(tmp_path / "once_x4.png") as apng:
+        assert apng.n_frames == 3 and apng.info["loop"] == 1
     res = _invoke([src, "-m", tiny_x4, "--frames", "all", "-o", tmp_path / "wave.webp", *FAST])
     assert res.exit_code == 0, res.output
     with PILImage.open(tmp_path / "wave.webp") as webp:

@@ -61,7 +61,9 @@ def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animat
                 durations.append(int(frame.info.get("duration") or DEFAULT_DURATION_MS))
         except (OSError, ValueError, EOFError) as err:
             raise errors.ImageReadError(f"cannot read frame {len(rgba) + 1} ({one_line(err)})", path=path) from None
-        loop, icc, source_format = int(im.info.get("loop", 0) or 0), im.info.get("icc_profile") or None, im.format or ""
+        # a GIF without a loop extension plays once; APNG and WebP always say (0 = forever)
+        loop = int(im.info["loop"]) if im.info.get("loop") is not None else 1
+        icc, source_format = im.info.get("icc_profile") or None, im.format or ""
     transparent = any((a[..., 3] < 255).any() for a in rgba)
     frames = [Image(np.ascontiguousarray(a[..., :3]), np.ascontiguousarray(a[..., 3]) if transparent else None,
                     icc_profile=icc, source_format=source_format, source_mode="RGBA" if transparent else "RGB",
