@@ -839,3 +839,19 @@ def test_library_errors_name_parameters_not_flags(tmp_path: Path) -> None:
     with pytest.raises(errors.ImageReadError, match="raise max_pixels") as exc:
         read_image(tmp_path / "a.png", max_pixels=10)
     assert exc.value.params == ("max_pixels",)
+
+
+def test_write_animation_checks_what_it_is_given(tmp_path: Path) -> None:
+    from upscale.io import Animation, read_animation, write_animation
+
+    frames = [Image(np.full((4, 5, 3), v, np.uint8), None) for v in (0, 255)]
+    write_animation(Animation(frames), tmp_path / "plain.png")              # no durations: the default each
+    back = read_animation(tmp_path / "plain.png")
+    assert len(back.frames) == 2 and back.durations_ms == [100, 100]
+    with pytest.raises(errors.UsageError, match="1 durations for 2 frames"):
+        write_animation(Animation(frames, [40]), tmp_path / "odd.png")
+    with pytest.raises(errors.UsageError, match="at least one frame"):
+        write_animation(Animation([]), tmp_path / "none.webp")
+    with pytest.raises(errors.ImageWriteError, match="TIFF holds no animation"):
+        write_animation(Animation(frames), tmp_path / "x.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.png"]

@@ -32,7 +32,8 @@ DEFAULT_DURATION_MS = 100   # a frame whose file names no duration
 
 @dataclass(frozen=True, eq=False)
 class Animation:
-    """Frames of one size with what is needed to play them back."""
+    """Frames of one size with what is needed to play them back (``durations_ms``: one per frame, or
+    empty for ``DEFAULT_DURATION_MS`` each)."""
 
     frames: list[Image]
     durations_ms: list[int] = field(default_factory=list)
@@ -85,10 +86,15 @@ def write_animation(animation: Animation, path: str | Path, *, format: str | Non
     """Write every frame of ``animation`` to ``path`` (APNG or animated WebP) atomically."""
     path = Path(path)
     fmt = check_animation_output(path, format, quality)
+    if not animation.frames:
+        raise errors.UsageError("an animation needs at least one frame", path=path)
+    durations = list(animation.durations_ms) or [DEFAULT_DURATION_MS] * len(animation.frames)
+    if len(durations) != len(animation.frames):
+        raise errors.UsageError(f"{len(durations)} durations for {len(animation.frames)} frames", path=path)
     pictures = [PILImage.fromarray(f.pixels if f.alpha is None else np.dstack([f.pixels, f.alpha]))
                 for f in animation.frames]
     params: dict[str, object] = {"save_all": True, "append_images": pictures[1:],
-                                 "duration": list(animation.durations_ms), "loop": animation.loop}
+                                 "duration": durations, "loop": animation.loop}
     icc = animation.frames[0].icc_profile
     if icc:
         params["icc_profile"] = icc
