@@ -79,9 +79,10 @@ def check_output_memory(image: Image, outscale: float, *, native_scale: int | No
     image a resize from the native scale builds."""
     h, w, c = image.pixels.shape
     channels = c + (image.alpha is not None)
-    checks = [(outscale, image.pixels.dtype, frames)]
-    if native_scale is not None and native_scale != outscale:
-        checks = [(native_scale, image.pixels.dtype, 1), (outscale, np.float32, 1)] + checks[1 if frames == 1 else 0:]
+    held = (outscale, image.pixels.dtype, frames)           # the outputs kept until written
+    checks = [held]
+    if native_scale is not None and native_scale != outscale:   # one frame's resize at a time
+        checks = [(native_scale, image.pixels.dtype, 1), (outscale, np.float32, 1)] + ([held] if frames > 1 else [])
     try:
         for scale, dtype, count in checks:
             check_output_fits(h, w * count, channels, scale, dtype)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..api import Upscaler
 from ..engine import RunStats
-from ..io import Animation, check_animation_output, read_animation, read_image, write_animation, write_image
+from ..io import Animation, check_animation_output, read_frames, read_image, write_animation, write_image
 from .plan import Job, Plan
 from .summary import DONE, FAILED, BatchSummary, Outcome, reason_for
 
@@ -145,12 +145,10 @@ def _read_loop(todo: queue.SimpleQueue, decoded: queue.Queue, stop: threading.Ev
 def _read(job: Job, settings: BatchSettings) -> Any:
     """The decoded input: an ``Image``, or with ``frames="all"`` an ``Animation`` of two or more frames
     (refused here, before the model, when the output format holds no animation)."""
-    if settings.frames == "all":
-        animation = read_animation(job.source, max_pixels=settings.max_pixels)
-        if len(animation.frames) > 1:
-            check_animation_output(job.output, settings.output_format, settings.quality)
-            return animation
-    return read_image(job.source, max_pixels=settings.max_pixels)
+    image = (read_frames if settings.frames == "all" else read_image)(job.source, max_pixels=settings.max_pixels)
+    if isinstance(image, Animation):
+        check_animation_output(job.output, settings.output_format, settings.quality)
+    return image
 
 
 def _upscale_one(job: Job, image: Any, upscaler: Upscaler, settings: BatchSettings, on_tiles: OnTiles | None,

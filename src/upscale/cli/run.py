@@ -36,7 +36,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     Exit codes: 0 ok, 1 failure (bad input, bad weights, cannot write, not enough memory), 2 usage error.
     """
     from .. import api, errors
-    from ..io import check_animation_output, read_animation, read_image
+    from ..io import Animation, check_animation_output, read_frames, read_image
 
     # everything that can be refused is refused before the model loads
     if image.is_dir():
@@ -44,10 +44,9 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     api.check_outscale(outscale)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
     name = model_name_from(model_name, weights, outscale)
-    animation = read_animation(image, max_pixels=max_pixels) if frames == "all" else None
-    if animation is not None and len(animation.frames) < 2:
-        animation = None                      # one frame: read as any image (16 bit, EXIF, ...)
-    source = animation.frames[0] if animation else read_image(image, max_pixels=max_pixels)
+    loaded = (read_frames if frames == "all" else read_image)(image, max_pixels=max_pixels)
+    animation = loaded if isinstance(loaded, Animation) else None
+    source = animation.frames[0] if animation else loaded
 
     def check(target: Path) -> None:
         api.check_target(image, target, force=force, output_format=output_format)

@@ -8,8 +8,9 @@ fp32 rate; on an AMX Xeon at ~5x):
    timed under bf16 autocast and in fp32, alternately, best of ``PROBE_RUNS`` or more (``PROBE_MIN_S``)
    after a warm-up (well under a second), measured once per CPU, thread count and torch version and
    kept in the tuning cache, so a first run neither stalls nor flips between runs (``upscale tune
-   --probe`` measures it again). An answer measured while other processes took over ``machine.BUSY_SHARE`` of the CPUs
-   (``machine.others_share``) serves this process only: the next one measures again.
+   --probe`` measures it again). An answer measured while other processes took over
+   ``machine.BUSY_SHARE`` of the CPUs (``machine.watch_others``) serves this process only: the next
+   one measures again.
 
 The choice is said at info level where it overrides the rule, once per process (per model for
 ``upscale tune``'s choices)."""

@@ -3,7 +3,8 @@
 The package: ``image`` (the record, format tables, ``to_uint8``), ``opening`` (Pillow's open/load under
 our limits, its warnings as log lines), ``decode`` (modes and bit depths), ``exif``, ``xmp``,
 ``read``, ``write`` (format choice, checks, atomic write), ``animation`` (every frame of a GIF,
-WebP or APNG, and APNG/WebP out) and one module per own encoder: ``png``, ``tiff``, ``bmp``. Import from ``upscale.io``; the modules are its inside.
+WebP or APNG, and APNG/WebP out) and one module per own encoder: ``png``, ``tiff``, ``bmp``. Import
+from ``upscale.io``; the modules are its inside.
 
 Reading (``read_image``):
 
@@ -59,13 +60,14 @@ format comes from the extension; ``format`` may name it for a path without an im
 must not contradict one (``y.png`` with ``jpg`` is a ``UsageError``).
 """
 
-from .animation import Animation, check_animation_output, read_animation, write_animation
+from .animation import Animation, check_animation_output, read_animation, read_frames, write_animation
 from .image import DEFAULT_QUALITY, INPUT_EXTENSIONS, SUPPORTED_EXTENSIONS, Image, output_extension, to_uint8
 from .png import PNG_COMPRESS_LEVEL
 from .read import image_size, pixel_limit, read_image
 from .write import check_output, output_format_for, write_image
 
 __all__ = [
-    "Animation", "check_animation_output", "read_animation", "write_animation", "DEFAULT_QUALITY", "INPUT_EXTENSIONS", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Image", "check_output",
-    "image_size", "output_extension", "output_format_for", "pixel_limit", "read_image", "to_uint8", "write_image",
+    "DEFAULT_QUALITY", "INPUT_EXTENSIONS", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Animation", "Image",
+    "check_animation_output", "check_output", "image_size", "output_extension", "output_format_for", "pixel_limit",
+    "read_animation", "read_frames", "read_image", "to_uint8", "write_animation", "write_image",
 ]

@@ -22,6 +22,7 @@ from .. import errors
 from ..atomic import atomic_file
 from .image import DEFAULT_QUALITY, Image, one_line
 from .opening import load_pixels, open_image
+from .read import read_image
 from .write import check_output
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ class Animation:
     durations_ms: list[int] = field(default_factory=list)
     loop: int = 0                # 0 = forever
     source_format: str = ""
+
+
+def read_frames(path: str | Path, *, max_pixels: int | None = None) -> Image | Animation:
+    """Every frame of ``path`` as an ``Animation`` where it holds two or more (from its header), else
+    ``read_image(path)`` (16 bit, EXIF, XMP and all): each file is decoded once."""
+    path = Path(path)
+    im, _, _ = open_image(path)
+    with im:
+        count = int(getattr(im, "n_frames", 1) or 1)
+    return read_animation(path, max_pixels=max_pixels) if count > 1 else read_image(path, max_pixels=max_pixels)
 
 
 def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animation:

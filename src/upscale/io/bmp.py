@@ -8,6 +8,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .image import DEFAULT_DPI, dots_per_metre
+
 
 def write_bmp(f: BinaryIO, pixels: np.ndarray, dpi: tuple[float, float] | None = None) -> None:
     """An uncompressed BMP, 24-bit (RGB) or 8-bit with a gray palette (L), written bottom-up in blocks
@@ -21,8 +23,8 @@ def write_bmp(f: BinaryIO, pixels: np.ndarray, dpi: tuple[float, float] | None =
     if size >= 1 << 32:
         raise ValueError(f"{w}x{h} is too large for BMP (4 GB limit)")
     f.write(struct.pack("<2sIHHI", b"BM", size, 0, 0, offset))
-    per_metre = [round(v / 0.0254) for v in dpi] if dpi else [2835, 2835]
-    f.write(struct.pack("<IiiHHIIiiII", 40, w, h, 1, bpp, 0, stride * h, *per_metre, 256 if c == 1 else 0, 0))
+    f.write(struct.pack("<IiiHHIIiiII", 40, w, h, 1, bpp, 0, stride * h, *dots_per_metre(dpi or DEFAULT_DPI),
+                        256 if c == 1 else 0, 0))
     f.write(palette)
     block = max(1, (4 << 20) // stride)
     for top in range(h, 0, -block):                       # BMP rows run from the bottom up

@@ -27,6 +27,12 @@ READ_ONLY_EXTENSIONS = frozenset({".gif", ".avif", ".jp2", ".j2k", ".tga", ".ppm
                                   ".qoi", ".pcx", ".jfif", ".jpe", *HEIF_EXTENSIONS}) - SUPPORTED_EXTENSIONS
 INPUT_EXTENSIONS = SUPPORTED_EXTENSIONS | READ_ONLY_EXTENSIONS
 _JPEG_SPELLINGS = frozenset({".jpeg", ".jfif", ".jpe"})
+DEFAULT_DPI = (72.0, 72.0)    # what our TIFF and BMP writers say where the input gave no resolution
+
+
+def dots_per_metre(dpi: tuple[float, float]) -> tuple[int, int]:
+    """``dpi`` as the whole pixels per metre PNG's pHYs and BMP's header hold."""
+    return round(dpi[0] / 0.0254), round(dpi[1] / 0.0254)
 
 
 def output_extension(input_suffix: str, output_format: str | None = None) -> str:

@@ -17,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .exif import EXIF_PREFIX
+from .image import dots_per_metre
 from .xmp import png_itxt
 
 # zlib level of our PNG writer (8 and 16 bit). Measured with Pillow's encoder on a 4000x3000 upscaled
@@ -37,8 +38,8 @@ def write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: by
               exif: bytes | None, threads: int = 1, xmp: bytes | None = None,
               dpi: tuple[float, float] | None = None) -> None:
     """An 8- or 16-bit PNG (from the dtype; gray, gray+alpha, RGB or RGBA) with optional iCCP, pHYs
-    (``dpi``), eXIf and XMP (iTXt) chunks, filtered and compressed in blocks of rows, so no full-size copy is made (except to
-    interleave an alpha channel)."""
+    (``dpi``), eXIf and XMP (iTXt) chunks, filtered and compressed in blocks of rows, so no full-size
+    copy is made (except to interleave an alpha channel)."""
     samples = pixels if alpha is None else np.dstack([pixels, alpha])
     h, w, c = samples.shape
     depth = 16 if samples.dtype == np.uint16 else 8
@@ -48,7 +49,7 @@ def write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: by
     if icc:
         f.write(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
     if dpi:
-        f.write(_chunk(b"pHYs", struct.pack(">IIB", *(round(v / 0.0254) for v in dpi), 1)))   # per metre
+        f.write(_chunk(b"pHYs", struct.pack(">IIB", *dots_per_metre(dpi), 1)))   # unit 1: metre
     if exif:
         f.write(_chunk(b"eXIf", exif[len(EXIF_PREFIX):] if exif.startswith(EXIF_PREFIX) else exif))
     if xmp:

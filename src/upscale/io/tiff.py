@@ -11,6 +11,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .image import DEFAULT_DPI
+
 # TIFF tag numbers and field types used by the writer.
 _BYTE, _SHORT, _LONG, _RATIONAL, _UNDEFINED = 1, 3, 4, 5, 7
 
@@ -47,7 +49,7 @@ def write_tiff(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: b
         entries.append((700, _BYTE, xmp))   # XMLPacket
     if icc:
         entries.append((34675, _UNDEFINED, icc))
-    for tag, value in zip((282, 283), dpi or (72, 72)):   # X/YResolution, as numerator and denominator
+    for tag, value in zip((282, 283), dpi or DEFAULT_DPI):   # X/YResolution, as numerator and denominator
         ratio = Fraction(value).limit_denominator(10000)
         entries.append((tag, _RATIONAL, [ratio.numerator, ratio.denominator]))
     entries.append((296, _SHORT, [2]))                     # ResolutionUnit: inch

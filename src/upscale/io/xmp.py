@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 PNG_KEYWORD = b"XML:com.adobe.xmp"           # the iTXt keyword XMP's PNG embedding names
-TIFF_TAG = 700                                 # XMLPacket
 JPEG_MAX_XMP = 65533 - len(b"http://ns.adobe.com/xap/1.0/\x00")   # one APP1 segment (no extended XMP)
 
 # tiff:Orientation as an attribute (tiff:Orientation="6") or an element (<tiff:Orientation>6</...>,
