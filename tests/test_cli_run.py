@@ -425,3 +425,20 @@ def test_an_animation_whose_outputs_cannot_all_be_held_is_refused_naming_the_fil
     assert err.value.path == "a.gif" and "needs" in err.value.message
     with pytest.raises(errors.ResourceError):
         api.check_output_memory(frame, 3, native_scale=4, path="a.gif", frames=10**7)
+
+
+def test_upscale_animation_checks_all_frames_outputs_before_running_any(tiny_x4):
+    """The API path (what batch --frames all calls) refuses as run does, before the first frame."""
+    from upscale import errors, load_model
+    from upscale.api import Upscaler
+    from upscale.engine import EngineOptions
+    from upscale.io import Animation, Image
+
+    def no_frame_may_run(done, total):
+        raise AssertionError(f"frame {done} of {total} ran")
+
+    frame = Image(np.zeros((200, 200, 3), np.uint8), None)
+    up = Upscaler(load_model(tiny_x4), EngineOptions(tile_px=0, device="cpu"))
+    assert len(up.upscale_animation(Animation([frame] * 2)).frames) == 2
+    with pytest.raises(errors.ResourceError):     # 10**6 outputs of 800x800x3: 1.9 TB
+        up.upscale_animation(Animation([frame] * 10**6), on_frame=no_frame_may_run)

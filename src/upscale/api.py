@@ -194,7 +194,11 @@ class Upscaler:
     def upscale_animation(self, animation: Animation, *, outscale: float | None = None, alpha_mode: str = "model",
                           on_frame: Progress | None = None, stats: RunStats | None = None) -> Animation:
         """Every frame of ``animation`` through ``upscale``, one after another (``on_frame(done, total)``
-        after each); durations and loop are kept."""
+        after each); durations and loop are kept. ``ResourceError`` first when all the frames' outputs,
+        held until written, cannot fit in memory together."""
+        first = animation.frames[0]
+        check_output_memory(first, outscale_for(self.model, outscale), native_scale=self.model.scale,
+                            frames=len(animation.frames))
         frames = []
         for frame in animation.frames:
             frames.append(self.upscale(frame, outscale=outscale, alpha_mode=alpha_mode, stats=stats))
