@@ -8,6 +8,8 @@ file per distinct request for the whole session. The named fixtures are the smal
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -118,3 +120,24 @@ def textured(h: int, w: int, seed: int) -> np.ndarray:
             freq, angle, phase = rng.uniform(0.6, 1.4), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
             img[..., c] += np.sin(freq * (x * np.cos(angle) + y * np.sin(angle)) + phase)
     return (127.5 + 127.5 * img / 3.0).round().clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def locked_folder(tmp_path):
+    """A real folder no file can be created in: read-only bits, and for root (whom they do not stop)
+    the immutable attribute where ``chattr`` may set it."""
+    from upscale import atomic
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    immutable = subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode == 0 \
+        if shutil.which("chattr") else False
+    try:
+        if atomic.write_problem(locked) is None:
+            pytest.skip("no folder here refuses this user's writes (root without chattr)")
+        yield locked
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        locked.chmod(0o755)

@@ -8,6 +8,7 @@ and 3 (--shard 1/3 .. 3/3 partition the work exactly).
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,13 +266,20 @@ def test_interrupted_runs_resume_to_identical_outputs(tmp_path, resume_set):
     out = tmp_path / "out"
 
     # Ctrl-C: the images in flight are finished, nothing partial, the summary so far, exit 130.
-    proc = _start(src, out, args, quiet=False)
+    report = tmp_path / "report.json"
+    proc = _start(src, out, [*args, "--report", report], quiet=False)
     _stop_after(proc, out, 2, signal.SIGINT)
     assert proc.returncode == 130, proc.stderr.read()
     assert "interrupted after" in proc.stderr.read()
     assert not _temps(out)
     partial = _outputs(out)
     assert 2 <= len(partial) < 30 and all(reference[name] == data for name, data in partial.items())
+    # the report has one entry per input: those the run never reached say so
+    written = json.loads(report.read_text())
+    statuses = {f["input"]: f["status"] for f in written["files"]}
+    assert len(statuses) == 30 and written["interrupted"]
+    assert sum(s == "done" for s in statuses.values()) == len(partial)
+    assert sum(s == "not started" for s in statuses.values()) == written["not_started"] == 30 - len(partial)
 
     # kill -9 at later points: only whole outputs ever appear, each identical to the reference.
     for count in (len(partial) + 5, 24):
@@ -356,6 +364,31 @@ def test_resume_redoes_empty_broken_and_wrong_sized_outputs(tmp_path, tiny_x2):
     summary = json.loads(res.stdout)
     assert (summary["done"], summary["skipped"]) == (3, 1)
     assert _outputs(out) == reference
+    # cut after the header (it still reads, with the right size): redone too, in every output format
+    for fmt in ("png", "jpg", "webp", "tif", "bmp"):
+        ref_fmt, out_fmt = tmp_path / f"ref_{fmt}", tmp_path / f"out_{fmt}"
+        args = ["-m", tiny_x2, *FAST, "-q", "--json", "--format", fmt]
+        assert _invoke([src, "--out", ref_fmt, *args]).exit_code == 0
+        shutil.copytree(ref_fmt, out_fmt)
+        whole = (out_fmt / f"img3_x2.{fmt}").read_bytes()
+        (out_fmt / f"img3_x2.{fmt}").write_bytes(whole[:len(whole) - 3])
+        summary = json.loads(_invoke([src, "--out", out_fmt, *args]).stdout)
+        assert (summary["done"], summary["skipped"]) == (1, 3), fmt
+        assert _outputs(out_fmt) == _outputs(ref_fmt), fmt
+
+
+def test_an_unwritable_output_or_report_folder_exits_1_before_the_model_loads(tmp_path, locked_folder):
+    """The run could not start: one line naming the folder, exit 1, and the model is never loaded."""
+    src = _folder(tmp_path / "in", 2)
+    junk = tmp_path / "junk.safetensors"           # loading it would fail with another message
+    junk.write_bytes(b"\x00" * 64)
+    locked = locked_folder
+    for out, report in ((locked, None), (locked / "sub", None), (tmp_path / "out", locked / "r.json")):
+        res = _invoke([src, "--out", out, "-m", junk, *FAST, *(["--report", report] if report else [])])
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1 and str(locked) in lines[0], res.stderr
+        assert "cannot write" in lines[0] and "junk" not in lines[0]
+    assert list(locked.iterdir()) == [] and not (tmp_path / "out").exists()
 
 
 def test_report_path_that_could_replace_an_image_is_refused_before_any_work(tmp_path):
@@ -460,6 +493,10 @@ def test_progress_off_a_terminal_is_plain_lines(tmp_path, tiny_x2):
     assert 1 <= sum("upscale: batch: " in ln for ln in lines) <= 11
     quiet = _invoke([src, "--out", tmp_path / "out2", "-m", tiny_x2, *FAST, "-q"])
     assert quiet.stderr.splitlines() == ["upscale: failed: bad.png: not a recognised image (cannot identify image file)"]
+    (src / "bad.png").rename(src / "bad\nname.png")             # a newline in a name: still one line
+    quiet = _invoke([src, "--out", tmp_path / "out3", "-m", tiny_x2, *FAST, "-q"])
+    assert quiet.stderr.splitlines() == ["upscale: failed: bad\\nname.png: not a recognised image "
+                                         "(cannot identify image file)"]
 
 
 def test_frames_all_turns_animated_inputs_into_animations_and_resumes(tmp_path, tiny_x4):
@@ -477,6 +514,11 @@ def test_frames_all_turns_animated_inputs_into_animations_and_resumes(tmp_path, 
         assert apng.info["duration"] == 70
     again = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
     assert json.loads(again.stdout)["skipped"] == 2                    # resumes: both outputs complete
+    # an output of --frames first (one frame) is not the animation --frames all asks for: redone
+    first = CliRunner().invoke(cli, [*args[:6], *args[8:], "--overwrite"], catch_exceptions=False)
+    assert first.exit_code == 0 and PILImage.open(out / "loop_x4.png").n_frames == 1
+    again = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert (json.loads(again.stdout)["done"], PILImage.open(out / "loop_x4.png").n_frames) == (1, 3)
     # a format without animation fails that file before the model runs it, and the run goes on
     res = CliRunner().invoke(cli, [*args[:3], str(tmp_path / "jpg"), *args[4:], "--format", "jpg"],
                              catch_exceptions=False)

@@ -93,17 +93,16 @@ def test_bomb_limit_and_override(tmp_path, tiny_x4):
     assert _invoke([src, "-m", tiny_x4, "--max-pixels", "2000", *FAST]).exit_code == 0
 
 
-@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_output_dir(tmp_path, tiny_x4):
+def test_unwritable_output_dir(tmp_path, tiny_x4, locked_folder):
+    """Refused before the model loads (a file named as weights that would fail to load says so)."""
     src = _photo(tmp_path / "a.png")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        res = _invoke([src, "-m", tiny_x4, "-o", locked / "a.png", *FAST])
-    finally:
-        locked.chmod(0o700)
-    assert res.exit_code == 1 and list(locked.iterdir()) == []
+    res = _invoke([src, "-m", tiny_x4, "-o", locked_folder / "a.png", *FAST])
+    assert res.exit_code == 1 and list(locked_folder.iterdir()) == []
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    res = _invoke([src, "-m", junk, "-o", locked_folder / "a_x4.png"])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "cannot write in" in lines[0] and "junk" not in lines[0], lines
 
 
 def test_missing_output_dir(tmp_path, tiny_x4):
@@ -442,3 +441,4 @@ def test_upscale_animation_checks_all_frames_outputs_before_running_any(tiny_x4)
     assert len(up.upscale_animation(Animation([frame] * 2)).frames) == 2
     with pytest.raises(errors.ResourceError):     # 10**6 outputs of 800x800x3: 1.9 TB
         up.upscale_animation(Animation([frame] * 10**6), on_frame=no_frame_may_run)
+

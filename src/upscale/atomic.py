@@ -185,11 +185,30 @@ def target_problem(target: str | Path, inputs: tuple[str | Path, ...] = (), *,
         return "input", "would overwrite an input; choose another output"
     if target.is_dir():
         return "folder", "is a folder; name an output file"
-    problem = folder_problem(target.parent)
+    problem = folder_problem(target.parent) or write_problem(target.parent)
     if problem is not None:
         return "folder", problem
     if target.exists() and not force:
         return "exists", "exists already; pass force to overwrite"
+    return None
+
+
+def write_problem(folder: str | Path) -> str | None:
+    """None when a file can be created in ``folder`` (or, where it does not exist yet, in the nearest
+    folder above it that does, where it will be made); else why not. Found by creating and removing
+    one of our temp files there: permission bits do not tell (root, read-only mounts, immutable
+    folders, ACLs)."""
+    folder = Path(folder)
+    here = next((part for part in (folder, *folder.parents) if _is_dir(part)), None)
+    if here is None:
+        return None      # folder_problem says what is wrong
+    try:
+        fd, tmp = _create_temp(here / "write-check")
+    except OSError as err:
+        return f"cannot write in {here} ({err.strerror or err})"
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
     return None
 
 

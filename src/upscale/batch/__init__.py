@@ -20,9 +20,9 @@ from __future__ import annotations
 from .pipeline import BatchSettings, OnOutcome, OnTiles, run_batch
 from .plan import (IMAGE_EXTENSIONS, LAUNCHERS, Job, Plan, check_folders, check_report_path, find_images,
                    parse_shard, plan_batch, planned_work, shard_from_environment, shard_of)
-from .summary import DONE, FAILED, SKIPPED, BatchSummary, Outcome, reason_for, write_report
+from .summary import DONE, FAILED, NOT_STARTED, SKIPPED, BatchSummary, Outcome, reason_for, write_report
 
 __all__ = ["BatchSettings", "OnOutcome", "OnTiles", "run_batch", "IMAGE_EXTENSIONS", "LAUNCHERS", "Job", "Plan",
            "check_folders", "check_report_path", "find_images", "parse_shard", "plan_batch", "planned_work",
-           "shard_from_environment", "shard_of", "DONE", "FAILED", "SKIPPED", "BatchSummary", "Outcome",
+           "shard_from_environment", "shard_of", "DONE", "FAILED", "NOT_STARTED", "SKIPPED", "BatchSummary", "Outcome",
            "reason_for", "write_report"]

@@ -21,7 +21,7 @@ from ..api import Upscaler
 from ..engine import RunStats
 from ..io import Animation, check_animation_output, read_frames, read_image, write_animation, write_image
 from .plan import Job, Plan
-from .summary import DONE, FAILED, BatchSummary, Outcome, reason_for
+from .summary import DONE, FAILED, NOT_STARTED, BatchSummary, Outcome, reason_for
 
 OnOutcome = Callable[[Outcome], None]
 OnTiles = Callable[[str, int, int], None]       # (relative path, tiles done, tiles total)
@@ -100,8 +100,11 @@ def run_batch(plan: Plan, upscaler: Upscaler, settings: BatchSettings, *, stop: 
         for thread in (*readers, *writers):
             thread.join()
     elapsed = time.perf_counter() - start
-    interrupted = len(tally.outcomes) < len(plan.known) + len(plan.jobs)
-    return BatchSummary(tally.outcomes, elapsed, tally.model_s, interrupted, shard, plan.stale_temps_removed)
+    settled = {o.input for o in tally.outcomes}
+    unstarted = [Outcome(job.rel, str(job.output), NOT_STARTED, "the run was interrupted first")
+                 for job in plan.jobs if job.rel not in settled]
+    return BatchSummary(tally.outcomes + unstarted, elapsed, tally.model_s, bool(unstarted), shard,
+                        plan.stale_temps_removed)
 
 
 def _model_loop(decoded: queue.Queue, upscaled: queue.Queue, readers: int, stop: threading.Event,

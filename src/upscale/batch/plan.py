@@ -15,7 +15,7 @@ from .. import atomic, errors
 from .. import io as _io
 from ..api import default_output_path, output_size
 from ..engine import Workload
-from ..io import INPUT_EXTENSIONS, image_size
+from ..io import INPUT_EXTENSIONS, frame_count, image_size, is_whole
 from .summary import FAILED, SKIPPED, Outcome
 
 log = logging.getLogger("upscale")
@@ -100,13 +100,17 @@ def _in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
 # --- checks made before the model is loaded ------------------------------------------------------
 
 def check_folders(in_dir: Path, out_dir: Path) -> None:
-    """The input is a folder and the output folder is another one (``UsageError`` otherwise)."""
+    """The input is a folder and the output folder is another one (``UsageError`` otherwise), where
+    files can be written (``ImageWriteError`` otherwise)."""
     if not in_dir.is_dir():
         raise errors.UsageError(f"{in_dir}: not a folder")
     if out_dir.resolve() == in_dir.resolve():
         raise errors.UsageError(f"{out_dir}: the output folder must differ from the input folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise errors.UsageError(f"{out_dir}: the output folder is a file")
+    problem = atomic.write_problem(out_dir)
+    if problem is not None:     # exit 1: the run could not start, before the model loads
+        raise errors.ImageWriteError(problem, path=out_dir)
 
 
 def check_report_path(report: str | Path | None, in_dir: str | Path, out_dir: str | Path) -> None:
@@ -125,6 +129,9 @@ def check_report_path(report: str | Path | None, in_dir: str | Path, out_dir: st
                                         params=("report",))
     if not report.parent.is_dir() and target.parent != out_dir.resolve():   # OUT_DIR is created
         raise errors.UsageError(f"report {report}: folder {report.parent} does not exist", params=("report",))
+    problem = atomic.write_problem(report.parent)
+    if problem is not None:
+        raise errors.ImageWriteError(f"cannot write the report: {problem}", path=report)
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -160,13 +167,13 @@ def find_images(in_dir: Path, *, recursive: bool = False, globs: tuple[str, ...]
 
 def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, output_format: str | None = None,
                recursive: bool = False, globs: tuple[str, ...] = (), shard: tuple[int, int] | None = None,
-               overwrite: bool = False) -> Plan:
+               overwrite: bool = False, frames: str = "first") -> Plan:
     """Find the inputs, name their outputs, keep this shard's share, and sort it into to-do and known.
 
     Two inputs whose outputs would have the same name (``a.jpg`` and ``a.jpeg``; ``a.png`` and ``a.jpg``
     with ``--format png``) are decided over the whole folder before sharding, so every shard agrees:
     the first in path order is processed, the others fail with a reason naming it. An output is done
-    (skipped) only when it is complete: not empty, and its header reads with the expected size.
+    (skipped) only when it is complete (``_complete``; ``frames`` as the run will read the inputs).
     Temp files that dead processes of this host left in the output folders are removed.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -190,7 +197,7 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
         log.debug("removed %d temporary files left by processes that no longer run", removed)
     todo = []
     for job in jobs:
-        if not overwrite and _complete(job, outscale):
+        if not overwrite and _complete(job, outscale, frames):
             finished.append(job)
             known.append(Outcome(job.rel, str(job.output), SKIPPED, "output exists"))
         else:
@@ -198,20 +205,23 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
 
 
-def _complete(job: Job, outscale: float) -> bool:
-    """Whether ``job.output`` is a finished output: non-empty, and its header gives the size the
-    input's header asks for. A missing output is not; a broken one is logged and redone."""
+def _complete(job: Job, outscale: float, frames: str) -> bool:
+    """Whether ``job.output`` is a finished output: non-empty, whole (``io.is_whole``: it ends where its
+    format says), its header gives the size the input's header asks for and, with ``frames="all"``,
+    it holds as many frames as the input. A missing output is not; a broken one is logged and redone."""
     if not os.path.lexists(job.output):
         return False
     try:
-        if job.output.stat().st_size > 0:
+        if job.output.stat().st_size > 0 and is_whole(job.output):
             width, height = image_size(job.source)
             out_h, out_w = output_size(height, width, outscale)
-            if image_size(job.output) == (out_w, out_h):
+            if image_size(job.output) == (out_w, out_h) and (frames != "all" or
+                                                               frame_count(job.output) == frame_count(job.source)):
                 return True
     except (OSError, errors.ImageReadError):
         pass
-    log.info("%s: not a complete output (empty, unreadable or of the wrong size); redoing it", job.output)
+    log.info("%s: not a complete output (empty, cut short, unreadable, of the wrong size or frame count); "
+             "redoing it", job.output)
     return False
 
 

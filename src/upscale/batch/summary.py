@@ -11,6 +11,7 @@ from typing import Any
 from .. import atomic, errors
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+NOT_STARTED = "not started"     # an interrupted run never reached it; the next run will
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Outcome:
 
     input: str
     output: str | None
-    status: str            # "done", "skipped" or "failed"
+    status: str            # "done", "skipped", "failed" or "not started" (the run was interrupted first)
     reason: str = ""       # why it failed (one line), or why it was skipped
     input_px: int = 0      # width * height of the input, for throughput
     model_s: float = 0.0   # seconds this image spent in forward passes
@@ -52,6 +53,10 @@ class BatchSummary:
         return self.count(FAILED)
 
     @property
+    def not_started(self) -> int:
+        return self.count(NOT_STARTED)
+
+    @property
     def megapixels_done(self) -> float:
         return sum(o.input_px for o in self.outcomes if o.status == DONE) / 1e6
 
@@ -72,7 +77,7 @@ class BatchSummary:
     def to_dict(self, *, files: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
             "done": self.done, "skipped": self.skipped, "failed": self.failed,
-            "interrupted": self.interrupted,
+            "not_started": self.not_started, "interrupted": self.interrupted,
             "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
             "elapsed_s": round(self.elapsed_s, 3), "model_s": round(self.model_s, 3),
             "images_per_s": round(self.images_per_s, 3), "megapixels_per_s": round(self.megapixels_per_s, 4),

@@ -86,15 +86,23 @@ def classify(err: BaseException) -> tuple[int, str]:
     return EXIT_FAILURE, "internal error"
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (a newline in a file name, say) written as escapes, so that
+    every message stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def report_error(err: BaseException) -> int:
     """Print the one-line message for ``err`` on stderr and return its exit code."""
     code, label = classify(err)
     if os.environ.get("UPSCALE_DEBUG") == "1":
         traceback.print_exception(err, file=sys.stderr)
     if isinstance(err, errors.UpscaleError) and err.path:  # the path itself is never reworded
-        msg = f"{err.path}: " + word_as_flags(err, err.message.replace("\n", " "))
+        msg = f"{printable(str(err.path))}: " + word_as_flags(err, printable(err.message.replace("\n", " ")))
     else:
-        msg = word_as_flags(err, str(err).replace("\n", " ")) or type(err).__name__
+        msg = word_as_flags(err, printable(str(err).replace("\n", " "))) or type(err).__name__
     if not isinstance(err, errors.UpscaleError):
         msg = f"{type(err).__name__}: {msg} (set UPSCALE_DEBUG=1 for a traceback)"
     click.echo(f"upscale: {label}: {msg}", err=True)
@@ -136,7 +144,12 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(f"upscale: {word_as_flags(record, record.getMessage())}", err=True)
+            line = f"upscale: {word_as_flags(record, printable(record.getMessage()))}"
+            bars = getattr(sys.modules.get("tqdm"), "tqdm", None)
+            if bars is not None and getattr(bars, "_instances", None):   # a progress bar is drawn:
+                bars.write(line, file=sys.stderr)                          # clear it, write, redraw it
+            else:
+                click.echo(line, err=True)
         except Exception:  # noqa: BLE001 - logging must never break the command
             self.handleError(record)
 

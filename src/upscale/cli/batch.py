@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import click
 
-from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, handle_errors
+from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, handle_errors, printable
 from .options import (engine_options_from, frames_option, load_model_from, model_name_from, model_options,
                       quiet_option)
 from .progress import Progress
@@ -23,11 +23,11 @@ log = logging.getLogger("upscale")
 
 
 def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:   # before any import: a Ctrl-C while torch loads belongs to the command
+        return None
     from .. import errors
     from ..batch import parse_shard
 
-    if value is None:
-        return None
     try:
         return parse_shard(value)
     except errors.UsageError as err:
@@ -91,14 +91,15 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     read but not written give .png). Files without an image extension (png jpg jpeg webp bmp tif tiff
     avif; read only: gif jp2 j2k tga ppm pgm pbm pnm qoi pcx jfif jpe heic heif hif) are ignored; a
     file with one that cannot be read is a failure, reported with its reason, and the run goes on.
-    Each output is written under a temporary name and renamed when complete; a complete output (its
-    header reads with the expected size) is skipped, so running the same command again after a crash
-    or Ctrl-C resumes where it stopped (with byte-identical results); an empty or broken one is redone.
+    Each output is written under a temporary name and renamed when complete; a complete output
+    (whole, and its header reads with the expected size) is skipped, so running the same command
+    again after a crash or Ctrl-C resumes where it stopped (with byte-identical results); an empty,
+    cut-short or broken one is redone.
     Ctrl-C stops after the image in flight and prints the summary so far; a second Ctrl-C aborts.
 
     \b
     Exit codes: 0 every image done or skipped; 3 finished, some images failed; 1 could not run at
-    all (bad model, unwritable OUT_DIR); 2 usage error; 130 interrupted.
+    all (bad model, unwritable OUT_DIR or report folder); 2 usage error; 130 interrupted.
     """
     from .. import api
     from ..batch import BatchSettings, check_folders, check_report_path, plan_batch, planned_work
@@ -113,7 +114,7 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     scale = api.outscale_for(model, outscale)
 
     plan = plan_batch(in_dir, out_dir, outscale=scale, output_format=output_format, recursive=recursive,
-                      globs=globs, shard=shard, overwrite=overwrite)
+                      globs=globs, shard=shard, overwrite=overwrite, frames=frames)
     # the whole shard's work decides --compile auto, done or not, counting only images reading accepts
     work = planned_work(plan, max_pixels=max_pixels) if compile_mode != "off" else None
     upscaler = api.Upscaler(model, options, work=work)
@@ -152,7 +153,7 @@ def _say_known(plan: Any, quiet: bool) -> None:
 
     for outcome in plan.known:
         if outcome.status == FAILED:
-            click.echo(f"upscale: failed: {outcome.input}: {outcome.reason}", err=True)
+            click.echo(printable(f"upscale: failed: {outcome.input}: {outcome.reason}"), err=True)
     skipped = sum(1 for o in plan.known if o.status == SKIPPED)
     if not quiet and (skipped or plan.stale_temps_removed):
         log.info("%d of %d images already have outputs (skipped)%s", skipped, len(plan.jobs) + skipped,
@@ -178,7 +179,7 @@ def _run(plan: Any, upscaler: Any, settings: Any, shard: tuple[int, int] | None,
             if outcome.status == DONE:
                 megapixels += outcome.input_px / 1e6
             else:
-                progress.write(f"upscale: failed: {outcome.input}: {outcome.reason}")
+                progress.write(printable(f"upscale: failed: {outcome.input}: {outcome.reason}"))
             settled += 1
             progress.note(rate())
             progress.update(settled)
@@ -186,7 +187,7 @@ def _run(plan: Any, upscaler: Any, settings: Any, shard: tuple[int, int] | None,
     def on_tiles(rel: str, done: int, total: int) -> None:
         if total > 1:
             with lock:
-                progress.note(f"{rate()}, {Path(rel).name}: tile {done}/{total}")
+                progress.note(printable(f"{rate()}, {Path(rel).name}: tile {done}/{total}"))
 
     with _stop_on_ctrl_c() as stop:
         try:
@@ -200,16 +201,18 @@ def _finish(summary: Any, report: Path | None, as_json: bool, quiet: bool) -> No
     """Report, JSON, the summary line and the exit code."""
     from ..batch import write_report
 
-    if report is not None:
-        write_report(summary, report)
     if as_json:
         click.echo(json.dumps(summary.to_dict(files=False)))
     if not quiet:
         state = "interrupted after" if summary.interrupted else "finished in"
         click.echo(f"upscale batch: {state} {summary.elapsed_s:.1f} s: {summary.done} done, {summary.skipped} "
-                   f"skipped, {summary.failed} failed; {summary.images_per_s:.3g} images/s, "
+                   f"skipped, {summary.failed} failed"
+                   f"{f', {summary.not_started} not started' if summary.interrupted else ''}; "
+                   f"{summary.images_per_s:.3g} images/s, "
                    f"{summary.megapixels_per_s:.3g} input MP/s, model busy {summary.model_busy_fraction:.0%}",
                    err=True)
+    if report is not None:      # last: a report that cannot be written (exit 1) loses no summary
+        write_report(summary, report)
     if summary.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(EXIT_PARTIAL if summary.failed else EXIT_OK)

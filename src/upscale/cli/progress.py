@@ -1,6 +1,7 @@
 """Progress on stderr that suits where stderr goes: a tqdm bar on a terminal; elsewhere (a log file, a
 pipe, CI) a plain line each tenth of the work or every ``PLAIN_EVERY_S`` seconds, whichever comes
-first, never a bar's carriage returns; nothing at all when quiet."""
+first, with the time left at the rate so far, never a bar's carriage returns; nothing at all when
+quiet."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class Progress:
         self.quiet = quiet
         self.done = 0
         self._decile = 0
-        self._last_line = time.monotonic()
+        self._last_line = self._started = time.monotonic()
         self._note = ""
         self._bar: Any = None
         if not quiet and _is_terminal(self.stream):
@@ -67,7 +68,21 @@ class Progress:
         self._last_line = time.monotonic()
         pct = 100 * self.done // max(self.total, 1)
         note = f", {self._note}" if self._note else ""
-        click.echo(f"upscale: {self.label}: {self.done}/{self.total} {self.unit}s ({pct}%){note}", file=self.stream)
+        eta = ""
+        if 0 < self.done < self.total:
+            eta = f", ETA {_duration((self._last_line - self._started) / self.done * (self.total - self.done))}"
+        click.echo(f"upscale: {self.label}: {self.done}/{self.total} {self.unit}s ({pct}%){eta}{note}",
+                   file=self.stream)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``: what is left, as a person reads it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _is_terminal(stream: IO[str]) -> bool:

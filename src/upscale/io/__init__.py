@@ -2,7 +2,7 @@
 
 The package: ``image`` (the record, format tables, ``to_uint8``), ``opening`` (Pillow's open/load under
 our limits, its warnings as log lines), ``decode`` (modes and bit depths), ``exif``, ``xmp``,
-``read``, ``write`` (format choice, checks, atomic write), ``animation`` (every frame of a GIF,
+``read``, ``write`` (format choice, checks, atomic write), ``ends`` (is a file whole), ``animation`` (every frame of a GIF,
 WebP or APNG, and APNG/WebP out) and one module per own encoder: ``png``, ``tiff``, ``bmp``. Import
 from ``upscale.io``; the modules are its inside.
 
@@ -60,7 +60,8 @@ format comes from the extension; ``format`` may name it for a path without an im
 must not contradict one (``y.png`` with ``jpg`` is a ``UsageError``).
 """
 
-from .animation import Animation, check_animation_output, read_animation, read_frames, write_animation
+from .ends import is_whole
+from .animation import Animation, check_animation_output, frame_count, read_animation, read_frames, write_animation
 from .image import DEFAULT_QUALITY, INPUT_EXTENSIONS, SUPPORTED_EXTENSIONS, Image, output_extension, to_uint8
 from .png import PNG_COMPRESS_LEVEL
 from .read import image_size, pixel_limit, read_image
@@ -68,6 +69,6 @@ from .write import check_output, output_format_for, write_image
 
 __all__ = [
     "DEFAULT_QUALITY", "INPUT_EXTENSIONS", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Animation", "Image",
-    "check_animation_output", "check_output", "image_size", "output_extension", "output_format_for", "pixel_limit",
+    "check_animation_output", "check_output", "frame_count", "image_size", "is_whole", "output_extension", "output_format_for", "pixel_limit",
     "read_animation", "read_frames", "read_image", "to_uint8", "write_animation", "write_image",
 ]

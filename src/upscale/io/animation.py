@@ -46,10 +46,16 @@ def read_frames(path: str | Path, *, max_pixels: int | None = None) -> Image | A
     """Every frame of ``path`` as an ``Animation`` where it holds two or more (from its header), else
     ``read_image(path)`` (16 bit, EXIF, XMP and all): each file is decoded once."""
     path = Path(path)
-    im, _, _ = open_image(path)
+    if frame_count(path) > 1:
+        return read_animation(path, max_pixels=max_pixels)
+    return read_image(path, max_pixels=max_pixels)
+
+
+def frame_count(path: str | Path) -> int:
+    """How many frames (or pages) ``path`` holds, from its header; ``ImageReadError`` naming it."""
+    im, _, _ = open_image(Path(path))
     with im:
-        count = int(getattr(im, "n_frames", 1) or 1)
-    return read_animation(path, max_pixels=max_pixels) if count > 1 else read_image(path, max_pixels=max_pixels)
+        return int(getattr(im, "n_frames", 1) or 1)
 
 
 def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animation:

@@ -1,0 +1,55 @@
+"""cli.progress and the CLI's log lines: a bar on a terminal never has a log line glued to it; plain
+lines off a terminal say the time left; no message ever spans two lines."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+
+import pytest
+
+from upscale.cli import _StderrHandler, printable
+from upscale.cli.progress import Progress, _duration
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_line_while_a_bar_is_drawn_stands_on_its_own_line(monkeypatch):
+    tty = _Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    bar = Progress("batch", "image", total=20, stream=tty)
+    bar.update(3)
+    record = logging.LogRecord("upscale", logging.INFO, __file__, 1, "%s: 3 frames; only the first is read",
+                               ("anim.gif",), None)
+    _StderrHandler().emit(record)
+    bar.close()
+    text = tty.getvalue()
+    before = text[:text.index("upscale: anim.gif")]
+    assert before.endswith(("\n", "\r")), repr(text)        # the bar was cleared (or ended) first
+    assert "upscale: anim.gif: 3 frames; only the first is read\n" in text
+
+
+def test_plain_lines_say_the_time_left(monkeypatch):
+    out = io.StringIO()
+    clock = iter([100.0, 110.0, 130.0])                     # start, then one reading per line
+    monkeypatch.setattr("upscale.cli.progress.time.monotonic", lambda: next(clock))
+    progress = Progress("batch", "image", total=10, stream=out)
+    progress.update(2)                                      # 10 s for 2: 40 s left
+    progress.update(5)                                      # 30 s for 5: 30 s left
+    lines = out.getvalue().splitlines()
+    assert lines == ["upscale: batch: 2/10 images (20%), ETA 40 s", "upscale: batch: 5/10 images (50%), ETA 30 s"]
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (59.4, "59 s"), (65, "1 min 05 s"), (7620, "2 h 07 min")])
+def test_durations_read_as_a_person_reads_them(seconds, text):
+    assert _duration(seconds) == text
+
+
+def test_printable_escapes_control_characters_and_keeps_other_text():
+    assert printable("bad\nname.png") == "bad\\nname.png"
+    assert printable("tab\there\r") == "tab\\there\\r"
+    assert printable("Ünïcode 写真.png") == "Ünïcode 写真.png"
