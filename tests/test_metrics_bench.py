@@ -377,3 +377,17 @@ def test_bicubic_reproduces_published_tables(name, scale, psnr_db, ssim):
     row = run_bench(SHARED / name, opts).rows[0]
     assert abs(row.psnr_db - psnr_db) <= 0.02
     assert abs(row.ssim - ssim) <= 0.002
+
+
+def test_the_sheet_never_replaces_a_test_image_or_an_existing_file_without_force(hr_dir, tmp_path):
+    before = (hr_dir / "waves.png").read_bytes()
+    res = _bench(["--data", hr_dir, "-s", "2", "--baselines", "bicubic", "--sheet", hr_dir / "waves.png", *FAST])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "overwrite an input" in lines[0], res.stderr
+    assert (hr_dir / "waves.png").read_bytes() == before
+    sheet = tmp_path / "sheet.png"
+    sheet.write_bytes(b"mine")
+    res = _bench(["--data", hr_dir, "-s", "2", "--baselines", "bicubic", "--sheet", sheet, *FAST])
+    assert res.exit_code == 1 and "--force" in res.stderr and sheet.read_bytes() == b"mine"
+    res = _bench(["--data", hr_dir, "-s", "2", "--baselines", "bicubic", "--sheet", sheet, "--force", *FAST])
+    assert res.exit_code == 0 and sheet.read_bytes().startswith(b"\x89PNG")

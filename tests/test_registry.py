@@ -192,7 +192,7 @@ def test_models_add_registers_a_local_file(tmp_path, monkeypatch):
 
     second = tiny_file(tmp_path, "again.pth")
     result = CliRunner().invoke(cli, ["models", "add", "mine", str(second)])
-    assert result.exit_code == 1 and "'mine' is defined twice" in result.output
+    assert result.exit_code == 1 and "'mine' is registered already; pass --replace" in result.output
     result = CliRunner().invoke(cli, ["models", "add", "esrgan", str(second)])
     assert result.exit_code == 1 and "'esrgan' is defined twice" in result.output
     assert len(registry.parse_registry((tmp_path / "cfg" / "models.toml").read_text(), "user")) == 1
@@ -212,6 +212,19 @@ def test_a_registered_file_that_changed_is_refused(tmp_path, monkeypatch):
     with pytest.raises(errors.ChecksumError) as info:
         hub.weights_path(registry.get_model("mine"))
     assert info.value.expected in str(info.value) and info.value.actual in str(info.value)
+    # what the message says to do works: the entry is replaced in place, other entries and comments kept
+    user = tmp_path / "cfg" / "models.toml"
+    other = tiny_file(tmp_path, "other.pth")
+    assert CliRunner().invoke(cli, ["models", "add", "other", str(other)]).exit_code == 0
+    user.write_text("# my models\n" + user.read_text())
+    advice = f"upscale models add mine {path.resolve()} --replace"
+    assert advice in str(info.value)
+    result = CliRunner().invoke(cli, advice.split()[1:])
+    assert result.exit_code == 0, result.output
+    registry._CACHE.clear()
+    assert hub.weights_path(registry.get_model("mine")) == path.resolve()
+    text = user.read_text()
+    assert text.startswith("# my models\n") and text.count("[[model]]") == 2 and 'name = "other"' in text
 
 
 def test_invalid_user_registry_is_reported_with_its_path(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import textured
+from conftest import COMPACT_X2, textured
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -554,3 +554,109 @@ def test_explicit_precision_is_not_measured(data, tmp_path, native_bf16):
     lines: list[str] = []
     train(small_cfg(data, tmp_path / "x", precision="bf16"), echo=lines.append, progress=False)
     assert not any(line.startswith("precision auto:") for line in lines) and not native_bf16.exists()
+
+
+# --- validation reads and scores as the bench does ---------------------------------------------------
+
+def test_validation_scores_equal_the_bench_gray_images_included(tmp_path, weights_file):
+    from upscale import load_model
+    from upscale.api import Upscaler
+    from upscale.bench import BenchOptions, run_bench
+    from upscale.bench.methods import LoadedModel
+    from upscale.engine import EngineOptions
+    from upscale.train.validation import bicubic_scores, evaluate, load_val_sets
+
+    folder = write_set(tmp_path / "Set", 1, 40, 7)
+    Image.fromarray(textured(38, 42, 8)[..., 0]).save(folder / "gray.png")     # one plane, as Set14's bridge
+    model = load_model(str(weights_file("compact", COMPACT_X2, 3, "val_x2")))
+    sets = load_val_sets([str(folder)], 2)
+    assert sets["Set"][0].hr.shape[2] == 1                                      # gray stays one plane
+    up = Upscaler(model, EngineOptions(tile_px=0, precision="fp32", device="cpu"))
+    loaded = LoadedModel("m", 2, up, "cpu", "float32")
+    bench = run_bench(folder, BenchOptions(scales=(2,), baselines=("bicubic",), lpips=False, warmup_runs=0),
+                      [loaded])
+    by_method = {row.method: row for row in bench.rows}
+    scores, _ = evaluate(model.module.float(), sets, 2, torch.device("cpu"))
+    assert bicubic_scores(sets, 2)["Set"][0] == pytest.approx(by_method["bicubic"].psnr_db, abs=1e-9)
+    assert scores["Set"][0] == pytest.approx(by_method["m"].psnr_db, abs=1e-9)
+
+
+def test_validation_folders_too_small_unreadable_or_sharing_a_name(tmp_path):
+    from upscale.train.validation import load_val_sets
+
+    a, b = write_set(tmp_path / "a" / "Set", 1, 40, 1), write_set(tmp_path / "b" / "Set", 1, 40, 2)
+    sets = load_val_sets([str(a), str(b)], 2)                   # both kept, named by their paths
+    assert sorted(sets) == sorted([str(a), str(b)])
+    with pytest.raises(DataError, match="given twice"):
+        load_val_sets([str(a), str(a)], 2)
+    Image.fromarray(textured(5, 5, 3)).save(a / "tiny.png")
+    with pytest.raises(DataError) as info:
+        load_val_sets([str(a)], 2)
+    assert info.value.path == str(a / "tiny.png") and "too small" in info.value.message
+    (a / "tiny.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as info:
+        load_val_sets([str(a)], 2)
+    assert info.value.path == str(a / "tiny.png")
+
+
+# --- bad values, a file in the way, a preset changed on resume: one line, never an internal error --------
+
+def _train_cli(*args: object):
+    from click.testing import CliRunner
+
+    from upscale.cli import cli
+
+    return CliRunner().invoke(cli, ["train", "-q", *map(str, args)], catch_exceptions=False)
+
+
+TINY_FLAGS = ["-s", "2", "--arch", "compact", "--num-feat", "8", "--num-conv", "1", "--gt-size", "32",
+              "--batch-size", "2", "--precision", "fp32", "--threads", "1"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--betas", "2", "2"], "betas must each be in [0, 1)"),
+    (["--workers", "-1"], "workers must be >= 0"),
+    (["--discriminator", "patch", "--gan-weight", "0.1", "--d-learning-rate", "-1"], "d_learning_rate must be positive"),
+    (["--scheduler", "multistep", "--milestones", "1", "--gamma", "-1"], "gamma must be positive"),
+])
+def test_values_that_cannot_work_are_usage_errors(data, tmp_path, flags, words):
+    res = _train_cli("--data", data["hr"], *TINY_FLAGS, "--iters", 2, "--out", tmp_path / "run", *flags)
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and words in lines[0], res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("values, words", [({"max_iters": "abc"}, "max_iters must be a whole number"),
+                                           ({"betas": 5}, "betas must be two numbers"),
+                                           ({"val": "Set5"}, "val must be a list of strings"),
+                                           ({"learning_rate": True}, "learning_rate must be a number")])
+def test_a_config_file_value_of_the_wrong_kind_names_the_file(data, tmp_path, values, words):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps(values))
+    res = _train_cli("--data", data["hr"], *TINY_FLAGS, "--config", config, "--out", tmp_path / "run")
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and str(config) in lines[0] and words in lines[0], res.stderr
+
+
+def test_an_out_below_a_file_is_one_line_naming_it(data, tmp_path):
+    (tmp_path / "afile").write_text("")
+    res = _train_cli("--data", data["hr"], *TINY_FLAGS, "--iters", 2, "--out", tmp_path / "afile" / "run")
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "afile is not a folder" in lines[0], res.stderr
+    assert "internal error" not in lines[0]
+
+
+def test_resume_with_another_preset_is_refused_and_a_cut_metrics_line_is_dropped(data, tmp_path):
+    out = tmp_path / "run"
+    res = _train_cli("--data", data["hr"], *TINY_FLAGS, "--iters", 2, "--ckpt-every", 2, "--log-every", 1,
+                     "--out", out)
+    assert res.exit_code == 0, res.output
+    refused = _train_cli("--out", out, "--resume", "--preset", "esrgan", "--iters", 4)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.exit_code == 2 and len(lines) == 1 and "--preset esrgan" in lines[0] and "--init" in lines[0]
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 3, "loss/g_pi')                      # an append cut short
+    res = _train_cli("--out", out, "--resume", "--iters", 4)
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if "loss/g_pix" in r] == [1, 2, 3, 4]

@@ -48,6 +48,17 @@ def read_uint8(path: str | Path, *, rgb: bool) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, :3])
 
 
+def check_eval_size(hr: np.ndarray, scale: int, path: str | Path) -> None:
+    """``DataError`` naming ``path`` when a mod-cropped HR image leaves nothing to score at ``scale``:
+    an LR side under 1 px, or less than one SSIM window once ``scale`` px are cropped from each side
+    (bench and training's validation both ask)."""
+    from .metrics import SSIM_WINDOW_PX
+
+    h, w = hr.shape[:2]
+    if min(h, w) // scale < 1 or min(h, w) - 2 * scale < SSIM_WINDOW_PX:
+        raise DataError(f"{w}x{h} is too small to score at x{scale}", path=path)
+
+
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
     """Crop bottom/right so that height and width are multiples of ``scale``."""
     h, w = img.shape[:2]

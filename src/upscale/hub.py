@@ -158,13 +158,14 @@ def _still_verified(path: Path, sha256: str | None, *, rehash: bool = True) -> b
 
 def _check_local_file(spec: ModelSpec, source: FileSource) -> Path:
     if not source.path.is_file():
-        raise errors.WeightsError(f"the file registered as model {spec.name!r} is gone; register it again with "
-                                  f"`upscale models add`", path=source.path)
+        raise errors.WeightsError(f"the file registered as model {spec.name!r} is gone; register another in its "
+                                  f"place with `upscale models add {spec.name} PATH --replace`", path=source.path)
     if source.sha256 is not None:
         actual = sha256_file(source.path)
         if actual != source.sha256:
             raise errors.ChecksumError(f"model {spec.name!r} changed since it was registered: sha256 {actual}, "
-                                       f"expected {source.sha256}; register it again with `upscale models add`",
+                                       f"expected {source.sha256}; register it again with "
+                                       f"`upscale models add {spec.name} {source.path} --replace`",
                                        path=source.path, expected=source.sha256, actual=actual)
     return source.path
 

@@ -373,14 +373,32 @@ def format_entry(fields: dict[str, Any]) -> str:
     return "[[model]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items() if v is not None)
 
 
+def _without_entry(text: str, name: str) -> tuple[str, bool]:
+    """Registry ``text`` less the ``[[model]]`` table named ``name`` (its other tables and comments
+    kept as written), and whether there was one."""
+    kept, removed = [], False
+    for part in re.split(r"(?m)^(?=\[\[model\]\][ \t]*$)", text):
+        if part.startswith("[[model]]"):
+            try:
+                entry = tomllib.loads(part).get("model", [{}])[0]
+            except (tomllib.TOMLDecodeError, IndexError, AttributeError):
+                entry = {}
+            if isinstance(entry, dict) and entry.get("name") == name:
+                removed = True
+                continue
+        kept.append(part)
+    return "".join(kept), removed
+
+
 def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[str, Any],
                    description: str | None = None, license: str = "unknown", kind: str = "other",
-                   twin: str | None = None, bf16_safe: bool = False) -> ModelSpec:
+                   twin: str | None = None, bf16_safe: bool = False, replace: bool = False) -> ModelSpec:
     """Register a local weights file in the user registry (written atomically, validated first).
 
     ``arch``/``hparams`` are what the caller detected in the file; the file's sha256 and size are
     recorded so a later change to the file is noticed. ``bf16_safe``: the caller measured it (see the
-    module docstring).
+    module docstring). A user model of that name is a ``RegistryError`` unless ``replace``, which puts
+    this entry in its place (a file that changed since it was registered is registered again so).
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
@@ -400,7 +418,11 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
         user.parent.mkdir(parents=True, exist_ok=True)
         with atomic.updating(user):     # a model another process adds meanwhile is kept
             old = user.read_text(encoding="utf-8") if user.is_file() else ""
-            new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + format_entry(fields)
+            rest, had = _without_entry(old, name)
+            if had and not replace:
+                raise errors.RegistryError(f"model {name!r} is registered already; pass replace to register "
+                                           "this file in its place", path=user, params=("replace",))
+            new = (rest.rstrip("\n") + "\n\n" if rest.strip() else "") + format_entry(fields)
             new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
             build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
             atomic.write_text(user, new)

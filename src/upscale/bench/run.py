@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import errors, metrics, niqe
-from ..dataprep import bicubic_down, list_images, mod_crop, read_uint8
+from ..dataprep import bicubic_down, check_eval_size, list_images, mod_crop, read_uint8
 from ..machine import environment as machine_environment
 from .measure import PeakRss, cuda_peak_mib, cuda_peak_reset
 from .methods import BASELINES, LoadedModel, MethodSpec, methods_for
@@ -93,9 +93,7 @@ def _pairs_for_scale(hr_images: list[tuple[str, np.ndarray]], scale: int, option
     pairs = []
     for stem, hr in hr_images:
         hr = mod_crop(hr, scale)
-        if min(hr.shape[:2]) // scale < 1 or min(hr.shape[:2]) - 2 * scale < metrics.SSIM_WINDOW_PX:
-            raise errors.DataError(f"{hr.shape[1]}x{hr.shape[0]} is too small to benchmark at x{scale}",
-                                   path=data_dir / stem)
+        check_eval_size(hr, scale, data_dir / stem)
         if options.niqe:
             try:
                 niqe.check_size(hr.shape[0], hr.shape[1], crop_border=scale)

@@ -38,6 +38,7 @@ from .options import device_options, engine_options_from, quiet_option, tile_opt
 @click.option("--markdown", "fmt", flag_value="markdown", help="Print only the Markdown table.")
 @click.option("--sheet", "sheet_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a contact sheet PNG: the same crop from HR and each method, labelled.")
+@click.option("--force", is_flag=True, help="Replace an existing --sheet file.")
 @click.option("--sheet-image", "sheet_images", multiple=True, metavar="STEM",
               help="Image(s) shown on the sheet (default: the first); repeatable.")
 @click.option("--crop", "crop_px", type=click.IntRange(min=8), default=64, show_default=True,
@@ -48,7 +49,8 @@ from .options import device_options, engine_options_from, quiet_option, tile_opt
 @handle_errors
 def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_dir: Path | None, baselines: str,
           rgb_metrics: bool, gray: str, lpips: bool, niqe: bool, warmup_runs: int, fmt: str | None,
-          sheet_path: Path | None, sheet_images: tuple[str, ...], crop_px: int, device: str, precision: str,
+          sheet_path: Path | None, force: bool, sheet_images: tuple[str, ...], crop_px: int, device: str,
+          precision: str,
           threads: int | None, compile_mode: str, tile_px: str | None, quiet: bool) -> None:
     """Compare models with nearest, bilinear, bicubic (MATLAB) and Lanczos on a test set.
 
@@ -61,6 +63,8 @@ def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_d
     """
     from ..bench import BenchOptions, load_models, run_bench, write_sheet
 
+    if sheet_path is not None:
+        _check_sheet_target(sheet_path, data_dir, lr_dir, force)
     engine_options = None
     if models:
         engine_options = engine_options_from(device, precision, tile_px, threads=threads, compile_mode=compile_mode)
@@ -87,3 +91,16 @@ def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_d
                    f"pillow {env['pillow']}, torch {env['torch']}")
         if sheet_path is not None:
             click.echo(f"contact sheet: {sheet_path}")
+
+
+def _check_sheet_target(sheet: Path, data_dir: Path, lr_dir: Path | None, force: bool) -> None:
+    """Before any work: the sheet may not replace a test image (HR or LR), an existing file without
+    ``--force``, or go into a missing folder."""
+    from .. import atomic, errors
+    from ..dataprep import list_images
+
+    inputs = tuple(list_images(data_dir)) + (tuple(list_images(lr_dir)) if lr_dir is not None else ())
+    problem = atomic.target_problem(sheet, inputs, force=force)
+    if problem is not None:
+        kind, message = problem
+        raise errors.ImageWriteError(message, path=sheet, params=("force",) if kind == "exists" else ())

@@ -86,14 +86,17 @@ def pull(names: tuple[str, ...]) -> None:
 @click.option("--bf16-safe", is_flag=True,
               help="You measured its fp32 and bf16 outputs >= 50 dB apart on natural images "
                    "(benchmarks/bf16_check.py): --precision auto may then run it in bf16. Without it, fp32.")
+@click.option("--replace", is_flag=True,
+              help="NAME is registered already: register PATH in its place (e.g. after the file changed).")
 @handle_errors
 def add(name: str, path: Path, description: str | None, license_: str, kind: str, twin: str | None,
-        bf16_safe: bool) -> None:
+        bf16_safe: bool, replace: bool) -> None:
     """Register the weights file PATH as model NAME in your user registry (`-m NAME` then works)."""
     from .. import loading, registry
 
     model = loading.load_model(path)  # it must load strictly before it is registered
     spec = registry.add_user_model(name, path, arch=model.arch, hparams=model.hparams, description=description,
-                                   license=license_, kind=kind, twin=twin, bf16_safe=bf16_safe)
+                                   license=license_, kind=kind, twin=twin, bf16_safe=bf16_safe,
+                                   replace=replace)
     click.echo(f"added {spec.name}: {model.arch} x{spec.scale} from {spec.source.path} to "
                f"{registry.user_registry_path()}")

@@ -222,7 +222,12 @@ def _build(preset: str | None, config_file: str | None, opts: dict[str, Any], ou
 
     layers: list[dict[str, Any]] = []
     if resume_path is not None:
-        layers.append(_saved_config(str(out), resume_path))
+        saved = _saved_config(str(out), resume_path)
+        if preset is not None and saved.get("preset", preset) != preset:
+            raise UsageError(f"{resume_path} is a {saved['preset']} run; resuming keeps its recipe, so "
+                             f"preset {preset} cannot apply: start a {preset} run from it with init instead",
+                             params=("preset", "init"))
+        layers.append(saved)
     if config_file:
         layers.append(read_config_file(config_file))
     layers.append(_flag_layer(dict(opts)))

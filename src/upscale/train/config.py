@@ -139,14 +139,53 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"invalid config file: {err}", path=p) from None
     if not isinstance(values, dict):
         raise UsageError("config file must hold a table of options", path=p)
+    for key, value in values.items():       # wrong kinds are said here, naming the file
+        if key in _ANNOTATIONS and key != "preset":
+            try:
+                _coerce(key, value)
+            except UsageError as err:
+                raise UsageError(err.message, path=p) from None
     return values
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return _is_int(v) or isinstance(v, float)
+
+
+# what each annotation of TrainConfig accepts: (test, words for the message)
+_KINDS: dict[str, tuple[Any, str]] = {
+    "int": (_is_int, "a whole number"),
+    "float": (_is_number, "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "list[int]": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of whole numbers"),
+    "list[float]": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of numbers"),
+    "dict[str, Any]": (lambda v: isinstance(v, dict), "a table"),
+    "tuple[float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)),
+                            "two numbers"),
+}
+_ANNOTATIONS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+
+
 def _coerce(name: str, value: Any) -> Any:
+    """``value`` as field ``name`` holds it; ``UsageError`` when it is of the wrong kind (a config file
+    with ``max_iters = "abc"``), before anything compares or iterates it."""
+    annotation = _ANNOTATIONS[name]
+    optional = annotation.endswith(" | None")
+    test, words = _KINDS[annotation.removesuffix(" | None")]
+    if value is None and optional:
+        return None
+    if not test(value):
+        raise UsageError(f"{name} must be {words}{' (or null)' if optional else ''}, not {value!r}")
     if name == "betas":
-        value = tuple(float(v) for v in value)
-        if len(value) != 2:
-            raise UsageError(f"betas needs two values, got {len(value)}")
+        return tuple(float(v) for v in value)
+    if annotation.startswith("float"):
+        return float(value)
     return value
 
 
@@ -222,7 +261,17 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.scale_aug and not cfg.data:
         raise UsageError("scale_aug needs HR folders (data); paired LR/HR folders are used as given",
                          params=("scale_aug",))
-    if cfg.learning_rate <= 0:
-        raise UsageError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    for name in ("learning_rate", "d_learning_rate", "gamma", "blur_sigma"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"{name} must be positive, got {value}")
+    for name in ("workers", "weight_decay", "min_learning_rate", "pixel_weight", "perceptual_weight",
+                 "distill_weight", "gan_weight"):
+        if not getattr(cfg, name) >= 0:
+            raise UsageError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise UsageError(f"betas must each be in [0, 1), got {list(cfg.betas)}")
+    if any(m < 1 for m in cfg.milestones):
+        raise UsageError(f"milestones must be iterations >= 1, got {cfg.milestones}")
     if cfg.threads is not None and cfg.threads < 1:
         raise UsageError(f"threads must be >= 1, got {cfg.threads}")

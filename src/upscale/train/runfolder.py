@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import atomic
+from .. import atomic, errors
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,12 @@ class RunFolder:
     def prepare(self, config_json: str, iteration: int) -> None:
         self._new = iteration == 0 and not holds_run(self.out)
         missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:      # a file on the way says which; else the system's reason
+            reason = (atomic.folder_problem(self.out) if isinstance(err, (NotADirectoryError, FileExistsError))
+                      else None) or err.strerror or str(err)
+            raise errors.TrainingError(f"cannot make the run folder: {reason}", path=self.out) from None
         self._made_dirs = missing  # innermost first
         sweep_run_temps(self.out)
         atomic.write_text(self.out / "config.json", config_json + "\n")
@@ -105,11 +110,24 @@ class RunFolder:
             f.write(json.dumps(rec) + "\n")
 
     def _truncate_metrics(self, iteration: int) -> None:
-        """Drop records past the resumed iteration (a killed run may have logged beyond its checkpoint)."""
+        """Drop records past the resumed iteration (a killed run may have logged beyond its checkpoint),
+        and any line that is not a whole record (a kill, or a full disk, in the middle of an append)."""
         if not self.metrics_path.is_file():
             return
-        keep = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+        keep, broken = [], 0
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                broken += bool(line.strip())
+                continue
+            if record.get("iter", 0) <= iteration:
+                keep.append(line)
+        if broken:
+            log.warning("%s: dropped %d unreadable line%s (cut short by a stopped run)", self.metrics_path,
+                        broken, "" if broken == 1 else "s")
         atomic.write_text(self.metrics_path, "".join(line + "\n" for line in keep))
 
 

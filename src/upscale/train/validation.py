@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dataprep import bicubic_down, bicubic_up, list_images, mod_crop
+from ..dataprep import bicubic_down, bicubic_up, check_eval_size, list_images, mod_crop, read_uint8
+from ..errors import DataError, ImageReadError
 from ..metrics import psnr, ssim
-from .data import read_rgb8
 
 
 @dataclass
@@ -23,14 +23,26 @@ class ValImage:
 
 
 def load_val_sets(folders: list[str], scale: int) -> dict[str, list[ValImage]]:
-    """{set name: images}: each HR mod-cropped, its LR made by MATLAB bicubic (the bench convention)."""
+    """{set name: images}, read as ``upscale bench`` reads them: each HR mod-cropped, its LR made by
+    MATLAB bicubic, a gray image kept one plane (scored as its own luma). A set is named by its
+    folder, or by the whole path where two folders share a name; an image too small to score, an
+    unreadable one or a folder given twice is a ``DataError`` naming it."""
     sets: dict[str, list[ValImage]] = {}
-    for folder in folders:
+    names = [Path(folder).name for folder in folders]
+    for folder, name in zip(folders, names):
+        if names.count(name) > 1:
+            name = str(folder)
+        if name in sets:
+            raise DataError("validation folder given twice", path=folder)
         images = []
         for path in list_images(folder):
-            hr = mod_crop(read_rgb8(path), scale)
+            try:
+                hr = mod_crop(read_uint8(path, rgb=False), scale)
+            except ImageReadError as err:
+                raise DataError(f"cannot read validation image: {err.message}", path=path) from None
+            check_eval_size(hr, scale, path)
             images.append(ValImage(path.stem, bicubic_down(hr, scale), hr))
-        sets[Path(folder).name] = images
+        sets[name] = images
     return sets
 
 
@@ -45,9 +57,14 @@ def bicubic_scores(sets: dict[str, list[ValImage]], scale: int) -> dict[str, tup
 
 @torch.no_grad()
 def super_resolve(module: nn.Module, lr: np.ndarray, device: torch.device) -> np.ndarray:
-    """Whole-image fp32 inference of an (H, W, 3) uint8 image -> uint8, rounded like the engine."""
-    x = torch.from_numpy(lr).permute(2, 0, 1)[None].to(device).float().div_(255.0)
-    y = module(x).float().clamp_(0.0, 1.0).mul_(255.0).round_()
+    """Whole-image fp32 inference of an (H, W, C) uint8 image -> uint8, rounded like the engine; a
+    gray image (C = 1) goes in repeated to RGB and comes out as the rounded mean of the rounded
+    channels, as ``api.Upscaler`` (and so the bench) makes it."""
+    gray = lr.shape[2] == 1
+    x = torch.from_numpy(np.repeat(lr, 3, axis=2) if gray else lr).permute(2, 0, 1)[None]
+    y = module(x.to(device).float().div_(255.0)).float().clamp_(0.0, 1.0).mul_(255.0).round_()
+    if gray:
+        y = y.mean(dim=1, keepdim=True).round_()
     return y[0].permute(1, 2, 0).to("cpu", torch.uint8).numpy()
 
 
