@@ -8,6 +8,7 @@ and 3 (--shard 1/3 .. 3/3 partition the work exactly).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from PIL import Image as PILImage
 
 from upscale import errors
 from upscale import atomic
-from upscale.batch import FAILED, SKIPPED, parse_shard, plan_batch, shard_of
+from upscale.batch import FAILED, JOURNAL_NAME, SKIPPED, parse_shard, plan_batch, shard_of
 from upscale.cli import cli
 from upscale.io import read_image
 
@@ -56,9 +57,10 @@ def _dead_temp(target: Path) -> Path:
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
-    """Relative path -> bytes of every finished output under ``folder`` (temporary files excluded)."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not atomic.is_temp_name(p.name)}
+    """Relative path -> bytes of every finished output under ``folder`` (temporary files and the
+    journal of what made them excluded)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not atomic.is_temp_name(p.name) and p.name != JOURNAL_NAME}
 
 
 def _temps(folder: Path) -> list[Path]:
@@ -522,4 +524,60 @@ def test_frames_all_turns_animated_inputs_into_animations_and_resumes(tmp_path, 
     # a format without animation fails that file before the model runs it, and the run goes on
     res = CliRunner().invoke(cli, [*args[:3], str(tmp_path / "jpg"), *args[4:], "--format", "jpg"],
                              catch_exceptions=False)
-    assert res.exit_code == 3 and sorted(p.name for p in (tmp_path / "jpg").iterdir()) == ["still_x4.jpg"]
+    assert res.exit_code == 3 and sorted(_outputs(tmp_path / "jpg")) == ["still_x4.jpg"]
+
+
+# --- the journal: a rerun with other settings, or after an input changed, redoes those outputs -----------
+
+def test_a_rerun_redoes_what_other_settings_or_changed_inputs_made(tmp_path, tiny_x2, weights_file):
+    other = str(weights_file("compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2,
+                                         "scale": 2, "act_type": "prelu"}, 5, "other_x2"))
+    src = _folder(tmp_path / "in", 4)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+
+    said = []
+
+    def run(model, folder, *extra):
+        res = _invoke([src, "--out", folder, "-m", model, *FAST, "--json", *extra])
+        assert res.exit_code == 0, res.output
+        said[:] = [line for line in res.stderr.splitlines() if "redoing" in line]
+        return json.loads(res.stdout)
+
+    assert run(tiny_x2, out)["done"] == 4
+    assert run(tiny_x2, out)["skipped"] == 4                       # same settings: resume as before
+    summary = run(other, out)                                      # another model: every output redone
+    assert (summary["done"], summary["skipped"]) == (4, 0)
+    assert said == ["upscale: redoing 4 outputs made with other settings (model, scale, alpha mode or quality)"]
+    run(other, fresh)
+    assert _outputs(out) == _outputs(fresh)
+    assert run(other, out)["skipped"] == 4
+    assert run(other, out, "--quality", "80")["skipped"] == 4                # PNG has no quality
+    assert run(other, out, "--format", "jpg")["done"] == 4
+    assert run(other, out, "--format", "jpg", "--quality", "95")["skipped"] == 4   # the default, spelled out
+    assert run(other, out, "--format", "jpg", "--quality", "80")["done"] == 4
+    # an input whose pixels changed (same size, same dimensions) is redone; one only touched is not
+    _save(src / "img1.png", (13, 10), seed=999)
+    os.utime(src / "img2.png", ns=(1, 10**18))
+    summary = run(tiny_x2, fresh)
+    assert (summary["done"], summary["skipped"]) == (4, 0)         # other settings than `other`'s
+    summary = run(tiny_x2, fresh)
+    assert (summary["done"], summary["skipped"]) == (0, 4)
+    _save(src / "img3.png", (15, 10), seed=1234)
+    os.utime(src / "img0.png", ns=(1, 10**18))
+    summary = run(tiny_x2, fresh)
+    assert (summary["done"], summary["skipped"]) == (1, 3)
+    assert said == ["upscale: redoing 1 output made from an input that has changed since"]
+
+
+def test_without_a_journal_or_with_lines_that_do_not_parse_the_size_rule_decides(tmp_path, tiny_x2):
+    src = _folder(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = [src, "--out", out, "-m", tiny_x2, *FAST, "-q", "--json"]
+    assert _invoke(args).exit_code == 0
+    journal = out / JOURNAL_NAME
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["settings"] for line in lines)
+    journal.write_text("not json\n" + lines[0][:20] + "\n")          # cut and garbled
+    assert json.loads(_invoke(args).stdout)["skipped"] == 3
+    journal.unlink()                                                 # a folder made before the journal
+    assert json.loads(_invoke(args).stdout)["skipped"] == 3

@@ -98,7 +98,7 @@ def test_batch_dir_out_hi(tmp_path: Path) -> None:
     proc, _ = typed("upscale batch dir/ --out hi/", tmp_path, environment(tmp_path))
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "hi").iterdir()) == ["a_x4.png", "b_x4.jpg"]
+    assert sorted(p.name for p in (tmp_path / "hi").iterdir()) == [".upscale-batch.jsonl", "a_x4.png", "b_x4.jpg"]
     with PILImage.open(tmp_path / "hi" / "b_x4.jpg") as im:
         assert im.size == (160, 160)
 

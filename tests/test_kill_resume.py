@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from upscale.archs import build_module
 from upscale.atomic import is_temp_name
+from upscale.batch import JOURNAL_NAME
 from upscale.loading import save_model
 
 ENV_KEYS = ("UPSCALE_CACHE", "HF_HOME", "UPSCALE_CONFIG_DIR", "XDG_CACHE_HOME")
@@ -55,10 +56,11 @@ def temps(folder: Path) -> list[str]:
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
+    """Every finished file under ``folder`` but temps and batch's journal of what made each output."""
     if not folder.exists():
         return {}
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not is_temp(p)}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not is_temp(p) and p.name != JOURNAL_NAME}
 
 
 def upscale(args: list[str], env: dict, *, timeout: float = 180) -> subprocess.CompletedProcess:

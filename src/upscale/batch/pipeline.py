@@ -7,10 +7,12 @@ Each image gets its own forward passes with the engine's settings, exactly as th
 so an output never depends on which other images were in the same run (this is why small images do not
 share a forward pass: padding them to one size would change their borders). Outputs are written by
 ``io.write_image`` (an exclusive temp file beside the output, renamed into place); the temps of
-killed runs were swept while planning."""
+killed runs were swept while planning. Each output written is then recorded in OUT_DIR's journal
+(``journal``)."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -20,8 +22,11 @@ from typing import Any, Callable
 from ..api import Upscaler
 from ..engine import RunStats
 from ..io import Animation, check_animation_output, read_frames, read_image, write_animation, write_image
+from .journal import Journal, key_for
 from .plan import Job, Plan
 from .summary import DONE, FAILED, NOT_STARTED, BatchSummary, Outcome, reason_for
+
+log = logging.getLogger(__name__)
 
 OnOutcome = Callable[[Outcome], None]
 OnTiles = Callable[[str, int, int], None]       # (relative path, tiles done, tiles total)
@@ -40,6 +45,8 @@ class BatchSettings:
     max_pixels: int | None = None
     workers: int = 2
     frames: str = "first"     # "all": every frame of an animated file, written as APNG or animated WebP
+    journal: Journal | None = None   # OUT_DIR's record of what made each output (resume judges by it)
+    settings_key: str = ""           # this run's ``journal.settings_key``
 
 
 @dataclass
@@ -189,4 +196,11 @@ def _write_loop(upscaled: queue.Queue, settings: BatchSettings, tally: _Tally) -
         except Exception as err:  # noqa: BLE001 - an unwritable output fails that file only
             tally.add(Outcome(job.rel, str(job.output), FAILED, reason_for(err), input_px, model_s))
             continue
+        if settings.journal is not None:
+            try:        # after the rename: a line never describes an output that is not in place
+                settings.journal.append(job.output, key_for(settings.settings_key, settings.quality, job.output),
+                                        job.source)
+            except OSError as err:
+                log.warning("%s: cannot record %s (%s)", settings.journal.path, job.output.name,
+                            err.strerror or err)
         tally.add(Outcome(job.rel, str(job.output), DONE, "", input_px, model_s))

@@ -16,6 +16,7 @@ from .. import io as _io
 from ..api import default_output_path, output_size
 from ..engine import Workload
 from ..io import INPUT_EXTENSIONS, frame_count, image_size, is_whole
+from .journal import Journal, key_for, made_otherwise
 from .summary import FAILED, SKIPPED, Outcome
 
 log = logging.getLogger("upscale")
@@ -23,6 +24,10 @@ log = logging.getLogger("upscale")
 # A file is an input when ``io`` reads its extension (outputs keep it where ``io`` writes it back, else
 # PNG: ``io.output_extension``); anything else in the folder is ignored.
 IMAGE_EXTENSIONS = INPUT_EXTENSIONS
+
+# why an output the journal describes is redone, as the info line says it
+_REDONE = {"other settings": "made with other settings (model, scale, alpha mode or quality)",
+           "input changed": "made from an input that has changed since"}
 
 # Launchers that start N copies of a command, and the variables that say which copy this is
 # (rank from 0, count). The first pair present wins: a multi-node torchrun sets RANK/WORLD_SIZE
@@ -167,13 +172,16 @@ def find_images(in_dir: Path, *, recursive: bool = False, globs: tuple[str, ...]
 
 def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, output_format: str | None = None,
                recursive: bool = False, globs: tuple[str, ...] = (), shard: tuple[int, int] | None = None,
-               overwrite: bool = False, frames: str = "first") -> Plan:
+               overwrite: bool = False, frames: str = "first", settings: str | None = None,
+               quality: int | None = None) -> Plan:
     """Find the inputs, name their outputs, keep this shard's share, and sort it into to-do and known.
 
     Two inputs whose outputs would have the same name (``a.jpg`` and ``a.jpeg``; ``a.png`` and ``a.jpg``
     with ``--format png``) are decided over the whole folder before sharding, so every shard agrees:
     the first in path order is processed, the others fail with a reason naming it. An output is done
-    (skipped) only when it is complete (``_complete``; ``frames`` as the run will read the inputs).
+    (skipped) only when it is complete (``_complete``; ``frames`` as the run will read the inputs)
+    and, given the run's ``settings`` key (and ``quality``), OUT_DIR's journal does not say it was made
+    with other settings or from an input that has changed since (``journal``).
     Temp files that dead processes of this host left in the output folders are removed.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -196,27 +204,38 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     if removed:
         log.debug("removed %d temporary files left by processes that no longer run", removed)
     todo = []
+    recorded = Journal(out_dir).read() if settings is not None and not overwrite else {}
+    otherwise: dict[str, int] = {}
     for job in jobs:
-        if not overwrite and _complete(job, outscale, frames):
+        why = None
+        if recorded and os.path.lexists(job.output):
+            why = made_otherwise(recorded.get(job.output.relative_to(out_dir).as_posix()),
+                                 key_for(settings, quality, job.output), job.source)
+            if why is not None:
+                otherwise[why] = otherwise.get(why, 0) + 1
+        if not overwrite and why is None and _complete(job, outscale, frames):
             finished.append(job)
             known.append(Outcome(job.rel, str(job.output), SKIPPED, "output exists"))
         else:
             todo.append(job)
+    if otherwise:
+        log.info("redoing %s", " and ".join(f"{n} output{'s' if n > 1 else ''} {_REDONE[why]}"
+                                            for why, n in sorted(otherwise.items(), reverse=True)))
     return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
 
 
 def _complete(job: Job, outscale: float, frames: str) -> bool:
     """Whether ``job.output`` is a finished output: non-empty, whole (``io.is_whole``: it ends where its
-    format says), its header gives the size the input's header asks for and, with ``frames="all"``,
-    it holds as many frames as the input. A missing output is not; a broken one is logged and redone."""
+    format says), its header gives the size the input's header asks for, and it holds the frames asked
+    for (as many as the input with ``frames="all"``, else one). A missing output is not; a broken one is logged and redone."""
     if not os.path.lexists(job.output):
         return False
     try:
         if job.output.stat().st_size > 0 and is_whole(job.output):
             width, height = image_size(job.source)
             out_h, out_w = output_size(height, width, outscale)
-            if image_size(job.output) == (out_w, out_h) and (frames != "all" or
-                                                               frame_count(job.output) == frame_count(job.source)):
+            frames_asked = frame_count(job.source) if frames == "all" else 1
+            if image_size(job.output) == (out_w, out_h) and frame_count(job.output) == frames_asked:
                 return True
     except (OSError, errors.ImageReadError):
         pass

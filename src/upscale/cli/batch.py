@@ -94,7 +94,8 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     Each output is written under a temporary name and renamed when complete; a complete output
     (whole, and its header reads with the expected size) is skipped, so running the same command
     again after a crash or Ctrl-C resumes where it stopped (with byte-identical results); an empty,
-    cut-short or broken one is redone.
+    cut-short or broken one is redone, and so is one that OUT_DIR/.upscale-batch.jsonl says was made
+    by another model, scale, alpha mode or quality, or from an input that has changed since.
     Ctrl-C stops after the image in flight and prints the summary so far; a second Ctrl-C aborts.
 
     \b
@@ -102,7 +103,8 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     all (bad model, unwritable OUT_DIR or report folder); 2 usage error; 130 interrupted.
     """
     from .. import api
-    from ..batch import BatchSettings, check_folders, check_report_path, plan_batch, planned_work
+    from ..batch import (BatchSettings, Journal, check_folders, check_report_path, plan_batch, planned_work,
+                         settings_key)
 
     # everything that can be refused is refused before the model loads
     api.check_outscale(outscale)
@@ -113,15 +115,17 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     model = load_model_from(model_name_from(model_name, weights, outscale), outscale, interp_alpha)
     scale = api.outscale_for(model, outscale)
 
+    key = settings_key(model, outscale=scale, alpha_mode=alpha_mode)
     plan = plan_batch(in_dir, out_dir, outscale=scale, output_format=output_format, recursive=recursive,
-                      globs=globs, shard=shard, overwrite=overwrite, frames=frames)
+                      globs=globs, shard=shard, overwrite=overwrite, frames=frames, settings=key, quality=quality)
     # the whole shard's work decides --compile auto, done or not, counting only images reading accepts
     work = planned_work(plan, max_pixels=max_pixels) if compile_mode != "off" else None
     upscaler = api.Upscaler(model, options, work=work)
     _make_folder(out_dir)
     _say_known(plan, quiet)
     settings = BatchSettings(outscale=scale, alpha_mode=alpha_mode, output_format=output_format, quality=quality,
-                             max_pixels=max_pixels, workers=workers, frames=frames)
+                             max_pixels=max_pixels, workers=workers, frames=frames, journal=Journal(out_dir),
+                             settings_key=key)
     summary = _run(plan, upscaler, settings, shard, quiet)
     _finish(summary, report, as_json, quiet)
 

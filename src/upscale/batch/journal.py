@@ -1,0 +1,125 @@
+"""What made each output: a journal in OUT_DIR (``.upscale-batch.jsonl``), one line per output
+written, so that a rerun with another model, scale, alpha mode or quality, or after an input
+changed, redoes the outputs it would make differently instead of skipping them as done.
+
+A line holds the output's path relative to OUT_DIR, the ``settings`` key (a digest of the model's
+weights and architecture and of the settings that change an output's pixels or bytes, see
+``settings_key``) and the input's size, modification time and SHA-256. It is appended after the output is
+renamed into place, in one ``write`` on a file opened for appending, so processes writing into one
+folder (shards) never interleave lines, and a process killed between the rename and the line
+leaves an output without a new line: judged then by its last line (redone if that was other
+settings) or, with none, by the size rule alone, as outputs made before the journal existed are.
+
+Engine settings that give equally valid pixels (tile, precision, backend, threads) are not part of
+the key: a new tuning must not redo a finished folder. The last line of an output wins; a line that
+does not parse is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import DEFAULT_QUALITY, output_format_for
+from ..registry import sha256_file
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = ".upscale-batch.jsonl"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a network's state: every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def settings_key(model: Any, *, outscale: float, alpha_mode: str) -> str:
+    """A short digest of what decides an output's pixels: the network (architecture,
+    hyper-parameters, weights), the scale and the alpha mode. ``key_for`` adds an output's quality;
+    ``--frames`` is judged from the output's frame count instead (a still comes out the same)."""
+    fields = {"arch": model.arch, "hparams": model.hparams, "weights": weights_digest(model.module),
+              "outscale": float(outscale), "alpha_mode": alpha_mode}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def key_for(settings: str, quality: int | None, output: Path) -> str:
+    """The key one output is recorded with: ``settings``, plus the encoding quality where its format
+    has one (JPEG, WebP, AVIF; the default spelled out, so ``--quality 95`` for a JPEG is no change)."""
+    fmt = output_format_for(output)
+    if fmt not in DEFAULT_QUALITY:
+        return settings
+    return f"{settings}-q{quality if quality is not None else DEFAULT_QUALITY[fmt]}"
+
+
+def input_record(path: str | Path) -> dict[str, Any]:
+    """What says an input changed: its size, modification time (ns) and SHA-256."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
+
+
+class Journal:
+    """The journal of one output folder."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / JOURNAL_NAME
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """{output path relative to OUT_DIR: its last record}; empty when there is no journal."""
+        records: dict[str, dict[str, Any]] = {}
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return records
+        except OSError as err:
+            log.warning("%s: cannot read (%s); judging outputs by their size alone", self.path, err.strerror or err)
+            return records
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("output"), str):
+                records[record["output"]] = record
+        return records
+
+    def append(self, output: Path, key: str, source: Path) -> None:
+        """Record that ``output`` (now in place) was made from ``source`` with settings ``key``."""
+        line = json.dumps({"output": output.relative_to(self.out_dir).as_posix(), "settings": key,
+                           "input": input_record(source)}, separators=(",", ":")) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+def made_otherwise(record: dict[str, Any] | None, key: str, source: Path) -> str | None:
+    """Why an output recorded as ``record`` is not what these settings make from ``source`` now:
+    "other settings", "input changed", or None (it is, or nothing was recorded). The input is hashed
+    only when its modification time moved and its size did not (a copy, a ``touch``)."""
+    if record is None:
+        return None
+    if record.get("settings") != key:
+        return "other settings"
+    was = record.get("input")
+    try:
+        st = os.stat(source)
+        if not isinstance(was, dict) or was.get("size") != st.st_size:
+            return "input changed"
+        if was.get("mtime_ns") != st.st_mtime_ns and was.get("sha256") != sha256_file(source):
+            return "input changed"
+    except OSError:
+        return None      # the input cannot be read: reading it fails that file anyway
+    return None
