@@ -442,3 +442,36 @@ def test_upscale_animation_checks_all_frames_outputs_before_running_any(tiny_x4)
     with pytest.raises(errors.ResourceError):     # 10**6 outputs of 800x800x3: 1.9 TB
         up.upscale_animation(Animation([frame] * 10**6), on_frame=no_frame_may_run)
 
+
+
+def test_frames_all_reads_only_gif_webp_and_png_as_animations(tmp_path, tiny_x4):
+    """An MPO's second picture and a TIFF's pages are not frames; an APNG's default image is not part
+    of its animation; a missing or empty file says so, as without --frames all."""
+    from upscale.io import frame_count, read_frames
+
+    def pictures(n):    # fresh ones for each file: Pillow leaves an appended image's settings on it
+        rng = np.random.default_rng(n)
+        return [PILImage.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)) for _ in range(n)]
+
+    pics = pictures(2)
+    pics[0].save(tmp_path / "stereo.jpg", format="MPO", save_all=True, append_images=pics[1:])
+    pics = pictures(3)
+    pics[0].save(tmp_path / "pages.tif", save_all=True, append_images=pics[1:])
+    for name in ("stereo.jpg", "pages.tif"):
+        assert frame_count(tmp_path / name) == 1
+        res = _invoke([tmp_path / name, "-m", tiny_x4, "--frames", "all", *FAST])
+        assert res.exit_code == 0, res.output
+    pics = pictures(4)
+    pics[0].save(tmp_path / "default.png", save_all=True, append_images=pics[1:], default_image=True,
+                 duration=[0, 40, 50, 60], loop=0)
+    animation = read_frames(tmp_path / "default.png")
+    assert frame_count(tmp_path / "default.png") == 3 and len(animation.frames) == 3
+    with PILImage.open(tmp_path / "default.png") as im:       # Pillow's images 1..3 are the animation
+        for i, frame in enumerate(animation.frames, start=1):
+            im.seek(i)
+            assert np.array_equal(frame.pixels, np.asarray(im.convert("RGB")))
+            assert animation.durations_ms[i - 1] == (im.info.get("duration") or 100)
+    (tmp_path / "empty.gif").write_bytes(b"")
+    for name, words in (("missing.gif", "file not found"), ("empty.gif", "file is empty")):
+        res = _invoke([tmp_path / name, "-m", tiny_x4, "--frames", "all", *FAST])
+        assert res.exit_code == 1 and words in res.stderr, res.stderr

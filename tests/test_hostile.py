@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 
 from upscale.archs import build_module
 from upscale.atomic import is_temp_name
+from upscale.batch import JOURNAL_NAME
 from upscale.cli import cli
 from upscale.cli.progress import PLAIN_EVERY_S
 from upscale.loading import save_model
@@ -628,7 +629,7 @@ def check(case: Case, prep: Prepared, out: Outcome, before: dict, after: dict, w
             assert named, f"the warning does not name {prep.names}\n{said}"
     for phrase in prep.forbid:
         assert phrase not in out.stderr, f"message says {phrase!r}\n{said}"
-    added = {rel for rel in after if rel not in before}
+    added = {rel for rel in after if rel not in before and Path(rel).name != JOURNAL_NAME}   # images only
     new = {rel for rel in prep.outputs if rel not in before}
     assert added == new, f"files added {sorted(added)}, expected {sorted(new)}\n{said}"
     assert not [rel for rel in after if is_temp_name(Path(rel).name) or rel.endswith(".tmp")], sorted(after)

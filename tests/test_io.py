@@ -855,3 +855,90 @@ def test_write_animation_checks_what_it_is_given(tmp_path: Path) -> None:
     with pytest.raises(errors.ImageWriteError, match="TIFF holds no animation"):
         write_animation(Animation(frames), tmp_path / "x.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.png"]
+
+
+# --- TIFF layouts and low-bit PNG transparency Pillow gets wrong or half right --------------------------
+
+def plain_tiff(samples: np.ndarray, *, planar: int = 1, photometric: int | None = None,
+               orientation: int | None = None, dpi: tuple[int, int] | None = None) -> bytes:
+    """An uncompressed little-endian TIFF of (H, W[, C]) samples, written field by field (Pillow cannot
+    write separate planes or 16-bit WhiteIsZero)."""
+    h, w = samples.shape[:2]
+    spp = samples.shape[2] if samples.ndim == 3 else 1
+    planes = [samples[..., i] for i in range(spp)] if planar == 2 else [samples]
+    strips = [np.ascontiguousarray(p).astype(samples.dtype.newbyteorder("<")).tobytes() for p in planes]
+    offsets = [8 + sum(map(len, strips[:i])) for i in range(len(strips))]
+    tags = {256: (4, [w]), 257: (4, [h]), 258: (3, [8 * samples.dtype.itemsize] * spp), 259: (3, [1]),
+            262: (3, [photometric if photometric is not None else (2 if spp >= 3 else 1)]), 273: (4, offsets),
+            277: (3, [spp]), 278: (4, [h]), 279: (4, [len(s) for s in strips]), 284: (3, [planar])}
+    if orientation:
+        tags[274] = (3, [orientation])
+    if dpi:
+        tags.update({282: (5, [dpi[0], 1]), 283: (5, [dpi[1], 1]), 296: (3, [2])})
+    body = b"".join(strips)
+    ifd_at = 8 + len(body) + len(body) % 2
+    extra_at = ifd_at + 2 + 12 * len(tags) + 4
+    entries, extra = b"", b""
+    for tag, (kind, values) in sorted(tags.items()):
+        payload = struct.pack("<" + {3: "H", 4: "I", 5: "I"}[kind] * len(values), *values)
+        count = len(values) // 2 if kind == 5 else len(values)
+        if len(payload) <= 4:
+            entries += struct.pack("<HHI", tag, kind, count) + payload.ljust(4, b"\0")
+        else:
+            entries += struct.pack("<HHII", tag, kind, count, extra_at + len(extra))
+            extra += payload
+    return (b"II*\0" + struct.pack("<I", ifd_at) + body + b"\0" * (len(body) % 2)
+            + struct.pack("<H", len(tags)) + entries + b"\0\0\0\0" + extra)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_an_oriented_tiff_reads_upright_and_its_size_and_dpi_agree(tmp_path: Path, orientation: int) -> None:
+    """Pillow turns a TIFF itself (and reports the turned size at open): image_size swapped it again
+    (batch then redid finished outputs) and the dpi was not swapped."""
+    stored = rand((6, 10, 3))
+    (tmp_path / "o.tif").write_bytes(plain_tiff(stored, orientation=orientation, dpi=(300, 150)))
+    img = read_image(tmp_path / "o.tif")
+    with PILImage.open(tmp_path / "o.tif") as im:
+        assert np.array_equal(img.pixels, np.asarray(ImageOps.exif_transpose(im)))
+    h, w = img.pixels.shape[:2]
+    assert image_size(tmp_path / "o.tif") == (w, h)
+    assert img.dpi == ((150.0, 300.0) if orientation >= 5 else (300.0, 150.0))
+
+
+def test_16bit_tiff_layouts_pillow_misreads_are_refused_or_corrected(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 65536, (6, 10, 3), dtype=np.uint16)
+    (tmp_path / "planar.tif").write_bytes(plain_tiff(rgb, planar=2))
+    with pytest.raises(errors.ImageReadError, match="separate planes"):
+        read_image(tmp_path / "planar.tif")
+    (tmp_path / "chunky.tif").write_bytes(plain_tiff(rgb))              # the same samples, contiguous: exact
+    assert np.array_equal(read_image(tmp_path / "chunky.tif").pixels, rgb)
+    gray = rgb[..., 0]
+    (tmp_path / "white0.tif").write_bytes(plain_tiff(gray, photometric=0))   # WhiteIsZero
+    assert np.array_equal(read_image(tmp_path / "white0.tif").pixels[..., 0], 65535 - gray)
+    (tmp_path / "white8.tif").write_bytes(plain_tiff((gray >> 8).astype(np.uint8), photometric=0))
+    assert np.array_equal(read_image(tmp_path / "white8.tif").pixels[..., 0], 255 - (gray >> 8))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_low_bit_gray_png_keeps_its_transparent_key(tmp_path: Path, bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    levels = rng.integers(0, 2**bits, (8, 8), dtype=np.uint8)
+    per_byte = 8 // bits
+    rows = b""
+    for row in levels:
+        packed = bytearray()
+        for i in range(0, 8, per_byte):
+            value = 0
+            for v in row[i:i + per_byte]:
+                value = value << bits | int(v)
+            packed.append(value)
+        rows += b"\0" + bytes(packed)
+    key = 2**bits - 1
+    data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, bits, 0, 0, 0, 0))
+            + png_chunk(b"tRNS", struct.pack(">H", key)) + png_chunk(b"IDAT", zlib.compress(rows))
+            + png_chunk(b"IEND", b""))
+    (tmp_path / "g.png").write_bytes(data)
+    img = read_image(tmp_path / "g.png")
+    assert np.array_equal(img.pixels[..., 0], levels.astype(np.uint16) * 255 // key)
+    assert np.array_equal(img.alpha, np.where(levels == key, 0, 255))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image as PILImage
@@ -57,3 +60,43 @@ def test_files_of_other_writers_and_formats(tmp_path):
     (tmp_path / "p.tif").write_bytes(data[:-1])
     assert not is_whole(tmp_path / "p.tif")
     assert not is_whole(tmp_path / "missing.png")
+
+
+# --- a write the file system cuts short fails, and leaves nothing --------------------------------------
+
+_LIMITED_WRITE = """
+import resource, signal, sys
+import numpy as np
+from upscale import errors
+from upscale.io import Animation, Image, write_animation, write_image
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # past the limit: EFBIG, not a killed process
+limit, path = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+pixels = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    if path.endswith(".anim.webp"):
+        write_animation(Animation([Image(pixels, None), Image(pixels[::-1].copy(), None)]), path)
+    else:
+        write_image(Image(pixels, None), path)
+except errors.ImageWriteError as err:
+    print("refused:", err.message)
+    sys.exit(1)
+print("written")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="file size limits are POSIX")
+@pytest.mark.parametrize("name", ["a.jpg", "a.webp", "a.png", "a.tif", "a.bmp", "a.anim.webp"])
+def test_a_write_cut_short_by_a_file_size_limit_fails_and_leaves_nothing(tmp_path, name):
+    """The last bytes refused (a full disk behaves the same): Pillow's JPEG encoder ignored the short
+    write and the cut file was renamed into place, exit 0."""
+    whole = subprocess.run([sys.executable, "-c", _LIMITED_WRITE, str(2**40), str(tmp_path / name)],
+                           capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    size = (tmp_path / name).stat().st_size
+    (tmp_path / name).unlink()
+    cut = subprocess.run([sys.executable, "-c", _LIMITED_WRITE, str(size - 10), str(tmp_path / name)],
+                         capture_output=True, text=True)
+    assert cut.returncode == 1 and "refused: cannot write" in cut.stdout, (cut.stdout, cut.stderr)
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,7 @@
 """Animated images (GIF, animated WebP and PNG) as a sequence of ``Image`` frames, and back.
 
-Reading: every frame as Pillow composes it (each a full canvas: GIF disposal and WebP/APNG blending
-already applied), as RGB with an alpha channel where any frame has transparency, 8 bit; the frame
+Reading: every frame of a GIF, WebP or APNG as Pillow composes it (each a full canvas: GIF disposal
+and WebP/APNG blending already applied; an APNG's default image, outside its animation, left out), as RGB with an alpha channel where any frame has transparency, 8 bit; the frame
 durations (ms) and loop count; the ICC profile of the file. The pixel limit covers all frames together.
 Writing: APNG (``.png``) or animated WebP (``.webp``) through Pillow, atomically; other formats hold no
 animation and are refused before any work (``check_animation_output``). A GIF is never written: 256
@@ -22,12 +22,13 @@ from .. import errors
 from ..atomic import atomic_file
 from .image import DEFAULT_QUALITY, Image, one_line
 from .opening import load_pixels, open_image
-from .read import read_image
-from .write import check_output
+from .read import check_file, read_image
+from .write import check_output, save_whole
 
 log = logging.getLogger(__name__)
 
-ANIMATED_FORMATS = ("PNG", "WEBP")
+ANIMATED_FORMATS = ("PNG", "WEBP")            # written
+ANIMATION_SOURCES = ("GIF", "PNG", "WEBP")     # read as animations (other multi-image files are not)
 DEFAULT_DURATION_MS = 100   # a frame whose file names no duration
 
 
@@ -52,19 +53,33 @@ def read_frames(path: str | Path, *, max_pixels: int | None = None) -> Image | A
 
 
 def frame_count(path: str | Path) -> int:
-    """How many frames (or pages) ``path`` holds, from its header; ``ImageReadError`` naming it."""
-    im, _, _ = open_image(Path(path))
+    """How many animation frames ``path`` holds, from its header: a GIF's, WebP's or PNG's (an APNG's
+    default image, which is not part of its animation, not counted); 1 for any other file (a TIFF's
+    pages and an MPO's second picture are not frames). ``ImageReadError`` naming the file."""
+    path = Path(path)
+    check_file(path)
+    im, _, _ = open_image(path)
     with im:
-        return int(getattr(im, "n_frames", 1) or 1)
+        if im.format not in ANIMATION_SOURCES:
+            return 1
+        return int(getattr(im, "n_frames", 1) or 1) - _default_image(im)
+
+
+def _default_image(im: PILImage.Image) -> int:
+    """1 when ``im`` is an APNG whose first image is its default image, shown by viewers without APNG
+    and not part of the animation; else 0."""
+    return int(im.format == "PNG" and bool(im.info.get("default_image")))
 
 
 def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animation:
     """Every frame of ``path``; ``ImageReadError`` naming the file for anything wrong with it."""
     path = Path(path)
+    check_file(path)
     im, default_limit, _ = open_image(path)
     with im:
         limit = max_pixels if max_pixels is not None else default_limit
-        count = int(getattr(im, "n_frames", 1) or 1)
+        skip = _default_image(im)
+        count = int(getattr(im, "n_frames", 1) or 1) - skip
         w, h = im.size
         if limit is not None and w * h * count > limit:
             raise errors.ImageReadError(
@@ -73,7 +88,9 @@ def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animat
                 params=("max_pixels",))
         rgba, durations = [], []
         try:
-            for frame in ImageSequence.Iterator(im):
+            for index, frame in enumerate(ImageSequence.Iterator(im)):
+                if index < skip:
+                    continue
                 load_pixels(frame, path)
                 rgba.append(np.asarray(frame.convert("RGBA")))
                 durations.append(int(frame.info.get("duration") or DEFAULT_DURATION_MS))
@@ -119,7 +136,7 @@ def write_animation(animation: Animation, path: str | Path, *, format: str | Non
         params["quality"] = quality if quality is not None else DEFAULT_QUALITY["WEBP"]
     try:
         with atomic_file(path, "wb") as f:
-            pictures[0].save(f, format=fmt, **params)
+            save_whole(pictures[0], f, format=fmt, **params)
     except OSError as err:
         raise errors.ImageWriteError(f"cannot write ({err.strerror or one_line(err)})", path=path) from None
     except ValueError as err:

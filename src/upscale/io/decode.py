@@ -36,7 +36,19 @@ def tile_rawmode(im: PILImage.Image) -> str | None:
     return None
 
 
+def check_layout(im: PILImage.Image, path: Path) -> None:
+    """``ImageReadError`` for a layout Pillow would decode wrongly, before decoding it: a TIFF with
+    16-bit samples in separate planes (PlanarConfiguration 2), which Pillow unpacks as 8-bit."""
+    tags = getattr(im, "tag_v2", None)
+    if im.format == "TIFF" and tags is not None and tags.get(284) == 2:
+        bits = tags.get(258, (8,))
+        if max(bits if isinstance(bits, tuple) else (bits,)) > 8:
+            raise errors.ImageReadError("unsupported pixel layout: 16-bit samples in separate planes "
+                                        "(TIFF PlanarConfiguration 2); save it with contiguous samples", path=path)
+
+
 _RGB16 = re.compile(r"^(RGB|RGBA|RGBX);16([BLN])$")
+_LOW_BIT_GRAY = re.compile(r"^L;([24])")
 _UNSIGNED16_GRAY = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
@@ -64,6 +76,8 @@ def decode(im: PILImage.Image, path: Path,
 
     if mode in _UNSIGNED16_GRAY or (mode == "I" and rawmode in _UNSIGNED16_GRAY):
         gray = np.asarray(im).astype(np.uint16)
+        if im.format == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0:   # WhiteIsZero: Pillow
+            gray = 65535 - gray                                                   # inverts only 8 bit
         alpha = None
         if isinstance(trns, int):
             alpha = np.where(gray == trns, 0, 65535).astype(np.uint16)
@@ -74,6 +88,11 @@ def decode(im: PILImage.Image, path: Path,
     if mode == "CMYK":
         return np.asarray(_cmyk_to_rgb(im, icc, path)), None, mode, None
 
+    if mode == "L" and isinstance(trns, int) and rawmode and (m := _LOW_BIT_GRAY.match(rawmode)):
+        # 2- and 4-bit gray: Pillow scales the samples to 8 bits but not the tRNS key
+        gray = np.asarray(im)
+        key = trns * (255 // (2 ** int(m.group(1)) - 1))
+        return gray[..., None], np.where(gray == key, 0, 255).astype(np.uint8), mode, icc
     if mode in ("1", "L") and trns is not None:
         target = "LA"
     elif mode in ("1", "L"):

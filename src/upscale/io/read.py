@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from .. import errors
-from .decode import decode, tile_rawmode
+from .decode import check_layout, decode, tile_rawmode
 from .exif import exif_of, orient
 from .image import Image
 from .opening import PillowWarning, load_pixels, open_image, pillow_warnings
@@ -44,7 +44,7 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
         raise errors.UsageError(f"max_pixels must be a positive number of pixels, not {max_pixels}",
                                 params=("max_pixels",))
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     im, default_limit, opened = open_image(path)
     with im:
         limit = max_pixels if max_pixels is not None else default_limit
@@ -54,12 +54,14 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
                 f"{w}x{h} = {w * h:,} pixels is over the limit of {limit:,} pixels (decompression-bomb "
                 "guard); raise max_pixels if you trust this file", path=path, params=("max_pixels",))
         source_format = im.format or "unknown"
+        turned_on_load = _pillow_turns(im)
+        check_layout(im, path)
         with _out_of_memory(path, w, h):
             rawmode = tile_rawmode(im)
             load_pixels(im, path)
             pixels, alpha, source_mode, icc = decode(im, path, rawmode)
         orientation, exif = _metadata(im, path, opened)
-        dpi = _dpi(im, orientation)
+        dpi = _dpi(im, max(orientation, turned_on_load))
         xmp, problem = xmp_of(im)
         if problem:
             log.warning("%s: %s", path, problem)
@@ -75,16 +77,32 @@ def image_size(path: str | Path) -> tuple[int, int]:
     from the file's header without decoding pixels; ``ImageReadError`` if the header cannot be read.
     Logs nothing about the file's metadata: ``read_image`` of the same file does."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     im, _, _ = open_image(path)
     with im:
         w, h = im.size
         with pillow_warnings():
             orientation, _, _ = exif_of(im)
+        if _pillow_turns(im):       # its size is already the turned one
+            orientation = 1
     return (h, w) if orientation >= 5 else (w, h)
 
 
-def _check_file(path: Path) -> None:
+def _pillow_turns(im: PILImage.Image) -> int:
+    """The orientation (2..8) Pillow itself applies when it loads ``im``, else 0: a TIFF's
+    Orientation tag, which Pillow turns the pixels by (and reports the turned size for, already at
+    open) and then drops, so ``exif_of`` after loading sees 1."""
+    if im.format != "TIFF":
+        return 0
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except (TypeError, ValueError, OSError, SyntaxError):
+        return 0
+    return orientation if orientation in range(2, 9) else 0
+
+
+def check_file(path: Path) -> None:
+    """``ImageReadError`` naming ``path`` when it is missing, unreadable, a folder or empty."""
     try:
         st = path.stat()
     except FileNotFoundError:

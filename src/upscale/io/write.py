@@ -4,6 +4,7 @@ output before the slow work."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
@@ -133,4 +134,14 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
             params["dpi"] = tuple(round(v) for v in image.dpi)   # JFIF holds whole dots per inch
     if fmt == "AVIF":
         params["subsampling"] = "4:4:4"   # an upscaled image's chroma is as sharp as its luma
-    pil.save(f, format=fmt, **params)
+    save_whole(pil, f, format=fmt, **params)
+
+
+def save_whole(picture: PILImage.Image, f: BinaryIO, **params: object) -> None:
+    """``picture.save(f, ...)`` through memory: some of Pillow's encoders (JPEG) write straight to the
+    file's descriptor and ignore a short write (a full disk, a file size limit), which would leave a
+    cut file to be renamed into place. Encoded into a buffer first, the file gets one Python
+    ``write``, which writes it all or raises."""
+    buffer = io.BytesIO()
+    picture.save(buffer, **params)
+    f.write(buffer.getbuffer())
