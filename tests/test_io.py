@@ -942,3 +942,22 @@ def test_low_bit_gray_png_keeps_its_transparent_key(tmp_path: Path, bits: int) -
     img = read_image(tmp_path / "g.png")
     assert np.array_equal(img.pixels[..., 0], levels.astype(np.uint16) * 255 // key)
     assert np.array_equal(img.alpha, np.where(levels == key, 0, 255))
+
+
+@pytest.mark.parametrize("out_ext", ["png", "webp"])
+def test_an_animation_is_turned_upright_and_keeps_its_exif_and_xmp(tmp_path: Path, out_ext: str) -> None:
+    from upscale.io import read_animation, write_animation
+
+    stored = [rand((6, 10, 3)) for _ in range(3)]
+    pictures = [PILImage.fromarray(a) for a in stored]
+    pictures[0].save(tmp_path / "in.webp", save_all=True, append_images=pictures[1:], exif=exif_bytes(6),
+                     xmp=XMP, duration=40, lossless=True)
+    animation = read_animation(tmp_path / "in.webp")
+    for frame, raw in zip(animation.frames, stored):
+        assert np.array_equal(frame.pixels, np.rot90(raw, -1))          # orientation 6: a quarter turn
+    write_animation(animation, tmp_path / f"out.{out_ext}")
+    with PILImage.open(tmp_path / f"out.{out_ext}") as out:
+        assert out.n_frames == 3 and out.size == (6, 10)
+        assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "UpscaleTestCam"
+        xmp = out.info["xmp"]
+        assert b'xmp:Rating="4"' in (xmp if isinstance(xmp, bytes) else xmp.encode())

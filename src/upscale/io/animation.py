@@ -1,8 +1,10 @@
 """Animated images (GIF, animated WebP and PNG) as a sequence of ``Image`` frames, and back.
 
 Reading: every frame of a GIF, WebP or APNG as Pillow composes it (each a full canvas: GIF disposal
-and WebP/APNG blending already applied; an APNG's default image, outside its animation, left out), as RGB with an alpha channel where any frame has transparency, 8 bit; the frame
-durations (ms) and loop count; the ICC profile of the file. The pixel limit covers all frames together.
+and WebP/APNG blending already applied; an APNG's default image, outside its animation, left out),
+turned upright by the file's EXIF orientation as a still is, as RGB with an alpha channel where any
+frame has transparency, 8 bit; the frame durations (ms) and loop count; the file's ICC profile, EXIF
+and XMP (orientation reset to 1 in both). The pixel limit covers all frames together.
 Writing: APNG (``.png``) or animated WebP (``.webp``) through Pillow, atomically; other formats hold no
 animation and are refused before any work (``check_animation_output``). A GIF is never written: 256
 colours would undo the upscale.
@@ -16,14 +18,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageSequence
+from PIL import ImageSequence, PngImagePlugin
 
 from .. import errors
 from ..atomic import atomic_file
 from .image import DEFAULT_QUALITY, Image, one_line
-from .opening import load_pixels, open_image
+from .exif import exif_of, orient
+from .opening import load_pixels, open_image, pillow_warnings
 from .read import check_file, read_image
 from .write import check_output, save_whole
+from .xmp import PNG_KEYWORD, xmp_of
+
+XMP_PNG_KEYWORD = PNG_KEYWORD.decode("latin-1")
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +92,19 @@ def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animat
                 f"{count} frames of {w}x{h} = {w * h * count:,} pixels is over the limit of {limit:,} pixels "
                 "(decompression-bomb guard); raise max_pixels if you trust this file", path=path,
                 params=("max_pixels",))
+        with pillow_warnings():     # the file's own metadata, read as a still's is (before any seek)
+            orientation, exif, exif_problem = exif_of(im)
+        xmp, xmp_problem = xmp_of(im)
+        for problem in (exif_problem, xmp_problem):
+            if problem:
+                log.warning("%s: %s", path, problem)
         rgba, durations = [], []
         try:
             for index, frame in enumerate(ImageSequence.Iterator(im)):
                 if index < skip:
                     continue
                 load_pixels(frame, path)
-                rgba.append(np.asarray(frame.convert("RGBA")))
+                rgba.append(orient(np.asarray(frame.convert("RGBA")), orientation))
                 durations.append(int(frame.info.get("duration") or DEFAULT_DURATION_MS))
         except (OSError, ValueError, EOFError) as err:
             raise errors.ImageReadError(f"cannot read frame {len(rgba) + 1} ({one_line(err)})", path=path) from None
@@ -101,8 +113,8 @@ def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animat
         icc, source_format = im.info.get("icc_profile") or None, im.format or ""
     transparent = any((a[..., 3] < 255).any() for a in rgba)
     frames = [Image(np.ascontiguousarray(a[..., :3]), np.ascontiguousarray(a[..., 3]) if transparent else None,
-                    icc_profile=icc, source_format=source_format, source_mode="RGBA" if transparent else "RGB",
-                    frames=len(rgba)) for a in rgba]
+                    icc_profile=icc, exif=exif, source_format=source_format,
+                    source_mode="RGBA" if transparent else "RGB", frames=len(rgba), xmp=xmp) for a in rgba]
     return Animation(frames, durations, loop, source_format)
 
 
@@ -129,9 +141,17 @@ def write_animation(animation: Animation, path: str | Path, *, format: str | Non
                 for f in animation.frames]
     params: dict[str, object] = {"save_all": True, "append_images": pictures[1:],
                                  "duration": durations, "loop": animation.loop}
-    icc = animation.frames[0].icc_profile
-    if icc:
-        params["icc_profile"] = icc
+    first = animation.frames[0]
+    if first.icc_profile:
+        params["icc_profile"] = first.icc_profile
+    if first.exif:
+        params["exif"] = first.exif
+    if first.xmp and fmt == "WEBP":
+        params["xmp"] = first.xmp
+    elif first.xmp:             # Pillow's PNG writer takes XMP as the iTXt chunk XMP's spec names
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(XMP_PNG_KEYWORD, first.xmp.decode("utf-8"))
+        params["pnginfo"] = info
     if fmt == "WEBP":
         params["quality"] = quality if quality is not None else DEFAULT_QUALITY["WEBP"]
     try:
