@@ -581,3 +581,23 @@ def test_without_a_journal_or_with_lines_that_do_not_parse_the_size_rule_decides
     assert json.loads(_invoke(args).stdout)["skipped"] == 3
     journal.unlink()                                                 # a folder made before the journal
     assert json.loads(_invoke(args).stdout)["skipped"] == 3
+
+
+def test_name_template_for_a_folder_and_what_it_refuses(tmp_path, tiny_x2):
+    """--name {stem} keeps the inputs' names in OUT_DIR (Real-ESRGAN's --suffix ''); a template
+    without {stem}, with an unknown field or a folder is refused before the model loads."""
+    src = _folder(tmp_path / "in", 3)
+    _save(src / "sub" / "deep.jpg", (11, 10), seed=9, quality=90)
+    out = tmp_path / "out"
+    res = _invoke([src, "--out", out, "-m", tiny_x2, "-r", "--name", "{stem}", *FAST, "-q"])
+    assert res.exit_code == 0, res.output
+    assert sorted(_outputs(out)) == ["img0.png", "img1.png", "img2.png", "sub/deep.jpg"]
+    res = _invoke([src, "--out", tmp_path / "o2", "-m", tiny_x2, "--name", "hd-{stem}@{scale}x", *FAST, "-q"])
+    assert res.exit_code == 0 and sorted(_outputs(tmp_path / "o2"))[0] == "hd-img0@2x.png"
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\0" * 64)
+    for template, words in (("fixed", "needs {stem}"), ("{stem}_{model}", "unknown field {model}"),
+                            ("a/{stem}", "without folders"), ("{stem", "not a template")):
+        res = _invoke([src, "--out", tmp_path / "o3", "-m", junk, "--name", template, *FAST])
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and "--name" in lines[0] and words in lines[0], res.stderr

@@ -475,3 +475,11 @@ def test_frames_all_reads_only_gif_webp_and_png_as_animations(tmp_path, tiny_x4)
     for name, words in (("missing.gif", "file not found"), ("empty.gif", "file is empty")):
         res = _invoke([tmp_path / name, "-m", tiny_x4, "--frames", "all", *FAST])
         assert res.exit_code == 1 and words in res.stderr, res.stderr
+
+
+def test_name_template_for_one_image(tmp_path, tiny_x4):
+    src = _photo(tmp_path / "cat.png")
+    res = _invoke([src, "-m", tiny_x4, "--name", "{stem}-big", *FAST])
+    assert res.exit_code == 0 and (tmp_path / "cat-big.png").is_file(), res.output
+    res = _invoke([src, "-m", tiny_x4, "--name", "{stem}", *FAST])       # that is the input: refused
+    assert res.exit_code == 1 and "overwrite the input" in res.stderr

@@ -247,8 +247,36 @@ def upscale_image(image: Image, model: Model, *, outscale: float | None = None, 
     return Upscaler(model, options, work=work).upscale(image, outscale=outscale, alpha_mode=alpha_mode)
 
 
-def default_output_path(src: str | Path, outscale: float, output_format: str | None = None) -> Path:
-    """``{stem}_x{scale}.{ext}`` beside the input (scale printed without a trailing .0; ``ext`` from
-    ``io.output_extension``: the input's, or .png for a format that is read and not written)."""
+DEFAULT_NAME = "{stem}_x{scale}"
+NAME_FIELDS = ("stem", "scale")
+
+
+def check_name(name: str, *, per_input: bool = False) -> None:
+    """``UsageError`` unless ``name`` is an output name template: text with only ``{stem}`` and
+    ``{scale}`` fields, no folder separator, and (``per_input``, for a folder) ``{stem}``, so that two
+    inputs never share an output."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(name) if field is not None]
+    except ValueError as err:
+        raise errors.UsageError(f"name {name!r} is not a template ({err})", params=("name",)) from None
+    unknown = sorted({f for f in fields if f not in NAME_FIELDS})
+    if unknown:
+        raise errors.UsageError(f"name {name!r}: unknown field {{{unknown[0]}}}; use {{stem}} and {{scale}}",
+                                params=("name",))
+    if "/" in name or "\\" in name or not name.format(stem="a", scale="4").strip(". "):
+        raise errors.UsageError(f"name {name!r} must be a file name without folders", params=("name",))
+    if per_input and "stem" not in fields:
+        raise errors.UsageError(f"name {name!r} needs {{stem}}: every image of the folder would get the same "
+                                "output name", params=("name",))
+
+
+def default_output_path(src: str | Path, outscale: float, output_format: str | None = None,
+                        name: str = DEFAULT_NAME) -> Path:
+    """The output beside the input, named by the template ``name`` (default ``{stem}_x{scale}``: the
+    scale printed without a trailing .0) and the extension ``io.output_extension`` gives: the input's,
+    or .png for a format that is read and not written."""
     src = Path(src)
-    return src.with_name(f"{src.stem}_x{outscale:g}{output_extension(src.suffix, output_format)}")
+    stem = name.format(stem=src.stem, scale=f"{outscale:g}")
+    return src.with_name(f"{stem}{output_extension(src.suffix, output_format)}")

@@ -13,7 +13,7 @@ from typing import Mapping
 
 from .. import atomic, errors
 from .. import io as _io
-from ..api import default_output_path, output_size
+from ..api import DEFAULT_NAME, default_output_path, output_size
 from ..engine import Workload
 from ..io import INPUT_EXTENSIONS, frame_count, image_size, is_whole
 from .journal import Journal, key_for, made_otherwise
@@ -173,7 +173,7 @@ def find_images(in_dir: Path, *, recursive: bool = False, globs: tuple[str, ...]
 def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, output_format: str | None = None,
                recursive: bool = False, globs: tuple[str, ...] = (), shard: tuple[int, int] | None = None,
                overwrite: bool = False, frames: str = "first", settings: str | None = None,
-               quality: int | None = None) -> Plan:
+               quality: int | None = None, name: str = DEFAULT_NAME) -> Plan:
     """Find the inputs, name their outputs, keep this shard's share, and sort it into to-do and known.
 
     Two inputs whose outputs would have the same name (``a.jpg`` and ``a.jpeg``; ``a.png`` and ``a.jpg``
@@ -192,7 +192,7 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     finished: list[Job] = []
     known: list[Outcome] = []
     for path, rel in found:
-        output = out_dir / default_output_path(Path(rel), outscale, output_format)
+        output = out_dir / default_output_path(Path(rel), outscale, output_format, name)
         first = owner.setdefault(output, rel)
         if not _in_shard(rel, shard):
             continue

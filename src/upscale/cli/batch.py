@@ -81,8 +81,8 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
           report: Path | None, as_json: bool, quiet: bool, shard: tuple[int, int] | None, workers: int, frames: str,
           outscale: float | None, model_name: str | None, weights: Path | None, interp_alpha: float | None,
           device: str, precision: str, tile_px: str | None, overlap_px: int | None, batch: int | None,
-          threads: int | None, compile_mode: str, output_format: str | None, quality: int | None,
-          alpha_mode: str, max_pixels: int | None) -> None:
+          threads: int | None, compile_mode: str, output_format: str | None, name_template: str,
+          quality: int | None, alpha_mode: str, max_pixels: int | None) -> None:
     """Upscale every image in IN_DIR into OUT_DIR.
 
     \b
@@ -108,6 +108,7 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
 
     # everything that can be refused is refused before the model loads
     api.check_outscale(outscale)
+    api.check_name(name_template, per_input=True)
     shard = shard or _launcher_shard()
     check_folders(in_dir, out_dir)
     check_report_path(report, in_dir, out_dir)
@@ -117,7 +118,8 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
 
     key = settings_key(model, outscale=scale, alpha_mode=alpha_mode)
     plan = plan_batch(in_dir, out_dir, outscale=scale, output_format=output_format, recursive=recursive,
-                      globs=globs, shard=shard, overwrite=overwrite, frames=frames, settings=key, quality=quality)
+                      globs=globs, shard=shard, overwrite=overwrite, frames=frames, settings=key, quality=quality,
+                      name=name_template)
     # the whole shard's work decides --compile auto, done or not, counting only images reading accepts
     work = planned_work(plan, max_pixels=max_pixels) if compile_mode != "off" else None
     upscaler = api.Upscaler(model, options, work=work)

@@ -87,6 +87,9 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch", "batch", type=int, default=None, help="Tiles per forward pass."),
         click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS),
                      default=None, help="Output format (default: the output file's extension)."),
+        click.option("--name", "name_template", default="{stem}_x{scale}", show_default=True, metavar="TEMPLATE",
+                     help="Output file name without its extension, from {stem} (the input's) and {scale}; "
+                          "e.g. --name {stem} keeps the input's name (batch: in OUT_DIR)."),
         click.option("--quality", type=click.IntRange(1, 100), default=None,
                      help="JPEG/WebP/AVIF quality (default 95/95/90)."),
         click.option("--alpha-mode", type=click.Choice(["model", "bicubic"]), default="model", show_default=True,

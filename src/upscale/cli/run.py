@@ -29,7 +29,8 @@ SAY_EXPECTED_S = 10.0    # an estimate this long is said before the work starts
 def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool, outscale: float | None,
         model_name: str | None, weights: Path | None, interp_alpha: float | None, device: str, precision: str,
         tile_px: str | None, overlap_px: int | None, batch: int | None, threads: int | None, compile_mode: str,
-        output_format: str | None, quality: int | None, alpha_mode: str, max_pixels: int | None) -> None:
+        output_format: str | None, name_template: str, quality: int | None, alpha_mode: str,
+        max_pixels: int | None) -> None:
     """Upscale one IMAGE.
 
     \b
@@ -42,6 +43,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     if image.is_dir():
         raise errors.UsageError(f"{image} is a folder; for every image in it: upscale batch {image} --out OUT_DIR")
     api.check_outscale(outscale)
+    api.check_name(name_template)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
     name = model_name_from(model_name, weights, outscale)
     loaded = (read_frames if frames == "all" else read_image)(image, max_pixels=max_pixels)
@@ -55,7 +57,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
 
     target = output
     if target is None and outscale is not None:
-        target = api.default_output_path(image, outscale, output_format)
+        target = api.default_output_path(image, outscale, output_format, name_template)
     if target is not None:
         check(target)
     if outscale is not None:
@@ -64,7 +66,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     model = load_model_from(name, outscale, interp_alpha)
     scale = api.outscale_for(model, outscale)
     if target is None:   # the default name depends on the model's scale
-        target = api.default_output_path(image, scale, output_format)
+        target = api.default_output_path(image, scale, output_format, name_template)
         check(target)
     upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
     if animation:
