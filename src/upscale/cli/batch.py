@@ -86,9 +86,9 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     """Upscale every image in IN_DIR into OUT_DIR.
 
     \b
-    Outputs keep the input's relative folder and are named {stem}_x{scale}.{ext}, as for one
-    image (e.g. IN_DIR/trip/cat.jpg -> OUT_DIR/trip/cat_x4.jpg; GIF and the other formats that are
-    read but not written give .png). Files without an image extension (png jpg jpeg webp bmp tif tiff
+    Outputs keep the input's relative folder and are named {stem}_x{scale}.{ext} (--name), as for
+    one image (e.g. IN_DIR/trip/cat.jpg -> OUT_DIR/trip/cat_x4.jpg; GIF and the other formats that
+    are read but not written give .png). Files without an image extension (png jpg jpeg webp bmp tif tiff
     avif; read only: gif jp2 j2k tga ppm pgm pbm pnm qoi pcx jfif jpe heic heif hif) are ignored; a
     file with one that cannot be read is a failure, reported with its reason, and the run goes on.
     Each output is written under a temporary name and renamed when complete; a complete output
