@@ -547,7 +547,7 @@ def test_a_rerun_redoes_what_other_settings_or_changed_inputs_made(tmp_path, tin
     assert run(tiny_x2, out)["skipped"] == 4                       # same settings: resume as before
     summary = run(other, out)                                      # another model: every output redone
     assert (summary["done"], summary["skipped"]) == (4, 0)
-    assert said == ["upscale: redoing 4 outputs made with other settings (model, scale, alpha mode or quality)"]
+    assert said == ["upscale: redoing 4 outputs made with other settings (model, scale, alpha mode, quality or --frames)"]
     run(other, fresh)
     assert _outputs(out) == _outputs(fresh)
     assert run(other, out)["skipped"] == 4
@@ -601,3 +601,41 @@ def test_name_template_for_a_folder_and_what_it_refuses(tmp_path, tiny_x2):
         res = _invoke([src, "--out", tmp_path / "o3", "-m", junk, "--name", template, *FAST])
         lines = res.stderr.strip().splitlines()
         assert res.exit_code == 2 and len(lines) == 1 and "--name" in lines[0] and words in lines[0], res.stderr
+
+
+def test_journal_digest_of_a_batchnorm_model_and_frames_merged_by_the_writer(tmp_path, weights_file):
+    """A 0-d buffer (BatchNorm's step count) is digested; an animation whose writer merged identical
+    frames is still done on a rerun (the journal says --frames all made it, not its frame count)."""
+    srgan = str(weights_file("srresnet", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1,
+                                          "scale": 2, "bn": True}, 0, "bn_x2"))
+    src, out = tmp_path / "in", tmp_path / "out"
+    _save(src / "still.png", (9, 7), 1)
+    rng = np.random.default_rng(6)
+    frames = [PILImage.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)) for _ in range(2)]
+    frames.append(frames[-1].copy())                          # the last frame twice: merged on writing
+    frames[0].save(src / "dup.gif", save_all=True, append_images=frames[1:], duration=[50, 60, 70], loop=0)
+    args = [src, "--out", out, "-m", srgan, "--frames", "all", *FAST, "-q", "--json"]
+    first = _invoke(args)
+    assert first.exit_code == 0 and json.loads(first.stdout)["done"] == 2, first.output
+    again = json.loads(_invoke(args).stdout)
+    assert (again["done"], again["skipped"]) == (0, 2)
+    switched = json.loads(_invoke([*args[:5], *args[7:]]).stdout)       # --frames first: the GIF redone
+    assert (switched["done"], switched["skipped"]) == (1, 1)
+
+
+def test_an_input_touched_but_unchanged_is_hashed_once(tmp_path, tiny_x2, monkeypatch):
+    from upscale.batch import journal, settings_key
+    from upscale import load_model
+
+    src = _folder(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    assert _invoke([src, "--out", out, "-m", tiny_x2, *FAST, "-q"]).exit_code == 0
+    os.utime(src / "img1.png", ns=(1, 10**18))
+    hashed = []
+    real = journal.sha256_file
+    monkeypatch.setattr(journal, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    key = settings_key(load_model(tiny_x2), outscale=2.0, alpha_mode="model")
+    for _ in range(3):
+        plan = plan_batch(src, out, outscale=2.0, settings=key)
+        assert len(plan.jobs) == 0 and len(plan.finished) == 3
+    assert hashed == ["img1.png"]

@@ -483,3 +483,16 @@ def test_name_template_for_one_image(tmp_path, tiny_x4):
     assert res.exit_code == 0 and (tmp_path / "cat-big.png").is_file(), res.output
     res = _invoke([src, "-m", tiny_x4, "--name", "{stem}", *FAST])       # that is the input: refused
     assert res.exit_code == 1 and "overwrite the input" in res.stderr
+
+
+def test_a_newline_in_a_file_name_stays_one_line_and_an_apng_of_one_frame_behind_a_default(tmp_path, tiny_x4):
+    from upscale.io import read_frames
+
+    src = _photo(tmp_path / "a\nb.png")
+    res = _invoke([src, "-m", tiny_x4, *[a for a in FAST if a != "-q"]])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 0 and any("a\\nb.png -> " in ln and "a\\nb_x4.png (" in ln for ln in lines), lines
+    default, frame = (PILImage.fromarray(np.full((5, 7, 3), v, np.uint8)) for v in (10, 200))
+    default.save(tmp_path / "one.png", save_all=True, append_images=[frame], default_image=True)
+    animation = read_frames(tmp_path / "one.png")               # its animation: the one frame, not the default
+    assert len(animation.frames) == 1 and int(animation.frames[0].pixels.max()) == 200

@@ -250,3 +250,22 @@ def test_models_lists_the_packaged_models_with_their_real_sizes(tmp_path, monkey
         assert f"{size / 1e6:.1f} MB" in rows[spec.name] and " ? " not in rows[spec.name], rows[spec.name]
     listed = {m["name"]: m for m in json.loads(CliRunner().invoke(cli, ["models", "--json"]).output)}
     assert all(listed[s.name]["size"] == s.source.path.stat().st_size for s in packaged)
+
+
+def test_replace_keeps_entries_whose_headers_carry_comments_or_spaces(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    first, second = tiny_file(tmp_path, "a.pth"), tiny_file(tmp_path, "b.pth")
+    for name, path in (("mya", first), ("myb", second), ("myc", second)):
+        assert CliRunner().invoke(cli, ["models", "add", name, str(path)]).exit_code == 0
+    user = tmp_path / "cfg" / "models.toml"
+    text = user.read_text()
+    parts = text.split("[[model]]\n")
+    user.write_text(parts[0] + "[[model]]\n" + parts[1] + "[[model]]  # my second model\n" + parts[2]
+                    + "  [[ model ]]\n" + parts[3])
+    registry._CACHE.clear()
+    assert {s.name for s in registry.all_models()} >= {"mya", "myb", "myc"}
+    result = CliRunner().invoke(cli, ["models", "add", "mya", str(second), "--replace"])
+    assert result.exit_code == 0, result.output
+    registry._CACHE.clear()
+    names = [s.name for s in registry.parse_registry(user.read_text(), "user")]
+    assert sorted(names) == ["mya", "myb", "myc"] and "# my second model" in user.read_text()

@@ -373,12 +373,16 @@ def format_entry(fields: dict[str, Any]) -> str:
     return "[[model]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items() if v is not None)
 
 
+# a line opening one [[model]] table, as TOML allows it written: spaces, a comment after it
+_MODEL_HEADER = r"[ \t]*\[\[[ \t]*model[ \t]*\]\][ \t]*(?:#[^\n]*)?$"
+
+
 def _without_entry(text: str, name: str) -> tuple[str, bool]:
     """Registry ``text`` less the ``[[model]]`` table named ``name`` (its other tables and comments
     kept as written), and whether there was one."""
     kept, removed = [], False
-    for part in re.split(r"(?m)^(?=\[\[model\]\][ \t]*$)", text):
-        if part.startswith("[[model]]"):
+    for part in re.split(f"(?m)^(?={_MODEL_HEADER})", text):
+        if re.match(_MODEL_HEADER, part, re.M):
             try:
                 entry = tomllib.loads(part).get("model", [{}])[0]
             except (tomllib.TOMLDecodeError, IndexError, AttributeError):

@@ -17,12 +17,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ..api import Upscaler
 from ..engine import RunStats
 from ..io import Animation, check_animation_output, read_frames, read_image, write_animation, write_image
-from .journal import Journal, key_for
+from .journal import Journal, input_record, key_for
 from .plan import Job, Plan
 from .summary import DONE, FAILED, NOT_STARTED, BatchSummary, Outcome, reason_for
 
@@ -126,10 +127,10 @@ def _model_loop(decoded: queue.Queue, upscaled: queue.Queue, readers: int, stop:
             continue
         if stop.is_set():
             break
-        job, image = item
+        job, image, stamp = item
         done = _upscale_one(job, image, upscaler, settings, on_tiles, tally)
         if done is not None:
-            upscaled.put(done)
+            upscaled.put((*done, stamp))
     return ended
 
 
@@ -142,14 +143,24 @@ def _read_loop(todo: queue.SimpleQueue, decoded: queue.Queue, stop: threading.Ev
                 job = todo.get_nowait()
             except queue.Empty:
                 break
+            stamp = _stamp(job.source) if settings.journal is not None else None
             try:
                 image = _read(job, settings)
             except Exception as err:  # noqa: BLE001 - one bad file must not end the run
                 tally.add(Outcome(job.rel, None, FAILED, reason_for(err)))
                 continue
-            decoded.put((job, image))
+            decoded.put((job, image, stamp))
     finally:
         decoded.put(_END)
+
+
+def _stamp(source: Path) -> dict[str, Any] | None:
+    """The input as it is before it is read, for the journal (so a change while it runs shows next
+    time); None when it cannot be read, which reading it reports."""
+    try:
+        return input_record(source)
+    except OSError:
+        return None
 
 
 def _read(job: Job, settings: BatchSettings) -> Any:
@@ -186,7 +197,7 @@ def _upscale_one(job: Job, image: Any, upscaler: Upscaler, settings: BatchSettin
 def _write_loop(upscaled: queue.Queue, settings: BatchSettings, tally: _Tally) -> None:
     """Writer thread: encode upscaled images (atomically) until the end marker."""
     while (item := upscaled.get()) is not _END:
-        job, result, input_px, model_s = item
+        job, result, input_px, model_s, stamp = item
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(result, Animation):
@@ -197,9 +208,10 @@ def _write_loop(upscaled: queue.Queue, settings: BatchSettings, tally: _Tally) -
             tally.add(Outcome(job.rel, str(job.output), FAILED, reason_for(err), input_px, model_s))
             continue
         if settings.journal is not None:
+            key = key_for(settings.settings_key, settings.quality, job.output,
+                          animation=isinstance(result, Animation))
             try:        # after the rename: a line never describes an output that is not in place
-                settings.journal.append(job.output, key_for(settings.settings_key, settings.quality, job.output),
-                                        job.source)
+                settings.journal.append(job.output, key, stamp)
             except OSError as err:
                 log.warning("%s: cannot record %s (%s)", settings.journal.path, job.output.name,
                             err.strerror or err)

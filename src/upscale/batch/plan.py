@@ -15,8 +15,8 @@ from .. import atomic, errors
 from .. import io as _io
 from ..api import DEFAULT_NAME, default_output_path, output_size
 from ..engine import Workload
-from ..io import INPUT_EXTENSIONS, frame_count, image_size, is_whole
-from .journal import Journal, key_for, made_otherwise
+from ..io import INPUT_EXTENSIONS, image_size, is_animation, is_whole
+from .journal import Journal, judge, key_for
 from .summary import FAILED, SKIPPED, Outcome
 
 log = logging.getLogger("upscale")
@@ -26,7 +26,7 @@ log = logging.getLogger("upscale")
 IMAGE_EXTENSIONS = INPUT_EXTENSIONS
 
 # why an output the journal describes is redone, as the info line says it
-_REDONE = {"other settings": "made with other settings (model, scale, alpha mode or quality)",
+_REDONE = {"other settings": "made with other settings (model, scale, alpha mode, quality or --frames)",
            "input changed": "made from an input that has changed since"}
 
 # Launchers that start N copies of a command, and the variables that say which copy this is
@@ -179,9 +179,10 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     Two inputs whose outputs would have the same name (``a.jpg`` and ``a.jpeg``; ``a.png`` and ``a.jpg``
     with ``--format png``) are decided over the whole folder before sharding, so every shard agrees:
     the first in path order is processed, the others fail with a reason naming it. An output is done
-    (skipped) only when it is complete (``_complete``; ``frames`` as the run will read the inputs)
-    and, given the run's ``settings`` key (and ``quality``), OUT_DIR's journal does not say it was made
-    with other settings or from an input that has changed since (``journal``).
+    (skipped) only when it is complete (``_complete``) and, given the run's ``settings`` key (with
+    ``quality``, and ``frames`` as the run will read each input), OUT_DIR's journal does not say it was
+    made with other settings or from an input that has changed since (``journal``; an input whose time
+    alone moved gets a fresh line here).
     Temp files that dead processes of this host left in the output folders are removed.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -204,16 +205,21 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     if removed:
         log.debug("removed %d temporary files left by processes that no longer run", removed)
     todo = []
-    recorded = Journal(out_dir).read() if settings is not None and not overwrite else {}
+    journal = Journal(out_dir)
+    recorded = journal.read() if settings is not None and not overwrite else {}
     otherwise: dict[str, int] = {}
     for job in jobs:
         why = None
-        if recorded and os.path.lexists(job.output):
-            why = made_otherwise(recorded.get(job.output.relative_to(out_dir).as_posix()),
-                                 key_for(settings, quality, job.output), job.source)
+        record = recorded.get(job.output.relative_to(out_dir).as_posix()) if recorded else None
+        if record is not None and os.path.lexists(job.output):
+            animation = frames == "all" and _animation(job.source)
+            key = key_for(settings, quality, job.output, animation=animation)
+            why, fresh = judge(record, key, job.source)
             if why is not None:
                 otherwise[why] = otherwise.get(why, 0) + 1
-        if not overwrite and why is None and _complete(job, outscale, frames):
+            elif fresh is not None:     # touched or copied, same bytes: hash it once, not every run
+                journal.append(job.output, key, fresh)
+        if not overwrite and why is None and _complete(job, outscale):
             finished.append(job)
             known.append(Outcome(job.rel, str(job.output), SKIPPED, "output exists"))
         else:
@@ -224,24 +230,33 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
 
 
-def _complete(job: Job, outscale: float, frames: str) -> bool:
+def _complete(job: Job, outscale: float) -> bool:
     """Whether ``job.output`` is a finished output: non-empty, whole (``io.is_whole``: it ends where its
-    format says), its header gives the size the input's header asks for, and it holds the frames asked
-    for (as many as the input with ``frames="all"``, else one). A missing output is not; a broken one is logged and redone."""
+    format says) and its header gives the size the input's header asks for. A missing output is not;
+    a broken one is logged and redone. (Whether it holds the frames asked for is the journal's to say:
+    writers merge identical frames, so frame counts differ between an animation and its output.)"""
     if not os.path.lexists(job.output):
         return False
     try:
         if job.output.stat().st_size > 0 and is_whole(job.output):
             width, height = image_size(job.source)
             out_h, out_w = output_size(height, width, outscale)
-            frames_asked = frame_count(job.source) if frames == "all" else 1
-            if image_size(job.output) == (out_w, out_h) and frame_count(job.output) == frames_asked:
+            if image_size(job.output) == (out_w, out_h):
                 return True
     except (OSError, errors.ImageReadError):
         pass
-    log.info("%s: not a complete output (empty, cut short, unreadable, of the wrong size or frame count); "
-             "redoing it", job.output)
+    log.info("%s: not a complete output (empty, cut short, unreadable or of the wrong size); redoing it",
+             job.output)
     return False
+
+
+def _animation(source: Path) -> bool:
+    """Whether ``--frames all`` reads ``source`` as an animation (False when its header cannot be read:
+    reading it fails that file anyway)."""
+    try:
+        return is_animation(source)
+    except errors.ImageReadError:
+        return False
 
 
 def planned_work(plan: Plan, *, max_pixels: int | None = None) -> Workload:

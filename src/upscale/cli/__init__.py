@@ -63,8 +63,9 @@ FLAG_FOR_PARAM: dict[str, str] = {
     "outscale": "--scale", "scale": "--scale", "alpha": "--alpha", "alpha_mode": "--alpha-mode",
     "quality": "--quality", "output_format": "--format", "max_pixels": "--max-pixels", "shard": "--shard",
     "gray": "--gray", "warmup": "--warmup", "sheet_image": "--sheet-image", "lr_dir": "--lr", "hr_dir": "--hr",
-    "init": "--init", "report": "--report", "output": "--output", "force": "--force", "deploy": "--deploy", "authors_layout": "--authors-layout",
-    "resume": "--resume", "preset": "--preset", "replace": "--replace", "name": "--name", "data": "--data", "windows": "--windows", "perceptual_net": "--perceptual-net",
+    "init": "--init", "report": "--report", "output": "--output", "force": "--force", "deploy": "--deploy",
+    "authors_layout": "--authors-layout", "resume": "--resume", "preset": "--preset", "replace": "--replace",
+    "name": "--name", "data": "--data", "windows": "--windows", "perceptual_net": "--perceptual-net",
     "perceptual_layer": "--perceptual-layer", "distill_net": "--distill-net", "distill_weight": "--distill-weight",
 }
 
@@ -92,6 +93,11 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line that may hold a path (``printable``: it stays one line)."""
+    click.echo(printable(text), err=err)
 
 
 def report_error(err: BaseException) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import handle_errors
+from . import handle_errors, say
 from .options import device_options, engine_options_from, quiet_option, tile_option
 
 
@@ -90,7 +90,7 @@ def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_d
         click.echo(f"{env['cpu']} ({env['cpu_count']} cores), python {env['python']}, numpy {env['numpy']}, "
                    f"pillow {env['pillow']}, torch {env['torch']}")
         if sheet_path is not None:
-            click.echo(f"contact sheet: {sheet_path}")
+            say(f"contact sheet: {sheet_path}")
 
 
 def _check_sheet_target(sheet: Path, data_dir: Path, lr_dir: Path | None, force: bool) -> None:

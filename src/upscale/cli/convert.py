@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import handle_errors
+from . import handle_errors, say
 
 
 def default_output(src: Path) -> Path:
@@ -101,8 +101,8 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
         loading.model_from_state_dict(sd, model.arch, hparams, source=str(dst))
     loading.save_model(dst, sd, model.arch, hparams, extra_metadata=extra)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
-    click.echo(f"{src}: detected {model.arch} ({shown}) from {how}")
-    click.echo(f"wrote {dst}")
+    say(f"{src}: detected {model.arch} ({shown}) from {how}")
+    say(f"wrote {dst}")
 
 
 def _check_same_function(before, after, src: Path) -> None:

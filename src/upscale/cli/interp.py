@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from . import handle_errors
+from . import handle_errors, say
 from .convert import check_output
 
 DEFAULT_SCALE = 4.0  # the scale whose default model `interp` mixes when no model is named
@@ -79,4 +79,4 @@ def interp(alpha: float, model: str | None, psnr: str | None, gan: str | None, o
     check_output(output, (psnr_path, gan_path), True, exists_is_usage=False)  # a registry model's file too
     arch, hparams, sd = interpolate_files(psnr_path, gan_path, alpha)
     loading.save_model(output, sd, arch, hparams, extra_metadata=interpolation_metadata(psnr, gan, alpha))
-    click.echo(f"wrote {output}: {arch} x{hparams.get('scale', '?')}, alpha={alpha:g} between {psnr} (0) and {gan} (1)")
+    say(f"wrote {output}: {arch} x{hparams.get('scale', '?')}, alpha={alpha:g} between {psnr} (0) and {gan} (1)")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import EXIT_FAILURE, handle_errors, report_error
+from . import EXIT_FAILURE, handle_errors, report_error, say
 
 
 def _size_text(size: int | None) -> str:
@@ -71,7 +71,7 @@ def pull(names: tuple[str, ...]) -> None:
             report_error(err)
             failed += 1
             continue
-        click.echo(f"{name}: {path}")
+        say(f"{name}: {path}")
     if failed:
         sys.exit(EXIT_FAILURE)
 
@@ -98,5 +98,5 @@ def add(name: str, path: Path, description: str | None, license_: str, kind: str
     spec = registry.add_user_model(name, path, arch=model.arch, hparams=model.hparams, description=description,
                                    license=license_, kind=kind, twin=twin, bf16_safe=bf16_safe,
                                    replace=replace)
-    click.echo(f"added {spec.name}: {model.arch} x{spec.scale} from {spec.source.path} to "
-               f"{registry.user_registry_path()}")
+    say(f"added {spec.name}: {model.arch} x{spec.scale} from {spec.source.path} to "
+        f"{registry.user_registry_path()}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from . import handle_errors
+from . import handle_errors, say
 from .options import (engine_options_from, frames_option, load_model_from, model_name_from, model_options,
                       quiet_option)
 from .progress import Progress
@@ -75,8 +75,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     expected = upscaler.engine.expected_s(*source.pixels.shape[:2])
     if expected is not None and expected >= SAY_EXPECTED_S and not quiet:   # one window may show no progress
         passes = 2 if source.alpha is not None and alpha_mode == "model" else 1
-        click.echo(f"{image}: about {expected * passes:.0f} s of model time (as `upscale tune` measured here)",
-                   err=True)
+        say(f"{image}: about {expected * passes:.0f} s of model time (as `upscale tune` measured here)", err=True)
 
     progress = Progress(image.name, "tile", quiet=quiet, leave=False)
     try:
@@ -86,7 +85,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     api.write_result(result, target, output_format=output_format, quality=quality)
     if not quiet:
         h, w = result.pixels.shape[:2]
-        click.echo(f"{image} -> {target} ({w}x{h})", err=True)
+        say(f"{image} -> {target} ({w}x{h})", err=True)
 
 
 def _upscale_frames(upscaler: Any, animation: Any, image: Path, target: Path, scale: float, alpha_mode: str,
@@ -105,4 +104,4 @@ def _upscale_frames(upscaler: Any, animation: Any, image: Path, target: Path, sc
     write_animation(result, target, format=output_format, quality=quality)
     if not quiet:
         h, w = result.frames[0].pixels.shape[:2]
-        click.echo(f"{image} -> {target} ({w}x{h}, {len(result.frames)} frames)", err=True)
+        say(f"{image} -> {target} ({w}x{h}, {len(result.frames)} frames)", err=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from . import EXIT_INTERRUPTED, handle_errors
+from . import EXIT_INTERRUPTED, handle_errors, say
 
 PRESET_NAMES = ("psnr", "srgan", "esrgan", "tiny-gan", "finetune", "gan-finetune")
 # Flags that become generator hyperparameters (BasicSR's names).
@@ -177,8 +177,8 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     resume_line = f"upscale train --out {shlex.quote(out)} --resume"
 
     def announce() -> None:  # once the folder exists and Ctrl-C would save a checkpoint
-        click.echo(f"run folder: {out}", err=True)
-        click.echo(f"continue it with: {resume_line}", err=True)
+        say(f"run folder: {out}", err=True)
+        say(f"continue it with: {resume_line}", err=True)
 
     from tqdm import tqdm
 
@@ -189,13 +189,13 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         sys.exit(EXIT_INTERRUPTED if result.interrupted else 0)
     if result.interrupted:
-        click.echo(f"upscale: interrupted at iteration {result.iteration}; checkpoint saved; continue with: "
-                   f"{resume_line}", err=True)
+        say(f"upscale: interrupted at iteration {result.iteration}; checkpoint saved; continue with: "
+            f"{resume_line}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if result.model_path.is_file():
-        click.echo(f"model: {result.model_path}")
+        say(f"model: {result.model_path}")
     if result.best_path is not None:
-        click.echo(f"best:  {result.best_path} (mean validation PSNR-Y {result.best_psnr:.2f} dB)")
+        say(f"best:  {result.best_path} (mean validation PSNR-Y {result.best_psnr:.2f} dB)")
 
 
 def _resume_target(out: str | None, resume: str | None) -> tuple[str | None, Path | None]:

@@ -60,8 +60,9 @@ format comes from the extension; ``format`` may name it for a path without an im
 must not contradict one (``y.png`` with ``jpg`` is a ``UsageError``).
 """
 
+from .animation import (Animation, check_animation_output, frame_count, is_animation, read_animation, read_frames,
+                        write_animation)
 from .ends import is_whole
-from .animation import Animation, check_animation_output, frame_count, read_animation, read_frames, write_animation
 from .image import DEFAULT_QUALITY, INPUT_EXTENSIONS, SUPPORTED_EXTENSIONS, Image, output_extension, to_uint8
 from .png import PNG_COMPRESS_LEVEL
 from .read import image_size, pixel_limit, read_image
@@ -69,6 +70,7 @@ from .write import check_output, output_format_for, write_image
 
 __all__ = [
     "DEFAULT_QUALITY", "INPUT_EXTENSIONS", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Animation", "Image",
-    "check_animation_output", "check_output", "frame_count", "image_size", "is_whole", "output_extension", "output_format_for", "pixel_limit",
-    "read_animation", "read_frames", "read_image", "to_uint8", "write_animation", "write_image",
+    "check_animation_output", "check_output", "frame_count", "image_size", "is_animation", "is_whole",
+    "output_extension", "output_format_for", "pixel_limit", "read_animation", "read_frames", "read_image",
+    "to_uint8", "write_animation", "write_image",
 ]

@@ -53,9 +53,19 @@ def read_frames(path: str | Path, *, max_pixels: int | None = None) -> Image | A
     """Every frame of ``path`` as an ``Animation`` where it holds two or more (from its header), else
     ``read_image(path)`` (16 bit, EXIF, XMP and all): each file is decoded once."""
     path = Path(path)
-    if frame_count(path) > 1:
+    if is_animation(path):
         return read_animation(path, max_pixels=max_pixels)
     return read_image(path, max_pixels=max_pixels)
+
+
+def is_animation(path: str | Path) -> bool:
+    """Whether ``read_frames`` reads ``path`` as an animation: a GIF, WebP or PNG with two or more
+    frames, or an APNG whose default image is not its one frame. ``ImageReadError`` naming it."""
+    path = Path(path)
+    check_file(path)
+    im, _, _ = open_image(path)
+    with im:
+        return _animation_frames(im) > 1 or (_animation_frames(im) == 1 and bool(_default_image(im)))
 
 
 def frame_count(path: str | Path) -> int:
@@ -66,9 +76,13 @@ def frame_count(path: str | Path) -> int:
     check_file(path)
     im, _, _ = open_image(path)
     with im:
-        if im.format not in ANIMATION_SOURCES:
-            return 1
-        return int(getattr(im, "n_frames", 1) or 1) - _default_image(im)
+        return _animation_frames(im)
+
+
+def _animation_frames(im: PILImage.Image) -> int:
+    if im.format not in ANIMATION_SOURCES:
+        return 1
+    return int(getattr(im, "n_frames", 1) or 1) - _default_image(im)
 
 
 def _default_image(im: PILImage.Image) -> int:
