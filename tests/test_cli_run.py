@@ -496,3 +496,34 @@ def test_a_newline_in_a_file_name_stays_one_line_and_an_apng_of_one_frame_behind
     default.save(tmp_path / "one.png", save_all=True, append_images=[frame], default_image=True)
     animation = read_frames(tmp_path / "one.png")               # its animation: the one frame, not the default
     assert len(animation.frames) == 1 and int(animation.frames[0].pixels.max()) == 200
+
+
+def test_the_resize_buffer_that_does_not_fit_is_named_as_such():
+    """-s 30 on a large image: the uint8 output fits, the float32 image the resize builds does not;
+    the message said 'output ... needs 40 GiB' (4x the output) and, from the API, named no file."""
+    import math
+
+    import torch
+
+    from upscale import api, errors
+    from upscale.engine.cost import available_memory_bytes
+    from upscale.io import Image
+
+    frame = Image(np.zeros((100, 100, 3), np.uint8), None)
+    free = available_memory_bytes(torch.device("cpu"))
+    scale = math.sqrt(free / 6) / 100             # uint8 output: half of what is free; float32: twice
+    api.check_output_memory(frame, scale, path="a.png")
+    with pytest.raises(errors.ResourceError) as err:
+        api.check_output_memory(frame, scale, native_scale=4, path="a.png")
+    assert err.value.path == "a.png" and err.value.message.startswith("resizing to ")
+
+
+def test_q_after_any_command(tmp_path, monkeypatch):
+    """README: -v/-vv/-q go before or after the sub-command (tune, models, interp, convert had no -q)."""
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    for args in (["tune", "--show", "-q"], ["models", "-q"]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, (args, res.output)
+    for args in (["interp", "--alpha", "2", "-q"], ["convert", "-q"]):     # refused for other reasons
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and "No such option" not in res.output, (args, res.output)

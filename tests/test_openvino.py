@@ -133,6 +133,24 @@ def test_corrupt_cached_graph_is_converted_again(tmp_path, tiny_x4, monkeypatch,
 
 
 @needs_openvino
+def test_a_cached_graph_whose_weights_changed_is_converted_again(tmp_path, tiny_x4, monkeypatch, caplog):
+    """Bytes changed in the .bin still read as a valid graph, and computed wrong pixels with exit 0."""
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    model = load_model(tiny_x4)
+    options = EngineOptions(backend="openvino", precision="fp32", compile="off", tile_px=0)
+    image = np.random.default_rng(1).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    reference = Engine(model, options).upscale(image)
+    (weights,) = (tmp_path / "cache" / "openvino").glob("*.bin")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\x00\x00\x80\x7f" * 16          # +inf weights
+    weights.write_bytes(bytes(data))
+    engine = Engine(model, options)
+    assert not engine.openvino.graph_from_cache and "do not match the checksums" in caplog.text
+    assert np.array_equal(engine.upscale(image), reference)
+    assert Engine(model, options).openvino.graph_from_cache          # converted and cached again
+
+
+@needs_openvino
 def test_backend_failure_is_a_typed_one_line_error(tmp_path, tiny_x4, monkeypatch):
     monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
     engine = Engine(load_model(tiny_x4), EngineOptions(backend="openvino", precision="fp32"))
@@ -226,7 +244,7 @@ def test_prune_stale_removes_graphs_markers_and_blobs_unused_for_a_month(tmp_pat
 
     now = 2_000_000_000.0
     old, recent = now - STALE_AFTER_S - 60, now - 3600
-    files = {"aaa.xml": old, "aaa.bin": recent, "aaa.1x64x64x3.compiled": recent,     # graph unused: all go
+    files = {"aaa.xml": old, "aaa.bin": recent, "aaa.1x64x64x3.compiled": recent, "aaa.sha256": recent,  # all go
              "bbb.xml": recent, "bbb.bin": old, "bbb.1x64x64x3.compiled": old,        # graph used: all stay
              "ccc.1x8x8x3.compiled": old,                                             # orphan marker: goes
              "123.blob": old, "456.blob": recent, "notes.txt": old}
@@ -234,7 +252,8 @@ def test_prune_stale_removes_graphs_markers_and_blobs_unused_for_a_month(tmp_pat
         (tmp_path / name).write_text("x")
         os.utime(tmp_path / name, (mtime, mtime))
     removed = {p.name for p in prune_stale(tmp_path, now=now)}
-    assert removed == {"aaa.xml", "aaa.bin", "aaa.1x64x64x3.compiled", "ccc.1x8x8x3.compiled", "123.blob"}
+    assert removed == {"aaa.xml", "aaa.bin", "aaa.1x64x64x3.compiled", "aaa.sha256", "ccc.1x8x8x3.compiled",
+                       "123.blob"}
     assert {p.name for p in tmp_path.iterdir()} == set(files) - removed
 
 

@@ -579,3 +579,71 @@ def test_windows_are_fitted_only_where_tiling_is_exact():
     assert inexact.plan_for(256, 256).tile_h == 96 + 16        # the full window
     assert len(exact.plan_for(256, 256).ys) == len(inexact.plan_for(256, 256).ys) == 3
     assert plan_tiles(256, 256, 96, 8, fit=False).tile_h == 112 and plan_tiles(256, 256, 96, 8).tile_h == 96
+
+
+def test_batch_beyond_the_windows_and_numpy_integers(tmp_path):
+    """--batch larger than the windows allocates rows for the windows only (it allocated every row:
+    --batch 10000000 asked for 122 GB); numpy integers are integers; bools and absurd counts are not."""
+    torch.manual_seed(0)
+    module = build_module("compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "scale": 2})
+    model = Model(module, "compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "scale": 2})
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    one = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=16, batch=1, compile="off"))
+    many = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=np.int64(16), batch=4096,
+                                       compile="off"))
+    assert type(many.options.tile_px) is int and many.options.batch == 4096
+    assert np.array_equal(one.upscale(image), many.upscale(image))
+    for bad in ({"batch": 4097}, {"threads": 99999999999}, {"batch": True}, {"tile_px": True}):
+        with pytest.raises(errors.UsageError):
+            EngineOptions(**bad)
+
+
+def test_a_forward_pass_that_runs_out_of_memory_is_a_resource_error(tmp_path):
+    """A real allocation failure (an address-space limit in a child process), not an internal error."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys
+import numpy as np, torch
+from upscale import errors
+from upscale.archs import build_module
+from upscale.engine import Engine, EngineOptions
+from upscale.model import Model
+hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_conv": 2, "scale": 4}
+engine = Engine(Model(build_module("compact", hp), "compact", hp),
+                EngineOptions(device="cpu", precision="fp32", tile_px=0, compile="off", threads=1))
+image = np.zeros((700, 700, 3), np.uint8)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 200 * 2**20, resource.RLIM_INFINITY))
+try:
+    engine.upscale(image)
+except errors.ResourceError as err:
+    print("resource:", err.message)
+    sys.exit(0)
+print("no error")
+sys.exit(1)
+"""
+    if not __import__("os").path.exists("/proc/self/statm"):
+        pytest.skip("no /proc here")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "not enough memory to run 7" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
+
+
+def test_a_constant_alpha_is_kept_exactly_and_costs_no_pass():
+    """A fully opaque (or fully clear) alpha came out 250..255 (or 0..4) through the network."""
+    from upscale.api import Upscaler, model_passes
+    from upscale.io import Image
+
+    torch.manual_seed(0)
+    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "scale": 2}
+    up = Upscaler(Model(build_module("compact", hp), "compact", hp), EngineOptions(device="cpu", precision="fp32"))
+    rgb = np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    for level in (255, 0):
+        image = Image(rgb, np.full((9, 11), level, np.uint8))
+        stats = RunStats()
+        out = up.upscale(image, stats=stats, outscale=3)
+        assert out.alpha.shape == (27, 33) and (out.alpha == level).all()
+        assert model_passes(image) == 1 and stats.tiles == 1
+    varied = Image(rgb, np.random.default_rng(1).integers(0, 256, (9, 11), dtype=np.uint8))
+    assert model_passes(varied) == 2 and model_passes(varied, "bicubic") == 1

@@ -493,3 +493,30 @@ def test_a_malformed_auto_choice_makes_the_file_corrupt(tiny_x4, cache_here, nat
     dtype = Engine(model, EngineOptions(device="cpu", precision="auto")).dtype
     assert any("corrupt" in r.getMessage() for r in caplog.records)
     assert dtype == probe_choice(cache_here)         # the choice ignored, the machine probed (and the file replaced)
+
+
+def test_probe_on_a_busy_machine_says_it_was_not_saved(cache_here, native_bf16, busy_cpus):
+    from upscale import machine
+
+    if machine.cpu_clock() is None:
+        pytest.skip("no /proc/stat here")
+    busy_cpus()
+    out = tune("--probe")
+    assert "not saved: the machine was busy" in out and "saved in" not in out
+    assert not cache_here.exists() or "conv3x3-probe" not in cache_here.read_text()
+
+
+def test_probe_refuses_a_device_or_precision_and_threads_are_bounded(cache_here):
+    for args in (["--probe", "--device", "cuda"], ["--probe", "--precision", "fp32"],
+                 ["--probe", "--threads", "99999999999"], ["-m", "default-x2", "--threads", "99999999999"]):
+        res = CliRunner().invoke(cli, ["tune", *args])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and "internal error" not in lines[0], (args, res.output)
+
+
+def test_a_grayscale_model_is_tuned_on_a_grayscale_image(tmp_path, cache_here, weights_file):
+    gray = str(weights_file("compact", {"num_in_ch": 1, "num_out_ch": 1, "num_feat": 8, "num_conv": 1,
+                                        "scale": 2, "act_type": "prelu"}, 0, "gray_x2"))
+    out = tune("-m", gray, "--quick", "--windows", "96", "--backend", "torch", "--device", "cpu",
+               "--precision", "fp32", "-q")
+    assert "window" in out and "gray_x2" in cache_here.read_text()

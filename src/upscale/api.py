@@ -79,13 +79,14 @@ def check_output_memory(image: Image, outscale: float, *, native_scale: int | No
     image a resize from the native scale builds."""
     h, w, c = image.pixels.shape
     channels = c + (image.alpha is not None)
-    held = (outscale, image.pixels.dtype, frames)           # the outputs kept until written
+    held = (outscale, image.pixels.dtype, frames, "output")      # the outputs kept until written
     checks = [held]
     if native_scale is not None and native_scale != outscale:   # one frame's resize at a time
-        checks = [(native_scale, image.pixels.dtype, 1), (outscale, np.float32, 1)] + ([held] if frames > 1 else [])
+        checks = [(native_scale, image.pixels.dtype, 1, "the model's output"),
+                  (outscale, np.float32, 1, "resizing to")] + ([held] if frames > 1 else [])
     try:
-        for scale, dtype, count in checks:
-            check_output_fits(h, w * count, channels, scale, dtype)
+        for scale, dtype, count, what in checks:
+            check_output_fits(h, w * count, channels, scale, dtype, what)
     except errors.ResourceError as err:
         raise errors.ResourceError(err.message, path=path) from None
 
@@ -181,7 +182,9 @@ class Upscaler:
         rgb = self._run(pixels, progress, stats)
         alpha = None
         if image.alpha is not None:
-            if alpha_mode == "model":
+            if not alpha_varies(image.alpha):   # all opaque (or one level): kept exactly, and no pass
+                alpha = np.full(native_hw, image.alpha.flat[0], dtype=image.alpha.dtype)
+            elif alpha_mode == "model":
                 alpha = self._run(image.alpha[..., None], None, stats)[..., 0]
             else:
                 alpha = resize_array(image.alpha, (native_hw[1], native_hw[0]), "bicubic")
@@ -232,12 +235,22 @@ class Upscaler:
         return result
 
 
+def alpha_varies(alpha: np.ndarray) -> bool:
+    """Whether an alpha channel holds more than one level: one that does not (a fully opaque RGBA
+    image, as screenshots often are) is carried over as it is, without its pass through the model."""
+    return bool(alpha.size) and alpha.min() != alpha.max()
+
+
+def model_passes(image: Image, alpha_mode: str = "model") -> int:
+    """How many passes through the model upscaling ``image`` takes: two when its alpha channel goes
+    through the model too."""
+    return 2 if image.alpha is not None and alpha_mode == "model" and alpha_varies(image.alpha) else 1
+
+
 def workload_for(image: Image, alpha_mode: str = "model") -> Workload:
-    """What upscaling this one image runs through the model: its pixels (twice when the alpha channel
-    goes through the model too) and its size."""
+    """What upscaling this one image runs through the model: its pixels, once per pass, and its size."""
     h, w = image.pixels.shape[:2]
-    passes = 2 if image.alpha is not None and alpha_mode == "model" else 1
-    return Workload(h * w * passes, (h, w))
+    return Workload(h * w * model_passes(image, alpha_mode), (h, w))
 
 
 def upscale_image(image: Image, model: Model, *, outscale: float | None = None, alpha_mode: str = "model",

@@ -135,6 +135,8 @@ class OpenVinoWindows:
         xml, weights = self.folder / f"{key}.xml", self.folder / f"{key}.bin"
         if xml.is_file() and weights.is_file():
             try:
+                if not _sums_match(xml, weights):
+                    raise RuntimeError("its files do not match the checksums written with them")
                 graph = self._core.read_model(str(xml), str(weights))
             except RuntimeError as exc:
                 log.warning("openvino: ignoring unreadable cached graph %s (%s); converting again",
@@ -186,7 +188,8 @@ class OpenVinoWindows:
             self.folder.mkdir(parents=True, exist_ok=True)
             sweep_temps(self.folder)          # temps left by writers that died
             write_bytes(weights, blob, durable=False)
-            write_bytes(xml, text.encode(), durable=False)
+            write_bytes(_sums_path(xml), json.dumps(_sums(text.encode(), blob)).encode(), durable=False)
+            write_bytes(xml, text.encode(), durable=False)     # last: a reader that finds it finds the rest
             prune_stale(self.folder)       # a conversion is rare and slow: the time to tidy up
         except OSError as exc:
             log.warning("openvino: cannot cache the converted graph in %s (%s); the next run converts again",
@@ -237,7 +240,7 @@ def prune_stale(folder: Path, now: float | None = None) -> list[Path]:
     for path in sorted(folder.iterdir()):
         if path.suffix == ".xml":
             stale = _mtime(path) < cutoff
-        elif path.suffix in (".bin", ".compiled"):      # goes with its graph, or alone if the graph is gone
+        elif path.suffix in (".bin", ".compiled", ".sha256"):   # goes with its graph, or alone if it is gone
             graph = folder / f"{path.name.split('.')[0]}.xml"
             stale = _mtime(graph) < cutoff if graph.exists() else _mtime(path) < cutoff
         else:
@@ -252,6 +255,24 @@ def prune_stale(folder: Path, now: float | None = None) -> list[Path]:
         log.info("openvino: removed %d cache files unused for %d days from %s", len(removed),
                  STALE_AFTER_S // 86400, folder)
     return removed
+
+
+def _sums_path(xml: Path) -> Path:
+    return xml.with_suffix(".sha256")
+
+
+def _sums(xml_bytes: bytes, blob: bytes) -> dict[str, str]:
+    return {"xml": hashlib.sha256(xml_bytes).hexdigest(), "bin": hashlib.sha256(blob).hexdigest()}
+
+
+def _sums_match(xml: Path, weights: Path) -> bool:
+    """Whether a cached graph's files are the bytes written (their SHA-256 were stored beside them):
+    a file changed or damaged since would otherwise compute wrong pixels without a word."""
+    try:
+        written = json.loads(_sums_path(xml).read_text(encoding="utf-8"))
+        return written == _sums(xml.read_bytes(), weights.read_bytes())
+    except (OSError, ValueError):
+        return False
 
 
 def _mtime(path: Path) -> float:

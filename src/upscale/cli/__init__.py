@@ -189,6 +189,12 @@ def set_verbosity(level: int) -> None:
     logging.getLogger("upscale").setLevel(logging.DEBUG if level > 1 else logging.INFO)
 
 
+def _quieter(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """-q given after a command without its own -q: our info lines off, as the group's -q does."""
+    if value:
+        logging.getLogger("upscale").setLevel(logging.WARNING)
+
+
 def _more_verbose(ctx: click.Context, param: click.Parameter, count: int) -> None:
     """-v given after the sub-command: adds to the group's count."""
     if count:
@@ -264,6 +270,9 @@ class DefaultGroup(click.Group):
                                        help="More logging (-v info, -vv debug); same as before the command."))
         cmd.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
                                        callback=_show_version, hidden=True))
+        if not any(p.name == "quiet" for p in cmd.params):   # -q after any command, as before it
+            cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_quieter,
+                                           help="No info lines; same as before the command."))
         super().add_command(cmd, name)
 
 

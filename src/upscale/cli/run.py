@@ -68,13 +68,15 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     if target is None:   # the default name depends on the model's scale
         target = api.default_output_path(image, scale, output_format, name_template)
         check(target)
+    api.check_output_memory(source, scale, native_scale=model.scale, path=image,    # with the resize's buffer
+                            frames=len(animation.frames) if animation else 1)
     upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
     if animation:
         _upscale_frames(upscaler, animation, image, target, scale, alpha_mode, output_format, quality, quiet)
         return
     expected = upscaler.engine.expected_s(*source.pixels.shape[:2])
     if expected is not None and expected >= SAY_EXPECTED_S and not quiet:   # one window may show no progress
-        passes = 2 if source.alpha is not None and alpha_mode == "model" else 1
+        passes = api.model_passes(source, alpha_mode)
         say(f"{image}: about {expected * passes:.0f} s of model time (as `upscale tune` measured here)", err=True)
 
     progress = Progress(image.name, "tile", quiet=quiet, leave=False)

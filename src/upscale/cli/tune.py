@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from . import handle_errors
+from . import handle_errors, say
 
 
 def _windows(value: str | None) -> tuple[int, ...] | None:
@@ -67,6 +67,8 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
         _show()
         return
     if probe:
+        if device not in ("auto", "cpu") or precision != "auto":
+            raise click.UsageError("--probe times this CPU in bf16 and fp32: it takes no --device or --precision")
         _probe(threads)
         return
     from ..api import default_model_name, load_model
@@ -137,15 +139,18 @@ def _probe(threads: int | None) -> None:
     from ..device import cpu_native_bf16
     from ..engine.precision import probe_machine
 
+    from ..engine import EngineOptions
+
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(EngineOptions(threads=threads).threads)     # checked as every run checks it
     if not cpu_native_bf16():
         click.echo("this CPU has no native bf16 (avx512_bf16 or AMX): --precision auto runs fp32, nothing to probe")
         return
-    chosen, seconds = probe_machine(torch.get_num_threads())
+    chosen, seconds, kept = probe_machine(torch.get_num_threads())
     timed = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items())
-    click.echo(f"precision probe, {torch.get_num_threads()} threads: {timed}; --precision auto "
-               f"runs {chosen} for models not tuned here (saved in {tuned.cache_path()})")
+    where = f"saved in {tuned.cache_path()}" if kept else "not saved: the machine was busy; run it again when idle"
+    say(f"precision probe, {torch.get_num_threads()} threads: {timed}; --precision auto "
+        f"runs {chosen} for models not tuned here ({where})")
 
 
 def _show() -> None:

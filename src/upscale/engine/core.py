@@ -230,8 +230,15 @@ class Engine:
         # reaches the host once, already clamped and in the output dtype
         stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
         compiled = self.compiled and uses_compiled(self.compiled_shape, (plan.tile_h, plan.tile_w))
-        forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
-                                                         stitcher, compiled, progress)
+        try:
+            forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
+                                                             stitcher, compiled, progress)
+        except (MemoryError, RuntimeError) as err:     # torch's allocators say so in a RuntimeError
+            if not isinstance(err, MemoryError) and not _out_of_memory(err):
+                raise
+            per_pass = min(self.options.batch, plan.num_tiles)
+            raise errors.ResourceError(f"not enough memory to run {plan.tile_w}x{plan.tile_h} windows, {per_pass} "
+                                       "per pass; use a smaller tile_px or batch", params=("tile_px", "batch")) from None
         if stats is not None:
             stats.forward_s += forward_s
             stats.stitch_s += stitch_s
@@ -282,9 +289,10 @@ class Engine:
         """(windows done after this batch, its windows, its NCHW input on the device), batch after batch.
         Each band of rows is converted to float once; ``static``: always a full batch (compiled graphs
         keep one batch size; the rows past the last window are ignored)."""
-        full = self.options.batch
         th, tw = plan.tile_h, plan.tile_w
         windows = list(plan.windows())
+        # never more rows than windows, except for a compiled graph, which keeps its one batch size
+        full = self.options.batch if static else min(self.options.batch, len(windows))
         batch_in = torch.zeros((full, th, tw, padded.shape[2]), dtype=torch.float32,
                                pin_memory=self.device.type == "cuda")
         band_row, band = -1, None
@@ -338,3 +346,11 @@ def _pad(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     if (h, w) == (height, width):
         return pixels
     return np.pad(pixels, ((0, height - h), (0, width - w), (0, 0)), mode="reflect")
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """Whether a RuntimeError from torch is an allocation that failed (host or device)."""
+    if type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()

@@ -145,17 +145,18 @@ def whole_window(table: dict[int, tuple[float, float]], side: int) -> tuple[floa
     return per_px * growth * side**2, table[largest][1] * (side / largest) ** 2
 
 
-def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type) -> int:
+def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type,
+                      what: str = "output") -> int:
     """Raise ``errors.ResourceError`` when an (height*scale, width*scale, channels) array of ``dtype``
     would not fit in the host memory available now; else return its size in bytes. Cheap: call it
-    before loading a model (``scale`` may be a float outscale)."""
+    before loading a model (``scale`` may be a float outscale). ``what`` names the array in the message."""
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise errors.UsageError(f"scale must be a positive number, not {scale!r}", params=("scale",))
     out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
     need = out_h * out_w * channels * np.dtype(dtype).itemsize
     free = available_memory_bytes(torch.device("cpu"))
     if need > free:
-        raise errors.ResourceError(f"output {out_w} x {out_h} x {channels} needs {_size(need)}; "
+        raise errors.ResourceError(f"{what} {out_w} x {out_h} x {channels} needs {_size(need)}; "
                                    f"{_size(free)} free")
     return need
 

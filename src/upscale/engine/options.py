@@ -3,6 +3,8 @@ parameter) and ``Workload`` (what will go through it), with the documented defau
 
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass
 
 from .. import errors
@@ -93,15 +95,25 @@ class EngineOptions:
         if self.overlap_px is not None and not _whole(self.overlap_px, 0):
             raise errors.UsageError(f"overlap_px must be a whole number of pixels >= 0, not {self.overlap_px!r}",
                                     params=("overlap_px",))
-        if not _whole(self.batch, 1):
-            raise errors.UsageError(f"batch must be a whole number >= 1, not {self.batch!r}", params=("batch",))
-        if self.threads is not None and not _whole(self.threads, 1):
-            raise errors.UsageError(f"threads must be a whole number >= 1, not {self.threads!r}",
+        if not _whole(self.batch, 1, MAX_COUNT):
+            raise errors.UsageError(f"batch must be a whole number from 1 to {MAX_COUNT}, not {self.batch!r}",
+                                    params=("batch",))
+        if self.threads is not None and not _whole(self.threads, 1, MAX_COUNT):
+            raise errors.UsageError(f"threads must be a whole number from 1 to {MAX_COUNT}, not {self.threads!r}",
                                     params=("threads",))
+        for name in ("tile_px", "overlap_px", "batch", "threads"):    # numpy's integers, as plain ints
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and type(value) is not int:
+                object.__setattr__(self, name, int(value))
 
 
-def _whole(value: object, least: int) -> bool:
-    return isinstance(value, int) and value >= least
+MAX_COUNT = 4096    # tiles per pass, threads: far beyond any machine, short of an overflow in torch
+
+
+def _whole(value: object, least: int, most: int | None = None) -> bool:
+    """An integer (numpy's too; not a bool) within [least, most]."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+            and (most is None or value <= most))
 
 
 def _choice(param: str, value: str, allowed: tuple[str, ...]) -> None:

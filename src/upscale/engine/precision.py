@@ -52,9 +52,9 @@ def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -
     return DTYPES[chosen]
 
 
-def probe_machine(threads: int) -> tuple[str, dict[str, float]]:
-    """Time the probe convolution in bf16 and fp32 now: (the faster, {precision: seconds}); the answer
-    is stored in the tuning cache unless other processes kept the machine busy meanwhile."""
+def probe_machine(threads: int) -> tuple[str, dict[str, float], bool]:
+    """Time the probe convolution in bf16 and fp32 now: (the faster, {precision: seconds}, whether the
+    answer was stored in the tuning cache: not when other processes kept the machine busy meanwhile)."""
     with machine.watch_others() as others:
         seconds = probe_seconds()
     log.debug("precision probe: bf16 %.4f s, fp32 %.4f s, others' CPU share %s", seconds["bf16"], seconds["fp32"],
@@ -62,8 +62,8 @@ def probe_machine(threads: int) -> tuple[str, dict[str, float]]:
     if others.busy:
         log.info("precision probe: other processes used %.0f%% of the CPUs while it ran; its answer serves this "
                  "run only (the next measures again)", 100 * others.share)
-    return tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe",
-                                 keep=not others.busy), seconds
+    chosen = tuned.remember_faster(tuned.probe_key(threads), seconds, label="machine probe", keep=not others.busy)
+    return chosen, seconds, not others.busy
 
 
 def probe_seconds() -> dict[str, float]:

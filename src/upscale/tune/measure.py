@@ -143,12 +143,12 @@ class Prober:
         width = window_px + (batch - 1) * core
         work = Workload(pixels=window_px * width, shape=(window_px, width)) if opts.compile == "on" else None
         engine = Engine(self.model, opts, work=work)
-        first, best = best_seconds(_run(engine, textured(window_px, width)), self.runs)
+        first, best = best_seconds(_run(engine, textured(window_px, width, self.model.in_channels)), self.runs)
         return first / batch, best / batch
 
     def whole(self, side: int) -> float:
         engine = Engine(self.model, dataclasses.replace(self.base, tile_px=0))
-        return best_seconds(_run(engine, textured(side, side)), self.runs)[1]
+        return best_seconds(_run(engine, textured(side, side, self.model.in_channels)), self.runs)[1]
 
 
 def candidate_windows(prober: Prober, windows: tuple[int, ...] | None, *, cap_big: bool = True) -> list[int]:
