@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -319,3 +320,70 @@ def test_a_converted_file_with_a_new_mtime_but_the_same_bytes_is_kept(env, serve
     assert hub.weights_path(spec) == path and path.stat().st_ino == inode  # rehashed, same: not rewritten
     record = env / "upscale-cache" / "verified" / f"{path.name}.json"
     assert str(path.stat().st_mtime_ns) in record.read_text()               # the new stamp is recorded
+
+
+def test_a_hub_that_accepts_but_never_answers_is_offline_within_seconds(env, monkeypatch):
+    """It held each of huggingface_hub's attempts for a minute: 396 s in all."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setattr(hub, "ANSWER_TIMEOUT_S", 1.0)
+    data, _ = tiny_pth()
+    spec = register(data, "0" * 40)
+    start = time.monotonic()
+    try:
+        with pytest.raises(errors.OfflineError) as info:
+            hub.weights_path(spec)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert time.monotonic() - start < 8 and "does not answer" in str(info.value)
+    assert_nothing_partial(env)
+
+
+def test_a_cut_download_says_one_line_per_resume(env, server, caplog):
+    data, _ = tiny_pth()
+    server.add(REPO, FILENAME, data, mode="cut")
+    spec = register(data, server.commit)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(errors.DownloadError):
+        hub.weights_path(spec)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert lines and all("\n" not in line and line.endswith("resuming the download") for line in lines), lines
+
+
+def test_pull_rehashes_a_converted_file_changed_in_place_with_its_time_put_back(env, server):
+    data, net = tiny_pth()
+    server.add(REPO, FILENAME, data)
+    spec = register(data, server.commit)
+    path = hub.weights_path(spec)
+    good = path.read_bytes()
+    st = path.stat()
+    damaged = bytearray(good)
+    damaged[-100] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))          # size and time as recorded
+    assert hub.weights_path(spec) == path and path.read_bytes() == damaged  # a run trusts the stamp
+    assert hub.weights_path(spec, rehash=True) == path                     # pull does not:
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():                                                   # converted again, as it was
+        assert path.read_bytes() != damaged and torch.equal(loading.load_model(path).module(x), net(x))

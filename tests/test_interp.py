@@ -218,3 +218,20 @@ def test_interp_never_overwrites_its_own_input(pair, side):
         assert result.exit_code == 1 and "would overwrite an input" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and target.name in result.output
     assert target.read_bytes() == before
+
+
+def test_the_cli_writes_nothing_that_would_not_load(tmp_path):
+    """A NaN in one input made a file every run refused afterwards, with exit 0 and 'wrote'."""
+    import safetensors.torch
+
+    psnr, gan = saved(tmp_path, "psnr", random_net(1)), saved(tmp_path, "gan", random_net(2))
+    sd, metadata = safetensors.torch.load_file(str(gan)), None
+    with safetensors.safe_open(str(gan), "pt") as f:
+        metadata = f.metadata()
+    sd[next(iter(sd))][0] = float("nan")
+    safetensors.torch.save_file(sd, str(tmp_path / "nan.safetensors"), metadata=metadata)
+    out = tmp_path / "mix.safetensors"
+    res = CliRunner().invoke(cli, ["interp", "--alpha", "0.5", "--psnr", str(psnr), "--gan",
+                                   str(tmp_path / "nan.safetensors"), "-o", str(out)])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "NaN" in lines[0] and not out.exists(), res.output

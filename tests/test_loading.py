@@ -490,3 +490,20 @@ def test_unbuildable_hyperparameters_are_a_mismatch_not_a_crash(tmp_path: Path) 
         save_model(path, random_state_dict(arch, hp, seed=22), arch, {**hp, **bad})
         with pytest.raises(errors.ArchitectureMismatchError, match="odd.safetensors.*cannot build rrdbnet"):
             load_model(path)
+
+
+def test_weight_dtypes_8_bit_floats_widened_and_non_floats_refused(tmp_path: Path) -> None:
+    """fp8 weights were an internal error (isfinite has no fp8 kernel); integer, bool and complex
+    weights were cast into the float network silently, giving garbage."""
+    arch, hp = SMALL["compact_prelu"]
+    sd = random_state_dict(arch, hp, 3)
+    x = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in sd.items()}
+    safetensors.torch.save_file(fp8, str(tmp_path / "fp8.safetensors"))
+    widened = {k: v.float() for k, v in fp8.items()}
+    assert torch.equal(forward(load_model(tmp_path / "fp8.safetensors"), x), run(arch, {**hp}, widened, x))
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        safetensors.torch.save_file({k: v.to(dtype) for k, v in sd.items()}, str(tmp_path / "bad.safetensors"))
+        with pytest.raises(errors.WeightsError) as info:
+            load_model(tmp_path / "bad.safetensors")
+        assert "floating point" in info.value.message and info.value.path == str(tmp_path / "bad.safetensors")

@@ -269,3 +269,27 @@ def test_replace_keeps_entries_whose_headers_carry_comments_or_spaces(tmp_path, 
     registry._CACHE.clear()
     names = [s.name for s in registry.parse_registry(user.read_text(), "user")]
     assert sorted(names) == ["mya", "myb", "myc"] and "# my second model" in user.read_text()
+
+
+def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default-x2").mkdir()
+    from upscale.resolve import resolve_model
+
+    assert resolve_model("default-x2").name == "default-x2"
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(errors.ModelNotFoundError, match="is not a weights file"):
+        resolve_model("not-a-model")
+
+
+def test_a_user_registry_that_is_not_utf8_or_names_a_path_outside_its_repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "models.toml").write_bytes(b'[[model]]\nname = "caf\xe9"\n')
+    registry._CACHE.clear()
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 1 and "not UTF-8" in result.output and "internal error" not in result.output
+    assert str(tmp_path / "models.toml") in result.output
+    for filename in ("../../etc/passwd", "/etc/passwd", "a/./b.pth", "a//b.pth"):
+        source = HUB_SOURCE.replace('filename = "w.pth"', f'filename = "{filename}"')
+        assert "source.filename must be a path inside the repository" in fails(entry(source=source))
+    parse(entry(source=HUB_SOURCE.replace('filename = "w.pth"', 'filename = "models/w.pth"')))   # a sub-folder: fine

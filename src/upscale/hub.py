@@ -6,12 +6,13 @@ into a safetensors file with our architecture metadata under ``$UPSCALE_CACHE/mo
 ``~/.cache/upscale``, ``upscale.machine.cache_dir``). The converted file's own sha256 is recorded when it
 is written (``verified/<file>.json``, with its size and mtime): later runs check the stamp, rehash
 only when it changed, and convert again from the verified download when the file is not the one we
-wrote. Later runs make no network request.
+wrote (``upscale models pull`` rehashes it whatever the stamp says). Later runs make no network
+request.
 
-Before a download, the Hub's host is resolved and connected to once with a short timeout, so an
-unreachable Hub is a one-line ``OfflineError`` within seconds rather than a storm of retries;
-huggingface_hub's own retry warnings reach the log once each (one line per retry, see
-``_RetryLines``).
+Before a download, the Hub's host is resolved and connected to once with a short timeout, and must
+say something to a plain request, so an unreachable or silent Hub is a one-line ``OfflineError``
+within seconds rather than a storm of retries; huggingface_hub's own retry and resume warnings reach
+the log once each, one line per retry (``_RetryLines``, ``_ResumeLines``).
 
 Environment variables are read at call time (not at import), so a program or a test can set them
 late: ``UPSCALE_CACHE``; ``HF_ENDPOINT``, ``HF_HUB_CACHE``/``HF_HOME`` and ``HF_HUB_OFFLINE`` with
@@ -70,11 +71,14 @@ def is_cached(spec: ModelSpec) -> bool:
 
 
 # --- the public entry points ----------------------------------------------------------------------
-def weights_path(spec: ModelSpec) -> Path:
+def weights_path(spec: ModelSpec, *, rehash: bool = False) -> Path:
     """A local, verified weights file for ``spec``.
 
     package -> the file shipped in the wheel; file -> the registered file (its sha256 re-checked);
-    hub -> the converted safetensors in our cache, downloading and converting it the first time.
+    hub -> the converted safetensors in our cache, downloading and converting it the first time. A
+    converted file whose size and time are those recorded is trusted without reading it, unless
+    ``rehash`` (``upscale models pull``): then its sha256 is checked too, and a file changed in place
+    is converted again.
     """
     source = spec.source
     if isinstance(source, PackageSource):
@@ -86,7 +90,7 @@ def weights_path(spec: ModelSpec) -> Path:
         return _check_local_file(spec, source)
     target = converted_path(spec)
     if target.is_file():
-        if _still_verified(target, None):
+        if _still_verified(target, None, full=rehash):
             return target
         log.warning("%s is not the file converted from the verified download (its sha256 differs from the "
                     "one recorded); converting again", target)
@@ -135,9 +139,10 @@ def _remember(path: Path, sha256: str, *, keyed_by_hash: bool = True) -> None:
         log.debug("cannot record the hash of %s: %s", path, err)
 
 
-def _still_verified(path: Path, sha256: str | None, *, rehash: bool = True) -> bool:
+def _still_verified(path: Path, sha256: str | None, *, rehash: bool = True, full: bool = False) -> bool:
     """Whether ``path`` is the file recorded: same stamp, or (``rehash``) a changed stamp but the same
-    sha256, which is then recorded again. ``sha256`` None: a converted file, keyed by its name."""
+    sha256, which is then recorded again; ``full``: the same sha256 whatever the stamp says (bytes
+    changed in place with the time put back). ``sha256`` None: a converted file, keyed by its name."""
     try:
         record = json.loads(_record_path(path, sha256).read_text(encoding="utf-8"))
         stamp = _stamp(path)
@@ -145,7 +150,7 @@ def _still_verified(path: Path, sha256: str | None, *, rehash: bool = True) -> b
         return False
     if not isinstance(record, dict) or (sha256 is not None and record.get("sha256") != sha256):
         return False
-    if all(record.get(k) == v for k, v in stamp.items()):
+    if all(record.get(k) == v for k, v in stamp.items()) and not full:
         return True
     if not rehash or not isinstance(record.get("sha256"), str) or sha256_file(path) != record["sha256"]:
         return False
@@ -242,6 +247,7 @@ def _hub_download(repo_id: str, filename: str, revision: str, *, needed_by: str,
 
 # --- reaching the Hub ---------------------------------------------------------------------------------
 PROBE_TIMEOUT_S = 3.0  # per step (name lookup, connect); a reachable Hub answers in well under a second
+ANSWER_TIMEOUT_S = 10.0  # for the first byte of an answer (huggingface_hub waits 10 s for metadata too)
 
 
 def _endpoint() -> str:
@@ -280,10 +286,26 @@ def _unreachable(endpoint: str) -> str | None:
             with socket.socket(family, kind, proto) as sock:
                 sock.settimeout(max(0.2, deadline - time.monotonic()))
                 sock.connect(address)
-                return None
+                return _silent(sock, host)
         except OSError as err:
             last = err.strerror or type(err).__name__
     return f"cannot connect to {host}:{port}: {last}"
+
+
+def _silent(sock: socket.socket, host: str) -> str | None:
+    """Why a connected server is of no use: it says nothing at all within ``ANSWER_TIMEOUT_S`` to a
+    plain request (a TLS server answers it with an alert, a proxy or web server with an error page,
+    either of which will do); None when any answer comes. A server that accepts and then stays
+    silent held each of huggingface_hub's six attempts for a minute: six and a half minutes."""
+    sock.settimeout(ANSWER_TIMEOUT_S)
+    try:
+        sock.sendall(f"HEAD / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii", "replace"))
+        sock.recv(1)
+    except socket.timeout:
+        return f"{host} accepts connections but does not answer"
+    except OSError:
+        return None          # reset or closed: it answered, in its way
+    return None
 
 
 class _RetryLines(logging.Filter):
@@ -308,6 +330,25 @@ class _RetryLines(logging.Filter):
 _RETRY_FILTER = _RetryLines()
 
 
+class _ResumeLines(logging.Filter):
+    """huggingface_hub logs a download cut short as "Error while downloading from URL: ERROR" and, on a
+    second line, what it does next: this makes it one line per resume and drops the last attempt's
+    (the command's own error line says the download failed)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Error while downloading from "):
+            return True
+        first, _, then = message.partition("\n")
+        if "Max retries" in then:
+            return False
+        record.msg, record.args = f"{' '.join(first.split())}; resuming the download", ()
+        return True
+
+
+_RESUME_FILTER = _ResumeLines()
+
+
 def _tame_hub_logging() -> None:
     """huggingface_hub prints its warnings through its own stderr handler and also passes them on to
     the root logger (ours): remove its default handler, so each line is printed once, by the root
@@ -321,6 +362,9 @@ def _tame_hub_logging() -> None:
     http = logging.getLogger("huggingface_hub.utils._http")
     if _RETRY_FILTER not in http.filters:
         http.addFilter(_RETRY_FILTER)
+    download = logging.getLogger("huggingface_hub.file_download")
+    if _RESUME_FILTER not in download.filters:
+        download.addFilter(_RESUME_FILTER)
 
 
 def _is_transfer_error(err: BaseException) -> bool:

@@ -302,6 +302,7 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor], arch: str, hparams: Ma
                                               path=source or None)
     hparams = {**family.defaults, **hparams}
     bf16_safe = _metadata_bool(metadata, META_BF16_SAFE, True, source)
+    sd = check_dtypes(sd, source=source or None)
     with torch.device("meta"):
         skeleton = _build(arch, hparams, source)
     check_fits(skeleton, sd, source=source or None, arch=arch)
@@ -319,6 +320,19 @@ def _build(arch: str, hparams: dict[str, Any], source: str | Path | None) -> nn.
     except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as e:
         raise errors.ArchitectureMismatchError(f"cannot build {arch} with {_hp_text(hparams)} ({e})",
                                                path=source or None, arch=arch) from None
+
+
+def check_dtypes(sd: Mapping[str, torch.Tensor], *, source: str | Path | None = None) -> StateDict:
+    """``sd`` with 8-bit float tensors widened to float32 (torch computes little on them, not even
+    ``isfinite``); ``WeightsError`` naming the tensors that are not floating point at all (integer,
+    bool or complex weights cast into a float network give garbage). BatchNorm's step counters are
+    integers by nature and pass."""
+    bad = [k for k, v in sd.items() if not v.is_floating_point() and not k.endswith("num_batches_tracked")]
+    if bad:
+        kinds = sorted({str(sd[k].dtype).replace("torch.", "") for k in bad})
+        raise errors.WeightsError(f"{len(bad)} tensor{'' if len(bad) == 1 else 's'} ({_few(bad)}) hold "
+                                  f"{', '.join(kinds)} values; network weights are floating point", path=source)
+    return {k: v.float() if v.is_floating_point() and v.element_size() == 1 else v for k, v in sd.items()}
 
 
 def check_finite(sd: Mapping[str, torch.Tensor], *, source: str | Path | None = None) -> None:

@@ -237,6 +237,9 @@ def _parse_source(raw: Any, fail: Any) -> Source:
     if kind == "hub":
         if raw["repo_id"].count("/") != 1:
             raise fail(f"source.repo_id must look like owner/name, not {raw['repo_id']!r}")
+        parts = raw["filename"].replace("\\", "/").split("/")
+        if raw["filename"].startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise fail(f"source.filename must be a path inside the repository, not {raw['filename']!r}")
         return HubSource(repo_id=raw["repo_id"], filename=raw["filename"], revision=raw["revision"],
                          sha256=raw["sha256"], size=size, sha256_confirmed=raw.get("sha256_confirmed", False),
                          sha256_note=raw.get("sha256_note", ""))
@@ -291,7 +294,12 @@ def load_registry(packaged: Path | None = None, user: Path | None = None) -> Reg
             raise errors.RegistryError(f"model {spec.name!r}: packaged weights {spec.source.filename} are "
                                        "missing from upscale/weights/", path=str(packaged))
     if user is not None and user.is_file():
-        user_specs = parse_registry(user.read_text(encoding="utf-8"), str(user))
+        try:
+            text = user.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else (err.strerror or str(err))
+            raise errors.RegistryError(f"cannot read the user registry ({why})", path=str(user)) from None
+        user_specs = parse_registry(text, str(user))
         for spec in user_specs:
             if isinstance(spec.source, PackageSource):
                 raise errors.RegistryError(f"model {spec.name!r}: package sources are for the packaged registry",
@@ -430,6 +438,8 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
             new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
             build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
             atomic.write_text(user, new)
+    except UnicodeDecodeError:
+        raise errors.RegistryError("cannot read the user registry (not UTF-8 text)", path=user) from None
     except OSError as err:
         raise errors.RegistryError(f"cannot write the user registry ({err.strerror or err})", path=user) from None
     _CACHE.clear()

@@ -45,9 +45,13 @@ def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Mo
             raise errors.UsageError("alpha needs a registry model with a PSNR/GAN twin, not a file; to blend "
                                     "two files, interpolate them (`upscale interp`)", params=("alpha",))
         return open_weights(path)
-    if path.exists():
-        raise errors.ModelNotFoundError(f"{path} is not a weights file")
-    spec = registry.get_model(str(name_or_path))
+    if path.exists():               # a folder (or device) of that name: the registry's name wins
+        try:
+            spec = registry.get_model(str(name_or_path))
+        except errors.ModelNotFoundError:
+            raise errors.ModelNotFoundError(f"{path} is not a weights file") from None
+    else:
+        spec = registry.get_model(str(name_or_path))
     if alpha is not None:
         return interpolated_model(spec, alpha)
     model = loading.load_model(hub.weights_path(spec), name=spec.name)

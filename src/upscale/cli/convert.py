@@ -100,9 +100,10 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
         # the deploy form must load strictly and be the same function: checked by building it
         loading.model_from_state_dict(sd, model.arch, hparams, source=str(dst))
     loading.save_model(dst, sd, model.arch, hparams, extra_metadata=extra)
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(hparams.items()))
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(model.hparams.items()))    # the input's, as read
     say(f"{src}: detected {model.arch} ({shown}) from {how}")
-    say(f"wrote {dst}")
+    changed = {k: v for k, v in hparams.items() if model.hparams.get(k) != v}
+    say(f"wrote {dst}" + (f" ({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else ""))
 
 
 def _check_same_function(before, after, src: Path) -> None:

@@ -78,5 +78,7 @@ def interp(alpha: float, model: str | None, psnr: str | None, gan: str | None, o
     psnr_path, gan_path = weights_file(psnr), weights_file(gan)
     check_output(output, (psnr_path, gan_path), True, exists_is_usage=False)  # a registry model's file too
     arch, hparams, sd = interpolate_files(psnr_path, gan_path, alpha)
+    # built and loaded strictly first, as every run will: nothing is written that would not load
+    loading.model_from_state_dict(sd, arch, hparams, source=f"{psnr} + {gan}")
     loading.save_model(output, sd, arch, hparams, extra_metadata=interpolation_metadata(psnr, gan, alpha))
     say(f"wrote {output}: {arch} x{hparams.get('scale', '?')}, alpha={alpha:g} between {psnr} (0) and {gan} (1)")

@@ -58,13 +58,14 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @click.argument("names", nargs=-1, required=True)
 @handle_errors
 def pull(names: tuple[str, ...]) -> None:
-    """Download, verify (sha256) and convert the named models now, so later runs need no network."""
+    """Download, verify (sha256) and convert the named models now, so later runs need no network;
+    a model already here has its cached file checked in full (converted again if it changed)."""
     from .. import hub, registry
 
     failed = 0
     for name in names:
         try:
-            path = hub.weights_path(registry.get_model(name))
+            path = hub.weights_path(registry.get_model(name), rehash=True)   # a cached file read in full
         except Exception as err:  # noqa: BLE001 - report each model, then exit with the failure code
             if len(names) == 1:
                 raise
