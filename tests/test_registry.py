@@ -293,3 +293,14 @@ def test_a_user_registry_that_is_not_utf8_or_names_a_path_outside_its_repo(tmp_p
         source = HUB_SOURCE.replace('filename = "w.pth"', f'filename = "{filename}"')
         assert "source.filename must be a path inside the repository" in fails(entry(source=source))
     parse(entry(source=HUB_SOURCE.replace('filename = "w.pth"', 'filename = "models/w.pth"')))   # a sub-folder: fine
+
+
+def test_models_add_refuses_twins_that_are_not_a_psnr_gan_pair(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    path = tiny_file(tmp_path)
+    assert CliRunner().invoke(cli, ["models", "add", "mine", str(path)]).exit_code == 0     # kind other
+    result = CliRunner().invoke(cli, ["models", "add", "tw", str(path), "--kind", "gan", "--twin", "mine"])
+    assert result.exit_code == 1 and "twins are a psnr model and a gan model" in result.output
+    assert CliRunner().invoke(cli, ["models", "add", "mine", str(path), "--kind", "psnr", "--replace"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["models", "add", "tw", str(path), "--kind", "gan", "--twin", "mine"])
+    assert result.exit_code == 0, result.output

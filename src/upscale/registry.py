@@ -436,7 +436,11 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
                                            "this file in its place", path=user, params=("replace",))
             new = (rest.rstrip("\n") + "\n\n" if rest.strip() else "") + format_entry(fields)
             new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
-            build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
+            table = build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
+            other = table.find(twin) if twin is not None else None
+            if other is not None and {kind, other.kind} != {"psnr", "gan"}:
+                raise errors.RegistryError(f"twin {twin!r} is a {other.kind} model and {name!r} a {kind} one; twins "
+                                           "are a psnr model and a gan model (set kind)", path=user)
             atomic.write_text(user, new)
     except UnicodeDecodeError:
         raise errors.RegistryError("cannot read the user registry (not UTF-8 text)", path=user) from None
