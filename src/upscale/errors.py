@@ -138,3 +138,22 @@ class TuneCacheError(UpscaleError):
 class BackendError(UpscaleError):
     """A window backend (OpenVINO) failed on a network that torch runs: it cannot convert it, compile
     it for a window shape, or run it. The message names the model and says to use backend torch."""
+
+
+# --- wording shared by the modules that raise these ------------------------------------------------
+LISTED = 4  # how many names a message lists before "(+N more)"
+
+
+def listed(items: list[str]) -> str:
+    """``a, b, c, d (+3 more)``: the first few of ``items`` for a one-line message."""
+    shown = ", ".join(str(i) for i in items[:LISTED])
+    return shown + (f" (+{len(items) - LISTED} more)" if len(items) > LISTED else "")
+
+
+def first_sentence(e: BaseException) -> str:
+    """The first line (and sentence) of an exception's text, or its type when the text is empty."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(". ")[0].strip()
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return text if len(text) > 8 else f"{type(e).__name__}{': ' + text if text else ''}"

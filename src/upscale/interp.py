@@ -20,7 +20,6 @@ import torch
 from . import errors
 
 StateDict = dict[str, torch.Tensor]
-_FEW = 4
 
 
 def check_alpha(alpha: float) -> float:
@@ -41,13 +40,13 @@ def interpolate(sd_psnr: Mapping[str, torch.Tensor], sd_gan: Mapping[str, torch.
     only_psnr = [k for k in sd_psnr if k not in sd_gan]
     only_gan = [k for k in sd_gan if k not in sd_psnr]
     if only_psnr or only_gan:
-        parts = [f"only in the {name}: {_few(keys)}" for name, keys in ((names[0], only_psnr), (names[1], only_gan))
+        parts = [f"only in the {name}: {errors.listed(keys)}" for name, keys in ((names[0], only_psnr), (names[1], only_gan))
                  if keys]
         raise errors.InterpolationError(f"the networks have different keys ({'; '.join(parts)})")
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(sd_gan[k].shape)}" for k, v in sd_psnr.items()
               if v.shape != sd_gan[k].shape]
     if shapes:
-        raise errors.InterpolationError(f"the networks have different shapes ({_few(shapes)})")
+        raise errors.InterpolationError(f"the networks have different shapes ({errors.listed(shapes)})")
     out: StateDict = {}
     for key, a in sd_psnr.items():
         b = sd_gan[key]
@@ -78,7 +77,3 @@ def check_same_network(a: tuple[str, Mapping[str, Any]], b: tuple[str, Mapping[s
 def interpolation_metadata(psnr: str, gan: str, alpha: float) -> dict[str, str]:
     """What a saved interpolation records about where it came from."""
     return {"upscale.interp": json.dumps({"alpha": alpha, "psnr": psnr, "gan": gan})}
-
-
-def _few(items: list[str]) -> str:
-    return ", ".join(items[:_FEW]) + (f" (+{len(items) - _FEW} more)" if len(items) > _FEW else "")

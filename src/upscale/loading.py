@@ -19,14 +19,8 @@ the file's (forged hyperparameters cost nothing), and weights holding NaN or inf
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import pickle
-import pickletools
-import re
-import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +32,7 @@ from torch import nn
 
 from . import archs, atomic, errors
 from .model import Model
+from .pickles import read_pickle
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +47,6 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
 
 StateDict = dict[str, torch.Tensor]
-
-_FEW = 4  # how many keys an error message lists before "(+N more)"
-
 
 # --- reading --------------------------------------------------------------------------------------
 def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
@@ -74,14 +66,14 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
     if suffix in SAFETENSORS_SUFFIXES:
         obj, metadata = _read_safetensors(p)
     elif suffix in PICKLE_SUFFIXES:
-        obj, metadata = _read_pickle(p), {}
+        obj, metadata = read_pickle(p), {}
     else:
         known = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
         raise errors.WeightsError(f"unsupported weights format {suffix or '(no suffix)'!r}; expected {known}",
                                   path=p)
     sd = _find_state_dict(obj)
     if sd is None:
-        raise errors.WeightsError(f"holds no state dict of tensors (top-level keys: {_few(_keys_of(obj))})",
+        raise errors.WeightsError(f"holds no state dict of tensors (top-level keys: {errors.listed(_keys_of(obj))})",
                                   path=p)
     return _strip_module_prefix(sd, p), metadata
 
@@ -92,75 +84,9 @@ def _read_safetensors(p: Path) -> tuple[StateDict, dict[str, str]]:
             metadata = dict(f.metadata() or {})
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise errors.WeightsError(f"corrupt or unreadable safetensors file ({_first_sentence(e)})",
+        raise errors.WeightsError(f"corrupt or unreadable safetensors file ({errors.first_sentence(e)})",
                                   path=p) from e
     return sd, metadata
-
-
-def _read_pickle(p: Path) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about pickle protocols; the errors say enough
-            return torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise _pickle_refusal(p, e) from None
-    except Exception as e:  # torch.load raises many types (EOFError, KeyError, RuntimeError...) on garbage
-        raise errors.WeightsError(f"corrupt or not a PyTorch checkpoint ({_first_sentence(e)})", path=p) from None
-
-
-def _pickle_refusal(p: Path, e: pickle.UnpicklingError) -> errors.WeightsError:
-    """Tell a refused import (unsafe) from a stream that is not a pickle at all (corrupt)."""
-    inner = e.__context__ if isinstance(e.__context__, pickle.UnpicklingError) else e
-    found = re.search(r"GLOBAL ([\w.]+)", str(inner)) or re.search(r"GLOBAL ([\w.]+)", str(e))
-    names = [found.group(1)] if found else [g for g in _pickle_globals(p) if not _is_tensor_global(g)]
-    if names:
-        return errors.UnsafeWeightsError(
-            f"refused: its pickle would import {_few(names)}, which is not a tensor type; nothing was run "
-            "(convert it to .safetensors with a tool you trust)", path=p)
-    return errors.WeightsError(f"corrupt or not a PyTorch checkpoint ({_first_sentence(inner)})", path=p)
-
-
-def _is_tensor_global(name: str) -> bool:
-    return name.startswith("torch.") or name == "collections.OrderedDict"
-
-
-_IDENT = re.compile(r"^[A-Za-z_][\w.]*$")
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
-               "STRING"}
-
-
-def _pickle_globals(p: Path) -> list[str]:
-    """Names imported by the complete pickles in a file (zip checkpoint or legacy/raw pickle stream).
-
-    Only reads opcodes (``pickletools``), never executes them. A pickle that breaks off before STOP
-    contributes nothing, so random bytes are not mistaken for an import.
-    """
-    try:
-        if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as z:
-                members = [n for n in z.namelist() if n.endswith("data.pkl")]
-                data = z.read(members[0]) if members else b""
-        else:
-            data = p.read_bytes()
-    except (OSError, zipfile.BadZipFile):
-        return []
-    stream = io.BytesIO(data)
-    names: list[str] = []
-    while stream.tell() < len(data):
-        pending: list[str] = []
-        strings: list[str] = []
-        try:
-            for op, arg, _ in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "INST"):
-                    pending.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    pending.append(f"{strings[-2]}.{strings[-1]}")
-                elif op.name in _STRING_OPS and isinstance(arg, (str, bytes)):
-                    strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
-        except Exception:  # noqa: BLE001 - anything pickletools cannot parse ends the scan
-            break
-        names += [n for n in pending if _IDENT.match(n) and n not in names]
-    return names
 
 
 def _find_state_dict(obj: Any, depth: int = 0) -> StateDict | None:
@@ -229,7 +155,7 @@ def detect(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = 
             return family.name, {**family.defaults, **hp}
     raise errors.UnknownArchitectureError(
         f"no known architecture matches these weights ({len(sd)} key{'' if len(sd) == 1 else 's'}: "
-        f"{_few(list(sd))}){_layout_hint(sd)}",
+        f"{errors.listed(list(sd))}){_layout_hint(sd)}",
         path=source)
 
 
@@ -330,7 +256,7 @@ def check_dtypes(sd: Mapping[str, torch.Tensor], *, source: str | Path | None = 
     bad = [k for k, v in sd.items() if not v.is_floating_point() and not k.endswith("num_batches_tracked")]
     if bad:
         kinds = sorted({str(sd[k].dtype).replace("torch.", "") for k in bad})
-        raise errors.WeightsError(f"{len(bad)} tensor{'' if len(bad) == 1 else 's'} ({_few(bad)}) hold "
+        raise errors.WeightsError(f"{len(bad)} tensor{'' if len(bad) == 1 else 's'} ({errors.listed(bad)}) hold "
                                   f"{', '.join(kinds)} values; network weights are floating point", path=source)
     return {k: v.float() if v.is_floating_point() and v.element_size() == 1 else v for k, v in sd.items()}
 
@@ -340,7 +266,7 @@ def check_finite(sd: Mapping[str, torch.Tensor], *, source: str | Path | None = 
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise errors.WeightsError(f"{len(bad)} tensor{'' if len(bad) == 1 else 's'} hold NaN/inf "
-                                  f"({_few(bad)}); refusing weights that would give a black or garbage image",
+                                  f"({errors.listed(bad)}); refusing weights that would give a black or garbage image",
                                   path=source)
 
 
@@ -360,7 +286,7 @@ def check_fits(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str
     shapes = [f"{k} {tuple(sd[k].shape)} in file vs {tuple(v.shape)} in model"
               for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or shapes:
-        parts = [f"{label} {_few(items)}" for label, items in
+        parts = [f"{label} {errors.listed(items)}" for label, items in
                  (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
         raise errors.ArchitectureMismatchError(f"weights do not fit {arch or type(module).__name__}: "
                                                + "; ".join(parts), path=source, arch=arch, missing=missing,
@@ -376,7 +302,7 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, source: st
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise errors.ArchitectureMismatchError(f"weights do not fit {arch}: {_first_sentence(e)}", path=source,
+        raise errors.ArchitectureMismatchError(f"weights do not fit {arch}: {errors.first_sentence(e)}", path=source,
                                                arch=arch) from None
 
 
@@ -433,22 +359,8 @@ def _os_reason(e: OSError, path: Path) -> str:
 
 
 # --- message helpers ----------------------------------------------------------------------------
-def _few(items: list[str]) -> str:
-    shown = ", ".join(str(i) for i in items[:_FEW])
-    return shown + (f" (+{len(items) - _FEW} more)" if len(items) > _FEW else "")
-
-
 def _keys_of(obj: Any) -> list[str]:
     return [str(k) for k in obj] if isinstance(obj, Mapping) else [type(obj).__name__]
-
-
-def _first_sentence(e: BaseException) -> str:
-    """The first line (and sentence) of an exception's text, or its type when the text is empty."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    text = text.split(". ")[0].strip()
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return text if len(text) > 8 else f"{type(e).__name__}{': ' + text if text else ''}"
 
 
 def _hp_text(hparams: Mapping[str, Any]) -> str:
