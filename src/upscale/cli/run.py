@@ -73,12 +73,20 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
     if animation:
         _upscale_frames(upscaler, animation, image, target, scale, alpha_mode, output_format, quality, quiet)
-        return
+    else:
+        _upscale_still(upscaler, source, image, target, scale, alpha_mode, output_format, quality, quiet)
+
+
+def _upscale_still(upscaler: Any, source: Any, image: Path, target: Path, scale: float, alpha_mode: str,
+                   output_format: str | None, quality: int | None, quiet: bool) -> None:
+    """One image through the model, with tile progress (and, when the tuned estimate is long, that
+    estimate first: one window has no progress to show), then written."""
+    from .. import api
+
     expected = upscaler.engine.expected_s(*source.pixels.shape[:2])
-    if expected is not None and expected >= SAY_EXPECTED_S and not quiet:   # one window may show no progress
+    if expected is not None and expected >= SAY_EXPECTED_S and not quiet:
         passes = api.model_passes(source, alpha_mode)
         say(f"{image}: about {expected * passes:.0f} s of model time (as `upscale tune` measured here)", err=True)
-
     progress = Progress(image.name, "tile", quiet=quiet, leave=False)
     try:
         result = upscaler.upscale(source, outscale=scale, alpha_mode=alpha_mode, progress=progress.update)

@@ -89,10 +89,7 @@ def decode(im: PILImage.Image, path: Path,
         return np.asarray(_cmyk_to_rgb(im, icc, path)), None, mode, None
 
     if mode == "L" and isinstance(trns, int) and rawmode and (m := _LOW_BIT_GRAY.match(rawmode)):
-        # 2- and 4-bit gray: Pillow scales the samples to 8 bits but not the tRNS key
-        gray = np.asarray(im)
-        key = trns * (255 // (2 ** int(m.group(1)) - 1))
-        return gray[..., None], np.where(gray == key, 0, 255).astype(np.uint8), mode, icc
+        return (*_low_bit_gray_keyed(im, trns, int(m.group(1))), mode, icc)
     if mode in ("1", "L") and trns is not None:
         target = "LA"
     elif mode in ("1", "L"):
@@ -114,6 +111,14 @@ def decode(im: PILImage.Image, path: Path,
     if target in ("LA", "RGBA"):
         return arr[..., :-1], arr[..., -1], mode, icc
     return arr, None, mode, icc
+
+
+def _low_bit_gray_keyed(im: PILImage.Image, key: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 2- or 4-bit gray PNG with a tRNS key: (gray, alpha). Pillow scales the samples to 8 bits
+    but not the key, so it would match nothing."""
+    gray = np.asarray(im)
+    alpha = np.where(gray == key * (255 // (2 ** bits - 1)), 0, 255).astype(np.uint8)
+    return gray[..., None], alpha
 
 
 def _opposite_order(order: str) -> str:
