@@ -72,8 +72,10 @@ class HubServer:
         return entry
 
     def count(self, method: str | None = None) -> int:
+        """Requests for repository files (``method`` ones, or all): the client's reachability probe,
+        a request for ``/``, is not counted."""
         with self._lock:
-            return sum(1 for m, _ in self.requests if method is None or m == method)
+            return sum(1 for m, path in self.requests if (method is None or m == method) and path != "/")
 
     def reset_counts(self) -> None:
         with self._lock:

@@ -235,3 +235,17 @@ def test_the_cli_writes_nothing_that_would_not_load(tmp_path):
                                    str(tmp_path / "nan.safetensors"), "-o", str(out)])
     lines = res.stderr.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and "NaN" in lines[0] and not out.exists(), res.output
+
+
+def test_8_bit_float_inputs_are_widened_before_blending(tmp_path):
+    """fp8 weights load everywhere else; interp blended them raw (torch has no fp8 lerp): internal error."""
+    import safetensors.torch
+
+    psnr = saved(tmp_path, "psnr", random_net(1))
+    gan = saved(tmp_path, "gan", random_net(2))
+    with safetensors.safe_open(str(gan), "pt") as f:
+        metadata = f.metadata()
+    fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in safetensors.torch.load_file(str(gan)).items()}
+    safetensors.torch.save_file(fp8, str(tmp_path / "gan8.safetensors"), metadata=metadata)
+    arch, hp, sd = interpolate_files(psnr, tmp_path / "gan8.safetensors", 1.0)
+    assert all(torch.equal(sd[k], fp8[k].float()) for k in fp8)

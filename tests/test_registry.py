@@ -280,6 +280,8 @@ def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(errors.ModelNotFoundError, match="is not a weights file"):
         resolve_model("not-a-model")
+    with pytest.raises(errors.ModelNotFoundError):        # too long to be a path: not an OSError
+        resolve_model("a" * 300)
 
 
 def test_a_user_registry_that_is_not_utf8_or_names_a_path_outside_its_repo(tmp_path, monkeypatch):

@@ -508,7 +508,8 @@ def test_probe_on_a_busy_machine_says_it_was_not_saved(cache_here, native_bf16, 
 
 def test_probe_refuses_a_device_or_precision_and_threads_are_bounded(cache_here):
     for args in (["--probe", "--device", "cuda"], ["--probe", "--precision", "fp32"],
-                 ["--probe", "--threads", "99999999999"], ["-m", "default-x2", "--threads", "99999999999"]):
+                 ["--probe", "--threads", "99999999999"], ["--probe", "--threads", "0"],
+                 ["-m", "default-x2", "--threads", "99999999999"]):
         res = CliRunner().invoke(cli, ["tune", *args])
         lines = res.output.strip().splitlines()
         assert res.exit_code == 2 and len(lines) == 1 and "internal error" not in lines[0], (args, res.output)

@@ -86,7 +86,7 @@ def check_output_memory(image: Image, outscale: float, *, native_scale: int | No
                   (outscale, np.float32, 1, "resizing to")] + ([held] if frames > 1 else [])
     try:
         for scale, dtype, count, what in checks:
-            check_output_fits(h, w * count, channels, scale, dtype, what)
+            check_output_fits(h, w, channels, scale, dtype, what, count)
     except errors.ResourceError as err:
         raise errors.ResourceError(err.message, path=path) from None
 

@@ -258,7 +258,8 @@ def _endpoint() -> str:
 
 def _unreachable(endpoint: str) -> str | None:
     """Why ``endpoint`` (or the proxy that requests to it go through) cannot be reached, in a few words;
-    None when a TCP connection opens. Name lookup runs in a thread so a hanging resolver has a deadline."""
+    None when a TCP connection opens and the server answers (``_silent``). Name lookup runs in a thread
+    so a hanging resolver has a deadline."""
     url = urlsplit(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     if not host:
@@ -266,7 +267,7 @@ def _unreachable(endpoint: str) -> str | None:
     proxy = urllib.request.getproxies().get(url.scheme)
     if proxy and not urllib.request.proxy_bypass(host):
         proxied = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxied.hostname or host, proxied.port or 8080
+        host, port = proxied.hostname or host, proxied.port or (443 if proxied.scheme == "https" else 80)
     found: dict[str, object] = {}
 
     def lookup() -> None:
@@ -286,10 +287,13 @@ def _unreachable(endpoint: str) -> str | None:
             with socket.socket(family, kind, proto) as sock:
                 sock.settimeout(max(0.2, deadline - time.monotonic()))
                 sock.connect(address)
-                return _silent(sock, host)
+                silent = _silent(sock, host)
+            if silent is None:
+                return None
+            last = silent                # an address that answers nothing: the next may (IPv4 after IPv6)
         except OSError as err:
             last = err.strerror or type(err).__name__
-    return f"cannot connect to {host}:{port}: {last}"
+    return last if last.endswith("does not answer") else f"cannot connect to {host}:{port}: {last}"
 
 
 def _silent(sock: socket.socket, host: str) -> str | None:

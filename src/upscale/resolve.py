@@ -40,12 +40,12 @@ def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Mo
     interpolation): 0 is the PSNR model, 1 the GAN model.
     """
     path = Path(name_or_path)
-    if path.is_file():
+    if _is_file(path):
         if alpha is not None:
             raise errors.UsageError("alpha needs a registry model with a PSNR/GAN twin, not a file; to blend "
                                     "two files, interpolate them (`upscale interp`)", params=("alpha",))
         return open_weights(path)
-    if path.exists():               # a folder (or device) of that name: the registry's name wins
+    if _exists(path):               # a folder (or device) of that name: the registry's name wins
         try:
             spec = registry.get_model(str(name_or_path))
         except errors.ModelNotFoundError:
@@ -56,6 +56,20 @@ def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Mo
         return interpolated_model(spec, alpha)
     model = loading.load_model(hub.weights_path(spec), name=spec.name)
     return replace(model, name=spec.name, source=spec.name, bf16_safe=spec.bf16_safe)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:          # a name too long to be a path, say: then it is a registry name or nothing
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def open_weights(path: str | Path, bin_path: str | Path | None = None) -> Model:
@@ -98,6 +112,7 @@ def interpolate_files(psnr: str | Path, gan: str | Path, alpha: float) -> tuple[
     interp.check_alpha(alpha)
     sd_p, arch_p, hp_p, _ = loading.read_canonical(psnr)
     sd_g, arch_g, hp_g, _ = loading.read_canonical(gan)
+    sd_p, sd_g = loading.check_dtypes(sd_p, source=psnr), loading.check_dtypes(sd_g, source=gan)   # fp8 widened
     names = (str(psnr), str(gan))
     interp.check_same_network((arch_p, hp_p), (arch_g, hp_g), names)
     return arch_p, hp_p, interp.interpolate(sd_p, sd_g, alpha, names=names)

@@ -266,14 +266,21 @@ class DefaultGroup(click.Group):
             raise _one_line(err) from None
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        cmd.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_more_verbose,
-                                       help="More logging (-v info, -vv debug); same as before the command."))
-        cmd.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
-                                       callback=_show_version, hidden=True))
-        if not any(p.name == "quiet" for p in cmd.params):   # -q after any command, as before it
-            cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_quieter,
-                                           help="No info lines; same as before the command."))
+        _common_options(cmd)
         super().add_command(cmd, name)
+
+
+def _common_options(cmd: click.Command) -> None:
+    """-v/-vv, -q and --version after ``cmd`` (and after each of its own sub-commands), as before it."""
+    cmd.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_more_verbose,
+                                   help="More logging (-v info, -vv debug); same as before the command."))
+    cmd.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                                   callback=_show_version, hidden=True))
+    if not any(p.name == "quiet" for p in cmd.params):
+        cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_quieter,
+                                       help="No info lines; same as before the command."))
+    for sub in getattr(cmd, "commands", {}).values():
+        _common_options(sub)
 
 
 EPILOG = """\b

@@ -88,7 +88,7 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
         _print_choice(tuning)
     from .. import tuned
 
-    click.echo(f"saved in {tuned.cache_path()}")
+    say(f"saved in {tuned.cache_path()}")
 
 
 def _print_choice(tuning: Any) -> None:
@@ -106,7 +106,7 @@ def _print_choice(tuning: Any) -> None:
 def _print_report(report: Any) -> None:
     from .. import tuned
 
-    click.echo(f"tuned {report.label}: {tuned.describe(report.key)}")
+    say(f"tuned {report.label}: {tuned.describe(report.key)}")
     click.echo(f"{'candidate':<30} {'seconds':>9} {'s/MP':>9}  chosen")
     for row in report.rows:
         click.echo(f"{row.candidate:<30} {row.seconds:>9.4f} {row.s_per_mp:>9.3f}  {'*' if row.chosen else ''}")
@@ -141,7 +141,7 @@ def _probe(threads: int | None) -> None:
 
     from ..engine import EngineOptions
 
-    if threads:
+    if threads is not None:
         torch.set_num_threads(EngineOptions(threads=threads).threads)     # checked as every run checks it
     if not cpu_native_bf16():
         click.echo("this CPU has no native bf16 (avx512_bf16 or AMX): --precision auto runs fp32, nothing to probe")
@@ -158,7 +158,7 @@ def _show() -> None:
 
     entries = tuned.load_entries()
     if not entries:
-        click.echo(f"no tuning results in {tuned.cache_path()}")
+        say(f"no tuning results in {tuned.cache_path()}")
         return
     for entry in entries:
         key, res = entry["key"], entry["result"]
@@ -166,14 +166,14 @@ def _show() -> None:
             what = ("training step" if key["precision"] == tuned.TRAIN_AUTO else "one 3x3 conv"
                     if key.get("arch") == tuned.PROBE_ARCH else "est. 1000x750 model time")
             estimates = ", ".join(f"{k} ~{v:.3g} s" for k, v in res["estimate_s"].items())
-            click.echo(f"{tuned.describe(key)} [{entry.get('label', '')}]: runs {res['precision']} "
-                       f"({what}: {estimates}); {entry.get('when', '?')}{_stale(key)}")
+            say(f"{tuned.describe(key)} [{entry.get('label', '')}]: runs {res['precision']} "
+                f"({what}: {estimates}); {entry.get('when', '?')}{_stale(key)}")
             continue
         compiled = res.get("compile")
         compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s"
-        click.echo(f"{tuned.describe(key)} [{entry.get('label', '')}]: window {res['window_px']}, "
-                   f"batch {res['batch']}, compile {compile_text}, backend {res.get('backend') or '-'}; "
-                   f"{res['s_per_mp']:.3g} s/MP; {entry.get('when', '?')}{_stale(key)}")
+        say(f"{tuned.describe(key)} [{entry.get('label', '')}]: window {res['window_px']}, "
+            f"batch {res['batch']}, compile {compile_text}, backend {res.get('backend') or '-'}; "
+            f"{res['s_per_mp']:.3g} s/MP; {entry.get('when', '?')}{_stale(key)}")
 
 
 def _stale(key: dict[str, Any]) -> str:

@@ -146,20 +146,22 @@ def whole_window(table: dict[int, tuple[float, float]], side: int) -> tuple[floa
 
 
 def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type,
-                      what: str = "output") -> int:
+                      what: str = "output", count: int = 1) -> int:
     """Raise ``errors.ResourceError`` when an (height*scale, width*scale, channels) array of ``dtype``
     would not fit in the host memory available now; else return its size in bytes. Cheap: call it
-    before loading a model (``scale`` may be a float outscale). ``what`` names the array in the message."""
+    before loading a model (``scale`` may be a float outscale). ``what`` names the array in the
+    message; ``count`` such arrays are held at once (an animation's frames)."""
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise errors.UsageError(f"scale must be a positive number, not {scale!r}", params=("scale",))
     out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-    need = out_h * out_w * channels * np.dtype(dtype).itemsize
+    need = out_h * out_w * channels * np.dtype(dtype).itemsize * count
     free = available_memory_bytes(torch.device("cpu"))
     if need > free:
-        raise errors.ResourceError(f"{what} {out_w} x {out_h} x {channels} needs {_size(need)}; "
-                                   f"{_size(free)} free")
+        many = f"{count} frames of " if count > 1 else ""
+        raise errors.ResourceError(f"{what} {many}{out_w} x {out_h} x {channels} need{'' if many else 's'} "
+                                   f"{_size(need)}; {_size(free)} free")
     return need
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.0f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
