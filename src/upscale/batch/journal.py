@@ -85,7 +85,7 @@ class Journal:
         records: dict[str, dict[str, Any]] = {}
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):     # no journal (or no OUT_DIR) yet
             return records
         except OSError as err:
             log.warning("%s: cannot read (%s); judging outputs by their size alone", self.path, err.strerror or err)

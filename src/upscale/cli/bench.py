@@ -59,7 +59,7 @@ def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_d
     --niqe adds NIQE (on Y, same border) and a row for the HR images' own NIQE;
     seconds per image, output megapixels per second and peak memory per method.
     upscale bench --data Set5 -s 2 -s 3 -s 4
-    upscale bench --data Set5 -s 4 -m realesrgan-x4plus --sheet set5_x4.png --json
+    upscale bench --data Set5 -s 4 -m esrgan --sheet set5_x4.png --json
     """
     from ..bench import BenchOptions, load_models, run_bench, write_sheet
 
