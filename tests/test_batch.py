@@ -639,3 +639,96 @@ def test_an_input_touched_but_unchanged_is_hashed_once(tmp_path, tiny_x2, monkey
         plan = plan_batch(src, out, outscale=2.0, settings=key)
         assert len(plan.jobs) == 0 and len(plan.finished) == 3
     assert hashed == ["img1.png"]
+
+
+# --- the journal when it cannot be written ----------------------------------------------------------
+
+def _run_in_process(src, out, model_path, *, stop_during=False, break_journal=False):
+    """run_batch in this process; ``stop_during``: the stop event is set while the (only) image is in
+    the model, as Ctrl-C would; ``break_journal``: after planning, the journal's name becomes a folder,
+    so every append fails (EISDIR), as a full disk or a journal made immutable meanwhile would."""
+    import threading
+
+    from upscale import api, load_model
+    from upscale.batch import BatchSettings, Journal, run_batch, settings_key
+    from upscale.engine import EngineOptions
+
+    model = load_model(model_path)
+    plan = plan_batch(src, out, outscale=float(model.scale))
+    out.mkdir(exist_ok=True)
+    if break_journal:
+        (out / JOURNAL_NAME).mkdir()
+    stop = threading.Event()
+    settings = BatchSettings(outscale=float(model.scale), workers=1, journal=Journal(out),
+                             settings_key=settings_key(model, outscale=float(model.scale), alpha_mode="model"))
+    upscaler = api.Upscaler(model, EngineOptions(device="cpu", precision="fp32", tile_px=8, compile="off"))
+    on_tiles = (lambda rel, done, total: stop.set()) if stop_during else None
+    return run_batch(plan, upscaler, settings, stop=stop, on_tiles=on_tiles)
+
+
+def test_ctrl_c_during_the_last_image_is_an_interrupted_run(tmp_path, tiny_x2):
+    src = _folder(tmp_path / "in", 1)
+    summary = _run_in_process(src, tmp_path / "out", tiny_x2, stop_during=True)
+    assert summary.interrupted and summary.done == 1               # finished whole, and still exit 130
+
+
+def test_an_output_that_cannot_be_recorded_is_removed_and_failed(tmp_path, tiny_x2):
+    """An older line may describe that output (other settings): kept, it would be skipped as theirs."""
+    src = _folder(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    summary = _run_in_process(src, out, tiny_x2, break_journal=True)
+    assert summary.failed == 2 and all("not recorded" in o.reason for o in summary.outcomes)
+    assert sorted(p.name for p in out.iterdir()) == [JOURNAL_NAME]
+
+
+def test_a_journal_that_cannot_be_added_to_or_named_as_the_report(tmp_path, tiny_x2):
+    src = _folder(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert _invoke([src, "--out", out, "-m", tiny_x2, *FAST, "-q"]).exit_code == 0
+    res = _invoke([src, "--out", out, "-m", tiny_x2, *FAST, "--report", out / JOURNAL_NAME])
+    assert res.exit_code == 2 and "journal" in res.stderr
+    journal = out / JOURNAL_NAME
+    journal.chmod(0o444)
+    immutable = shutil.which("chattr") and subprocess.run(["chattr", "+i", str(journal)],
+                                                          capture_output=True).returncode == 0
+    try:
+        try:
+            os.close(os.open(journal, os.O_WRONLY | os.O_APPEND))
+            pytest.skip("this user can write a read-only file (root without chattr)")
+        except OSError:
+            pass
+        res = _invoke([src, "--out", out, "-m", tiny_x2, *FAST, "-q"])
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1 and JOURNAL_NAME in lines[0], res.stderr
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(journal)], check=True)
+        journal.chmod(0o644)
+
+
+def test_a_record_cut_short_by_a_full_disk_never_swallows_the_next(tmp_path):
+    """A file size limit stands in for a full disk: the write is refused part way (OSError), and the
+    next record, written later, still reads on its own line."""
+    code = """
+import resource, signal, sys
+from pathlib import Path
+from upscale.batch import Journal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+journal = Journal(Path(sys.argv[1]))
+size = journal.path.stat().st_size if journal.path.exists() else 0
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, resource.RLIM_INFINITY))
+try:
+    journal.append(Path(sys.argv[1]) / "a_x2.png", "k1", {"size": 1})
+except OSError as err:
+    print("refused", err.errno)
+"""
+    out = tmp_path / "out"
+    out.mkdir()
+    from upscale.batch import Journal
+
+    Journal(out).append(out / "b_x2.png", "k0", {"size": 2})
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert "refused" in proc.stdout, proc.stderr
+    Journal(out).append(out / "c_x2.png", "k2", {"size": 3})
+    records = Journal(out).read()
+    assert sorted(records) == ["b_x2.png", "c_x2.png"] and records["c_x2.png"]["settings"] == "k2"

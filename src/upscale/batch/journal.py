@@ -20,6 +20,7 @@ adds ~20 MB.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -99,16 +100,27 @@ class Journal:
                 records[record["output"]] = record
         return records
 
-    def append(self, output: Path, key: str, stamp: dict[str, Any]) -> None:
+    def append(self, output: Path, key: str, stamp: dict[str, Any] | None) -> None:
         """Record that ``output`` (now in place) was made with settings ``key`` from the input
-        ``stamp`` describes (``input_record``, taken before the input was read)."""
-        line = json.dumps({"output": output.relative_to(self.out_dir).as_posix(), "settings": key,
-                           "input": stamp}, separators=(",", ":")) + "\n"
+        ``stamp`` describes (``input_record``, taken before the input was read). Each record starts
+        with a newline, so one cut short by a full disk stays a line of its own that does not parse,
+        never glued to the next. ``OSError`` when it cannot be written whole."""
+        line = "\n" + json.dumps({"output": output.relative_to(self.out_dir).as_posix(), "settings": key,
+                                  "input": stamp}, separators=(",", ":"))
+        data = line.encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            os.write(fd, line.encode("utf-8"))
+            written = os.write(fd, data)
+            if written != len(data):    # the rest would be appended apart from its start: refuse instead
+                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
         finally:
             os.close(fd)
+
+    def check_writable(self) -> None:
+        """``OSError`` when records cannot be appended (a read-only or immutable journal): a run that
+        could not record its outputs would leave older records describing them."""
+        if self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)))
 
 
 def judge(record: dict[str, Any] | None, key: str, source: Path) -> tuple[str | None, dict[str, Any] | None]:

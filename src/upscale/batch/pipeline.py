@@ -12,7 +12,6 @@ killed runs were swept while planning. Each output written is then recorded in O
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -27,7 +26,6 @@ from .journal import Journal, input_record, key_for
 from .plan import Job, Plan
 from .summary import DONE, FAILED, NOT_STARTED, BatchSummary, Outcome, reason_for
 
-log = logging.getLogger(__name__)
 
 OnOutcome = Callable[[Outcome], None]
 OnTiles = Callable[[str, int, int], None]       # (relative path, tiles done, tiles total)
@@ -95,9 +93,10 @@ def run_batch(plan: Plan, upscaler: Upscaler, settings: BatchSettings, *, stop: 
     start = time.perf_counter()
     for thread in (*readers, *writers):
         thread.start()
-    ended = 0
+    ended, asked_to_stop = 0, False
     try:
         ended = _model_loop(decoded, upscaled, len(readers), stop, upscaler, settings, on_tiles, tally)
+        asked_to_stop = stop.is_set()    # Ctrl-C, even during the last image (set below anyway)
     finally:
         stop.set()                       # readers start nothing new ...
         while ended < len(readers):      # ... and none stays blocked on the full queue
@@ -111,8 +110,8 @@ def run_batch(plan: Plan, upscaler: Upscaler, settings: BatchSettings, *, stop: 
     settled = {o.input for o in tally.outcomes}
     unstarted = [Outcome(job.rel, str(job.output), NOT_STARTED, "the run was interrupted first")
                  for job in plan.jobs if job.rel not in settled]
-    return BatchSummary(tally.outcomes + unstarted, elapsed, tally.model_s, bool(unstarted), shard,
-                        plan.stale_temps_removed)
+    return BatchSummary(tally.outcomes + unstarted, elapsed, tally.model_s, asked_to_stop or bool(unstarted),
+                        shard, plan.stale_temps_removed)
 
 
 def _model_loop(decoded: queue.Queue, upscaled: queue.Queue, readers: int, stop: threading.Event,
@@ -212,7 +211,9 @@ def _write_loop(upscaled: queue.Queue, settings: BatchSettings, tally: _Tally) -
                           animation=isinstance(result, Animation))
             try:        # after the rename: a line never describes an output that is not in place
                 settings.journal.append(job.output, key, stamp)
-            except OSError as err:
-                log.warning("%s: cannot record %s (%s)", settings.journal.path, job.output.name,
-                            err.strerror or err)
+            except OSError as err:   # an older line may describe it: the output goes, the next run redoes it
+                job.output.unlink(missing_ok=True)
+                tally.add(Outcome(job.rel, None, FAILED, f"written but not recorded in {settings.journal.path.name} "
+                                  f"({err.strerror or err}), so removed", input_px, model_s))
+                continue
         tally.add(Outcome(job.rel, str(job.output), DONE, "", input_px, model_s))

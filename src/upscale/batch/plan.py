@@ -16,7 +16,7 @@ from .. import io as _io
 from ..api import DEFAULT_NAME, default_output_path, output_size
 from ..engine import Workload
 from ..io import INPUT_EXTENSIONS, image_size, is_animation, is_whole
-from .journal import Journal, judge, key_for
+from .journal import JOURNAL_NAME, Journal, judge, key_for
 from .summary import FAILED, SKIPPED, Outcome
 
 log = logging.getLogger("upscale")
@@ -116,6 +116,12 @@ def check_folders(in_dir: Path, out_dir: Path) -> None:
     problem = atomic.write_problem(out_dir)
     if problem is not None:     # exit 1: the run could not start, before the model loads
         raise errors.ImageWriteError(problem, path=out_dir)
+    journal = Journal(out_dir)
+    try:
+        journal.check_writable()
+    except OSError as err:
+        raise errors.ImageWriteError(f"cannot add to this folder's journal of what made each output "
+                                     f"({err.strerror or err})", path=journal.path) from None
 
 
 def check_report_path(report: str | Path | None, in_dir: str | Path, out_dir: str | Path) -> None:
@@ -132,6 +138,9 @@ def check_report_path(report: str | Path | None, in_dir: str | Path, out_dir: st
                 raise errors.UsageError(f"report {report} is an image path inside the {role} folder {folder}; "
                                         "it would replace an image (name it .json, or put it elsewhere)",
                                         params=("report",))
+    if target == (out_dir / JOURNAL_NAME).resolve():
+        raise errors.UsageError(f"report {report} is OUT_DIR's journal of what made each output; name it "
+                                "otherwise", params=("report",))
     if not report.parent.is_dir() and target.parent != out_dir.resolve():   # OUT_DIR is created
         raise errors.UsageError(f"report {report}: folder {report.parent} does not exist", params=("report",))
     problem = atomic.write_problem(report.parent)
@@ -218,7 +227,10 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
             if why is not None:
                 otherwise[why] = otherwise.get(why, 0) + 1
             elif fresh is not None:     # touched or copied, same bytes: hash it once, not every run
-                journal.append(job.output, key, fresh)
+                try:
+                    journal.append(job.output, key, fresh)
+                except OSError:
+                    pass                # it is hashed again next time: nothing lost
         if not overwrite and why is None and _complete(job, outscale):
             finished.append(job)
             known.append(Outcome(job.rel, str(job.output), SKIPPED, "output exists"))
