@@ -528,3 +528,45 @@ def test_q_after_any_command(tmp_path, monkeypatch):
                  ["models", "add", "-v"]):                                   # refused for other reasons
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 2 and "No such option" not in res.output, (args, res.output)
+
+
+def test_an_output_its_format_cannot_hold_is_refused_before_the_model_runs(tmp_path, tiny_x4):
+    """WebP holds 16383 px a side, JPEG 65500: the encoder failed after the whole model run (JPEG in
+    two lines, one of them libjpeg's own)."""
+    from upscale.io import MAX_SIDE
+
+    src = tmp_path / "wide.png"
+    PILImage.fromarray(np.zeros((2, MAX_SIDE["WEBP"] // 4 + 1, 3), np.uint8)).save(src)
+    junk = tmp_path / "junk.safetensors"             # the model is never loaded when -s is given
+    junk.write_bytes(b"\0" * 64)
+    res = _invoke([src, "-m", junk, "-s", "4", "-o", tmp_path / "w.webp"])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "WEBP holds at most 16383 px" in lines[0], lines
+    res = _invoke([src, "-m", tiny_x4, "-o", tmp_path / "w.webp", *FAST])     # scale from the model
+    assert res.exit_code == 1 and "WEBP holds at most" in res.stderr and not (tmp_path / "w.webp").exists()
+    assert _invoke([src, "-m", tiny_x4, "-o", tmp_path / "w.png", *FAST]).exit_code == 0
+
+
+def test_whole_image_windows_beyond_memory_are_refused_before_any_work(monkeypatch):
+    """--tile 0 on a large image: the kernel would kill the process with no word."""
+    from upscale import errors
+    from upscale.archs import build_module
+    from upscale.engine import Engine, EngineOptions
+    from upscale.model import Model
+
+    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 1, "scale": 2}
+    engine = Engine(Model(build_module("compact", hp), "compact", hp),
+                    EngineOptions(device="cpu", precision="fp32", tile_px=0, compile="off"))
+    monkeypatch.setattr("upscale.engine.core.available_memory_bytes", lambda device: 2**10)   # 1 KiB free
+    with pytest.raises(errors.ResourceError) as err:
+        engine.upscale(np.zeros((64, 64, 3), np.uint8))
+    assert "one 64x64 window need about" in err.value.message and "tile_px auto" in err.value.message
+
+
+def test_running_out_of_memory_in_the_model_names_the_image(tmp_path, tiny_x4, monkeypatch):
+    src = _photo(tmp_path / "cat.png")
+    monkeypatch.setattr("upscale.engine.core.available_memory_bytes", lambda device: 2**10)
+    res = _invoke([src, "-m", tiny_x4, "--tile", "0", *FAST])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and f"{src}: one " in lines[0] and "activations" in lines[0], lines
+    assert not (tmp_path / "cat_x4.png").exists()

@@ -961,3 +961,22 @@ def test_an_animation_is_turned_upright_and_keeps_its_exif_and_xmp(tmp_path: Pat
         assert out.getexif()[0x0112] == 1 and out.getexif()[0x010F] == "UpscaleTestCam"
         xmp = out.info["xmp"]
         assert b'xmp:Rating="4"' in (xmp if isinstance(xmp, bytes) else xmp.encode())
+
+
+def test_an_encoder_runtime_error_is_a_write_error_naming_the_file(tmp_path: Path) -> None:
+    """Pillow's AVIF encoder raises RuntimeError (it came out as an internal error without the file)."""
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("no AVIF codec in this Pillow")
+    from upscale.io import image as io_image
+
+    big = Image(np.zeros((1, 70000, 3), np.uint8), None)
+    io_image.MAX_SIDE.pop("AVIF")
+    try:
+        with pytest.raises(errors.ImageWriteError) as err:       # past our size check: the encoder refuses
+            write_image(big, tmp_path / "wide.avif")
+    finally:
+        io_image.MAX_SIDE["AVIF"] = 65536
+    assert err.value.path == str(tmp_path / "wide.avif") and "cannot encode as AVIF" in err.value.message
+    assert leftovers(tmp_path) == [] and not (tmp_path / "wide.avif").exists()

@@ -217,8 +217,14 @@ class Upscaler:
             return self.engine.upscale(pixels, progress=progress, stats=stats)
         if channels == 1 and want == 3:
             out = self.engine.upscale(np.repeat(pixels, 3, axis=2), progress=progress, stats=stats)
-            mean = out.astype(np.float32).mean(axis=2, keepdims=True)
-            return np.rint(mean).astype(pixels.dtype) if pixels.dtype != np.float32 else mean
+            if pixels.dtype == np.float32:
+                return out.mean(axis=2, keepdims=True)
+            # the rounded mean of the three channels, in integers: a sum of three has no halves, so
+            # (sum + 1) // 3 is the nearest; 2-4 bytes a pixel where a float mean took 16
+            total = out.sum(axis=2, keepdims=True, dtype=np.uint16 if pixels.dtype == np.uint8 else np.uint32)
+            total += 1
+            total //= 3
+            return total.astype(pixels.dtype)
         if channels == 3 and want == 1:
             raise errors.UsageError(f"{self.model.source or 'the model'} takes 1-channel (grayscale) input; "
                                     "the image is RGB")

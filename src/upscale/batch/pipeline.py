@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..api import Upscaler
+from ..api import Upscaler, output_size
 from ..engine import RunStats
-from ..io import Animation, check_animation_output, read_frames, read_image, write_animation, write_image
+from ..io import (Animation, check_animation_output, check_output, read_frames, read_image, write_animation,
+                  write_image)
 from .journal import Journal, input_record, key_for
 from .plan import Job, Plan
 from .summary import DONE, FAILED, NOT_STARTED, BatchSummary, Outcome, reason_for
@@ -166,8 +167,11 @@ def _read(job: Job, settings: BatchSettings) -> Any:
     """The decoded input: an ``Image``, or with ``frames="all"`` an ``Animation`` of two or more frames
     (refused here, before the model, when the output format holds no animation)."""
     image = (read_frames if settings.frames == "all" else read_image)(job.source, max_pixels=settings.max_pixels)
-    if isinstance(image, Animation):
-        check_animation_output(job.output, settings.output_format, settings.quality)
+    first = image.frames[0] if isinstance(image, Animation) else image
+    h, w = first.pixels.shape[:2]
+    size = None if settings.outscale is None else output_size(h, w, settings.outscale)[::-1]
+    (check_animation_output if isinstance(image, Animation) else check_output)(
+        job.output, settings.output_format, settings.quality, size)      # a size the format cannot hold
     return image
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -37,7 +38,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     Exit codes: 0 ok, 1 failure (bad input, bad weights, cannot write, not enough memory), 2 usage error.
     """
     from .. import api, errors
-    from ..io import Animation, check_animation_output, read_frames, read_image
+    from ..io import Animation, check_animation_output, check_output, read_frames, read_image
 
     # everything that can be refused is refused before the model loads
     if image.is_dir():
@@ -50,24 +51,27 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     animation = loaded if isinstance(loaded, Animation) else None
     source = animation.frames[0] if animation else loaded
 
-    def check(target: Path) -> None:
+    def check(target: Path, scale: float | None) -> None:
+        """Refusals about the output: where it goes and, once the scale is known, whether its format
+        holds the output's size (WebP's 16383 px a side, say) or, for every frame, an animation."""
         api.check_target(image, target, force=force, output_format=output_format)
-        if animation:
-            check_animation_output(target, output_format, quality)
+        h, w = source.pixels.shape[:2]
+        size = None if scale is None else api.output_size(h, w, scale)[::-1]
+        (check_animation_output if animation else check_output)(target, output_format, quality, size)
 
     target = output
     if target is None and outscale is not None:
         target = api.default_output_path(image, outscale, output_format, name_template)
     if target is not None:
-        check(target)
+        check(target, outscale)
     if outscale is not None:
         api.check_output_memory(source, outscale, path=image, frames=len(animation.frames) if animation else 1)
 
     model = load_model_from(name, outscale, interp_alpha)
     scale = api.outscale_for(model, outscale)
-    if target is None:   # the default name depends on the model's scale
-        target = api.default_output_path(image, scale, output_format, name_template)
-        check(target)
+    if target is None or outscale is None:   # the default name, and the size, depend on the model's scale
+        target = target or api.default_output_path(image, scale, output_format, name_template)
+        check(target, scale)
     api.check_output_memory(source, scale, native_scale=model.scale, path=image,    # with the resize's buffer
                             frames=len(animation.frames) if animation else 1)
     upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
@@ -89,7 +93,8 @@ def _upscale_still(upscaler: Any, source: Any, image: Path, target: Path, scale:
         say(f"{image}: about {expected * passes:.0f} s of model time (as `upscale tune` measured here)", err=True)
     progress = Progress(image.name, "tile", quiet=quiet, leave=False)
     try:
-        result = upscaler.upscale(source, outscale=scale, alpha_mode=alpha_mode, progress=progress.update)
+        with _naming(image):
+            result = upscaler.upscale(source, outscale=scale, alpha_mode=alpha_mode, progress=progress.update)
     finally:
         progress.close()
     api.write_result(result, target, output_format=output_format, quality=quality)
@@ -108,10 +113,25 @@ def _upscale_frames(upscaler: Any, animation: Any, image: Path, target: Path, sc
     api.check_output_memory(animation.frames[0], scale, path=image, frames=len(animation.frames))
     progress = Progress(image.name, "frame", quiet=quiet, leave=False)
     try:
-        result = upscaler.upscale_animation(animation, outscale=scale, alpha_mode=alpha_mode, on_frame=progress.update)
+        with _naming(image):
+            result = upscaler.upscale_animation(animation, outscale=scale, alpha_mode=alpha_mode,
+                                                on_frame=progress.update)
     finally:
         progress.close()
     write_animation(result, target, format=output_format, quality=quality)
     if not quiet:
         h, w = result.frames[0].pixels.shape[:2]
         say(f"{image} -> {target} ({w}x{h}, {len(result.frames)} frames)", err=True)
+
+
+@contextlib.contextmanager
+def _naming(image: Path) -> Iterator[None]:
+    """Running out of memory in the model's run (the engine knows no file name) names the image."""
+    from .. import errors
+
+    try:
+        yield
+    except errors.ResourceError as err:
+        if err.path is not None:
+            raise
+        raise errors.ResourceError(err.message, path=image, params=err.params) from None

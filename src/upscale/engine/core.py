@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import errors, tiling
 from ..backends import choose_backend, openvino_windows
-from ..device import NAMES, resolve_device, synchronize
+from ..device import NAMES, available_memory_bytes, resolve_device, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
 from .cost import check_output_fits, fitting_window_px, measured_windows, memory_window_px, probe_cost, whole_window
@@ -230,15 +230,15 @@ class Engine:
         # reaches the host once, already clamped and in the output dtype
         stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
         compiled = self.compiled and uses_compiled(self.compiled_shape, (plan.tile_h, plan.tile_w))
+        self._check_activations(plan)
         try:
             forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
                                                              stitcher, compiled, progress)
         except (MemoryError, RuntimeError) as err:     # torch's allocators say so in a RuntimeError
             if not isinstance(err, MemoryError) and not _out_of_memory(err):
                 raise
-            per_pass = min(self.options.batch, plan.num_tiles)
-            raise errors.ResourceError(f"not enough memory to run {plan.tile_w}x{plan.tile_h} windows, {per_pass} "
-                                       "per pass; use a smaller tile_px or batch", params=("tile_px", "batch")) from None
+            raise errors.ResourceError(f"not enough memory to run {self._windows_text(plan)}"
+                                       f"{self._memory_advice(plan)}", params=("tile_px", "batch")) from None
         if stats is not None:
             stats.forward_s += forward_s
             stats.stitch_s += stitch_s
@@ -249,6 +249,32 @@ class Engine:
             stats.precision, stats.compiled = NAMES[self.dtype], compiled and self.compiled
             stats.backend = self.backend
         return out
+
+    def _check_activations(self, plan: tiling.TilePlan) -> None:
+        """``ResourceError`` before any work when one batch of these windows needs more memory for its
+        activations than there is (``--tile 0`` on a large image: the kernel would kill the process
+        with no word). Two live activations per largest layer (``memory_window_px`` budgets three, and a
+        fraction of the memory, for ``tile_px="auto"``, which so never trips this): default-x4 on one
+        2000x1500 window is estimated at 5.4 GiB, and peaked at 5.3 GB (RSS of the whole process)."""
+        batch = self.options.batch if self.compiled else min(self.options.batch, plan.num_tiles)
+        elem = torch.finfo(self.dtype).bits // 8
+        need = 2 * self.cost.activation_per_px * elem * batch * plan.tile_h * plan.tile_w
+        free = available_memory_bytes(self.device)
+        if need > free:
+            raise errors.ResourceError(f"{self._windows_text(plan)} need about {need / 2**30:.1f} GiB for the "
+                                       f"model's activations; {free / 2**30:.1f} GiB free"
+                                       f"{self._memory_advice(plan)}", params=("tile_px", "batch"))
+
+    def _windows_text(self, plan: tiling.TilePlan) -> str:
+        per_pass = min(self.options.batch, plan.num_tiles)
+        return (f"one {plan.tile_w}x{plan.tile_h} window" if plan.num_tiles == 1 and per_pass == 1
+                else f"{plan.tile_w}x{plan.tile_h} windows, {per_pass} per pass")
+
+    def _memory_advice(self, plan: tiling.TilePlan) -> str:
+        """What to lower, where lowering it helps: the batch above 1, a window beyond the auto size."""
+        fixes = (["batch 1"] if min(self.options.batch, plan.num_tiles) > 1 else []) + (
+            ["tile_px auto"] if self.options.tile_px != "auto" else [])
+        return f"; use {' and '.join(fixes)}" if fixes else "; free some memory or close other programs"
 
     def _check_input(self, pixels: np.ndarray) -> None:
         model = self.model

@@ -132,9 +132,10 @@ def read_animation(path: str | Path, *, max_pixels: int | None = None) -> Animat
     return Animation(frames, durations, loop, source_format)
 
 
-def check_animation_output(path: str | Path, format: str | None = None, quality: int | None = None) -> str:
+def check_animation_output(path: str | Path, format: str | None = None, quality: int | None = None,
+                           size: tuple[int, int] | None = None) -> str:
     """``write.check_output`` plus: the format holds an animation (APNG or WebP). Returns its name."""
-    fmt = check_output(path, format, quality)
+    fmt = check_output(path, format, quality, size)
     if fmt not in ANIMATED_FORMATS:
         raise errors.ImageWriteError(f"{fmt} holds no animation; write .png (APNG) or .webp for every frame",
                                      path=path)
@@ -145,9 +146,10 @@ def write_animation(animation: Animation, path: str | Path, *, format: str | Non
                     quality: int | None = None) -> None:
     """Write every frame of ``animation`` to ``path`` (APNG or animated WebP) atomically."""
     path = Path(path)
-    fmt = check_animation_output(path, format, quality)
     if not animation.frames:
         raise errors.UsageError("an animation needs at least one frame", path=path)
+    h, w = animation.frames[0].pixels.shape[:2]
+    fmt = check_animation_output(path, format, quality, (w, h))
     durations = list(animation.durations_ms) or [DEFAULT_DURATION_MS] * len(animation.frames)
     if len(durations) != len(animation.frames):
         raise errors.UsageError(f"{len(durations)} durations for {len(animation.frames)} frames", path=path)
@@ -173,5 +175,5 @@ def write_animation(animation: Animation, path: str | Path, *, format: str | Non
             save_whole(pictures[0], f, format=fmt, **params)
     except OSError as err:
         raise errors.ImageWriteError(f"cannot write ({err.strerror or one_line(err)})", path=path) from None
-    except ValueError as err:
+    except (ValueError, RuntimeError) as err:
         raise errors.ImageWriteError(f"cannot encode as animated {fmt} ({one_line(err)})", path=path) from None

@@ -19,6 +19,9 @@ if features.check("avif"):
 SUPPORTED_EXTENSIONS = frozenset(f".{ext}" for ext in FORMAT_BY_EXT)
 # AVIF 90 (4:4:4) matched JPEG 95 (4:4:4) in PSNR on six Set14 images (40.6 dB each) at 64% of its size
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95, "AVIF": 90}
+# The largest side each format's encoder writes (measured with Pillow 13's: JPEG 65501 px fails, WebP
+# 16384, AVIF 65537); the others (PNG, TIFF, BMP: our encoders) hold any output memory allows.
+MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "AVIF": 65536}
 # Inputs Pillow reads that are not written back: their outputs are PNG by default (lossless, keeps
 # alpha; a GIF's 256 colours or a JPEG 2000's codec would not carry an upscaled image well). JPEG's
 # other spellings come out as .jpg.

@@ -19,7 +19,7 @@ from ..atomic import atomic_file
 from .bmp import write_bmp
 from .exif import JPEG_MAX_EXIF
 from .xmp import JPEG_MAX_XMP
-from .image import DEFAULT_QUALITY, FORMAT_BY_EXT, SUPPORTED_EXTENSIONS, Image, one_line, to_uint8
+from .image import DEFAULT_QUALITY, FORMAT_BY_EXT, MAX_SIDE, SUPPORTED_EXTENSIONS, Image, one_line, to_uint8
 from .png import png_workers, write_png
 from .tiff import write_tiff
 
@@ -48,12 +48,17 @@ def output_format_for(path: str | Path, format: str | None = None) -> str:
     return fmt
 
 
-def check_output(path: str | Path, format: str | None = None, quality: int | None = None) -> str:
+def check_output(path: str | Path, format: str | None = None, quality: int | None = None,
+                 size: tuple[int, int] | None = None) -> str:
     """Everything ``write_image`` checks before it encodes: a known format that agrees with the
-    extension, ``quality`` in 1..100, an existing folder, a target that is not a folder. Returns the
-    Pillow format name; raises ``ImageWriteError`` / ``UsageError`` naming the file."""
+    extension, ``quality`` in 1..100, an existing folder, a target that is not a folder and, given the
+    output's (width, height), a size the format holds (``MAX_SIDE``). Returns the Pillow format name;
+    raises ``ImageWriteError`` / ``UsageError`` naming the file."""
     path = Path(path)
     fmt = output_format_for(path, format)
+    if size is not None and max(size) > MAX_SIDE.get(fmt, max(size)):
+        raise errors.ImageWriteError(f"{fmt} holds at most {MAX_SIDE[fmt]} px a side; the output would be "
+                                     f"{size[0]} x {size[1]} (write .png or .tif)", path=path)
     if quality is not None and not 1 <= quality <= 100:
         raise errors.UsageError(f"quality must be between 1 and 100, not {quality}", params=("quality",))
     problem = atomic.folder_problem(path.parent)
@@ -83,13 +88,14 @@ def write_image(image: Image, path: str | Path, *, format: str | None = None,
     encodes several images at once passes 1).
     """
     path = Path(path)
-    fmt = check_output(path, format, quality)
+    h, w = image.pixels.shape[:2]
+    fmt = check_output(path, format, quality, (w, h))
     try:
         with atomic_file(path, "wb") as f:
             _encode(image, f, fmt, quality, path, threads)
     except OSError as err:
         raise errors.ImageWriteError(f"cannot write ({err.strerror or one_line(err)})", path=path) from None
-    except ValueError as err:  # Pillow's encoders report impossible images this way
+    except (ValueError, RuntimeError) as err:  # Pillow's encoders report impossible images so (AVIF: Runtime)
         raise errors.ImageWriteError(f"cannot encode as {fmt} ({one_line(err)})", path=path) from None
 
 
