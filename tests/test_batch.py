@@ -732,3 +732,21 @@ except OSError as err:
     Journal(out).append(out / "c_x2.png", "k2", {"size": 3})
     records = Journal(out).read()
     assert sorted(records) == ["b_x2.png", "c_x2.png"] and records["c_x2.png"]["settings"] == "k2"
+
+
+def test_sub_folders_with_frames_all_and_a_size_the_format_cannot_hold(tmp_path, tiny_x4):
+    """An animation in a sub-folder failed with "output folder does not exist" (the reader checked a
+    folder the writer makes); an output WebP cannot hold fails that file before the model, not after."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    rng = np.random.default_rng(8)
+    gif = [PILImage.fromarray(rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)).quantize(8) for _ in range(2)]
+    (src / "sub").mkdir(parents=True)
+    gif[0].save(src / "sub" / "anim.gif", save_all=True, append_images=gif[1:], duration=50, loop=0)
+    _save(src / "wide.png", (4100, 2), 3)                           # x4: 16400 px, over WebP's 16383
+    _save(src / "small.png", (9, 7), 4)
+    res = _invoke([src, "--out", out, "-m", tiny_x4, "-r", "--frames", "all", "--format", "webp", *FAST,
+                   "--json"])
+    summary = json.loads(res.stdout)
+    assert res.exit_code == 3 and (summary["done"], summary["failed"]) == (2, 1), res.output
+    assert summary["failures"][0]["input"] == "wide.png" and "16383" in summary["failures"][0]["reason"]
+    assert sorted(_outputs(out)) == ["small_x4.webp", "sub/anim_x4.webp"]

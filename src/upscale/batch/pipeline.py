@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from ..api import Upscaler, output_size
 from ..engine import RunStats
-from ..io import (Animation, check_animation_output, check_output, read_frames, read_image, write_animation,
+from ..io import (Animation, check_animated, check_size, read_frames, read_image, write_animation,
                   write_image)
 from .journal import Journal, input_record, key_for
 from .plan import Job, Plan
@@ -170,8 +170,9 @@ def _read(job: Job, settings: BatchSettings) -> Any:
     first = image.frames[0] if isinstance(image, Animation) else image
     h, w = first.pixels.shape[:2]
     size = None if settings.outscale is None else output_size(h, w, settings.outscale)[::-1]
-    (check_animation_output if isinstance(image, Animation) else check_output)(
-        job.output, settings.output_format, settings.quality, size)      # a size the format cannot hold
+    fmt = check_size(job.output, settings.output_format, size)     # the writer makes the sub-folder
+    if isinstance(image, Animation):
+        check_animated(job.output, fmt)
     return image
 
 

@@ -218,19 +218,11 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     recorded = journal.read() if settings is not None and not overwrite else {}
     otherwise: dict[str, int] = {}
     for job in jobs:
-        why = None
         record = recorded.get(job.output.relative_to(out_dir).as_posix()) if recorded else None
-        if record is not None and os.path.lexists(job.output):
-            animation = frames == "all" and _animation(job.source)
-            key = key_for(settings, quality, job.output, animation=animation)
-            why, fresh = judge(record, key, job.source)
-            if why is not None:
-                otherwise[why] = otherwise.get(why, 0) + 1
-            elif fresh is not None:     # touched or copied, same bytes: hash it once, not every run
-                try:
-                    journal.append(job.output, key, fresh)
-                except OSError:
-                    pass                # it is hashed again next time: nothing lost
+        why = _made_otherwise(job, record, journal, key_for(settings, quality, job.output, animation=(
+            frames == "all" and record is not None and _animation(job.source)))) if record else None
+        if why is not None:
+            otherwise[why] = otherwise.get(why, 0) + 1
         if not overwrite and why is None and _complete(job, outscale):
             finished.append(job)
             known.append(Outcome(job.rel, str(job.output), SKIPPED, "output exists"))
@@ -240,6 +232,20 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
         log.info("redoing %s", " and ".join(f"{n} output{'s' if n > 1 else ''} {_REDONE[why]}"
                                             for why, n in sorted(otherwise.items(), reverse=True)))
     return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
+
+
+def _made_otherwise(job: Job, record: dict, journal: Journal, key: str) -> str | None:
+    """Why the journal's ``record`` says ``job``'s output is not what ``key`` makes now, or None; an
+    input touched or copied but the same bytes gets a fresh line, so it is hashed once, not every run."""
+    if not os.path.lexists(job.output):
+        return None
+    why, fresh = judge(record, key, job.source)
+    if why is None and fresh is not None:
+        try:
+            journal.append(job.output, key, fresh)
+        except OSError:
+            pass                # it is hashed again next time: nothing lost
+    return why
 
 
 def _complete(job: Job, outscale: float) -> bool:

@@ -60,17 +60,17 @@ format comes from the extension; ``format`` may name it for a path without an im
 must not contradict one (``y.png`` with ``jpg`` is a ``UsageError``).
 """
 
-from .animation import (Animation, check_animation_output, frame_count, is_animation, read_animation, read_frames,
-                        write_animation)
+from .animation import (Animation, check_animated, check_animation_output, frame_count, is_animation,
+                        read_animation, read_frames, write_animation)
 from .ends import is_whole
 from .image import DEFAULT_QUALITY, INPUT_EXTENSIONS, MAX_SIDE, SUPPORTED_EXTENSIONS, Image, output_extension, to_uint8
 from .png import PNG_COMPRESS_LEVEL
 from .read import image_size, pixel_limit, read_image
-from .write import check_output, output_format_for, write_image
+from .write import check_output, check_size, output_format_for, write_image
 
 __all__ = [
     "DEFAULT_QUALITY", "INPUT_EXTENSIONS", "MAX_SIDE", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Animation", "Image",
-    "check_animation_output", "check_output", "frame_count", "image_size", "is_animation", "is_whole",
+    "check_animated", "check_animation_output", "check_output", "check_size", "frame_count", "image_size", "is_animation", "is_whole",
     "output_extension", "output_format_for", "pixel_limit", "read_animation", "read_frames", "read_image",
     "to_uint8", "write_animation", "write_image",
 ]

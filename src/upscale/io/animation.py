@@ -136,10 +136,15 @@ def check_animation_output(path: str | Path, format: str | None = None, quality:
                            size: tuple[int, int] | None = None) -> str:
     """``write.check_output`` plus: the format holds an animation (APNG or WebP). Returns its name."""
     fmt = check_output(path, format, quality, size)
+    check_animated(path, fmt)
+    return fmt
+
+
+def check_animated(path: str | Path, fmt: str) -> None:
+    """``ImageWriteError`` naming ``path`` when format ``fmt`` holds no animation (not APNG or WebP)."""
     if fmt not in ANIMATED_FORMATS:
         raise errors.ImageWriteError(f"{fmt} holds no animation; write .png (APNG) or .webp for every frame",
                                      path=path)
-    return fmt
 
 
 def write_animation(animation: Animation, path: str | Path, *, format: str | None = None,

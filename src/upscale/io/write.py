@@ -55,10 +55,7 @@ def check_output(path: str | Path, format: str | None = None, quality: int | Non
     output's (width, height), a size the format holds (``MAX_SIDE``). Returns the Pillow format name;
     raises ``ImageWriteError`` / ``UsageError`` naming the file."""
     path = Path(path)
-    fmt = output_format_for(path, format)
-    if size is not None and max(size) > MAX_SIDE.get(fmt, max(size)):
-        raise errors.ImageWriteError(f"{fmt} holds at most {MAX_SIDE[fmt]} px a side; the output would be "
-                                     f"{size[0]} x {size[1]} (write .png or .tif)", path=path)
+    fmt = check_size(path, format, size)
     if quality is not None and not 1 <= quality <= 100:
         raise errors.UsageError(f"quality must be between 1 and 100, not {quality}", params=("quality",))
     problem = atomic.folder_problem(path.parent)
@@ -66,6 +63,17 @@ def check_output(path: str | Path, format: str | None = None, quality: int | Non
         raise errors.ImageWriteError(problem, path=path)
     if _is_dir(path):
         raise errors.ImageWriteError("is a folder; name an image file to write", path=path)
+    return fmt
+
+
+def check_size(path: str | Path, format: str | None, size: tuple[int, int] | None) -> str:
+    """The output's format (``output_format_for``), and ``ImageWriteError`` naming ``path`` when an
+    output of ``size`` (width, height) is more than it holds (``MAX_SIDE``); the folder is not looked
+    at (a batch makes its sub-folders as it writes)."""
+    fmt = output_format_for(path, format)
+    if size is not None and max(size) > MAX_SIDE.get(fmt, max(size)):
+        raise errors.ImageWriteError(f"{fmt} holds at most {MAX_SIDE[fmt]} px a side; the output would be "
+                                     f"{size[0]} x {size[1]} (write .png or .tif)", path=path)
     return fmt
 
 
