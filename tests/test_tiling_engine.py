@@ -627,7 +627,7 @@ sys.exit(1)
     if not __import__("os").path.exists("/proc/self/statm"):
         pytest.skip("no /proc here")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "not enough memory to run 7" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
+    assert proc.returncode == 0 and "not enough memory to run one 700x700 window" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
 
 
 def test_a_constant_alpha_is_kept_exactly_and_costs_no_pass():
