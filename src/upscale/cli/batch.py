@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import click
 
-from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, handle_errors, printable
+from . import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, handle_errors, printable, say
 from .options import (engine_options_from, frames_option, load_model_from, model_name_from, model_options,
                       quiet_option)
 from .progress import Progress
@@ -159,7 +159,7 @@ def _say_known(plan: Any, quiet: bool) -> None:
 
     for outcome in plan.known:
         if outcome.status == FAILED:
-            click.echo(printable(f"upscale: failed: {outcome.input}: {outcome.reason}"), err=True)
+            say(f"upscale: failed: {outcome.input}: {outcome.reason}", err=True)
     skipped = sum(1 for o in plan.known if o.status == SKIPPED)
     if not quiet and (skipped or plan.stale_temps_removed):
         log.info("%d of %d images already have outputs (skipped)%s", skipped, len(plan.jobs) + skipped,

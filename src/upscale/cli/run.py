@@ -106,11 +106,9 @@ def _upscale_still(upscaler: Any, source: Any, image: Path, target: Path, scale:
 def _upscale_frames(upscaler: Any, animation: Any, image: Path, target: Path, scale: float, alpha_mode: str,
                     output_format: str | None, quality: int | None, quiet: bool) -> None:
     """``run --frames all`` on an animated input: every frame, with frame progress, then one animated
-    output."""
-    from .. import api
+    output (every frame's output was checked against memory before the model loaded)."""
     from ..io import write_animation
 
-    api.check_output_memory(animation.frames[0], scale, path=image, frames=len(animation.frames))
     progress = Progress(image.name, "frame", quiet=quiet, leave=False)
     try:
         with _naming(image):

@@ -22,7 +22,8 @@ from ..backends import choose_backend, openvino_windows
 from ..device import NAMES, available_memory_bytes, resolve_device, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
-from .cost import check_output_fits, fitting_window_px, measured_windows, memory_window_px, probe_cost, whole_window
+from .cost import (activation_bytes, check_output_fits, fitting_window_px, measured_windows, memory_window_px, probe_cost,
+                   whole_window)
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
 from .precision import resolve_dtype
 from .stitch_ops import TorchStitchOps, to_float
@@ -230,15 +231,15 @@ class Engine:
         # reaches the host once, already clamped and in the output dtype
         stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
         compiled = self.compiled and uses_compiled(self.compiled_shape, (plan.tile_h, plan.tile_w))
-        self._check_activations(plan)
+        self._check_activations(plan, compiled)
         try:
             forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
                                                              stitcher, compiled, progress)
         except (MemoryError, RuntimeError) as err:     # torch's allocators say so in a RuntimeError
             if not isinstance(err, MemoryError) and not _out_of_memory(err):
                 raise
-            raise errors.ResourceError(f"not enough memory to run {self._windows_text(plan)}"
-                                       f"{self._memory_advice(plan)}", params=("tile_px", "batch")) from None
+            raise errors.ResourceError(f"not enough memory to run {self._windows_text(plan, compiled)}"
+                                       f"{self._memory_advice(plan, compiled)}", params=("tile_px", "batch")) from None
         if stats is not None:
             stats.forward_s += forward_s
             stats.stitch_s += stitch_s
@@ -250,29 +251,32 @@ class Engine:
             stats.backend = self.backend
         return out
 
-    def _check_activations(self, plan: tiling.TilePlan) -> None:
+    def _check_activations(self, plan: tiling.TilePlan, compiled: bool) -> None:
         """``ResourceError`` before any work when one batch of these windows needs more memory for its
         activations than there is (``--tile 0`` on a large image: the kernel would kill the process
         with no word). Two live activations per largest layer (``memory_window_px`` budgets three, and a
         fraction of the memory, for ``tile_px="auto"``, which so never trips this): default-x4 on one
         2000x1500 window is estimated at 5.4 GiB, and peaked at 5.3 GB (RSS of the whole process)."""
-        batch = self.options.batch if self.compiled else min(self.options.batch, plan.num_tiles)
-        elem = torch.finfo(self.dtype).bits // 8
-        need = 2 * self.cost.activation_per_px * elem * batch * plan.tile_h * plan.tile_w
+        need = activation_bytes(self.cost, self.dtype, self._rows(plan, compiled) * plan.tile_h * plan.tile_w, live=2)
         free = available_memory_bytes(self.device)
         if need > free:
-            raise errors.ResourceError(f"{self._windows_text(plan)} need about {need / 2**30:.1f} GiB for the "
-                                       f"model's activations; {free / 2**30:.1f} GiB free"
-                                       f"{self._memory_advice(plan)}", params=("tile_px", "batch"))
+            raise errors.ResourceError(f"{self._windows_text(plan, compiled)} need about {need / 2**30:.1f} GiB for "
+                                       f"the model's activations; {free / 2**30:.1f} GiB free"
+                                       f"{self._memory_advice(plan, compiled)}", params=("tile_px", "batch"))
 
-    def _windows_text(self, plan: tiling.TilePlan) -> str:
-        per_pass = min(self.options.batch, plan.num_tiles)
-        return (f"one {plan.tile_w}x{plan.tile_h} window" if plan.num_tiles == 1 and per_pass == 1
-                else f"{plan.tile_w}x{plan.tile_h} windows, {per_pass} per pass")
+    def _rows(self, plan: tiling.TilePlan, static: bool) -> int:
+        """Windows per forward pass: never more than the image has, except for a compiled graph, which
+        keeps its one batch size."""
+        return self.options.batch if static else min(self.options.batch, plan.num_tiles)
 
-    def _memory_advice(self, plan: tiling.TilePlan) -> str:
+    def _windows_text(self, plan: tiling.TilePlan, compiled: bool) -> str:
+        rows = self._rows(plan, compiled)
+        return (f"one {plan.tile_w}x{plan.tile_h} window" if plan.num_tiles == 1 and rows == 1
+                else f"{plan.tile_w}x{plan.tile_h} windows, {rows} per pass")
+
+    def _memory_advice(self, plan: tiling.TilePlan, compiled: bool) -> str:
         """What to lower, where lowering it helps: the batch above 1, a window beyond the auto size."""
-        fixes = (["batch 1"] if min(self.options.batch, plan.num_tiles) > 1 else []) + (
+        fixes = (["batch 1"] if self._rows(plan, compiled) > 1 else []) + (
             ["tile_px auto"] if self.options.tile_px != "auto" else [])
         return f"; use {' and '.join(fixes)}" if fixes else "; free some memory or close other programs"
 
@@ -317,8 +321,7 @@ class Engine:
         keep one batch size; the rows past the last window are ignored)."""
         th, tw = plan.tile_h, plan.tile_w
         windows = list(plan.windows())
-        # never more rows than windows, except for a compiled graph, which keeps its one batch size
-        full = self.options.batch if static else min(self.options.batch, len(windows))
+        full = self._rows(plan, static)
         batch_in = torch.zeros((full, th, tw, padded.shape[2]), dtype=torch.float32,
                                pin_memory=self.device.type == "cuda")
         band_row, band = -1, None

@@ -88,13 +88,17 @@ def default_window_px(arch: str) -> int:
     return BEST_TILE_PX.get(arch, BEST_TILE_FALLBACK_PX)
 
 
+def activation_bytes(cost: ModelCost, dtype: torch.dtype, pixels: int, live: int) -> float:
+    """Bytes of ``live`` copies of the network's largest activation for ``pixels`` input pixels (all the
+    windows of one batch) in ``dtype``: what a batch's forward pass holds at its peak."""
+    return live * cost.activation_per_px * (torch.finfo(dtype).bits // 8) * pixels
+
+
 def memory_window_px(cost: ModelCost, dtype: torch.dtype, device: torch.device, batch: int) -> int:
-    """The largest window side (a multiple of 8) whose activations for one batch fit in
-    MEMORY_FRACTION of the memory available now."""
-    elem = torch.finfo(dtype).bits // 8
+    """The largest window side (a multiple of 8) whose activations for one batch (three live copies,
+    a margin on the two a forward pass holds) fit in MEMORY_FRACTION of the memory available now."""
     budget = MEMORY_FRACTION * available_memory_bytes(device)
-    per_px = 3 * cost.activation_per_px * elem * batch
-    return int(math.sqrt(budget / per_px)) // 8 * 8
+    return int(math.sqrt(budget / activation_bytes(cost, dtype, batch, live=3))) // 8 * 8
 
 
 def fitting_window_px(cost: ModelCost, arch: str, dtype: torch.dtype, device: torch.device, batch: int) -> int:

@@ -65,7 +65,8 @@ def is_animation(path: str | Path) -> bool:
     check_file(path)
     im, _, _ = open_image(path)
     with im:
-        return _animation_frames(im) > 1 or (_animation_frames(im) == 1 and bool(_default_image(im)))
+        frames = _animation_frames(im)
+        return frames > 1 or (frames == 1 and bool(_default_image(im)))
 
 
 def frame_count(path: str | Path) -> int:
