@@ -121,3 +121,32 @@ def test_updating_times_out_as_an_oserror_naming_the_file(tmp_path):
         proc.communicate()
     with atomic.updating(target, timeout_s=5):   # a killed holder's lock is free again
         pass
+
+
+def test_a_long_target_name_gets_a_temp_name_that_fits(tmp_path):
+    """A temp file's name is its target's plus ~50 bytes: for a target name of 240 bytes the temp name
+    was over 255 and every write failed (after the model had run). The temp now carries the name's
+    start and a hash of all of it, and sweeps still find a dead writer's temp for that target."""
+    name = "é" * 100 + "c" * 40 + "_x4.png"              # 247 bytes in UTF-8
+    target = tmp_path / name
+    assert atomic.target_problem(target) is None
+    with atomic.atomic_file(target) as f:
+        temps = [p for p in tmp_path.iterdir() if atomic.is_temp_name(p.name)]
+        assert len(temps) == 1 and len(temps[0].name.encode()) <= atomic.NAME_MAX
+        f.write(b"data")
+    assert target.read_bytes() == b"data"
+
+    dead = subprocess.run([sys.executable, "-c", "import os, sys; from upscale import atomic\n"
+                           "cm = atomic.atomic_file(sys.argv[1]); f = cm.__enter__(); f.write(b'x'); f.flush(); os._exit(0)",
+                           str(target)], check=True)
+    assert dead.returncode == 0
+    left = [p for p in tmp_path.iterdir() if atomic.is_temp_name(p.name)]
+    assert len(left) == 1
+    other = tmp_path / ("d" * 240 + ".png")
+    assert atomic.sweep_temps(tmp_path, name=other.name) == []       # another target's temps are kept
+    assert atomic.sweep_temps(tmp_path, name=name) == left
+
+
+def test_a_target_name_longer_than_file_names_hold_is_refused_up_front(tmp_path):
+    kind, message = atomic.target_problem(tmp_path / ("b" * 250 + "_x2.png"))
+    assert kind == "folder" and message == "its name is 257 bytes long; file names hold at most 255"

@@ -164,6 +164,7 @@ def test_train_data_only_starts_a_run_and_ctrl_c_checkpoints(tmp_path: Path) -> 
     assert "Traceback" not in said and "internal error" not in said, said[-2000:]
     assert proc.returncode == 130, said[-2000:]
     assert "--resume" in said and re.search("checkpoint", said, re.I), said[-2000:]
+    assert re.search(r"SIGINT: (stopping when this iteration ends|abandoning the work under way)", said), said[-2000:]
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()] if (tmp_path / "runs").is_dir() else []
     assert len(runs) == 1, f"want one default run folder under runs/: {said[-1000:]}"
     assert runs[0].name in said, said[-1000:]

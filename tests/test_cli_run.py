@@ -570,3 +570,78 @@ def test_running_out_of_memory_in_the_model_names_the_image(tmp_path, tiny_x4, m
     lines = res.stderr.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and f"{src}: one " in lines[0] and "activations" in lines[0], lines
     assert not (tmp_path / "cat_x4.png").exists()
+
+
+def test_an_avif_whose_encoder_cannot_fit_is_refused_before_the_model(tmp_path, tiny_x4):
+    """AVIF's encoder holds about ten times the output beside it (docs/perf.md); an output that fits
+    in memory but whose AVIF encode would not is refused up front, naming the encoder, with nothing
+    written; the same output as PNG (whose encoder needs less than the output) goes ahead."""
+    import math
+
+    import torch
+
+    from upscale import api, errors
+    from upscale.engine.cost import available_memory_bytes
+    from upscale.io import Image
+
+    frame = Image(np.zeros((100, 100, 3), np.uint8), None)
+    free = available_memory_bytes(torch.device("cpu"))
+    scale = math.sqrt(free / 4 / 3) / 100        # the uint8 output is a quarter of what is free
+    api.check_output_memory(frame, scale, path="a.png", encoder="PNG")
+    with pytest.raises(errors.ResourceError) as err:
+        api.check_output_memory(frame, scale, path="a.avif", encoder="AVIF")
+    assert "AVIF encoder's working memory" in err.value.message and err.value.path == "a.avif"
+
+    src = _photo(tmp_path / "a.png", size=(100, 100))
+    res = _invoke([str(src), "-s", f"{scale:.3f}", "-m", tiny_x4, "-o", str(tmp_path / "out.avif")])
+    assert res.exit_code == 1 and "AVIF encoder's working memory" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "a.png" in res.output
+    assert not (tmp_path / "out.avif").exists()
+
+
+def test_batch_fails_an_avif_whose_encoder_cannot_fit_before_its_model_pass(tmp_path, tiny_x4):
+    import math
+
+    import torch
+
+    from upscale.engine.cost import available_memory_bytes
+
+    (tmp_path / "in").mkdir()
+    _photo(tmp_path / "in" / "a.png", size=(100, 100))
+    scale = math.sqrt(available_memory_bytes(torch.device("cpu")) / 4 / 3) / 100
+    res = _invoke(["batch", tmp_path / "in", "--out", tmp_path / "out", "-s", f"{scale:.3f}", "-m", tiny_x4,
+                   "--format", "avif", *FAST])
+    assert res.exit_code == 3 and "AVIF encoder's working memory" in res.output, res.output
+    assert not list((tmp_path / "out").glob("*.avif"))
+
+
+def test_long_input_names(tmp_path, tiny_x4):
+    """A 240-byte input name: its output (and the output's temp file) are written. A 250-byte one,
+    whose output name would be 257 bytes: refused before the model with one line (run: exit 1; batch:
+    that file fails, exit 3)."""
+    ok = _photo(tmp_path / ("c" * 236 + ".png"))
+    res = _invoke([ok, "-s", "2", "-m", tiny_x4, *FAST])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / ("c" * 236 + "_x2.png")).is_file()
+    (tmp_path / "in").mkdir()
+    long = _photo(tmp_path / "in" / ("b" * 250 + ".png"))
+    res = _invoke([long, "-s", "2", "-m", tiny_x4, *FAST])
+    assert res.exit_code == 1 and "its name is 257 bytes long" in res.output, res.output
+    res = _invoke(["batch", tmp_path / "in", "--out", tmp_path / "out", "-s", "2", "-m", tiny_x4, *FAST])
+    assert res.exit_code == 3 and "its name is 257 bytes long" in res.output and "--name" in res.output, res.output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_named_like_an_image_fails_in_one_line_and_never_blocks(tmp_path, tiny_x4):
+    """A FIFO (or /dev/stdin from a pipe) is read more than once (header, hash, pixels): the run said
+    'file is empty' and a batch hung forever hashing it for its journal. Both now name it as not a
+    regular file; the batch does the other images."""
+    (tmp_path / "in").mkdir()
+    _photo(tmp_path / "in" / "a.png")
+    os.mkfifo(tmp_path / "in" / "f.png")
+    res = _invoke([tmp_path / "in" / "f.png", "-s", "2", "-m", tiny_x4, *FAST])
+    assert res.exit_code == 1 and "is not a regular file" in res.output, res.output
+    proc = subprocess.run([sys.executable, "-m", "upscale", "batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                           "-s", "2", "-m", tiny_x4, *FAST], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "f.png: is not a regular file" in proc.stderr, proc.stderr
+    assert (tmp_path / "out" / "a_x2.png").is_file()

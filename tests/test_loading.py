@@ -127,6 +127,10 @@ CONTAINERS: dict[str, tuple[str, Callable[[SD, SD], object]]] = {
     "pth_state_dict": (".ckpt", lambda sd, decoy: {"state_dict": sd, "optimizer": {"lr": 1e-4}, "epoch": 3}),
     "pth_model": (".pth", lambda sd, decoy: {"model": sd, "step": 7}),
     "pth_module": (".pth", lambda sd, decoy: {"params_ema": module_prefixed(sd)}),
+    # saved from a torch.compile-d network (traiNNer-redux/neosr with compile on), alone and under DataParallel
+    "pth_compiled": (".pth", lambda sd, decoy: {"params": {f"_orig_mod.{k}": v for k, v in sd.items()}}),
+    "safetensors_module_compiled": (".safetensors", lambda sd, decoy: {f"module._orig_mod.{k}": v
+                                                                       for k, v in sd.items()}),
     "pth_legacy_zipless": (".pth", lambda sd, decoy: {"params": sd}),
     "safetensors": (".safetensors", lambda sd, decoy: sd),
     "safetensors_module": (".safetensors", lambda sd, decoy: module_prefixed(sd)),
@@ -178,8 +182,8 @@ def test_every_layout_loads_strictly_and_matches_basicsr(tmp_path: Path, case: s
 
 @pytest.mark.parametrize("container", [c for c in CONTAINERS if c not in ("pth", "safetensors")])
 def test_every_container_unwraps_to_the_same_network(tmp_path: Path, container: str) -> None:
-    """Wrappers (params_ema over params, state_dict, model), module. prefixes and the legacy pickle
-    format, here around an old-layout x2 (pixel-unshuffle) RRDBNet."""
+    """Wrappers (params_ema over params, state_dict, model), module. and _orig_mod. prefixes and the
+    legacy pickle format, here around an old-layout x2 (pixel-unshuffle) RRDBNet."""
     check_loads_like_basicsr(tmp_path, "rrdbnet_x2", to_old_esrgan, container)
 
 
@@ -429,6 +433,21 @@ def test_old_esrgan_with_one_upsampling_stage_is_explained(tmp_path: Path) -> No
     path = tmp_path / "old_x2.pth"
     torch.save(x2, path)
     with pytest.raises(errors.UnknownArchitectureError, match="old_x2.pth.*1 upsampling stage"):
+        load_model(path)
+
+
+def test_old_esrgan_with_three_upsampling_stages_is_explained(tmp_path: Path) -> None:
+    """A native-x8 old ESRGAN (model.3/6/9 upsampling convs, model.11 HR, model.13 last) is named as
+    such, not reported as an RRDBNet x4 with stray conv_up3 keys."""
+    arch, hp = SMALL["rrdbnet_x4"]
+    old = to_old_esrgan(random_state_dict(arch, hp, seed=16))
+    x8 = {k: v for k, v in old.items() if not k.startswith(("model.8.", "model.10."))}
+    x8.update({"model.9.weight": old["model.6.weight"], "model.9.bias": old["model.6.bias"],
+               "model.11.weight": old["model.8.weight"], "model.11.bias": old["model.8.bias"],
+               "model.13.weight": old["model.10.weight"], "model.13.bias": old["model.10.bias"]})
+    path = tmp_path / "old_x8.pth"
+    torch.save(x8, path)
+    with pytest.raises(errors.UnknownArchitectureError, match=r"old_x8.pth.*3 upsampling stage\(s\) \(x8\)"):
         load_model(path)
 
 

@@ -147,10 +147,10 @@ def tiny_file(tmp_path, name="mine.pth"):
     return path
 
 
-_ADD = ("import sys, time; from pathlib import Path; from upscale import registry\n"
+_ADD = ("import sys, time; from pathlib import Path; from upscale import user_registry\n"
         "while not Path(sys.argv[3]).exists(): time.sleep(0.01)   # start together\n"
         "for i in range(int(sys.argv[2])):\n"
-        "    registry.add_user_model(f'{sys.argv[1]}-{i}', sys.argv[4], arch='compact',\n"
+        "    user_registry.add_user_model(f'{sys.argv[1]}-{i}', sys.argv[4], arch='compact',\n"
         "                            hparams={'num_feat': 4, 'num_conv': 1, 'scale': 2})\n")
 
 
@@ -199,6 +199,66 @@ def test_models_add_registers_a_local_file(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["models", "add", "measured", str(second), "--bf16-safe"])
     assert result.exit_code == 0, result.output
     assert registry.get_model("measured").bf16_safe is True
+
+
+def test_models_show_and_remove(tmp_path, monkeypatch):
+    """`models show NAME` prints one record (text or JSON, with the registry file it comes from);
+    `models remove NAME` takes a user model out, leaving its file and the other entries (comments
+    too), and refuses a packaged model, an unknown name and a model that is another's twin."""
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    user = tmp_path / "cfg" / "models.toml"
+    path = tiny_file(tmp_path)
+    for args in (["a", "--kind", "psnr"], ["b", "--kind", "gan", "--twin", "a"], ["c"]):
+        result = CliRunner().invoke(cli, ["models", "add", args[0], str(path), *args[1:]])
+        assert result.exit_code == 0, result.output
+    user.write_text("# my models\n" + user.read_text())
+
+    shown = CliRunner().invoke(cli, ["models", "show", "b"])
+    assert shown.exit_code == 0 and "twin: a" in shown.output and f"registry: {user}" in shown.output
+    record = json.loads(CliRunner().invoke(cli, ["models", "show", "esrgan", "--json"]).output)
+    assert record["name"] == "esrgan" and record["source"]["type"] == "hub" and record["registry"].endswith(".toml")
+
+    refused = CliRunner().invoke(cli, ["models", "remove", "a"])
+    assert refused.exit_code == 1 and "'a' is the twin of b; remove that first" in refused.output
+    refused = CliRunner().invoke(cli, ["models", "remove", "esrgan"])
+    assert refused.exit_code == 1 and "comes with upscale" in refused.output
+    refused = CliRunner().invoke(cli, ["models", "remove", "nope"])
+    assert refused.exit_code != 0 and "'nope' is neither a registry model" in refused.output
+    assert [s.name for s in registry.parse_registry(user.read_text(), "user")] == ["a", "b", "c"]
+
+    for name in ("b", "a"):
+        result = CliRunner().invoke(cli, ["models", "remove", name])
+        assert result.exit_code == 0 and f"removed {name}" in result.output, result.output
+    assert [s.name for s in registry.parse_registry(user.read_text(), "user")] == ["c"]
+    assert user.read_text().startswith("# my models") and path.is_file()
+    assert registry.find_model("a") is None and registry.get_model("c").origin == str(user)
+
+
+def test_models_table_shows_the_license_without_its_notes(tmp_path, monkeypatch):
+    """The shipped models' license notes ("...; trained on research-use images (T91, BSD200), distilled
+    from ...") made every row of `upscale models` 181 characters wide; the table shows the license up to
+    the first ';' and `--json` keeps the whole text."""
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    table = CliRunner().invoke(cli, ["models"])
+    assert table.exit_code == 0 and max(len(line) for line in table.output.splitlines()) <= 100, table.output
+    spec = registry.get_model("default-x4")
+    row = next(line for line in table.output.splitlines() if line.split()[0] == "default-x4")
+    assert spec.license.split(";")[0] in row and spec.license not in row
+    listed = json.loads(CliRunner().invoke(cli, ["models", "--json"]).output)
+    assert next(m for m in listed if m["name"] == "default-x4")["license"] == spec.license
+
+
+def test_models_add_of_an_ncnn_param_says_how_to_register_it(tmp_path, monkeypatch):
+    """`-m X.param` runs an ncnn pair, but `models add NAME X.param` said "unsupported weights format
+    '.param'" as if ncnn were unknown; the registry records one file, so it says to convert first."""
+    monkeypatch.setenv("UPSCALE_CONFIG_DIR", str(tmp_path / "cfg"))
+    param = tmp_path / "anime.param"
+    param.write_text("7767517\n0 0\n")
+    result = CliRunner().invoke(cli, ["models", "add", "anime", str(param)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"upscale convert {param} {tmp_path / 'anime.safetensors'}" in lines[0]
+    assert "upscale models add anime " in lines[0] and not (tmp_path / "cfg" / "models.toml").exists()
 
 
 def test_a_registered_file_that_changed_is_refused(tmp_path, monkeypatch):

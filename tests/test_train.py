@@ -660,3 +660,110 @@ def test_resume_with_another_preset_is_refused_and_a_cut_metrics_line_is_dropped
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "loss/g_pix" in r] == [1, 2, 3, 4]
+
+
+# --- stops between records, kills before the first checkpoint, init vs arch --------------------------
+def _stop_on(words: str):
+    """An echo that sends this process SIGTERM when a line with ``words`` is said: the run stops
+    cleanly at the end of that iteration, as after a Ctrl-C."""
+    def echo(msg: str) -> None:
+        if words in msg:
+            signal.raise_signal(signal.SIGTERM)
+    return echo
+
+
+def _records(out: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields."""
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time_s", "it_per_s")} for r in recs]
+
+
+def test_a_stop_between_log_records_resumes_to_the_same_records_and_rng(data: dict[str, Path], tmp_path: Path) -> None:
+    """Stopped at iteration 11 (the signal comes during the validation of 10; records every 6): the
+    record of iteration 12 still averages iterations 7-12, and the torch RNG state saved at 20 is the unstopped run's (the data
+    loader draws its worker seed from its own generator)."""
+    over = {"val": [str(data["val"])], "max_iters": 20, "log_every": 6, "val_every": 10, "ckpt_every": 100}
+    straight = train(small_cfg(data, tmp_path / "straight", **over), progress=False)
+    stopped = small_cfg(data, tmp_path / "stopped", **over)
+    first = train(stopped, progress=False, echo=_stop_on("iter 10: validation"))
+    assert first.interrupted and first.iteration == 11
+    resumed = train(stopped, progress=False, resume=tmp_path / "stopped" / "checkpoints" / "iter_00000011.pt")
+    assert resumed.iteration == 20 and not resumed.interrupted
+    assert _records(straight.out) == _records(resumed.out)
+    a = load_checkpoint(straight.out / "checkpoints" / "iter_00000020.pt")
+    b = load_checkpoint(resumed.out / "checkpoints" / "iter_00000020.pt")
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_a_stop_at_iteration_0_logs_the_bicubic_baseline_once(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = small_cfg(data, tmp_path / "run", val=[str(data["val"])], max_iters=2)
+    first = train(cfg, progress=False, echo=_stop_on("bicubic baseline"))
+    assert first.interrupted and first.iteration == 0
+    train(cfg, progress=False, resume=tmp_path / "run" / "checkpoints" / "iter_00000000.pt")
+    assert [r["iter"] for r in _records(tmp_path / "run") if "bicubic/val/psnr" in r] == [0]
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint_starts_over(data: dict[str, Path], tmp_path: Path) -> None:
+    """kill -9 before any checkpoint leaves config.json and metrics.jsonl: the printed `--resume`
+    line starts the run over from its config (it used to say there was no checkpoint, while a new
+    run there was refused as the folder 'already holds a run')."""
+    out = tmp_path / "killed"
+    flags = ["--data", str(data["hr"]), *TINY_FLAGS, "--seed", "4", "--log-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "upscale", "train", "-q", *flags, "--max-iters", "1000000",
+                             "--ckpt-every", "1000000", "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 90
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert (out / "config.json").is_file() and not (out / "checkpoints").exists(), err.decode()
+    res = _train_cli("--out", out, "--resume", "--max-iters", 3)
+    assert res.exit_code == 0, res.output
+    assert "has no checkpoint" in res.stderr and "starting it over" in res.stderr
+    straight = _train_cli(*flags, "--max-iters", 3, "--ckpt-every", 1000000, "--out", tmp_path / "straight")
+    assert straight.exit_code == 0, straight.output
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["iter"] for r in _records(out)] == [1, 2, 3]
+
+
+def test_init_of_another_arch_than_the_one_asked_for_is_refused_in_one_line(data, tmp_path, tiny_x2):
+    flags = ["--data", data["hr"], "-s", "2", "--gt-size", "32", "--batch-size", "2", "--precision", "fp32",
+             "--threads", "1", "--init", tiny_x2, "--iters", 1]
+    res = _train_cli(*flags, "--arch", "srresnet", "--out", tmp_path / "run")
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.stderr
+    assert f"--init {tiny_x2} is a compact model, but --arch is srresnet" in lines[0]
+    assert not (tmp_path / "run").exists()
+    # the preset's own default arch (rrdbnet) is no request: the init's architecture trains
+    ok = _train_cli(*flags, "--out", tmp_path / "ok")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_unreadable_training_images_are_all_named_in_one_line(data: dict[str, Path], tmp_path: Path) -> None:
+    """Good images, gray/RGBA/16-bit/CMYK ones (all read as RGB), files of other kinds, a symlink loop
+    and a folder named like an image are fine; every file that cannot be read is named in the one error."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    src = Image.fromarray(textured(40, 40, 3))
+    src.save(folder / "rgb.png")
+    src.convert("L").save(folder / "gray.png")
+    src.convert("RGBA").save(folder / "rgba.png")
+    src.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(np.asarray(src.convert("L")).astype(np.uint16) * 257).save(folder / "gray16.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "dir.png").mkdir()
+    pairs = load_hr_folders([str(folder)], 2, min_hr_px=32)
+    assert len(pairs) == 5 and all(hr.shape == (40, 40, 3) for hr in pairs.hr)
+    (folder / "fake.png").write_text("not a png")
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "trunc.png").write_bytes((folder / "rgb.png").read_bytes()[:200])
+    res = _train_cli("--data", folder, *TINY_FLAGS, "--iters", 1, "--out", tmp_path / "run")
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1, res.stderr
+    assert "3 training image(s) cannot be read" in lines[0] and str(folder) in lines[0]
+    assert all(name in lines[0] for name in ("fake.png", "zero.png", "trunc.png"))
+    assert not (tmp_path / "run").exists()

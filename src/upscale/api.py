@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import os
+import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+from PIL import Image as PILImage
 
 from . import atomic, errors
 from .engine import Engine, EngineOptions, RunStats, Workload, check_output_fits
-from .io import Animation, Image, output_extension, output_format_for, read_image, write_image
+from .io import ENCODER_MEMORY, Animation, Image, output_extension, output_format_for, read_image, write_image
+from .io.memory import from_pillow, to_pillow
 from .model import Model
 from .pillow_resize import resize_array
 
@@ -43,6 +48,9 @@ def load_model(path_or_name: str | Path, *, alpha: float | None = None) -> Model
     """
     from .resolve import resolve_model  # registry/hub only when a model is asked for
 
+    if not isinstance(path_or_name, (str, os.PathLike)) or not str(path_or_name).strip():
+        raise errors.UsageError(f"model must be a registry name or a weights file, not {path_or_name!r}",
+                                params=("model",))
     return resolve_model(path_or_name, alpha=alpha)
 
 
@@ -60,9 +68,9 @@ def default_model_name(outscale: float | None = None) -> str:
 
 def check_outscale(outscale: float | None) -> None:
     """``UsageError`` unless ``outscale`` is None (the model's native scale) or a finite number > 0."""
-    if outscale is not None and not (isinstance(outscale, (int, float)) and outscale > 0
-                                     and math.isfinite(outscale)):
-        raise errors.UsageError(f"outscale must be a number > 0, not {outscale}", params=("outscale",))
+    if outscale is not None and not (isinstance(outscale, numbers.Real) and not isinstance(outscale, bool)
+                                     and outscale > 0 and math.isfinite(outscale)):
+        raise errors.UsageError(f"outscale must be a number > 0, not {outscale!r}", params=("outscale",))
 
 
 def outscale_for(model: Model, outscale: float | None) -> float:
@@ -72,21 +80,33 @@ def outscale_for(model: Model, outscale: float | None) -> float:
 
 
 def check_output_memory(image: Image, outscale: float, *, native_scale: int | None = None,
-                        path: str | Path | None = None, frames: int = 1) -> None:
+                        path: str | Path | None = None, frames: int = 1, encoder: str | None = None) -> None:
     """``ResourceError`` (naming ``path``) when the output of ``image`` at ``outscale`` cannot fit in
     memory (``frames`` of them: an animation's outputs are all held until it is written). Without
     ``native_scale`` (no model loaded yet) the output's own size is checked; with it, also the float32
-    image a resize from the native scale builds."""
+    image a resize from the native scale builds. ``encoder`` (a Pillow format name: the output's)
+    adds what that encoder holds beside the output while it writes it (``io.ENCODER_MEMORY``: AVIF's
+    is ten times the output)."""
     h, w, c = image.pixels.shape
-    channels = c + (image.alpha is not None)
-    held = (outscale, image.pixels.dtype, frames, "output")      # the outputs kept until written
+    check_memory(h, w, c + (image.alpha is not None), image.pixels.dtype, outscale, native_scale=native_scale,
+                 path=path, frames=frames, encoder=encoder)
+
+
+def check_memory(h: int, w: int, channels: int, dtype: np.dtype, outscale: float, *, native_scale: int | None = None,
+                 path: str | Path | None = None, frames: int = 1, encoder: str | None = None) -> None:
+    """``check_output_memory`` for planes of this size, ``channels`` (alpha included) and ``dtype``."""
+    held = (outscale, dtype, frames, "output", 1.0)      # the outputs kept until written
     checks = [held]
     if native_scale is not None and native_scale != outscale:   # one frame's resize at a time
-        checks = [(native_scale, image.pixels.dtype, 1, "the model's output"),
-                  (outscale, np.float32, 1, "resizing to")] + ([held] if frames > 1 else [])
+        checks = [(native_scale, dtype, 1, "the model's output", 1.0),
+                  (outscale, np.float32, 1, "resizing to", 1.0)] + ([held] if frames > 1 else [])
+    extra = ENCODER_MEMORY.get(encoder or "", 0.0)
+    if extra:   # the outputs held while the encoder works on one of them
+        checks.append((outscale, dtype, 1, f"output, with the {encoder} encoder's working memory,",
+                       frames + extra))
     try:
-        for scale, dtype, count, what in checks:
-            check_output_fits(h, w, channels, scale, dtype, what, count)
+        for scale, held_dtype, count, what, factor in checks:
+            check_output_fits(h, w, channels, scale, held_dtype, what, count, factor)
     except errors.ResourceError as err:
         raise errors.ResourceError(err.message, path=path) from None
 
@@ -152,47 +172,62 @@ def _box_sum(a: np.ndarray, k: int) -> np.ndarray:
 
 
 class Upscaler:
-    """A model prepared once on its device (cast, channels_last, compiled) for any number of images."""
+    """A model prepared once on its device (cast, channels_last, compiled) for any number of images.
+    One instance may serve several threads: their images go through the network one at a time."""
 
     def __init__(self, model: Model, options: EngineOptions | None = None, *,
                  work: Workload | None = None) -> None:
         """``work``: what the caller plans to run (lets ``compile="auto"`` decide and a compiled engine
         fit its tile shape; see ``engine.Workload``)."""
+        if not isinstance(model, Model):
+            raise errors.UsageError(f"model must be a Model from load_model(name or weights file), not "
+                                    f"{type(model).__name__}", params=("model",))
         self.model = model
         self.options = options or EngineOptions()
         self.engine = Engine(model, self.options, work=work)
+        self._lock = threading.Lock()    # one image at a time through the engine (OpenVINO's one request)
 
-    def upscale(self, image: Image, *, outscale: float | None = None, alpha_mode: str = "model",
-                progress: Progress | None = None, stats: RunStats | None = None) -> Image:
-        """Upscale an ``Image`` to ``outscale`` (default: the model's native scale). ``stats``, when
-        given, adds up the engine's figures of every pass (the image, and its alpha)."""
+    def upscale(self, image: Any, *, outscale: float | None = None, alpha_mode: str = "model",
+                progress: Progress | None = None, stats: RunStats | None = None) -> Any:
+        """Upscale ``image`` to ``outscale`` (default: the model's native scale) and return the same kind:
+
+        - an ``Image`` (metadata kept);
+        - a numpy array, RGB order, (H, W) or (H, W, C) with C 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
+          (RGBA), uint8, uint16 or float32 in [0, 1]: an array of the same layout and dtype (any strides);
+        - a Pillow image, decoded by its mode as ``read_image`` decodes files: ``L``, ``LA``, ``RGB``,
+          ``RGBA`` or ``I;16`` back (``io.to_pillow``).
+
+        ``stats``, when given, adds up the engine's figures of every pass (the image, and its alpha)."""
+        pixels, alpha, back = as_planes(image)
+        return back(*self._upscale_planes(pixels, alpha, outscale, alpha_mode, progress, stats))
+
+    def _upscale_planes(self, pixels: np.ndarray, alpha: np.ndarray | None, outscale: float | None,
+                        alpha_mode: str, progress: Progress | None,
+                        stats: RunStats | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W, C) pixels and their (H, W) alpha or None -> the same, upscaled."""
         if alpha_mode not in ALPHA_MODES:
             raise errors.UsageError(f"alpha_mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}",
                                     params=("alpha_mode",))
         scale = self.model.scale
         outscale = outscale_for(self.model, outscale)
-        check_output_memory(image, outscale, native_scale=scale)
-        h, w = image.pixels.shape[:2]
+        h, w, c = pixels.shape
+        check_memory(h, w, c + (alpha is not None), pixels.dtype, outscale, native_scale=scale)
         target_hw = output_size(h, w, outscale)
         native_hw = (h * scale, w * scale)
 
-        pixels = image.pixels
-        if image.alpha is not None:
-            pixels = bleed_colour(pixels, image.alpha)
-        rgb = self._run(pixels, progress, stats)
-        alpha = None
-        if image.alpha is not None:
-            if not alpha_varies(image.alpha):   # all opaque (or one level): kept exactly, and no pass
-                alpha = np.full(native_hw, image.alpha.flat[0], dtype=image.alpha.dtype)
+        rgb = self._run(pixels if alpha is None else bleed_colour(pixels, alpha), progress, stats)
+        if alpha is not None:
+            if not alpha_varies(alpha):   # all opaque (or one level): kept exactly, and no pass
+                alpha = np.full(native_hw, alpha.flat[0], dtype=alpha.dtype)
             elif alpha_mode == "model":
-                alpha = self._run(image.alpha[..., None], None, stats)[..., 0]
+                alpha = self._run(alpha[..., None], None, stats)[..., 0]
             else:
-                alpha = resize_array(image.alpha, (native_hw[1], native_hw[0]), "bicubic")
+                alpha = resize_array(alpha, (native_hw[1], native_hw[0]), "bicubic")
         if target_hw != native_hw:
             rgb = resize_array(rgb, (target_hw[1], target_hw[0]), "lanczos")
             if alpha is not None:
                 alpha = resize_array(alpha, (target_hw[1], target_hw[0]), "lanczos")
-        return replace(image, pixels=rgb, alpha=alpha)
+        return rgb, alpha
 
     def upscale_animation(self, animation: Animation, *, outscale: float | None = None, alpha_mode: str = "model",
                           on_frame: Progress | None = None, stats: RunStats | None = None) -> Animation:
@@ -214,9 +249,11 @@ class Upscaler:
         channels = pixels.shape[2]
         want = self.model.in_channels
         if channels == want:
-            return self.engine.upscale(pixels, progress=progress, stats=stats)
+            with self._lock:
+                return self.engine.upscale(pixels, progress=progress, stats=stats)
         if channels == 1 and want == 3:
-            out = self.engine.upscale(np.repeat(pixels, 3, axis=2), progress=progress, stats=stats)
+            with self._lock:
+                out = self.engine.upscale(np.repeat(pixels, 3, axis=2), progress=progress, stats=stats)
             if pixels.dtype == np.float32:
                 return out.mean(axis=2, keepdims=True)
             # the rounded mean of the three channels, in integers: a sum of three has no halves, so
@@ -234,7 +271,9 @@ class Upscaler:
                      alpha_mode: str = "model", output_format: str | None = None, quality: int | None = None,
                      max_pixels: int | None = None, progress: Progress | None = None,
                      stats: RunStats | None = None) -> Image:
-        """Read ``src``, upscale, write ``dst`` atomically; returns the written image."""
+        """Read ``src``, upscale, write ``dst`` atomically (over an existing file); returns the written
+        image. ``ImageWriteError`` before any work for a ``dst`` that is ``src`` or cannot be written."""
+        check_target(src, dst, force=True, output_format=output_format)
         image = read_image(src, max_pixels=max_pixels)
         result = self.upscale(image, outscale=outscale, alpha_mode=alpha_mode, progress=progress, stats=stats)
         write_result(result, dst, output_format=output_format, quality=quality)
@@ -250,7 +289,11 @@ def alpha_varies(alpha: np.ndarray) -> bool:
 def model_passes(image: Image, alpha_mode: str = "model") -> int:
     """How many passes through the model upscaling ``image`` takes: two when its alpha channel goes
     through the model too."""
-    return 2 if image.alpha is not None and alpha_mode == "model" and alpha_varies(image.alpha) else 1
+    return _passes(image.alpha, alpha_mode)
+
+
+def _passes(alpha: np.ndarray | None, alpha_mode: str) -> int:
+    return 2 if alpha is not None and alpha_mode == "model" and alpha_varies(alpha) else 1
 
 
 def workload_for(image: Image, alpha_mode: str = "model") -> Workload:
@@ -259,11 +302,48 @@ def workload_for(image: Image, alpha_mode: str = "model") -> Workload:
     return Workload(h * w * model_passes(image, alpha_mode), (h, w))
 
 
-def upscale_image(image: Image, model: Model, *, outscale: float | None = None, alpha_mode: str = "model",
-                  options: EngineOptions | None = None) -> Image:
-    """One-shot convenience: prepare ``model`` and upscale one ``Image``."""
-    work = workload_for(image, alpha_mode)
-    return Upscaler(model, options, work=work).upscale(image, outscale=outscale, alpha_mode=alpha_mode)
+def upscale_image(image: Any, model: Model, *, outscale: float | None = None, alpha_mode: str = "model",
+                  options: EngineOptions | None = None) -> Any:
+    """One-shot convenience: prepare ``model`` and upscale one image (any kind ``Upscaler.upscale``
+    takes; the result is of the same kind)."""
+    pixels, alpha, back = as_planes(image)
+    h, w = pixels.shape[:2]
+    up = Upscaler(model, options, work=Workload(h * w * _passes(alpha, alpha_mode), (h, w)))
+    return back(*up._upscale_planes(pixels, alpha, outscale, alpha_mode, None, None))
+
+
+ARRAY_DTYPES = (np.uint8, np.uint16, np.float32)
+Planes = tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray, np.ndarray | None], Any]]
+
+
+def as_planes(image: Any) -> Planes:
+    """(pixels (H, W, 1|3), alpha (H, W) or None, back) of any image ``Upscaler.upscale`` takes; ``back``
+    makes upscaled planes an image of the same kind. ``UsageError`` for anything else."""
+    if isinstance(image, Image):
+        return image.pixels, image.alpha, lambda pixels, alpha: replace(image, pixels=pixels, alpha=alpha)
+    if isinstance(image, PILImage.Image):
+        record = from_pillow(image)
+        return record.pixels, record.alpha, lambda pixels, alpha: to_pillow(replace(record, pixels=pixels, alpha=alpha))
+    if not isinstance(image, np.ndarray):
+        raise errors.UsageError("image must be an upscale Image, a numpy array or a Pillow image, not "
+                                f"{type(image).__module__}.{type(image).__qualname__}", params=("image",))
+    layout_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 2, 3, 4))
+    if not layout_ok or image.dtype not in ARRAY_DTYPES:
+        raise errors.UsageError("image: expected an (H, W) or (H, W, 1|2|3|4) array of uint8, uint16 or float32, "
+                                f"got {image.shape} {image.dtype}", params=("image",))
+    ndim = image.ndim
+    planes = image[..., None] if ndim == 2 else image
+    if planes.shape[2] in (2, 4):
+        return planes[..., :-1], planes[..., -1], lambda pixels, alpha: _join(pixels, alpha, ndim)
+    return planes, None, lambda pixels, alpha: _join(pixels, alpha, ndim)
+
+
+def _join(pixels: np.ndarray, alpha: np.ndarray | None, ndim: int) -> np.ndarray:
+    """Upscaled planes as one array of the input's layout; float32 clipped to [0, 1] (Lanczos rings)."""
+    out = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
+    if out.dtype == np.float32:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out[..., 0] if ndim == 2 else out
 
 
 DEFAULT_NAME = "{stem}_x{scale}"

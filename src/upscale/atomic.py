@@ -11,7 +11,9 @@ owner is a process of this host that is no longer running.
 A file that is read, changed and written back (the tuning cache, the user registry) is changed under
 ``updating``: an exclusive lock on ``.NAME.lock`` beside it, held from the read to the rename, so
 that two processes adding an entry at the same moment both keep theirs (``filelock``, which
-huggingface_hub already installs: lock files that work on POSIX and Windows alike).
+huggingface_hub already installs: lock files that work on POSIX and Windows alike). A job that owns
+a folder while it runs (a training) holds ``claim``'s lock instead, which a second process is refused
+at once rather than waiting.
 
 Every ``os.replace`` of the package is in this module.
 """
@@ -46,10 +48,32 @@ def is_temp_name(name: str) -> bool:
     return _TEMP.match(name) is not None
 
 
+NAME_MAX = 255    # bytes in one file name on Linux, macOS and Windows file systems alike
+# what a temp name adds to its target's: ".", ".", host, "-", pid (up to 10 digits), "-", 16 hex, suffix
+_TEMP_EXTRA = 2 + 8 + 1 + 10 + 1 + 16 + len(TEMP_SUFFIX)
+
+
+def _temp_stem(name: str) -> str:
+    """``name`` as it appears in its temp files' names: itself, or where a temp name would be longer
+    than ``NAME_MAX`` bytes (a target name of ~215 bytes or more), its start and a hash of all of it."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) + _TEMP_EXTRA <= NAME_MAX:
+        return name
+    keep = raw[:NAME_MAX - _TEMP_EXTRA - 9].decode("utf-8", "ignore")
+    return f"{keep}~{hashlib.sha256(raw).hexdigest()[:8]}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why no file can be named ``name`` on common file systems (None when it can)."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    return None if size <= NAME_MAX else f"its name is {size} bytes long; file names hold at most {NAME_MAX}"
+
+
 def _create_temp(path: Path) -> tuple[int, Path]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):
-        tmp = path.with_name(f".{path.name}.{_host_tag()}-{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        tmp = path.with_name(f".{_temp_stem(path.name)}.{_host_tag()}-{os.getpid()}-{secrets.token_hex(8)}"
+                             f"{TEMP_SUFFIX}")
         try:
             return os.open(tmp, flags, 0o666 & ~_UMASK), tmp
         except FileExistsError:  # a name drawn twice (or planted): draw another
@@ -107,6 +131,57 @@ def updating(path: str | Path, *, timeout_s: float = 60.0) -> Iterator[Path]:
             lock.release()
 
 
+def claim(path: str | Path) -> IO[str] | None:
+    """Take the exclusive lock of the lock file ``path`` (created if missing) without waiting, for as
+    long as a job runs (a training in its run folder), and write this process's id in it. Returns the
+    open file: the lock is held until ``unclaim`` (or the process ends, a kill included). Raises
+    ``BlockingIOError`` when another process holds it; its ``filename`` is the holder's process id as
+    written in the file ("" if unknown). None where locks do not exist (no ``fcntl``: Windows; a file
+    system that refuses them): the job then runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        f = os.fdopen(os.open(path, flags, 0o666 & ~_UMASK), "r+", encoding="ascii", errors="replace")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = f.read(32).strip()
+            f.close()
+            raise BlockingIOError(errno.EWOULDBLOCK, "locked by another process", holder if holder.isdigit() else "")
+        except OSError as err:
+            f.close()
+            if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                return None
+            raise
+        if _same_inode(f.fileno(), path):   # else its holder removed it (``unclaim``) as we opened it
+            break
+        f.close()
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def unclaim(path: str | Path, lock: IO[str] | None) -> None:
+    """Remove the lock file ``path`` that ``claim`` returned ``lock`` for, and let the lock go."""
+    if lock is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(path)      # while still held: a process that opened it meanwhile sees it gone and opens anew
+    lock.close()
+
+
+def _same_inode(fd: int, path: str | Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
     with atomic_file(path, "wb", durable=durable) as f:
         f.write(data)
@@ -161,7 +236,7 @@ def sweep_temps(folder: str | Path, *, name: str | None = None) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m is None or (name is not None and m["name"] != name) or m["host"] != host:
+        if m is None or (name is not None and m["name"] != _temp_stem(name)) or m["host"] != host:
             continue
         if _alive(int(m["pid"])):
             continue
@@ -181,6 +256,9 @@ def target_problem(target: str | Path, inputs: tuple[str | Path, ...] = (), *,
     folder is missing or is a file) or "exists" (without ``force``); None when it may be written.
     Callers raise their own typed error from it."""
     target = Path(target)
+    problem = name_problem(target.name)
+    if problem is not None:
+        return "folder", problem
     if any(_same_file(target, Path(p)) for p in inputs):
         return "input", "would overwrite an input; choose another output"
     if target.is_dir():

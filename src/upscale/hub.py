@@ -7,7 +7,9 @@ into a safetensors file with our architecture metadata under ``$UPSCALE_CACHE/mo
 is written (``verified/<file>.json``, with its size and mtime): later runs check the stamp, rehash
 only when it changed, and convert again from the verified download when the file is not the one we
 wrote (``upscale models pull`` rehashes it whatever the stamp says). Later runs make no network
-request.
+request. Processes that need the same model at once fetch and convert it once: the others wait on
+its lock (``atomic.updating``) and then take that file, never mistaking it, written but not yet
+recorded, for a changed one.
 
 Before a download, the Hub's host is resolved and connected to once with a short timeout, and must
 say something to a plain request, so an unreachable or silent Hub is a one-line ``OfflineError``
@@ -21,6 +23,7 @@ the meanings huggingface_hub documents.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +42,7 @@ from .registry import FileSource, HubSource, ModelSpec, PackageSource, sha256_fi
 log = logging.getLogger(__name__)
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
+CONVERT_WAIT_S = 3600     # how long a process waits for another that is downloading and converting a model
 
 
 # --- locations ------------------------------------------------------------------------------------
@@ -89,14 +93,27 @@ def weights_path(spec: ModelSpec, *, rehash: bool = False) -> Path:
     if isinstance(source, FileSource):
         return _check_local_file(spec, source)
     target = converted_path(spec)
-    if target.is_file():
-        if _still_verified(target, None, full=rehash):
-            return target
-        log.warning("%s is not the file converted from the verified download (its sha256 differs from the "
-                    "one recorded); converting again", target)
-        target.unlink(missing_ok=True)
+    if target.is_file() and _still_verified(target, None, full=rehash):
+        return target
+    # huggingface_hub's cache locks its own downloads, and a second process finds the blob there; the
+    # conversion is locked here, and only once the download worked (an offline run leaves no trace)
     blob = _download(source.repo_id, source.filename, source.revision, source.sha256, model=spec.name)
-    _convert(blob, target, spec)
+    with contextlib.ExitStack() as stack:     # one process converts; another waits, then takes its file
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(atomic.updating(target, timeout_s=CONVERT_WAIT_S))
+        except TimeoutError:
+            raise errors.WeightsError(f"model {spec.name!r}: another process has been converting it for over "
+                                      f"{CONVERT_WAIT_S // 60} minutes; try again when it is done", path=target) from None
+        except OSError as err:                # a cache that cannot be written: the conversion says why
+            log.debug("cannot lock %s: %s", target, err)
+        if target.is_file():
+            if _still_verified(target, None, full=rehash):
+                return target
+            log.warning("%s is not the file converted from the verified download (its sha256 differs from the "
+                        "one recorded); converting again", target)
+            target.unlink(missing_ok=True)
+        _convert(blob, target, spec)
     log.info("converted %s to %s", blob, target)
     return target
 

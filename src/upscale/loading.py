@@ -3,7 +3,7 @@
 Reading: ``.safetensors`` natively (its metadata comes back too); ``.pth``/``.pt``/``.ckpt`` only through
 ``torch.load(weights_only=True)``, so a pickle that would import code is refused without running it.
 Training wrappers (``params_ema`` preferred, ``params``, ``state_dict``, ``model``) are unwrapped and
-``module.`` prefixes (DataParallel) stripped.
+``module.`` (DataParallel) and ``_orig_mod.`` (a ``torch.compile``-d network) prefixes stripped.
 
 Canonical keys are the ones our modules in ``upscale.archs`` use (BasicSR's where BasicSR has the
 network). Other known layouts (old ESRGAN, the ESRGAN repository, MMSR) are renamed by the family that
@@ -45,12 +45,13 @@ FORMAT_VERSION = "1"
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DataParallel / DDP, torch.compile's OptimizedModule
 
 StateDict = dict[str, torch.Tensor]
 
 # --- reading --------------------------------------------------------------------------------------
 def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
-    """Tensors of a weights file (unwrapped, ``module.`` stripped) and its safetensors metadata.
+    """Tensors of a weights file (unwrapped, ``module.``/``_orig_mod.`` stripped) and its safetensors metadata.
 
     Raises ``WeightsError`` (missing, empty, corrupt, unsupported suffix, no tensors) and
     ``UnsafeWeightsError`` (a pickle that would import something other than tensor types).
@@ -110,10 +111,11 @@ def _is_tensor_dict(obj: Any) -> bool:
 def _strip_module_prefix(sd: StateDict, p: Path) -> StateDict:
     out: StateDict = {}
     for key, value in sd.items():
-        while key.startswith("module."):
-            key = key[len("module."):]
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.partition(".")[2]
         if key in out:
-            raise errors.WeightsError(f"key {key!r} appears twice once 'module.' prefixes are removed", path=p)
+            raise errors.WeightsError(f"key {key!r} appears twice once 'module.'/'_orig_mod.' prefixes are removed",
+                                      path=p)
         out[key] = value
     return out
 

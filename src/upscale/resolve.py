@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import errors, hub, interp, loading, registry
+from . import archs, errors, hub, interp, loading, registry
 from .model import Model
 from .registry import ModelSpec
 
@@ -107,15 +107,33 @@ def twin_pair(spec_or_name: ModelSpec | str) -> tuple[ModelSpec, ModelSpec]:
 
 def interpolate_files(psnr: str | Path, gan: str | Path, alpha: float) -> tuple[str, dict[str, Any],
                                                                                loading.StateDict]:
-    """Read two weights files (any layout ``loading`` knows), check they are the same network and
-    interpolate them; returns (arch, hparams, state dict)."""
+    """Read two weights files (any layout ``loading`` knows, or ncnn .param pairs), check they are the
+    same network and interpolate them; returns (arch, hparams, state dict).
+
+    A re-parameterised network (SPAN) in its training form blended with one in its inference form is
+    first collapsed to that form (``ArchFamily.deploy``: the same function), as our shipped twins are."""
     interp.check_alpha(alpha)
-    sd_p, arch_p, hp_p, _ = loading.read_canonical(psnr)
-    sd_g, arch_g, hp_g, _ = loading.read_canonical(gan)
+    sd_p, arch_p, hp_p = _read_canonical(psnr)
+    sd_g, arch_g, hp_g = _read_canonical(gan)
     sd_p, sd_g = loading.check_dtypes(sd_p, source=psnr), loading.check_dtypes(sd_g, source=gan)   # fp8 widened
+    collapse = archs.get_family(arch_p).deploy if arch_p == arch_g else None
+    if collapse is not None and bool(hp_p.get("deploy")) != bool(hp_g.get("deploy")):
+        (sd_p, hp_p), (sd_g, hp_g) = collapse(sd_p, hp_p), collapse(sd_g, hp_g)
     names = (str(psnr), str(gan))
     interp.check_same_network((arch_p, hp_p), (arch_g, hp_g), names)
     return arch_p, hp_p, interp.interpolate(sd_p, sd_g, alpha, names=names)
+
+
+def _read_canonical(path: str | Path) -> tuple[loading.StateDict, str, dict[str, Any]]:
+    """(canonical state dict, architecture, full hyperparameters) of a weights file or an ncnn .param
+    (its .bin beside it), as ``open_weights`` reads them; nothing built."""
+    if Path(path).suffix.lower() == NCNN_SUFFIX:
+        from .ncnn import read_ncnn
+
+        arch, hparams, sd = read_ncnn(path)
+        return sd, arch, {**archs.get_family(arch).defaults, **hparams}
+    sd, arch, hparams, _ = loading.read_canonical(path)
+    return sd, arch, hparams
 
 
 def interpolated_model(spec_or_name: ModelSpec | str, alpha: float) -> Model:

@@ -152,7 +152,8 @@ def receptive_radius(hp: dict) -> int:
 
 def detect(sd: dict[str, torch.Tensor]) -> dict | None:
     """Hyperparameters from a state dict in canonical (BasicSR) layout, or None if it is not RRDBNet."""
-    if "conv_first.weight" not in sd or "body.0.rdb1.conv1.weight" not in sd or "conv_up2.weight" not in sd:
+    if "conv_first.weight" not in sd or "body.0.rdb1.conv1.weight" not in sd or "conv_up2.weight" not in sd \
+            or "conv_up3.weight" in sd:    # x8 and up: more upsampling stages than ours (``explain`` says so)
         return None
     num_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body."))
     num_feat, in_ch = sd["conv_first.weight"].shape[:2]
@@ -225,10 +226,10 @@ def _esrgan_repo_key(key: str) -> str:
 
 def explain(sd: Mapping[str, torch.Tensor]) -> str:
     """Why canonical keys that look like RRDBNet were not recognised ("" when they do not look like it)."""
-    if "body.0.rdb1.conv1.weight" in sd and "conv_up2.weight" not in sd:
+    if "body.0.rdb1.conv1.weight" in sd and ("conv_up2.weight" not in sd or "conv_up3.weight" in sd):
         stages = sum(1 for k in sd if re.fullmatch(r"conv_up\d+\.weight", k))
-        return (f"it looks like ESRGAN (RRDBNet) with {stages} upsampling stage(s), but only two are supported "
-                "(x4, or x2/x1 with pixel-unshuffle)")
+        return (f"it looks like ESRGAN (RRDBNet) with {stages} upsampling stage(s) (x{2 ** stages}), but only two "
+                "are supported (x4, or x2/x1 with pixel-unshuffle)")
     return ""
 
 

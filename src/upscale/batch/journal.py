@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,11 @@ def key_for(settings: str, quality: int | None, output: Path, *, animation: bool
 
 
 def input_record(path: str | Path) -> dict[str, Any]:
-    """What says an input changed: its size, modification time (ns) and SHA-256."""
+    """What says an input changed: its size, modification time (ns) and SHA-256. ``OSError`` for what
+    is not a regular file (a FIFO named like an image would block the hash forever)."""
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..api import Upscaler, output_size
+from ..api import Upscaler, check_output_memory, output_size
+from ..atomic import name_problem
+from ..errors import ImageWriteError
 from ..engine import RunStats
 from ..io import (Animation, check_animated, check_size, read_frames, read_image, write_animation,
-                  write_image)
+                  output_format_for, write_image)
 from .journal import Journal, input_record, key_for
 from .plan import Job, Plan
 from .summary import DONE, FAILED, NOT_STARTED, BatchSummary, Outcome, reason_for
@@ -171,6 +173,9 @@ def _read(job: Job, settings: BatchSettings) -> Any:
     h, w = first.pixels.shape[:2]
     size = None if settings.outscale is None else output_size(h, w, settings.outscale)[::-1]
     fmt = check_size(job.output, settings.output_format, size)     # the writer makes the sub-folder
+    too_long = name_problem(job.output.name)
+    if too_long is not None:
+        raise ImageWriteError(f"{too_long} (--name makes other names)", path=job.output)
     if isinstance(image, Animation):
         check_animated(job.output, fmt)
     return image
@@ -185,7 +190,10 @@ def _upscale_one(job: Job, image: Any, upscaler: Upscaler, settings: BatchSettin
     height, width = first.pixels.shape[:2]
     progress = None if on_tiles is None else (lambda done, total: on_tiles(job.rel, done, total))
     stats = RunStats()
-    try:
+    try:    # the outputs and their encoder's memory (AVIF's is ten times the output), before the model
+        check_output_memory(first, settings.outscale or upscaler.model.scale, path=job.source,
+                            frames=len(image.frames) if animated else 1,
+                            encoder=output_format_for(job.output, settings.output_format))
         if animated:    # frame progress in place of tile progress
             result = upscaler.upscale_animation(image, outscale=settings.outscale, alpha_mode=settings.alpha_mode,
                                                 on_frame=progress, stats=stats)

@@ -1,7 +1,8 @@
 """`upscale bench`: quality and speed of models against classic interpolation on a test set.
 
-The pipeline is the one behind the published super-resolution tables, so the bicubic row reproduces
-them within 0.02 dB (Set5 x4: 28.43 dB / 0.8111 here, 28.42 / 0.8104 published):
+The pipeline is BasicSR's and EDSR's; the bicubic row is within 0.013 dB and 0.001 SSIM of the published
+tables (Set5 x4: 28.43 dB / 0.8111 here, 28.42 / 0.8104 published), which were made on the Y plane
+alone (docs/bench.md has the difference and a pipeline that gives them to the digit):
 
 1. each HR image is read as 8-bit and mod-cropped to a multiple of the scale (``dataprep``);
 2. its LR input is MATLAB's ``imresize(HR, 1/s, 'bicubic')`` (antialiased; rows then columns, each

@@ -37,6 +37,7 @@ class LoadedModel:
     upscaler: Any          # api.Upscaler
     device: str
     dtype: str
+    engine_note: str = ""  # what else decides its speed: "OpenVINO", "torch.compile"
 
 
 def _pillow_method(name: str, scale: int) -> Method:
@@ -68,8 +69,9 @@ def load_models(specs: Sequence[str], engine_options: Any) -> list[LoadedModel]:
             label = f"{base}#{n}"
         labels.add(label)
         up = Upscaler(model, engine_options)
+        engine_note = "OpenVINO" if up.engine.backend == "openvino" else "torch.compile" if up.engine.compiled else ""
         loaded.append(LoadedModel(label, model.scale, up, str(up.engine.device),
-                                  str(up.engine.dtype).replace("torch.", "")))
+                                  str(up.engine.dtype).replace("torch.", ""), engine_note))
     return loaded
 
 
@@ -83,7 +85,8 @@ def _model_method(m: LoadedModel, scale: int) -> Method:
 
 
 def model_method(m: LoadedModel, scale: int) -> MethodSpec:
-    note = "" if m.native_scale == scale else f"native x{m.native_scale}, Lanczos-resized to x{scale}"
+    resized = "" if m.native_scale == scale else f"native x{m.native_scale}, Lanczos-resized to x{scale}"
+    note = "; ".join(part for part in (m.engine_note, resized) if part)
     return MethodSpec(m.label, "model", _model_method(m, scale), m.device, m.dtype, note)
 
 

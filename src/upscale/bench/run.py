@@ -59,13 +59,14 @@ def _check_options(options: BenchOptions, n_models: int) -> None:
         raise errors.UsageError(f"warmup must be >= 0, got {options.warmup_runs}", params=("warmup",))
 
 
-def _lr_files(lr_dir: Path) -> dict[str, Path]:
-    """LR images by stem; two files with one stem are an error."""
+def _files_by_stem(folder: Path, kind: str) -> dict[str, Path]:
+    """The images of ``folder`` by stem (results and ``--lr`` pairing name images by stem); two files
+    with one stem are an error."""
     by_stem: dict[str, Path] = {}
-    for p in list_images(lr_dir):
+    for p in list_images(folder):
         if p.stem in by_stem:
-            raise errors.DataError(f"two LR images with stem {p.stem!r}: {by_stem[p.stem].name}, {p.name}",
-                                   path=lr_dir)
+            raise errors.DataError(f"two {kind} images with stem {p.stem!r}: {by_stem[p.stem].name}, {p.name}",
+                                   path=folder)
         by_stem[p.stem] = p
     return by_stem
 
@@ -88,17 +89,21 @@ def _read_lr(lr_files: dict[str, Path], lr_dir: Path, stem: str, expected_hw: tu
 
 
 def _pairs_for_scale(hr_images: list[tuple[str, np.ndarray]], scale: int, options: BenchOptions,
-                     lr_files: dict[str, Path], data_dir: Path) -> list[Pair]:
+                     lr_files: dict[str, Path], hr_files: dict[str, Path]) -> list[Pair]:
     """Each HR image mod-cropped, with its LR: MATLAB bicubic, or the file of the same stem in lr_dir."""
     pairs = []
     for stem, hr in hr_images:
+        h, w = hr.shape[:2]
         hr = mod_crop(hr, scale)
-        check_eval_size(hr, scale, data_dir / stem)
+        try:
+            check_eval_size(hr, scale, hr_files[stem])
+        except errors.DataError as err:
+            raise errors.DataError(f"{w}x{h} (mod-cropped: {err.message})", path=hr_files[stem]) from None
         if options.niqe:
             try:
                 niqe.check_size(hr.shape[0], hr.shape[1], crop_border=scale)
             except ValueError as err:
-                raise errors.DataError(f"{err} (mod-cropped for x{scale})", path=data_dir / stem) from None
+                raise errors.DataError(f"{err} (mod-cropped for x{scale})", path=hr_files[stem]) from None
         if options.lr_dir is not None:
             lr = _read_lr(lr_files, options.lr_dir, stem, (hr.shape[0] // scale, hr.shape[1] // scale),
                           hr.shape[2], options.gray)
@@ -144,7 +149,7 @@ class _Sheet:
 
 
 def _score(method: MethodSpec, pair: Pair, scale: int, options: BenchOptions, lpips_net: Any,
-           data_dir: Path) -> tuple[ImageScore, np.ndarray]:
+           hr_path: Path) -> tuple[ImageScore, np.ndarray]:
     """Time ``method`` on one LR image and score its output against HR."""
     stem, hr, lr = pair
     t0 = time.perf_counter()
@@ -152,7 +157,7 @@ def _score(method: MethodSpec, pair: Pair, scale: int, options: BenchOptions, lp
     dt = time.perf_counter() - t0
     if sr.shape != hr.shape or sr.dtype != np.uint8:
         raise errors.UpscaleError(f"{method.name} returned {sr.shape} {sr.dtype} for an HR image of "
-                                  f"{hr.shape} uint8", path=data_dir / stem)
+                                  f"{hr.shape} uint8", path=hr_path)
     p = metrics.psnr(sr, hr, scale, options.y_channel)
     s = metrics.ssim(sr, hr, scale, options.y_channel)
     lp = lpips_net(sr, hr, scale) if lpips_net is not None else None
@@ -161,7 +166,7 @@ def _score(method: MethodSpec, pair: Pair, scale: int, options: BenchOptions, lp
 
 
 def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOptions, lpips_net: Any,
-             sheet: _Sheet, bar: Any, data_dir: Path) -> MethodRow:
+             sheet: _Sheet, bar: Any, hr_files: dict[str, Path]) -> MethodRow:
     """Warm up, then time and score every image: one row of the table."""
     for _ in range(options.warmup_runs):
         method.fn(pairs[0][2])
@@ -170,7 +175,7 @@ def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOp
     out_pixels = 0
     with PeakRss() as mem:
         for pair in pairs:
-            score, sr = _score(method, pair, scale, options, lpips_net, data_dir)
+            score, sr = _score(method, pair, scale, options, lpips_net, hr_files[pair[0]])
             scores.append(score)
             out_pixels += sr.shape[0] * sr.shape[1]
             sheet.add(pair[0], f"{method.name} {score.psnr_db:.2f} dB", sr)
@@ -226,9 +231,10 @@ def run_bench(data_dir: str | Path, options: BenchOptions, models: Sequence[Load
     """Benchmark the baselines and ``models`` on the HR images in ``data_dir``; see the package docstring."""
     _check_options(options, len(models))
     data_dir = Path(data_dir)
-    hr_images = [(p.stem, read_uint8(p, rgb=options.gray == "rgb")) for p in list_images(data_dir)]
+    hr_files = _files_by_stem(data_dir, "HR")
+    hr_images = [(stem, read_uint8(p, rgb=options.gray == "rgb")) for stem, p in hr_files.items()]
     infos = tuple(ImageInfo(stem, px.shape[1], px.shape[0], px.shape[2]) for stem, px in hr_images)
-    lr_files = _lr_files(options.lr_dir) if options.lr_dir is not None else {}
+    lr_files = _files_by_stem(options.lr_dir, "LR") if options.lr_dir is not None else {}
     lpips_net, lpips_missing = (None, "not requested (--no-lpips)")
     if options.lpips:
         lpips_net, lpips_missing = metrics.Lpips.create()
@@ -240,12 +246,12 @@ def run_bench(data_dir: str | Path, options: BenchOptions, models: Sequence[Load
     hr_reference: list[HrReference] = []
     with tqdm(total=total, disable=not options.progress, desc="bench", unit="img", file=sys.stderr) as bar:
         for scale in options.scales:
-            pairs = _pairs_for_scale(hr_images, scale, options, lr_files, data_dir)
+            pairs = _pairs_for_scale(hr_images, scale, options, lr_files, hr_files)
             sheet = _Sheet(pairs, sheet_stems, options.sheet_crop_px)
             if options.niqe:
                 hr_reference.append(_hr_reference(pairs, scale))
             for method in methods_for(options.baselines, models, scale):
-                rows.append(_measure(method, pairs, scale, options, lpips_net, sheet, bar, data_dir))
+                rows.append(_measure(method, pairs, scale, options, lpips_net, sheet, bar, hr_files))
             sheet_rows += sheet.rows(scale)
 
     timing = {"warmup_runs": options.warmup_runs, "clock": "time.perf_counter per image",

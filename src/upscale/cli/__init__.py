@@ -63,7 +63,7 @@ FLAG_FOR_PARAM: dict[str, str] = {
     "outscale": "--scale", "scale": "--scale", "alpha": "--alpha", "alpha_mode": "--alpha-mode",
     "quality": "--quality", "output_format": "--format", "max_pixels": "--max-pixels", "shard": "--shard",
     "gray": "--gray", "warmup": "--warmup", "sheet_image": "--sheet-image", "lr_dir": "--lr", "hr_dir": "--hr",
-    "init": "--init", "report": "--report", "output": "--output", "force": "--force", "deploy": "--deploy",
+    "init": "--init", "arch": "--arch", "report": "--report", "output": "--output", "force": "--force", "deploy": "--deploy",
     "authors_layout": "--authors-layout", "resume": "--resume", "preset": "--preset", "replace": "--replace",
     "name": "--name", "data": "--data", "windows": "--windows", "perceptual_net": "--perceptual-net",
     "perceptual_layer": "--perceptual-layer", "distill_net": "--distill-net", "distill_weight": "--distill-weight",

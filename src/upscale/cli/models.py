@@ -1,4 +1,5 @@
-"""`upscale models` (the registry as a table or JSON), `models pull NAME...`, `models add NAME PATH`."""
+"""`upscale models` (the registry as a table or JSON), `models show NAME`, `models pull NAME...`,
+`models add NAME PATH`, `models remove NAME`."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def models(ctx: click.Context, as_json: bool) -> None:
     """List the model registry: name, architecture, scale, kind, size, license, downloaded or not.
 
     \b
+    upscale models show esrgan        one model in full: source, hashes, where its file is
     upscale models pull esrgan        download, verify and convert now
     upscale models add mine w.pth     register a local weights file under a name
+    upscale models remove mine        unregister it (the file stays)
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -48,7 +51,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
     rows = [("NAME", "ARCH", "SCALE", "KIND", "SIZE", "LICENSE", "CACHED")]
     for spec in specs:
         cached = {"package": "packaged", "file": "local"}.get(spec.source_type, "yes" if hub.is_cached(spec) else "no")
-        rows.append((spec.name, spec.arch, f"x{spec.scale}", spec.kind, _size_text(spec.size), spec.license, cached))
+        license_ = spec.license.split(";")[0].strip()    # the license; the notes after it are in --json
+        rows.append((spec.name, spec.arch, f"x{spec.scale}", spec.kind, _size_text(spec.size), license_, cached))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -93,11 +97,47 @@ def pull(names: tuple[str, ...]) -> None:
 def add(name: str, path: Path, description: str | None, license_: str, kind: str, twin: str | None,
         bf16_safe: bool, replace: bool) -> None:
     """Register the weights file PATH as model NAME in your user registry (`-m NAME` then works)."""
-    from .. import loading, registry
+    from .. import errors, loading, registry, user_registry
+    from ..resolve import NCNN_SUFFIX
 
+    if path.suffix.lower() == NCNN_SUFFIX:   # the registry records one file; an ncnn model is two
+        converted = path.with_suffix(".safetensors")
+        raise errors.UsageError(f"an ncnn model is registered once converted: `upscale convert {path} {converted}`, "
+                                f"then `upscale models add {name} {converted}`", path=path)
     model = loading.load_model(path)  # it must load strictly before it is registered
-    spec = registry.add_user_model(name, path, arch=model.arch, hparams=model.hparams, description=description,
-                                   license=license_, kind=kind, twin=twin, bf16_safe=bf16_safe,
-                                   replace=replace)
+    spec = user_registry.add_user_model(name, path, arch=model.arch, hparams=model.hparams,
+                                        description=description, license=license_, kind=kind, twin=twin,
+                                        bf16_safe=bf16_safe, replace=replace)
     say(f"added {spec.name}: {model.arch} x{spec.scale} from {spec.source.path} to "
         f"{registry.user_registry_path()}")
+
+
+@models.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the model's record as JSON.")
+@handle_errors
+def show(name: str, as_json: bool) -> None:
+    """Everything the registry says about model NAME, and where its weights file is (or would be)."""
+    from .. import hub, registry
+
+    spec = registry.get_model(name)
+    record = _spec_record(spec, hub.is_cached(spec))
+    record["registry"] = spec.origin
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "(family defaults)"
+        say(f"{key}: {value}")
+
+
+@models.command()
+@click.argument("name")
+@handle_errors
+def remove(name: str) -> None:
+    """Unregister the user model NAME (added with `models add`); its weights file is left where it is."""
+    from .. import user_registry
+
+    spec = user_registry.remove_user_model(name)
+    say(f"removed {spec.name} (its file {spec.source.path} is kept) from {spec.origin}")

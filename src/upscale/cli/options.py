@@ -24,8 +24,8 @@ def _stack(*options: Decorator) -> Decorator:
 
 
 # What --tile means (the engine's TILE_HELP, worded as flags; kept here so --help needs no torch import).
-TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; --overlap pixels of context are "
-             "added on every side, so a small tile costs time, never seams. auto (default): per image, the plan "
+TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; context (the model's receptive "
+             "radius, or --overlap where the command has it) is added on every side, so a small tile costs time, never seams. auto (default): per image, the plan "
              "(window side, or the whole image) of the fewest seconds by what `upscale tune` measured on this "
              "machine (a built-in window for the model's family if not tuned), never more than memory allows; "
              "0 = whole image.")

@@ -38,7 +38,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
     Exit codes: 0 ok, 1 failure (bad input, bad weights, cannot write, not enough memory), 2 usage error.
     """
     from .. import api, errors
-    from ..io import Animation, check_animation_output, check_output, read_frames, read_image
+    from ..io import Animation, check_animation_output, check_output, output_format_for, read_frames, read_image
 
     # everything that can be refused is refused before the model loads
     if image.is_dir():
@@ -64,8 +64,10 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
         target = api.default_output_path(image, outscale, output_format, name_template)
     if target is not None:
         check(target, outscale)
+    frames = len(animation.frames) if animation else 1
     if outscale is not None:
-        api.check_output_memory(source, outscale, path=image, frames=len(animation.frames) if animation else 1)
+        api.check_output_memory(source, outscale, path=image, frames=frames,
+                                encoder=None if target is None else output_format_for(target, output_format))
 
     model = load_model_from(name, outscale, interp_alpha)
     scale = api.outscale_for(model, outscale)
@@ -73,7 +75,7 @@ def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool,
         target = target or api.default_output_path(image, scale, output_format, name_template)
         check(target, scale)
     api.check_output_memory(source, scale, native_scale=model.scale, path=image,    # with the resize's buffer
-                            frames=len(animation.frames) if animation else 1)
+                            frames=frames, encoder=output_format_for(target, output_format))
     upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
     if animation:
         _upscale_frames(upscaler, animation, image, target, scale, alpha_mode, output_format, quality, quiet)

@@ -172,8 +172,11 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     opts["compile"] = compile_
     out, resume_path = _resume_target(opts["out"], resume)
     opts["out"] = out
-    cfg = _build(preset, config_file, opts, out, resume_path)
+    cfg = _build(preset, config_file, opts, out, resume_path, resuming=resume is not None)
     out = cfg.out
+    if resume is not None and resume_path is None:
+        say(f"{out} has no checkpoint (its run stopped before the first): starting it over from its "
+            "config.json", err=True)
     resume_line = f"upscale train --out {shlex.quote(out)} --resume"
 
     def announce() -> None:  # once the folder exists and Ctrl-C would save a checkpoint
@@ -185,7 +188,7 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     from ..train.loop import train as run_training
 
     result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=not quiet, resume=resume_path,
-                          on_start=announce)
+                          on_start=announce, restart=resume is not None and resume_path is None)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         sys.exit(EXIT_INTERRUPTED if result.interrupted else 0)
     if result.interrupted:
@@ -199,8 +202,10 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
 
 
 def _resume_target(out: str | None, resume: str | None) -> tuple[str | None, Path | None]:
-    """(run folder, checkpoint to resume from): --resume CHECKPOINT alone implies its run folder."""
+    """(run folder, checkpoint to resume from): --resume CHECKPOINT alone implies its run folder.
+    No checkpoint (None) for a run killed before its first: it starts over from its config.json."""
     from ..errors import UsageError
+    from ..train.checkpoint import latest_checkpoint
     from ..train.loop import resolve_resume
 
     if resume is None:
@@ -209,11 +214,13 @@ def _resume_target(out: str | None, resume: str | None) -> tuple[str | None, Pat
         if resume == "latest":
             raise UsageError("--resume without a checkpoint needs --out RUN_FOLDER")
         out = str(Path(resume).parent.parent)
+    if resume == "latest" and latest_checkpoint(out) is None and (Path(out) / "config.json").is_file():
+        return out, None
     return out, resolve_resume(out, resume)
 
 
 def _build(preset: str | None, config_file: str | None, opts: dict[str, Any], out: str | None,
-           resume_path: Path | None) -> Any:
+           resume_path: Path | None, *, resuming: bool = False) -> Any:
     """Saved config (resuming) < --config file < flags; then the run folder: the default one when
     none is named, and never a folder that holds another run unless resuming."""
     from ..errors import UsageError
@@ -221,10 +228,10 @@ def _build(preset: str | None, config_file: str | None, opts: dict[str, Any], ou
     from ..train.runfolder import default_run_folder, holds_run
 
     layers: list[dict[str, Any]] = []
-    if resume_path is not None:
+    if resuming:
         saved = _saved_config(str(out), resume_path)
         if preset is not None and saved.get("preset", preset) != preset:
-            raise UsageError(f"{resume_path} is a {saved['preset']} run; resuming keeps its recipe, so "
+            raise UsageError(f"{resume_path or out} is a {saved['preset']} run; resuming keeps its recipe, so "
                              f"preset {preset} cannot apply: start a {preset} run from it with init instead",
                              params=("preset", "init"))
         layers.append(saved)
@@ -235,12 +242,12 @@ def _build(preset: str | None, config_file: str | None, opts: dict[str, Any], ou
     cfg = build_config(chosen, *[{k: v for k, v in l.items() if k != "preset"} for l in layers])
     if not any("out" in l for l in layers):
         cfg.out = str(default_run_folder(cfg.preset, cfg.scale))
-    if resume_path is None and holds_run(cfg.out):
+    if not resuming and holds_run(cfg.out):
         raise UsageError(f"{cfg.out} already holds a run; add --resume to continue it, or pick another --out")
     return cfg
 
 
-def _saved_config(out: str, checkpoint_path: Path) -> dict[str, Any]:
+def _saved_config(out: str, checkpoint_path: Path | None) -> dict[str, Any]:
     """The configuration a run was saved with: {out}/config.json, else the checkpoint's own copy."""
     from ..train.checkpoint import load_checkpoint
 
@@ -248,4 +255,5 @@ def _saved_config(out: str, checkpoint_path: Path) -> dict[str, Any]:
     if path.is_file():
         from ..train.config import read_config_file
         return read_config_file(path)
+    assert checkpoint_path is not None  # _resume_target returns no checkpoint only beside a config.json
     return dict(load_checkpoint(checkpoint_path)["config"])

@@ -150,15 +150,16 @@ def whole_window(table: dict[int, tuple[float, float]], side: int) -> tuple[floa
 
 
 def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type,
-                      what: str = "output", count: int = 1) -> int:
+                      what: str = "output", count: int = 1, factor: float = 1.0) -> int:
     """Raise ``errors.ResourceError`` when an (height*scale, width*scale, channels) array of ``dtype``
     would not fit in the host memory available now; else return its size in bytes. Cheap: call it
     before loading a model (``scale`` may be a float outscale). ``what`` names the array in the
-    message; ``count`` such arrays are held at once (an animation's frames)."""
+    message; ``count`` such arrays are held at once (an animation's frames); ``factor`` multiplies
+    the need (an encoder's working memory on top of the array it encodes)."""
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise errors.UsageError(f"scale must be a positive number, not {scale!r}", params=("scale",))
     out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-    need = out_h * out_w * channels * np.dtype(dtype).itemsize * count
+    need = int(out_h * out_w * channels * np.dtype(dtype).itemsize * count * factor)
     free = available_memory_bytes(torch.device("cpu"))
     if need > free:
         many = f"{count} frames of " if count > 1 else ""

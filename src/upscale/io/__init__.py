@@ -2,7 +2,7 @@
 
 The package: ``image`` (the record, format tables, ``to_uint8``), ``opening`` (Pillow's open/load under
 our limits, its warnings as log lines), ``decode`` (modes and bit depths), ``exif``, ``xmp``,
-``read``, ``write`` (format choice, checks, atomic write), ``ends`` (is a file whole), ``animation`` (every frame of a GIF,
+``text``, ``read``, ``write`` (format choice, checks, atomic write), ``ends`` (is a file whole), ``animation`` (every frame of a GIF,
 WebP or APNG, and APNG/WebP out) and one module per own encoder: ``png``, ``tiff``, ``bmp``. Import
 from ``upscale.io``; the modules are its inside.
 
@@ -26,6 +26,9 @@ Reading (``read_image``):
   An EXIF block Pillow warns about (corrupt) is dropped with one logged line naming the file; the
   pixels are still read. The XMP packet (ratings, keywords, rights) is kept too, its
   ``tiff:Orientation`` set to 1 likewise; one that is not UTF-8 is dropped with one line (``xmp``).
+  A PNG's text chunks (but XMP's and ImageMagick's raw profiles) and a JPEG's comment are kept as
+  ``text``, a PNG's gAMA/cHRM/sRGB as ``png_colour`` (``text``); a WebP, AVIF or HEIC, which has no
+  resolution field, takes its ``dpi`` from its EXIF.
 - Only the first frame of an animated or multi-page file (GIF, APNG, WebP, TIFF) is read; ``frames``
   on the record says how many there are, and one warning line names the file and the count.
 - Pillow's decompression-bomb limit stays on: an image with more pixels than ``max_pixels`` (default
@@ -39,7 +42,10 @@ Reading (``read_image``):
 
 Writing (``write_image``) goes through ``upscale.atomic.atomic_file``: a private temp file beside the
 target (created exclusively, never through a symlink), fsync, rename; on any failure the temp file is
-removed. ``check_output`` runs the same up-front checks alone. The resolution (``dpi``) is written back
+removed. ``check_output`` runs the same up-front checks alone. EXIF is written with PixelXDimension and
+PixelYDimension set to the output's size and without its thumbnail (``exif.fit_exif``); ``text`` goes
+to a PNG (tEXt, or iTXt beyond Latin-1) and its ``Comment`` to a JPEG, ``png_colour`` to a PNG. The
+resolution (``dpi``) is written back
 unchanged where the format holds one (PNG, JPEG, TIFF, BMP; Pillow's WebP and AVIF hold none), so the
 print size grows with the scale, as image editors do when they resample. Per format:
 
@@ -63,13 +69,14 @@ must not contradict one (``y.png`` with ``jpg`` is a ``UsageError``).
 from .animation import (Animation, check_animated, check_animation_output, frame_count, is_animation,
                         read_animation, read_frames, write_animation)
 from .ends import is_whole
-from .image import DEFAULT_QUALITY, INPUT_EXTENSIONS, MAX_SIDE, SUPPORTED_EXTENSIONS, Image, output_extension, to_uint8
+from .image import (DEFAULT_QUALITY, ENCODER_MEMORY, INPUT_EXTENSIONS, MAX_SIDE, SUPPORTED_EXTENSIONS, Image, output_extension,
+                    to_uint8)
 from .png import PNG_COMPRESS_LEVEL
 from .read import image_size, pixel_limit, read_image
 from .write import check_output, check_size, output_format_for, write_image
 
 __all__ = [
-    "DEFAULT_QUALITY", "INPUT_EXTENSIONS", "MAX_SIDE", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Animation", "Image",
+    "DEFAULT_QUALITY", "ENCODER_MEMORY", "INPUT_EXTENSIONS", "MAX_SIDE", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Animation", "Image",
     "check_animated", "check_animation_output", "check_output", "check_size", "frame_count", "image_size", "is_animation", "is_whole",
     "output_extension", "output_format_for", "pixel_limit", "read_animation", "read_frames", "read_image",
     "to_uint8", "write_animation", "write_image",

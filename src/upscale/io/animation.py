@@ -23,7 +23,7 @@ from PIL import ImageSequence, PngImagePlugin
 from .. import errors
 from ..atomic import atomic_file
 from .image import DEFAULT_QUALITY, Image, one_line
-from .exif import exif_of, orient
+from .exif import exif_of, fit_exif, orient
 from .opening import load_pixels, open_image, pillow_warnings
 from .read import check_file, read_image
 from .write import check_output, save_whole
@@ -167,7 +167,7 @@ def write_animation(animation: Animation, path: str | Path, *, format: str | Non
     if first.icc_profile:
         params["icc_profile"] = first.icc_profile
     if first.exif:
-        params["exif"] = first.exif
+        params["exif"] = fit_exif(first.exif, w, h)   # its sizes are the output's, no old thumbnail
     if first.xmp and fmt == "WEBP":
         params["xmp"] = first.xmp
     elif first.xmp:             # Pillow's PNG writer takes XMP as the iTXt chunk XMP's spec names

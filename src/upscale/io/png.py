@@ -1,4 +1,5 @@
-"""Our streaming PNG encoder (8 and 16 bit; gray, gray+alpha, RGB, RGBA; iCCP, eXIf and XMP's iTXt chunks).
+"""Our streaming PNG encoder (8 and 16 bit; gray, gray+alpha, RGB, RGBA; iCCP, gAMA/cHRM/sRGB, pHYs, eXIf,
+text and XMP's iTXt chunks).
 
 Pillow cannot write 16-bit colour PNGs, and its encoder would hold a second full-size copy of a large
 output; this one filters and deflates blocks of rows on several threads into one zlib stream.
@@ -18,6 +19,7 @@ import numpy as np
 
 from .exif import EXIF_PREFIX
 from .image import dots_per_metre
+from .text import png_text_chunks
 from .xmp import png_itxt
 
 # zlib level of our PNG writer (8 and 16 bit). Measured with Pillow's encoder on a 4000x3000 upscaled
@@ -36,9 +38,10 @@ _PNG_COLOUR_TYPE = {(1, False): 0, (1, True): 4, (3, False): 2, (3, True): 6}
 
 def write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None,
               exif: bytes | None, threads: int = 1, xmp: bytes | None = None,
-              dpi: tuple[float, float] | None = None) -> None:
-    """An 8- or 16-bit PNG (from the dtype; gray, gray+alpha, RGB or RGBA) with optional iCCP, pHYs
-    (``dpi``), eXIf and XMP (iTXt) chunks, filtered and compressed in blocks of rows, so no full-size
+              dpi: tuple[float, float] | None = None, text: tuple[tuple[str, str], ...] = (),
+              colour: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """An 8- or 16-bit PNG (from the dtype; gray, gray+alpha, RGB or RGBA) with optional iCCP, ``colour``
+    (gAMA/cHRM/sRGB as read), pHYs (``dpi``), eXIf, ``text`` and XMP (iTXt) chunks, filtered and compressed in blocks of rows, so no full-size
     copy is made (except to interleave an alpha channel)."""
     samples = pixels if alpha is None else np.dstack([pixels, alpha])
     h, w, c = samples.shape
@@ -48,12 +51,16 @@ def write_png(f: BinaryIO, pixels: np.ndarray, alpha: np.ndarray | None, icc: by
     f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0)))
     if icc:
         f.write(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    for kind, data in colour:
+        f.write(_chunk(kind, data))
     if dpi:
         f.write(_chunk(b"pHYs", struct.pack(">IIB", *dots_per_metre(dpi), 1)))   # unit 1: metre
     if exif:
         f.write(_chunk(b"eXIf", exif[len(EXIF_PREFIX):] if exif.startswith(EXIF_PREFIX) else exif))
     if xmp:
         f.write(_chunk(b"iTXt", png_itxt(xmp)))
+    for kind, data in png_text_chunks(text):
+        f.write(_chunk(kind, data))
     raw = (samples.astype(">u2").view(np.uint8) if depth == 16 else np.ascontiguousarray(samples)).reshape(h, -1)
     for data in _png_zlib_stream(raw, depth // 8 * c, threads):
         f.write(_chunk(b"IDAT", data))

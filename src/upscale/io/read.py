@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -15,9 +16,10 @@ from PIL import Image as PILImage
 
 from .. import errors
 from .decode import check_layout, decode, tile_rawmode
-from .exif import exif_of, orient
+from .exif import exif_dpi, exif_of, orient
 from .image import Image
 from .opening import PillowWarning, load_pixels, open_image, pillow_warnings
+from .text import png_colour_of, text_of
 from .xmp import xmp_of
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,11 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
         if problem:
             log.warning("%s: %s", path, problem)
         frames = _frame_count(im, path)
+        text, png_colour = text_of(im), png_colour_of(im)
     with _out_of_memory(path, w, h):
         pixels = np.ascontiguousarray(orient(pixels, orientation))
         alpha = None if alpha is None else np.ascontiguousarray(orient(alpha, orientation))
-    return Image(pixels, alpha, icc, exif, source_format, source_mode, frames, xmp, dpi)
+    return Image(pixels, alpha, icc, exif, source_format, source_mode, frames, xmp, dpi, text, png_colour)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -102,7 +105,8 @@ def _pillow_turns(im: PILImage.Image) -> int:
 
 
 def check_file(path: Path) -> None:
-    """``ImageReadError`` naming ``path`` when it is missing, unreadable, a folder or empty."""
+    """``ImageReadError`` naming ``path`` when it is missing, unreadable, a folder, not a regular file
+    or empty."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -111,6 +115,9 @@ def check_file(path: Path) -> None:
         raise errors.ImageReadError(f"cannot access the file ({err.strerror or err})", path=path) from None
     if path.is_dir():
         raise errors.ImageReadError("is a folder, not an image file", path=path)
+    if not stat.S_ISREG(st.st_mode):    # a pipe or device: read more than once, it would come empty
+        raise errors.ImageReadError("is not a regular file (a pipe or a device); save the image to a file first",
+                                    path=path)
     if st.st_size == 0:
         raise errors.ImageReadError("file is empty (0 bytes)", path=path)
 
@@ -144,9 +151,9 @@ def _metadata(im: PILImage.Image, path: Path, opened: list[PillowWarning]) -> tu
 
 def _dpi(im: PILImage.Image, orientation: int) -> tuple[float, float] | None:
     """The file's pixels per inch (Pillow's ``info["dpi"]``: PNG pHYs in metres, JPEG JFIF, TIFF
-    resolution), x and y swapped where the orientation turns the image a quarter; None when absent or
-    not two positive numbers."""
-    dpi = im.info.get("dpi")
+    resolution; else its EXIF's, as Pillow's JPEG reader does), x and y swapped where the orientation
+    turns the image a quarter; None when absent or not two positive numbers."""
+    dpi = im.info.get("dpi") or exif_dpi(im)
     try:
         x, y = (float(v) for v in dpi)
     except (TypeError, ValueError):

@@ -17,10 +17,11 @@ from PIL import Image as PILImage
 from .. import atomic, errors
 from ..atomic import atomic_file
 from .bmp import write_bmp
-from .exif import JPEG_MAX_EXIF
+from .exif import JPEG_MAX_EXIF, fit_exif
 from .xmp import JPEG_MAX_XMP
 from .image import DEFAULT_QUALITY, FORMAT_BY_EXT, MAX_SIDE, SUPPORTED_EXTENSIONS, Image, one_line, to_uint8
 from .png import png_workers, write_png
+from .text import jpeg_comment
 from .tiff import write_tiff
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,10 @@ def write_image(image: Image, path: str | Path, *, format: str | None = None,
     encodes several images at once passes 1).
     """
     path = Path(path)
+    if not isinstance(image, Image):    # an array or a Pillow image has no metadata to write: save it with Pillow
+        raise errors.UsageError(f"write_image takes an upscale Image, not {type(image).__module__}."
+                                f"{type(image).__qualname__}; save arrays and Pillow images with Pillow",
+                                path=path, params=("image",))
     h, w = image.pixels.shape[:2]
     fmt = check_output(path, format, quality, (w, h))
     try:
@@ -109,6 +114,8 @@ def write_image(image: Image, path: str | Path, *, format: str | None = None,
 
 def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path, threads: int | None) -> None:
     alpha = image.alpha
+    h, w = image.pixels.shape[:2]
+    exif = fit_exif(image.exif, w, h) if image.exif else None   # its sizes are the output's, no old thumbnail
     if alpha is not None and fmt in ("JPEG", "BMP"):
         log.warning("%s: %s has no alpha channel; transparency dropped", path, fmt)
         alpha = None
@@ -116,8 +123,8 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         write_tiff(f, image.pixels, alpha, image.icc_profile, image.xmp, image.dpi)
         return
     if fmt == "PNG":   # streamed by our own writer: no second copy of a large output in Pillow's memory
-        write_png(f, image.pixels, alpha, image.icc_profile, image.exif, threads or png_workers(), image.xmp,
-                  image.dpi)
+        write_png(f, image.pixels, alpha, image.icc_profile, exif, threads or png_workers(), image.xmp,
+                  image.dpi, image.text, image.png_colour)
         return
     pixels = to_uint8(image.pixels)
     if fmt == "BMP":
@@ -130,11 +137,11 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
     params: dict[str, object] = {}
     if image.icc_profile:
         params["icc_profile"] = image.icc_profile
-    if image.exif:
-        if fmt == "JPEG" and len(image.exif) > JPEG_MAX_EXIF:
-            log.warning("%s: EXIF block of %d bytes is too large for JPEG; not written", path, len(image.exif))
+    if exif:
+        if fmt == "JPEG" and len(exif) > JPEG_MAX_EXIF:
+            log.warning("%s: EXIF block of %d bytes is too large for JPEG; not written", path, len(exif))
         else:
-            params["exif"] = image.exif
+            params["exif"] = exif
     if image.xmp:
         if fmt == "JPEG" and len(image.xmp) > JPEG_MAX_XMP:
             log.warning("%s: XMP packet of %d bytes is too large for JPEG; not written", path, len(image.xmp))
@@ -146,6 +153,8 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         params["subsampling"] = 0
         if image.dpi:
             params["dpi"] = tuple(round(v) for v in image.dpi)   # JFIF holds whole dots per inch
+        if jpeg_comment(image.text):
+            params["comment"] = jpeg_comment(image.text)
     if fmt == "AVIF":
         params["subsampling"] = "4:4:4"   # an upscaled image's chroma is as sharp as its luma
     save_whole(pil, f, format=fmt, **params)

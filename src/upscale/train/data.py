@@ -97,11 +97,15 @@ def load_hr_folders(folders: list[str], scale: int, *, min_hr_px: int, degradati
     Each factor of ``scale_aug`` adds a copy of every image shrunk by it (``shrink_hr``) before the
     mod-crop, named ``folder/file@factor``. Images (or copies) whose shorter side is below
     ``min_hr_px`` (the crop size) cannot give a crop; they are skipped with a warning. DataError when
-    nothing is left."""
-    lrs, hrs, names, skipped = [], [], [], []
+    nothing is left, or naming every file that cannot be read (all at once, not one per attempt)."""
+    lrs, hrs, names, skipped, unreadable = [], [], [], [], []
     for folder in folders:
         for path in list_images(folder):
-            full = read_rgb8(path)
+            try:
+                full = read_uint8(path, rgb=True)
+            except ImageReadError as err:
+                unreadable.append(f"{path.name if len(folders) == 1 else path} ({err.message})")
+                continue
             for factor in (1.0, *scale_aug):
                 label = path.name if factor == 1.0 else f"{path.name}@{factor:g}"
                 hr = mod_crop(full if factor == 1.0 else shrink_hr(full, factor), scale)
@@ -111,6 +115,9 @@ def load_hr_folders(folders: list[str], scale: int, *, min_hr_px: int, degradati
                 hrs.append(hr)
                 lrs.append(make_lr(hr, scale, degradation, blur_sigma))
                 names.append(f"{Path(folder).name}/{label}")
+    if unreadable:
+        shown = "; ".join(unreadable[:10]) + (f"; and {len(unreadable) - 10} more" if len(unreadable) > 10 else "")
+        raise DataError(f"{len(unreadable)} training image(s) cannot be read: {shown}", path=", ".join(folders))
     if skipped:
         log.warning("skipped %d images smaller than the %d px crop: %s", len(skipped), min_hr_px,
                     ", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else ""))
@@ -235,6 +242,10 @@ class IterationBatches(Dataset):
 
 
 def batch_loader(batches: IterationBatches, start_iter: int, end_iter: int, workers: int) -> DataLoader:
-    """Batches of iterations ``start_iter + 1 .. end_iter`` in order (iteration numbers are 1-based)."""
+    """Batches of iterations ``start_iter + 1 .. end_iter`` in order (iteration numbers are 1-based).
+
+    The loader's own generator gives it the seed it draws for its workers at each ``iter()``: drawn
+    from torch's global RNG instead, a resumed run's RNG state would differ from an unstopped run's."""
     return DataLoader(batches, batch_size=None, sampler=range(start_iter + 1, end_iter + 1),
-                      num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+                      num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator())

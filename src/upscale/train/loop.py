@@ -41,7 +41,7 @@ from .networks import EMA, build_generator, lr_factor, select_trainable
 from .resume import capture_state, resolve_resume, restore_state
 from .runfolder import RunFolder
 from .runtime import Runtime, resolve_runtime, settle_auto_precision
-from .signals import StopFlag, stop_signals
+from .signals import StepAbandoned, StopFlag, abortable_step, stop_signals
 from .steps import GeneratorLoss, d_step, g_step
 from .validation import ValImage, bicubic_scores, evaluate, load_val_sets, save_sample
 
@@ -70,19 +70,27 @@ def _silent(msg: str) -> None:
 
 
 class _LossWindow:
-    """Loss terms summed since the last metrics record, and the clock of that window."""
+    """Loss terms summed since the last metrics record (checkpointed, so a record after a resume
+    averages the same iterations as without the stop), and the clock of this session's share."""
 
     def __init__(self) -> None:
         self.reset(time.perf_counter())
 
     def reset(self, now: float) -> None:
         self.sums: dict[str, float] = {}
-        self.n, self.t = 0, now
+        self.n, self.t, self.timed = 0, now, 0
 
     def add(self, values: dict[str, float]) -> None:
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.n += 1
+        self.timed += 1
+
+    def state(self) -> dict[str, Any]:
+        return {"n": self.n, "sums": dict(self.sums)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.sums, self.n = {k: float(v) for k, v in state["sums"].items()}, int(state["n"])
 
 
 def _seed_everything(cfg: TrainConfig) -> None:
@@ -98,7 +106,7 @@ class Trainer:
     """Holds one run's live state; ``run()`` trains to ``cfg.max_iters``."""
 
     def __init__(self, cfg: TrainConfig, *, echo: Echo | None = None, progress: bool = True,
-                 resume: str | Path | None = None) -> None:
+                 resume: str | Path | None = None, restart: bool = False) -> None:
         self.cfg = cfg
         self.echo = echo or log.info
         self.progress = progress
@@ -107,6 +115,8 @@ class Trainer:
         self.rt = resolve_runtime(cfg)
         _seed_everything(cfg)
         state = ckpt.load_checkpoint(resume) if resume is not None else None
+        self.resumed = state is not None
+        self.restart = restart      # starting over in the folder of a run that stopped before its first checkpoint
         self._build_networks(cfg, state)
         # checkpoints from before the choice was recorded were trained in the rule's answer (bf16 here)
         self._recorded_precision = None if state is None else state.get("precision", "bf16")
@@ -115,6 +125,7 @@ class Trainer:
         self.iteration = 0
         self.best_psnr: float | None = None
         self.elapsed_s = 0.0
+        self.window = _LossWindow()
         if state is not None:
             restore_state(self, state, Path(str(resume)))
         self._prepare_runners(cfg)
@@ -234,14 +245,18 @@ class Trainer:
         echo = self.echo if self.rt.is_main else _silent
         pairs, val_sets = self._load_data(echo)
         if self.rt.is_main:
-            self.folder.prepare(self.cfg.to_json(), self.iteration)
-        flag = StopFlag()  # from here on a stop saves a checkpoint (at iteration 0 if it comes that early)
+            self.folder.prepare(self.cfg.to_json(), self.iteration, fresh=not (self.resumed or self.restart))
+        flag = StopFlag(say=echo)  # from here on a stop saves a checkpoint (at iteration 0 if it comes that early)
         try:
             with stop_signals(flag):
                 if on_start is not None and self.rt.is_main:
                     on_start()
                 bicubic = self._bicubic_baseline(val_sets, echo)
-                self.settle_precision(say=echo)
+                try:  # the precision probe can take minutes on a busy CPU; a stop abandons it
+                    with abortable_step(flag if self.rt.world_size == 1 else None, (), ()):
+                        self.settle_precision(say=echo)
+                except StepAbandoned:
+                    pass
                 self._announce(echo)
                 last_val, reason = self._loop(pairs, val_sets, echo, flag)
                 interrupted = self._finish(reason, echo)
@@ -249,6 +264,8 @@ class Trainer:
             if self.rt.is_main:
                 self.folder.discard_if_unsaved()
             raise
+        finally:
+            self.folder.release()    # another process may train in the folder now
         best = self.out / "best.safetensors"
         return TrainResult(self.out, self.iteration, self.out / "model.safetensors",
                            best if best.is_file() else None, self.best_psnr, bicubic, last_val, interrupted)
@@ -295,13 +312,20 @@ class Trainer:
         batches = IterationBatches(pairs, seed=cfg.seed, batch_size=cfg.batch_size, gt_size=cfg.gt_size,
                                    rank=rt.rank, world_size=rt.world_size)
         loader = batch_loader(batches, self.iteration, cfg.max_iters, cfg.workers)
-        window, last_val = _LossWindow(), {}
+        window, last_val = self.window, {}
+        window.t, window.timed = time.perf_counter(), 0   # it/s counts this session's iterations only
         bar = tqdm(total=cfg.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
                    disable=not (self.progress and rt.is_main), leave=True)
         session_start, elapsed_before = time.perf_counter(), self.elapsed_s
+        # an iteration can be abandoned mid-way where that is exactly undone (signals.abortable_step)
+        abort = flag if rt.world_size == 1 and self.scaler_g is None and self.scaler_d is None else None
         try:
             for lr_u8, hr_u8 in loader if flag.reason is None else ():
-                values = {k: float(v) for k, v in self.step(lr_u8, hr_u8).items()}
+                try:
+                    with abortable_step(abort, (self.gen, self.disc), (self.opt_g, self.opt_d)):
+                        values = {k: float(v) for k, v in self.step(lr_u8, hr_u8).items()}
+                except StepAbandoned:
+                    break
                 stop = self._agree_stop(flag.reason is not None, values)
                 self._check_finite(values)
                 self.elapsed_s = elapsed_before + time.perf_counter() - session_start
@@ -361,7 +385,7 @@ class Trainer:
     def _log(self, window: _LossWindow) -> None:
         now = time.perf_counter()
         rec = {"iter": self.iteration, "time_s": round(self.elapsed_s, 3), "lr": self.opt_g.param_groups[0]["lr"],
-               "it_per_s": round(window.n / max(now - window.t, 1e-9), 4)}
+               "it_per_s": round(window.timed / max(now - window.t, 1e-9), 4)}
         rec.update({f"loss/{k}": v / window.n for k, v in window.sums.items()})
         self.folder.append_metrics(rec)
         window.reset(now)
@@ -399,9 +423,11 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, *, echo: Echo | None = None, progress: bool = True,
-          resume: str | Path | None = None, on_start: Callable[[], None] | None = None) -> TrainResult:
-    """Train (or resume) a run described by ``cfg``; see ``Trainer`` and ``Trainer.run``."""
-    trainer = Trainer(cfg, echo=echo, progress=progress, resume=resume)
+          resume: str | Path | None = None, on_start: Callable[[], None] | None = None,
+          restart: bool = False) -> TrainResult:
+    """Train (or resume) a run described by ``cfg``; see ``Trainer`` and ``Trainer.run``. ``restart``:
+    start over in ``cfg.out``, whose run stopped before its first checkpoint."""
+    trainer = Trainer(cfg, echo=echo, progress=progress, resume=resume, restart=restart)
     try:
         return trainer.run(on_start)
     finally:

@@ -15,7 +15,7 @@ from torch import nn
 from .. import archs
 from ..errors import UsageError
 from ..model import Model
-from .config import TrainConfig
+from .config import PRESETS, TrainConfig
 
 
 def build_generator(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]:
@@ -25,6 +25,10 @@ def build_generator(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]:
         if model.scale != cfg.scale:
             raise UsageError(f"init {cfg.init} is a x{model.scale} model, but training is x{cfg.scale}",
                              params=("init",))
+        if cfg.arch != PRESETS[cfg.preset].get("arch", TrainConfig.arch) and cfg.arch != model.arch:
+            # an arch asked for (not the preset's default) that the init is not: never trained silently
+            raise UsageError(f"init {cfg.init} is a {model.arch} model, but arch is {cfg.arch}; leave arch "
+                             "out to fine-tune it as it is", params=("init", "arch"))
         hparams = {**model.hparams, **cfg.hparams}
         if hparams != dict(model.hparams):
             # e.g. --hparam silu_first=true: the same weights in a network built with other settings

@@ -21,7 +21,9 @@ def capture_state(t: Any) -> dict[str, Any]:
         "iteration": t.iteration, "config": json.loads(t.cfg.to_json()), "arch": t.arch,
         "hparams": t.hparams, "generator": t.gen.state_dict(), "opt_g": t.opt_g.state_dict(),
         "best_psnr": t.best_psnr, "elapsed_s": t.elapsed_s, "rng": ckpt.capture_rng(),
-        "precision": runtime.NAMES[t.rt.amp.dtype],     # what precision auto resumes in (train.runtime)
+        # what precision auto resumes in (train.runtime); "auto" if stopped before it was settled
+        "precision": runtime.NAMES[t.rt.amp.dtype] if t._precision_settled else "auto",
+        "loss_window": t.window.state(),                 # losses summed towards the next metrics record
     }
     if t.ema is not None:
         s["ema"] = t.ema.module.state_dict()
@@ -67,6 +69,8 @@ def restore_state(t: Any, state: dict[str, Any], path: Path) -> None:
     t.iteration = int(state["iteration"])
     t.best_psnr = state.get("best_psnr")
     t.elapsed_s = float(state.get("elapsed_s", 0.0))
+    if "loss_window" in state:          # absent in checkpoints of earlier versions
+        t.window.restore(state["loss_window"])
 
 
 def resolve_resume(out: str | Path, resume: str) -> Path:

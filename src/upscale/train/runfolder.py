@@ -3,7 +3,9 @@ killed runs swept, config.json written, metrics cut back to the resumed iteratio
 and leaving nothing behind when a new run fails before its first checkpoint.
 
 Layout: config.json, metrics.jsonl, curves.png, model.safetensors, best.safetensors,
-checkpoints/ (iter_*.pt, best.pt), samples/ (iter_*.png).
+checkpoints/ (iter_*.pt, best.pt), samples/ (iter_*.png), and, while a process trains in it,
+``.train.lock`` (``atomic.claim``), so a second one (another ``--resume``, or a new run that picked the
+same folder) stops before it writes anything instead of interleaving its checkpoints.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .. import atomic, errors
 
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "model.safetensors", "best.safetensors")
 RUN_DIRS = ("checkpoints", "samples")
 DEFAULT_ROOT = "runs"
+LOCK_NAME = ".train.lock"
 # Temps of earlier versions (mkstemp ``.NAME.XXXXXXXX.tmp``, io's ``.NAME.upscale-tmp``) for our own
 # run files; they name no owner, so they are removed only from a run folder being started or resumed.
 _LEGACY_TEMP = re.compile(r"^\.(?:iter_\d{8,}\.(?:pt|png)|best\.pt|" + "|".join(map(re.escape, RUN_FILES))
@@ -66,13 +69,15 @@ class RunFolder:
         self.saved = False
         self._new = False
         self._made_dirs: list[Path] = []
+        self._lock: IO[str] | None = None
 
     @property
     def metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
 
-    def prepare(self, config_json: str, iteration: int) -> None:
-        self._new = iteration == 0 and not holds_run(self.out)
+    def prepare(self, config_json: str, iteration: int, *, fresh: bool = False) -> None:
+        """Make the folder, take its lock, sweep temps, write config.json, cut metrics back to
+        ``iteration``. ``fresh``: a new run, refused if another run appeared in the folder meanwhile."""
         missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -81,9 +86,36 @@ class RunFolder:
                       else None) or err.strerror or str(err)
             raise errors.TrainingError(f"cannot make the run folder: {reason}", path=self.out) from None
         self._made_dirs = missing  # innermost first
+        self._claim()
+        try:
+            if fresh and holds_run(self.out):
+                raise errors.TrainingError("holds a run already (another training may have started "
+                                           "it meanwhile); resume it, or pick another run folder", path=self.out)
+            self._new = iteration == 0 and not holds_run(self.out)
+            self._write_start(config_json, iteration)
+        except BaseException:
+            self.release()
+            raise
+
+    def _write_start(self, config_json: str, iteration: int) -> None:
         sweep_run_temps(self.out)
         atomic.write_text(self.out / "config.json", config_json + "\n")
         self._truncate_metrics(iteration)
+
+    def _claim(self) -> None:
+        try:
+            self._lock = atomic.claim(self.out / LOCK_NAME)
+        except BlockingIOError as err:
+            who = f" (process {err.filename})" if err.filename else ""
+            raise errors.TrainingError(f"another training{who} is using this run folder; wait for it to end, "
+                                       "or pick another run folder", path=self.out) from None
+        except OSError as err:
+            raise errors.TrainingError(f"cannot lock the run folder: {err.strerror or err}", path=self.out) from None
+
+    def release(self) -> None:
+        """Let another process train in the folder (also when this one ends, however it ends)."""
+        atomic.unclaim(self.out / LOCK_NAME, self._lock)
+        self._lock = None
 
     def mark_saved(self) -> None:
         self.saved = True
@@ -92,6 +124,7 @@ class RunFolder:
         """A new run that failed before any checkpoint: remove its files and the folders it made."""
         if not self._new or self.saved:
             return
+        self.release()           # its lock file goes too, so the folders it made can go
         for name in RUN_FILES:
             (self.out / name).unlink(missing_ok=True)
         sweep_run_temps(self.out)
@@ -111,7 +144,8 @@ class RunFolder:
 
     def _truncate_metrics(self, iteration: int) -> None:
         """Drop records past the resumed iteration (a killed run may have logged beyond its checkpoint),
-        and any line that is not a whole record (a kill, or a full disk, in the middle of an append)."""
+        and any line that is not a whole record (a kill, or a full disk, in the middle of an append).
+        A run (re)starting at iteration 0 writes its bicubic-baseline record again: none is kept."""
         if not self.metrics_path.is_file():
             return
         keep, broken = [], 0
@@ -123,7 +157,7 @@ class RunFolder:
             if not isinstance(record, dict):
                 broken += bool(line.strip())
                 continue
-            if record.get("iter", 0) <= iteration:
+            if iteration and record.get("iter", 0) <= iteration:
                 keep.append(line)
         if broken:
             log.warning("%s: dropped %d unreadable line%s (cut short by a stopped run)", self.metrics_path,

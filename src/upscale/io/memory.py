@@ -1,0 +1,50 @@
+"""Pillow images held in memory <-> the ``Image`` record, for library callers that have one already
+(``Upscaler.upscale`` takes one and gives one back). Files go through ``read`` and ``write``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from .. import errors
+from .decode import decode
+from .image import Image, one_line, to_uint8
+
+LABEL = Path("the Pillow image")   # what messages call an image that has no file
+
+
+def from_pillow(picture: PILImage.Image) -> Image:
+    """A Pillow image's pixels, decoded by its mode as ``read_image`` decodes a file's (P and CMYK to
+    RGB, transparency to alpha, ``I;16`` as 16-bit gray; taken as they stand: no EXIF turn), its ICC
+    profile and dpi. ``UsageError`` for a mode with no mapping to [0, 1] (``I``, ``F``) or pixels
+    that cannot be loaded (a truncated file behind a lazily opened image)."""
+    try:
+        picture.load()
+        pixels, alpha, mode, icc = decode(picture, LABEL, None)
+    except errors.ImageReadError as err:
+        raise errors.UsageError(f"image: {err}", params=("image",)) from None
+    except (OSError, ValueError) as err:
+        raise errors.UsageError(f"image: {LABEL} cannot be decoded ({one_line(err)})", params=("image",)) from None
+    dpi = picture.info.get("dpi")
+    dpi = (float(dpi[0]), float(dpi[1])) if isinstance(dpi, tuple) and len(dpi) == 2 else None
+    alpha = None if alpha is None else np.ascontiguousarray(alpha)
+    return Image(np.ascontiguousarray(pixels), alpha, icc_profile=icc, source_format=picture.format or "",
+                 source_mode=mode, dpi=dpi)
+
+
+def to_pillow(image: Image) -> PILImage.Image:
+    """``image`` as a Pillow image: ``L``, ``LA``, ``RGB`` or ``RGBA`` for 8-bit samples, ``I;16`` for
+    16-bit gray without alpha; other 16-bit images (Pillow has no mode for them) are cut to 8 bits
+    (``to_uint8``). The ICC profile and dpi go into ``info``."""
+    pixels, alpha = image.pixels, image.alpha
+    if pixels.dtype == np.uint16 and (alpha is not None or pixels.shape[2] == 3):
+        pixels, alpha = to_uint8(pixels), None if alpha is None else to_uint8(alpha)
+    planes = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
+    picture = PILImage.fromarray(planes[..., 0] if planes.shape[2] == 1 else planes)
+    if image.icc_profile:
+        picture.info["icc_profile"] = image.icc_profile
+    if image.dpi:
+        picture.info["dpi"] = image.dpi
+    return picture

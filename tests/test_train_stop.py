@@ -1,0 +1,125 @@
+"""A stop signal during an iteration's forward or backward pass abandons that iteration at once, and
+the checkpoint then saved is the one the iteration boundary before it would have saved: batch-norm
+statistics, learning rates and RNGs put back, so a resumed run matches an uninterrupted one bit for bit.
+The signal is a real SIGINT, sent to this process from inside the generator's forward pass."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import textured
+import torch
+from PIL import Image
+
+from upscale.archs.srresnet import SRResNet
+from upscale.machine import cpu_bf16_flags
+from upscale.train import build_config, train
+from upscale.train.checkpoint import checkpoint_path, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def hr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hr")
+    for i in range(4):
+        Image.fromarray(textured(48, 48, 40 + i)).save(folder / f"img{i}.png")
+    return folder
+
+
+def settings(hr: Path, preset: str) -> dict[str, Any]:
+    """SRResNet with batch norm (its running statistics change in every training forward pass); for
+    srgan also the batch-norm discriminator, without the ImageNet VGG (not available offline)."""
+    over: dict[str, Any] = {"data": [str(hr)], "scale": 2, "gt_size": 32, "batch_size": 2, "precision": "fp32",
+                            "threads": 1, "seed": 5, "log_every": 1, "val_every": 100, "keep_last": 10,
+                            "arch": "srresnet", "hparams": {"num_feat": 8, "num_block": 1, "bn": True}}
+    if preset == "srgan":
+        over["perceptual_weight"] = 0.0
+    return over
+
+
+class SignalInForward:
+    """Sends SIGINT to this process from inside the ``at``-th generator forward pass (1-based)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, module: torch.nn.Module, args: Any, out: Any) -> None:
+        if isinstance(module, SRResNet):
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def same(a: dict[str, Any], b: dict[str, Any], where: str) -> None:
+    assert a.keys() == b.keys(), where
+    for k in a:
+        if isinstance(a[k], dict):
+            same(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), f"{where}.{k} differs"
+        elif isinstance(a[k], (list, tuple)) and a[k] and isinstance(a[k][0], dict):
+            for i, (x, y) in enumerate(zip(a[k], b[k])):
+                same(x, y, f"{where}.{k}[{i}]")
+        elif isinstance(a[k], (int, float, str)):
+            assert a[k] == b[k], f"{where}.{k} differs: {a[k]} vs {b[k]}"   # e.g. param_groups' lr
+
+
+@pytest.mark.parametrize("preset", ["psnr", "srgan"])
+def test_a_signal_mid_iteration_abandons_it_and_the_resume_is_exact(hr: Path, tmp_path: Path, preset: str) -> None:
+    base = settings(hr, preset)
+    straight = train(build_config(preset, base, {"max_iters": 4, "ckpt_every": 1, "out": str(tmp_path / "a")}),
+                     progress=False)
+    assert straight.iteration == 4
+
+    said: list[str] = []
+    cfg = build_config(preset, base, {"max_iters": 4, "ckpt_every": 100, "out": str(tmp_path / "b")})
+    hook = torch.nn.modules.module.register_module_forward_hook(SignalInForward(at=3))
+    try:
+        stopped = train(cfg, echo=said.append, progress=False)
+    finally:
+        hook.remove()
+    assert stopped.interrupted and stopped.iteration == 2, said
+    assert any("abandoning the work under way" in line for line in said), said
+    # the checkpoint saved after abandoning iteration 3 equals the straight run's at iteration 2
+    a2 = load_checkpoint(checkpoint_path(tmp_path / "a", 2))
+    b2 = load_checkpoint(checkpoint_path(tmp_path / "b", 2))
+    parts = ["generator", "opt_g", "rng"] + (["disc", "opt_d"] if preset == "srgan" else [])
+    for part in parts:
+        same(a2[part], b2[part], part)
+    assert any("running_mean" in k for k in a2["generator"])   # batch norm was there to be put back
+
+    resumed = train(cfg, resume=checkpoint_path(tmp_path / "b", 2), progress=False)
+    assert resumed.iteration == 4
+    a4 = load_checkpoint(checkpoint_path(tmp_path / "a", 4))
+    b4 = load_checkpoint(checkpoint_path(tmp_path / "b", 4))
+    for part in parts:
+        same(a4[part], b4[part], part)
+
+
+@pytest.mark.skipif(not cpu_bf16_flags(), reason="precision auto probes only where the CPU has native bf16")
+def test_a_signal_during_the_precision_probe_stops_and_the_resume_measures_again(hr: Path, tmp_path: Path) -> None:
+    """precision auto times bf16 against fp32 before the first step (minutes for a large network on a
+    busy CPU): a stop there abandons the probe, saves iteration 0 with the precision still open, and the
+    resumed run measures it instead of taking the rule's bf16 for a settled choice."""
+    base = dict(settings(hr, "psnr"), precision="auto", hparams={"num_feat": 8, "num_block": 2, "bn": True})
+    cfg = build_config("psnr", base, {"max_iters": 2, "ckpt_every": 100, "out": str(tmp_path / "run")})
+    said: list[str] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(SignalInForward(at=1))
+    try:
+        stopped = train(cfg, echo=said.append, progress=False)
+    finally:
+        hook.remove()
+    assert stopped.interrupted and stopped.iteration == 0, said
+    assert any("timing the generator's step" in line for line in said), said
+    assert any("abandoning the work under way" in line for line in said), said
+    state = load_checkpoint(checkpoint_path(tmp_path / "run", 0))
+    assert state["precision"] == "auto"
+
+    said.clear()
+    resumed = train(cfg, resume=checkpoint_path(tmp_path / "run", 0), echo=said.append, progress=False)
+    assert resumed.iteration == 2
+    assert any("timing the generator's step" in line for line in said), said
+    assert load_checkpoint(checkpoint_path(tmp_path / "run", 2))["precision"] in ("bf16", "fp32")
