@@ -123,3 +123,21 @@ def test_a_signal_during_the_precision_probe_stops_and_the_resume_measures_again
     assert resumed.iteration == 2
     assert any("timing the generator's step" in line for line in said), said
     assert load_checkpoint(checkpoint_path(tmp_path / "run", 2))["precision"] in ("bf16", "fp32")
+
+
+def test_a_training_checkpoint_runs_as_a_model(hr: Path, tmp_path: Path) -> None:
+    """`upscale IMG -m RUN/checkpoints/iter_N.pt` (and load_model) take an older iteration's weights:
+    what the run would have exported then (the EMA where it keeps one), at the run's architecture and
+    scale, even for SRCNN, whose keys do not show its scale (read alone, they would load as x4)."""
+    from upscale.loading import load_model, model_state_dict
+
+    cfg = build_config("psnr", dict(settings(hr, "psnr"), arch="srcnn", hparams={}),
+                       {"max_iters": 4, "ckpt_every": 2, "out": str(tmp_path / "run")})
+    train(cfg, progress=False)
+    last = load_model(checkpoint_path(tmp_path / "run", 4))
+    exported = load_model(tmp_path / "run" / "model.safetensors")
+    assert (last.arch, last.scale) == (exported.arch, exported.scale) == ("srcnn", 2)
+    a, b = model_state_dict(last), model_state_dict(exported)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    older = model_state_dict(load_model(checkpoint_path(tmp_path / "run", 2)))
+    assert any(not torch.equal(older[k], a[k]) for k in a)

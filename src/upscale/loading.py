@@ -3,7 +3,8 @@
 Reading: ``.safetensors`` natively (its metadata comes back too); ``.pth``/``.pt``/``.ckpt`` only through
 ``torch.load(weights_only=True)``, so a pickle that would import code is refused without running it.
 Training wrappers (``params_ema`` preferred, ``params``, ``state_dict``, ``model``) are unwrapped and
-``module.`` (DataParallel) and ``_orig_mod.`` (a ``torch.compile``-d network) prefixes stripped.
+``module.`` (DataParallel) and ``_orig_mod.`` (a ``torch.compile``-d network) prefixes stripped; one of
+our own training checkpoints gives the weights its run would export at that iteration.
 
 Canonical keys are the ones our modules in ``upscale.archs`` use (BasicSR's where BasicSR has the
 network). Other known layouts (old ESRGAN, the ESRGAN repository, MMSR) are renamed by the family that
@@ -67,7 +68,7 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
     if suffix in SAFETENSORS_SUFFIXES:
         obj, metadata = _read_safetensors(p)
     elif suffix in PICKLE_SUFFIXES:
-        obj, metadata = read_pickle(p), {}
+        obj, metadata = _training_checkpoint(read_pickle(p))
     else:
         known = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
         raise errors.WeightsError(f"unsupported weights format {suffix or '(no suffix)'!r}; expected {known}",
@@ -77,6 +78,19 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
         raise errors.WeightsError(f"holds no state dict of tensors (top-level keys: {errors.listed(_keys_of(obj))})",
                                   path=p)
     return _strip_module_prefix(sd, p), metadata
+
+
+def _training_checkpoint(obj: Any) -> tuple[Any, dict[str, str]]:
+    """One of our training checkpoints (``RUN/checkpoints/iter_N.pt``: a dict with the run's ``arch``,
+    ``hparams`` and ``generator``) as what ``upscale train`` would export at that iteration: the EMA
+    weights where the run keeps an EMA, else the generator's, with the run's architecture as metadata
+    (so a network whose scale its keys do not show, such as SRCNN, loads at the scale it was trained
+    for). Anything else comes back as it is, without metadata."""
+    if not (isinstance(obj, Mapping) and isinstance(obj.get("arch"), str) and isinstance(obj.get("hparams"), Mapping)
+            and _is_tensor_dict(obj.get("generator"))):
+        return obj, {}
+    weights = obj["ema"] if _is_tensor_dict(obj.get("ema")) else obj["generator"]
+    return weights, {META_ARCH: obj["arch"], META_HPARAMS: json.dumps(dict(obj["hparams"]))}
 
 
 def _read_safetensors(p: Path) -> tuple[StateDict, dict[str, str]]:
