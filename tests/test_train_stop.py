@@ -53,6 +53,20 @@ class SignalInForward:
                 os.kill(os.getpid(), signal.SIGINT)
 
 
+def stopped_at_forward(cfg: Any, at: int, *, iteration: int) -> list[str]:
+    """Train ``cfg`` with SIGINT sent from the ``at``-th generator forward pass; check the run stopped,
+    abandoning its work under way, with ``iteration`` done; return what it said."""
+    said: list[str] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(SignalInForward(at=at))
+    try:
+        stopped = train(cfg, echo=said.append, progress=False)
+    finally:
+        hook.remove()
+    assert stopped.interrupted and stopped.iteration == iteration, said
+    assert any("abandoning the work under way" in line for line in said), said
+    return said
+
+
 def same(a: dict[str, Any], b: dict[str, Any], where: str) -> None:
     assert a.keys() == b.keys(), where
     for k in a:
@@ -74,15 +88,8 @@ def test_a_signal_mid_iteration_abandons_it_and_the_resume_is_exact(hr: Path, tm
                      progress=False)
     assert straight.iteration == 4
 
-    said: list[str] = []
     cfg = build_config(preset, base, {"max_iters": 4, "ckpt_every": 100, "out": str(tmp_path / "b")})
-    hook = torch.nn.modules.module.register_module_forward_hook(SignalInForward(at=3))
-    try:
-        stopped = train(cfg, echo=said.append, progress=False)
-    finally:
-        hook.remove()
-    assert stopped.interrupted and stopped.iteration == 2, said
-    assert any("abandoning the work under way" in line for line in said), said
+    stopped_at_forward(cfg, 3, iteration=2)
     # the checkpoint saved after abandoning iteration 3 equals the straight run's at iteration 2
     a2 = load_checkpoint(checkpoint_path(tmp_path / "a", 2))
     b2 = load_checkpoint(checkpoint_path(tmp_path / "b", 2))
@@ -106,15 +113,8 @@ def test_a_signal_during_the_precision_probe_stops_and_the_resume_measures_again
     resumed run measures it instead of taking the rule's bf16 for a settled choice."""
     base = dict(settings(hr, "psnr"), precision="auto", hparams={"num_feat": 8, "num_block": 2, "bn": True})
     cfg = build_config("psnr", base, {"max_iters": 2, "ckpt_every": 100, "out": str(tmp_path / "run")})
-    said: list[str] = []
-    hook = torch.nn.modules.module.register_module_forward_hook(SignalInForward(at=1))
-    try:
-        stopped = train(cfg, echo=said.append, progress=False)
-    finally:
-        hook.remove()
-    assert stopped.interrupted and stopped.iteration == 0, said
+    said = stopped_at_forward(cfg, 1, iteration=0)
     assert any("timing the generator's step" in line for line in said), said
-    assert any("abandoning the work under way" in line for line in said), said
     state = load_checkpoint(checkpoint_path(tmp_path / "run", 0))
     assert state["precision"] == "auto"
 
