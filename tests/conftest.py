@@ -122,6 +122,24 @@ def textured(h: int, w: int, seed: int) -> np.ndarray:
     return (127.5 + 127.5 * img / 3.0).round().clip(0, 255).astype(np.uint8)
 
 
+def train_config_file(root: Path, **settings: object) -> Path:
+    """Four textured 64x64 HR images in ``root/hr`` and ``root/run.json``: a small compact x2 training
+    config for runs through the CLI (``--config``), with ``settings`` over its defaults."""
+    import json
+
+    from PIL import Image as PILImage
+
+    data = root / "hr"
+    data.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        PILImage.fromarray(textured(64, 64, i)).save(data / f"hr{i}.png")
+    config = {"data": [str(data)], "scale": 2, "arch": "compact", "hparams": {"num_feat": 8, "num_conv": 2},
+              "gt_size": 32, "batch_size": 2, "precision": "fp32", "threads": 1, "seed": 3, "ckpt_every": 5,
+              "log_every": 5, "val_every": 1000, **settings}
+    (root / "run.json").write_text(json.dumps(config))
+    return root / "run.json"
+
+
 @pytest.fixture
 def locked_folder(tmp_path):
     """A real folder no file can be created in: read-only bits, and for root (whom they do not stop)

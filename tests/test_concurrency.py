@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import textured
+from conftest import train_config_file
 from hubserver import HubServer
-from PIL import Image as PILImage
 
 from upscale import atomic, registry, user_registry
 from upscale.archs import build_module
@@ -81,15 +80,7 @@ def test_claim_is_refused_while_another_process_holds_it(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def train_setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("conc_train")
-    data = root / "hr"
-    data.mkdir()
-    for i in range(4):
-        PILImage.fromarray(textured(64, 64, i)).save(data / f"hr{i}.png")
-    config = root / "run.json"
-    config.write_text(json.dumps({
-        "data": [str(data)], "scale": 2, "arch": "compact", "hparams": {"num_feat": 8, "num_conv": 2},
-        "gt_size": 32, "batch_size": 2, "precision": "fp32", "threads": 1, "seed": 3, "ckpt_every": 5,
-        "log_every": 5, "val_every": 1000}))
+    config = train_config_file(root)
     return {"flags": ["--config", str(config), "-q"], "env": environment(root)}
 
 

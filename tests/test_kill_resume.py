@@ -14,7 +14,6 @@ that runs in different processes can be compared byte for byte.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import textured
+from conftest import train_config_file
 import torch
 from PIL import Image as PILImage
 from safetensors.torch import load_file
@@ -149,17 +148,9 @@ def test_batch_killed_then_rerun_is_identical(tmp_path: Path, batch_set: dict, m
 @pytest.fixture(scope="module")
 def train_setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("kill_train")
-    data = root / "hr"
-    data.mkdir()
-    for i in range(4):
-        PILImage.fromarray(textured(64, 64, i)).save(data / f"hr{i}.png")
-    config = root / "run.json"
-    config.write_text(json.dumps({
-        "data": [str(data)], "scale": 2, "arch": "compact", "hparams": {"num_feat": 32, "num_conv": 3},
-        "gt_size": 32, "batch_size": 2, "precision": "fp32", "threads": 1, "seed": 11, "ckpt_every": 5,
-        # a schedule that does not depend on max_iters: the killed run is started with a large one
-        "scheduler": "multistep", "milestones": [5, 15],
-        "log_every": 5, "val_every": 1000}))
+    # a schedule that does not depend on max_iters: the killed run is started with a large one
+    config = train_config_file(root, hparams={"num_feat": 32, "num_conv": 3}, seed=11, scheduler="multistep",
+                               milestones=[5, 15])
     env = environment(root)
     flags = ["--config", str(config), "-q", "--keep-last", "1000"]
     straight = root / "straight"
