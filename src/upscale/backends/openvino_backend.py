@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 GRAPH_FORMAT = "nhwc-2"      # bump when what is stored as IR changes (layout, conversion options, fp32 marks)
 EXAMPLE_PX = 64              # side of the example window the conversion traces with
 STALE_AFTER_S = 30 * 86400   # cached graphs and compiled blobs unused this long are removed (``prune_stale``)
+WAIT_SLICE_MS = 100         # an inference is waited for in slices this long, so that Ctrl-C stops it at once
 
 
 def _import_openvino() -> Any:
@@ -101,6 +102,7 @@ class OpenVinoWindows:
                        "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(self.folder)}
         self._core = self._ov.Core()
         self._compiled: dict[tuple[int, ...], Any] = {}
+        self._requests: dict[tuple[int, ...], Any] = {}      # one infer request per compiled shape
         self.graph_from_cache = False
         self._graph = self._load_graph()
 
@@ -122,12 +124,25 @@ class OpenVinoWindows:
         compiled = self._compiled.get(batch.shape)
         if compiled is None:
             compiled = self._compile(batch.shape)
+        request = self._requests.get(batch.shape)
+        if request is None:
+            request = self._requests[batch.shape] = compiled.create_infer_request()
+        data = np.ascontiguousarray(batch, dtype=np.float32)
         try:
-            result = compiled(np.ascontiguousarray(batch, dtype=np.float32), share_inputs=True)
+            request.start_async({0: data}, share_inputs=True)
+            while not request.wait_for(WAIT_SLICE_MS):   # Python runs between slices: Ctrl-C is heard
+                pass
         except RuntimeError as exc:
             raise errors.BackendError(f"{self.label}: OpenVINO inference failed on a {_shape(batch.shape)} "
                                       f"batch ({_first_line(exc)})", params=("backend",)) from exc
-        return result[0]
+        except BaseException:       # KeyboardInterrupt: stop OpenVINO's work now rather than wait for it
+            request.cancel()
+            try:        # the cancel takes effect here, within ~0.1 s; left to the request's destructor,
+                request.wait()      # it waited for the whole inference (tens of seconds for x4plus)
+            except RuntimeError:    # "Infer Request was canceled"
+                pass
+            raise
+        return request.get_output_tensor(0).data.copy()
 
     # -- the graph: cached IR, or a fresh conversion --
     def _load_graph(self) -> Any:
