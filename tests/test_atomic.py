@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
@@ -150,3 +152,36 @@ def test_a_long_target_name_gets_a_temp_name_that_fits(tmp_path):
 def test_a_target_name_longer_than_file_names_hold_is_refused_up_front(tmp_path):
     kind, message = atomic.target_problem(tmp_path / ("b" * 250 + "_x2.png"))
     assert kind == "folder" and message == "its name is 257 bytes long; file names hold at most 255"
+
+
+def test_a_symlinked_target_is_written_through_and_the_link_kept(tmp_path):
+    # a dotfiles-managed models.toml, an output named `latest.png -> ...`: the link must survive
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "models.toml"
+    real.write_text("old\n")
+    link = tmp_path / "models.toml"
+    link.symlink_to(real)
+    atomic.write_text(link, "new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    dangling = tmp_path / "latest.png"
+    dangling.symlink_to(tmp_path / "real" / "made.png")    # as a shell's `>` does: the target is made
+    atomic.write_bytes(dangling, b"png")
+    assert dangling.is_symlink() and (tmp_path / "real" / "made.png").read_bytes() == b"png"
+    assert _temps(tmp_path) == [] and _temps(tmp_path / "real") == []
+
+
+def test_a_fifo_or_device_target_is_written_into_never_replaced(tmp_path):
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen([sys.executable, "-c", f"import sys; sys.stdout.write(open({str(fifo)!r}).read())"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        atomic.write_text(fifo, "report\n")
+        assert reader.communicate(timeout=30)[0] == "report\n"
+    finally:
+        reader.kill()
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and _temps(tmp_path) == []
+    # /dev/null (a device; never written here: as root, a regression would replace it): no force needed
+    assert atomic.target_problem("/dev/null") is None and atomic.landing("/dev/null") is None
+    # /dev/stdout leads to this process's fd 1, whatever it is (under pytest: a regular capture file)
+    assert atomic.landing("/dev/stdout") is None and atomic.landing("/dev/fd/2") is None

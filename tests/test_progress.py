@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 
 import pytest
@@ -53,3 +54,27 @@ def test_printable_escapes_control_characters_and_keeps_other_text():
     assert printable("bad\nname.png") == "bad\\nname.png"
     assert printable("tab\there\r") == "tab\\there\\r"
     assert printable("Ünïcode 写真.png") == "Ünïcode 写真.png"
+    # a name that is not UTF-8 (bytes 0xff 0xfe): as a shell user types it, not as Python holds it
+    assert printable(os.fsdecode(b"bad\xff\xfe.png")) == "bad\\xff\\xfe.png"
+
+
+def test_a_terminal_of_unknown_width_or_a_dumb_one_gets_plain_lines(monkeypatch):
+    """A pty of 0 columns (`script`, serial consoles, some CI runners) drew an empty bar: no progress
+    shown at all; TERM=dumb cannot redraw a line. Both get the plain lines; a sized terminal the bar."""
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    monkeypatch.setenv("TERM", "xterm")
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w", closefd=True) as tty:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        assert Progress("batch", "image", total=10, stream=tty)._bar is None
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        bar = Progress("batch", "image", total=10, stream=tty)
+        assert bar._bar is not None
+        bar.close()
+        monkeypatch.setenv("TERM", "dumb")
+        assert Progress("batch", "image", total=10, stream=tty)._bar is None
+    os.close(leader)

@@ -349,6 +349,24 @@ def test_integer_dtypes_round_trip_and_agree_with_float():
     assert out_float.dtype == np.float32 and 0 <= out_float.min() and out_float.max() <= 1
 
 
+def test_16_bit_input_keeps_its_low_bits_in_fp32_and_bf16_says_it_does_not(caplog):
+    """fp32: the output's low byte carries information (as many values as a 16-bit gradient needs);
+    bf16/fp16: the output is still 16-bit, and one info line says its precision is bf16's, once."""
+    model = small_model("span", scale=2)
+    yy, xx = np.mgrid[0:24, 0:24]
+    image = (20000 + (xx * 113 + yy * 7)[..., None] * np.array([1, 2, 3])).astype(np.uint16)
+    with caplog.at_level("INFO", logger="upscale"):
+        out = Engine(model, fp32(0, 0)).upscale(image)
+    assert len(np.unique(out & 0xFF)) > 200 and "16-bit input" not in caplog.text
+    low = Engine(model, EngineOptions(device="cpu", precision="bf16", tile_px=0, compile="off", backend="torch"))
+    with caplog.at_level("INFO", logger="upscale"):
+        assert low.upscale(image).dtype == np.uint16
+        low.upscale(image)
+        low.upscale((image >> 8).astype(np.uint8))
+    said = [r for r in caplog.records if "16-bit input computed in bf16" in r.getMessage()]
+    assert len(said) == 1 and "precision fp32" in said[0].getMessage()
+
+
 def test_channel_mismatch_and_bad_arrays_are_usage_errors():
     engine = Engine(small_model("tiny"), fp32(0, 0))
     with pytest.raises(errors.UsageError, match="3-channel"):

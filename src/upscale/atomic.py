@@ -84,7 +84,9 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = None,
                 durable: bool = True) -> Iterator[IO]:
-    """Open a new temp file beside ``path`` for writing; on a normal exit put it at ``path``.
+    """Open a new temp file beside ``path`` for writing; on a normal exit put it at ``path`` (where
+    ``path`` is a symlink, at the file it points to; where it is a device or a FIFO, such as /dev/null
+    or /dev/stdout, the data is written straight into it).
 
     ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding`` defaults to UTF-8). On any exception (or
     KeyboardInterrupt) the temp file is removed and ``path`` is untouched; OSErrors propagate for the
@@ -93,7 +95,12 @@ def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = No
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', not {mode!r}")
-    path = Path(path)
+    there = landing(Path(path))
+    if there is None:   # a device or pipe (/dev/null, /dev/stdout): written into; renaming would replace the node
+        with open(path, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
+            yield f
+        return
+    path = there
     fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
@@ -108,6 +115,33 @@ def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = No
         raise
     if durable:
         fsync_folder(path.parent)
+
+
+def landing(path: str | Path) -> Path | None:
+    """Where a file written for ``path`` is put: ``path``, or where a symlink there points (the link is
+    kept, as a shell's ``>`` keeps it: a dotfiles-managed ``models.toml``, ``latest.png -> ...``); None
+    when ``path`` is neither a file nor a folder (a device, a FIFO, ``/dev/stdout``): there is nothing
+    to replace, and a rename would put a regular file in the place of that node; None too for a
+    process's open file (``/dev/stdout``, ``/dev/fd/N`` when a shell sent it to a file): written into."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        return None
+    if not os.path.islink(path):
+        return Path(path)
+    hop = os.path.abspath(path)
+    for _ in range(40):     # the links one by one: does one of them lead through a process's fd table?
+        if _OPEN_FILE.match(hop):
+            return None
+        if not os.path.islink(hop):
+            break
+        hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+    return Path(os.path.realpath(path))
+
+
+_OPEN_FILE = re.compile(r"^/(proc/[^/]+|dev)/fd/\d+$")
 
 
 @contextlib.contextmanager
@@ -263,6 +297,8 @@ def target_problem(target: str | Path, inputs: tuple[str | Path, ...] = (), *,
         return "input", "would overwrite an input; choose another output"
     if target.is_dir():
         return "folder", "is a folder; name an output file"
+    if landing(target) is None:     # /dev/null, /dev/stdout, a FIFO: written into, nothing replaced
+        return None
     problem = folder_problem(target.parent) or write_problem(target.parent)
     if problem is not None:
         return "folder", problem
@@ -307,6 +343,16 @@ def folder_problem(folder: str | Path) -> str | None:
             return f"cannot use the output folder {part} ({err.strerror or err})"
         return f"{part} is not a folder"
     return f"output folder {folder} does not exist"
+
+
+def os_reason(err: OSError, folder: str | Path) -> str:
+    """Words for ``err``, raised while making ``folder`` or writing in it: where a part of it is a
+    file, that (mkdir says only "File exists" or "Not a directory"), else the system's own."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        problem = folder_problem(folder)
+        if problem is not None and "does not exist" not in problem:
+            return problem
+    return err.strerror or str(err)
 
 
 def _is_dir(path: Path) -> bool:

@@ -218,7 +218,8 @@ def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str 
             atomic.sweep_temps(path.parent, name=path.name)
             atomic.write_text(path, text, durable=False)   # a lost cache costs only a re-tune
     except OSError as err:
-        raise errors.TuneCacheError(f"cannot write the tuning cache: {err.strerror or err}", path=path) from err
+        raise errors.TuneCacheError(f"cannot write the tuning cache: {atomic.os_reason(err, path.parent)}",
+                                    path=path) from err
     _noted.discard(canonical(key))
     return path
 

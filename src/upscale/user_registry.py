@@ -103,7 +103,8 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
     except UnicodeDecodeError:
         raise errors.RegistryError("cannot read the user registry (not UTF-8 text)", path=user) from None
     except OSError as err:
-        raise errors.RegistryError(f"cannot write the user registry ({err.strerror or err})", path=user) from None
+        raise errors.RegistryError(f"cannot write the user registry ({atomic.os_reason(err, user.parent)})",
+                                   path=user) from None
     forget_cached()
     return get_model(name)
 

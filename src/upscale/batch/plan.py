@@ -143,7 +143,10 @@ def check_report_path(report: str | Path | None, in_dir: str | Path, out_dir: st
                                 "otherwise", params=("report",))
     if not report.parent.is_dir() and target.parent != out_dir.resolve():   # OUT_DIR is created
         raise errors.UsageError(f"report {report}: folder {report.parent} does not exist", params=("report",))
-    problem = atomic.write_problem(report.parent)
+    landing = atomic.landing(report)
+    if landing is None:     # /dev/stdout, a FIFO: written into, no file made beside it
+        return
+    problem = atomic.write_problem(landing.parent)
     if problem is not None:
         raise errors.ImageWriteError(f"cannot write the report: {problem}", path=report)
 
@@ -201,6 +204,7 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     jobs: list[Job] = []
     finished: list[Job] = []
     known: list[Outcome] = []
+    inputs: set[str] = set()
     for path, rel in found:
         output = out_dir / default_output_path(Path(rel), outscale, output_format, name)
         first = owner.setdefault(output, rel)
@@ -208,6 +212,9 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
             continue
         if first != rel:
             known.append(Outcome(rel, str(output), FAILED, f"output {output} is also the output of {first}"))
+        elif _leads_to_an_input(output, found, inputs):
+            known.append(Outcome(rel, str(output), FAILED, f"output {output} leads to the input "
+                                 f"{os.path.realpath(output)} (a symlink); inputs are never overwritten"))
         else:
             jobs.append(Job(path, rel, output))
     removed = sum(len(atomic.sweep_temps(folder)) for folder in sorted({job.output.parent for job in jobs}))
@@ -232,6 +239,17 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
         log.info("redoing %s", " and ".join(f"{n} output{'s' if n > 1 else ''} {_REDONE[why]}"
                                             for why, n in sorted(otherwise.items(), reverse=True)))
     return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
+
+
+def _leads_to_an_input(output: Path, found: list[tuple[Path, str]], inputs: set[str]) -> bool:
+    """Whether ``output`` exists and is, through a symlink (of the file or of a folder above it), one
+    of the inputs: writing it would write through the link into that input. ``inputs`` is filled with
+    the inputs' real paths the first time it is needed."""
+    if not os.path.lexists(output):
+        return False
+    if not inputs:
+        inputs.update(os.path.realpath(p) for p, _ in found)
+    return os.path.realpath(output) in inputs
 
 
 def _made_otherwise(job: Job, record: dict, journal: Journal, key: str) -> str | None:

@@ -3,7 +3,8 @@
 This package is the only place that prints. Each sub-command lives in its own module here and is
 added to the group explicitly below; ``upscale IMAGE ...`` (no sub-command) runs ``upscale run``.
 
-Exit codes: 0 ok; 1 failure; 2 usage; 3 batch finished with some failures; 130 interrupted.
+Exit codes: 0 ok; 1 failure; 2 usage; 3 batch (or run with several images) finished with some failures;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from typing import Any, Callable
@@ -89,10 +91,17 @@ def classify(err: BaseException) -> tuple[int, str]:
 
 def printable(text: str) -> str:
     """``text`` with control characters (a newline in a file name, say) written as escapes, so that
-    every message stays one line."""
+    every message stays one line; a byte of a file name that is not UTF-8 (which Python holds as a
+    lone surrogate) as ``\\xff``, the way a shell user writes it (``$'\\xff'``), not ``\\udcff``."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return "".join(ch if ch.isprintable() else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    if "\udc80" <= ch <= "\udcff":       # os.fsdecode's surrogateescape of byte 0x80..0xff
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return ch.encode("unicode_escape").decode("ascii")
 
 
 def say(text: str, *, err: bool = False) -> None:
@@ -284,7 +293,8 @@ def _common_options(cmd: click.Command) -> None:
 
 
 EPILOG = """\b
-Exit codes: 0 ok, 1 failure, 2 usage error, 3 batch finished with some failures, 130 interrupted.
+Exit codes: 0 ok, 1 failure, 2 usage error, 3 batch (or several images) finished with some failures,
+130 interrupted.
 Set UPSCALE_DEBUG=1 to see tracebacks."""
 
 
@@ -298,6 +308,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
     \b
     upscale photo.jpg -s 4            upscale one image (the 'run' command)
+    upscale *.jpg -s 4                several images, the model loaded once
     upscale batch DIR --out OUT       a folder, with progress, resume and a report
     upscale models                    the model registry
     upscale bench --data Set5 -s 4    quality and speed against classic interpolation
@@ -331,5 +342,13 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (kill, timeout, docker stop, a scheduler) ends a command as Ctrl-C does: its temp files
+    # removed, "interrupted", exit 130 (batch and train stop cleanly, as they do on Ctrl-C)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     cli()

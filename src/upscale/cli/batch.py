@@ -36,22 +36,29 @@ def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None)
 
 @contextmanager
 def _stop_on_ctrl_c() -> Iterator[threading.Event]:
-    """An event the first Ctrl-C sets (the run stops after the image in flight); a second one aborts."""
+    """An event the first Ctrl-C or SIGTERM (``kill``, ``timeout``, ``docker stop``, a scheduler) sets:
+    the run stops after the image in flight, with its summary and report; a second one aborts."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler  # None: set outside Python
+    stopping = (signal.SIGINT, signal.SIGTERM)
+    # None: set outside Python
+    previous = {s: signal.getsignal(s) or (signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+                for s in stopping}
 
     def handler(signum: int, frame: object) -> None:
         stop.set()
-        signal.signal(signal.SIGINT, previous)
+        for s in stopping:
+            signal.signal(s, previous[s])
 
-    signal.signal(signal.SIGINT, handler)
+    for s in stopping:
+        signal.signal(s, handler)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s in stopping:
+            signal.signal(s, previous[s])
 
 
 @click.command("batch")
@@ -96,7 +103,8 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     again after a crash or Ctrl-C resumes where it stopped (with byte-identical results); an empty,
     cut-short or broken one is redone, and so is one that OUT_DIR/.upscale-batch.jsonl says was made
     by another model, scale, alpha mode or quality, or from an input that has changed since.
-    Ctrl-C stops after the image in flight and prints the summary so far; a second Ctrl-C aborts.
+    Ctrl-C (or SIGTERM) stops after the image in flight and prints the summary so far (and writes the
+    report); a second one aborts.
 
     \b
     Exit codes: 0 every image done or skipped; 3 finished, some images failed; 1 could not run at

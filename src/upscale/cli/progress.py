@@ -5,6 +5,7 @@ quiet."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import IO, Any
@@ -86,7 +87,17 @@ def _duration(seconds: float) -> str:
 
 
 def _is_terminal(stream: IO[str]) -> bool:
+    """A terminal a bar can be drawn on: not TERM=dumb (no cursor control: each redraw would stay, as
+    in Emacs' compilation buffers), nor one of unknown width (0 columns: `script`, a serial console,
+    some CI runners' ptys), where tqdm draws an empty bar and the run shows no progress at all."""
     try:
-        return stream.isatty()
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError):
         return False
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):   # a stream without a descriptor that says it is a tty
+        return True

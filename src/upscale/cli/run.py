@@ -1,8 +1,11 @@
-"""`upscale run IMAGE` (also plain `upscale IMAGE`): upscale one image."""
+"""`upscale run IMAGE...` (also plain `upscale IMAGE...`): upscale one image, or several with the model
+loaded once (``run_many``). The functions here are the one path each image takes: ``prepare`` (read and
+the refusals that need no model), ``check_with_model``, ``upscale_one``."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,76 +20,160 @@ from .progress import Progress
 SAY_EXPECTED_S = 10.0    # an estimate this long is said before the work starts
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What `run` does with each image, the model and engine aside."""
+
+    force: bool
+    frames: str
+    quiet: bool
+    outscale: float | None
+    output_format: str | None
+    name_template: str
+    quality: int | None
+    alpha_mode: str
+    max_pixels: int | None
+
+
 @click.command("run")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file (default: {stem}_x{scale}.{ext} beside the input; .png for inputs that are "
-                   "read but not written, such as GIF or JPEG 2000).")
+                   "read but not written, such as GIF or JPEG 2000); with several IMAGEs, an existing folder "
+                   "to put their outputs in.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @frames_option
 @quiet_option("No progress or info lines.")
 @model_options
 @handle_errors
-def run(image: Path, output: Path | None, force: bool, frames: str, quiet: bool, outscale: float | None,
-        model_name: str | None, weights: Path | None, interp_alpha: float | None, device: str, precision: str,
-        tile_px: str | None, overlap_px: int | None, batch: int | None, threads: int | None, compile_mode: str,
-        output_format: str | None, name_template: str, quality: int | None, alpha_mode: str,
-        max_pixels: int | None) -> None:
-    """Upscale one IMAGE.
+def run(images: tuple[Path, ...], output: Path | None, force: bool, frames: str, quiet: bool,
+        outscale: float | None, model_name: str | None, weights: Path | None, interp_alpha: float | None,
+        device: str, precision: str, tile_px: str | None, overlap_px: int | None, batch: int | None,
+        threads: int | None, compile_mode: str, output_format: str | None, name_template: str,
+        quality: int | None, alpha_mode: str, max_pixels: int | None) -> None:
+    """Upscale one IMAGE, or several (a shell glob: upscale *.jpg -s 4).
+
+    With several IMAGEs the model loads once and each output goes beside its input, named as for one
+    (or into the existing folder -o names). What can be refused before any image is upscaled (a
+    missing or unreadable file, a folder, an existing output without --force, an output over an
+    input, two inputs with one output name, the output format's limits, memory) is said first, one
+    line per file, and the other images go on; a file that fails to decode fails in its turn. One
+    line per image written; Ctrl-C stops at once and leaves only whole outputs.
 
     \b
-    Exit codes: 0 ok, 1 failure (bad input, bad weights, cannot write, not enough memory), 2 usage error.
+    Exit codes: 0 ok, 1 failure (bad input, bad weights, cannot write, not enough memory), 2 usage error,
+    130 interrupted. With several IMAGEs: 0 all written, 3 some failed (one line each), 1 none written.
     """
     from .. import api, errors
-    from ..io import Animation, check_animation_output, check_output, output_format_for, read_frames, read_image
 
+    settings = RunSettings(force, frames, quiet, outscale, output_format, name_template, quality, alpha_mode,
+                           max_pixels)
     # everything that can be refused is refused before the model loads
-    if image.is_dir():
-        raise errors.UsageError(f"{image} is a folder; for every image in it: upscale batch {image} --out OUT_DIR")
+    if len(images) > 1:
+        from .run_many import check_output_folder, run_many
+        check_output_folder(output)
+    elif images[0].is_dir():
+        raise errors.UsageError(folder_message(images[0]))
     api.check_outscale(outscale)
     api.check_name(name_template)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
     name = model_name_from(model_name, weights, outscale)
-    loaded = (read_frames if frames == "all" else read_image)(image, max_pixels=max_pixels)
-    animation = loaded if isinstance(loaded, Animation) else None
-    source = animation.frames[0] if animation else loaded
-
-    def check(target: Path, scale: float | None) -> None:
-        """Refusals about the output: where it goes and, once the scale is known, whether its format
-        holds the output's size (WebP's 16383 px a side, say) or, for every frame, an animation."""
-        api.check_target(image, target, force=force, output_format=output_format)
-        h, w = source.pixels.shape[:2]
-        size = None if scale is None else api.output_size(h, w, scale)[::-1]
-        (check_animation_output if animation else check_output)(target, output_format, quality, size)
-
-    target = output
-    if target is None and outscale is not None:
-        target = api.default_output_path(image, outscale, output_format, name_template)
-    if target is not None:
-        check(target, outscale)
-    frames = len(animation.frames) if animation else 1
-    if outscale is not None:
-        api.check_output_memory(source, outscale, path=image, frames=frames,
-                                encoder=None if target is None else output_format_for(target, output_format))
-
+    if len(images) > 1:
+        run_many(images, output, settings, options, lambda: load_model_from(name, outscale, interp_alpha))
+        return      # run_many exits with its own code
+    image = images[0]
+    loaded, target = prepare(image, output, settings)
     model = load_model_from(name, outscale, interp_alpha)
-    scale = api.outscale_for(model, outscale)
-    if target is None or outscale is None:   # the default name, and the size, depend on the model's scale
-        target = target or api.default_output_path(image, scale, output_format, name_template)
-        check(target, scale)
-    api.check_output_memory(source, scale, native_scale=model.scale, path=image,    # with the resize's buffer
-                            frames=frames, encoder=output_format_for(target, output_format))
-    upscaler = api.Upscaler(model, options, work=api.workload_for(source, alpha_mode))
-    if animation:
-        _upscale_frames(upscaler, animation, image, target, scale, alpha_mode, output_format, quality, quiet)
-    else:
-        _upscale_still(upscaler, source, image, target, scale, alpha_mode, output_format, quality, quiet)
+    target, scale = check_with_model(image, loaded, target, model, settings)
+    upscaler = api.Upscaler(model, options, work=api.workload_for(first_frame(loaded), alpha_mode))
+    line = upscale_one(upscaler, loaded, image, target, scale, settings)
+    if not quiet:
+        say(line, err=True)
+
+
+def folder_message(image: Path) -> str:
+    return f"{image} is a folder; for every image in it: upscale batch {image} --out OUT_DIR"
+
+
+def first_frame(loaded: Any) -> Any:
+    """The ``Image`` of a still, or an animation's first frame."""
+    from ..io import Animation
+
+    return loaded.frames[0] if isinstance(loaded, Animation) else loaded
+
+
+def frame_total(loaded: Any) -> int:
+    from ..io import Animation
+
+    return len(loaded.frames) if isinstance(loaded, Animation) else 1
+
+
+def check_target(image: Path, target: Path, hw: tuple[int, int], animated: bool, scale: float | None,
+                 settings: RunSettings) -> None:
+    """Refusals about the output of ``image`` (``hw``: its size): where it goes and, once the scale is
+    known, whether its format holds the output's size (WebP's 16383 px a side, say) or, for an
+    animation, every frame."""
+    from .. import api
+    from ..io import check_animation_output, check_output
+
+    api.check_target(image, target, force=settings.force, output_format=settings.output_format)
+    size = None if scale is None else api.output_size(*hw, scale)[::-1]
+    (check_animation_output if animated else check_output)(target, settings.output_format, settings.quality, size)
+
+
+def prepare(image: Path, output: Path | None, settings: RunSettings) -> tuple[Any, Path | None]:
+    """``image`` read (an ``Animation`` with ``--frames all``) and the refusals that need no model: its
+    output (``output``, else the default name when the scale is given) and the output's memory."""
+    from .. import api
+    from ..io import Animation, output_format_for, read_frames, read_image
+
+    s = settings
+    loaded = (read_frames if s.frames == "all" else read_image)(image, max_pixels=s.max_pixels)
+    target = output
+    if target is None and s.outscale is not None:
+        target = api.default_output_path(image, s.outscale, s.output_format, s.name_template)
+    hw = first_frame(loaded).pixels.shape[:2]
+    if target is not None:
+        check_target(image, target, hw, isinstance(loaded, Animation), s.outscale, s)
+    if s.outscale is not None:
+        api.check_output_memory(first_frame(loaded), s.outscale, path=image, frames=frame_total(loaded),
+                                encoder=None if target is None else output_format_for(target, s.output_format))
+    return loaded, target
+
+
+def check_with_model(image: Path, loaded: Any, target: Path | None, model: Any,
+                     settings: RunSettings) -> tuple[Path, float]:
+    """(target, scale) once the model is known: the default name and the output's size depend on its
+    scale; the memory check now counts the resize's buffer."""
+    from .. import api
+    from ..io import Animation, output_format_for
+
+    s = settings
+    scale = api.outscale_for(model, s.outscale)
+    if target is None or s.outscale is None:
+        target = target or api.default_output_path(image, scale, s.output_format, s.name_template)
+        check_target(image, target, first_frame(loaded).pixels.shape[:2], isinstance(loaded, Animation), scale, s)
+    api.check_output_memory(first_frame(loaded), scale, native_scale=model.scale, path=image,
+                            frames=frame_total(loaded), encoder=output_format_for(target, s.output_format))
+    return target, scale
+
+
+def upscale_one(upscaler: Any, loaded: Any, image: Path, target: Path, scale: float, settings: RunSettings, *,
+                tiles: bool = True) -> str:
+    """``loaded`` through the model and written to ``target``; returns the line that says so. Tile (or
+    frame) progress unless quiet or not ``tiles``."""
+    from ..io import Animation
+
+    quiet = settings.quiet or not tiles
+    args = (upscaler, loaded, image, target, scale, settings.alpha_mode, settings.output_format, settings.quality,
+            quiet)
+    return (_upscale_frames if isinstance(loaded, Animation) else _upscale_still)(*args)
 
 
 def _upscale_still(upscaler: Any, source: Any, image: Path, target: Path, scale: float, alpha_mode: str,
-                   output_format: str | None, quality: int | None, quiet: bool) -> None:
+                   output_format: str | None, quality: int | None, quiet: bool) -> str:
     """One image through the model, with tile progress (and, when the tuned estimate is long, that
-    estimate first: one window has no progress to show), then written."""
+    estimate first: one window has no progress to show), then written; the line that says so."""
     from .. import api
 
     expected = upscaler.engine.expected_s(*source.pixels.shape[:2])
@@ -100,15 +187,15 @@ def _upscale_still(upscaler: Any, source: Any, image: Path, target: Path, scale:
     finally:
         progress.close()
     api.write_result(result, target, output_format=output_format, quality=quality)
-    if not quiet:
-        h, w = result.pixels.shape[:2]
-        say(f"{image} -> {target} ({w}x{h})", err=True)
+    h, w = result.pixels.shape[:2]
+    return f"{image} -> {target} ({w}x{h})"
 
 
 def _upscale_frames(upscaler: Any, animation: Any, image: Path, target: Path, scale: float, alpha_mode: str,
-                    output_format: str | None, quality: int | None, quiet: bool) -> None:
+                    output_format: str | None, quality: int | None, quiet: bool) -> str:
     """``run --frames all`` on an animated input: every frame, with frame progress, then one animated
-    output (every frame's output was checked against memory before the model loaded)."""
+    output (every frame's output was checked against memory before the model loaded); the line that
+    says so."""
     from ..io import write_animation
 
     progress = Progress(image.name, "frame", quiet=quiet, leave=False)
@@ -119,9 +206,8 @@ def _upscale_frames(upscaler: Any, animation: Any, image: Path, target: Path, sc
     finally:
         progress.close()
     write_animation(result, target, format=output_format, quality=quality)
-    if not quiet:
-        h, w = result.frames[0].pixels.shape[:2]
-        say(f"{image} -> {target} ({w}x{h}, {len(result.frames)} frames)", err=True)
+    h, w = result.frames[0].pixels.shape[:2]
+    return f"{image} -> {target} ({w}x{h}, {len(result.frames)} frames)"
 
 
 @contextlib.contextmanager

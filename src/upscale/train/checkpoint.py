@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, os_reason
 from ..errors import CheckpointError
 
 _NAME = re.compile(r"^iter_(\d{8,})\.pt$")
@@ -32,9 +32,14 @@ def checkpoint_path(out: str | Path, iteration: int) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "wb") as f:
-        torch.save(state, f)
+    """Write ``state`` whole at ``path``, or raise ``CheckpointError`` (a full disk, say) and leave
+    the checkpoints already there as they were."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path, "wb") as f:
+            torch.save(state, f)
+    except OSError as err:
+        raise CheckpointError(f"cannot write the checkpoint ({os_reason(err, path.parent)})", path=path) from None
 
 
 def _read(p: Path) -> dict[str, Any] | str:

@@ -139,8 +139,12 @@ class RunFolder:
             _rmdir_if_empty(folder)
 
     def append_metrics(self, rec: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError as err:      # a full disk: a line cut short is dropped when the run resumes
+            raise errors.TrainingError(f"cannot add to the metrics log ({err.strerror or err})",
+                                       path=self.metrics_path) from None
 
     def _truncate_metrics(self, iteration: int) -> None:
         """Drop records past the resumed iteration (a killed run may have logged beyond its checkpoint),
