@@ -206,8 +206,7 @@ def test_bad_scale_and_output_are_refused_before_the_model_loads(tmp_path):
     cases = [(["-s", "0"], 2, "--scale"), (["-s", "-1"], 2, "--scale"), (["-s", "nan"], 2, "--scale"),
              (["-s", "1e9"], 1, "needs"), (["-s", "100000"], 1, "needs"),
              (["-o", tmp_path / "a.xyz"], 1, "'.xyz'"),
-             (["-o", tmp_path / "afile" / "x.png"], 1, "afile is not a folder"),
-             (["-o", tmp_path / "adir"], 1, "is a folder")]
+             (["-o", tmp_path / "afile" / "x.png"], 1, "afile is not a folder")]
     for args, code, words in cases:
         res = _invoke([src, "-m", junk, *args, *FAST])
         line = _one_line(res)
@@ -645,3 +644,17 @@ def test_a_fifo_named_like_an_image_fails_in_one_line_and_never_blocks(tmp_path,
                            "-s", "2", "-m", tiny_x4, *FAST], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3 and "f.png: is not a regular file" in proc.stderr, proc.stderr
     assert (tmp_path / "out" / "a_x2.png").is_file()
+
+
+def test_o_naming_a_folder_puts_the_output_in_it(tmp_path, tiny_x4):
+    """`upscale a.png -o out/` (an existing folder): out/a_x4.png, as with several images; an existing
+    output there still needs --force."""
+    src = _photo(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    res = _invoke([src, "-m", tiny_x4, "-o", tmp_path / "out", *FAST])
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_x4.png"]
+    res = _invoke([src, "-m", tiny_x4, "-o", tmp_path / "out", "--name", "{stem}-big", *FAST])
+    assert res.exit_code == 0 and (tmp_path / "out" / "a-big.png").is_file(), res.output
+    res = _invoke([src, "-m", tiny_x4, "-o", tmp_path / "out", *FAST])
+    assert res.exit_code == 1 and "exists already" in res.output, res.output

@@ -5,6 +5,7 @@ the refusals that need no model), ``check_with_model``, ``upscale_one``."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,14 +34,23 @@ class RunSettings:
     quality: int | None
     alpha_mode: str
     max_pixels: int | None
+    out_dir: Path | None = None   # -o naming an existing folder: outputs go there, named as beside the input
+
+    def default_target(self, image: Path, scale: float) -> Path:
+        """The output of ``image`` at ``scale`` when -o names no file: the default name (or --name),
+        beside the input or in ``out_dir``."""
+        from .. import api
+
+        target = api.default_output_path(image, scale, self.output_format, self.name_template)
+        return target if self.out_dir is None else self.out_dir / target.name
 
 
 @click.command("run")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file (default: {stem}_x{scale}.{ext} beside the input; .png for inputs that are "
-                   "read but not written, such as GIF or JPEG 2000); with several IMAGEs, an existing folder "
-                   "to put their outputs in.")
+                   "read but not written, such as GIF or JPEG 2000), or an existing folder to put the output "
+                   "(or, with several IMAGEs, their outputs) in under that name.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @frames_option
 @quiet_option("No progress or info lines.")
@@ -74,6 +84,8 @@ def run(images: tuple[Path, ...], output: Path | None, force: bool, frames: str,
         check_output_folder(output)
     elif images[0].is_dir():
         raise errors.UsageError(folder_message(images[0]))
+    elif output is not None and output.is_dir():      # -o DIR: the output goes in it, named as beside
+        settings, output = dataclasses.replace(settings, out_dir=output), None
     api.check_outscale(outscale)
     api.check_name(name_template)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
@@ -131,7 +143,7 @@ def prepare(image: Path, output: Path | None, settings: RunSettings) -> tuple[An
     loaded = (read_frames if s.frames == "all" else read_image)(image, max_pixels=s.max_pixels)
     target = output
     if target is None and s.outscale is not None:
-        target = api.default_output_path(image, s.outscale, s.output_format, s.name_template)
+        target = s.default_target(image, s.outscale)
     hw = first_frame(loaded).pixels.shape[:2]
     if target is not None:
         check_target(image, target, hw, isinstance(loaded, Animation), s.outscale, s)
@@ -151,7 +163,7 @@ def check_with_model(image: Path, loaded: Any, target: Path | None, model: Any,
     s = settings
     scale = api.outscale_for(model, s.outscale)
     if target is None or s.outscale is None:
-        target = target or api.default_output_path(image, scale, s.output_format, s.name_template)
+        target = target or s.default_target(image, scale)
         check_target(image, target, first_frame(loaded).pixels.shape[:2], isinstance(loaded, Animation), scale, s)
     api.check_output_memory(first_frame(loaded), scale, native_scale=model.scale, path=image,
                             frames=frame_total(loaded), encoder=output_format_for(target, s.output_format))

@@ -109,8 +109,7 @@ def _with_targets(jobs: list[Job], output: Path | None, scale: float, native_sca
     owner: dict[str, Path] = {}
     kept, failed = [], 0
     for job in jobs:
-        target = api.default_output_path(job.image, scale, settings.output_format, settings.name_template)
-        target = target if output is None else output / target.name
+        target = replace(settings, out_dir=output).default_target(job.image, scale)
         try:
             first = owner.setdefault(_key(target), job.image)
             if first is not job.image:
