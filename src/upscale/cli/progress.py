@@ -71,12 +71,12 @@ class Progress:
         note = f", {self._note}" if self._note else ""
         eta = ""
         if 0 < self.done < self.total:
-            eta = f", ETA {_duration((self._last_line - self._started) / self.done * (self.total - self.done))}"
+            eta = f", ETA {duration((self._last_line - self._started) / self.done * (self.total - self.done))}"
         click.echo(f"upscale: {self.label}: {self.done}/{self.total} {self.unit}s ({pct}%){eta}{note}",
                    file=self.stream)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """``42 s``, ``3 min 05 s``, ``2 h 07 min``: what is left, as a person reads it."""
     seconds = round(seconds)
     if seconds < 60:

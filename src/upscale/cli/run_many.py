@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, report_error, say
-from .progress import _duration
+from .progress import duration
 from .run import RunSettings, check_target, check_with_model, folder_message, prepare, upscale_one
 
 
@@ -162,7 +162,7 @@ def _upscale_all(jobs: list[Job], upscaler: Any, model: Any, settings: RunSettin
                 pixels_done += _pixels(job)
             if not settings.quiet:
                 left = (time.monotonic() - started) / pixels_done * (pixels_all - pixels_done)
-                say(f"upscale: {at}/{len(jobs)}: {line}" + (f", ETA {_duration(left)}" if at < len(jobs) else ""),
+                say(f"upscale: {at}/{len(jobs)}: {line}" + (f", ETA {duration(left)}" if at < len(jobs) else ""),
                     err=True)
     except KeyboardInterrupt:
         click.echo(f"upscale: interrupted; {written} of {len(jobs)} images written", err=True)
