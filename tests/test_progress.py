@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from upscale.cli import _StderrHandler, printable
-from upscale.cli.progress import Progress, _duration
+from upscale.cli.progress import Progress, duration
 
 
 class _Terminal(io.StringIO):
@@ -47,7 +47,7 @@ def test_plain_lines_say_the_time_left(monkeypatch):
 
 @pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (59.4, "59 s"), (65, "1 min 05 s"), (7620, "2 h 07 min")])
 def test_durations_read_as_a_person_reads_them(seconds, text):
-    assert _duration(seconds) == text
+    assert duration(seconds) == text
 
 
 def test_printable_escapes_control_characters_and_keeps_other_text():
