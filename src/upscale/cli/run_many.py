@@ -17,7 +17,7 @@ import click
 
 from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, report_error, say
 from .progress import duration
-from .run import RunSettings, check_target, check_with_model, folder_message, prepare, upscale_one
+from .one_image import RunSettings, check_target, check_with_model, folder_message, prepare, upscale_one
 
 
 @dataclass(frozen=True)
