@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,41 @@ def test_a_fifo_or_device_target_is_written_into_never_replaced(tmp_path):
     assert atomic.target_problem("/dev/null") is None and atomic.landing("/dev/null") is None
     # /dev/stdout leads to this process's fd 1, whatever it is (under pytest: a regular capture file)
     assert atomic.landing("/dev/stdout") is None and atomic.landing("/dev/fd/2") is None
+
+
+def test_writing_to_dev_stdout_appends_where_the_shell_sent_it(tmp_path):
+    """`upscale ... -o /dev/stdout >> log`: the data goes after what the log held (re-opening
+    /proc/self/fd/1 truncated it and started at offset 0)."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"OLD\n")
+    code = "from upscale import atomic\nwith atomic.atomic_file('/dev/stdout') as f:\n    f.write(b'NEW\\n')\n"
+    with open(log, "ab") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True)
+    assert log.read_bytes() == b"OLD\nNEW\n"
+
+
+def test_a_symlinked_targets_temps_are_swept_where_they_land(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "out.png"
+    link.symlink_to(Path("..") / "real" / "out.png")
+    dead = tmp_path / "real" / f".out.png.{atomic._host_tag()}-999999999-0123456789abcdef{atomic.TEMP_SUFFIX}"
+    dead.write_bytes(b"half")
+    assert atomic.sweep_temps_for(link) == [dead] and not dead.exists()
+
+
+def test_where_a_symlink_leads_is_checked_before_any_work(tmp_path):
+    """A symlink leading into a missing folder is refused naming where it leads; a dangling one (its
+    target not there yet) needs force, as bash's noclobber would; a block device is never written."""
+    nowhere = tmp_path / "links_to_nowhere.png"
+    nowhere.symlink_to(tmp_path / "missing" / "x.png")
+    kind, message = atomic.target_problem(nowhere)
+    assert kind == "folder" and str(tmp_path / "missing") in message and "where the symlink leads" in message
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(tmp_path / "elsewhere.png")
+    kind, message = atomic.target_problem(dangling)
+    assert kind == "exists" and "does not exist yet; pass force" in message
+    assert atomic.target_problem(dangling, force=True) is None
+    block = next((p for p in sorted(Path("/dev").glob("loop*")) if p.is_block_device()), None)
+    if block is not None:
+        assert atomic.target_problem(block, force=True)[1].startswith("is a block device")

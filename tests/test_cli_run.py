@@ -658,3 +658,16 @@ def test_o_naming_a_folder_puts_the_output_in_it(tmp_path, tiny_x4):
     assert res.exit_code == 0 and (tmp_path / "out" / "a-big.png").is_file(), res.output
     res = _invoke([src, "-m", tiny_x4, "-o", tmp_path / "out", *FAST])
     assert res.exit_code == 1 and "exists already" in res.output, res.output
+
+
+def test_the_16_bit_note_reads_right_through_the_cli(tmp_path, tiny_x4):
+    """The engine's one line about a 16-bit image in bf16, as the CLI prints it: 'precision' is a flag
+    once (the CLI words each parameter named as its flag), not in every place the word appeared."""
+    arr = (np.random.default_rng(1).random((12, 16, 3)) * 65535).astype(np.uint16)
+    src = tmp_path / "g16.tif"
+    from upscale.io import Image, write_image
+    write_image(Image(arr, None), src)
+    res = _invoke([src, "-m", tiny_x4, "--precision", "bf16", "--compile", "off"])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.output.splitlines() if "16-bit input computed in bf16" in l)
+    assert line.count("--precision") == 1 and "--precision fp32 keeps all 16 bits" in line, line

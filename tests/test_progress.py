@@ -78,3 +78,21 @@ def test_a_terminal_of_unknown_width_or_a_dumb_one_gets_plain_lines(monkeypatch)
         monkeypatch.setenv("TERM", "dumb")
         assert Progress("batch", "image", total=10, stream=tty)._bar is None
     os.close(leader)
+
+
+def test_training_off_a_terminal_prints_plain_progress_lines(tmp_path):
+    """`upscale train ... > log 2>&1`: a tqdm bar's carriage-return redraws piled up in the log; off a
+    terminal the run prints a plain line a minute and at the end instead (-q: none)."""
+    import subprocess
+
+    from conftest import train_config_file
+
+    config = train_config_file(tmp_path, max_iters=4)
+    cmd = [sys.executable, "-m", "upscale", "train", "--config", str(config), "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    both = proc.stdout + proc.stderr
+    assert "\r" not in both and "iter 4/4 (100.0%): g_total " in both and " it/s, ETA " in both, both
+    quiet = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "quiet"), "-q"], capture_output=True, text=True,
+                           timeout=300)
+    assert quiet.returncode == 0 and "iter 4/4" not in quiet.stdout + quiet.stderr, quiet.stderr

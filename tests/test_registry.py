@@ -215,8 +215,11 @@ def test_models_show_and_remove(tmp_path, monkeypatch):
 
     shown = CliRunner().invoke(cli, ["models", "show", "b"])
     assert shown.exit_code == 0 and "twin: a" in shown.output and f"registry: {user}" in shown.output
+    assert f"file: {path.resolve()}" in shown.output
+    assert "twin:" not in CliRunner().invoke(cli, ["models", "show", "c"]).output     # none set: not shown
     record = json.loads(CliRunner().invoke(cli, ["models", "show", "esrgan", "--json"]).output)
     assert record["name"] == "esrgan" and record["source"]["type"] == "hub" and record["registry"].endswith(".toml")
+    assert record["file"].endswith(".safetensors") and record["cached"] is False    # where it would be put
 
     refused = CliRunner().invoke(cli, ["models", "remove", "a"])
     assert refused.exit_code == 1 and "'a' is the twin of b; remove that first" in refused.output

@@ -67,18 +67,22 @@ def stopped_at_forward(cfg: Any, at: int, *, iteration: int) -> list[str]:
     return said
 
 
-def same(a: dict[str, Any], b: dict[str, Any], where: str) -> None:
-    assert a.keys() == b.keys(), where
-    for k in a:
-        if isinstance(a[k], dict):
+def same(a: Any, b: Any, where: str) -> None:
+    """``a`` and ``b`` equal all the way down: dicts, lists and tuples (the Python RNG's state, Adam's
+    betas, param_groups' params), tensors bit for bit, numbers, strings and None."""
+    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
             same(a[k], b[k], f"{where}.{k}")
-        elif isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), f"{where}.{k} differs"
-        elif isinstance(a[k], (list, tuple)) and a[k] and isinstance(a[k][0], dict):
-            for i, (x, y) in enumerate(zip(a[k], b[k])):
-                same(x, y, f"{where}.{k}[{i}]")
-        elif isinstance(a[k], (int, float, str)):
-            assert a[k] == b[k], f"{where}.{k} differs: {a[k]} vs {b[k]}"   # e.g. param_groups' lr
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    else:
+        assert a == b, f"{where} differs: {a!r} vs {b!r}"     # e.g. param_groups' lr
 
 
 @pytest.mark.parametrize("preset", ["psnr", "srgan"])

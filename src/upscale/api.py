@@ -129,7 +129,7 @@ def write_result(image: Image, target: str | Path, *, output_format: str | None 
     """Write ``image`` to ``target`` atomically, after removing temp files that killed runs (dead
     processes of this host) left for that same target."""
     target = Path(target)
-    atomic.sweep_temps(target.parent, name=target.name)
+    atomic.sweep_temps_for(target)
     write_image(image, target, format=output_format, quality=quality, threads=threads)
 
 

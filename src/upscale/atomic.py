@@ -97,7 +97,9 @@ def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = No
         raise ValueError(f"mode must be 'wb' or 'w', not {mode!r}")
     there = landing(Path(path))
     if there is None:   # a device or pipe (/dev/null, /dev/stdout): written into; renaming would replace the node
-        with open(path, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
+        own = _own_fd(path)     # this process's stdout (or fd N): its offset and append mode kept, as `>>` wants
+        fd = os.dup(own) if own is not None else os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
             yield f
         return
     path = there
@@ -131,17 +133,33 @@ def landing(path: str | Path) -> Path | None:
         return None
     if not os.path.islink(path):
         return Path(path)
-    hop = os.path.abspath(path)
-    for _ in range(40):     # the links one by one: does one of them lead through a process's fd table?
-        if _OPEN_FILE.match(hop):
-            return None
-        if not os.path.islink(hop):
-            break
-        hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+    if any(_OPEN_FILE.match(hop) for hop in _hops(path)):     # through a process's fd table
+        return None
     return Path(os.path.realpath(path))
 
 
 _OPEN_FILE = re.compile(r"^/(proc/[^/]+|dev)/fd/\d+$")
+_OWN_FD = re.compile(r"^/(?:proc/(?:self|thread-self|(?P<pid>\d+))|dev)/fd/(?P<fd>\d+)$")
+
+
+def _hops(path: str | Path) -> Iterator[str]:
+    """``path`` and each link it leads through, as absolute paths, up to 40 of them."""
+    hop = os.path.abspath(path)
+    for _ in range(40):
+        yield hop
+        if not os.path.islink(hop):
+            return
+        hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+
+
+def _own_fd(path: str | Path) -> int | None:
+    """The descriptor N when ``path`` leads to one of this process's open files (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/self/fd/N``), else None."""
+    for hop in _hops(path):
+        m = _OWN_FD.match(hop)
+        if m is not None and m["pid"] in (None, str(os.getpid())):
+            return int(m["fd"])
+    return None
 
 
 @contextlib.contextmanager
@@ -258,6 +276,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def sweep_temps_for(target: str | Path) -> list[Path]:
+    """``sweep_temps`` for the one file ``target``, where writes for it land (beside the file a
+    symlink leads to); nothing for a device or a pipe."""
+    there = landing(target)
+    return [] if there is None else sweep_temps(there.parent, name=there.name)
+
+
 def sweep_temps(folder: str | Path, *, name: str | None = None) -> list[Path]:
     """Remove our temp files in ``folder`` (only those for target ``name``, if given) left by
     processes of this host that are no longer running; return what was removed. Temps of live
@@ -297,13 +322,19 @@ def target_problem(target: str | Path, inputs: tuple[str | Path, ...] = (), *,
         return "input", "would overwrite an input; choose another output"
     if target.is_dir():
         return "folder", "is a folder; name an output file"
-    if landing(target) is None:     # /dev/null, /dev/stdout, a FIFO: written into, nothing replaced
+    with contextlib.suppress(OSError):
+        if stat.S_ISBLK(os.stat(target).st_mode):
+            return "folder", "is a block device (a disk); refusing to write into it"
+    there = landing(target)
+    if there is None:     # /dev/null, /dev/stdout, a FIFO: written into, nothing replaced
         return None
-    problem = folder_problem(target.parent) or write_problem(target.parent)
+    problem = folder_problem(there.parent) or write_problem(there.parent)   # where the file lands
     if problem is not None:
-        return "folder", problem
-    if target.exists() and not force:
-        return "exists", "exists already; pass force to overwrite"
+        return "folder", problem if there == target else f"{problem} (it is where the symlink leads: {there})"
+    if os.path.lexists(target) and not force:
+        dangling = not target.exists()
+        return "exists", (f"is a symlink to {there}, which does not exist yet; pass force to write it there"
+                          if dangling else "exists already; pass force to overwrite")
     return None
 
 

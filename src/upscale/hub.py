@@ -67,11 +67,14 @@ def converted_path(spec: ModelSpec) -> Path:
     return cache_dir() / "models" / f"{spec.name}-{source.sha256[:16]}.safetensors"
 
 
+def local_path(spec: ModelSpec) -> Path:
+    """Where ``weights_path(spec)`` finds (or, for a Hub model not fetched yet, will put) its file."""
+    return converted_path(spec) if isinstance(spec.source, HubSource) else Path(spec.source.path)
+
+
 def is_cached(spec: ModelSpec) -> bool:
     """True when ``weights_path(spec)`` would need no download."""
-    if isinstance(spec.source, HubSource):
-        return converted_path(spec).is_file()
-    return Path(spec.source.path).is_file()
+    return local_path(spec).is_file()
 
 
 # --- the public entry points ----------------------------------------------------------------------

@@ -215,7 +215,7 @@ def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str 
         with atomic.updating(path):     # another process's entry, stored meanwhile, is kept
             entries = [e for e in load_entries() if e["key"] != key] + [entry]
             text = json.dumps({"format": FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n"
-            atomic.sweep_temps(path.parent, name=path.name)
+            atomic.sweep_temps_for(path)
             atomic.write_text(path, text, durable=False)   # a lost cache costs only a re-tune
     except OSError as err:
         raise errors.TuneCacheError(f"cannot write the tuning cache: {atomic.os_reason(err, path.parent)}",

@@ -5,10 +5,11 @@ Reading both registries is ``upscale.registry``'s."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 try:
     import tomllib
@@ -66,9 +67,10 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
     """Register a local weights file in the user registry (written atomically, validated first).
 
     ``arch``/``hparams`` are what the caller detected in the file; the file's sha256 and size are
-    recorded so a later change to the file is noticed. ``bf16_safe``: the caller measured it (see the
-    module docstring). A user model of that name is a ``RegistryError`` unless ``replace``, which puts
-    this entry in its place (a file that changed since it was registered is registered again so).
+    recorded so a later change to the file is noticed. ``bf16_safe``: the caller measured it (see
+    ``upscale.registry``'s docstring). A user model of that name is a ``RegistryError`` unless
+    ``replace``, which puts this entry in its place (a file that changed since it was registered is
+    registered again so).
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
@@ -84,27 +86,20 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
     }
     user = user_registry_path()
     packaged = packaged_registry_path()
-    try:
-        user.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.updating(user):     # a model another process adds meanwhile is kept
-            old = user.read_text(encoding="utf-8") if user.is_file() else ""
-            rest, had = _without_entry(old, name)
-            if had and not replace:
-                raise errors.RegistryError(f"model {name!r} is registered already; pass replace to register "
-                                           "this file in its place", path=user, params=("replace",))
-            new = (rest.rstrip("\n") + "\n\n" if rest.strip() else "") + format_entry(fields)
-            new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
-            table = build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
-            other = table.find(twin) if twin is not None else None
-            if other is not None and {kind, other.kind} != {"psnr", "gan"}:
-                raise errors.RegistryError(f"twin {twin!r} is of kind {other.kind} and {name!r} of kind {kind}; "
-                                           "twins are a psnr model and a gan model (set kind)", path=user)
-            atomic.write_text(user, new)
-    except UnicodeDecodeError:
-        raise errors.RegistryError("cannot read the user registry (not UTF-8 text)", path=user) from None
-    except OSError as err:
-        raise errors.RegistryError(f"cannot write the user registry ({atomic.os_reason(err, user.parent)})",
-                                   path=user) from None
+    with _editing(user):     # a model another process adds meanwhile is kept
+        old = user.read_text(encoding="utf-8") if user.is_file() else ""
+        rest, had = _without_entry(old, name)
+        if had and not replace:
+            raise errors.RegistryError(f"model {name!r} is registered already; pass replace to register "
+                                       "this file in its place", path=user, params=("replace",))
+        new = (rest.rstrip("\n") + "\n\n" if rest.strip() else "") + format_entry(fields)
+        new_specs = parse_registry(new, str(user))  # validate the whole new file before writing it
+        table = build_registry(parse_registry(packaged.read_text(encoding="utf-8"), str(packaged)) + new_specs)
+        other = table.find(twin) if twin is not None else None
+        if other is not None and {kind, other.kind} != {"psnr", "gan"}:
+            raise errors.RegistryError(f"twin {twin!r} is of kind {other.kind} and {name!r} of kind {kind}; "
+                                       "twins are a psnr model and a gan model (set kind)", path=user)
+        atomic.write_text(user, new)
     forget_cached()
     return get_model(name)
 
@@ -118,20 +113,30 @@ def remove_user_model(name: str) -> ModelSpec:
     if spec.origin != str(user):
         raise errors.RegistryError(f"model {name!r} comes with upscale, not from your registry; only models "
                                    "added with `upscale models add` can be removed", path=spec.origin)
+    with _editing(user):
+        rest, had = _without_entry(user.read_text(encoding="utf-8"), name)
+        if not had:     # removed by another process meanwhile
+            raise errors.RegistryError(f"model {name!r} is no longer in the user registry", path=user)
+        remaining = parse_registry(rest, str(user))
+        twins = [s.name for s in remaining if s.twin == name]
+        if twins:
+            raise errors.RegistryError(f"model {name!r} is the twin of {', '.join(twins)}; remove "
+                                       f"{'that' if len(twins) == 1 else 'those'} first", path=user)
+        atomic.write_text(user, rest.rstrip("\n") + "\n" if rest.strip() else "")
+    forget_cached()
+    return spec
+
+
+@contextlib.contextmanager
+def _editing(user: Path) -> Iterator[None]:
+    """The user registry ``user`` locked for one change (its folder made first); failing to read or
+    write it is a one-line ``RegistryError`` naming it."""
     try:
+        user.parent.mkdir(parents=True, exist_ok=True)
         with atomic.updating(user):
-            rest, had = _without_entry(user.read_text(encoding="utf-8"), name)
-            if not had:     # removed by another process meanwhile
-                raise errors.RegistryError(f"model {name!r} is no longer in the user registry", path=user)
-            remaining = parse_registry(rest, str(user))
-            twins = [s.name for s in remaining if s.twin == name]
-            if twins:
-                raise errors.RegistryError(f"model {name!r} is the twin of {', '.join(twins)}; remove "
-                                           f"{'that' if len(twins) == 1 else 'those'} first", path=user)
-            atomic.write_text(user, rest.rstrip("\n") + "\n" if rest.strip() else "")
+            yield
     except UnicodeDecodeError:
         raise errors.RegistryError("cannot read the user registry (not UTF-8 text)", path=user) from None
     except OSError as err:
-        raise errors.RegistryError(f"cannot write the user registry ({err.strerror or err})", path=user) from None
-    forget_cached()
-    return spec
+        raise errors.RegistryError(f"cannot write the user registry ({atomic.os_reason(err, user.parent)})",
+                                   path=user) from None

@@ -218,6 +218,7 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
         else:
             jobs.append(Job(path, rel, output))
     removed = sum(len(atomic.sweep_temps(folder)) for folder in sorted({job.output.parent for job in jobs}))
+    removed += sum(len(atomic.sweep_temps_for(job.output)) for job in jobs if job.output.is_symlink())
     if removed:
         log.debug("removed %d temporary files left by processes that no longer run", removed)
     todo = []

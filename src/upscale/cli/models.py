@@ -123,10 +123,13 @@ def show(name: str, as_json: bool) -> None:
     spec = registry.get_model(name)
     record = _spec_record(spec, hub.is_cached(spec))
     record["registry"] = spec.origin
+    record["file"] = str(hub.local_path(spec))
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
     for key, value in record.items():
+        if value is None:           # an optional field not set (twin)
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "(family defaults)"
         say(f"{key}: {value}")

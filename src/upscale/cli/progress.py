@@ -29,7 +29,7 @@ class Progress:
         self._last_line = self._started = time.monotonic()
         self._note = ""
         self._bar: Any = None
-        if not quiet and _is_terminal(self.stream):
+        if not quiet and is_terminal(self.stream):
             from tqdm import tqdm
             self._bar = tqdm(total=total, unit=unit, desc=label if not leave else None, leave=leave,
                              dynamic_ncols=True, smoothing=0.1, file=self.stream)
@@ -86,7 +86,7 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _is_terminal(stream: IO[str]) -> bool:
+def is_terminal(stream: IO[str]) -> bool:
     """A terminal a bar can be drawn on: not TERM=dumb (no cursor control: each redraw would stay, as
     in Emacs' compilation buffers), nor one of unknown width (0 columns: `script`, a serial console,
     some CI runners' ptys), where tqdm draws an empty bar and the run shows no progress at all."""

@@ -149,7 +149,7 @@ def _flag_layer(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--val-every", type=int, default=None, help="Iterations between validations.")
 @click.option("--ckpt-every", type=int, default=None, help="Iterations between checkpoints.")
 @click.option("--keep-last", type=int, default=None, help="Numbered checkpoints to keep.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (off a terminal: no progress lines).")
 @handle_errors
 def train(preset: str | None, config_file: str | None, resume: str | None, quiet: bool, compile_: bool | None,
           **opts: Any) -> None:
@@ -187,7 +187,10 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
 
     from ..train.loop import train as run_training
 
-    result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=not quiet, resume=resume_path,
+    from .progress import is_terminal
+
+    progress = "none" if quiet else "bar" if is_terminal(sys.stderr) else "lines"   # lines: into a log file
+    result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=progress, resume=resume_path,
                           on_start=announce, restart=resume is not None and resume_path is None)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         sys.exit(EXIT_INTERRUPTED if result.interrupted else 0)

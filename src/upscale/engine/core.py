@@ -260,8 +260,8 @@ class Engine:
         256; default-x4-v1 (compact, whose output adds the fp32 input) 65.6 dB."""
         if pixels.dtype == np.uint16 and self.dtype != torch.float32 and not self._said_depth:
             self._said_depth = True
-            log.info("16-bit input computed in %s, whose %d significant bits limit the output's precision "
-                     "(its low byte may be mostly rounding); precision fp32 keeps full 16-bit precision",
+            log.info("16-bit input computed in %s, whose %d significant bits limit the output's accuracy "
+                     "(its low byte may be mostly rounding); precision fp32 keeps all 16 bits",
                      NAMES[self.dtype], 8 if self.dtype == torch.bfloat16 else 11, extra={"params": ("precision",)})
 
     def _check_activations(self, plan: tiling.TilePlan, compiled: bool) -> None:

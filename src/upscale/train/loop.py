@@ -26,7 +26,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .. import archs
 from ..errors import TrainingError
@@ -38,6 +37,7 @@ from .discriminators import build_discriminator
 from .featurenets import build_feature_net, build_teacher
 from .losses import DistillLoss, PerceptualLoss
 from .networks import EMA, build_generator, lr_factor, select_trainable
+from .progress import RunProgress, mode_of
 from .resume import capture_state, resolve_resume, restore_state
 from .runfolder import RunFolder
 from .runtime import Runtime, resolve_runtime, settle_auto_precision
@@ -105,11 +105,11 @@ def _seed_everything(cfg: TrainConfig) -> None:
 class Trainer:
     """Holds one run's live state; ``run()`` trains to ``cfg.max_iters``."""
 
-    def __init__(self, cfg: TrainConfig, *, echo: Echo | None = None, progress: bool = True,
+    def __init__(self, cfg: TrainConfig, *, echo: Echo | None = None, progress: bool | str = True,
                  resume: str | Path | None = None, restart: bool = False) -> None:
         self.cfg = cfg
         self.echo = echo or log.info
-        self.progress = progress
+        self.progress = mode_of(progress)     # "bar", "lines" (a log file) or "none" (train.progress)
         self.out = Path(cfg.out)
         self.folder = RunFolder(self.out)
         self.rt = resolve_runtime(cfg)
@@ -314,8 +314,7 @@ class Trainer:
         loader = batch_loader(batches, self.iteration, cfg.max_iters, cfg.workers)
         window, last_val = self.window, {}
         window.t, window.timed = time.perf_counter(), 0   # it/s counts this session's iterations only
-        bar = tqdm(total=cfg.max_iters, initial=self.iteration, unit="it", dynamic_ncols=True,
-                   disable=not (self.progress and rt.is_main), leave=True)
+        bar = RunProgress(self.progress if rt.is_main else "none", cfg.max_iters, self.iteration, echo)
         session_start, elapsed_before = time.perf_counter(), self.elapsed_s
         # an iteration can be abandoned mid-way where that is exactly undone (signals.abortable_step)
         abort = flag if rt.world_size == 1 and self.scaler_g is None and self.scaler_d is None else None
@@ -330,7 +329,7 @@ class Trainer:
                 self._check_finite(values)
                 self.elapsed_s = elapsed_before + time.perf_counter() - session_start
                 window.add(values)
-                self._show_progress(bar, values)
+                bar.update(self.iteration, values)
                 last_val = self._cadences(window, val_sets, echo) or last_val
                 if stop:
                     break
@@ -361,11 +360,6 @@ class Trainer:
             last = ckpt.latest_checkpoint(self.out)
             raise TrainingError(f"loss {bad[0]} became {values[bad[0]]} at iteration {self.iteration}; "
                                 f"stopped (last good checkpoint: {last or 'none yet'})", path=self.out)
-
-    def _show_progress(self, bar: Any, values: dict[str, float]) -> None:
-        bar.update(1)
-        if self.iteration % 10 == 0 or self.iteration == self.cfg.max_iters:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("g_total", "d_total")})
 
     def _due(self, every: int) -> bool:
         return self.iteration % every == 0 or self.iteration == self.cfg.max_iters
@@ -422,10 +416,11 @@ class Trainer:
         return scores
 
 
-def train(cfg: TrainConfig, *, echo: Echo | None = None, progress: bool = True,
+def train(cfg: TrainConfig, *, echo: Echo | None = None, progress: bool | str = True,
           resume: str | Path | None = None, on_start: Callable[[], None] | None = None,
           restart: bool = False) -> TrainResult:
-    """Train (or resume) a run described by ``cfg``; see ``Trainer`` and ``Trainer.run``. ``restart``:
+    """Train (or resume) a run described by ``cfg``; see ``Trainer`` and ``Trainer.run``. ``progress``:
+    "bar", "lines" (a plain line a minute, for a log file), "none", or True/False for bar/none. ``restart``:
     start over in ``cfg.out``, whose run stopped before its first checkpoint."""
     trainer = Trainer(cfg, echo=echo, progress=progress, resume=resume, restart=restart)
     try:

@@ -82,9 +82,8 @@ class RunFolder:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as err:      # a file on the way says which; else the system's reason
-            reason = (atomic.folder_problem(self.out) if isinstance(err, (NotADirectoryError, FileExistsError))
-                      else None) or err.strerror or str(err)
-            raise errors.TrainingError(f"cannot make the run folder: {reason}", path=self.out) from None
+            raise errors.TrainingError(f"cannot make the run folder: {atomic.os_reason(err, self.out)}",
+                                       path=self.out) from None
         self._made_dirs = missing  # innermost first
         self._claim()
         try:
