@@ -33,7 +33,7 @@ class Job:
 
 def check_output_folder(output: Path | None) -> None:
     """-o with several images must name an existing folder: a usage error (exit 2) before anything."""
-    if output is not None and not output.is_dir():
+    if output is not None and not output.is_dir():    # click's: the message ends with where --help is
         raise click.UsageError(f"with several IMAGEs, -o/--output must name an existing folder for their "
                                f"outputs; {output} is not a folder")
 
@@ -58,7 +58,7 @@ def run_many(images: tuple[Path, ...], output: Path | None, settings: RunSetting
         if not jobs:
             sys.exit(EXIT_FAILURE)
     upscaler = api.Upscaler(model, options, work=_workload(jobs))
-    written = _upscale_all(jobs, upscaler, model, settings)
+    written = _upscale_all(jobs, upscaler, model, settings, len(unique))
     if not settings.quiet and written < len(unique):
         say(f"upscale: {written} of {len(unique)} images written, {len(unique) - written} failed", err=True)
     sys.exit(EXIT_OK if written == len(unique) else EXIT_PARTIAL if written else EXIT_FAILURE)
@@ -140,10 +140,10 @@ def _pixels(job: Job) -> int:
     return job.hw[0] * job.hw[1] * job.frames
 
 
-def _upscale_all(jobs: list[Job], upscaler: Any, model: Any, settings: RunSettings) -> int:
+def _upscale_all(jobs: list[Job], upscaler: Any, model: Any, settings: RunSettings, total: int) -> int:
     """Each job through ``run``'s one-image path, one line as each is written (with the time left at the
     rate so far, by input pixels) or fails; how many were written. Ctrl-C exits 130 at once: outputs
-    are put in place whole or not at all."""
+    are put in place whole or not at all (``total``: the images given, refused ones too)."""
     started = time.monotonic()
     pixels_all = sum(_pixels(job) for job in jobs)
     pixels_done = written = 0
@@ -165,6 +165,6 @@ def _upscale_all(jobs: list[Job], upscaler: Any, model: Any, settings: RunSettin
                 say(f"upscale: {at}/{len(jobs)}: {line}" + (f", ETA {duration(left)}" if at < len(jobs) else ""),
                     err=True)
     except KeyboardInterrupt:
-        click.echo(f"upscale: interrupted; {written} of {len(jobs)} images written", err=True)
+        click.echo(f"upscale: interrupted; {written} of {total} images written", err=True)
         sys.exit(EXIT_INTERRUPTED)
     return written
