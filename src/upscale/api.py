@@ -86,7 +86,7 @@ def check_output_memory(image: Image, outscale: float, *, native_scale: int | No
     ``native_scale`` (no model loaded yet) the output's own size is checked; with it, also the float32
     image a resize from the native scale builds. ``encoder`` (a Pillow format name: the output's)
     adds what that encoder holds beside the output while it writes it (``io.ENCODER_MEMORY``: AVIF's
-    is ten times the output)."""
+    is about twelve times the output)."""
     h, w, c = image.pixels.shape
     check_memory(h, w, c + (image.alpha is not None), image.pixels.dtype, outscale, native_scale=native_scale,
                  path=path, frames=frames, encoder=encoder)

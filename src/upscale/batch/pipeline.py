@@ -190,7 +190,7 @@ def _upscale_one(job: Job, image: Any, upscaler: Upscaler, settings: BatchSettin
     height, width = first.pixels.shape[:2]
     progress = None if on_tiles is None else (lambda done, total: on_tiles(job.rel, done, total))
     stats = RunStats()
-    try:    # the outputs and their encoder's memory (AVIF's is ten times the output), before the model
+    try:    # the outputs and their encoder's memory (AVIF's is ~12x the output), before the model
         check_output_memory(first, settings.outscale or upscaler.model.scale, path=job.source,
                             frames=len(image.frames) if animated else 1,
                             encoder=output_format_for(job.output, settings.output_format))

@@ -22,12 +22,13 @@ DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95, "AVIF": 90}
 # The largest side each format's encoder writes (measured with Pillow 13's: JPEG 65501 px fails, WebP
 # 16384, AVIF 65537); the others (PNG, TIFF, BMP: our encoders) hold any output memory allows.
 MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "AVIF": 65536}
-# What an encoder holds while it works, beside the image it encodes, as a multiple of that image's
-# bytes (8-bit RGB). Measured with Pillow 13.0's encoders on a 4000x3000 photo-like image (peak RSS
-# before and after one save into memory; docs/perf.md "Peak memory by output format"): AVIF ~25-28
-# bytes per pixel, WebP ~11, TIFF ~3.6, PNG ~2, JPEG ~0. A codec's memory, not a CPU's speed: the
-# same on every machine for one Pillow build; the memory checks count it before the model runs.
-ENCODER_MEMORY = {"AVIF": 10.0, "WEBP": 3.7, "TIFF": 1.2, "PNG": 0.7}
+# What a writer holds while it works, beside the image it writes, as a multiple of that image's bytes
+# (8-bit RGB), through ``write_image`` (benchmarks/encoder_memory.py; docs/perf.md "Encoders' working
+# memory"): AVIF 11.4-11.8x at 12 and 48 MP, WebP 2.7-3.0x (Pillow 13.0's encoders, through memory).
+# Our PNG and TIFF writers and JPEG/BMP stay within a bounded amount (blocks of rows), not a multiple.
+# A codec's memory, not a CPU's speed: the same on every machine for one Pillow build; the memory
+# checks count it before the model runs.
+ENCODER_MEMORY = {"AVIF": 12.0, "WEBP": 3.7}
 # Inputs Pillow reads that are not written back: their outputs are PNG by default (lossless, keeps
 # alpha; a GIF's 256 colours or a JPEG 2000's codec would not carry an upscaled image well). JPEG's
 # other spellings come out as .jpg.
