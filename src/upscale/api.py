@@ -298,8 +298,12 @@ def _passes(alpha: np.ndarray | None, alpha_mode: str) -> int:
 
 def workload_for(image: Image, alpha_mode: str = "model") -> Workload:
     """What upscaling this one image runs through the model: its pixels, once per pass, and its size."""
-    h, w = image.pixels.shape[:2]
-    return Workload(h * w * model_passes(image, alpha_mode), (h, w))
+    return _workload(image.pixels, image.alpha, alpha_mode)
+
+
+def _workload(pixels: np.ndarray, alpha: np.ndarray | None, alpha_mode: str) -> Workload:
+    h, w = pixels.shape[:2]
+    return Workload(h * w * _passes(alpha, alpha_mode), (h, w))
 
 
 def upscale_image(image: Any, model: Model, *, outscale: float | None = None, alpha_mode: str = "model",
@@ -307,8 +311,7 @@ def upscale_image(image: Any, model: Model, *, outscale: float | None = None, al
     """One-shot convenience: prepare ``model`` and upscale one image (any kind ``Upscaler.upscale``
     takes; the result is of the same kind)."""
     pixels, alpha, back = as_planes(image)
-    h, w = pixels.shape[:2]
-    up = Upscaler(model, options, work=Workload(h * w * _passes(alpha, alpha_mode), (h, w)))
+    up = Upscaler(model, options, work=_workload(pixels, alpha, alpha_mode))
     return back(*up._upscale_planes(pixels, alpha, outscale, alpha_mode, None, None))
 
 

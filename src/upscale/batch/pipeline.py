@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..api import Upscaler, check_output_memory, output_size
+from ..api import Upscaler, check_output_memory, output_size, outscale_for
 from ..atomic import name_problem
 from ..errors import ImageWriteError
 from ..engine import RunStats
@@ -191,7 +191,7 @@ def _upscale_one(job: Job, image: Any, upscaler: Upscaler, settings: BatchSettin
     progress = None if on_tiles is None else (lambda done, total: on_tiles(job.rel, done, total))
     stats = RunStats()
     try:    # the outputs and their encoder's memory (AVIF's is ~12x the output), before the model
-        check_output_memory(first, settings.outscale or upscaler.model.scale, path=job.source,
+        check_output_memory(first, outscale_for(upscaler.model, settings.outscale), path=job.source,
                             frames=len(image.frames) if animated else 1,
                             encoder=output_format_for(job.output, settings.output_format))
         if animated:    # frame progress in place of tile progress

@@ -153,8 +153,9 @@ def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path
         params["subsampling"] = 0
         if image.dpi:
             params["dpi"] = tuple(round(v) for v in image.dpi)   # JFIF holds whole dots per inch
-        if jpeg_comment(image.text):
-            params["comment"] = jpeg_comment(image.text)
+        comment = jpeg_comment(image.text)
+        if comment:
+            params["comment"] = comment
     if fmt == "AVIF":
         params["subsampling"] = "4:4:4"   # an upscaled image's chroma is as sharp as its luma
     save_whole(pil, f, format=fmt, **params)
