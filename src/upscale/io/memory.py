@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 from .. import errors
 from .decode import decode
 from .image import Image, one_line, to_uint8
+from .read import dpi_of
 
 LABEL = Path("the Pillow image")   # what messages call an image that has no file
 
@@ -27,8 +28,7 @@ def from_pillow(picture: PILImage.Image) -> Image:
         raise errors.UsageError(f"image: {err}", params=("image",)) from None
     except (OSError, ValueError) as err:
         raise errors.UsageError(f"image: {LABEL} cannot be decoded ({one_line(err)})", params=("image",)) from None
-    dpi = picture.info.get("dpi")
-    dpi = (float(dpi[0]), float(dpi[1])) if isinstance(dpi, tuple) and len(dpi) == 2 else None
+    dpi = dpi_of(picture, 0)     # as read_image takes a file's (taken as it stands: no orientation turn)
     alpha = None if alpha is None else np.ascontiguousarray(alpha)
     return Image(np.ascontiguousarray(pixels), alpha, icc_profile=icc, source_format=picture.format or "",
                  source_mode=mode, dpi=dpi)

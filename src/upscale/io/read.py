@@ -63,7 +63,7 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> Image:
             load_pixels(im, path)
             pixels, alpha, source_mode, icc = decode(im, path, rawmode)
         orientation, exif = _metadata(im, path, opened)
-        dpi = _dpi(im, max(orientation, turned_on_load))
+        dpi = dpi_of(im, max(orientation, turned_on_load))
         xmp, problem = xmp_of(im)
         if problem:
             log.warning("%s: %s", path, problem)
@@ -149,7 +149,7 @@ def _metadata(im: PILImage.Image, path: Path, opened: list[PillowWarning]) -> tu
     return orientation, exif
 
 
-def _dpi(im: PILImage.Image, orientation: int) -> tuple[float, float] | None:
+def dpi_of(im: PILImage.Image, orientation: int) -> tuple[float, float] | None:
     """The file's pixels per inch (Pillow's ``info["dpi"]``: PNG pHYs in metres, JPEG JFIF, TIFF
     resolution; else its EXIF's, as Pillow's JPEG reader does), x and y swapped where the orientation
     turns the image a quarter; None when absent or not two positive numbers."""
