@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image as PILImage
 
 from . import atomic, errors
 from .engine import Engine, EngineOptions, RunStats, Workload, check_output_fits
 from .io import ENCODER_MEMORY, Animation, Image, output_extension, output_format_for, read_image, write_image
-from .io.memory import from_pillow, to_pillow
+from .io import as_planes
 from .model import Model
 from .pillow_resize import resize_array
 
@@ -313,40 +312,6 @@ def upscale_image(image: Any, model: Model, *, outscale: float | None = None, al
     pixels, alpha, back = as_planes(image)
     up = Upscaler(model, options, work=_workload(pixels, alpha, alpha_mode))
     return back(*up._upscale_planes(pixels, alpha, outscale, alpha_mode, None, None))
-
-
-ARRAY_DTYPES = (np.uint8, np.uint16, np.float32)
-Planes = tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray, np.ndarray | None], Any]]
-
-
-def as_planes(image: Any) -> Planes:
-    """(pixels (H, W, 1|3), alpha (H, W) or None, back) of any image ``Upscaler.upscale`` takes; ``back``
-    makes upscaled planes an image of the same kind. ``UsageError`` for anything else."""
-    if isinstance(image, Image):
-        return image.pixels, image.alpha, lambda pixels, alpha: replace(image, pixels=pixels, alpha=alpha)
-    if isinstance(image, PILImage.Image):
-        record = from_pillow(image)
-        return record.pixels, record.alpha, lambda pixels, alpha: to_pillow(replace(record, pixels=pixels, alpha=alpha))
-    if not isinstance(image, np.ndarray):
-        raise errors.UsageError("image must be an upscale Image, a numpy array or a Pillow image, not "
-                                f"{type(image).__module__}.{type(image).__qualname__}", params=("image",))
-    layout_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 2, 3, 4))
-    if not layout_ok or image.dtype not in ARRAY_DTYPES:
-        raise errors.UsageError("image: expected an (H, W) or (H, W, 1|2|3|4) array of uint8, uint16 or float32, "
-                                f"got {image.shape} {image.dtype}", params=("image",))
-    ndim = image.ndim
-    planes = image[..., None] if ndim == 2 else image
-    if planes.shape[2] in (2, 4):
-        return planes[..., :-1], planes[..., -1], lambda pixels, alpha: _join(pixels, alpha, ndim)
-    return planes, None, lambda pixels, alpha: _join(pixels, alpha, ndim)
-
-
-def _join(pixels: np.ndarray, alpha: np.ndarray | None, ndim: int) -> np.ndarray:
-    """Upscaled planes as one array of the input's layout; float32 clipped to [0, 1] (Lanczos rings)."""
-    out = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
-    if out.dtype == np.float32:
-        np.clip(out, 0.0, 1.0, out=out)
-    return out[..., 0] if ndim == 2 else out
 
 
 DEFAULT_NAME = "{stem}_x{scale}"

@@ -71,13 +71,14 @@ from .animation import (Animation, check_animated, check_animation_output, frame
 from .ends import is_whole
 from .image import (DEFAULT_QUALITY, ENCODER_MEMORY, INPUT_EXTENSIONS, MAX_SIDE, SUPPORTED_EXTENSIONS, Image, output_extension,
                     to_uint8)
+from .memory import as_planes, from_pillow, to_pillow
 from .png import PNG_COMPRESS_LEVEL
 from .read import image_size, pixel_limit, read_image
 from .write import check_output, check_size, output_format_for, write_image
 
 __all__ = [
     "DEFAULT_QUALITY", "ENCODER_MEMORY", "INPUT_EXTENSIONS", "MAX_SIDE", "PNG_COMPRESS_LEVEL", "SUPPORTED_EXTENSIONS", "Animation", "Image",
-    "check_animated", "check_animation_output", "check_output", "check_size", "frame_count", "image_size", "is_animation", "is_whole",
+    "as_planes", "check_animated", "check_animation_output", "check_output", "check_size", "frame_count", "image_size", "is_animation", "is_whole",
     "output_extension", "output_format_for", "pixel_limit", "read_animation", "read_frames", "read_image",
-    "to_uint8", "write_animation", "write_image",
+    "from_pillow", "to_pillow", "to_uint8", "write_animation", "write_image",
 ]
