@@ -514,8 +514,9 @@ def _output_through_file(work: Path, tiny: Path) -> Prepared:
 
 
 def _output_is_folder(work: Path, tiny: Path) -> Prepared:
-    (work / "existing_dir").mkdir()
-    return run_image(good_png("photo.png"), "-o", str(work / "existing_dir"), names=["existing_dir"],
+    """-o DIR puts the output in DIR under its default name: where that name is itself a folder."""
+    (work / "existing_dir" / "photo_x4.png").mkdir(parents=True)
+    return run_image(good_png("photo.png"), "-o", str(work / "existing_dir"), names=["photo_x4.png"],
                      forbid=["--force"])(work, tiny)
 
 
