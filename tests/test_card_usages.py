@@ -179,6 +179,7 @@ def test_bench_set5_x4(tmp_path: Path) -> None:
     proc, _ = typed("upscale bench --data Set5/ -s 4", tmp_path, environment(tmp_path))
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr, proc.stderr      # off a terminal: no progress bar redraws in the log
     table = proc.stdout.lower()
     for method in ("nearest", "bilinear", "bicubic", "lanczos"):
         assert method in table, proc.stdout
