@@ -228,6 +228,11 @@ def test_models_show_and_remove(tmp_path, monkeypatch):
     refused = CliRunner().invoke(cli, ["models", "remove", "nope"])
     assert refused.exit_code != 0 and "'nope' is neither a registry model" in refused.output
     assert [s.name for s in registry.parse_registry(user.read_text(), "user")] == ["a", "b", "c"]
+    moved = path.with_name("moved.pth")
+    path.rename(moved)
+    rows = CliRunner().invoke(cli, ["models"]).output.splitlines()
+    assert next(r for r in rows if r.split()[0] == "c").split()[-1] == "missing"     # its file is gone
+    moved.rename(path)
 
     for name in ("b", "a"):
         result = CliRunner().invoke(cli, ["models", "remove", name])

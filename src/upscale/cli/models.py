@@ -50,7 +50,9 @@ def models(ctx: click.Context, as_json: bool) -> None:
         return
     rows = [("NAME", "ARCH", "SCALE", "KIND", "SIZE", "LICENSE", "CACHED")]
     for spec in specs:
-        cached = {"package": "packaged", "file": "local"}.get(spec.source_type, "yes" if hub.is_cached(spec) else "no")
+        here = hub.is_cached(spec)      # a local file moved or deleted since `models add` shows as missing
+        cached = {"package": "packaged", "file": "local" if here else "missing"}.get(spec.source_type,
+                                                                                       "yes" if here else "no")
         license_ = spec.license.split(";")[0].strip()    # the license; the notes after it are in --json
         rows.append((spec.name, spec.arch, f"x{spec.scale}", spec.kind, _size_text(spec.size), license_, cached))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
