@@ -122,17 +122,23 @@ def textured(h: int, w: int, seed: int) -> np.ndarray:
     return (127.5 + 127.5 * img / 3.0).round().clip(0, 255).astype(np.uint8)
 
 
+def write_set(folder: Path, n: int, size: int, seed: int) -> Path:
+    """``n`` textured ``size`` x ``size`` RGB PNGs ``img0.png``... (seeds ``seed``, ``seed + 1``...) in
+    ``folder``, made if missing; returns ``folder``."""
+    from PIL import Image as PILImage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        PILImage.fromarray(textured(size, size, seed + i)).save(folder / f"img{i}.png")
+    return folder
+
+
 def train_config_file(root: Path, **settings: object) -> Path:
     """Four textured 64x64 HR images in ``root/hr`` and ``root/run.json``: a small compact x2 training
     config for runs through the CLI (``--config``), with ``settings`` over its defaults."""
     import json
 
-    from PIL import Image as PILImage
-
-    data = root / "hr"
-    data.mkdir(parents=True, exist_ok=True)
-    for i in range(4):
-        PILImage.fromarray(textured(64, 64, i)).save(data / f"hr{i}.png")
+    data = write_set(root / "hr", 4, 64, 0)
     config = {"data": [str(data)], "scale": 2, "arch": "compact", "hparams": {"num_feat": 8, "num_conv": 2},
               "gt_size": 32, "batch_size": 2, "precision": "fp32", "threads": 1, "seed": 3, "ckpt_every": 5,
               "log_every": 5, "val_every": 1000, **settings}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COMPACT_X2, textured
+from conftest import COMPACT_X2, textured, write_set
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -23,13 +23,6 @@ from upscale.train.checkpoint import load_checkpoint
 from upscale.train.data import blur_down_lr, load_hr_folders, load_paired, match_pairs, pair_key, sample_batch
 from upscale.train.loop import lr_factor
 from upscale.train.vgg import VGG19Features, layer_indices
-
-def write_set(folder: Path, n: int, size: int, seed: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(textured(size, size, seed + i)).save(folder / f"img{i}.png")
-    return folder
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COMPACT_X4, RRDB_X2, textured
-from PIL import Image
+from conftest import COMPACT_X4, RRDB_X2, write_set
 from torch.nn import functional as F
 
 from upscale.errors import ModelNotFoundError, UsageError
@@ -28,10 +27,7 @@ FP32 = Amp("cpu", None)
 
 @pytest.fixture(scope="module")
 def hr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("gan-hr")
-    for i in range(4):
-        Image.fromarray(textured(64, 64, 40 + i)).save(folder / f"img{i}.png")
-    return folder
+    return write_set(tmp_path_factory.mktemp("gan-hr"), 4, 64, 40)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import textured
+from conftest import write_set
 import torch
-from PIL import Image
 
 from upscale.archs.srresnet import SRResNet
 from upscale.machine import cpu_bf16_flags
@@ -23,10 +22,7 @@ from upscale.train.checkpoint import checkpoint_path, load_checkpoint
 
 @pytest.fixture(scope="module")
 def hr(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hr")
-    for i in range(4):
-        Image.fromarray(textured(48, 48, 40 + i)).save(folder / f"img{i}.png")
-    return folder
+    return write_set(tmp_path_factory.mktemp("hr"), 4, 48, 40)
 
 
 def settings(hr: Path, preset: str) -> dict[str, Any]:

@@ -378,10 +378,11 @@ def folder_problem(folder: str | Path) -> str | None:
 
 def os_reason(err: OSError, folder: str | Path) -> str:
     """Words for ``err``, raised while making ``folder`` or writing in it: where a part of it is a
-    file, that (mkdir says only "File exists" or "Not a directory"), else the system's own."""
-    if isinstance(err, (FileExistsError, NotADirectoryError)):
+    file, that (mkdir says only "File exists" or "Not a directory"); where writing in it found no
+    such file, that the folder does not exist; else the system's own."""
+    if isinstance(err, (FileExistsError, NotADirectoryError, FileNotFoundError)):
         problem = folder_problem(folder)
-        if problem is not None and "does not exist" not in problem:
+        if problem is not None and (isinstance(err, FileNotFoundError) or "does not exist" not in problem):
             return problem
     return err.strerror or str(err)
 

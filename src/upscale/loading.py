@@ -362,16 +362,8 @@ def save_model(path: str | Path, state_dict: Mapping[str, torch.Tensor], arch: s
     try:
         atomic.write_bytes(path, data)
     except OSError as e:
-        raise errors.WeightsWriteError(f"cannot write weights ({_os_reason(e, path)})", path=path) from None
+        raise errors.WeightsWriteError(f"cannot write weights ({atomic.os_reason(e, path.parent)})", path=path) from None
     return hashlib.sha256(data).hexdigest()
-
-
-def _os_reason(e: OSError, path: Path) -> str:
-    if isinstance(e, NotADirectoryError) or (path.parent.exists() and not path.parent.is_dir()):
-        return f"{path.parent} is not a folder"
-    if isinstance(e, FileNotFoundError) and not path.parent.exists():
-        return f"folder {path.parent} does not exist"
-    return e.strerror or str(e)
 
 
 # --- message helpers ----------------------------------------------------------------------------

@@ -27,9 +27,7 @@ from .exif import exif_of, fit_exif, orient
 from .opening import load_pixels, open_image, pillow_warnings
 from .read import check_file, read_image
 from .write import check_output, save_whole
-from .xmp import PNG_KEYWORD, xmp_of
-
-XMP_PNG_KEYWORD = PNG_KEYWORD.decode("latin-1")
+from .xmp import png_itxt, xmp_of
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +170,7 @@ def write_animation(animation: Animation, path: str | Path, *, format: str | Non
         params["xmp"] = first.xmp
     elif first.xmp:             # Pillow's PNG writer takes XMP as the iTXt chunk XMP's spec names
         info = PngImagePlugin.PngInfo()
-        info.add_itxt(XMP_PNG_KEYWORD, first.xmp.decode("utf-8"))
+        info.add(b"iTXt", png_itxt(first.xmp))     # the chunk a still's PNG carries, byte for byte
         params["pnginfo"] = info
     if fmt == "WEBP":
         params["quality"] = quality if quality is not None else DEFAULT_QUALITY["WEBP"]

@@ -68,7 +68,7 @@ def png_text_chunks(text: tuple[tuple[str, str], ...]) -> list[tuple[bytes, byte
                 chunks.append((b"tEXt", key + b"\x00" + data))
                 continue
         except UnicodeEncodeError:
-            data = b""
+            pass
         data = value.encode("utf-8")
         packed = len(data) > _COMPRESS_OVER
         chunks.append((b"iTXt", key + b"\x00" + bytes([packed, 0]) + b"\x00\x00"

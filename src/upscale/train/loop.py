@@ -78,7 +78,12 @@ class _LossWindow:
 
     def reset(self, now: float) -> None:
         self.sums: dict[str, float] = {}
-        self.n, self.t, self.timed = 0, now, 0
+        self.n = 0
+        self.start_clock(now)
+
+    def start_clock(self, now: float) -> None:
+        """Time iterations from ``now`` (it/s counts this session's iterations only; the sums stay)."""
+        self.t, self.timed = now, 0
 
     def add(self, values: dict[str, float]) -> None:
         for k, v in values.items():
@@ -120,7 +125,7 @@ class Trainer:
         self._build_networks(cfg, state)
         # checkpoints from before the choice was recorded were trained in the rule's answer (bf16 here)
         self._recorded_precision = None if state is None else state.get("precision", "bf16")
-        self._precision_settled = False
+        self.precision_settled = False
         self.precision_note: str | None = None
         self.iteration = 0
         self.best_psnr: float | None = None
@@ -216,10 +221,10 @@ class Trainer:
         """Precision auto's measured choice (``runtime.settle_auto_precision``), once, before the first
         step: ``run`` makes it once the run folder is announced, so a stop during the probe still
         saves a checkpoint; ``say`` hears that a probe is starting."""
-        if not self._precision_settled:
+        if not self.precision_settled:
             self.rt, self.precision_note = settle_auto_precision(self.rt, self.cfg, self.gen, self.arch, self.hparams,
                                                                  self._recorded_precision, say=say)
-            self._precision_settled = True
+            self.precision_settled = True
 
     def step(self, lr_u8: torch.Tensor, hr_u8: torch.Tensor) -> dict[str, torch.Tensor]:
         self.settle_precision()
@@ -313,7 +318,7 @@ class Trainer:
                                    rank=rt.rank, world_size=rt.world_size)
         loader = batch_loader(batches, self.iteration, cfg.max_iters, cfg.workers)
         window, last_val = self.window, {}
-        window.t, window.timed = time.perf_counter(), 0   # it/s counts this session's iterations only
+        window.start_clock(time.perf_counter())
         bar = RunProgress(self.progress if rt.is_main else "none", cfg.max_iters, self.iteration, echo)
         session_start, elapsed_before = time.perf_counter(), self.elapsed_s
         # an iteration can be abandoned mid-way where that is exactly undone (signals.abortable_step)

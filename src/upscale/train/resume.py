@@ -22,7 +22,7 @@ def capture_state(t: Any) -> dict[str, Any]:
         "hparams": t.hparams, "generator": t.gen.state_dict(), "opt_g": t.opt_g.state_dict(),
         "best_psnr": t.best_psnr, "elapsed_s": t.elapsed_s, "rng": ckpt.capture_rng(),
         # what precision auto resumes in (train.runtime); "auto" if stopped before it was settled
-        "precision": runtime.NAMES[t.rt.amp.dtype] if t._precision_settled else "auto",
+        "precision": runtime.NAMES[t.rt.amp.dtype] if t.precision_settled else "auto",
         "loss_window": t.window.state(),                 # losses summed towards the next metrics record
     }
     if t.ema is not None:
