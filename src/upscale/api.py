@@ -215,17 +215,15 @@ class Upscaler:
         native_hw = (h * scale, w * scale)
 
         rgb = self._run(pixels if alpha is None else bleed_colour(pixels, alpha), progress, stats)
-        if alpha is not None:
-            if not alpha_varies(alpha):   # all opaque (or one level): kept exactly, and no pass
-                alpha = np.full(native_hw, alpha.flat[0], dtype=alpha.dtype)
-            elif alpha_mode == "model":
-                alpha = self._run(alpha[..., None], None, stats)[..., 0]
-            else:
-                alpha = resize_array(alpha, (native_hw[1], native_hw[0]), "bicubic")
+        if alpha is not None and not alpha_varies(alpha):   # all opaque (or one level): kept exactly,
+            alpha = np.full(target_hw, alpha.flat[0], dtype=alpha.dtype)       # no pass and no resize
+        elif alpha is not None:
+            alpha = (self._run(alpha[..., None], None, stats)[..., 0] if alpha_mode == "model"
+                     else resize_array(alpha, (native_hw[1], native_hw[0]), "bicubic"))
+            if target_hw != native_hw:
+                alpha = resize_array(alpha, (target_hw[1], target_hw[0]), "lanczos")
         if target_hw != native_hw:
             rgb = resize_array(rgb, (target_hw[1], target_hw[0]), "lanczos")
-            if alpha is not None:
-                alpha = resize_array(alpha, (target_hw[1], target_hw[0]), "lanczos")
         return rgb, alpha
 
     def upscale_animation(self, animation: Animation, *, outscale: float | None = None, alpha_mode: str = "model",

@@ -293,9 +293,10 @@ def sweep_temps(folder: str | Path, *, name: str | None = None) -> list[Path]:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    stem = None if name is None else _temp_stem(name)
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m is None or (name is not None and m["name"] != _temp_stem(name)) or m["host"] != host:
+        if m is None or (stem is not None and m["name"] != stem) or m["host"] != host:
             continue
         if _alive(int(m["pid"])):
             continue

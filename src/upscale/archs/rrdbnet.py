@@ -150,10 +150,15 @@ def receptive_radius(hp: dict) -> int:
     return lr_convs * m + 2 + m
 
 
+def _two_stages(sd: Mapping[str, torch.Tensor]) -> bool:
+    """Two x2 upsampling stages (``conv_up1``, ``conv_up2``), as ours have; none beyond."""
+    return "conv_up2.weight" in sd and "conv_up3.weight" not in sd
+
+
 def detect(sd: dict[str, torch.Tensor]) -> dict | None:
     """Hyperparameters from a state dict in canonical (BasicSR) layout, or None if it is not RRDBNet."""
-    if "conv_first.weight" not in sd or "body.0.rdb1.conv1.weight" not in sd or "conv_up2.weight" not in sd \
-            or "conv_up3.weight" in sd:    # x8 and up: more upsampling stages than ours (``explain`` says so)
+    if "conv_first.weight" not in sd or "body.0.rdb1.conv1.weight" not in sd \
+            or not _two_stages(sd):    # x8 and up: more upsampling stages than ours (``explain`` says so)
         return None
     num_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body."))
     num_feat, in_ch = sd["conv_first.weight"].shape[:2]
@@ -226,7 +231,7 @@ def _esrgan_repo_key(key: str) -> str:
 
 def explain(sd: Mapping[str, torch.Tensor]) -> str:
     """Why canonical keys that look like RRDBNet were not recognised ("" when they do not look like it)."""
-    if "body.0.rdb1.conv1.weight" in sd and ("conv_up2.weight" not in sd or "conv_up3.weight" in sd):
+    if "body.0.rdb1.conv1.weight" in sd and not _two_stages(sd):
         stages = sum(1 for k in sd if re.fullmatch(r"conv_up\d+\.weight", k))
         return (f"it looks like ESRGAN (RRDBNet) with {stages} upsampling stage(s) (x{2 ** stages}), but only two "
                 "are supported (x4, or x2/x1 with pixel-unshuffle)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import handle_errors, printable, say
+from . import handle_errors, say
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def convert(src: Path, dst: Path | None, bin_path: Path | None, force: bool, dep
         loading.model_from_state_dict(sd, model.arch, hparams, source=str(dst))
     loading.save_model(dst, sd, model.arch, hparams, extra_metadata=extra)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(model.hparams.items()))    # the input's, as read
-    log.info("%s", printable(f"{src}: detected {model.arch} ({shown}) from {how}"))   # an info line: -q drops it
+    log.info("%s: detected %s (%s) from %s", src, model.arch, shown, how)   # an info line: -q drops it
     changed = {k: v for k, v in hparams.items() if model.hparams.get(k) != v}
     say(f"wrote {dst}" + (f" ({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else ""))
 

@@ -53,14 +53,14 @@ def run(images: tuple[Path, ...], output: Path | None, force: bool, frames: str,
         check_output_folder(output)
     elif images[0].is_dir():
         raise errors.UsageError(folder_message(images[0]))
-    elif output is not None and output.is_dir():      # -o DIR: the output goes in it, named as beside
+    if output is not None and output.is_dir():      # -o DIR: the outputs go in it, named as beside
         settings, output = dataclasses.replace(settings, out_dir=output), None
     api.check_outscale(outscale)
     api.check_name(name_template)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
     name = model_name_from(model_name, weights, outscale)
     if len(images) > 1:
-        run_many(images, output, settings, options, lambda: load_model_from(name, outscale, interp_alpha))
+        run_many(images, settings, options, lambda: load_model_from(name, outscale, interp_alpha))
         return      # run_many exits with its own code
     image = images[0]
     loaded, target = prepare(image, output, settings)

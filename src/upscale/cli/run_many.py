@@ -38,22 +38,22 @@ def check_output_folder(output: Path | None) -> None:
                                f"outputs; {output} is not a folder")
 
 
-def run_many(images: tuple[Path, ...], output: Path | None, settings: RunSettings, options: Any,
+def run_many(images: tuple[Path, ...], settings: RunSettings, options: Any,
              load_model: Callable[[], Any]) -> None:
-    """Upscale ``images`` (``output``: the folder for their outputs, else beside each) and exit: 0 all
+    """Upscale ``images`` (into ``settings.out_dir``, else beside each) and exit: 0 all
     written, 3 some failed, 1 none written, 130 interrupted."""
     from .. import api
 
     unique = _unique(images)
     jobs, failed = _probe(unique, settings)
     if settings.outscale is not None:         # the outputs' names and sizes are known before the model
-        jobs, more = _with_targets(jobs, output, settings.outscale, None, settings)
+        jobs, more = _with_targets(jobs, settings.outscale, None, settings)
         failed += more
     if not jobs:
         sys.exit(EXIT_FAILURE)
     model = load_model()
     if settings.outscale is None:             # the model's scale names the outputs
-        jobs, more = _with_targets(jobs, output, float(model.scale), model.scale, settings)
+        jobs, more = _with_targets(jobs, float(model.scale), model.scale, settings)
         failed += more
         if not jobs:
             sys.exit(EXIT_FAILURE)
@@ -95,9 +95,9 @@ def _probe(images: list[Path], settings: RunSettings) -> tuple[list[Job], int]:
     return jobs, failed
 
 
-def _with_targets(jobs: list[Job], output: Path | None, scale: float, native_scale: int | None,
+def _with_targets(jobs: list[Job], scale: float, native_scale: int | None,
                   settings: RunSettings) -> tuple[list[Job], int]:
-    """``jobs`` with their outputs (in ``output``, else beside each input), less those refused: an
+    """``jobs`` with their outputs (in ``settings.out_dir``, else beside each input), less those refused: an
     output that is another's too, or another input, or fails ``run``'s checks of an output, or whose
     size cannot fit in memory (counting one 8-bit channel: the exact check comes when it is read)."""
     import numpy as np
@@ -109,7 +109,7 @@ def _with_targets(jobs: list[Job], output: Path | None, scale: float, native_sca
     owner: dict[str, Path] = {}
     kept, failed = [], 0
     for job in jobs:
-        target = replace(settings, out_dir=output).default_target(job.image, scale)
+        target = settings.default_target(job.image, scale)
         try:
             first = owner.setdefault(_key(target), job.image)
             if first is not job.image:

@@ -114,14 +114,14 @@ def write_image(image: Image, path: str | Path, *, format: str | None = None,
 
 def _encode(image: Image, f: BinaryIO, fmt: str, quality: int | None, path: Path, threads: int | None) -> None:
     alpha = image.alpha
-    h, w = image.pixels.shape[:2]
-    exif = fit_exif(image.exif, w, h) if image.exif else None   # its sizes are the output's, no old thumbnail
     if alpha is not None and fmt in ("JPEG", "BMP"):
         log.warning("%s: %s has no alpha channel; transparency dropped", path, fmt)
         alpha = None
     if fmt == "TIFF":
         write_tiff(f, image.pixels, alpha, image.icc_profile, image.xmp, image.dpi)
         return
+    h, w = image.pixels.shape[:2]     # (TIFF carries no EXIF)
+    exif = fit_exif(image.exif, w, h) if image.exif else None   # its sizes are the output's, no old thumbnail
     if fmt == "PNG":   # streamed by our own writer: no second copy of a large output in Pillow's memory
         write_png(f, image.pixels, alpha, image.icc_profile, exif, threads or png_workers(), image.xmp,
                   image.dpi, image.text, image.png_colour)

@@ -120,8 +120,8 @@ class Trainer:
         self.rt = resolve_runtime(cfg)
         _seed_everything(cfg)
         state = ckpt.load_checkpoint(resume) if resume is not None else None
-        self.resumed = state is not None
-        self.restart = restart      # starting over in the folder of a run that stopped before its first checkpoint
+        # a new run: not resumed, nor started over in the folder of a run stopped before its first checkpoint
+        self._fresh = state is None and not restart
         self._build_networks(cfg, state)
         # checkpoints from before the choice was recorded were trained in the rule's answer (bf16 here)
         self._recorded_precision = None if state is None else state.get("precision", "bf16")
@@ -250,7 +250,7 @@ class Trainer:
         echo = self.echo if self.rt.is_main else _silent
         pairs, val_sets = self._load_data(echo)
         if self.rt.is_main:
-            self.folder.prepare(self.cfg.to_json(), self.iteration, fresh=not (self.resumed or self.restart))
+            self.folder.prepare(self.cfg.to_json(), self.iteration, fresh=self._fresh)
         flag = StopFlag(say=echo)  # from here on a stop saves a checkpoint (at iteration 0 if it comes that early)
         try:
             with stop_signals(flag):
@@ -258,7 +258,7 @@ class Trainer:
                     on_start()
                 bicubic = self._bicubic_baseline(val_sets, echo)
                 try:  # the precision probe can take minutes on a busy CPU; a stop abandons it
-                    with abortable_step(flag if self.rt.world_size == 1 else None, (), ()):
+                    with abortable_step(self._stoppable(flag), (), ()):
                         self.settle_precision(say=echo)
                 except StepAbandoned:
                     pass
@@ -310,6 +310,12 @@ class Trainer:
         elif self.cfg.preset == "esrgan" and not self.cfg.init:
             echo("warning: esrgan from random weights; the recipe starts from a PSNR-trained model (init)")
 
+    def _stoppable(self, flag: StopFlag) -> StopFlag | None:
+        """``flag`` where work can be abandoned mid-way and exactly undone (``signals.abortable_step``):
+        one process (DDP ranks must stop together) and no GradScaler (its skipped steps change it)."""
+        single = self.rt.world_size == 1 and self.scaler_g is None and self.scaler_d is None
+        return flag if single else None
+
     def _loop(self, pairs: PairSet, val_sets: dict[str, list[ValImage]], echo: Echo,
               flag: StopFlag) -> tuple[Scores, str | None]:
         """Iterations until max_iters or a stop signal; returns the last validation and the signal."""
@@ -321,8 +327,7 @@ class Trainer:
         window.start_clock(time.perf_counter())
         bar = RunProgress(self.progress if rt.is_main else "none", cfg.max_iters, self.iteration, echo)
         session_start, elapsed_before = time.perf_counter(), self.elapsed_s
-        # an iteration can be abandoned mid-way where that is exactly undone (signals.abortable_step)
-        abort = flag if rt.world_size == 1 and self.scaler_g is None and self.scaler_d is None else None
+        abort = self._stoppable(flag)
         try:
             for lr_u8, hr_u8 in loader if flag.reason is None else ():
                 try:

@@ -87,10 +87,11 @@ class RunFolder:
         self._made_dirs = missing  # innermost first
         self._claim()
         try:
-            if fresh and holds_run(self.out):
+            held = holds_run(self.out)
+            if fresh and held:
                 raise errors.TrainingError("holds a run already (another training may have started "
                                            "it meanwhile); resume it, or pick another run folder", path=self.out)
-            self._new = iteration == 0 and not holds_run(self.out)
+            self._new = iteration == 0 and not held
             self._write_start(config_json, iteration)
         except BaseException:
             self.release()

@@ -10,15 +10,16 @@ iteration boundary would have saved and a resumed run continues bit for bit."""
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import capture_rng, restore_rng
 
 
 class StepAbandoned(BaseException):
@@ -80,7 +81,7 @@ def abortable_step(flag: StopFlag | None, modules: Sequence[nn.Module | None],
     nets = [m for m in modules if m is not None]
     buffers = [(b, b.detach().clone()) for m in nets for b in m.buffers()]
     rates = [(g, g["lr"]) for o in opts for g in o.param_groups]
-    rng = capture_rng()
+    rng = _rng_state()
 
     def close(*_: Any) -> None:
         flag.abortable = False
@@ -97,9 +98,25 @@ def abortable_step(flag: StopFlag | None, modules: Sequence[nn.Module | None],
             group["lr"] = rate
         for o in opts:
             o.zero_grad(set_to_none=True)
-        restore_rng(rng)
+        _set_rng_state(rng)
         raise
     finally:
         flag.abortable = False
         for h in hooks:
             h.remove()
+
+
+def _rng_state() -> tuple[Any, ...]:
+    """Every RNG's state as the libraries give it (taken at each step, so not the checkpoint's
+    convertible form, ``checkpoint.capture_rng``)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Any, ...]) -> None:
+    python, numpy, torch_cpu, cuda = state
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(torch_cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
