@@ -148,11 +148,10 @@ class OpenVinoWindows:
     def _load_graph(self) -> Any:
         key = self._key = graph_key(self.model, self._ov.__version__)
         xml, weights = self.folder / f"{key}.xml", self.folder / f"{key}.bin"
-        if xml.is_file() and weights.is_file():
+        if xml.is_file() and weights.is_file() and not _sums_path(xml).is_file():
+            log.debug("openvino: %s has no checksums (an older cache); converting again", xml)
+        elif xml.is_file() and weights.is_file():
             try:
-                if not _sums_path(xml).is_file():       # cached by an older upscale: nothing to check it by
-                    log.debug("openvino: %s has no checksums (an older cache); converting again", xml)
-                    return self._store(self._convert(), xml, weights)
                 if not _sums_match(xml, weights):
                     raise RuntimeError("its files do not match the checksums written with them")
                 graph = self._core.read_model(str(xml), str(weights))

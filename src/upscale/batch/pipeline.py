@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..api import Upscaler, check_output_memory, output_size, outscale_for
-from ..atomic import name_problem
-from ..errors import ImageWriteError
 from ..engine import RunStats
 from ..io import (Animation, check_animated, check_size, read_frames, read_image, write_animation,
                   output_format_for, write_image)
@@ -173,9 +171,6 @@ def _read(job: Job, settings: BatchSettings) -> Any:
     h, w = first.pixels.shape[:2]
     size = None if settings.outscale is None else output_size(h, w, settings.outscale)[::-1]
     fmt = check_size(job.output, settings.output_format, size)     # the writer makes the sub-folder
-    too_long = name_problem(job.output.name)
-    if too_long is not None:
-        raise ImageWriteError(f"{too_long} (--name makes other names)", path=job.output)
     if isinstance(image, Animation):
         check_animated(job.output, fmt)
     return image

@@ -210,7 +210,10 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
         first = owner.setdefault(output, rel)
         if not _in_shard(rel, shard):
             continue
-        if first != rel:
+        too_long = atomic.name_problem(output.name)
+        if too_long is not None:      # known from the name alone: before anything is read
+            known.append(Outcome(rel, str(output), FAILED, f"{too_long} (--name makes other names)"))
+        elif first != rel:
             known.append(Outcome(rel, str(output), FAILED, f"output {output} is also the output of {first}"))
         elif _leads_to_an_input(output, found, inputs):
             known.append(Outcome(rel, str(output), FAILED, f"output {output} leads to the input "
