@@ -8,9 +8,12 @@ and casts it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from .archs import build_module, get_family
@@ -59,3 +62,19 @@ class Model:
         module = build_module(self.arch, hparams)
         module.load_state_dict(sd, strict=True)
         return replace(self, module=module.float().eval(), hparams=hparams)
+
+
+def model_digest(model: Model, extra: dict[str, Any]) -> str:
+    """SHA-256 of a network (architecture, hyper-parameters, and every tensor's name, dtype, shape and
+    bytes in name order) and of ``extra`` (what else a cached result depends on): the key of what is
+    computed from it (OpenVINO's converted graph, batch's journal)."""
+    digest = hashlib.sha256()
+    head = {"arch": model.arch, "hparams": model.hparams, **extra}
+    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(f"{str(tensor.dtype).removeprefix('torch.')}{tuple(tensor.shape)}".encode())
+        if tensor.numel():      # flat first: a 0-d buffer (BatchNorm's step count) has no byte view
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -47,7 +47,7 @@ from .. import errors
 from ..archs import get_family
 from ..atomic import sweep_temps, write_bytes
 from ..machine import cache_dir, cpu_bf16_flags
-from ..model import Model
+from ..model import Model, model_digest
 from . import OPENVINO_EXTRA
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,7 @@ def _import_openvino() -> Any:
 
 def graph_key(model: Model, openvino_version: str) -> str:
     """sha256 of what the converted graph depends on: arch, hyperparameters, weights, versions."""
-    digest = hashlib.sha256()
-    head = {"arch": model.arch, "hparams": model.hparams, "openvino": openvino_version, "format": GRAPH_FORMAT}
-    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.module.state_dict().items()):
-        digest.update(name.encode())
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
+    return model_digest(model, {"openvino": openvino_version, "format": GRAPH_FORMAT})
 
 
 def openvino_folder() -> Path:

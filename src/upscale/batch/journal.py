@@ -21,7 +21,6 @@ adds ~20 MB.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -29,9 +28,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..io import DEFAULT_QUALITY, output_format_for
+from ..model import model_digest
 from ..registry import sha256_file
 
 log = logging.getLogger(__name__)
@@ -39,24 +38,11 @@ log = logging.getLogger(__name__)
 JOURNAL_NAME = ".upscale-batch.jsonl"
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a network's state: every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():      # flat first: a 0-d buffer (BatchNorm's step count) has no byte view
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def settings_key(model: Any, *, outscale: float, alpha_mode: str) -> str:
     """A short digest of what decides an output's pixels: the network (architecture,
     hyper-parameters, weights), the scale and the alpha mode. ``key_for`` adds an output's quality;
     ``--frames`` is judged from the output's frame count instead (a still comes out the same)."""
-    fields = {"arch": model.arch, "hparams": model.hparams, "weights": weights_digest(model.module),
-              "outscale": float(outscale), "alpha_mode": alpha_mode}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return model_digest(model, {"outscale": float(outscale), "alpha_mode": alpha_mode})[:32]
 
 
 def key_for(settings: str, quality: int | None, output: Path, *, animation: bool = False) -> str:
