@@ -9,6 +9,7 @@ those that ask for models (``api``, ``cli``, ``train``). None of those rooms imp
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,36 +41,21 @@ def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Mo
     interpolation): 0 is the PSNR model, 1 the GAN model.
     """
     path = Path(name_or_path)
-    if _is_file(path):
+    if os.path.isfile(path):        # (False, not an error, for a name too long to be a path)
         if alpha is not None:
             raise errors.UsageError("alpha needs a registry model with a PSNR/GAN twin, not a file; to blend "
                                     "two files, interpolate them (`upscale interp`)", params=("alpha",))
         return open_weights(path)
-    if _exists(path):               # a folder (or device) of that name: the registry's name wins
-        try:
-            spec = registry.get_model(str(name_or_path))
-        except errors.ModelNotFoundError:
-            raise errors.ModelNotFoundError(f"{path} is not a weights file") from None
-    else:
+    try:
         spec = registry.get_model(str(name_or_path))
+    except errors.ModelNotFoundError:
+        if os.path.exists(path):    # a folder (or device) of that name, and no such model: say what it is
+            raise errors.ModelNotFoundError(f"{path} is not a weights file") from None
+        raise
     if alpha is not None:
         return interpolated_model(spec, alpha)
     model = loading.load_model(hub.weights_path(spec), name=spec.name)
     return replace(model, name=spec.name, source=spec.name, bf16_safe=spec.bf16_safe)
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:          # a name too long to be a path, say: then it is a registry name or nothing
-        return False
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:
-        return False
 
 
 def open_weights(path: str | Path, bin_path: str | Path | None = None) -> Model:

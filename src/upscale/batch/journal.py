@@ -28,7 +28,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-
 from ..io import DEFAULT_QUALITY, output_format_for
 from ..model import model_digest
 from ..registry import sha256_file

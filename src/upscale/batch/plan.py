@@ -210,14 +210,9 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
         first = owner.setdefault(output, rel)
         if not _in_shard(rel, shard):
             continue
-        too_long = atomic.name_problem(output.name)
-        if too_long is not None:      # known from the name alone: before anything is read
-            known.append(Outcome(rel, str(output), FAILED, f"{too_long} (--name makes other names)"))
-        elif first != rel:
-            known.append(Outcome(rel, str(output), FAILED, f"output {output} is also the output of {first}"))
-        elif _leads_to_an_input(output, found, inputs):
-            known.append(Outcome(rel, str(output), FAILED, f"output {output} leads to the input "
-                                 f"{os.path.realpath(output)} (a symlink); inputs are never overwritten"))
+        why = _refusal(output, rel, first, found, inputs)
+        if why is not None:
+            known.append(Outcome(rel, str(output), FAILED, why))
         else:
             jobs.append(Job(path, rel, output))
     removed = sum(len(atomic.sweep_temps(folder)) for folder in sorted({job.output.parent for job in jobs}))
@@ -243,6 +238,20 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
         log.info("redoing %s", " and ".join(f"{n} output{'s' if n > 1 else ''} {_REDONE[why]}"
                                             for why, n in sorted(otherwise.items(), reverse=True)))
     return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
+
+
+def _refusal(output: Path, rel: str, first: str, found: list[tuple[Path, str]], inputs: set[str]) -> str | None:
+    """Why the input ``rel`` may not be written to ``output``, known before anything is read (its
+    name, another input's output, a link into an input); None when it may."""
+    too_long = atomic.name_problem(output.name)
+    if too_long is not None:
+        return f"{too_long} (--name makes other names)"
+    if first != rel:
+        return f"output {output} is also the output of {first}"
+    if _leads_to_an_input(output, found, inputs):
+        return (f"output {output} leads to the input {os.path.realpath(output)} (a symlink); inputs are "
+                "never overwritten")
+    return None
 
 
 def _leads_to_an_input(output: Path, found: list[tuple[Path, str]], inputs: set[str]) -> bool:

@@ -174,7 +174,8 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     opts["out"] = out
     cfg = _build(preset, config_file, opts, out, resume_path, resuming=resume is not None)
     out = cfg.out
-    if resume is not None and resume_path is None:
+    restarting = resume is not None and resume_path is None
+    if restarting:
         say(f"{out} has no checkpoint (its run stopped before the first): starting it over from its "
             "config.json", err=True)
     resume_line = f"upscale train --out {shlex.quote(out)} --resume"
@@ -186,12 +187,11 @@ def train(preset: str | None, config_file: str | None, resume: str | None, quiet
     from tqdm import tqdm
 
     from ..train.loop import train as run_training
-
     from .progress import is_terminal
 
     progress = "none" if quiet else "bar" if is_terminal(sys.stderr) else "lines"   # lines: into a log file
     result = run_training(cfg, echo=lambda msg: tqdm.write(msg), progress=progress, resume=resume_path,
-                          on_start=announce, restart=resume is not None and resume_path is None)
+                          on_start=announce, restart=restarting)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         sys.exit(EXIT_INTERRUPTED if result.interrupted else 0)
     if result.interrupted:
@@ -217,8 +217,12 @@ def _resume_target(out: str | None, resume: str | None) -> tuple[str | None, Pat
         if resume == "latest":
             raise UsageError("--resume without a checkpoint needs --out RUN_FOLDER")
         out = str(Path(resume).parent.parent)
-    if resume == "latest" and latest_checkpoint(out) is None and (Path(out) / "config.json").is_file():
-        return out, None
+    if resume == "latest":
+        latest = latest_checkpoint(out)
+        if latest is not None:
+            return out, latest
+        if (Path(out) / "config.json").is_file():
+            return out, None
     return out, resolve_resume(out, resume)
 
 

@@ -238,7 +238,7 @@ class Engine:
             forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
                                                              stitcher, compiled, progress)
         except (MemoryError, RuntimeError) as err:     # torch's allocators say so in a RuntimeError
-            if not isinstance(err, MemoryError) and not _out_of_memory(err):
+            if not _out_of_memory(err):
                 raise
             raise errors.ResourceError(f"not enough memory to run {self._windows_text(plan, compiled)}"
                                        f"{self._memory_advice(plan, compiled)}", params=("tile_px", "batch")) from None
@@ -390,9 +390,10 @@ def _pad(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(pixels, ((0, height - h), (0, width - w), (0, 0)), mode="reflect")
 
 
-def _out_of_memory(err: RuntimeError) -> bool:
-    """Whether a RuntimeError from torch is an allocation that failed (host or device)."""
-    if type(err).__name__ == "OutOfMemoryError":
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed: a MemoryError, or torch's RuntimeError saying so
+    (host or device)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return True
     text = str(err)
     return "can't allocate memory" in text or "out of memory" in text.lower()
