@@ -671,3 +671,38 @@ def test_the_16_bit_note_reads_right_through_the_cli(tmp_path, tiny_x4):
     assert res.exit_code == 0, res.output
     line = next(l for l in res.output.splitlines() if "16-bit input computed in bf16" in l)
     assert line.count("--precision") == 1 and "--precision fp32 keeps all 16 bits" in line, line
+
+
+def test_an_empty_input_or_output_path_is_a_usage_error(tmp_path, tiny_x4):
+    """`upscale ""` (an unset shell variable) said "'.' is a folder"; `-o ""` wrote into the current
+    folder."""
+    src = _photo(tmp_path / "a.png")
+    for args, line in (([""], "the input path is empty"), ([src, ""], "the input path is empty (IMAGE 2 of 2)"),
+                       ([src, "-o", ""], "the output path (-o) is empty")):
+        res = _invoke([*args, "-m", tiny_x4, *FAST])
+        assert (res.exit_code, res.output) == (2, f"upscale: usage: {line}\n"), args
+    assert os.listdir(tmp_path) == ["a.png"]
+
+
+def test_o_with_a_trailing_slash_makes_that_folder_when_the_output_is_written(tmp_path, tiny_x4):
+    """`upscale a.png -o results/` (no such folder yet) said "unknown output extension": a trailing
+    slash names a folder; it is made (its parent must exist) as the output is written, never by a run
+    that fails before that."""
+    src, other = _photo(tmp_path / "a.png"), _photo(tmp_path / "b.png")
+    res = _invoke([src, "-m", tiny_x4, "-o", f"{tmp_path / 'new'}/", *FAST])
+    assert res.exit_code == 0, res.output
+    assert os.listdir(tmp_path / "new") == ["a_x4.png"]
+    res = _invoke([src, other, "-m", tiny_x4, "-o", f"{tmp_path / 'many'}/", *FAST])
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path / "many")) == ["a_x4.png", "b_x4.png"]
+    before = sorted(os.listdir(tmp_path))
+    res = _invoke([src, "-m", tiny_x4, "-o", f"{tmp_path / 'nope' / 'new'}/", *FAST])
+    assert res.exit_code == 1 and res.output == (f"upscale: cannot write output: {tmp_path / 'nope' / 'new'}/: "
+                                                 f"output folder {tmp_path / 'nope'} does not exist\n"), res.output
+    res = _invoke([src, "-m", tiny_x4, "-o", f"{other}/", *FAST])
+    assert res.exit_code == 1 and f"{other} is not a folder" in res.output, res.output
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(open(tiny_x4, "rb").read()[:100])
+    res = _invoke([src, "-m", corrupt, "-o", f"{tmp_path / 'late'}/", *FAST])
+    assert res.exit_code == 1 and "corrupt.safetensors" in res.output, res.output
+    assert sorted(os.listdir(tmp_path)) == sorted([*before, "corrupt.safetensors"])

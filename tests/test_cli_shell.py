@@ -176,3 +176,40 @@ def test_a_batch_output_that_links_to_an_input_fails_and_the_input_is_kept(tmp_p
         assert res.exit_code == 3 and f"leads to the input {src / 'sub' / 'c.png'}" in res.stderr, res.output
     assert {p: p.read_bytes() for p in before} == before
     assert (out / "b_x2.png").is_file() and (out / "a_x2.png").is_symlink()
+
+
+def _upscale_to(stdout: object, args: list, tmp_path: Path, **kwargs: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "upscale", *args], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, cwd=tmp_path, timeout=120, **kwargs)
+
+
+@pytest.mark.parametrize("args", [["models", "--json"], ["--help"], ["--version"]])
+def test_a_stdout_that_cannot_be_written_is_one_line_and_exit_1(tmp_path, args):
+    """`upscale models --json > /dev/full` said "internal error: OSError"; `upscale --help > /dev/full`
+    (click writes it before any command runs) printed a traceback."""
+    with open("/dev/full", "w") as full:
+        proc = _upscale_to(full, args, tmp_path)
+    assert (proc.returncode, proc.stderr) == (1, "upscale: cannot write to standard output (No space left on "
+                                                 "device)\n")
+
+
+def test_a_closed_stdout_is_said_and_a_run_that_writes_none_still_works(tmp_path):
+    """`upscale models >&-` exited 0 having printed nothing; a run (whose lines go to stderr) is fine."""
+    proc = _upscale_to(None, ["models"], tmp_path, preexec_fn=lambda: os.close(1))
+    assert (proc.returncode, proc.stderr) == (1, "upscale: cannot write to standard output (Bad file descriptor)\n")
+    src = _photo(tmp_path / "a.png")
+    proc = _upscale_to(None, [src, "-s", "2", "-q", *FAST], tmp_path, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "a_x2.png").is_file()
+
+
+def test_a_pipe_closed_by_its_reader_ends_the_command_quietly(tmp_path):
+    """`upscale models | head -1`: no message, no traceback, exit 1 (as before)."""
+    for args in (["models"], ["--help"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            proc = _upscale_to(write_end, args, tmp_path)
+        finally:
+            os.close(write_end)
+        assert (proc.returncode, proc.stderr) == (1, ""), args

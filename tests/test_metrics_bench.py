@@ -518,3 +518,21 @@ def test_the_sheet_never_replaces_a_test_image_or_an_existing_file_without_force
     assert res.exit_code == 1 and "--force" in res.stderr and sheet.read_bytes() == b"mine"
     res = _bench(["--data", hr_dir, "-s", "2", "--baselines", "bicubic", "--sheet", sheet, "--force", *FAST])
     assert res.exit_code == 0 and sheet.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_off_a_terminal_says_each_method_and_image_as_it_finishes(hr_dir, tiny_model):
+    """Off a terminal (a log file, CI) bench printed nothing until the table, minutes later for a large
+    model; now one plain line per method and image on stderr (none with -q), the table alone on stdout."""
+    args = ["--data", hr_dir, "-s", "2", "-m", tiny_model, "--baselines", "bicubic", "--no-lpips", "--json",
+            "--precision", "fp32", "--compile", "off", "--warmup", "0"]
+    res = _bench(args)
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("upscale: bench ")]
+    assert [line.split(":")[1:3] for line in lines] == [
+        [f" bench {i + 1}/6", f" x2 {method} on {name}"]
+        for i, (method, name) in enumerate((m, n) for m in ("bicubic", "tiny_x2")
+                                           for n in ("gray.png", "noise.png", "waves.png"))], res.stderr
+    assert all(line.endswith(" dB") and " s, " in line for line in lines), lines
+    assert json.loads(res.stdout)["rows"]
+    res = _bench([*args, "-q"])
+    assert res.exit_code == 0 and res.stderr == "", res.stderr

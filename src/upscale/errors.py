@@ -140,6 +140,12 @@ class BackendError(UpscaleError):
     it for a window shape, or run it. The message names the model and says to use backend torch."""
 
 
+# --- appended by the CLI's standard output (a full disk, a closed descriptor) -----------------------
+class StdoutError(UpscaleError):
+    """Standard output cannot be written: ``> /dev/full``, a full disk, a closed (``>&-``) or read-only
+    descriptor. A pipe closed by its reader (``| head``) is not this error: the command ends quietly."""
+
+
 # --- wording shared by the modules that raise these ------------------------------------------------
 LISTED = 4  # how many names a message lists before "(+N more)"
 

@@ -4,6 +4,7 @@ package docstring for the conventions."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ from .results import BenchResult, HrReference, ImageInfo, ImageScore, MethodRow,
 from .sheet import as_rgb, best_crop
 
 GRAY_MODES = ("y", "rgb")
+PROGRESS_MODES = ("bar", "lines", "none")
+log = logging.getLogger(__name__)
 Pair = tuple[str, np.ndarray, np.ndarray]   # (stem, HR mod-cropped, LR), 8-bit
 
 
@@ -38,7 +41,9 @@ class BenchOptions:
     niqe: bool = False                              # NIQE of every output and of HR (no reference, numpy)
     sheet_images: tuple[str, ...] | None = None   # stems for the contact sheet; () = first image; None = no sheet
     sheet_crop_px: int = 64                         # HR pixels on a side
-    progress: bool = False
+    # "bar" (tqdm, a terminal), "lines" (one plain line per method and image, for a log file: a bar's
+    # redraws would pile up in it) or "none"; True/False are "bar"/"none" (as train.progress)
+    progress: bool | str = False
 
 
 def _check_options(options: BenchOptions, n_models: int) -> None:
@@ -57,6 +62,14 @@ def _check_options(options: BenchOptions, n_models: int) -> None:
         raise errors.UsageError("nothing to benchmark: no baselines and no models")
     if options.warmup_runs < 0:
         raise errors.UsageError(f"warmup must be >= 0, got {options.warmup_runs}", params=("warmup",))
+    if _progress_mode(options) not in PROGRESS_MODES:
+        raise errors.UsageError(f"progress must be one of {', '.join(PROGRESS_MODES)} or a bool, not "
+                                f"{options.progress!r}")
+
+
+def _progress_mode(options: BenchOptions) -> str:
+    progress = options.progress
+    return {True: "bar", False: "none"}[progress] if isinstance(progress, bool) else str(progress)
 
 
 def _files_by_stem(folder: Path, kind: str) -> dict[str, Path]:
@@ -166,8 +179,8 @@ def _score(method: MethodSpec, pair: Pair, scale: int, options: BenchOptions, lp
 
 
 def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOptions, lpips_net: Any,
-             sheet: _Sheet, bar: Any, hr_files: dict[str, Path]) -> MethodRow:
-    """Warm up, then time and score every image: one row of the table."""
+             sheet: _Sheet, bar: Any, hr_files: dict[str, Path], done: int) -> MethodRow:
+    """Warm up, then time and score every image: one row of the table (``done``: images of earlier rows)."""
     for _ in range(options.warmup_runs):
         method.fn(pairs[0][2])
     on_cuda = cuda_peak_reset(method.device)
@@ -180,6 +193,9 @@ def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOp
             out_pixels += sr.shape[0] * sr.shape[1]
             sheet.add(pair[0], f"{method.name} {score.psnr_db:.2f} dB", sr)
             bar.update(1)
+            if _progress_mode(options) == "lines":
+                log.info("bench %d/%d: x%d %s on %s: %.2f s, %.2f dB", done + len(scores), bar.total, scale,
+                         method.name, hr_files[pair[0]].name, score.seconds, score.psnr_db)
     seconds_total = sum(score.seconds for score in scores)
     return MethodRow(
         scale=scale, method=method.name, kind=method.kind,
@@ -244,14 +260,15 @@ def run_bench(data_dir: str | Path, options: BenchOptions, models: Sequence[Load
     rows: list[MethodRow] = []
     sheet_rows: list[SheetRow] = []
     hr_reference: list[HrReference] = []
-    with tqdm(total=total, disable=not options.progress, desc="bench", unit="img", file=sys.stderr) as bar:
+    with tqdm(total=total, disable=_progress_mode(options) != "bar", desc="bench", unit="img", file=sys.stderr) as bar:
         for scale in options.scales:
             pairs = _pairs_for_scale(hr_images, scale, options, lr_files, hr_files)
             sheet = _Sheet(pairs, sheet_stems, options.sheet_crop_px)
             if options.niqe:
                 hr_reference.append(_hr_reference(pairs, scale))
             for method in methods_for(options.baselines, models, scale):
-                rows.append(_measure(method, pairs, scale, options, lpips_net, sheet, bar, hr_files))
+                rows.append(_measure(method, pairs, scale, options, lpips_net, sheet, bar, hr_files,
+                                     len(rows) * len(pairs)))
             sheet_rows += sheet.rows(scale)
 
     timing = {"warmup_runs": options.warmup_runs, "clock": "time.perf_counter per image",

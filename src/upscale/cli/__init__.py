@@ -53,6 +53,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.TrainingError, EXIT_FAILURE, "training stopped"),
     (errors.BackendError, EXIT_FAILURE, "backend"),
     (errors.TuneCacheError, EXIT_FAILURE, "tuning cache"),
+    (errors.StdoutError, EXIT_FAILURE, ""),   # its message says it all: "cannot write to standard output (...)"
     (errors.UpscaleError, EXIT_FAILURE, "error"),
 )
 
@@ -120,7 +121,7 @@ def report_error(err: BaseException) -> int:
         msg = word_as_flags(err, printable(str(err).replace("\n", " "))) or type(err).__name__
     if not isinstance(err, errors.UpscaleError):
         msg = f"{type(err).__name__}: {msg} (set UPSCALE_DEBUG=1 for a traceback)"
-    click.echo(f"upscale: {label}: {msg}", err=True)
+    click.echo(f"upscale: {label + ': ' if label else ''}{msg}", err=True)
     return code
 
 
@@ -351,4 +352,9 @@ def main() -> None:
     # removed, "interrupted", exit 130 (batch and train stop cleanly, as they do on Ctrl-C)
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
-    cli()
+    from .stdout import guard_stdout
+    guard_stdout()
+    try:
+        cli()
+    except errors.StdoutError as err:   # --help or --version, written before any command runs
+        sys.exit(report_error(err))

@@ -47,7 +47,7 @@ from .progress import is_terminal
               help="Side of the sheet's crop, in HR pixels.")
 @device_options
 @tile_option
-@quiet_option("No progress bar (there is none off a terminal).")
+@quiet_option("No progress (a bar on a terminal, else a line per method and image).")
 @handle_errors
 def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_dir: Path | None, baselines: str,
           rgb_metrics: bool, gray: str, lpips: bool, niqe: bool, warmup_runs: int, fmt: str | None,
@@ -74,7 +74,7 @@ def bench(data_dir: Path, scales: tuple[int, ...], models: tuple[str, ...], lr_d
         scales=tuple(dict.fromkeys(scales)), baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
         lr_dir=lr_dir, y_channel=not rgb_metrics, gray=gray, warmup_runs=warmup_runs, lpips=lpips, niqe=niqe,
         sheet_images=None if sheet_path is None else tuple(sheet_images), sheet_crop_px=crop_px,
-        progress=not quiet and is_terminal(sys.stderr))    # a bar's redraws would pile up in a log file
+        progress="none" if quiet else "bar" if is_terminal(sys.stderr) else "lines")    # lines: into a log file
     result = run_bench(data_dir, options, load_models(models, engine_options))
     if sheet_path is not None:
         write_sheet(result.sheet_rows, sheet_path)
