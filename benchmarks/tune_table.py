@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "winograd"])
     parser.add_argument("--json", type=Path, default=JSON_PATH, help="where the JSON goes (default: %(default)s)")
     args = parser.parse_args(argv)
 

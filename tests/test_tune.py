@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from upscale.api import load_model
+from upscale.backends import choose_backend
 from upscale.cli import cli
 from upscale.engine import Engine, EngineOptions, Workload
 from upscale.engine.compiling import want_compile
@@ -78,7 +79,7 @@ def test_tune_writes_show_reads_and_auto_uses_the_window(tiny_x4, cache_here):
     assert engine_window(tiny_x4) == result["window_px"]
     assert set(result["window_seconds"]) == set(result["window_setup_s"]) >= {"96", "128"}   # + the old default
     # the real entry, another window and no per-side table (an entry from before the table): auto follows it
-    edit_entry(cache_here, window_px=200, window_seconds=None, window_setup_s=None)
+    edit_entry(cache_here, window_px=200, window_seconds=None, window_setup_s=None, tables=None)
     engine = Engine(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32"))
     assert engine_window(tiny_x4) == 200
     assert engine.tile_px_for(1000, 1000) == 200 - 2 * engine.overlap_px
@@ -190,8 +191,35 @@ def test_auto_plans_each_image_from_the_measured_table(tiny_x4, cache_here):
     edit_entry(cache_here, window_seconds={"128": 1.0, "100000": 1e-9})
     assert engine.tile_px_for(500, 400) == 128 - 2 * context
     # a table measured with another backend than the engine's is not used: the entry's one window is
-    edit_entry(cache_here, window_backend="openvino", window_px=200)
-    assert engine.tile_px_for(500, 400) == 200 - 2 * context
+    edit_entry(cache_here, window_backend="openvino", window_px=200, tables=None)
+    torch_only = Engine(load_model(tiny_x4), EngineOptions(device="cpu", precision="fp32", backend="torch"))
+    assert torch_only.tile_px_for(500, 400) == 200 - 2 * context
+
+
+def test_auto_runs_each_image_on_the_backend_whose_measured_plan_is_cheapest(tiny_x2_rrdb, cache_here):
+    """Under backend auto every backend's curve kept by the tuner is planned: winograd (cheap per
+    pixel, small windows only) wins a small image, torch (one 512 window, dearer per pixel but no
+    overlap) a large one; an explicit backend plans on its own curve only."""
+    import numpy as np
+
+    from upscale.engine import RunStats
+
+    tune("-m", tiny_x2_rrdb, *QUICK)
+    edit_entry(cache_here, window_seconds={"512": 512**2 * 1e-5}, window_setup_s={"512": 0.0},   # torch's (chosen)
+               tables={"winograd": {"window_seconds": {"128": 128**2 * 6e-6}, "window_setup_s": {"128": 0.0}}})
+    model = load_model(tiny_x2_rrdb)
+    engine = Engine(model, EngineOptions(device="cpu", precision="fp32"))
+    assert engine.backend_for(100, 100) == "winograd" and engine.tile_px_for(100, 100) == 0
+    assert engine.expected_s(100, 100) == pytest.approx(100 * 100 * 6e-6)
+    assert engine.backend_for(2000, 2000) == "torch" and engine.tile_px_for(2000, 2000) == 512 - 2 * 32
+    explicit = Engine(model, EngineOptions(device="cpu", precision="fp32", backend="torch"))
+    assert explicit.backend_for(100, 100) == "torch"
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 22, 3), dtype=np.uint8)
+    stats = RunStats()
+    out = engine.upscale(pixels, stats=stats)
+    assert stats.backend == "winograd" and engine.winograd is not None
+    expected = Engine(model, EngineOptions(device="cpu", precision="fp32", backend="torch", tile_px=0)).upscale(pixels)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_an_image_a_little_larger_than_every_measured_window_may_run_as_one(tiny_x4, cache_here):
@@ -267,6 +295,22 @@ def test_tune_measures_openvino_where_it_runs(tiny_x4, cache_here):
     assert json.loads(cache_here.read_text())["entries"][0]["result"]["backend"] in ("torch", "openvino")
 
 
+def test_tune_measures_winograd_for_rrdbnet_and_auto_follows_it(tiny_x2_rrdb, tiny_x4, cache_here):
+    out = tune("-m", tiny_x2_rrdb, "--quick", "--windows", "128", "--backend", "winograd", "--precision", "fp32",
+               "--device", "cpu")
+    assert "winograd" in out
+    result = json.loads(cache_here.read_text())["entries"][0]["result"]
+    assert result["backend"] in ("torch", "winograd")
+    rrdb = load_model(tiny_x2_rrdb)
+    edit_entry(cache_here, backend="winograd", window_backend="winograd")
+    assert preferred_backend(rrdb, "fp32", None) == "winograd"
+    assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads()) == "winograd"
+    assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads(), "on") == "torch"
+    refused = CliRunner().invoke(cli, ["tune", "-m", tiny_x4, "--quick", "--windows", "96", "--backend", "winograd",
+                                       "--precision", "fp32", "--device", "cpu"])     # required, where it cannot run
+    assert refused.exit_code == 2 and "backend winograd cannot be measured" in refused.output
+
+
 def test_bad_windows_are_a_usage_error(tiny_x4):
     result = CliRunner().invoke(cli, ["tune", "-m", tiny_x4, "--windows", "8,16", "--device", "cpu"])
     assert result.exit_code == 2 and "no window to measure" in result.output
@@ -295,7 +339,7 @@ def test_openvino_gets_its_own_curve_where_close_and_the_best_plan_wins(tiny_x4)
     one whose best window gives the fewer estimated seconds for the reference image."""
     pytest.importorskip("openvino")
     from upscale.tune import tune_model
-    from upscale.tune.measure import openvino_curve_wanted, reference_windows
+    from upscale.tune.measure import curve_wanted, reference_windows
 
     options = EngineOptions(device="cpu", precision="fp32")
     report = tune_model(load_model(tiny_x4), options, quick=True, windows=(96, 128), save=False)
@@ -306,7 +350,7 @@ def test_openvino_gets_its_own_curve_where_close_and_the_best_plan_wins(tiny_x4)
     estimate = {w: reference_windows(engine, w) for w in torch_s}
     torch_window = min(torch_s, key=lambda w: (estimate[w] * torch_s[w], -w))
     assert torch_window in ov_s                        # measured at torch's window in any case
-    wanted = openvino_curve_wanted(ov_s[torch_window], torch_s[torch_window])
+    wanted = curve_wanted(ov_s[torch_window], torch_s[torch_window])
     assert set(ov_s) == ({96, 128, torch_window} if wanted else {torch_window})
     best_torch = estimate[torch_window] * torch_s[torch_window]
     best_ov = min(estimate[w] * ov_s[w] for w in ov_s)

@@ -184,7 +184,8 @@ class Upscaler:
         self.model = model
         self.options = options or EngineOptions()
         self.engine = Engine(model, self.options, work=work)
-        self._lock = threading.Lock()    # one image at a time through the engine (OpenVINO's one request)
+        self._lock = threading.Lock()    # one image at a time through the engine (OpenVINO's one request,
+        #                                  the winograd backend's buffers: neither is reentrant)
 
     def upscale(self, image: Any, *, outscale: float | None = None, alpha_mode: str = "model",
                 progress: Progress | None = None, stats: RunStats | None = None) -> Any:

@@ -136,8 +136,9 @@ class TuneCacheError(UpscaleError):
 
 # --- appended by the OpenVINO backend (issue 14) -------------------------------------------------
 class BackendError(UpscaleError):
-    """A window backend (OpenVINO) failed on a network that torch runs: it cannot convert it, compile
-    it for a window shape, or run it. The message names the model and says to use backend torch."""
+    """A window backend (OpenVINO, winograd) failed on a network that torch runs: it cannot convert
+    it, compile it (or its kernels) for a window shape, or run it. The message names the model and says
+    to use backend torch."""
 
 
 # --- appended by the CLI's standard output (a full disk, a closed descriptor) -----------------------

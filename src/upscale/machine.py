@@ -134,6 +134,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "upscale"
 
 
+def inductor_cache_dir() -> Path:
+    """Where torch.compile's compiled graphs are kept between processes: ``<our cache>/inductor``."""
+    return cache_dir() / "inductor"
+
+
+def use_inductor_cache() -> None:
+    """Point torch.compile's on-disk cache at ``inductor_cache_dir()`` unless the user chose one
+    (``TORCHINDUCTOR_CACHE_DIR``); call before compiling. The first call in a process decides."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+
+
 def package_version(name: str) -> str | None:
     try:
         return version(name)

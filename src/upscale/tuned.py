@@ -39,6 +39,7 @@ FORMAT = 1
 AUTO = "auto"                          # the precision part of the key of an auto-precision choice
 TRAIN_AUTO = "train-auto"              # the same for training (``train.runtime.settle_auto_precision``)
 AUTO_CANDIDATES = ("bf16", "fp32")     # what --precision auto chooses between on a CPU with native bf16
+BACKENDS = ("torch", "openvino", "winograd")   # ``upscale.backends``; torch first, the others measured beside it
 PROBE_ARCH = "conv3x3-probe"           # the machine's precision probe (engine.precision): its key's arch
 PROBE_SHAPE = {"channels": 64, "side": 128}
 
@@ -120,9 +121,10 @@ def _valid_entry(entry: Any) -> bool:
     compile_ok = result.get("compile") is None or (
         isinstance(result["compile"], dict)
         and all(isinstance(result["compile"].get(k), (int, float)) for k in ("gain", "compile_s")))
-    backend_ok = (result.get("backend") in (None, "torch", "openvino")
-                  and result.get("window_backend", "torch") in ("torch", "openvino"))
-    tables_ok = all(_valid_table(result.get(k)) for k in ("window_seconds", "window_setup_s"))
+    backend_ok = (result.get("backend") in (None, *BACKENDS)
+                  and result.get("window_backend", "torch") in BACKENDS)
+    tables_ok = all(_valid_table(result.get(k)) for k in ("window_seconds", "window_setup_s")) and _valid_tables(
+        result.get("tables"))
     return (isinstance(window, int) and not isinstance(window, bool) and window > 0 and numbers_ok
             and compile_ok and backend_ok and tables_ok and isinstance(entry.get("when", ""), str))
 
@@ -133,6 +135,15 @@ def _valid_choice(result: dict[str, Any]) -> bool:
     return (isinstance(estimates, dict) and result.get("precision") in estimates and all(
         k in AUTO_CANDIDATES and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
         for k, v in estimates.items()))
+
+
+def _valid_tables(tables: Any) -> bool:
+    """None (entries written before), or {backend: {"window_seconds": table, "window_setup_s": table}}."""
+    if tables is None:
+        return True
+    return isinstance(tables, dict) and all(
+        name in BACKENDS and isinstance(t, dict) and isinstance(t.get("window_seconds"), dict)
+        and all(_valid_table(t.get(k)) for k in ("window_seconds", "window_setup_s")) for name, t in tables.items())
 
 
 def _valid_table(table: Any) -> bool:
@@ -227,7 +238,7 @@ def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str 
 def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | None:
     """The backend ``upscale tune`` measured fastest for ``model`` (a ``Model``) at ``precision`` (a
     resolved name, "fp32"/"bf16", or a torch dtype) with ``threads`` (None: torch's current count) on
-    this CPU: "torch" or "openvino"; None when nothing was measured (the caller uses its default; said
+    this CPU: "torch", "openvino" or "winograd"; None when nothing was measured (the caller uses its default; said
     once per process)."""
     import torch
 

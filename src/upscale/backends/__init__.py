@@ -2,13 +2,15 @@
 
 ``torch`` is the engine's own path (eager or torch.compile, autocast, any device). ``openvino``
 (``openvino_backend``, the optional extra ``pip install 'upscale[openvino]'``) runs the same network
-converted in memory by OpenVINO's CPU plugin; it only computes windows, the engine still plans,
-batches and stitches them, so seams and blending are the same on both.
+converted in memory by OpenVINO's CPU plugin. ``winograd`` (``winograd_backend``) runs RRDBNet in fp32
+on the CPU with its trunk's 3x3 convolutions computed by Winograd F(4x4, 3x3) (``winograd``). Each only
+computes windows: the engine still plans, batches and stitches them, so seams and blending are the
+same on all three.
 
 ``choose_backend`` resolves ``EngineOptions.backend``: ``auto`` is torch unless the tuner
-(``upscale.tuned.preferred_backend``) measured OpenVINO faster
-for this model, precision and thread count on this machine. Neither this package nor the engine
-imports openvino unless the openvino backend is chosen.
+(``upscale.tuned.preferred_backend``) measured another one faster for this model, precision and thread
+count on this machine. Neither this package nor the engine imports openvino unless the openvino
+backend is chosen.
 """
 
 from __future__ import annotations
@@ -37,14 +39,24 @@ def openvino_installed() -> bool:
 
 def choose_backend(requested: str, model: Model, device_type: str, precision: str, threads: int,
                    compile_mode: str = "auto") -> str:
-    """The backend that will compute the windows: "torch" or "openvino".
+    """The backend that will compute the windows: "torch", "openvino" or "winograd".
 
-    ``requested``: auto, torch or openvino; ``device_type``: the resolved device ("cpu", "cuda", ...);
-    ``precision``: the resolved precision's name ("fp32", "bf16", ...); ``threads``: the CPU threads
-    the run uses. openvino off the CPU, or with compile on, is a ``UsageError``.
+    ``requested``: auto, torch, openvino or winograd; ``device_type``: the resolved device ("cpu",
+    "cuda", ...); ``precision``: the resolved precision's name ("fp32", "bf16", ...); ``threads``: the
+    CPU threads the run uses. openvino or winograd off the CPU, or with compile on, is a ``UsageError``;
+    so is winograd for a network other than RRDBNet or a precision other than fp32.
     """
     if requested == "torch":
         return "torch"
+    if requested == "winograd":
+        from .winograd_backend import check_supported
+
+        if compile_mode == "on" and device_type == "cpu":
+            raise errors.UsageError("compile on is torch.compile of the whole network, which backend winograd "
+                                    "does not use (it compiles its own kernels); use compile auto or off with it",
+                                    params=("compile", "backend"))
+        check_supported(model, device_type, precision)
+        return "winograd"
     if requested == "openvino":
         if device_type != "cpu":
             raise errors.UsageError(f"backend openvino runs on the CPU only, not on {device_type}; "
@@ -54,15 +66,29 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
                                     "use compile auto or off with it", params=("compile", "backend"))
         return "openvino"
     if requested != "auto":
-        raise errors.UsageError(f"backend must be one of auto, torch, openvino, not {requested!r}",
+        raise errors.UsageError(f"backend must be one of auto, torch, openvino, winograd, not {requested!r}",
                                 params=("backend",))
     if device_type != "cpu" or compile_mode == "on":
         return "torch"
-    if _tuner_preference(model, precision, threads) == "openvino":
+    preferred = _tuner_preference(model, precision, threads)
+    if preferred == "openvino":
         if openvino_installed():
             return "openvino"
         log.info("backend auto: the tuner measured openvino faster here, but it is not installed; using torch")
+    if preferred == "winograd" and winograd_supports(model, precision):
+        return "winograd"
     return "torch"
+
+
+def winograd_supports(model: Model, precision: str) -> bool:
+    """Whether the winograd backend can compute ``model`` at ``precision`` (on the CPU)."""
+    from .winograd_backend import check_supported
+
+    try:
+        check_supported(model, "cpu", precision)
+    except errors.UsageError:
+        return False
+    return True
 
 
 def _tuner_preference(model: Model, precision: str, threads: int) -> str | None:
@@ -78,3 +104,10 @@ def openvino_windows(model: Model, *, precision: str, threads: int) -> Any:
     from .openvino_backend import OpenVinoWindows
 
     return OpenVinoWindows(model, precision=precision, threads=threads)
+
+
+def winograd_windows(model: Model) -> Any:
+    """A ``winograd_backend.WinogradWindows`` for ``model`` (an RRDBNet; weights transformed here)."""
+    from .winograd_backend import WinogradWindows
+
+    return WinogradWindows(model)

@@ -37,7 +37,7 @@ class LoadedModel:
     upscaler: Any          # api.Upscaler
     device: str
     dtype: str
-    engine_note: str = ""  # what else decides its speed: "OpenVINO", "torch.compile"
+    engine_note: str = ""  # what else decides its speed: "OpenVINO", "Winograd", "torch.compile"
 
 
 def _pillow_method(name: str, scale: int) -> Method:
@@ -69,7 +69,8 @@ def load_models(specs: Sequence[str], engine_options: Any) -> list[LoadedModel]:
             label = f"{base}#{n}"
         labels.add(label)
         up = Upscaler(model, engine_options)
-        engine_note = "OpenVINO" if up.engine.backend == "openvino" else "torch.compile" if up.engine.compiled else ""
+        engine_note = {"openvino": "OpenVINO", "winograd": "Winograd"}.get(
+            up.engine.backend, "torch.compile" if up.engine.compiled else "")
         loaded.append(LoadedModel(label, model.scale, up, str(up.engine.device),
                                   str(up.engine.dtype).replace("torch.", ""), engine_note))
     return loaded

@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import click
 
+from .. import tuned
+
 log = logging.getLogger("upscale")
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -35,9 +37,12 @@ TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; co
 # the AVIF codec, avif is refused with io's "unknown output format" before any work)
 OUTPUT_FORMATS = ["png", "jpg", "webp", "tif", "bmp", "avif"]
 
-BACKEND_HELP = ("What computes the tiles. auto (default): torch, unless `upscale tune` measured OpenVINO faster "
-                "for this model, precision and thread count on this machine (CPU only). openvino: OpenVINO's "
-                "CPU plugin on the same network (needs pip install 'upscale[openvino]').")
+BACKENDS = ("auto", *tuned.BACKENDS)    # engine.options.BACKENDS, without importing torch here
+BACKEND_HELP = ("What computes the tiles. auto (default): torch, unless `upscale tune` measured another backend "
+                "faster for this model, precision and thread count on this machine (CPU only). openvino: OpenVINO's "
+                "CPU plugin on the same network (needs pip install 'upscale[openvino]'). winograd: RRDBNet models "
+                "(esrgan, x4plus) in fp32 on the CPU with Winograd convolutions (compiles its kernels once per "
+                "tile shape).")
 BACKEND_META = "upscale.backend"     # where --backend leaves its value in the click context
 
 
@@ -57,7 +62,7 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--threads", type=int, default=None, help="CPU threads (default: all cores)."),
         click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      show_default=True, help="torch.compile the network (auto: when the work repays it)."),
-        click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto",
+        click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto",
                      show_default=True, help=BACKEND_HELP, expose_value=False, callback=_keep_backend),
     )(fn)
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from . import handle_errors, say
+from .options import BACKENDS
 
 
 def _windows(value: str | None) -> tuple[int, ...] | None:
@@ -30,9 +31,9 @@ def _windows(value: str | None) -> tuple[int, ...] | None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="The precision to tune for (auto: as `upscale run` resolves it).")
 @click.option("--threads", type=int, default=None, help="CPU threads to tune for (default: all cores).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
-              help="Backends to measure: auto = torch, and openvino where it is installed and the device is "
-                   "the CPU; openvino = require it.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto", show_default=True,
+              help="Backends to measure: auto = torch, and on the CPU openvino where it is installed and winograd "
+                   "for RRDBNet in fp32; openvino or winograd = require that one.")
 @click.option("--quick", is_flag=True, help="One timed run per probe and no torch.compile probe.")
 @click.option("--windows", "windows", default=None, metavar="PX,PX,...",
               help="Window sides to try (default: 128,192,256,384,496,512; up to 384 for large networks).")
@@ -118,7 +119,7 @@ def _print_report(report: Any) -> None:
         compile_text = (f"{'on when the work repays it' if compiled['gain'] > 0 else 'off'} (measured gain "
                         f"{compiled['gain']:+.1%}, compile {compiled['compile_s']:.1f} s)")
     click.echo(f"chosen: window {res['window_px']}, batch {res['batch']}, compile {compile_text}, "
-               f"backend {res['backend'] or 'torch (openvino not measured)'}")
+               f"backend {res['backend'] or 'torch (no other measured)'}")
     if res.get("window_seconds"):
         click.echo("each image is planned from the measured sides (s per window): "
                    + ", ".join(f"{side} {sec:.3g}" for side, sec in res["window_seconds"].items()))

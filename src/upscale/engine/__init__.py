@@ -14,14 +14,15 @@ stitches the outputs on the model's device. Its rooms:
 - ``compiling``: the torch.compile policy, the inductor cache, which windows use the compiled graph;
 - ``core``: ``Engine`` and its run loop, ``RunStats``;
 - ``stitch_ops``: ``TorchStitchOps``, the stitcher's arithmetic in torch;
-- ``upscale.backends``: what computes the windows (torch, or OpenVINO's CPU plugin).
+- ``upscale.backends``: what computes the windows (torch, OpenVINO's CPU plugin, or winograd).
 """
 
 from __future__ import annotations
 
 from ..device import (DEVICES, DTYPES, NAMES, PRECISIONS, available_memory_bytes, cpu_bf16_flags, resolve_device,
                       resolve_precision)
-from .compiling import COMPILE_GAIN, compile_estimates, inductor_cache_dir, uses_compiled
+from ..machine import inductor_cache_dir
+from .compiling import COMPILE_GAIN, compile_estimates, uses_compiled
 from .core import Engine, Progress, RunStats
 from .cost import ModelCost, check_output_fits, probe_cost
 from .options import (AUTO_OVERLAP_MAX_PX, BACKENDS, BEST_TILE_FALLBACK_PX, BEST_TILE_PX, COMPILE_MODES, DEFAULT_BATCH,

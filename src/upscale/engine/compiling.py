@@ -1,6 +1,6 @@
 """The torch.compile policy: whether to compile (``compile="auto"`` weighs the estimated time saved
 against the estimated compile time), how (repeated blocks compiled once), where compiled graphs are
-cached (``machine.cache_dir() / "inductor"``), and which windows may use the compiled graph.
+cached (``machine.inductor_cache_dir()``), and which windows may use the compiled graph.
 
 Compilation is considered on CPU only, where it was measured (docs/perf.md). A compiled engine
 compiles one window shape with one static batch size: the window shape tiling gives for the size the
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..machine import cache_dir
+from ..machine import use_inductor_cache
 from .cost import ModelCost, region_blocks, tuned
 
 log = logging.getLogger(__name__)
@@ -39,11 +37,6 @@ COMPILE_GAIN = 0.05
 COMPILE_BASE_S = 10.0
 COMPILE_PER_CONV_S = 0.3
 EAGER_CPU_MACS_PER_S = {torch.bfloat16: 1.7e11, torch.float32: 8.5e10}
-
-
-def inductor_cache_dir() -> Path:
-    """Where compiled graphs are kept between processes: ``<our cache>/inductor``."""
-    return cache_dir() / "inductor"
 
 
 def compile_estimates(cost: ModelCost, dtype: torch.dtype, threads: int, expected_px: int) -> tuple[float, float]:
@@ -100,7 +93,7 @@ def compiled_module(module: nn.Module, arch: str) -> nn.Module:
     weights as graph inputs, so they are not frozen. Small networks are compiled whole with freezing
     (weights folded in as constants); freezing measured no faster here, but costs nothing for them.
     Compiling itself happens on the first call."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+    use_inductor_cache()
     if not region_blocks(module, arch):
         return torch.compile(module, dynamic=False, options={"freezing": True})
     module = copy.deepcopy(module)   # nn.Module.compile works in place

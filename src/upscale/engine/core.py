@@ -1,8 +1,8 @@
 """The run loop: ``Engine`` prepares a network once; ``Engine.upscale`` checks the input and the
 output's size, plans windows (``upscale.tiling``), converts each band of rows of the input to float
 once, stacks windows into batches (NHWC memory, so the batch is channels_last without a copy), runs
-them under autocast (or through the OpenVINO backend, ``upscale.backends``, which computes the same
-windows) and streams the outputs into the result through ``tiling.BandStitcher``."""
+them under autocast (or through another backend, OpenVINO or winograd, ``upscale.backends``, which
+computes the same windows) and streams the outputs into the result through ``tiling.BandStitcher``."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import errors, tiling
-from ..backends import choose_backend, openvino_windows
+from ..backends import choose_backend
 from ..device import NAMES, available_memory_bytes, resolve_device, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
@@ -26,6 +26,7 @@ from .cost import (activation_bytes, check_output_fits, fitting_window_px, measu
                    whole_window)
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
 from .precision import resolve_dtype
+from .runners import Runners
 from .stitch_ops import TorchStitchOps, to_float
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class RunStats:
     device: str = ""
     precision: str = ""           # "fp32", "bf16" or "fp16"
     compiled: bool = False        # whether the windows went through the compiled graph
-    backend: str = ""             # what computed the windows: "torch" or "openvino"
+    backend: str = ""             # what computed the windows: "torch", "openvino" or "winograd"
 
 
 class Engine:
@@ -70,12 +71,16 @@ class Engine:
         self.cost = probe_cost(model)
         self.backend = choose_backend(self.options.backend, model, self.device.type, NAMES[self.dtype], threads,
                                       self.options.compile)
-        # the OpenVINO windows (None: torch computes them); converted here, compiled per window shape
-        self.openvino = (openvino_windows(model, precision=NAMES[self.dtype], threads=threads)
-                         if self.backend == "openvino" else None)
+        # the other backends' window computers: the chosen one made now (OpenVINO converts, winograd
+        # transforms the weights), others when ``auto`` first picks them for an image
+        self.runners = Runners(model, NAMES[self.dtype], threads)
+        self.runners.get(self.backend)
         work = work or Workload()
-        self.compiled = self.openvino is None and want_compile(self.options.compile, self.device, self.cost,
+        self.compiled = self.backend == "torch" and want_compile(self.options.compile, self.device, self.cost,
                                                                self.dtype, work.pixels)
+        # ``auto`` plans each image over every backend measured here (``runners``), unless torch compiles
+        self._per_image = (self.options.backend == "auto" and self.device.type == "cpu" and not self.compiled
+                           and self.options.compile != "on")
         # the one (height, width) window shape compiled (None: whole images, one graph per image size)
         self.compiled_shape: tuple[int, int] | None = None
         self._compiled_module: nn.Module | None = None
@@ -87,10 +92,20 @@ class Engine:
         log.debug("engine: %s, %s, %d threads, backend %s, compile %s", self.device, NAMES[self.dtype],
                   threads, self.backend, "on" if self.compiled else "off")
 
+    @property
+    def openvino(self) -> Any | None:
+        """The OpenVINO windows, where that backend has run or was chosen (else None)."""
+        return self.runners.made("openvino")
+
+    @property
+    def winograd(self) -> Any | None:
+        """The winograd windows, where that backend has run or was chosen (else None)."""
+        return self.runners.made("winograd")
+
     @functools.cached_property
     def module(self) -> nn.Module:
         """The eager torch module, channels_last on the device: a copy made on first use, so a run on
-        the OpenVINO backend never copies weights it does not use (67 MB for x4plus)."""
+        another backend never copies weights it does not use (67 MB for x4plus)."""
         module = copy.deepcopy(self.model.module).eval().to(self.device)
         return module.to(memory_format=torch.channels_last)
 
@@ -117,26 +132,45 @@ class Engine:
     def tile_px_for(self, height: int, width: int) -> int:
         """The core (stride) used for an image of this size (0 = whole image; resolves ``"auto"``:
         the cheapest plan by what ``upscale tune`` measured here, else the fallback window)."""
-        tile = self.options.tile_px
-        if tile != "auto":
-            return int(tile)
-        table = self._planning_table(height, width)
-        if table:
-            return self._cheapest_core(height, width, table)
-        window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
-        return self._core_of(window, height, width)
+        return self._choice(height, width)[1]
+
+    def backend_for(self, height: int, width: int) -> str:
+        """The backend that computes an image of this size: the engine's, or under ``auto`` the one
+        whose measured plan is cheapest for it (``runners``)."""
+        return self._choice(height, width)[0]
 
     def expected_s(self, height: int, width: int) -> float | None:
         """The estimated seconds of the model part of an image of this size, in the plan ``--tile auto``
         picks, by what ``upscale tune`` measured here; None where nothing was measured or the tile was
         given."""
-        table = self._planning_table(height, width) if self.options.tile_px == "auto" else None
-        return min(self.estimate_s(height, width, table).values()) if table else None
+        return self._choice(height, width)[2]
 
-    def _planning_table(self, height: int, width: int) -> dict[int, tuple[float, float]] | None:
-        """What ``--tile auto`` plans an image of this size from: the measured window sides (and one
-        window a little beyond them, ``_with_whole_image``), or None where nothing was measured."""
-        table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, self.backend)
+    def _choice(self, height: int, width: int) -> tuple[str, int, float | None]:
+        """(backend, core, estimated seconds or None) for an image of this size: with ``tile_px`` auto,
+        the measured (backend, window side) of the fewest estimated seconds, over this engine's backend
+        or, under ``backend="auto"``, every backend measured here; else the given tile, or the
+        fallback window, on the engine's backend."""
+        tile = self.options.tile_px
+        if tile != "auto":
+            return self.backend, int(tile), None
+        best: tuple[str, int, float | None] | None = None
+        for backend in self.runners.choosable() if self._per_image else [self.backend]:
+            table = self._planning_table(height, width, backend)
+            if table:
+                estimates = self.estimate_s(height, width, table, backend)
+                side = min(estimates, key=lambda s: (estimates[s], -s))
+                if best is None or estimates[side] < best[2]:
+                    best = (backend, self._core_of(side, height, width), estimates[side])
+        if best is not None:
+            return best
+        window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
+        return self.backend, self._core_of(window, height, width), None
+
+    def _planning_table(self, height: int, width: int, backend: str) -> dict[int, tuple[float, float]] | None:
+        """What ``--tile auto`` plans an image of this size from on ``backend``: the measured window
+        sides (and one window a little beyond them, ``_with_whole_image``), or None where nothing was
+        measured."""
+        table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, backend)
         return self._with_whole_image(table, height, width) if table else None
 
     def _core_of(self, window: int, height: int, width: int) -> int:
@@ -157,28 +191,22 @@ class Engine:
         extra = whole_window(table, side)
         return table if extra is None else {**table, side: extra}
 
-    def estimate_s(self, height: int, width: int, table: dict[int, tuple[float, float]]) -> dict[int, float]:
+    def estimate_s(self, height: int, width: int, table: dict[int, tuple[float, float]],
+                   backend: str | None = None) -> dict[int, float]:
         """Estimated seconds of the model part of an image of this size for each measured window side
         (``table``: side -> (seconds per window, first-call seconds)): the pixels its plan computes at
         that side's measured cost per pixel (so an image that fits in one window, or fitted windows,
-        count their own area), plus the first call's compile for an OpenVINO shape not compiled here
-        before (in this process or, through OpenVINO's model cache, an earlier one)."""
+        count their own area), plus the first call's compile for a shape another backend has not
+        compiled before (OpenVINO: in this process or, through its model cache, an earlier one;
+        winograd: in this process)."""
         estimates = {}
         for side, (seconds, setup) in table.items():
             core = self._core_of(side, height, width)
             th, tw, count = tiling.plan_extent(height, width, core, self.overlap_px, self.model.size_multiple,
                                                fit=self.fits_windows)
-            warm = self.openvino is None or self.openvino.is_warm((self.options.batch, th, tw,
-                                                                   self.model.in_channels))
+            warm = self.runners.is_warm(backend or self.backend, (self.options.batch, th, tw, self.model.in_channels))
             estimates[side] = count * th * tw * seconds / side**2 + (0.0 if warm else setup)
         return estimates
-
-    def _cheapest_core(self, height: int, width: int, table: dict[int, tuple[float, float]]) -> int:
-        """The core of the measured window side with the fewest estimated seconds for this image
-        (ties: the larger side, fewer windows)."""
-        estimates = self.estimate_s(height, width, table)
-        side = min(estimates, key=lambda s: (estimates[s], -s))
-        return self._core_of(side, height, width)
 
     def plan_for(self, height: int, width: int) -> tiling.TilePlan:
         """The windows and blend weights for an image of this size."""
@@ -227,16 +255,17 @@ class Engine:
         h, w = pixels.shape[:2]
         s = self.model.scale
         check_output_fits(h, w, self.model.out_channels, s, pixels.dtype)
-        plan = self.plan_for(h, w)
+        plan, backend = self.plan_for(h, w), self.backend_for(h, w)
         out = np.empty((h * s, w * s, self.model.out_channels), dtype=pixels.dtype)
         # tiles stay where the model ran (the GPU's memory on CUDA) until blended; each finished band
         # reaches the host once, already clamped and in the output dtype
         stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
         compiled = self.compiled and uses_compiled(self.compiled_shape, (plan.tile_h, plan.tile_w))
-        self._check_activations(plan, compiled)
+        runner = self.runners.get(backend)       # None: torch; else made the first time it is chosen
+        self._check_activations(plan, compiled, runner)
         try:
             forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
-                                                             stitcher, compiled, progress)
+                                                             stitcher, compiled, progress, runner)
         except (MemoryError, RuntimeError) as err:     # torch's allocators say so in a RuntimeError
             if not _out_of_memory(err):
                 raise
@@ -250,7 +279,7 @@ class Engine:
             stats.batches += batches
             stats.tile_shape, stats.device = (plan.tile_h, plan.tile_w), str(self.device)
             stats.precision, stats.compiled = NAMES[self.dtype], compiled and self.compiled
-            stats.backend = self.backend
+            stats.backend = backend
         return out
 
     def _note_depth(self, pixels: np.ndarray) -> None:
@@ -264,13 +293,16 @@ class Engine:
                      "(its low byte may be mostly rounding); precision fp32 keeps all 16 bits",
                      NAMES[self.dtype], 8 if self.dtype == torch.bfloat16 else 11, extra={"params": ("precision",)})
 
-    def _check_activations(self, plan: tiling.TilePlan, compiled: bool) -> None:
+    def _check_activations(self, plan: tiling.TilePlan, compiled: bool, runner: Any = None) -> None:
         """``ResourceError`` before any work when one batch of these windows needs more memory for its
         activations than there is (``--tile 0`` on a large image: the kernel would kill the process
         with no word). Two live activations per largest layer (``memory_window_px`` budgets three, and a
         fraction of the memory, for ``tile_px="auto"``, which so never trips this): default-x4 on one
         2000x1500 window is estimated at 5.4 GiB, and peaked at 5.3 GB (RSS of the whole process)."""
-        need = activation_bytes(self.cost, self.dtype, self._rows(plan, compiled) * plan.tile_h * plan.tile_w, live=2)
+        rows = self._rows(plan, compiled)
+        need = activation_bytes(self.cost, self.dtype, rows * plan.tile_h * plan.tile_w, live=2)
+        if hasattr(runner, "workspace_bytes"):     # winograd: its buffers live beside the upsampling part's
+            need += runner.workspace_bytes(rows, plan.tile_h, plan.tile_w)
         free = available_memory_bytes(self.device)
         if need > free:
             raise errors.ResourceError(f"{self._windows_text(plan, compiled)} need about {need / 2**30:.1f} GiB for "
@@ -306,16 +338,17 @@ class Engine:
             raise errors.UsageError(f"{label}: empty image ({h}x{w})")
 
     def _run_windows(self, padded: np.ndarray, plan: tiling.TilePlan, stitcher: tiling.BandStitcher,
-                     compiled: bool, progress: Progress | None) -> tuple[float, float, int]:
-        """Every window of ``plan`` through the model (the compiled graph if ``compiled``) and into the
-        stitcher; returns (forward seconds, stitch seconds, batches)."""
+                     compiled: bool, progress: Progress | None, runner: Any = None) -> tuple[float, float, int]:
+        """Every window of ``plan`` through the model (``runner``, another backend's windows, or torch:
+        the compiled graph if ``compiled``) and into the stitcher; returns (forward seconds, stitch
+        seconds, batches)."""
         forward_s = stitch_s = 0.0
         batches = 0
         total = plan.num_tiles
         with torch.inference_mode(), self._autocast():
             for done, group, x in self._batches(padded, plan, static=compiled):
                 t0 = time.perf_counter()
-                y = self._compute(x, compiled)
+                y = self._compute(x, compiled, runner)
                 synchronize(self.device)   # so forward_s is the forward pass (and the input may be refilled)
                 t1 = time.perf_counter()
                 for i, win in enumerate(group):
@@ -347,11 +380,14 @@ class Engine:
             n = full if static else len(group)
             yield first + len(group), group, batch_in[:n].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
-    def _compute(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:
+    def _compute(self, x: torch.Tensor, compiled: bool, runner: Any = None) -> torch.Tensor:
         """One batch (NCHW view of NHWC memory) -> its output as an NHWC float32 tensor, from the
-        OpenVINO windows (which take and give NHWC arrays: no copy either way) or the torch module."""
-        if self.openvino is not None:
-            return torch.from_numpy(self.openvino(x.permute(0, 2, 3, 1).numpy()))
+        OpenVINO windows (which take and give NHWC arrays: no copy either way), the winograd windows or
+        the torch module."""
+        if runner is not None and runner is self.openvino:
+            return torch.from_numpy(runner(x.permute(0, 2, 3, 1).numpy()))
+        if runner is not None:
+            return runner(x)
         return self._forward(x, compiled).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
 
     def _forward(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:

@@ -115,14 +115,21 @@ def measured_windows(cost: ModelCost, dtype: torch.dtype, device: torch.device, 
     """What ``upscale tune`` measured per window side here with ``backend``: {window side: (seconds
     per window, seconds its first call added: compiling that shape)}, only the sides whose activations
     fit in memory now (``memory_window_px``); None when nothing was measured with that backend (or
-    only a single window, as entries written before the table existed)."""
+    only a single window, as entries written before the table existed). Entries keep every measured
+    backend's curve (``tables``); older ones only the chosen backend's."""
     result = tuned(cost, dtype, device)
-    if not result or not result.get("window_seconds") or result.get("window_backend", "torch") != backend:
+    if not result:
+        return None
+    if result.get("window_backend", "torch") == backend:
+        measured = result      # the chosen backend's curve
+    else:                      # another measured backend's (entries since the winograd backend keep all)
+        measured = (result.get("tables") or {}).get(backend)
+    if not measured or not measured.get("window_seconds"):
         return None
     limit = memory_window_px(cost, dtype, device, batch)
-    setup = result.get("window_setup_s") or {}
+    setup = measured.get("window_setup_s") or {}
     table = {int(side): (float(seconds), float(setup.get(side, 0.0)))
-             for side, seconds in result["window_seconds"].items() if int(side) <= limit}
+             for side, seconds in measured["window_seconds"].items() if int(side) <= limit}
     return table or None
 
 

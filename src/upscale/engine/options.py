@@ -7,11 +7,11 @@ import numbers
 
 from dataclasses import dataclass
 
-from .. import errors
+from .. import errors, tuned
 from ..device import DEVICES, PRECISIONS
 
 COMPILE_MODES = ("auto", "on", "off")
-BACKENDS = ("auto", "torch", "openvino")   # see ``upscale.backends``
+BACKENDS = ("auto", *tuned.BACKENDS)   # see ``upscale.backends``
 
 # Default tile = "auto": the window ``upscale tune`` measured fastest on the running machine
 # (``upscale.tune``, read by ``cost.fitting_window_px``). When it has no entry, these FALLBACK constants:
@@ -71,8 +71,8 @@ class EngineOptions:
     the context (it only costs time), and tiled == untiled exactly once the context reaches
     ``Model.receptive_radius``. ``batch``: windows per forward pass; ``threads``: torch intra-op threads
     (None = all cores); ``device``/``precision``: see ``upscale.device``; ``compile``: auto/on/off (see
-    ``upscale.engine.compiling``); ``backend``: what computes the windows, auto/torch/openvino (see
-    ``upscale.backends``: auto is torch unless the tuner measured OpenVINO faster for this model here).
+    ``upscale.engine.compiling``); ``backend``: what computes the windows, auto/torch/openvino/winograd
+    (see ``upscale.backends``: auto is torch unless the tuner measured another faster for this model here).
     """
 
     device: str = "auto"

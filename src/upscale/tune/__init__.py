@@ -28,15 +28,15 @@ from typing import Any
 
 import torch
 
-from .. import machine
+from .. import errors, machine
 from ..device import NAMES, resolve_device, resolve_precision
 from ..engine import EngineOptions
 from ..model import Model
 from .. import tuned
 from ..tuned import preferred_backend  # noqa: F401  (re-exported: where callers looked for it)
-from .measure import (REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, backend_unavailable, candidate_windows,
-                      measure_backend, measure_batch, measure_compile, measure_windows, old_choices,
-                      openvino_curve_wanted, pick_window, precision_name, reference_windows)
+from .measure import (ALTERNATIVES, REFERENCE_SHAPE, RUNS, Prober, Row, TuneReport, backend_unavailable,
+                      candidate_windows, check_measurable, curve_wanted, measure_backends, measure_batch,
+                      measure_compile, measure_windows, old_choices, pick_window, precision_name, reference_windows)
 
 __all__ = ["PRECISION_SCREEN_MARGIN", "REFERENCE_SHAPE", "Row", "TuneReport", "Tuning", "preferred_backend",
            "tune_model", "tune_precisions"]
@@ -67,19 +67,22 @@ def _base_options(options: EngineOptions | None) -> EngineOptions:
 
 def tune_model(model: Model, options: EngineOptions | None = None, *, backend: str = "auto",
                quick: bool = False, runs: int | None = None, windows: tuple[int, ...] | None = None,
-               save: bool = True) -> TuneReport:
+               save: bool = True, strict: bool = True) -> TuneReport:
     """Measure ``model`` with ``options``' device, precision and threads (its tile, batch, compile and
     backend are what is measured, so they are ignored) and store the winner in the cache.
 
-    ``backend``: "auto" measures openvino too where it can run, "torch" only torch, "openvino"
-    requires it (a UsageError where it cannot run). ``quick``: one timed run per probe, no compile
-    probe. ``windows``: the window sides to try (default ``measure.WINDOWS_PX``)."""
+    ``backend``: "auto" measures openvino and winograd too where they can run, "torch" only torch,
+    "openvino" or "winograd" requires that one (a UsageError where it cannot run, said before anything
+    is measured; with ``strict`` False a note instead: the bf16 pass of a precision choice, where
+    winograd runs only in the fp32 pass). ``quick``: one timed run per probe, no compile probe.
+    ``windows``: the window sides to try (default ``measure.WINDOWS_PX``)."""
     prober = Prober(model, _base_options(options), runs or (1 if quick else RUNS))
+    check_measurable(prober, backend, strict)
     notes: list[str] = []
     rows, per_window, setup = measure_windows(prober, candidate_windows(prober, windows))
     old, old_row = old_choices(prober, per_window, REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1], setup)
     rows += [old_row] if old_row is not None else []
-    window, torch_estimate = pick_window(prober, per_window)
+    window = pick_window(prober, per_window)[0]
     batch_row, batch = measure_batch(prober, window, per_window[window], notes)
     rows += [batch_row] if batch_row is not None else []
     best_s = batch_row.seconds if batch == 2 else per_window[window]      # batch 2 only with its row
@@ -90,31 +93,27 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
         compile_row, measured_compile = measure_compile(prober, window, batch, best_s, notes)
     rows += [compile_row] if compile_row is not None else []
     torch_window = window
-    table, table_setup = per_window, setup
-    chosen_backend = None
-    openvino_at_window = measure_backend(prober, window, backend, notes)
-    if openvino_at_window is not None:
-        # openvino faster at torch's window, or close behind: its own curve over every side (the one
-        # at hand not measured again), since its cost grows differently with the window than torch's
-        sides = [window]
-        if openvino_curve_wanted(openvino_at_window[1], per_window[window]):
-            sides = sorted(set(candidate_windows(prober, windows, cap_big=False)) | {window})
-        ov_rows, ov_table, ov_setup = measure_windows(prober, sides, "openvino", {window: openvino_at_window})
-        rows += ov_rows
-        ov_window, ov_estimate = pick_window(prober, ov_table)
-        chosen_backend = "openvino" if ov_estimate < torch_estimate else "torch"   # best plan against best plan
-        if chosen_backend == "openvino":
-            table, table_setup, window = ov_table, ov_setup, ov_window
+    tables = {"torch": (per_window, setup)}     # every backend's curve: the engine plans each image over all
+    chosen_backend = _other_backends(prober, torch_window, backend, windows, strict, notes, rows, tables)
+    if chosen_backend in ALTERNATIVES:
+        table, table_setup = tables[chosen_backend]
+        window = pick_window(prober, table)[0]
+    else:
+        table, table_setup = per_window, setup
     n_ref = reference_windows(prober.engine, window)
-    result = {"window_px": window, "batch": batch if chosen_backend != "openvino" else 1,
+    other = chosen_backend in ALTERNATIVES
+    result = {"window_px": window, "batch": 1 if other else batch,
               "s_per_mp": round(per_window[torch_window] / prober.core(torch_window) ** 2 * 1e6, 5),
               "seconds_per_window": round(table[window], 5), "compile": measured_compile,
               "backend": chosen_backend, "runs": prober.runs,
               "window_backend": chosen_backend or "torch",     # what the two tables below were measured with
               "window_seconds": {str(w): round(s, 5) for w, s in sorted(table.items())},
-              "window_setup_s": {str(w): round(s, 3) for w, s in sorted(table_setup.items())}}
+              "window_setup_s": {str(w): round(s, 3) for w, s in sorted(table_setup.items())},
+              "tables": {name: {"window_seconds": {str(w): round(s, 5) for w, s in sorted(secs.items())},
+                                "window_setup_s": {str(w): round(s, 3) for w, s in sorted(first.items())}}
+                         for name, (secs, first) in tables.items()}}
     _mark_chosen(rows, result)
-    best_window_s = table[window] if chosen_backend == "openvino" else best_s
+    best_window_s = table[window] if other else best_s
     reference = _reference(prober, old, per_window, n_ref * best_window_s)
     key = tuned.tuning_key(model.arch, model.hparams, precision_name(prober), prober.engine.device,
                            torch.get_num_threads())
@@ -122,6 +121,29 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     if save:
         tuned.store(key, result, label=report.label)
     return report
+
+
+def _other_backends(prober: Prober, torch_window: int, backend: str, windows: tuple[int, ...] | None, strict: bool,
+                    notes: list[str], rows: list[Row], tables: dict[str, tuple[dict, dict]]) -> str | None:
+    """Measure each other backend that can run here (``measure_backends``), adding its rows and its
+    (seconds, setup) curve to ``tables`` (which holds torch's); returns the backend whose best plan
+    for ``REFERENCE_SHAPE`` is cheapest ("torch" when none beats it), None when none was measured."""
+    per_window = tables["torch"][0]
+    chosen, best_estimate = None, pick_window(prober, per_window)[1]
+    for name, at_window in measure_backends(prober, torch_window, backend, notes, strict).items():
+        # faster at torch's window, or close behind: its own curve over every side (the one at hand not
+        # measured again), since its cost grows differently with the window than torch's
+        sides = [torch_window]
+        if curve_wanted(at_window[1], per_window[torch_window]):
+            sides = sorted(set(candidate_windows(prober, windows, cap_big=False)) | {torch_window})
+        alt_rows, alt_table, alt_setup = measure_windows(prober, sides, name, {torch_window: at_window})
+        rows += alt_rows
+        tables[name] = (alt_table, alt_setup)
+        chosen = chosen or "torch"                        # measured against something: no longer None
+        estimate = pick_window(prober, alt_table)[1]
+        if estimate < best_estimate:                      # best plan against best plan
+            chosen, best_estimate = name, estimate
+    return chosen
 
 
 def tune_precisions(model: Model, options: EngineOptions | None = None, *, backend: str = "auto",
@@ -149,7 +171,8 @@ def _tune_precisions(model: Model, options: EngineOptions | None, *, backend: st
     if choosing:       # the rule's answer, not what an earlier tune made auto run: both are measured again
         rule = NAMES[resolve_precision(tuned.AUTO, resolve_device(options.device), model)]
         options = dataclasses.replace(options, precision=rule)
-    first = tune_model(model, options, **kwargs)
+    # a backend that runs only in fp32 (winograd) is not required in the bf16 pass of a choice
+    first = tune_model(model, options, **kwargs, strict=not (choosing and options.precision == "bf16"))
     if not choosing or first.key["device"] != "cpu" or first.key["precision"] != "bf16":
         return Tuning([first])
     fp32 = dataclasses.replace(options, precision="fp32")
@@ -170,11 +193,15 @@ def _tune_precisions(model: Model, options: EngineOptions | None, *, backend: st
 
 
 def _screen(prober: Prober, window_px: int, backend: str) -> tuple[list[Row], float]:
-    """fp32 at bf16's chosen window, with torch and (where it can run) openvino: (rows, estimated
-    seconds of a REFERENCE_SHAPE image at the faster of them)."""
+    """fp32 at bf16's chosen window, with torch and each other backend that can run: (rows, estimated
+    seconds of a REFERENCE_SHAPE image at the fastest of them)."""
     rows = []
-    for name in ["torch"] + ([] if backend_unavailable(prober, backend) else ["openvino"]):
-        seconds = prober.window(window_px, **({} if name == "torch" else {"backend": name}))[1]
+    for name in ["torch"] + [b for b in ALTERNATIVES if backend_unavailable(prober, backend, b) is None]:
+        try:
+            seconds = prober.window(window_px, **({} if name == "torch" else {"backend": name}))[1]
+        except errors.BackendError as exc:     # e.g. no C++ compiler for winograd's kernels: not screened
+            log.warning("%s", exc)
+            continue
         rows.append(Row(f"window {window_px} {name} fp32", seconds, seconds / prober.core(window_px) ** 2 * 1e6,
                         window_px=window_px, backend=name))
     return rows, reference_windows(prober.engine, window_px) * min(r.seconds for r in rows)
@@ -185,7 +212,7 @@ def _mark_chosen(rows: list[Row], result: dict[str, Any]) -> None:
     compiled = bool(result["compile"]) and result["compile"]["gain"] > 0
     for row in rows:
         row.chosen = (row.candidate.startswith("window") and row.window_px == result["window_px"]
-                      and row.batch == (1 if backend == "openvino" else result["batch"])
+                      and row.batch == (1 if backend in ALTERNATIVES else result["batch"])
                       and row.backend == backend and row.compiled == (compiled and backend == "torch"))
 
 

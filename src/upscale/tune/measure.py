@@ -10,11 +10,11 @@ on a synthetic textured image, one warm-up call, then the best of ``runs`` timed
 - batch 2 at the winning window (two windows side by side in one forward pass);
 - torch.compile on/off at the winning window (CPU only, not with ``quick``, skipped when the compile
   is estimated to take longer than ``COMPILE_LIMIT_S``);
-- backend torch vs openvino at the winning window (CPU only, when openvino imports and the engine
-  has a ``backend`` option); where openvino wins there or trails by less than
-  ``OPENVINO_CURVE_MARGIN``, every window side again with openvino (without the big-network cap: its
-  per-pixel cost grows differently with the window). The backend whose best window gives the fewer
-  estimated seconds for ``REFERENCE_SHAPE`` is chosen (torch's estimate is its eager one).
+- backend torch vs each of ``ALTERNATIVES`` at the winning window (CPU only: openvino where it
+  imports, winograd for RRDBNet in fp32); where one wins there or trails by less than
+  ``CURVE_MARGIN``, every window side again with it (without the big-network cap: its per-pixel cost
+  grows differently with the window). The backend whose best window gives the fewer estimated seconds
+  for ``REFERENCE_SHAPE`` is chosen (torch's estimate is its eager one).
 
 The result keeps the whole table (seconds per window side, and what each side's first call added):
 the engine plans each image from it, so a 512x512 photo may run as one window where a 1000x750 one
@@ -37,7 +37,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import errors, tiling
+from .. import errors, tiling, tuned
+from ..backends import winograd_supports
 from ..device import NAMES
 from ..engine import Engine, EngineOptions, RunStats, Workload
 from ..engine.compiling import COMPILE_GAIN, compile_estimates
@@ -53,7 +54,7 @@ BIG_NET_MACS_PER_PX = 2e6          # above this, windows stop at BIG_NET_MAX_WIN
 BIG_NET_MAX_WINDOW_PX = 384
 COMPILE_LIMIT_S = 120.0            # compile probes estimated to take longer are skipped
 BATCH_GAIN_MIN = 0.03              # batch 2 must be this much faster per window to be chosen
-OPENVINO_CURVE_MARGIN = 0.25       # openvino up to this much slower at torch's window still gets its own curve
+CURVE_MARGIN = 0.25       # another backend up to this much slower at torch's window still gets its own curve
 RUNS = 3
 
 
@@ -140,6 +141,10 @@ class Prober:
         side in one pass, the time divided among them)."""
         core = self.core(window_px)
         opts = dataclasses.replace(self.base, tile_px=core, batch=batch, **changes)
+        if opts.backend == "winograd":      # its first call must pay the compile a new process pays,
+            from ..backends.winograd_backend import forget_compiled   # even where a probe compiled it here
+
+            forget_compiled()
         width = window_px + (batch - 1) * core
         work = Workload(pixels=window_px * width, shape=(window_px, width)) if opts.compile == "on" else None
         engine = Engine(self.model, opts, work=work)
@@ -198,12 +203,12 @@ def pick_window(prober: Prober, per_window: dict[int, float]) -> tuple[int, floa
     return best, estimates[best]
 
 
-def openvino_curve_wanted(openvino_s: float, torch_s: float) -> bool:
-    """Whether OpenVINO's own window curve is worth measuring, given both backends' seconds at torch's
-    chosen window: where it is faster there or within ``OPENVINO_CURVE_MARGIN`` behind. Its cost per
-    pixel grows differently with the window (flat in f32 on an AVX2 EPYC, where torch's rises 39% from
-    128 to 384), so a window where it trails can hide a larger one where its plan wins."""
-    return openvino_s < torch_s * (1 + OPENVINO_CURVE_MARGIN)
+def curve_wanted(other_s: float, torch_s: float) -> bool:
+    """Whether another backend's own window curve is worth measuring, given its and torch's seconds at
+    torch's chosen window: where it is faster there or within ``CURVE_MARGIN`` behind. Its cost per
+    pixel grows differently with the window (OpenVINO f32's is flat on an AVX2 EPYC, where torch's rises
+    39% from 128 to 384), so a window where it trails can hide a larger one where its plan wins."""
+    return other_s < torch_s * (1 + CURVE_MARGIN)
 
 
 def measure_batch(prober: Prober, window_px: int, batch1_s: float, notes: list[str]) -> tuple[Row | None, int]:
@@ -238,30 +243,54 @@ def measure_compile(prober: Prober, window_px: int, batch: int, eager_s: float,
     return row, {"gain": round(1 - seconds / eager_s, 4), "compile_s": round(compile_s, 2)}
 
 
-def backend_unavailable(prober: Prober, wanted: str) -> str | None:
-    """Why the openvino backend cannot be measured here (None: it can)."""
-    if wanted == "torch":
-        return "only backend torch was asked for"
+ALTERNATIVES = tuned.BACKENDS[1:]    # backends measured beside torch (``upscale.backends``)
+
+
+def backend_unavailable(prober: Prober, wanted: str, name: str) -> str | None:
+    """Why backend ``name`` (one of ``ALTERNATIVES``) cannot be measured here (None: it can), given the
+    ``wanted`` backend ("auto" measures every one that can run)."""
+    if wanted not in ("auto", name):
+        return f"only backend {wanted} was asked for"
     if "backend" not in {f.name for f in dataclasses.fields(EngineOptions)}:
         return "this build's engine has no backend option yet"
     if prober.engine.device.type != "cpu":
-        return f"OpenVINO runs on the CPU only, not {prober.engine.device.type}"
-    if importlib.util.find_spec("openvino") is None:
+        return f"{name} runs on the CPU only, not {prober.engine.device.type}"
+    if name == "openvino" and importlib.util.find_spec("openvino") is None:
         return "openvino is not installed (pip install 'upscale[openvino]')"
+    if name == "winograd" and not winograd_supports(prober.engine.model, precision_name(prober)):
+        return f"it computes RRDBNet in fp32 only, not {prober.engine.model.arch} in {precision_name(prober)}"
     return None
 
 
-def measure_backend(prober: Prober, window_px: int, wanted: str,
-                    notes: list[str]) -> tuple[float, float] | None:
-    """The openvino backend at ``window_px`` (batch 1): (first-call seconds, best seconds), or None
-    with a note."""
-    why = backend_unavailable(prober, wanted)
-    if why is not None:
-        if wanted == "openvino":
-            raise errors.UsageError(f"backend openvino cannot be measured: {why}", params=("backend",))
-        notes.append(f"backend openvino: skipped ({why})")
-        return None
-    return prober.window(window_px, backend="openvino")
+def measure_backends(prober: Prober, window_px: int, wanted: str, notes: list[str],
+                     strict: bool = True) -> dict[str, tuple[float, float]]:
+    """Each alternative backend that can run here at ``window_px`` (batch 1): {name: (first-call
+    seconds, best seconds)}; a note for each skipped or failed (``wanted`` itself: an error, unless
+    not ``strict``)."""
+    measured = {}
+    for name in ALTERNATIVES:
+        why = backend_unavailable(prober, wanted, name)
+        if why is None:
+            try:
+                measured[name] = prober.window(window_px, backend=name)
+            except errors.BackendError as exc:      # e.g. no C++ compiler for winograd's kernels
+                if wanted == name and strict:
+                    raise
+                notes.append(f"backend {name}: failed ({exc})")
+        elif wanted == name:
+            check_measurable(prober, name, strict)
+            notes.append(f"backend {name}: skipped ({why})")
+        elif wanted == "auto":
+            notes.append(f"backend {name}: skipped ({why})")
+    return measured
+
+
+def check_measurable(prober: Prober, wanted: str, strict: bool = True) -> None:
+    """A ``UsageError`` when ``strict`` and backend ``wanted`` (one of ``ALTERNATIVES``) cannot be
+    measured here; called before anything is measured, and again where it would be."""
+    why = backend_unavailable(prober, wanted, wanted) if wanted in ALTERNATIVES else None
+    if why is not None and strict:
+        raise errors.UsageError(f"backend {wanted} cannot be measured: {why}", params=("backend",))
 
 
 def old_choices(prober: Prober, per_window: dict[int, float], reference_px: int,

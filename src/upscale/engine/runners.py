@@ -1,0 +1,58 @@
+"""The window computers other than the engine's own torch module (``upscale.backends``), made when a
+backend is first chosen, and which backends ``--backend auto`` may choose for each image.
+
+With ``backend="auto"`` on the CPU and ``tile_px="auto"``, the engine plans every image over every
+backend ``upscale tune`` measured here (the tuning cache keeps each backend's seconds per window
+side), not only the one that won the tuner's reference image: measured on an Intel Xeon without AMX,
+x4plus in fp32, the winograd backend was fastest in 256-px windows (a 1000x750 photo) while OpenVINO
+ran a 512x512 photo in one window faster than winograd could (docs/perf.md, "Winograd convolutions
+for RRDBNet"). So each image runs on the backend and window of its fewest estimated seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backends import openvino_installed, openvino_windows, winograd_supports, winograd_windows
+from ..model import Model
+
+
+class Runners:
+    """The non-torch window computers of one engine: {backend: runner}, each made on first use."""
+
+    def __init__(self, model: Model, precision: str, threads: int) -> None:
+        self.model, self.precision, self.threads = model, precision, threads
+        self._made: dict[str, Any] = {}
+
+    def get(self, backend: str) -> Any | None:
+        """The runner of ``backend`` ("openvino", "winograd"), made now if needed; None for torch."""
+        if backend == "torch":
+            return None
+        runner = self._made.get(backend)
+        if runner is None:
+            runner = self._made[backend] = (
+                openvino_windows(self.model, precision=self.precision, threads=self.threads)
+                if backend == "openvino" else winograd_windows(self.model))
+        return runner
+
+    def made(self, backend: str) -> Any | None:
+        """The runner of ``backend`` if it was made, else None (nothing is made)."""
+        return self._made.get(backend)
+
+    def is_warm(self, backend: str, shape: tuple[int, ...]) -> bool:
+        """Whether a batch of ``shape`` starts on ``backend`` without compiling. A backend whose
+        runner was not made yet counts as cold (its first window compiles)."""
+        if backend == "torch":
+            return True
+        runner = self._made.get(backend)
+        return runner is not None and runner.is_warm(shape)
+
+    def choosable(self) -> list[str]:
+        """The backends ``auto`` may choose per image here: torch, openvino where it is installed,
+        winograd for the networks and precision it computes."""
+        names = ["torch"]
+        if openvino_installed():
+            names.append("openvino")
+        if winograd_supports(self.model, self.precision):
+            names.append("winograd")
+        return names

@@ -1,0 +1,141 @@
+"""The winograd backend (issue 14, CPUs without AMX): Winograd F(4x4, 3x3) convolutions equal to the
+direct ones on maps of any size, RRDBNet computed by it equal to the eager network (x4, and x2 through
+pixel-unshuffle), the CLI's `--backend winograd` against `--backend torch`, and the choice rules.
+
+Its kernels are compiled by torch.compile (inductor, a C++ compiler), once per feature-map shape: each
+test uses few shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image as PILImage
+from torch.nn import functional as F
+
+from upscale import errors
+from upscale.backends import choose_backend, winograd_supports
+from upscale.backends.winograd import Workspace, rounded, weight_transform
+from upscale.backends.winograd_backend import WinogradWindows
+from upscale.cli import cli
+from upscale.loading import load_model
+
+RRDB_X4 = {"num_feat": 8, "num_block": 2, "num_grow_ch": 4, "scale": 4}
+
+
+@pytest.fixture
+def rrdb_x4(weights_file) -> str:
+    return str(weights_file("rrdbnet", RRDB_X4, 2, "rrdb_x4"))
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+
+
+def test_weight_transform_is_g_g_gt():
+    w = torch.randn(5, 3, 3, 3)
+    u = weight_transform(w)
+    g = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                      [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+    assert u.shape == (36, 3, 5)
+    expected = g @ w[4, 2].double() @ g.T            # output channel 4, input channel 2
+    assert torch.allclose(u[:, 2, 4].double(), expected.reshape(36), atol=1e-6)
+    with pytest.raises(ValueError, match="3x3"):
+        weight_transform(torch.randn(2, 2, 5, 5))
+
+
+@pytest.mark.parametrize("height, width", [(13, 10), (8, 12)])
+def test_one_convolution_equals_the_direct_one(height, width):
+    """Any map size (rounded up to a multiple of 4 inside, the rest zeroed); activation and residual."""
+    torch.manual_seed(height)
+    x = torch.randn(1, height, width, 8)
+    conv = torch.nn.Conv2d(8, 4, 3, padding=1)
+    ws = Workspace(1, rounded(height), rounded(width), height, width, 8)
+    padded = torch.zeros(1, ws.h, ws.w, 8)
+    padded[:, :height, :width] = x
+    direct = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach()
+    with torch.inference_mode():
+        ws.transform_into(padded, 0)
+        u = weight_transform(conv.weight)
+        act = ws.convolve(8, u, conv.bias.detach(), torch.empty(1, ws.h, ws.w, 4), slope=0.2)
+        residual = torch.randn(1, ws.h, ws.w, 4)
+        res = ws.convolve(8, u, conv.bias.detach(), torch.empty(1, ws.h, ws.w, 4), residual=residual, scale=0.2)
+    assert torch.allclose(act[:, :height, :width], F.leaky_relu(direct, 0.2), atol=1e-5)
+    assert torch.allclose(res[:, :height, :width], residual[:, :height, :width] + 0.2 * direct, atol=1e-5)
+    assert not act[:, height:].any() and not act[:, :, width:].any()     # beyond the map: zero, as padding is
+
+
+@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (11, 14)), ("tiny_x2_rrdb", (10, 6))])
+def test_rrdbnet_windows_equal_the_eager_network(fixture, size, request):
+    model = load_model(request.getfixturevalue(fixture))
+    runner = WinogradWindows(model)
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, *size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = model.module.eval()(x).permute(0, 2, 3, 1)
+        got = runner(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-4
+    assert runner.is_warm((1, *size, 3)) and not runner.is_warm((1, size[0] + 8, size[1], 3))
+
+
+def test_cli_winograd_matches_torch(tmp_path, rrdb_x4):
+    src = tmp_path / "a.png"
+    # the size of the x4 network's test above: its kernels are compiled already in a whole run
+    PILImage.fromarray(np.random.default_rng(5).integers(0, 256, (11, 14, 3), dtype=np.uint8)).save(src)
+    outputs = {}
+    for backend in ("torch", "winograd"):
+        out = tmp_path / f"{backend}.png"
+        res = CliRunner().invoke(cli, [str(src), "-m", rrdb_x4, "--backend", backend, "--precision", "fp32",
+                                       "--device", "cpu", "-o", str(out), "-q"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        with PILImage.open(out) as im:
+            outputs[backend] = np.asarray(im).astype(int)
+    assert outputs["winograd"].shape == (11 * 4, 14 * 4, 3)
+    assert np.abs(outputs["winograd"] - outputs["torch"]).max() <= 1     # rounding of the last bit only
+
+
+def test_winograd_choice_rules(rrdb_x4, tiny_x4):
+    rrdb, compact = load_model(rrdb_x4), load_model(tiny_x4)
+    assert choose_backend("winograd", rrdb, "cpu", "fp32", 2) == "winograd"
+    for args, message in [((compact, "cpu", "fp32"), "RRDBNet"), ((rrdb, "cpu", "bf16"), "fp32"),
+                          ((rrdb, "cuda", "fp16"), "CPU only")]:
+        with pytest.raises(errors.UsageError, match=message) as info:
+            choose_backend("winograd", *args, 2)
+        assert "backend" in info.value.params
+    with pytest.raises(errors.UsageError, match="compile on"):
+        choose_backend("winograd", rrdb, "cpu", "fp32", 2, "on")
+    assert winograd_supports(rrdb, "fp32") and not winograd_supports(compact, "fp32")
+    assert choose_backend("auto", rrdb, "cpu", "fp32", 2) == "torch"        # nothing tuned: torch
+
+
+def test_cli_refuses_winograd_for_other_networks_in_one_line(tmp_path, tiny_x4):
+    src = tmp_path / "a.png"
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    res = CliRunner().invoke(cli, [str(src), "-m", tiny_x4, "--backend", "winograd", "-q",
+                                   "-o", str(tmp_path / "o.png")])
+    assert res.exit_code == 2
+    assert "backend winograd computes RRDBNet models" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_kernels_that_cannot_compile_are_one_line_and_nothing_is_written(tmp_path, rrdb_x4):
+    """No C++ compiler (CXX names none): a typed one-line error naming the way out, no output file."""
+    src = tmp_path / "a.png"
+    PILImage.fromarray(np.zeros((9, 7, 3), np.uint8)).save(src)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHINDUCTOR")}
+    env.update(UPSCALE_CACHE=str(tmp_path / "fresh"), CXX=str(tmp_path / "no-such-compiler"), UPSCALE_DEBUG="0")
+    res = subprocess.run([sys.executable, "-m", "upscale", str(src), "-m", rrdb_x4, "--backend", "winograd",
+                          "--precision", "fp32", "-q", "-o", str(tmp_path / "o.png")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert "winograd's kernels could not be compiled" in res.stderr and "use --backend torch" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "o.png").exists()
