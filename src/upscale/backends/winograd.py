@@ -27,7 +27,7 @@ on the map itself (tests/test_winograd.py).
 
 Accuracy: the transforms' constants (up to 8 and 1/24) cost a few bits: one layer agrees with the
 direct fp32 convolution to ~1e-6 relative, and realesrgan-x4plus's whole output with our torch fp32
-path to ~115 dB PSNR (the last bit of a few 8-bit pixels).
+path to ~84 dB PSNR on 8-bit outputs (a few pixels one level apart; benchmarks/winograd_windows.py).
 """
 
 from __future__ import annotations
