@@ -79,8 +79,7 @@ class Engine:
         self.compiled = self.backend == "torch" and want_compile(self.options.compile, self.device, self.cost,
                                                                self.dtype, work.pixels)
         # ``auto`` plans each image over every backend measured here (``runners``), unless torch compiles
-        self._per_image = (self.options.backend == "auto" and self.device.type == "cpu" and not self.compiled
-                           and self.options.compile != "on")
+        self._per_image = self.options.backend == "auto" and self.device.type == "cpu" and not self.compiled
         # the one (height, width) window shape compiled (None: whole images, one graph per image size)
         self.compiled_shape: tuple[int, int] | None = None
         self._compiled_module: nn.Module | None = None
@@ -210,9 +209,12 @@ class Engine:
 
     def plan_for(self, height: int, width: int) -> tiling.TilePlan:
         """The windows and blend weights for an image of this size."""
+        return self._plan(height, width, self.tile_px_for(height, width))
+
+    def _plan(self, height: int, width: int, core: int) -> tiling.TilePlan:
         model = self.model
-        return tiling.plan_tiles(height, width, self.tile_px_for(height, width), self.overlap_px,
-                                 model.size_multiple, model.scale, margin_px=self.margin_px, fit=self.fits_windows)
+        return tiling.plan_tiles(height, width, core, self.overlap_px, model.size_multiple, model.scale,
+                                 margin_px=self.margin_px, fit=self.fits_windows)
 
     # -- preparation --
     def _prepare_compile(self, image_shape: tuple[int, int] | None) -> None:
@@ -255,7 +257,8 @@ class Engine:
         h, w = pixels.shape[:2]
         s = self.model.scale
         check_output_fits(h, w, self.model.out_channels, s, pixels.dtype)
-        plan, backend = self.plan_for(h, w), self.backend_for(h, w)
+        backend, core, _ = self._choice(h, w)         # one estimate per image: backend and plan together
+        plan = self._plan(h, w, core)
         out = np.empty((h * s, w * s, self.model.out_channels), dtype=pixels.dtype)
         # tiles stay where the model ran (the GPU's memory on CUDA) until blended; each finished band
         # reaches the host once, already clamped and in the output dtype

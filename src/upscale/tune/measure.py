@@ -277,10 +277,7 @@ def measure_backends(prober: Prober, window_px: int, wanted: str, notes: list[st
                 if wanted == name and strict:
                     raise
                 notes.append(f"backend {name}: failed ({exc})")
-        elif wanted == name:
-            check_measurable(prober, name, strict)
-            notes.append(f"backend {name}: skipped ({why})")
-        elif wanted == "auto":
+        elif wanted in ("auto", name):      # a required one that cannot run was refused before (check_measurable)
             notes.append(f"backend {name}: skipped ({why})")
     return measured
 
