@@ -84,6 +84,10 @@ def test_rrdbnet_windows_equal_the_eager_network(fixture, size, request):
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4
     assert runner.is_warm((1, *size, 3)) and not runner.is_warm((1, size[0] + 8, size[1], 3))
+    # the memory check's figure is what the window held: the workspace's buffers and conv_first's map
+    (ws,) = runner._workspaces.values()
+    held = sum(b.numel() for b in ws._buffers.values()) + np.prod(ws.map_shape(model.module.conv_first.out_channels))
+    assert runner.workspace_bytes(1, *size) == 4 * held
 
 
 def test_cli_winograd_matches_torch(tmp_path, rrdb_x4):

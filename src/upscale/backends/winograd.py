@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,7 +179,34 @@ class Workspace:
 
     @property
     def v(self) -> torch.Tensor:
-        return self.buffer("v", (36, self.tiles, self.v_channels))
+        return self.buffer("v", self.v_shape)
+
+    @property
+    def v_shape(self) -> tuple[int, ...]:
+        return 36, self.tiles, self.v_channels
+
+    def r_shape(self, c: int) -> tuple[int, ...]:
+        """An input transform's first half (columns) for ``c`` channels."""
+        return 6, self.n, self.h + 2, self.w // TILE, c
+
+    def m_shape(self, c: int) -> tuple[int, ...]:
+        """A convolution's product in the Winograd domain for ``c`` output channels."""
+        return 36, self.tiles, c
+
+    def q_shape(self, c: int) -> tuple[int, ...]:
+        """An output transform's first half (columns) for ``c`` output channels."""
+        return 6, self.n, self.h // TILE, self.w // TILE, TILE, c
+
+    def map_shape(self, c: int) -> tuple[int, ...]:
+        """A feature map of ``c`` channels at the workspace's (rounded) size, NHWC."""
+        return self.n, self.h, self.w, c
+
+    def planned_bytes(self, channels: tuple[int, ...], maps: tuple[int, ...]) -> int:
+        """Bytes of the buffers this workspace holds once used (none is allocated here): V, one r, m
+        and q buffer per channel count in ``channels``, and feature maps of ``maps`` channels each."""
+        shapes = [self.v_shape] + [self.map_shape(c) for c in maps]
+        shapes += [f(c) for c in channels for f in (self.r_shape, self.m_shape, self.q_shape)]
+        return 4 * sum(math.prod(shape) for shape in shapes)
 
     @functools.cached_property
     def inside(self) -> torch.Tensor | None:
@@ -192,7 +220,7 @@ class Workspace:
     def transform_into(self, x: torch.Tensor, lo: int) -> None:
         """The input transform of x (N, h, w, C) into channels [lo, lo + C) of V."""
         c = x.shape[-1]
-        r = self.buffer(("r", c), (6, self.n, self.h + 2, self.w // TILE, c))
+        r = self.buffer(("r", c), self.r_shape(c))
         kernel("columns")(x, r, _B_T)
         kernel("rows")(r, self.v[..., lo:lo + c])
 
@@ -202,9 +230,9 @@ class Workspace:
         (``weight_transform``'s) into ``out`` (N, h, w, C_out): act(conv + bias), or
         residual + scale·(conv + bias). ``slope``: the LeakyReLU's (1.0: none)."""
         c = u.shape[-1]
-        m = self.buffer(("m", c), (36, self.tiles, c))
+        m = self.buffer(("m", c), self.m_shape(c))
         torch.bmm(self.v[..., :channels_in], u, out=m)   # out=: a channel slice of V is read in place
-        q = self.buffer(("q", c), (6, self.n, self.h // TILE, self.w // TILE, TILE, c))
+        q = self.buffer(("q", c), self.q_shape(c))
         kernel("out_columns")(m, q, _A_T)
         kernel("out_rows")(q, bias, out, _A_T, self.inside, slope, residual, scale)
         return out
@@ -213,14 +241,3 @@ class Workspace:
 def rounded(side: int) -> int:
     """``side`` rounded up to a multiple of ``ROUND`` (itself a multiple of the tile)."""
     return -(-side // ROUND) * ROUND
-
-
-def workspace_bytes(n: int, height: int, width: int, channels: tuple[int, ...], v_channels: int, maps: int) -> int:
-    """Bytes of a workspace's buffers for ``n`` maps of height x width: V, one r, m and q buffer per
-    channel count in ``channels``, and ``maps`` feature maps of ``channels[0]`` channels."""
-    h, w = rounded(height), rounded(width)
-    tiles = n * (h // TILE) * (w // TILE)
-    floats = 36 * tiles * v_channels + maps * n * h * w * channels[0]
-    for c in channels:
-        floats += 6 * n * (h + 2) * (w // TILE) * c + 36 * tiles * c + 6 * tiles * TILE * c
-    return 4 * floats

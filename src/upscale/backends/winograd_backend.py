@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .. import errors
 from ..model import Model
-from .winograd import Workspace, compile_limits, rounded, weight_transform, workspace_bytes
+from .winograd import Workspace, compile_limits, rounded, weight_transform
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ _COMPILED: set[tuple[int, ...]] = set()    # graph keys whose kernels this proce
 ARCHS = ("rrdbnet",)          # families this backend computes
 EAGER_PARTS = ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last")   # run by torch, not Winograd
 KEEP_WORKSPACES = 2           # workspaces (buffers: ~1.4 GB for x4plus at a 512 window) kept per instance
-WORKSPACE_MAPS = 7            # full-width maps a workspace holds: trunk x2, three blocks' outputs, sum, feat
+FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
 DENSE_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LEAKY_SLOPE = 0.2             # RRDBNet's LeakyReLU
 RESIDUAL_SCALE = 0.2          # each dense block's and each RRDB's residual scaling
@@ -96,10 +96,11 @@ class WinogradWindows:
         return self._graph_key(self._new_workspace(n, h, w)) in _COMPILED
 
     def workspace_bytes(self, n: int, height: int, width: int) -> int:
-        """Bytes of the buffers a batch of ``n`` windows of height x width input px holds."""
+        """Bytes of the buffers a batch of ``n`` windows of height x width input px holds: the
+        workspace's transforms and its feature maps (``FULL_MAPS`` and the dense block's grown one)."""
         u = self.unshuffle
-        return workspace_bytes(n, height // u, width // u, (self.num_feat, self.grow),
-                               self.num_feat + 4 * self.grow, maps=WORKSPACE_MAPS)
+        ws = self._new_workspace(n, height // u, width // u)
+        return ws.planned_bytes((self.num_feat, self.grow), (self.num_feat,) * FULL_MAPS + (self.grow,))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """One batch (N, C, H, W), float32 on the CPU -> (N, H*s, W*s, C_out) float32 (NHWC)."""

@@ -264,11 +264,11 @@ class Engine:
         # reaches the host once, already clamped and in the output dtype
         stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
         compiled = self.compiled and uses_compiled(self.compiled_shape, (plan.tile_h, plan.tile_w))
-        runner = self.runners.get(backend)       # None: torch; else made the first time it is chosen
-        self._check_activations(plan, compiled, runner)
+        self.runners.get(backend)       # another backend's runner is made the first time it is chosen
+        self._check_activations(plan, compiled, backend)
         try:
             forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,
-                                                             stitcher, compiled, progress, runner)
+                                                             stitcher, compiled, progress, backend)
         except (MemoryError, RuntimeError) as err:     # torch's allocators say so in a RuntimeError
             if not _out_of_memory(err):
                 raise
@@ -296,7 +296,7 @@ class Engine:
                      "(its low byte may be mostly rounding); precision fp32 keeps all 16 bits",
                      NAMES[self.dtype], 8 if self.dtype == torch.bfloat16 else 11, extra={"params": ("precision",)})
 
-    def _check_activations(self, plan: tiling.TilePlan, compiled: bool, runner: Any = None) -> None:
+    def _check_activations(self, plan: tiling.TilePlan, compiled: bool, backend: str = "torch") -> None:
         """``ResourceError`` before any work when one batch of these windows needs more memory for its
         activations than there is (``--tile 0`` on a large image: the kernel would kill the process
         with no word). Two live activations per largest layer (``memory_window_px`` budgets three, and a
@@ -304,8 +304,7 @@ class Engine:
         2000x1500 window is estimated at 5.4 GiB, and peaked at 5.3 GB (RSS of the whole process)."""
         rows = self._rows(plan, compiled)
         need = activation_bytes(self.cost, self.dtype, rows * plan.tile_h * plan.tile_w, live=2)
-        if hasattr(runner, "workspace_bytes"):     # winograd: its buffers live beside the upsampling part's
-            need += runner.workspace_bytes(rows, plan.tile_h, plan.tile_w)
+        need += self.runners.extra_bytes(backend, rows, plan.tile_h, plan.tile_w)
         free = available_memory_bytes(self.device)
         if need > free:
             raise errors.ResourceError(f"{self._windows_text(plan, compiled)} need about {need / 2**30:.1f} GiB for "
@@ -341,9 +340,9 @@ class Engine:
             raise errors.UsageError(f"{label}: empty image ({h}x{w})")
 
     def _run_windows(self, padded: np.ndarray, plan: tiling.TilePlan, stitcher: tiling.BandStitcher,
-                     compiled: bool, progress: Progress | None, runner: Any = None) -> tuple[float, float, int]:
-        """Every window of ``plan`` through the model (``runner``, another backend's windows, or torch:
-        the compiled graph if ``compiled``) and into the stitcher; returns (forward seconds, stitch
+                     compiled: bool, progress: Progress | None, backend: str = "torch") -> tuple[float, float, int]:
+        """Every window of ``plan`` through the model (on ``backend``; torch: the compiled graph if
+        ``compiled``) and into the stitcher; returns (forward seconds, stitch
         seconds, batches)."""
         forward_s = stitch_s = 0.0
         batches = 0
@@ -351,7 +350,7 @@ class Engine:
         with torch.inference_mode(), self._autocast():
             for done, group, x in self._batches(padded, plan, static=compiled):
                 t0 = time.perf_counter()
-                y = self._compute(x, compiled, runner)
+                y = self._compute(x, compiled, backend)
                 synchronize(self.device)   # so forward_s is the forward pass (and the input may be refilled)
                 t1 = time.perf_counter()
                 for i, win in enumerate(group):
@@ -383,15 +382,12 @@ class Engine:
             n = full if static else len(group)
             yield first + len(group), group, batch_in[:n].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
-    def _compute(self, x: torch.Tensor, compiled: bool, runner: Any = None) -> torch.Tensor:
-        """One batch (NCHW view of NHWC memory) -> its output as an NHWC float32 tensor, from the
-        OpenVINO windows (which take and give NHWC arrays: no copy either way), the winograd windows or
-        the torch module."""
-        if runner is not None and runner is self.openvino:
-            return torch.from_numpy(runner(x.permute(0, 2, 3, 1).numpy()))
-        if runner is not None:
-            return runner(x)
-        return self._forward(x, compiled).float().permute(0, 2, 3, 1)  # NHWC view; contiguous if channels_last
+    def _compute(self, x: torch.Tensor, compiled: bool, backend: str) -> torch.Tensor:
+        """One batch (NCHW view of NHWC memory) -> its output as an NHWC float32 tensor, from the torch
+        module (a view: contiguous if channels_last) or another backend's runner (``Runners.compute``)."""
+        if backend == "torch":
+            return self._forward(x, compiled).float().permute(0, 2, 3, 1)
+        return self.runners.compute(backend, x)
 
     def _forward(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:
         """One batch through the eager module, or the compiled one; the first compiled call compiles

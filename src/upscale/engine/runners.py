@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..backends import openvino_installed, openvino_windows, winograd_supports, winograd_windows
 from ..model import Model
 
@@ -34,6 +36,20 @@ class Runners:
                 openvino_windows(self.model, precision=self.precision, threads=self.threads)
                 if backend == "openvino" else winograd_windows(self.model))
         return runner
+
+    def compute(self, backend: str, x: torch.Tensor) -> torch.Tensor:
+        """One batch (N, C, H, W; a view of NHWC memory) through ``backend``'s runner -> (N, H*s, W*s,
+        C_out) float32, NHWC. OpenVINO's takes and gives NHWC arrays (no copy either way); winograd's
+        takes and gives torch tensors as the engine does."""
+        runner = self.get(backend)
+        if backend == "openvino":
+            return torch.from_numpy(runner(x.permute(0, 2, 3, 1).numpy()))
+        return runner(x)
+
+    def extra_bytes(self, backend: str, n: int, height: int, width: int) -> int:
+        """Memory a batch of ``n`` windows of height x width px holds on ``backend`` beyond the model's
+        activations, which the engine counts for every backend: winograd's workspace."""
+        return self.get(backend).workspace_bytes(n, height, width) if backend == "winograd" else 0
 
     def made(self, backend: str) -> Any | None:
         """The runner of ``backend`` if it was made, else None (nothing is made)."""
