@@ -565,3 +565,30 @@ def test_a_grayscale_model_is_tuned_on_a_grayscale_image(tmp_path, cache_here, w
     out = tune("-m", gray, "--quick", "--windows", "96", "--backend", "torch", "--device", "cpu",
                "--precision", "fp32", "-q")
     assert "window" in out and "gray_x2" in cache_here.read_text()
+
+
+def test_bench_notes_the_backend_of_each_measured_image(tiny_x2_rrdb, cache_here, tmp_path):
+    """Under per-image choice, bench's note says what computed the images it timed, not the engine's
+    default: a small image on winograd and a larger one on torch give "Winograd 1/2, torch 1/2"."""
+    import numpy as np
+    from PIL import Image
+
+    from upscale.api import Upscaler
+    from upscale.bench import BenchOptions, run_bench
+    from upscale.bench.methods import LoadedModel
+
+    tune("-m", tiny_x2_rrdb, *QUICK)
+    edit_entry(cache_here, window_seconds={"512": 512**2 * 1e-5}, window_setup_s={"512": 0.0},   # torch's (chosen)
+               tables={"winograd": {"window_seconds": {"128": 128**2 * 6e-6}, "window_setup_s": {"128": 0.0}}})
+    model = load_model(tiny_x2_rrdb)
+    up = Upscaler(model, EngineOptions(device="cpu", precision="fp32"))
+    assert up.engine.backend_for(40, 40) == "winograd" and up.engine.backend_for(300, 300) == "torch"
+    folder = tmp_path / "Set"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, side in (("a", 80), ("b", 600)):      # LR 40x40 and 300x300 at x2
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    bench = run_bench(folder, BenchOptions(scales=(2,), baselines=(), lpips=False, warmup_runs=1),
+                      [LoadedModel("m", 2, up, "cpu", "float32")])
+    (row,) = bench.rows
+    assert row.note == "Winograd 1/2, torch 1/2"     # the warm-up run of a.png is not counted

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,6 +17,7 @@ from ..pillow_resize import resize_array
 BASELINES = ("nearest", "bilinear", "bicubic", "lanczos")
 
 Method = Callable[[np.ndarray], np.ndarray]   # LR uint8 (h, w, C) -> SR uint8 (h*s, w*s, C)
+BACKEND_NOTES = {"openvino": "OpenVINO", "winograd": "Winograd"}   # torch: no note, or torch.compile
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,19 @@ class MethodSpec:
     device: str
     dtype: str
     note: str
+    backends: list[str] | None = None   # a model's: the backend of each call (``--backend auto`` may
+                                        # choose one per image), cleared by the bench after its warm-up
+
+    def full_note(self) -> str:
+        """``note``, after what computed the images since ``backends`` was cleared: one backend's
+        name, or each with its share when the engine chose per image (``OpenVINO 3/5, Winograd 2/5``)."""
+        counts = Counter(self.backends or ())
+        names = [BACKEND_NOTES.get(name, "torch") for name in counts]
+        if len(counts) > 1:
+            names = [f"{label} {n}/{len(self.backends)}" for label, n in zip(names, counts.values())]
+        elif names == ["torch"]:
+            names = []
+        return "; ".join(part for part in (", ".join(names), self.note) if part)
 
 
 @dataclass(frozen=True)
@@ -37,7 +52,7 @@ class LoadedModel:
     upscaler: Any          # api.Upscaler
     device: str
     dtype: str
-    engine_note: str = ""  # what else decides its speed: "OpenVINO", "Winograd", "torch.compile"
+    compiled: bool = False  # torch's windows run through torch.compile (noted beside the backend)
 
 
 def _pillow_method(name: str, scale: int) -> Method:
@@ -69,26 +84,29 @@ def load_models(specs: Sequence[str], engine_options: Any) -> list[LoadedModel]:
             label = f"{base}#{n}"
         labels.add(label)
         up = Upscaler(model, engine_options)
-        engine_note = {"openvino": "OpenVINO", "winograd": "Winograd"}.get(
-            up.engine.backend, "torch.compile" if up.engine.compiled else "")
         loaded.append(LoadedModel(label, model.scale, up, str(up.engine.device),
-                                  str(up.engine.dtype).replace("torch.", ""), engine_note))
+                                  str(up.engine.dtype).replace("torch.", ""), up.engine.compiled))
     return loaded
 
 
-def _model_method(m: LoadedModel, scale: int) -> Method:
+def _model_method(m: LoadedModel, scale: int, backends: list[str]) -> Method:
     def run(lr: np.ndarray) -> np.ndarray:
         image = Image(pixels=lr, alpha=None, icc_profile=None, exif=None, source_format="PNG",
                       source_mode="L" if lr.shape[2] == 1 else "RGB")
-        out = m.upscaler.upscale(image, outscale=float(scale)).pixels
+        from ..engine import RunStats
+
+        stats = RunStats()
+        out = m.upscaler.upscale(image, outscale=float(scale), stats=stats).pixels
+        backends.append(stats.backend)
         return out[..., None] if out.ndim == 2 else out
     return run
 
 
 def model_method(m: LoadedModel, scale: int) -> MethodSpec:
     resized = "" if m.native_scale == scale else f"native x{m.native_scale}, Lanczos-resized to x{scale}"
-    note = "; ".join(part for part in (m.engine_note, resized) if part)
-    return MethodSpec(m.label, "model", _model_method(m, scale), m.device, m.dtype, note)
+    note = "; ".join(part for part in ("torch.compile" if m.compiled else "", resized) if part)
+    backends: list[str] = []
+    return MethodSpec(m.label, "model", _model_method(m, scale, backends), m.device, m.dtype, note, backends)
 
 
 def methods_for(baselines: Sequence[str], models: Sequence[LoadedModel], scale: int) -> list[MethodSpec]:

@@ -183,6 +183,8 @@ def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOp
     """Warm up, then time and score every image: one row of the table (``done``: images of earlier rows)."""
     for _ in range(options.warmup_runs):
         method.fn(pairs[0][2])
+    if method.backends is not None:     # the note names what computed the measured images only
+        method.backends.clear()
     on_cuda = cuda_peak_reset(method.device)
     scores: list[ImageScore] = []
     out_pixels = 0
@@ -205,7 +207,7 @@ def _measure(method: MethodSpec, pairs: list[Pair], scale: int, options: BenchOp
         seconds_per_image=seconds_total / len(scores),
         output_mp_per_s=out_pixels / 1e6 / seconds_total if seconds_total > 0 else float("inf"),
         peak_memory_mib=mem.peak_mib, peak_device_mib=cuda_peak_mib() if on_cuda else None,
-        device=method.device, dtype=method.dtype, note=method.note, per_image=tuple(scores),
+        device=method.device, dtype=method.dtype, note=method.full_note(), per_image=tuple(scores),
         niqe=float(np.mean([x.niqe for x in scores])) if options.niqe else None)
 
 
