@@ -131,8 +131,8 @@ def compare(data: Any, gemm_ceiling: float | None, tune_data: Any = None) -> lis
 
 
 def per_side_gflops(data: Any, tune_data: Any, peak: float) -> list[str]:
-    """The same fraction for every window side the tuner measured x4plus at with OpenVINO (best of its
-    timed calls; GFLOP per window pixel from compare's count), so the plan's choice of a larger, less
+    """The same fraction for every window side the tuner measured x4plus at on the backend the engine
+    ran (best of its timed calls; GFLOP per window pixel from compare's count), so the plan's choice of a larger, less
     efficient window for fewer computed pixels is visible beside the per-window efficiency."""
     if tune_data is None or not data.get("gflop_per_tile"):
         return []
@@ -142,7 +142,7 @@ def per_side_gflops(data: Any, tune_data: Any, peak: float) -> list[str]:
     precision = {"float32": "fp32", "bfloat16": "bf16"}.get(data["engine"]["precision"])
     rows = [c for c in tune_data["candidates"] if c["model"] == "x4plus" and c["candidate"].startswith("window")
             and c.get("precision", precision) == precision
-            and c["candidate"].endswith("openvino") == (backend == "openvino")
+            and _candidate_backend(c["candidate"]) == backend
             and "batch" not in c["candidate"] and "compiled" not in c["candidate"]]
     if not rows:
         return []
@@ -154,6 +154,12 @@ def per_side_gflops(data: Any, tune_data: Any, peak: float) -> list[str]:
         gflops = side * side * per_px / c["seconds"]
         out.append(f"| {side} | {fmt(c['seconds'])} | {fmt(gflops)} | {gflops / peak:.2f} |")
     return out
+
+
+def _candidate_backend(candidate: str) -> str:
+    """The backend of a tuner candidate ("window 256 winograd", "window 256": torch)."""
+    last = candidate.split()[-1]
+    return last if last in ("openvino", "winograd") else "torch"
 
 
 def seams(data: Any) -> list[str]:

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {"model": f"{args.net} ({model.arch}, {model.hparams})", "model_file": str(model_path),
             "input": f"{w}x{h} from {source}", "output": f"{w * model.scale}x{h * model.scale}",
             "tuned_cache": str(args.tuned_cache) if args.tuned_cache else None,
-            "engine": {"backend": eager.backend, "precision": str(eager.dtype).removeprefix("torch."),
+            "engine": {"backend": eager.backend_for(h, w), "precision": str(eager.dtype).removeprefix("torch."),
                        "compiled": eager.compiled},
             "tile_plan": {"tile": [plan.tile_h, plan.tile_w], "tiles": plan.num_tiles, "overlap_px": plan.overlap_px,
                           "computed_px_ratio": plan.num_tiles * plan.tile_h * plan.tile_w / (h * w),
@@ -185,7 +185,8 @@ def tile_runners(args: argparse.Namespace, model: Any, eager: Engine, plan: tili
     padding is added), the fp32 tile loop and the ncnn variants (sharing one pair of pools, whose
     need is checked first); each ncnn variant's options; the pools."""
     label = "ours engine after upscale tune" if args.tuned_cache else "ours engine auto"
-    how = eager.backend if eager.backend != "torch" else "torch, " + ("compiled" if eager.compiled else "eager")
+    backend = eager.backend_for(plan.tile_h, plan.tile_w)     # what runs one window (auto: chosen per image)
+    how = backend if backend != "torch" else "torch, " + ("compiled" if eager.compiled else "eager")
     runners: dict[str, TileRunner] = {f"{label} ({how})": eager.upscale}
     if not args.no_compile:
         window = (plan.tile_h, plan.tile_w)
