@@ -592,3 +592,20 @@ def test_bench_notes_the_backend_of_each_measured_image(tiny_x2_rrdb, cache_here
                       [LoadedModel("m", 2, up, "cpu", "float32")])
     (row,) = bench.rows
     assert row.note == "Winograd 1/2, torch 1/2"     # the warm-up run of a.png is not counted
+
+
+def test_tune_winograd_in_a_precision_choice_is_measured_in_the_fp32_pass_only(tiny_x2_rrdb, cache_here,
+                                                                               native_bf16, monkeypatch):
+    """`--backend winograd` with precision auto resolving to bf16: the bf16 pass notes winograd as
+    skipped (fp32 only) instead of refusing the tune, and the fp32 pass (tuned in full here) measures it."""
+    monkeypatch.setattr("upscale.tune.PRECISION_SCREEN_MARGIN", 100.0)     # fp32 always tuned in full
+    out = tune("-m", tiny_x2_rrdb, "--quick", "--windows", "96,128", "--backend", "winograd", "--device", "cpu")
+    results = entries_by_precision(cache_here)
+    assert set(results) == {"bf16", "fp32", "auto"}
+    assert "backend winograd: skipped (it computes RRDBNet in fp32 only, not rrdbnet in bf16)" in out
+    assert "winograd" not in results["bf16"]["tables"] and results["bf16"]["backend"] != "winograd"
+    assert "winograd" in results["fp32"]["tables"]
+    # alone, the bf16 pass is refused before anything is measured
+    refused = CliRunner().invoke(cli, ["tune", "-m", tiny_x2_rrdb, "--quick", "--backend", "winograd",
+                                       "--precision", "bf16", "--device", "cpu"])
+    assert refused.exit_code == 2 and "backend winograd cannot be measured" in refused.output
