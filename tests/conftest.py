@@ -169,10 +169,12 @@ def locked_folder(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _sigint_handled_by_python():
-    """Each test starts with Ctrl-C raising KeyboardInterrupt. In the full suite something during
-    collection (seen in CI once tests/test_tune.py is collected; not found: no code of ours sets
-    SIG_IGN) left SIGINT ignored, which both this process's Ctrl-C tests and the subprocesses they
-    start (an ignored signal is inherited) then saw as a Ctrl-C that never comes."""
+    """Each test starts with Ctrl-C raising KeyboardInterrupt, however pytest was launched. A shell
+    without job control (a script, a CI runner) starts a command run with ``&`` with SIGINT ignored
+    (POSIX), and Python keeps an ignored SIGINT as it found it at startup (``getsignal`` is SIG_IGN
+    before any test file is imported; nothing in collection or in our code changes it). The Ctrl-C
+    tests then fail: ``_thread.interrupt_main`` does nothing while SIGINT is ignored, and the
+    ``upscale`` subprocesses they signal inherit the ignored SIGINT and run to the end."""
     import signal
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
