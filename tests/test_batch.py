@@ -131,6 +131,49 @@ def test_plan_collisions_agree_across_shards(tmp_path):
     assert [o.input for p in shards for o in p.known] == ["p.jpg"]
 
 
+def test_outputs_that_a_linked_folder_makes_one_file_collide(tmp_path):
+    """Outputs were told apart by name: with OUT_DIR/y a link to OUT_DIR/x, x/a.png and y/a.png both
+    wrote out/x/a_x2.png, the second over the first. The rule (``batch.outputs``, which `upscale a b`
+    shares) tells them apart by the file written."""
+    from upscale.batch.outputs import INPUT, SHARED, OutputOwners
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for name in ("x/a.png", "y/a.png", "z/b.png"):
+        _save(src / name, (8, 8), 0)
+    (out / "x").mkdir(parents=True)
+    (out / "y").symlink_to(out / "x")
+    plan = plan_batch(src, out, outscale=2.0, recursive=True)
+    assert [j.rel for j in plan.jobs] == ["x/a.png", "z/b.png"]
+    assert [(o.input, o.status, o.reason) for o in plan.known] == [
+        ("y/a.png", FAILED, f"output {out / 'y' / 'a_x2.png'} is also the output of x/a.png")]
+    # the rule itself: the first claim owns a file; a link into an input is that input, its own too
+    owners = OutputOwners([src / "x" / "a.png", src / "z" / "b.png"])
+    assert owners.claim(out / "x" / "o.png", "one") == "one" and owners.claim(out / "y" / "o.png", "two") == "one"
+    assert owners.clash(out / "y" / "o.png", "two") == owners.clash(out / "x" / "o.png", "two")
+    assert owners.clash(out / "x" / "o.png", "two").kind == SHARED and owners.clash(out / "x" / "o.png", "one") is None
+    (out / "z").symlink_to(src / "z")
+    clash = owners.clash(out / "z" / "b.png", "three")
+    assert clash.kind == INPUT and clash.other == src / "z" / "b.png"
+
+
+def test_an_output_folder_that_is_a_link_to_nothing_exits_1_before_the_model_loads(tmp_path):
+    """``--out link`` with ``link`` dangling passed the checks, loaded the model and then said only
+    "cannot create the output folder: File exists"."""
+    src = _folder(tmp_path / "in", 2)
+    junk = tmp_path / "junk.safetensors"           # loading it would fail with another message
+    junk.write_bytes(b"\x00" * 64)
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "afile").write_bytes(b"")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")           # was "internal error: RuntimeError"
+    dangling = f"link is a symlink to {tmp_path / 'nowhere'}, which does not exist"
+    for out, words in (("link", dangling), ("link/", dangling), ("link/sub", dangling),
+                       ("afile/sub", "afile is not a folder"), ("loop", "loop (Too many levels of symbolic links)")):
+        res = _invoke([src, "--out", f"{tmp_path}/{out}", "-m", junk, *FAST])
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1 and words in lines[0] and "junk" not in lines[0], res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["afile", "in", "junk.safetensors", "link", "loop"]
+
+
 def test_output_folder_inside_input_is_not_an_input(tmp_path):
     _save(tmp_path / "a.png", (8, 8), 0)
     _save(tmp_path / "up" / "a_x2.png", (16, 16), 0)
@@ -750,3 +793,16 @@ def test_sub_folders_with_frames_all_and_a_size_the_format_cannot_hold(tmp_path,
     assert res.exit_code == 3 and (summary["done"], summary["failed"]) == (2, 1), res.output
     assert summary["failures"][0]["input"] == "wide.png" and "16383" in summary["failures"][0]["reason"]
     assert sorted(_outputs(out)) == ["small_x4.webp", "sub/anim_x4.webp"]
+
+
+def test_a_run_started_with_sigint_ignored_is_not_stopped_by_it(tmp_path, resume_set):
+    """A shell without job control starts `upscale batch ... &` with SIGINT ignored (POSIX): the
+    script's Ctrl-C is not the run's. The run keeps it ignored and writes every output."""
+    src, ref, args = resume_set
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "upscale", "batch", str(src), "--out", str(out), *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    _stop_after(proc, out, 2, signal.SIGINT)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert _outputs(out) == _outputs(ref)

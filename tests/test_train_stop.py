@@ -141,3 +141,18 @@ def test_a_training_checkpoint_runs_as_a_model(hr: Path, tmp_path: Path) -> None
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     older = model_state_dict(load_model(checkpoint_path(tmp_path / "run", 2)))
     assert any(not torch.equal(older[k], a[k]) for k in a)
+
+
+def test_stop_signals_leave_an_ignored_signal_ignored():
+    """A run started with SIGINT ignored (a background job of a script) keeps it so; SIGTERM still stops it."""
+    from upscale.train.signals import StopFlag, stop_signals
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        flag = StopFlag()
+        with stop_signals(flag):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is flag
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

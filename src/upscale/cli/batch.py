@@ -37,12 +37,15 @@ def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None)
 @contextmanager
 def _stop_on_ctrl_c() -> Iterator[threading.Event]:
     """An event the first Ctrl-C or SIGTERM (``kill``, ``timeout``, ``docker stop``, a scheduler) sets:
-    the run stops after the image in flight, with its summary and report; a second one aborts."""
+    the run stops after the image in flight, with its summary and report; a second one aborts. A
+    signal the process started with ignored is left ignored."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    stopping = (signal.SIGINT, signal.SIGTERM)
+    # a signal ignored when we started stays ignored (POSIX: a shell without job control starts a
+    # command run with ``&`` so, and its Ctrl-C is the script's, not this run's)
+    stopping = tuple(s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN)
     # None: set outside Python
     previous = {s: signal.getsignal(s) or (signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
                 for s in stopping}

@@ -58,7 +58,10 @@ def stop_signals(flag: StopFlag) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal ignored when the run started stays ignored (a background job of a script: its Ctrl-C
+    # is the script's, not this run's)
+    wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, flag) for s in wanted}
     try:
         yield
     finally:
