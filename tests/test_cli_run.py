@@ -203,16 +203,19 @@ def test_bad_scale_and_output_are_refused_before_the_model_loads(tmp_path):
     junk.write_bytes(b"\x00" * 64)
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "adir").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")    # -o link/ said only "link is not a folder"
+    dangling = f"link is a symlink to {tmp_path / 'nowhere'}, which does not exist"
     cases = [(["-s", "0"], 2, "--scale"), (["-s", "-1"], 2, "--scale"), (["-s", "nan"], 2, "--scale"),
              (["-s", "1e9"], 1, "needs"), (["-s", "100000"], 1, "needs"),
              (["-o", tmp_path / "a.xyz"], 1, "'.xyz'"),
-             (["-o", tmp_path / "afile" / "x.png"], 1, "afile is not a folder")]
+             (["-o", tmp_path / "afile" / "x.png"], 1, "afile is not a folder"),
+             (["-o", f"{tmp_path / 'link'}/"], 1, dangling), (["-o", tmp_path / "link" / "x.png"], 1, dangling)]
     for args, code, words in cases:
         res = _invoke([src, "-m", junk, *args, *FAST])
         line = _one_line(res)
         assert res.exit_code == code and words in line and "junk" not in line, (args, res.stderr)
         assert "--force" not in line and "internal error" not in line
-    assert sorted(os.listdir(tmp_path)) == ["a.png", "adir", "afile", "junk.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "adir", "afile", "junk.safetensors", "link"]
 
 
 def test_a_killed_runs_temp_is_swept_by_the_next_run(tmp_path, tiny_x4):

@@ -69,12 +69,19 @@ def test_o_names_an_existing_folder_for_several_images(tmp_path, tiny_x4):
 def test_o_that_is_not_a_folder_with_several_images_is_a_usage_error_before_anything(tmp_path):
     srcs = [_photo(tmp_path / n) for n in ("a.png", "b.png")]
     junk = _junk(tmp_path)
-    for output in (tmp_path / "a.png", tmp_path / "new.png", tmp_path / "nodir"):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    for output in (tmp_path / "a.png", tmp_path / "new.png", tmp_path / "nodir", tmp_path / "link"):
         res = _invoke([*srcs, "-m", junk, "-o", output, *FAST])
         lines = _lines(res.stderr)
         assert res.exit_code == 2 and len(lines) == 1, res.stderr
         assert "must name an existing folder" in lines[0] and "upscale run --help" in lines[0]
-    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.png", "junk.safetensors"]
+    # a link to nothing says so and where it points, -o link/ too (it cannot be made: exit 1)
+    assert f"link is a symlink to {tmp_path / 'nowhere'}, which does not exist" in lines[0], lines
+    res = _invoke([*srcs, "-m", junk, "-o", f"{tmp_path / 'link'}/", *FAST])
+    link = tmp_path / "link"
+    assert res.exit_code == 1 and _lines(res.stderr) == [f"upscale: cannot write output: {link}/: {link} is a "
+                                                         f"symlink to {tmp_path / 'nowhere'}, which does not exist"]
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.png", "junk.safetensors", "link"]
 
 
 def test_a_missing_file_and_a_folder_are_said_first_and_the_others_go_on(tmp_path, tiny_x4):
@@ -137,6 +144,22 @@ def test_an_output_over_another_input_of_the_run_is_refused_even_with_force(tmp_
     assert _lines(res.stderr) == [f"upscale: cannot write output: {a}: refusing to overwrite {earlier}, "
                                   "another input of this run"]
     assert earlier.read_bytes() == kept and (tmp_path / "a_x4_x4.png").is_file()
+    # an input refused for its header is still an input: it was overwritten (upscale batch never did)
+    broken = tmp_path / "b_x4.png"
+    broken.write_bytes(b"not an image")
+    b = _photo(tmp_path / "b.png", seed=3)
+    res = _invoke([b, broken, "-m", tiny_x4, "--force", "-q", *FAST])
+    assert res.exit_code == 1, res.output
+    assert _lines(res.stderr)[1] == (f"upscale: cannot write output: {b}: refusing to overwrite {broken}, "
+                                     "another input of this run")
+    assert broken.read_bytes() == b"not an image"
+    # nor through a link into an input: here the output folder's a_x4.png leads to b.png
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x4.png").symlink_to(b)
+    res = _invoke([a, b, "-o", out, "-m", tiny_x4, "--force", "-q", *FAST])
+    assert res.exit_code == 3 and f"refusing to overwrite {out / 'a_x4.png'}, another input" in res.stderr
+    assert (out / "b_x4.png").is_file() and PILImage.open(b).size == (13, 11)
 
 
 def test_a_file_that_fails_to_decode_fails_alone_exit_3(tmp_path, tiny_x4):

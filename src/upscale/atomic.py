@@ -364,17 +364,30 @@ def folder_problem(folder: str | Path) -> str | None:
     folder = Path(folder)
     if _is_dir(folder):
         return None
-    for part in (folder, *folder.parents):
+    return in_the_way(folder) or f"output folder {folder} does not exist"
+
+
+def in_the_way(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be made (with the folders above it): the first part of it that exists but
+    is not a folder (``afile/sub`` -> "afile is not a folder"; a symlink to nothing says where it
+    points), or cannot be looked at; None when it is a folder or can be made."""
+    for part in (Path(folder), *Path(folder).parents):
         if _is_dir(part):
-            break
+            return None
         try:
             os.lstat(part)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as err:
             return f"cannot use the output folder {part} ({err.strerror or err})"
+        try:
+            os.stat(part)
+        except FileNotFoundError:
+            return f"{part} is a symlink to {os.path.realpath(part)}, which does not exist"
+        except OSError as err:      # a loop of links
+            return f"cannot use the output folder {part} ({err.strerror or err})"
         return f"{part} is not a folder"
-    return f"output folder {folder} does not exist"
+    return None
 
 
 def os_reason(err: OSError, folder: str | Path) -> str:

@@ -10,7 +10,8 @@ Output naming is the single command's rule applied under ``out_dir``: ``sub/cat.
 (the resume rule); temp files left by killed runs are removed while planning (only those of
 processes that no longer run, so concurrent batches into one folder leave each other alone).
 
-Rooms: ``plan`` (discovery, shards, naming, resume, checks before the model loads), ``journal``
+Rooms: ``plan`` (discovery, shards, naming, resume, checks before the model loads), ``outputs`` (which
+input owns each output, and outputs that would overwrite an input; `upscale a.png b.png` uses it too), ``journal``
 (what made each output, so a rerun with other settings redoes it), ``pipeline``
 (the threads), ``summary`` (outcomes, the summary and the JSON report). Nothing here prints;
 outcomes come back as data and through the ``on_outcome``/``on_tiles`` callbacks.

@@ -17,6 +17,7 @@ from ..api import DEFAULT_NAME, default_output_path, output_size
 from ..engine import Workload
 from ..io import INPUT_EXTENSIONS, image_size, is_animation, is_whole
 from .journal import JOURNAL_NAME, Journal, judge, key_for
+from .outputs import SHARED, OutputOwners
 from .summary import FAILED, SKIPPED, Outcome
 
 log = logging.getLogger("upscale")
@@ -105,15 +106,17 @@ def _in_shard(rel: str, shard: tuple[int, int] | None) -> bool:
 # --- checks made before the model is loaded ------------------------------------------------------
 
 def check_folders(in_dir: Path, out_dir: Path) -> None:
-    """The input is a folder and the output folder is another one (``UsageError`` otherwise), where
-    files can be written (``ImageWriteError`` otherwise)."""
+    """The input is a folder and the output folder is another one (``UsageError`` otherwise), that is
+    or can be made (not a symlink to nothing, no file above it) and where files can be written
+    (``ImageWriteError`` otherwise)."""
     if not in_dir.is_dir():
         raise errors.UsageError(f"{in_dir}: not a folder")
-    if out_dir.resolve() == in_dir.resolve():
-        raise errors.UsageError(f"{out_dir}: the output folder must differ from the input folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise errors.UsageError(f"{out_dir}: the output folder is a file")
-    problem = atomic.write_problem(out_dir)
+    problem = atomic.in_the_way(out_dir)    # a link to nothing (or a loop of links), a file above it
+    if problem is None and out_dir.resolve() == in_dir.resolve():
+        raise errors.UsageError(f"{out_dir}: the output folder must differ from the input folder")
+    problem = problem or atomic.write_problem(out_dir)
     if problem is not None:     # exit 1: the run could not start, before the model loads
         raise errors.ImageWriteError(problem, path=out_dir)
     journal = Journal(out_dir)
@@ -188,9 +191,10 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
                quality: int | None = None, name: str = DEFAULT_NAME) -> Plan:
     """Find the inputs, name their outputs, keep this shard's share, and sort it into to-do and known.
 
-    Two inputs whose outputs would have the same name (``a.jpg`` and ``a.jpeg``; ``a.png`` and ``a.jpg``
-    with ``--format png``) are decided over the whole folder before sharding, so every shard agrees:
-    the first in path order is processed, the others fail with a reason naming it. An output is done
+    Two inputs whose outputs would be the same file (``a.jpg`` and ``a.jpeg``; ``a.png`` and ``a.jpg``
+    with ``--format png``; two names that a symlink makes one: ``outputs``) are decided over the whole
+    folder before sharding, so every shard agrees: the first in path order is processed, the others
+    fail with a reason naming it; an output that leads to an input fails too. An output is done
     (skipped) only when it is complete (``_complete``) and, given the run's ``settings`` key (with
     ``quality``, and ``frames`` as the run will read each input), OUT_DIR's journal does not say it was
     made with other settings or from an input that has changed since (``journal``; an input whose time
@@ -200,17 +204,16 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     check_folders(in_dir, out_dir)
     found = find_images(in_dir, recursive=recursive, globs=globs, exclude=out_dir)
-    owner: dict[Path, str] = {}
+    owners: OutputOwners[str] = OutputOwners(path for path, _ in found)
     jobs: list[Job] = []
     finished: list[Job] = []
     known: list[Outcome] = []
-    inputs: set[str] = set()
     for path, rel in found:
         output = out_dir / default_output_path(Path(rel), outscale, output_format, name)
-        first = owner.setdefault(output, rel)
+        owners.claim(output, rel)
         if not _in_shard(rel, shard):
             continue
-        why = _refusal(output, rel, first, found, inputs)
+        why = _refusal(output, rel, owners)
         if why is not None:
             known.append(Outcome(rel, str(output), FAILED, why))
         else:
@@ -240,29 +243,19 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, outscale: float, outp
     return Plan(tuple(todo), tuple(known), len(found), removed, tuple(finished))
 
 
-def _refusal(output: Path, rel: str, first: str, found: list[tuple[Path, str]], inputs: set[str]) -> str | None:
+def _refusal(output: Path, rel: str, owners: OutputOwners[str]) -> str | None:
     """Why the input ``rel`` may not be written to ``output``, known before anything is read (its
-    name, another input's output, a link into an input); None when it may."""
+    name, another input's output, a link into an input: ``outputs``); None when it may."""
     too_long = atomic.name_problem(output.name)
     if too_long is not None:
         return f"{too_long} (--name makes other names)"
-    if first != rel:
-        return f"output {output} is also the output of {first}"
-    if _leads_to_an_input(output, found, inputs):
+    clash = owners.clash(output, rel)
+    if clash is not None and clash.kind == SHARED:
+        return f"output {output} is also the output of {clash.other}"
+    if clash is not None:
         return (f"output {output} leads to the input {os.path.realpath(output)} (a symlink); inputs are "
                 "never overwritten")
     return None
-
-
-def _leads_to_an_input(output: Path, found: list[tuple[Path, str]], inputs: set[str]) -> bool:
-    """Whether ``output`` exists and is, through a symlink (of the file or of a folder above it), one
-    of the inputs: writing it would write through the link into that input. ``inputs`` is filled with
-    the inputs' real paths the first time it is needed."""
-    if not os.path.lexists(output):
-        return False
-    if not inputs:
-        inputs.update(os.path.realpath(p) for p, _ in found)
-    return os.path.realpath(output) in inputs
 
 
 def _made_otherwise(job: Job, record: dict, journal: Journal, key: str) -> str | None:

@@ -33,9 +33,12 @@ class Job:
 
 def check_output_folder(output: Path | None) -> None:
     """-o with several images must name an existing folder: a usage error (exit 2) before anything."""
+    from .. import atomic
+
     if output is not None and not output.is_dir():    # click's: the message ends with where --help is
+        why = atomic.in_the_way(output)     # a file above it, a link to nothing (where it points)
         raise click.UsageError(f"with several IMAGEs, -o/--output must name an existing folder for their "
-                               f"outputs; {output} is not a folder")
+                               f"outputs; {why or f'{output} is not a folder'}")
 
 
 def run_many(images: tuple[Path, ...], settings: RunSettings, options: Any,
@@ -47,13 +50,13 @@ def run_many(images: tuple[Path, ...], settings: RunSettings, options: Any,
     unique = _unique(images)
     jobs, failed = _probe(unique, settings)
     if settings.outscale is not None:         # the outputs' names and sizes are known before the model
-        jobs, more = _with_targets(jobs, settings.outscale, None, settings)
+        jobs, more = _with_targets(jobs, unique, settings.outscale, None, settings)
         failed += more
     if not jobs:
         sys.exit(EXIT_FAILURE)
     model = load_model()
     if settings.outscale is None:             # the model's scale names the outputs
-        jobs, more = _with_targets(jobs, float(model.scale), model.scale, settings)
+        jobs, more = _with_targets(jobs, unique, float(model.scale), model.scale, settings)
         failed += more
         if not jobs:
             sys.exit(EXIT_FAILURE)
@@ -95,26 +98,29 @@ def _probe(images: list[Path], settings: RunSettings) -> tuple[list[Job], int]:
     return jobs, failed
 
 
-def _with_targets(jobs: list[Job], scale: float, native_scale: int | None,
+def _with_targets(jobs: list[Job], inputs: list[Path], scale: float, native_scale: int | None,
                   settings: RunSettings) -> tuple[list[Job], int]:
     """``jobs`` with their outputs (in ``settings.out_dir``, else beside each input), less those refused: an
-    output that is another's too, or another input, or fails ``run``'s checks of an output, or whose
-    size cannot fit in memory (counting one 8-bit channel: the exact check comes when it is read)."""
+    output that is another's too, or one of ``inputs`` (every image given, refused ones too:
+    ``batch.outputs``), or fails ``run``'s checks of an output, or whose size cannot fit in memory
+    (counting one 8-bit channel: the exact check comes when it is read)."""
     import numpy as np
 
     from .. import api, errors
+    from ..batch.outputs import SHARED, OutputOwners
     from ..io import output_format_for
 
-    inputs = {_key(job.image): job.image for job in jobs}
-    owner: dict[str, Path] = {}
+    owners: OutputOwners[Path] = OutputOwners(inputs)
     kept, failed = [], 0
     for job in jobs:
         target = settings.default_target(job.image, scale)
         try:
-            first = owner.setdefault(_key(target), job.image)
-            if first is not job.image:
-                raise errors.ImageWriteError(f"its output {target} is also the output of {first}", path=job.image)
-            if inputs.get(_key(target), job.image) is not job.image:
+            owners.claim(target, job.image)
+            clash = owners.clash(target, job.image)
+            if clash is not None and clash.kind == SHARED:
+                raise errors.ImageWriteError(f"its output {target} is also the output of {clash.other}",
+                                             path=job.image)
+            if clash is not None and clash.other != job.image:     # its own input: check_target says so
                 raise errors.ImageWriteError(f"refusing to overwrite {target}, another input of this run",
                                              path=job.image)
             check_target(job.image, target, job.hw, job.animated, scale, settings)
