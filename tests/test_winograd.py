@@ -2,8 +2,8 @@
 direct ones on maps of any size, RRDBNet computed by it equal to the eager network (x4, and x2 through
 pixel-unshuffle), the CLI's `--backend winograd` against `--backend torch`, and the choice rules.
 
-Its kernels are compiled by torch.compile (inductor, a C++ compiler), once per feature-map shape: each
-test uses few shapes.
+Its transforms are C (``backends/winograd.c``), built once per machine into our cache and loaded once
+per process (each test here has its own cache folder; the first to need the kernels builds them).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from torch.nn import functional as F
 
 from upscale import errors
 from upscale.backends import choose_backend, winograd_supports
-from upscale.backends.winograd import Workspace, rounded, weight_transform
+from upscale.backends import winograd_native
+from upscale.backends.winograd import A_T, B_T, Workspace, rounded, weight_transform
+from upscale.backends.winograd_native import input_transform, output_transform
 from upscale.backends.winograd_backend import WinogradWindows
 from upscale.cli import cli
 from upscale.loading import load_model
@@ -49,6 +51,50 @@ def test_weight_transform_is_g_g_gt():
     assert torch.allclose(u[:, 2, 4].double(), expected.reshape(36), atol=1e-6)
     with pytest.raises(ValueError, match="3x3"):
         weight_transform(torch.randn(2, 2, 5, 5))
+
+
+@pytest.mark.parametrize("channels, lo, v_channels", [(40, 8, 56), (16, 0, 16), (3, 1, 5)])
+def test_native_transforms_are_the_matrices(channels, lo, v_channels):
+    """The C transforms against Bᵀ d B and Aᵀ m A in float64: whole 16-channel vectors, a remainder,
+    a channel slice of V (written there only), zero padding, bias, LeakyReLU, mask and residual."""
+    torch.manual_seed(channels)
+    n, h, w = 2, 12, 8
+    x = torch.randn(n, h, w, channels)
+    v = torch.zeros(36, n * (h // 4) * (w // 4), v_channels)
+    input_transform(x, v, lo)
+    bt, at = torch.tensor(B_T, dtype=torch.float64), torch.tensor(A_T, dtype=torch.float64)
+    tiles = F.pad(x.double(), (0, 0, 1, 1, 1, 1)).unfold(1, 6, 4).unfold(2, 6, 4)   # (n, h/4, w/4, C, 6, 6)
+    expected = torch.einsum("ai,bj,ntscij->abntsc", bt, bt, tiles).reshape(36, -1, channels)
+    assert torch.allclose(v[..., lo:lo + channels].double(), expected, rtol=1e-5, atol=1e-4)
+    assert not v[..., :lo].any() and not v[..., lo + channels:].any()
+
+    m, bias, residual = torch.randn(36, v.shape[1], channels), torch.randn(channels), torch.randn(n, h, w, channels)
+    conv = torch.einsum("ia,kb,abntsc->ntiskc", at, at, m.double().view(6, 6, n, h // 4, w // 4, channels))
+    conv = conv.reshape(n, h, w, channels) + bias.double()
+    inside = torch.zeros(n, h, w, 1, dtype=torch.float64)
+    inside[:, :10, :7] = 1
+    y = torch.empty(n, h, w, channels)
+    output_transform(m, bias, y, None, 10, 7, 0.2, 1.0)
+    assert torch.allclose(y.double(), F.leaky_relu(conv, 0.2) * inside, rtol=1e-5, atol=1e-4)
+    output_transform(m, bias, y, residual, 10, 7, 1.0, 0.2)
+    assert torch.allclose(y.double(), residual.double() + 0.2 * conv * inside, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="does not fit"):
+        input_transform(x, v, v_channels - channels + 1)
+
+
+def test_the_kernels_are_built_once_and_a_damaged_build_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    path = winograd_native.library_path()
+    assert str(path).startswith(str(tmp_path)) and not winograd_native.is_built()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared object")          # e.g. a disk that lost it: built again, once
+    winograd_native.library()
+    assert winograd_native.is_built() and path.read_bytes()[:4] == b"\x7fELF"
+    built = path.stat().st_mtime_ns
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    winograd_native.library()                          # a later process: loaded, not built
+    assert path.stat().st_mtime_ns == built
+    assert [p.name for p in path.parent.iterdir()] == [path.name]     # no build folder left behind
 
 
 @pytest.mark.parametrize("height, width", [(13, 10), (8, 12)])
@@ -83,7 +129,7 @@ def test_rrdbnet_windows_equal_the_eager_network(fixture, size, request):
         got = runner(x)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4
-    assert runner.is_warm((1, *size, 3)) and not runner.is_warm((1, size[0] + 8, size[1], 3))
+    assert runner.is_warm((1, size[0] + 8, size[1], 3))       # built once, every shape runs at once
     # the memory check's figure is what the window held: the workspace's buffers and conv_first's map
     (ws,) = runner._workspaces.values()
     held = sum(b.numel() for b in ws._buffers.values()) + np.prod(ws.map_shape(model.module.conv_first.out_channels))
@@ -131,11 +177,11 @@ def test_cli_refuses_winograd_for_other_networks_in_one_line(tmp_path, tiny_x4):
 
 
 def test_kernels_that_cannot_compile_are_one_line_and_nothing_is_written(tmp_path, rrdb_x4):
-    """No C++ compiler (CXX names none): a typed one-line error naming the way out, no output file."""
+    """No C compiler (CC names none): a typed one-line error naming the way out, no output file."""
     src = tmp_path / "a.png"
     PILImage.fromarray(np.zeros((9, 7, 3), np.uint8)).save(src)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHINDUCTOR")}
-    env.update(UPSCALE_CACHE=str(tmp_path / "fresh"), CXX=str(tmp_path / "no-such-compiler"), UPSCALE_DEBUG="0")
+    env.update(UPSCALE_CACHE=str(tmp_path / "fresh"), CC=str(tmp_path / "no-such-compiler"), UPSCALE_DEBUG="0")
     res = subprocess.run([sys.executable, "-m", "upscale", str(src), "-m", rrdb_x4, "--backend", "winograd",
                           "--precision", "fp32", "-q", "-o", str(tmp_path / "o.png")],
                          env=env, capture_output=True, text=True, timeout=300)

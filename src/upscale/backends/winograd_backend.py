@@ -18,7 +18,6 @@ it was measured faster here.
 from __future__ import annotations
 
 import copy
-import logging
 from collections import OrderedDict
 import torch
 from torch import nn
@@ -26,11 +25,8 @@ from torch.nn import functional as F
 
 from .. import errors
 from ..model import Model
-from .winograd import Workspace, compile_limits, rounded, weight_transform
-
-log = logging.getLogger(__name__)
-
-_COMPILED: set[tuple[int, ...]] = set()    # graph keys whose kernels this process has compiled
+from .winograd import Workspace, rounded, weight_transform
+from .winograd_native import is_built, library
 
 ARCHS = ("rrdbnet",)          # families this backend computes
 EAGER_PARTS = ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last")   # run by torch, not Winograd
@@ -55,21 +51,14 @@ def check_supported(model: Model, device_type: str, precision: str) -> None:
                                 "(or auto where the CPU runs fp32 faster)", params=("backend", "precision"))
 
 
-def forget_compiled() -> None:
-    """Drop every graph this process compiled (torch.compile's in-memory caches, and so the record of
-    which shapes are warm): the next window of each shape compiles again, from inductor's disk cache
-    where it holds the kernels, which is what a later process pays. For measuring that cost."""
-    torch._dynamo.reset()
-    _COMPILED.clear()
-
-
 class WinogradWindows:
     """``model`` (an RRDBNet) prepared for the winograd backend: its weights transformed once, and a
-    ``Workspace`` per window shape (the last ``KEEP_WORKSPACES`` kept), whose kernels compile on the
-    first window of that shape in the process. Not reentrant: one batch at a time (``Upscaler``
-    serialises its calls)."""
+    ``Workspace`` per window shape (the last ``KEEP_WORKSPACES`` kept). The native kernels are loaded
+    (built first, once per machine) when it is made: a ``BackendError`` there where no C compiler can
+    build them. Not reentrant: one batch at a time (``Upscaler`` serialises its calls)."""
 
     def __init__(self, model: Model) -> None:
+        library()
         net = model.module
         self.label = model.name or model.source or model.arch
         # only what runs eagerly is copied (channels_last, fp32); the trunk runs from transformed weights
@@ -90,10 +79,9 @@ class WinogradWindows:
                 for n in DENSE_CONVS]
 
     def is_warm(self, shape: tuple[int, ...]) -> bool:
-        """Whether a batch of ``shape`` (N, H, W, C) runs without compiling: this process compiled the
-        kernels for its workspace shape (with this network's channel counts)."""
-        n, h, w = shape[0], shape[1] // self.unshuffle, shape[2] // self.unshuffle
-        return self._graph_key(self._new_workspace(n, h, w)) in _COMPILED
+        """Whether a batch of ``shape`` (N, H, W, C) runs without compiling: the kernels are built on
+        this machine (once, for every shape)."""
+        return is_built()
 
     def workspace_bytes(self, n: int, height: int, width: int) -> int:
         """Bytes of the buffers a batch of ``n`` windows of height x width input px holds: the
@@ -104,14 +92,8 @@ class WinogradWindows:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """One batch (N, C, H, W), float32 on the CPU -> (N, H*s, W*s, C_out) float32 (NHWC)."""
-        try:
-            with torch.inference_mode(), compile_limits():
-                return self._forward(x.float()).permute(0, 2, 3, 1)
-        except torch._dynamo.exc.TorchDynamoException as exc:   # compiling the kernels failed (no C compiler ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise errors.BackendError(f"{self.label}: winograd's kernels could not be compiled for a "
-                                      f"{tuple(x.shape)} batch ({first}); use backend torch",
-                                      params=("backend",)) from exc
+        with torch.inference_mode():
+            return self._forward(x.float()).permute(0, 2, 3, 1)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         eager = self.eager
@@ -126,7 +108,6 @@ class WinogradWindows:
         trunk = self._trunk(ws, feat.contiguous())
         ws.transform_into(trunk, 0)
         summed = ws.convolve(self.num_feat, *self.body, ws.buffer("sum", trunk.shape), residual=feat)
-        _COMPILED.add(self._graph_key(ws))
         out = summed[:, :height, :width].permute(0, 3, 1, 2)      # feat + conv_body(body(feat)), NCHW view
         out = F.leaky_relu(eager.conv_up1(F.interpolate(out, scale_factor=2, mode="nearest")), LEAKY_SLOPE)
         out = F.leaky_relu(eager.conv_up2(F.interpolate(out, scale_factor=2, mode="nearest")), LEAKY_SLOPE)
@@ -135,17 +116,12 @@ class WinogradWindows:
     def _new_workspace(self, n: int, height: int, width: int) -> Workspace:
         return Workspace(n, rounded(height), rounded(width), height, width, self.num_feat + 4 * self.grow)
 
-    def _graph_key(self, ws: Workspace) -> tuple[int, ...]:
-        return (*ws.key, self.num_feat, self.grow)
-
     def _workspace(self, n: int, height: int, width: int) -> Workspace:
         """The workspace of this map shape: the one kept, or a new one (the oldest beyond
         ``KEEP_WORKSPACES`` dropped, its buffers freed)."""
         ws = self._workspaces.pop((n, height, width), None)
         if ws is None:
             ws = self._new_workspace(n, height, width)
-            if self._graph_key(ws) not in _COMPILED:
-                log.debug("winograd: compiling the kernels for %dx%d feature maps (batch %d)", ws.h, ws.w, n)
         self._workspaces[(n, height, width)] = ws
         while len(self._workspaces) > KEEP_WORKSPACES:
             self._workspaces.popitem(last=False)

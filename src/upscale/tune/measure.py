@@ -141,10 +141,6 @@ class Prober:
         side in one pass, the time divided among them)."""
         core = self.core(window_px)
         opts = dataclasses.replace(self.base, tile_px=core, batch=batch, **changes)
-        if opts.backend == "winograd":      # its first call must pay the compile a new process pays,
-            from ..backends.winograd_backend import forget_compiled   # even where a probe compiled it here
-
-            forget_compiled()
         width = window_px + (batch - 1) * core
         work = Workload(pixels=window_px * width, shape=(window_px, width)) if opts.compile == "on" else None
         engine = Engine(self.model, opts, work=work)

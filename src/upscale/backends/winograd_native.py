@@ -1,0 +1,154 @@
+"""The winograd backend's transforms as native code: ``winograd.c`` built on this machine with its C
+compiler, cached, and called through ctypes on torch tensors' memory.
+
+Why native code: the two transforms are memory-bound loops over every feature map. Written as torch
+ops, or generated per map shape by torch.compile (this backend's first version), they cost more than
+the GEMMs between them and compiled for 5-20 s per new window shape. One hand-written loop per
+transform reads each input once and streams its output past the cache (``winograd.c`` says why); on
+the Xeon of docs/perf.md a 256-px x4plus window went from ~9.7 s to ~6.1 s, and no window shape
+compiles anything.
+
+The build: ``$CC`` (default ``cc``) with ``-O3 -march=native -fopenmp``, once per source, compiler and
+CPU (the file name holds a digest of the three), into ``<our cache>/native``, written to a temporary
+folder and renamed into place, so no process ever loads half a file. A compiler that is missing or
+fails is a ``BackendError`` naming the way out (backend torch).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .. import errors
+from ..machine import cache_dir, cpu_info
+
+SOURCE = "winograd.c"
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared")
+WIDE_FLAGS = ("-mprefer-vector-width=512",)    # x86: let the compiler use the 512-bit registers it has
+BUILD_TIMEOUT_S = 120
+
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_LOADED: ctypes.CDLL | None = None
+
+
+def native_dir() -> Path:
+    return cache_dir() / "native"
+
+
+def compiler() -> str:
+    return os.environ.get("CC") or "cc"
+
+
+def _flags() -> tuple[str, ...]:
+    return FLAGS + (WIDE_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else ())
+
+
+def library_path() -> Path:
+    """Where this source, built by this compiler for this CPU, is (or will be) kept."""
+    return native_dir() / f"winograd-{_digest(compiler())}.so"
+
+
+@functools.lru_cache(maxsize=4)
+def _digest(compiler_name: str) -> str:
+    source = resources.files(__package__).joinpath(SOURCE).read_bytes()
+    cpu = cpu_info()
+    parts = [source, _compiler_identity(compiler_name).encode(), " ".join(_flags()).encode(), cpu.model.encode(),
+             " ".join(sorted(cpu.flags)).encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def is_built() -> bool:
+    """Whether the kernels are loaded in this process or built on disk (nothing to compile)."""
+    return _LOADED is not None or library_path().is_file()
+
+
+def library() -> ctypes.CDLL:
+    """The kernels, built first where they are not on disk; loaded once per process."""
+    global _LOADED
+    if _LOADED is None:
+        path = library_path()
+        if not path.is_file():
+            _build(path)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:             # damaged on disk: built again, once
+            path.unlink(missing_ok=True)
+            _build(path)
+            lib = ctypes.CDLL(str(path))
+        lib.winograd_input.argtypes = [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, ctypes.c_int]
+        lib.winograd_input.restype = None
+        lib.winograd_output.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64,
+                                        ctypes.c_float, ctypes.c_float, ctypes.c_int]
+        lib.winograd_output.restype = None
+        _LOADED = lib
+    return _LOADED
+
+
+def input_transform(x: torch.Tensor, v: torch.Tensor, lo: int) -> None:
+    """x (N, H, W, C) float32, contiguous, H and W multiples of 4 -> channels [lo, lo + C) of v
+    (36, N·H/4·W/4, Cv), contiguous."""
+    n, h, w, c = x.shape
+    _check(x, v)
+    if v.shape[1] != n * (h // 4) * (w // 4) or lo + c > v.shape[2]:
+        raise ValueError(f"a {tuple(x.shape)} map does not fit channels {lo}..{lo + c} of V {tuple(v.shape)}")
+    library().winograd_input(x.data_ptr(), v.data_ptr(), n, h, w, c, v.shape[2], lo, torch.get_num_threads())
+
+
+def output_transform(m: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, residual: torch.Tensor | None,
+                     height: int, width: int, slope: float, scale: float) -> None:
+    """m (36, tiles, C) -> y (N, H, W, C): LeakyReLU(conv + bias) with ``slope`` (1.0: none), zero at
+    rows >= height or columns >= width; or residual + scale·(that) where ``residual`` is given."""
+    n, h, w, c = y.shape
+    _check(m, bias, y, *(() if residual is None else (residual,)))
+    if m.shape != (36, n * (h // 4) * (w // 4), c) or bias.shape != (c,) or (
+            residual is not None and residual.shape != y.shape):
+        raise ValueError(f"M {tuple(m.shape)}, bias {tuple(bias.shape)} and output {tuple(y.shape)} do not match")
+    library().winograd_output(m.data_ptr(), bias.data_ptr(), y.data_ptr(),
+                              None if residual is None else residual.data_ptr(), n, h, w, c, height, width,
+                              float(slope), float(scale), torch.get_num_threads())
+
+
+def _check(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"the winograd kernels take contiguous float32 CPU tensors, not {t.dtype} "
+                             f"on {t.device} (contiguous: {t.is_contiguous()})")
+
+
+def _compiler_identity(name: str) -> str:
+    """The compiler's first line of ``--version`` (its name where it says nothing)."""
+    try:
+        done = subprocess.run([name, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return name
+    return (done.stdout.splitlines() or [name])[0]
+
+
+def _build(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp, \
+            resources.as_file(resources.files(__package__).joinpath(SOURCE)) as source:
+        built = Path(tmp) / path.name
+        try:
+            done = subprocess.run([compiler(), *_flags(), str(source), "-o", str(built)], capture_output=True,
+                                  text=True, timeout=BUILD_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise _failed(f"{compiler()}: {exc}") from exc
+        if done.returncode != 0 or not built.is_file():
+            raise _failed(next((line for line in done.stderr.splitlines() if "error" in line),
+                               f"{compiler()} exited {done.returncode}"))
+        os.replace(built, path)
+
+
+def _failed(why: str) -> errors.BackendError:
+    return errors.BackendError(f"winograd's kernels could not be compiled here ({why.strip()}); set CC to a C "
+                               "compiler with OpenMP, or use backend torch", params=("backend",))
