@@ -97,6 +97,15 @@ def test_the_kernels_are_built_once_and_a_damaged_build_is_made_again(tmp_path, 
     assert [p.name for p in path.parent.iterdir()] == [path.name]     # no build folder left behind
 
 
+def test_a_cache_folder_that_cannot_be_written_is_one_typed_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(errors.BackendError, match="could not be kept in") as info:
+        winograd_native.library()
+    assert "backend" in info.value.params and "\n" not in info.value.message
+
+
 @pytest.mark.parametrize("height, width", [(13, 10), (8, 12)])
 def test_one_convolution_equals_the_direct_one(height, width):
     """Any map size (rounded up to a multiple of 4 inside, the rest zeroed); activation and residual."""

@@ -30,7 +30,7 @@ from .winograd_native import is_built, library
 
 ARCHS = ("rrdbnet",)          # families this backend computes
 EAGER_PARTS = ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last")   # run by torch, not Winograd
-KEEP_WORKSPACES = 2           # workspaces (buffers: ~1.4 GB for x4plus at a 512 window) kept per instance
+KEEP_WORKSPACES = 2           # workspaces (buffers: ~1.2 GB for x4plus at a 512 window) kept per instance
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
 DENSE_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LEAKY_SLOPE = 0.2             # RRDBNet's LeakyReLU

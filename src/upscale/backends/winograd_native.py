@@ -5,8 +5,8 @@ Why native code: the two transforms are memory-bound loops over every feature ma
 ops, or generated per map shape by torch.compile (this backend's first version), they cost more than
 the GEMMs between them and compiled for 5-20 s per new window shape. One hand-written loop per
 transform reads each input once and streams its output past the cache (``winograd.c`` says why); on
-the Xeon of docs/perf.md a 256-px x4plus window went from ~9.7 s to ~6.1 s, and no window shape
-compiles anything.
+the Xeon of docs/perf.md a 256-px x4plus window went from 10.7 s to 7.2 s, side by side, and no
+window shape compiles anything.
 
 The build: ``$CC`` (default ``cc``) with ``-O3 -march=native -fopenmp``, once per source, compiler and
 CPU (the file name holds a digest of the three), into ``<our cache>/native``, written to a temporary
@@ -134,7 +134,16 @@ def _compiler_identity(name: str) -> str:
 
 
 def _build(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _compile_into(path)
+    except OSError as exc:      # the cache folder cannot be written (read-only, full, not a folder)
+        raise errors.BackendError(f"winograd's kernels could not be kept in {path.parent} "
+                                  f"({exc.strerror or exc}); free or fix that folder (UPSCALE_CACHE), or use "
+                                  "backend torch", params=("backend",)) from exc
+
+
+def _compile_into(path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp, \
             resources.as_file(resources.files(__package__).joinpath(SOURCE)) as source:
         built = Path(tmp) / path.name
