@@ -106,6 +106,66 @@ def test_a_cache_folder_that_cannot_be_written_is_one_typed_error(tmp_path, monk
     assert "backend" in info.value.params and "\n" not in info.value.message
 
 
+def test_the_wrappers_refuse_what_the_kernels_would_touch_out_of_bounds():
+    """The C trusts its sizes: a V that is not (36, tiles, Cv), a negative channel offset, maps whose
+    sides are not multiples of 4 or that are not NHWC are ValueErrors, and nothing is written."""
+    x, tiles = torch.randn(2, 8, 8, 3), 2 * 2 * 2
+    whole = torch.zeros(2 * 36 * tiles * 3)
+    for v, lo in [(whole[:tiles * 3].view(1, tiles, 3), 0),                 # one plane, not 36
+                  (whole[36 * tiles * 3:].view(36, tiles, 3), -2),          # channels before V
+                  (whole[:36 * tiles * 3].view(36, tiles * 3), 0),          # not (36, tiles, Cv)
+                  (whole[:36 * tiles * 6].view(36, tiles, 6)[..., :3], 0)]:     # a channel slice
+        with pytest.raises(ValueError):
+            input_transform(x, v, lo)
+    for bad in (torch.randn(2, 7, 8, 3), torch.randn(2, 8, 6, 3), x[0]):
+        with pytest.raises(ValueError, match="multiples of 4"):
+            input_transform(bad, whole[:36 * tiles * 3].view(36, tiles, 3), 0)
+    assert not whole.any()
+    y = torch.zeros(1, 7, 8, 3)                 # 7 rows: the C would write one row of tiles and leave 3
+    with pytest.raises(ValueError, match="multiples of 4"):
+        output_transform(torch.randn(36, 2, 3), torch.zeros(3), y, None, 7, 8, 1.0, 1.0)
+    with pytest.raises(ValueError, match="do not match"):
+        output_transform(torch.randn(36, 4, 3), torch.zeros(3), torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 4, 3),
+                         8, 8, 1.0, 1.0)
+
+
+def test_cc_may_hold_words_as_make_takes_it(monkeypatch):
+    """CC="ccache gcc", "gcc-13 -g": the compiler and its arguments, not one program's name."""
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    monkeypatch.setenv("CC", "cc -g0")
+    winograd_native.library()
+    assert winograd_native.library_path().is_file()
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    monkeypatch.setenv("CC", "cc")
+    assert not winograd_native.is_built()        # the words are the build's: kept apart from plain cc's
+    monkeypatch.setenv("CC", "cc '-g0")
+    with pytest.raises(errors.BackendError, match="No closing quotation"):
+        winograd_native.library()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="GNU ld's options")
+@pytest.mark.parametrize("link, message", [
+    ("-lupscale_no_runtime", r"could not be compiled here \(.*cannot find -lupscale_no_runtime"),   # clang, no libomp
+    ("-Wl,--no-as-needed -L{lib} -lruntime", r"compiled but do not load \(libruntime.so"),   # libomp off the path
+])
+def test_an_openmp_runtime_missing_at_link_or_load_is_one_typed_error(tmp_path, monkeypatch, link, message):
+    """A compiler whose OpenMP runtime is not there (clang without libomp), or is found when linking
+    but not when loading: the line says which, and no unloadable library is kept."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (tmp_path / "runtime.c").write_text("int runtime_marker(void) { return 1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", str(tmp_path / "runtime.c"), "-o", str(lib / "libruntime.so")],
+                   check=True)
+    cc = tmp_path / "cc-with-runtime"
+    cc.write_text(f'#!/bin/sh\nexec cc "$@" {link.format(lib=lib)}\n')
+    cc.chmod(0o755)
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    monkeypatch.setenv("CC", str(cc))
+    with pytest.raises(errors.BackendError, match=message) as info:
+        winograd_native.library()
+    assert "\n" not in info.value.message and not winograd_native.is_built()
+
+
 @pytest.mark.parametrize("height, width", [(13, 10), (8, 12)])
 def test_one_convolution_equals_the_direct_one(height, width):
     """Any map size (rounded up to a multiple of 4 inside, the rest zeroed); activation and residual."""
@@ -143,6 +203,22 @@ def test_rrdbnet_windows_equal_the_eager_network(fixture, size, request):
     (ws,) = runner._workspaces.values()
     held = sum(b.numel() for b in ws._buffers.values()) + np.prod(ws.map_shape(model.module.conv_first.out_channels))
     assert runner.workspace_bytes(1, *size) == 4 * held
+
+
+@pytest.mark.parametrize("fixture", ["rrdb_x4", "tiny_x2_rrdb"])
+def test_a_batch_of_windows_equals_the_eager_network_window_by_window(fixture, request):
+    """N = 2 (the engine's batches): tiles are numbered image by image, and each window's equal to
+    the eager network's and to itself computed alone."""
+    model = load_model(request.getfixturevalue(fixture))
+    runner = WinogradWindows(model)
+    torch.manual_seed(2)
+    x = torch.rand(2, 3, 10, 14).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = model.module.eval()(x).permute(0, 2, 3, 1)
+        got = runner(x)
+        alone = torch.cat([runner(x[i:i + 1]) for i in range(2)])
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-4 and (got - alone).abs().max().item() < 1e-5
 
 
 def test_cli_winograd_matches_torch(tmp_path, rrdb_x4):

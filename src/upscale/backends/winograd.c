@@ -98,7 +98,7 @@ void winograd_input(const float *x, float *v, int64_t n, int64_t h, int64_t w, i
                 row_in[i] = y0 + i >= 0 && y0 + i < h;
                 col_in[i] = x0 + i >= 0 && x0 + i < w;
             }
-            const float *corner = x + ((img * h + y0) * w + x0) * c;   /* may lie outside: read only inside */
+            const int64_t corner = ((img * h + y0) * w + x0) * c;  /* may lie before x: an index, not a pointer */
             float *out = v + t * cv + lo;
             for (int64_t c0 = 0; c0 < c; c0 += VL) {
                 const int64_t cn = c - c0 < VL ? c - c0 : VL;
@@ -106,7 +106,7 @@ void winograd_input(const float *x, float *v, int64_t n, int64_t h, int64_t w, i
                 for (int i = 0; i < 6; i++) {
                     vf d[6];
                     for (int j = 0; j < 6; j++)
-                        d[j] = row_in[i] && col_in[j] ? load(corner + (i * w + j) * c + c0, cn) : (vf){0};
+                        d[j] = row_in[i] && col_in[j] ? load(x + (corner + (i * w + j) * c + c0), cn) : (vf){0};
                     B_T(d, rows[i]);
                 }
                 for (int b = 0; b < 6; b++) {   /* then along the height, column b of rows */

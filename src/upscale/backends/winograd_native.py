@@ -10,8 +10,9 @@ window shape compiles anything.
 
 The build: ``$CC`` (default ``cc``) with ``-O3 -march=native -fopenmp``, once per source, compiler and
 CPU (the file name holds a digest of the three), into ``<our cache>/native``, written to a temporary
-folder and renamed into place, so no process ever loads half a file. A compiler that is missing or
-fails is a ``BackendError`` naming the way out (backend torch).
+folder and renamed into place, so no process ever loads half a file. ``$CC`` may hold words, as make
+reads it (``ccache gcc``). A compiler that is missing or fails, or whose library does not load (an
+OpenMP runtime off the loader's path), is a ``BackendError`` naming the way out (backend torch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 from importlib import resources
@@ -45,7 +47,12 @@ def native_dir() -> Path:
 
 
 def compiler() -> str:
-    return os.environ.get("CC") or "cc"
+    """``$CC`` as written (default ``cc``); it may hold words, as make takes it: ``ccache gcc``, ``gcc-13 -g``."""
+    return os.environ.get("CC", "").strip() or "cc"
+
+
+def _words(name: str) -> list[str]:
+    return shlex.split(name)      # a ValueError where its quotes do not close
 
 
 def _flags() -> tuple[str, ...]:
@@ -61,8 +68,9 @@ def library_path() -> Path:
 def _digest(compiler_name: str) -> str:
     source = resources.files(__package__).joinpath(SOURCE).read_bytes()
     cpu = cpu_info()
-    parts = [source, _compiler_identity(compiler_name).encode(), " ".join(_flags()).encode(), cpu.model.encode(),
-             " ".join(sorted(cpu.flags)).encode()]
+    # the command as written too: "gcc -fsanitize=address" is not the library "gcc" built
+    parts = [source, compiler_name.encode(), _compiler_identity(compiler_name).encode(), " ".join(_flags()).encode(),
+             cpu.model.encode(), " ".join(sorted(cpu.flags)).encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
@@ -76,14 +84,16 @@ def library() -> ctypes.CDLL:
     global _LOADED
     if _LOADED is None:
         path = library_path()
-        if not path.is_file():
+        built = not path.is_file()
+        if built:
             _build(path)
         try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:             # damaged on disk: built again, once
-            path.unlink(missing_ok=True)
-            _build(path)
-            lib = ctypes.CDLL(str(path))
+            lib = _load(path)
+        except errors.BackendError:
+            if built:               # just built, and it does not load: building again would not help
+                raise
+            _build(path)            # damaged on disk: built again, once
+            lib = _load(path)
         lib.winograd_input.argtypes = [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, ctypes.c_int]
         lib.winograd_input.restype = None
         lib.winograd_output.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64,
@@ -93,12 +103,21 @@ def library() -> ctypes.CDLL:
     return _LOADED
 
 
+def _load(path: Path) -> ctypes.CDLL:
+    """The built kernels loaded; where the loader refuses them, they are removed (nothing unloadable kept)."""
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise _unloadable(exc) from exc
+
+
 def input_transform(x: torch.Tensor, v: torch.Tensor, lo: int) -> None:
     """x (N, H, W, C) float32, contiguous, H and W multiples of 4 -> channels [lo, lo + C) of v
     (36, N·H/4·W/4, Cv), contiguous."""
-    n, h, w, c = x.shape
     _check(x, v)
-    if v.shape[1] != n * (h // 4) * (w // 4) or lo + c > v.shape[2]:
+    n, h, w, c = _map_shape(x)
+    if v.dim() != 3 or v.shape[:2] != (36, n * (h // 4) * (w // 4)) or lo < 0 or lo + c > v.shape[2]:
         raise ValueError(f"a {tuple(x.shape)} map does not fit channels {lo}..{lo + c} of V {tuple(v.shape)}")
     library().winograd_input(x.data_ptr(), v.data_ptr(), n, h, w, c, v.shape[2], lo, torch.get_num_threads())
 
@@ -107,8 +126,8 @@ def output_transform(m: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, resid
                      height: int, width: int, slope: float, scale: float) -> None:
     """m (36, tiles, C) -> y (N, H, W, C): LeakyReLU(conv + bias) with ``slope`` (1.0: none), zero at
     rows >= height or columns >= width; or residual + scale·(that) where ``residual`` is given."""
-    n, h, w, c = y.shape
     _check(m, bias, y, *(() if residual is None else (residual,)))
+    n, h, w, c = _map_shape(y)
     if m.shape != (36, n * (h // 4) * (w // 4), c) or bias.shape != (c,) or (
             residual is not None and residual.shape != y.shape):
         raise ValueError(f"M {tuple(m.shape)}, bias {tuple(bias.shape)} and output {tuple(y.shape)} do not match")
@@ -124,11 +143,19 @@ def _check(*tensors: torch.Tensor) -> None:
                              f"on {t.device} (contiguous: {t.is_contiguous()})")
 
 
+def _map_shape(t: torch.Tensor) -> tuple[int, ...]:
+    """(N, H, W, C) of an NHWC map whose H and W are multiples of 4 (the C reads and writes whole tiles)."""
+    if t.dim() != 4 or t.shape[1] % 4 or t.shape[2] % 4:
+        raise ValueError(f"the winograd kernels take (N, H, W, C) maps with H and W multiples of 4, "
+                         f"not {tuple(t.shape)}")
+    return tuple(t.shape)
+
+
 def _compiler_identity(name: str) -> str:
     """The compiler's first line of ``--version`` (its name where it says nothing)."""
     try:
-        done = subprocess.run([name, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+        done = subprocess.run([*_words(name), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
         return name
     return (done.stdout.splitlines() or [name])[0]
 
@@ -148,14 +175,23 @@ def _compile_into(path: Path) -> None:
             resources.as_file(resources.files(__package__).joinpath(SOURCE)) as source:
         built = Path(tmp) / path.name
         try:
-            done = subprocess.run([compiler(), *_flags(), str(source), "-o", str(built)], capture_output=True,
-                                  text=True, timeout=BUILD_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            done = subprocess.run([*_words(compiler()), *_flags(), str(source), "-o", str(built)],
+                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
             raise _failed(f"{compiler()}: {exc}") from exc
         if done.returncode != 0 or not built.is_file():
-            raise _failed(next((line for line in done.stderr.splitlines() if "error" in line),
+            # the first line that says why: the linker's "cannot find -lomp" comes before the driver's summary
+            raise _failed(next((line for line in done.stderr.splitlines() if "error" in line or "cannot find" in line),
                                f"{compiler()} exited {done.returncode}"))
         os.replace(built, path)
+
+
+def _unloadable(exc: OSError) -> errors.BackendError:
+    """Built, but the loader refuses it: most often the compiler's OpenMP runtime (clang's libomp) is
+    not where the loader looks."""
+    return errors.BackendError(f"winograd's kernels were compiled but do not load ({exc}); set CC to a C "
+                               "compiler whose OpenMP runtime loads here (gcc), or use backend torch",
+                               params=("backend",))
 
 
 def _failed(why: str) -> errors.BackendError:
