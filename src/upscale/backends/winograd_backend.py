@@ -109,9 +109,11 @@ class WinogradWindows:
         ws.transform_into(trunk, 0)
         summed = ws.convolve(self.num_feat, *self.body, ws.buffer("sum", trunk.shape), residual=feat)
         out = summed[:, :height, :width].permute(0, 3, 1, 2)      # feat + conv_body(body(feat)), NCHW view
-        out = F.leaky_relu(eager.conv_up1(F.interpolate(out, scale_factor=2, mode="nearest")), LEAKY_SLOPE)
-        out = F.leaky_relu(eager.conv_up2(F.interpolate(out, scale_factor=2, mode="nearest")), LEAKY_SLOPE)
-        return eager.conv_last(F.leaky_relu(eager.conv_hr(out), LEAKY_SLOPE))
+        # the activations in place: at 4x the resolution each fresh tensor is up to ~1 GB (a 512 window),
+        # and the page faults of filling fresh memory cost as much as the convolutions here
+        for conv in (eager.conv_up1, eager.conv_up2):
+            out = F.leaky_relu(conv(F.interpolate(out, scale_factor=2, mode="nearest")), LEAKY_SLOPE, inplace=True)
+        return eager.conv_last(F.leaky_relu(eager.conv_hr(out), LEAKY_SLOPE, inplace=True))
 
     def _new_workspace(self, n: int, height: int, width: int) -> Workspace:
         return Workspace(n, rounded(height), rounded(width), height, width, self.num_feat + 4 * self.grow)
