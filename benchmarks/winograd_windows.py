@@ -1,5 +1,5 @@
 """The winograd backend against our torch fp32 path, one x4plus window per side: seconds (first call,
-which compiles the kernels of that shape, and the best of the timed calls) and the PSNR of the two
+which allocates that shape's buffers, and the best of the timed calls) and the PSNR of the two
 outputs (8-bit, the same crop of a real photo).
 
     python benchmarks/winograd_windows.py --weights x4plus.safetensors \

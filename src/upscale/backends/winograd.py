@@ -60,9 +60,8 @@ def weight_transform(weight: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Workspace:
     """The buffers of one feature-map shape: (N, H, W) with H, W already rounded up to multiples of 4
-    (``rounded``),
-    ``height``/``width`` the map's own size. ``v_channels``: the widest Winograd-domain input a layer
-    reads (RRDBNet's dense blocks keep every earlier map's transform side by side there)."""
+    (``rounded``), ``height``/``width`` the map's own size. ``v_channels``: the widest Winograd-domain
+    input a layer reads (RRDBNet's dense blocks keep every earlier map's transform side by side there)."""
     n: int
     h: int
     w: int

@@ -74,11 +74,6 @@ def _digest(compiler_name: str) -> str:
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-def is_built() -> bool:
-    """Whether the kernels are loaded in this process or built on disk (nothing to compile)."""
-    return _LOADED is not None or library_path().is_file()
-
-
 def library() -> ctypes.CDLL:
     """The kernels, built first where they are not on disk; loaded once per process."""
     global _LOADED

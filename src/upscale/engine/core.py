@@ -195,9 +195,9 @@ class Engine:
         """Estimated seconds of the model part of an image of this size for each measured window side
         (``table``: side -> (seconds per window, first-call seconds)): the pixels its plan computes at
         that side's measured cost per pixel (so an image that fits in one window, or fitted windows,
-        count their own area), plus the first call's compile for a shape another backend has not
-        compiled before (OpenVINO: in this process or, through its model cache, an earlier one;
-        winograd: in this process)."""
+        count their own area), plus the first call's setup where another backend is cold (OpenVINO:
+        a shape compiled neither in this process nor, through its model cache, an earlier one;
+        winograd: its runner not yet made in this process)."""
         estimates = {}
         for side, (seconds, setup) in table.items():
             core = self._core_of(side, height, width)
@@ -264,7 +264,9 @@ class Engine:
         # reaches the host once, already clamped and in the output dtype
         stitcher = tiling.BandStitcher(plan, out, TorchStitchOps(self.device))
         compiled = self.compiled and uses_compiled(self.compiled_shape, (plan.tile_h, plan.tile_w))
-        self.runners.get(backend)       # another backend's runner is made the first time it is chosen
+        # another backend's runner is made the first time it is chosen: here, so that its setup (a
+        # conversion, a build) is not counted in the windows' forward seconds
+        self.runners.get(backend)
         self._check_activations(plan, compiled, backend)
         try:
             forward_s, stitch_s, batches = self._run_windows(_pad(pixels, plan.height, plan.width), plan,

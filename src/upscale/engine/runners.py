@@ -57,7 +57,7 @@ class Runners:
 
     def is_warm(self, backend: str, shape: tuple[int, ...]) -> bool:
         """Whether a batch of ``shape`` starts on ``backend`` without compiling. A backend whose
-        runner was not made yet counts as cold (its first window compiles)."""
+        runner was not made yet counts as cold (its first window pays the runner's setup)."""
         if backend == "torch":
             return True
         runner = self._made.get(backend)

@@ -199,7 +199,7 @@ def _screen(prober: Prober, window_px: int, backend: str) -> tuple[list[Row], fl
     for name in ["torch"] + [b for b in ALTERNATIVES if backend_unavailable(prober, backend, b) is None]:
         try:
             seconds = prober.window(window_px, **({} if name == "torch" else {"backend": name}))[1]
-        except errors.BackendError as exc:     # e.g. no C++ compiler for winograd's kernels: not screened
+        except errors.BackendError as exc:     # e.g. no C compiler for winograd's kernels: not screened
             log.warning("%s", exc)
             continue
         rows.append(Row(f"window {window_px} {name} fp32", seconds, seconds / prober.core(window_px) ** 2 * 1e6,

@@ -175,8 +175,9 @@ def measure_windows(prober: Prober, windows: list[int], backend: str = "torch",
                     known: dict[int, tuple[float, float]] | None = None
                     ) -> tuple[list[Row], dict[int, float], dict[int, float]]:
     """One row per window (with ``backend``), plus the whole probe image for torch; (rows, seconds
-    per window, seconds the first call added per window: compiling that shape). ``known``: windows
-    already measured, {side: (first-call seconds, best seconds)}, not measured again."""
+    per window, seconds the first call added per window: OpenVINO's compile of that shape, a new
+    shape's buffers). ``known``: windows already measured, {side: (first-call seconds, best
+    seconds)}, not measured again."""
     rows, per_window, setup = [], {}, {}
     changes = {} if backend == "torch" else {"backend": backend}
     tag = "" if backend == "torch" else f" {backend}"
@@ -269,7 +270,7 @@ def measure_backends(prober: Prober, window_px: int, wanted: str, notes: list[st
         if why is None:
             try:
                 measured[name] = prober.window(window_px, backend=name)
-            except errors.BackendError as exc:      # e.g. no C++ compiler for winograd's kernels
+            except errors.BackendError as exc:      # e.g. no C compiler for winograd's kernels
                 if wanted == name and strict:
                     raise
                 notes.append(f"backend {name}: failed ({exc})")
