@@ -302,8 +302,9 @@ def test_tune_measures_winograd_for_rrdbnet_and_auto_follows_it(tiny_x2_rrdb, ti
     result = json.loads(cache_here.read_text())["entries"][0]["result"]
     assert result["backend"] in ("torch", "winograd")
     rrdb = load_model(tiny_x2_rrdb)
-    edit_entry(cache_here, backend="winograd", window_backend="winograd")
+    edit_entry(cache_here, backend="winograd", window_backend="winograd", compile={"gain": 0.1, "compile_s": 12.0})
     assert preferred_backend(rrdb, "fp32", None) == "winograd"
+    assert "compile +10.0%/12s (torch's), backend winograd" in tune("--show")    # winograd never compiles
     assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads()) == "winograd"
     assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads(), "on") == "torch"
     refused = CliRunner().invoke(cli, ["tune", "-m", tiny_x4, "--quick", "--windows", "96", "--backend", "winograd",

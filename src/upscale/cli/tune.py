@@ -118,6 +118,8 @@ def _print_report(report: Any) -> None:
     else:
         compile_text = (f"{'on when the work repays it' if compiled['gain'] > 0 else 'off'} (measured gain "
                         f"{compiled['gain']:+.1%}, compile {compiled['compile_s']:.1f} s)")
+        if res["backend"]:      # torch.compile applies to torch's windows (images auto plans on torch)
+            compile_text += f" for torch's windows; {res['backend']} does not compile"
     click.echo(f"chosen: window {res['window_px']}, batch {res['batch']}, compile {compile_text}, "
                f"backend {res['backend'] or 'torch (no other measured)'}")
     if res.get("window_seconds"):
@@ -171,7 +173,8 @@ def _show() -> None:
                 f"({what}: {estimates}); {entry.get('when', '?')}{_stale(key)}")
             continue
         compiled = res.get("compile")
-        compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s"
+        compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s" + (
+            " (torch's)" if res.get("backend") else "")
         say(f"{tuned.describe(key)} [{entry.get('label', '')}]: window {res['window_px']}, "
             f"batch {res['batch']}, compile {compile_text}, backend {res.get('backend') or '-'}; "
             f"{res['s_per_mp']:.3g} s/MP; {entry.get('when', '?')}{_stale(key)}")
