@@ -221,6 +221,22 @@ def test_a_batch_of_windows_equals_the_eager_network_window_by_window(fixture, r
     assert (got - expected).abs().max().item() < 1e-4 and (got - alone).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (13, 9)), ("tiny_x2_rrdb", (14, 6))])
+def test_the_upsampling_part_in_stripes_equals_the_eager_network(fixture, size, request, monkeypatch):
+    """One row per stripe (the smallest stripes there are), each with its rows of context: the same
+    output as the whole map at once."""
+    from upscale.backends import winograd_backend
+
+    monkeypatch.setattr(winograd_backend, "UP_STRIPE_BYTES", 1)
+    model = load_model(request.getfixturevalue(fixture))
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, *size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = model.module.eval()(x).permute(0, 2, 3, 1)
+        got = WinogradWindows(model)(x)
+    assert got.shape == expected.shape and (got - expected).abs().max().item() < 1e-4
+
+
 def test_cli_winograd_matches_torch(tmp_path, rrdb_x4):
     src = tmp_path / "a.png"
     # neither side a multiple of 4: the rows and columns the transforms round up to are cut off

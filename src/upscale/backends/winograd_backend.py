@@ -33,6 +33,11 @@ EAGER_PARTS = ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last")   #
 KEEP_WORKSPACES = 2           # workspaces (buffers: ~1.2 GB for x4plus at a 512 window) kept per instance
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
 DENSE_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+# the upsampling part in stripes: each stripe's largest activation stays under this (glibc's malloc maps
+# blocks above its threshold, at most 32 MB, afresh from the kernel each time: page faults); UP_HALO rows
+# of context each side cover what the stripe's edges change (1.25 rows: one 3x3 conv at 2x, three at 4x)
+UP_STRIPE_BYTES = 16 * 2**20
+UP_HALO = 2
 LEAKY_SLOPE = 0.2             # RRDBNet's LeakyReLU
 RESIDUAL_SCALE = 0.2          # each dense block's and each RRDB's residual scaling
 
@@ -108,12 +113,31 @@ class WinogradWindows:
         trunk = self._trunk(ws, feat.contiguous())
         ws.transform_into(trunk, 0)
         summed = ws.convolve(self.num_feat, *self.body, ws.buffer("sum", trunk.shape), residual=feat)
-        out = summed[:, :height, :width].permute(0, 3, 1, 2)      # feat + conv_body(body(feat)), NCHW view
-        # the activations in place: at 4x the resolution each fresh tensor is up to ~1 GB (a 512 window),
-        # and the page faults of filling fresh memory cost as much as the convolutions here
-        for conv in (eager.conv_up1, eager.conv_up2):
-            out = F.leaky_relu(conv(F.interpolate(out, scale_factor=2, mode="nearest")), LEAKY_SLOPE, inplace=True)
-        return eager.conv_last(F.leaky_relu(eager.conv_hr(out), LEAKY_SLOPE, inplace=True))
+        return self._upsampled(summed[:, :height, :width].permute(0, 3, 1, 2))   # NCHW view of the sum
+
+    def _upsampled(self, feat: torch.Tensor) -> torch.Tensor:
+        """The upsampling part (nearest x2, conv, x2, conv, conv_hr, conv_last) on feat (N, C, h, w), in
+        stripes of rows with ``UP_HALO`` rows of context each side. At 4x the resolution a whole
+        window's activations are fresh tensors of up to ~1 GB each (a 512 window), and filling fresh
+        memory costs page faults as dear as the convolutions; a stripe's stay under ``UP_STRIPE_BYTES``,
+        so the allocator hands the same memory back stripe after stripe."""
+        n, c, h, w = feat.shape
+        rows = max(1, UP_STRIPE_BYTES // (16 * n * c * w * 4))     # a 4x activation holds 16·c·w floats per row
+        out = None
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            a, b = max(0, y0 - UP_HALO), min(h, y1 + UP_HALO)
+            part = self._up(feat[:, :, a:b])
+            if out is None:
+                out = torch.empty((n, part.shape[1], 4 * h, 4 * w)).contiguous(memory_format=torch.channels_last)
+            out[:, :, 4 * y0:4 * y1] = part[:, :, 4 * (y0 - a):4 * (y1 - a)]
+        return out
+
+    def _up(self, x: torch.Tensor) -> torch.Tensor:
+        eager = self.eager
+        for conv in (eager.conv_up1, eager.conv_up2):       # activations in place: fewer fresh tensors
+            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2, mode="nearest")), LEAKY_SLOPE, inplace=True)
+        return eager.conv_last(F.leaky_relu(eager.conv_hr(x), LEAKY_SLOPE, inplace=True))
 
     def _new_workspace(self, n: int, height: int, width: int) -> Workspace:
         return Workspace(n, rounded(height), rounded(width), height, width, self.num_feat + 4 * self.grow)
