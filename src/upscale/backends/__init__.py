@@ -53,7 +53,7 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
 
         if compile_mode == "on" and device_type == "cpu":
             raise errors.UsageError("compile on is torch.compile of the whole network, which backend winograd "
-                                    "does not use (it compiles its own kernels); use compile auto or off with it",
+                                    "does not use (its kernels are C, built once); use compile auto or off with it",
                                     params=("compile", "backend"))
         check_supported(model, device_type, precision)
         return "winograd"

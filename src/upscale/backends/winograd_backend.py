@@ -24,12 +24,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import errors
+from ..archs.rrdbnet import upsampling
 from ..model import Model
 from .winograd import Workspace, rounded, weight_transform
 from .winograd_native import library
 
 ARCHS = ("rrdbnet",)          # families this backend computes
-EAGER_PARTS = ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last")   # run by torch, not Winograd
+EAGER_PARTS = ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last", "lrelu")   # run by torch
 KEEP_WORKSPACES = 2           # workspaces (buffers: ~1.2 GB for x4plus at a 512 window) kept per instance
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
 DENSE_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -65,7 +66,6 @@ class WinogradWindows:
     def __init__(self, model: Model) -> None:
         library()
         net = model.module
-        self.label = model.name or model.source or model.arch
         # only what runs eagerly is copied (channels_last, fp32); the trunk runs from transformed weights
         self.eager = copy.deepcopy(nn.ModuleDict({name: getattr(net, name) for name in EAGER_PARTS}))
         self.eager = self.eager.eval().float().to(memory_format=torch.channels_last)
@@ -127,17 +127,11 @@ class WinogradWindows:
         for y0 in range(0, h, rows):
             y1 = min(h, y0 + rows)
             a, b = max(0, y0 - UP_HALO), min(h, y1 + UP_HALO)
-            part = self._up(feat[:, :, a:b])
+            part = upsampling(self.eager, feat[:, :, a:b])
             if out is None:
                 out = torch.empty((n, part.shape[1], 4 * h, 4 * w)).contiguous(memory_format=torch.channels_last)
             out[:, :, 4 * y0:4 * y1] = part[:, :, 4 * (y0 - a):4 * (y1 - a)]
         return out
-
-    def _up(self, x: torch.Tensor) -> torch.Tensor:
-        eager = self.eager
-        for conv in (eager.conv_up1, eager.conv_up2):       # activations in place: fewer fresh tensors
-            x = F.leaky_relu(conv(F.interpolate(x, scale_factor=2, mode="nearest")), LEAKY_SLOPE, inplace=True)
-        return eager.conv_last(F.leaky_relu(eager.conv_hr(x), LEAKY_SLOPE, inplace=True))
 
     def _new_workspace(self, n: int, height: int, width: int) -> Workspace:
         return Workspace(n, rounded(height), rounded(width), height, width, self.num_feat + 4 * self.grow)

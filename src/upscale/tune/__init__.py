@@ -107,11 +107,8 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
               "seconds_per_window": round(table[window], 5), "compile": measured_compile,
               "backend": chosen_backend, "runs": prober.runs,
               "window_backend": chosen_backend or "torch",     # what the two tables below were measured with
-              "window_seconds": {str(w): round(s, 5) for w, s in sorted(table.items())},
-              "window_setup_s": {str(w): round(s, 3) for w, s in sorted(table_setup.items())},
-              "tables": {name: {"window_seconds": {str(w): round(s, 5) for w, s in sorted(secs.items())},
-                                "window_setup_s": {str(w): round(s, 3) for w, s in sorted(first.items())}}
-                         for name, (secs, first) in tables.items()}}
+              **_curve(table, table_setup),
+              "tables": {name: _curve(secs, first) for name, (secs, first) in tables.items()}}
     _mark_chosen(rows, result)
     best_window_s = table[window] if other else best_s
     reference = _reference(prober, old, per_window, n_ref * best_window_s)
@@ -121,6 +118,13 @@ def tune_model(model: Model, options: EngineOptions | None = None, *, backend: s
     if save:
         tuned.store(key, result, label=report.label)
     return report
+
+
+def _curve(seconds: dict[int, float], setup: dict[int, float]) -> dict[str, dict[str, float]]:
+    """One backend's measured curve as the cache keeps it: seconds per window side and what each
+    side's first call added."""
+    return {"window_seconds": {str(w): round(s, 5) for w, s in sorted(seconds.items())},
+            "window_setup_s": {str(w): round(s, 3) for w, s in sorted(setup.items())}}
 
 
 def _other_backends(prober: Prober, torch_window: int, backend: str, windows: tuple[int, ...] | None, strict: bool,

@@ -28,7 +28,6 @@ the context every window recomputes.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from .. import errors, tiling, tuned
-from ..backends import winograd_supports
+from ..backends import openvino_installed, winograd_supports
 from ..device import NAMES
 from ..engine import Engine, EngineOptions, RunStats, Workload
 from ..engine.compiling import COMPILE_GAIN, compile_estimates
@@ -252,7 +251,7 @@ def backend_unavailable(prober: Prober, wanted: str, name: str) -> str | None:
         return "this build's engine has no backend option yet"
     if prober.engine.device.type != "cpu":
         return f"{name} runs on the CPU only, not {prober.engine.device.type}"
-    if name == "openvino" and importlib.util.find_spec("openvino") is None:
+    if name == "openvino" and not openvino_installed():
         return "openvino is not installed (pip install 'upscale[openvino]')"
     if name == "winograd" and not winograd_supports(prober.engine.model, precision_name(prober)):
         return f"it computes RRDBNet in fp32 only, not {prober.engine.model.arch} in {precision_name(prober)}"
