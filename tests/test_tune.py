@@ -86,7 +86,7 @@ def test_tune_writes_show_reads_and_auto_uses_the_window(tiny_x4, cache_here):
 
 
 @pytest.mark.parametrize("part, value", [("threads", None), ("cpu_flags", "0" * 16), ("precision", "bf16"),
-                                         ("torch", "0.0.0"), ("openvino", "1999.0")])
+                                         ("torch", "0.0.0"), ("openvino", "1999.0"), ("winograd", 2)])
 def test_an_entry_with_another_key_is_not_used(tiny_x4, cache_here, part, value, caplog):
     tune("-m", tiny_x4, *QUICK)
     if part == "threads":

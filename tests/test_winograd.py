@@ -2,7 +2,7 @@
 direct ones on maps of any size, RRDBNet computed by it equal to the eager network (x4, and x2 through
 pixel-unshuffle), the CLI's `--backend winograd` against `--backend torch`, and the choice rules.
 
-Its transforms are C (``backends/winograd.c``), built once per machine into our cache and loaded once
+Its convolutions are C (``backends/winograd.c``), built once per machine into our cache and loaded once
 per process (each test here has its own cache folder; the first to need the kernels builds them).
 """
 
@@ -19,11 +19,12 @@ from click.testing import CliRunner
 from PIL import Image as PILImage
 from torch.nn import functional as F
 
-from upscale import errors
+from upscale import errors, machine
 from upscale.backends import choose_backend, winograd_supports
 from upscale.backends import winograd_native
-from upscale.backends.winograd import A_T, B_T, Workspace, rounded, weight_transform
-from upscale.backends.winograd_native import input_transform, output_transform
+from upscale.backends import winograd
+from upscale.backends.winograd import Workspace, block_tiles, rounded, weight_transform
+from upscale.backends.winograd_native import convolution, scratch_floats
 from upscale.backends.winograd_backend import WinogradWindows
 from upscale.cli import cli
 from upscale.loading import load_model
@@ -46,40 +47,64 @@ def test_weight_transform_is_g_g_gt():
     u = weight_transform(w)
     g = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
-    assert u.shape == (36, 3, 5)
+    assert u.shape == (36, 3, 16) and not u[..., 5:].any()      # columns padded to the C's 16 lanes
     expected = g @ w[4, 2].double() @ g.T            # output channel 4, input channel 2
     assert torch.allclose(u[:, 2, 4].double(), expected.reshape(36), atol=1e-6)
+    assert weight_transform(torch.randn(32, 3, 3, 3)).shape == (36, 3, 32)
     with pytest.raises(ValueError, match="3x3"):
         weight_transform(torch.randn(2, 2, 5, 5))
 
 
-@pytest.mark.parametrize("channels, lo, v_channels", [(40, 8, 56), (16, 0, 16), (3, 1, 5)])
-def test_native_transforms_are_the_matrices(channels, lo, v_channels):
-    """The C transforms against Bᵀ d B and Aᵀ m A in float64: whole 16-channel vectors, a remainder,
-    a channel slice of V (written there only), zero padding, bias, LeakyReLU, mask and residual."""
-    torch.manual_seed(channels)
-    n, h, w = 2, 12, 8
-    x = torch.randn(n, h, w, channels)
-    v = torch.zeros(36, n * (h // 4) * (w // 4), v_channels)
-    input_transform(x, v, lo)
-    bt, at = torch.tensor(B_T, dtype=torch.float64), torch.tensor(A_T, dtype=torch.float64)
-    tiles = F.pad(x.double(), (0, 0, 1, 1, 1, 1)).unfold(1, 6, 4).unfold(2, 6, 4)   # (n, h/4, w/4, C, 6, 6)
-    expected = torch.einsum("ai,bj,ntscij->abntsc", bt, bt, tiles).reshape(36, -1, channels)
-    assert torch.allclose(v[..., lo:lo + channels].double(), expected, rtol=1e-5, atol=1e-4)
-    assert not v[..., :lo].any() and not v[..., lo + channels:].any()
+def _direct(sources, conv, height, width):
+    """The direct convolution of the concatenated sources' first height x width px (zero beyond)."""
+    x = torch.cat(sources, 3)[:, :height, :width].permute(0, 3, 1, 2)
+    out = torch.zeros(*sources[0].shape[:3], conv.out_channels)
+    out[:, :height, :width] = conv(x).permute(0, 2, 3, 1).detach()
+    return out
 
-    m, bias, residual = torch.randn(36, v.shape[1], channels), torch.randn(channels), torch.randn(n, h, w, channels)
-    conv = torch.einsum("ia,kb,abntsc->ntiskc", at, at, m.double().view(6, 6, n, h // 4, w // 4, channels))
-    conv = conv.reshape(n, h, w, channels) + bias.double()
-    inside = torch.zeros(n, h, w, 1, dtype=torch.float64)
-    inside[:, :10, :7] = 1
-    y = torch.empty(n, h, w, channels)
-    output_transform(m, bias, y, None, 10, 7, 0.2, 1.0)
-    assert torch.allclose(y.double(), F.leaky_relu(conv, 0.2) * inside, rtol=1e-5, atol=1e-4)
-    output_transform(m, bias, y, residual, 10, 7, 1.0, 0.2)
-    assert torch.allclose(y.double(), residual.double() + 0.2 * conv * inside, rtol=1e-5, atol=1e-4)
-    with pytest.raises(ValueError, match="does not fit"):
-        input_transform(x, v, v_channels - channels + 1)
+
+@pytest.mark.parametrize("n, size, channels, c_out, block", [
+    (1, (12, 40), (64, 32, 32), 32, 24),     # a dense block's sources; 30 tiles: a block and a part of one
+    (2, (8, 12), (40, 17), 70, 48),          # channels past whole vectors and past 64 (a second chunk)
+    (1, (4, 4), (3,), 5, 24),                # one tile: every input pixel at the border
+])
+def test_one_call_is_the_direct_convolution(n, size, channels, c_out, block):
+    """winograd_conv against the direct convolution: several sources read as their concatenation, a
+    block that runs past the last tile, bias, LeakyReLU, the mask beyond height x width, and residual."""
+    torch.manual_seed(c_out)
+    h, w = size
+    sources = [torch.randn(n, h, w, c) for c in channels]
+    conv = torch.nn.Conv2d(sum(channels), c_out, 3, padding=1)
+    u, bias = weight_transform(conv.weight), conv.bias.detach()
+    scratch = torch.empty(scratch_floats(block, u.shape[-1], torch.get_num_threads()))
+    height, width = h - (h > 4), w - 3 * (w > 4)       # the map's own size inside its rounded one
+    masked = [s.clone() for s in sources]
+    for s in masked:
+        s[:, height:], s[:, :, width:] = 0, 0
+    direct = _direct(masked, conv, height, width)
+    y = torch.empty(n, h, w, c_out)
+    convolution(masked, u, bias, y, None, height, width, 0.2, 1.0, scratch, block)
+    assert torch.allclose(y, F.leaky_relu(direct, 0.2), atol=2e-5)
+    residual = torch.randn(n, h, w, c_out)
+    convolution(masked, u, bias, y, residual, height, width, 1.0, 0.2, scratch, block)
+    inside = torch.zeros(n, h, w, 1)
+    inside[:, :height, :width] = 1
+    assert torch.allclose(y, residual + 0.2 * direct * inside, atol=2e-5)
+
+
+def test_blocks_follow_the_l2_cache(monkeypatch):
+    """Two block buffers per thread within half the L2 cache, in steps of 24 tiles, 24 at least."""
+    monkeypatch.setattr(winograd, "l2_cache_bytes", lambda: 2 * 2**20)
+    per_tile = 4 * (scratch_floats(2, 64, 1) - scratch_floats(1, 64, 1))
+    assert block_tiles(64) == 2**20 // per_tile // 24 * 24 and block_tiles(64) % 24 == 0
+    assert block_tiles(16) >= block_tiles(64)
+    monkeypatch.setattr(winograd, "l2_cache_bytes", lambda: 2**16)
+    assert block_tiles(64) == 24
+
+
+def test_l2_cache_size_is_read_or_falls_back():
+    size = machine.l2_cache_bytes()
+    assert size == machine.L2_FALLBACK_BYTES or size >= 64 * 2**10
 
 
 def test_the_kernels_are_built_once_and_a_damaged_build_is_made_again(tmp_path, monkeypatch):
@@ -106,27 +131,43 @@ def test_a_cache_folder_that_cannot_be_written_is_one_typed_error(tmp_path, monk
     assert "backend" in info.value.params and "\n" not in info.value.message
 
 
-def test_the_wrappers_refuse_what_the_kernels_would_touch_out_of_bounds():
-    """The C trusts its sizes: a V that is not (36, tiles, Cv), a negative channel offset, maps whose
-    sides are not multiples of 4 or that are not NHWC are ValueErrors, and nothing is written."""
-    x, tiles = torch.randn(2, 8, 8, 3), 2 * 2 * 2
-    whole = torch.zeros(2 * 36 * tiles * 3)
-    for v, lo in [(whole[:tiles * 3].view(1, tiles, 3), 0),                 # one plane, not 36
-                  (whole[36 * tiles * 3:].view(36, tiles, 3), -2),          # channels before V
-                  (whole[:36 * tiles * 3].view(36, tiles * 3), 0),          # not (36, tiles, Cv)
-                  (whole[:36 * tiles * 6].view(36, tiles, 6)[..., :3], 0)]:     # a channel slice
-        with pytest.raises(ValueError):
-            input_transform(x, v, lo)
-    for bad in (torch.randn(2, 7, 8, 3), torch.randn(2, 8, 6, 3), x[0]):
-        with pytest.raises(ValueError, match="multiples of 4"):
-            input_transform(bad, whole[:36 * tiles * 3].view(36, tiles, 3), 0)
-    assert not whole.any()
-    y = torch.zeros(1, 7, 8, 3)                 # 7 rows: the C would write one row of tiles and leave 3
-    with pytest.raises(ValueError, match="multiples of 4"):
-        output_transform(torch.randn(36, 2, 3), torch.zeros(3), y, None, 7, 8, 1.0, 1.0)
-    with pytest.raises(ValueError, match="do not match"):
-        output_transform(torch.randn(36, 4, 3), torch.zeros(3), torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 4, 3),
-                         8, 8, 1.0, 1.0)
+def test_the_wrapper_refuses_what_the_kernel_would_touch_out_of_bounds():
+    """The C trusts its sizes: maps whose sides are not multiples of 4 or that differ, a U that does
+    not match the channels, a block that is not a multiple of 24 or a scratch too small for it, and an
+    output that overlaps a source are ValueErrors, and nothing is written."""
+    x, u, bias = torch.randn(1, 8, 8, 3), weight_transform(torch.randn(2, 3, 3, 3)), torch.zeros(2)
+    y = torch.zeros(1, 8, 8, 2)
+    scratch = torch.zeros(scratch_floats(24, 16, torch.get_num_threads()))
+    cases = [
+        (dict(sources=[torch.randn(1, 7, 8, 3)]), "multiples of 4"),
+        (dict(sources=[x[0]]), "multiples of 4"),
+        (dict(sources=[torch.randn(1, 8, 4, 3)]), "differ in size"),
+        (dict(sources=[x, x]), "do not match 6 input channels"),
+        (dict(u=u[:, :, :8].contiguous()), "do not match"),
+        (dict(bias=torch.zeros(3)), "do not match"),
+        (dict(residual=torch.zeros(1, 8, 4, 2)), "do not match"),
+        (dict(block=36), "multiple of 24"),
+        (dict(scratch=scratch[:-1]), "floats of scratch"),
+        (dict(sources=[x[..., :2]]), "contiguous"),
+        (dict(), None),
+    ]
+    for change, message in cases:
+        call = dict(sources=[x], u=u, bias=bias, y=y, residual=None, block=24, scratch=scratch) | change
+        args = (call["sources"], call["u"], call["bias"], call["y"], call["residual"], 8, 8, 1.0, 1.0,
+                call["scratch"], call["block"])
+        if message is None:
+            convolution(*args)
+            y.zero_()
+            continue
+        with pytest.raises(ValueError, match=message):
+            convolution(*args)
+        assert not y.any()
+    shared = torch.randn(1, 8, 8, 5)
+    with pytest.raises(ValueError, match="overlap"):
+        convolution([shared], weight_transform(torch.randn(5, 5, 3, 3)), torch.zeros(5), shared, None, 8, 8, 1.0,
+                    1.0, scratch, 24)
+    with pytest.raises(ValueError, match="at least one"):
+        convolution([], u, bias, y, None, 8, 8, 1.0, 1.0, scratch, 24)
 
 
 def test_cc_may_hold_words_as_make_takes_it(monkeypatch):
@@ -172,16 +213,16 @@ def test_one_convolution_equals_the_direct_one(height, width):
     torch.manual_seed(height)
     x = torch.randn(1, height, width, 8)
     conv = torch.nn.Conv2d(8, 4, 3, padding=1)
-    ws = Workspace(1, rounded(height), rounded(width), height, width, 8)
+    ws = Workspace(1, rounded(height), rounded(width), height, width)
     padded = torch.zeros(1, ws.h, ws.w, 8)
     padded[:, :height, :width] = x
     direct = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach()
     with torch.inference_mode():
-        ws.transform_into(padded, 0)
         u = weight_transform(conv.weight)
-        act = ws.convolve(8, u, conv.bias.detach(), torch.empty(1, ws.h, ws.w, 4), slope=0.2)
+        act = ws.convolve([padded], u, conv.bias.detach(), torch.empty(1, ws.h, ws.w, 4), slope=0.2)
         residual = torch.randn(1, ws.h, ws.w, 4)
-        res = ws.convolve(8, u, conv.bias.detach(), torch.empty(1, ws.h, ws.w, 4), residual=residual, scale=0.2)
+        res = ws.convolve([padded], u, conv.bias.detach(), torch.empty(1, ws.h, ws.w, 4), residual=residual,
+                          scale=0.2)
     assert torch.allclose(act[:, :height, :width], F.leaky_relu(direct, 0.2), atol=1e-5)
     assert torch.allclose(res[:, :height, :width], residual[:, :height, :width] + 0.2 * direct, atol=1e-5)
     assert not act[:, height:].any() and not act[:, :, width:].any()     # beyond the map: zero, as padding is

@@ -1,5 +1,5 @@
 """What this machine is: the CPU's model and flags (the one /proc/cpuinfo reader), its native bf16
-instruction sets, how busy other processes keep it (``cpu_clock`` / ``others_share``), our cache
+instruction sets, its L2 cache's size, how busy other processes keep it (``cpu_clock`` / ``others_share``), our cache
 folder, and the facts every benchmark records beside its figures.
 No torch import at module level: io-level code and benchmarks may ask without loading it."""
 
@@ -53,6 +53,28 @@ def cpu_info() -> CpuInfo:
         fields.setdefault(key.strip(), value.strip())
     model = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
     return CpuInfo(model=model, flags=frozenset(fields.get("flags", "").split()), mhz=fields.get("cpu MHz", "?"))
+
+
+L2_FALLBACK_BYTES = 2**20      # where the system does not say (off Linux): a small L2, so blocks stay in it
+
+
+@functools.lru_cache(maxsize=1)
+def l2_cache_bytes() -> int:
+    """The first CPU's level-2 (data or unified) cache in bytes, from Linux's sysfs; ``L2_FALLBACK_BYTES``
+    where that is not readable."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        if level == "2" and kind in ("Data", "Unified"):
+            units = {"K": 2**10, "M": 2**20, "G": 2**30}
+            number, unit = (size[:-1], units[size[-1]]) if size[-1:] in units else (size, 1)
+            if number.isdigit() and int(number) > 0:
+                return int(number) * unit
+    return L2_FALLBACK_BYTES
 
 
 def cpu_bf16_flags() -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 ``upscale tune`` measured, one entry per key.
 
 A key is everything that makes a measurement valid here: the CPU's model and flags, torch's thread
-count, the torch and openvino versions, the device, the precision, and the network (arch + hparams as
+count, the torch and openvino versions, the version of our own winograd kernels, the device, the precision, and the network (arch + hparams as
 canonical JSON). An entry is used only when every part of its key equals the running one; a stale
 entry is never used (a new tune of that key replaces it, entries of other keys are kept).
 
@@ -69,26 +69,30 @@ def device_name(device: Any) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _machine_part() -> tuple[str, str, str, str]:
-    """(CPU model, digest of its flags, torch version, openvino version or "none"): fixed per process."""
+def _machine_part() -> tuple[str, str, str, str, int]:
+    """(CPU model, digest of its flags, torch version, openvino version or "none", winograd kernels'
+    version): fixed per process."""
     import torch
+
+    from .backends.winograd import KERNELS_VERSION
 
     cpu = machine.cpu_info()
     flags = hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:16]
-    return cpu.model, flags, torch.__version__, machine.package_version("openvino") or "none"
+    return cpu.model, flags, torch.__version__, machine.package_version("openvino") or "none", KERNELS_VERSION
 
 
 def tuning_key(arch: str, hparams: dict[str, Any] | str, precision: str, device: Any,
                threads: int) -> dict[str, Any]:
     """The key of a measurement of network ``arch``/``hparams`` at ``precision`` ("fp32", "bf16",
     "fp16") on ``device`` with ``threads`` torch threads, on this machine with these versions."""
-    cpu, flags, torch_version, openvino_version = _machine_part()
+    cpu, flags, torch_version, openvino_version, winograd_version = _machine_part()
     return {
         "cpu": cpu,
         "cpu_flags": flags,
         "threads": int(threads),
         "torch": torch_version,
         "openvino": openvino_version,
+        "winograd": winograd_version,
         "device": device_name(device),
         "precision": precision,
         "arch": arch,

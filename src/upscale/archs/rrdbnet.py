@@ -132,7 +132,7 @@ class RRDBNet(nn.Module):
 def upsampling(parts: nn.Module, feat: torch.Tensor) -> torch.Tensor:
     """RRDBNet's upsampling part on the trunk's output: nearest x2 and ``conv_up1``, nearest x2 and
     ``conv_up2``, ``conv_hr``, ``conv_last``, with ``lrelu`` between. ``parts``: the network, or any
-    module holding those submodules (the winograd backend's copy of them)."""
+    module holding those submodules."""
     feat = parts.lrelu(parts.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
     feat = parts.lrelu(parts.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
     return parts.conv_last(parts.lrelu(parts.conv_hr(feat)))

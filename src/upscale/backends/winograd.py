@@ -13,11 +13,13 @@ there), and oneDNN's and OpenVINO's fp32 convolutions are direct. On the Intel X
 convolution, and x4plus as a whole ran ~1.8x faster than our torch fp32 path (docs/perf.md,
 "Winograd convolutions for RRDBNet").
 
-How the transforms are made cheap: each is one loop over the map's tiles in C (``winograd.c``, built
-here and called through ``winograd_native``), reading the map once and streaming the Winograd domain
-past the cache, on torch's threads. Buffers live as long as the window shape (a ``Workspace``: fresh
-buffers of tens of MB per call cost page faults that weighed as much as the transforms). Nothing
-depends on the shape at build time: a new window size costs only its buffers.
+How it is made fast: one C call per convolution (``winograd.c``, built here and called through
+``winograd_native``) takes each block of tiles through the input transform, the 36 GEMMs and the
+output transform while the block's data stay in the core's L2 cache; the block's size follows from
+that cache's size (``block_tiles``), read on the machine that runs it. Sources are passed as a list:
+a dense block's convolution reads the concatenation of the earlier maps without copying them.
+Buffers live as long as the window shape (a ``Workspace``: fresh buffers of tens of MB per call cost
+page faults). Nothing depends on the shape at build time: a new window size costs only its buffers.
 
 Maps are computed on the next multiple of the tile (4 px), with the rows and columns beyond the map
 zeroed after every convolution, which is what zero padding means: the result equals the direct
@@ -35,8 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
-from .winograd_native import input_transform, output_transform
+from ..machine import l2_cache_bytes
+from .winograd_native import convolution, scratch_floats
 
 # F(4x4, 3x3): input transform Bᵀ (6x6), weight transform G (6x3), output transform Aᵀ (4x6)
 B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -44,35 +48,48 @@ B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
 G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+# the kernels' version: part of the tuning cache's key (``tuned.tuning_key``), so that timings measured
+# with older kernels are not trusted; raise it with every change that moves this backend's speed
+# (1: torch.compile'd transforms, 2: C transforms around torch's GEMMs, 3: one C call per convolution)
+KERNELS_VERSION = 3
 TILE = 4          # output tile side; the input tile is TILE + 2 (maps are computed on multiples of it)
+LANES = 16        # output channels the C computes at a time: U's columns are padded to a multiple
+BLOCK_STEP = 24   # tiles per block come in multiples of this (the C's register blocks: 24, 12, 8 or 6 rows)
+MAX_BLOCK = 192
 
 
 def weight_transform(weight: torch.Tensor) -> torch.Tensor:
-    """``U = G g Gᵀ`` of a (C_out, C_in, 3, 3) weight, as 36 matrices (36, C_in, C_out) in fp32
-    (computed in float64, then rounded once)."""
+    """``U = G g Gᵀ`` of a (C_out, C_in, 3, 3) weight, as 36 matrices (36, C_in, C_out rounded up to a
+    multiple of ``LANES``, the columns past C_out zero) in fp32 (computed in float64, then rounded once)."""
     if weight.shape[2:] != (3, 3):
         raise ValueError(f"Winograd F(4x4, 3x3) needs 3x3 kernels, not {tuple(weight.shape[2:])}")
     g = torch.tensor(G, dtype=torch.float64)
     u = torch.einsum("ai,ocij,bj->abco", g, weight.detach().to("cpu", torch.float64), g)
-    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+    c_out = weight.shape[0]
+    u = F.pad(u.reshape(36, weight.shape[1], c_out), (0, -c_out % LANES))
+    return u.float().contiguous()
+
+
+def block_tiles(cpad: int) -> int:
+    """Tiles a thread takes through a convolution at a time for ``cpad`` output columns: as many as keep
+    its two block buffers within half this CPU's L2 cache (the other half for the weights and the maps'
+    rows), in multiples of ``BLOCK_STEP``, at most ``MAX_BLOCK``."""
+    per_tile = 4 * (scratch_floats(2, cpad, 1) - scratch_floats(1, cpad, 1))
+    fits = l2_cache_bytes() // 2 // per_tile // BLOCK_STEP * BLOCK_STEP
+    return max(BLOCK_STEP, min(MAX_BLOCK, fits))
 
 
 @dataclass
 class Workspace:
     """The buffers of one feature-map shape: (N, H, W) with H, W already rounded up to multiples of 4
-    (``rounded``), ``height``/``width`` the map's own size. ``v_channels``: the widest Winograd-domain
-    input a layer reads (RRDBNet's dense blocks keep every earlier map's transform side by side there)."""
+    (``rounded``), ``height``/``width`` the map's own size: feature maps, and the convolutions' scratch
+    (a few block buffers per thread)."""
     n: int
     h: int
     w: int
     height: int
     width: int
-    v_channels: int
     _buffers: dict[Any, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def tiles(self) -> int:
-        return self.n * (self.h // TILE) * (self.w // TILE)
 
     def buffer(self, key: Any, shape: tuple[int, ...]) -> torch.Tensor:
         """A buffer kept for this workspace under ``key`` (allocated once)."""
@@ -81,41 +98,31 @@ class Workspace:
             buf = self._buffers[key] = torch.empty(shape)
         return buf
 
-    @property
-    def v(self) -> torch.Tensor:
-        return self.buffer("v", self.v_shape)
-
-    @property
-    def v_shape(self) -> tuple[int, ...]:
-        return 36, self.tiles, self.v_channels
-
-    def m_shape(self, c: int) -> tuple[int, ...]:
-        """A convolution's product in the Winograd domain for ``c`` output channels."""
-        return 36, self.tiles, c
-
     def map_shape(self, c: int) -> tuple[int, ...]:
         """A feature map of ``c`` channels at the workspace's (rounded) size, NHWC."""
         return self.n, self.h, self.w, c
 
-    def planned_bytes(self, channels: tuple[int, ...], maps: tuple[int, ...]) -> int:
-        """Bytes of the buffers this workspace holds once used (none is allocated here): V, one M per
-        output channel count in ``channels``, and feature maps of ``maps`` channels each."""
-        shapes = [self.v_shape] + [self.map_shape(c) for c in maps] + [self.m_shape(c) for c in channels]
+    @staticmethod
+    def scratch_shape(cpad: int) -> tuple[int]:
+        """The scratch of convolutions with ``cpad`` output columns on torch's threads now."""
+        return (scratch_floats(block_tiles(cpad), cpad, torch.get_num_threads()),)
+
+    def planned_bytes(self, maps: tuple[int, ...], outputs: tuple[int, ...]) -> int:
+        """Bytes of the buffers this workspace holds once used (none is allocated here): feature maps of
+        ``maps`` channels each, and the scratch of convolutions with ``outputs`` output channels."""
+        pads = {-(-c // LANES) * LANES for c in outputs}
+        shapes = [self.map_shape(c) for c in maps] + [self.scratch_shape(cpad) for cpad in pads]
         return 4 * sum(math.prod(shape) for shape in shapes)
 
-    def transform_into(self, x: torch.Tensor, lo: int) -> None:
-        """The input transform of x (N, h, w, C) into channels [lo, lo + C) of V."""
-        input_transform(x, self.v, lo)
-
-    def convolve(self, channels_in: int, u: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, *,
+    def convolve(self, sources: list[torch.Tensor], u: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, *,
                  slope: float = 1.0, residual: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
-        """One convolution of the first ``channels_in`` channels of V (already transformed) with ``u``
+        """One convolution of the concatenated ``sources`` (N, h, w, C_s each) with ``u``
         (``weight_transform``'s) into ``out`` (N, h, w, C_out): act(conv + bias), or
         residual + scale·(conv + bias). ``slope``: the LeakyReLU's (1.0: none)."""
-        c = u.shape[-1]
-        m = self.buffer(("m", c), self.m_shape(c))
-        torch.bmm(self.v[..., :channels_in], u, out=m)   # out=: a channel slice of V is read in place
-        output_transform(m, bias, out, residual, self.height, self.width, slope, scale)
+        cpad = u.shape[-1]
+        scratch = self.buffer(("scratch", cpad), self.scratch_shape(cpad))
+        convolution(sources, u, bias, out, residual, self.height, self.width, slope, scale, scratch,
+                    block_tiles(cpad))
         return out
 
 

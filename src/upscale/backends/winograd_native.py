@@ -1,12 +1,13 @@
-"""The winograd backend's transforms as native code: ``winograd.c`` built on this machine with its C
+"""The winograd backend's convolutions as native code: ``winograd.c`` built on this machine with its C
 compiler, cached, and called through ctypes on torch tensors' memory.
 
-Why native code: the two transforms are memory-bound loops over every feature map. Written as torch
-ops, or generated per map shape by torch.compile (this backend's first version), they cost more than
-the GEMMs between them and compiled for 5-20 s per new window shape. One hand-written loop per
-transform reads each input once and streams its output past the cache (``winograd.c`` says why); on
-the Xeon of docs/perf.md a 256-px x4plus window went from 10.7 s to 7.2 s, side by side, and no
-window shape compiles anything.
+Why native code: a Winograd convolution is two transforms around 36 GEMMs. Written as torch ops, or
+generated per map shape by torch.compile (this backend's first version), the transforms cost more than
+the GEMMs and compiled for 5-20 s per new window shape; as separate C passes around torch's GEMMs
+(its second version), the Winograd domain went to memory and back between them. One C call per
+convolution now takes each block of tiles through all three steps in cache (``winograd.c`` says how);
+on the Xeon of docs/perf.md that made RRDBNet's dense blocks ~1.4x faster again, and no window shape
+compiles anything.
 
 The build: ``$CC`` (default ``cc``) with ``-O3 -march=native -fopenmp``, once per source, compiler and
 CPU (the file name holds a digest of the three), into ``<our cache>/native``, written to a temporary
@@ -27,6 +28,7 @@ import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -89,11 +91,11 @@ def library() -> ctypes.CDLL:
                 raise
             _build(path)            # damaged on disk: built again, once
             lib = _load(path)
-        lib.winograd_input.argtypes = [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, ctypes.c_int]
-        lib.winograd_input.restype = None
-        lib.winograd_output.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64,
-                                        ctypes.c_float, ctypes.c_float, ctypes.c_int]
-        lib.winograd_output.restype = None
+        lib.winograd_conv.argtypes = [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                                      _I64, _I64, ctypes.c_float, ctypes.c_float, _PTR, _I64, ctypes.c_int]
+        lib.winograd_conv.restype = None
+        lib.winograd_scratch_floats.argtypes = [_I64, _I64, ctypes.c_int]
+        lib.winograd_scratch_floats.restype = _I64
         _LOADED = lib
     return _LOADED
 
@@ -107,28 +109,45 @@ def _load(path: Path) -> ctypes.CDLL:
         raise _unloadable(exc) from exc
 
 
-def input_transform(x: torch.Tensor, v: torch.Tensor, lo: int) -> None:
-    """x (N, H, W, C) float32, contiguous, H and W multiples of 4 -> channels [lo, lo + C) of v
-    (36, N·H/4·W/4, Cv), contiguous."""
-    _check(x, v)
-    n, h, w, c = _map_shape(x)
-    if v.dim() != 3 or v.shape[:2] != (36, n * (h // 4) * (w // 4)) or lo < 0 or lo + c > v.shape[2]:
-        raise ValueError(f"a {tuple(x.shape)} map does not fit channels {lo}..{lo + c} of V {tuple(v.shape)}")
-    library().winograd_input(x.data_ptr(), v.data_ptr(), n, h, w, c, v.shape[2], lo, torch.get_num_threads())
+def scratch_floats(block: int, cpad: int, threads: int) -> int:
+    """Floats of scratch ``convolution`` needs: blocks of ``block`` tiles, ``cpad`` output columns, threads."""
+    return library().winograd_scratch_floats(block, cpad, threads)
 
 
-def output_transform(m: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, residual: torch.Tensor | None,
-                     height: int, width: int, slope: float, scale: float) -> None:
-    """m (36, tiles, C) -> y (N, H, W, C): LeakyReLU(conv + bias) with ``slope`` (1.0: none), zero at
-    rows >= height or columns >= width; or residual + scale·(that) where ``residual`` is given."""
-    _check(m, bias, y, *(() if residual is None else (residual,)))
+def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
+                residual: torch.Tensor | None, height: int, width: int, slope: float, scale: float,
+                scratch: torch.Tensor, block: int) -> None:
+    """One 3x3 convolution of the channel concatenation of ``sources`` (each (N, H, W, C_s), H and W
+    multiples of 4) into y (N, H, W, C): LeakyReLU(conv + bias) with ``slope`` (1.0: none), zero at rows
+    >= height or columns >= width; or residual + scale·(that) where ``residual`` is given. ``u``:
+    ``weight_transform``'s (36, sum of C_s, C rounded up to 16). ``block``: tiles a thread takes at a
+    time, a multiple of 24; ``scratch``: at least ``scratch_floats`` floats. y may not overlap a source."""
+    if not sources:
+        raise ValueError("a convolution needs at least one source map")
+    _check(u, bias, y, scratch, *sources, *(() if residual is None else (residual,)))
     n, h, w, c = _map_shape(y)
-    if m.shape != (36, n * (h // 4) * (w // 4), c) or bias.shape != (c,) or (
+    if any(_map_shape(x)[:3] != (n, h, w) for x in sources):
+        raise ValueError(f"sources {[tuple(x.shape) for x in sources]} and output {tuple(y.shape)} differ in size")
+    cin, cpad, threads = sum(x.shape[3] for x in sources), u.shape[-1], torch.get_num_threads()
+    if u.shape != (36, cin, cpad) or cpad % 16 or not c <= cpad < c + 16 or bias.shape != (c,) or (
             residual is not None and residual.shape != y.shape):
-        raise ValueError(f"M {tuple(m.shape)}, bias {tuple(bias.shape)} and output {tuple(y.shape)} do not match")
-    library().winograd_output(m.data_ptr(), bias.data_ptr(), y.data_ptr(),
-                              None if residual is None else residual.data_ptr(), n, h, w, c, height, width,
-                              float(slope), float(scale), torch.get_num_threads())
+        raise ValueError(f"U {tuple(u.shape)}, bias {tuple(bias.shape)} and output {tuple(y.shape)} "
+                         f"do not match {cin} input channels")
+    if block <= 0 or block % 24 or scratch.numel() < scratch_floats(block, cpad, threads):
+        raise ValueError(f"blocks of {block} tiles (a multiple of 24) need {scratch_floats(block, cpad, threads)} "
+                         f"floats of scratch, not {scratch.numel()}")
+    if any(_overlap(y, x) for x in sources):
+        raise ValueError("the output of a convolution may not overlap its sources")
+    pointers, channels = (_PTR * len(sources))(*(x.data_ptr() for x in sources)), (_I64 * len(sources))(
+        *(x.shape[3] for x in sources))
+    library().winograd_conv(pointers, channels, len(sources), u.data_ptr(), cpad, bias.data_ptr(), y.data_ptr(),
+                            None if residual is None else residual.data_ptr(), n, h, w, c, height, width,
+                            float(slope), float(scale), scratch.data_ptr(), block, threads)
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two contiguous tensors share bytes."""
+    return a.data_ptr() < b.data_ptr() + 4 * b.numel() and b.data_ptr() < a.data_ptr() + 4 * a.numel()
 
 
 def _check(*tensors: torch.Tensor) -> None:

@@ -185,5 +185,5 @@ def _stale(key: dict[str, Any]) -> str:
     from .. import tuned
 
     here = tuned.tuning_key(key.get("arch", ""), key.get("hparams", ""), key.get("precision", ""), "cpu", 1)
-    same = all(key.get(k) == here[k] for k in ("cpu", "cpu_flags", "torch", "openvino"))
-    return "" if same else " (not this machine or these versions: not used)"
+    same = all(key.get(k) == here[k] for k in ("cpu", "cpu_flags", "torch", "openvino", "winograd"))
+    return "" if same else " (not this machine or these versions: not used; tune again)"
