@@ -295,7 +295,7 @@ def test_tune_measures_openvino_where_it_runs(tiny_x4, cache_here):
     assert json.loads(cache_here.read_text())["entries"][0]["result"]["backend"] in ("torch", "openvino")
 
 
-def test_tune_measures_winograd_for_rrdbnet_and_auto_follows_it(tiny_x2_rrdb, tiny_x4, cache_here):
+def test_tune_measures_winograd_for_rrdbnet_and_auto_follows_it(tiny_x2_rrdb, weights_file, cache_here):
     out = tune("-m", tiny_x2_rrdb, "--quick", "--windows", "128", "--backend", "winograd", "--precision", "fp32",
                "--device", "cpu")
     assert "winograd" in out
@@ -307,7 +307,8 @@ def test_tune_measures_winograd_for_rrdbnet_and_auto_follows_it(tiny_x2_rrdb, ti
     assert "compile +10.0%/12s (torch's), backend winograd" in tune("--show")    # winograd never compiles
     assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads()) == "winograd"
     assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads(), "on") == "torch"
-    refused = CliRunner().invoke(cli, ["tune", "-m", tiny_x4, "--quick", "--windows", "96", "--backend", "winograd",
+    other = str(weights_file("tiny", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2}, 1))     # neither RRDBNet nor compact
+    refused = CliRunner().invoke(cli, ["tune", "-m", other, "--quick", "--windows", "96", "--backend", "winograd",
                                        "--precision", "fp32", "--device", "cpu"])     # required, where it cannot run
     assert refused.exit_code == 2 and "backend winograd cannot be measured" in refused.output
 

@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 from torch.nn import functional as F
 
 from upscale import errors, machine
-from upscale.backends import choose_backend, winograd_supports
+from upscale.backends import choose_backend, winograd_supports, winograd_windows
 from upscale.backends import winograd_native
 from upscale.backends import winograd
 from upscale.backends.winograd import Workspace, block_tiles, rounded, weight_transform
@@ -70,7 +70,7 @@ def _direct(sources, conv, height, width):
 ])
 def test_one_call_is_the_direct_convolution(n, size, channels, c_out, block):
     """winograd_conv against the direct convolution: several sources read as their concatenation, a
-    block that runs past the last tile, bias, LeakyReLU, the mask beyond height x width, and residual."""
+    block that runs past the last tile, bias, PReLU, the mask beyond height x width, and residual."""
     torch.manual_seed(c_out)
     h, w = size
     sources = [torch.randn(n, h, w, c) for c in channels]
@@ -83,10 +83,11 @@ def test_one_call_is_the_direct_convolution(n, size, channels, c_out, block):
         s[:, height:], s[:, :, width:] = 0, 0
     direct = _direct(masked, conv, height, width)
     y = torch.empty(n, h, w, c_out)
-    convolution(masked, u, bias, y, None, height, width, 0.2, 1.0, scratch, block)
-    assert torch.allclose(y, F.leaky_relu(direct, 0.2), atol=2e-5)
+    slopes = torch.rand(c_out)                          # PReLU: one slope per channel
+    convolution(masked, u, bias, y, None, height, width, slopes, 1.0, scratch, block)
+    assert torch.allclose(y, F.prelu(direct.permute(0, 3, 1, 2), slopes).permute(0, 2, 3, 1), atol=2e-5)
     residual = torch.randn(n, h, w, c_out)
-    convolution(masked, u, bias, y, residual, height, width, 1.0, 0.2, scratch, block)
+    convolution(masked, u, bias, y, residual, height, width, None, 0.2, scratch, block)
     inside = torch.zeros(n, h, w, 1)
     inside[:, :height, :width] = 1
     assert torch.allclose(y, residual + 0.2 * direct * inside, atol=2e-5)
@@ -146,14 +147,16 @@ def test_the_wrapper_refuses_what_the_kernel_would_touch_out_of_bounds():
         (dict(u=u[:, :, :8].contiguous()), "do not match"),
         (dict(bias=torch.zeros(3)), "do not match"),
         (dict(residual=torch.zeros(1, 8, 4, 2)), "do not match"),
+        (dict(slope=torch.zeros(3)), "do not match"),
+        (dict(slope=torch.zeros(2)), None),
         (dict(block=36), "multiple of 24"),
         (dict(scratch=scratch[:-1]), "floats of scratch"),
         (dict(sources=[x[..., :2]]), "contiguous"),
         (dict(), None),
     ]
     for change, message in cases:
-        call = dict(sources=[x], u=u, bias=bias, y=y, residual=None, block=24, scratch=scratch) | change
-        args = (call["sources"], call["u"], call["bias"], call["y"], call["residual"], 8, 8, 1.0, 1.0,
+        call = dict(sources=[x], u=u, bias=bias, y=y, residual=None, slope=None, block=24, scratch=scratch) | change
+        args = (call["sources"], call["u"], call["bias"], call["y"], call["residual"], 8, 8, call["slope"], 1.0,
                 call["scratch"], call["block"])
         if message is None:
             convolution(*args)
@@ -164,10 +167,10 @@ def test_the_wrapper_refuses_what_the_kernel_would_touch_out_of_bounds():
         assert not y.any()
     shared = torch.randn(1, 8, 8, 5)
     with pytest.raises(ValueError, match="overlap"):
-        convolution([shared], weight_transform(torch.randn(5, 5, 3, 3)), torch.zeros(5), shared, None, 8, 8, 1.0,
+        convolution([shared], weight_transform(torch.randn(5, 5, 3, 3)), torch.zeros(5), shared, None, 8, 8, None,
                     1.0, scratch, 24)
     with pytest.raises(ValueError, match="at least one"):
-        convolution([], u, bias, y, None, 8, 8, 1.0, 1.0, scratch, 24)
+        convolution([], u, bias, y, None, 8, 8, None, 1.0, scratch, 24)
 
 
 def test_cc_may_hold_words_as_make_takes_it(monkeypatch):
@@ -241,9 +244,9 @@ def test_rrdbnet_windows_equal_the_eager_network(fixture, size, request):
     assert (got - expected).abs().max().item() < 1e-4
     assert runner.is_warm((1, size[0] + 8, size[1], 3))       # built once, every shape runs at once
     # the memory check's figure is what the window held: the workspace's buffers and conv_first's map
-    (ws,) = runner._workspaces.values()
-    held = sum(b.numel() for b in ws._buffers.values()) + np.prod(ws.map_shape(model.module.conv_first.out_channels))
-    assert runner.workspace_bytes(1, *size) == 4 * held
+    (ws,) = runner.workspaces.values()
+    held = ws.held_bytes() + 4 * np.prod(ws.map_shape(model.module.conv_first.out_channels))
+    assert runner.workspace_bytes(1, *size) == held
 
 
 @pytest.mark.parametrize("fixture", ["rrdb_x4", "tiny_x2_rrdb"])
@@ -294,28 +297,74 @@ def test_cli_winograd_matches_torch(tmp_path, rrdb_x4):
     assert np.abs(outputs["winograd"] - outputs["torch"]).max() <= 1     # rounding of the last bit only
 
 
-def test_winograd_choice_rules(rrdb_x4, tiny_x4):
-    rrdb, compact = load_model(rrdb_x4), load_model(tiny_x4)
+@pytest.fixture
+def tiny_2x(weights_file) -> str:
+    """A network the winograd backend does not compute (our seed design's small x2 generator)."""
+    return str(weights_file("tiny", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2}, 1))
+
+
+def test_winograd_choice_rules(rrdb_x4, tiny_x4, tiny_2x):
+    rrdb, compact, other = load_model(rrdb_x4), load_model(tiny_x4), load_model(tiny_2x)
     assert choose_backend("winograd", rrdb, "cpu", "fp32", 2) == "winograd"
-    for args, message in [((compact, "cpu", "fp32"), "RRDBNet"), ((rrdb, "cpu", "bf16"), "fp32"),
+    assert choose_backend("winograd", compact, "cpu", "fp32", 2) == "winograd"
+    for args, message in [((other, "cpu", "fp32"), "RRDBNet"), ((rrdb, "cpu", "bf16"), "fp32"),
                           ((rrdb, "cuda", "fp16"), "CPU only")]:
         with pytest.raises(errors.UsageError, match=message) as info:
             choose_backend("winograd", *args, 2)
         assert "backend" in info.value.params
     with pytest.raises(errors.UsageError, match="compile on"):
         choose_backend("winograd", rrdb, "cpu", "fp32", 2, "on")
-    assert winograd_supports(rrdb, "fp32") and not winograd_supports(compact, "fp32")
+    assert winograd_supports(rrdb, "fp32") and winograd_supports(compact, "fp32") and not winograd_supports(other, "fp32")
     assert choose_backend("auto", rrdb, "cpu", "fp32", 2) == "torch"        # nothing tuned: torch
 
 
-def test_cli_refuses_winograd_for_other_networks_in_one_line(tmp_path, tiny_x4):
+def test_cli_refuses_winograd_for_other_networks_in_one_line(tmp_path, tiny_2x):
     src = tmp_path / "a.png"
     PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
-    res = CliRunner().invoke(cli, [str(src), "-m", tiny_x4, "--backend", "winograd", "-q",
+    res = CliRunner().invoke(cli, [str(src), "-m", tiny_2x, "--backend", "winograd", "-q",
                                    "-o", str(tmp_path / "o.png")])
     assert res.exit_code == 2
-    assert "backend winograd computes RRDBNet models" in res.output and len(res.output.strip().splitlines()) == 1
+    assert "backend winograd computes RRDBNet" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("act_type, size, scale", [("prelu", (11, 14), 4), ("lrelu", (9, 4), 2), ("relu", (4, 7), 3)])
+def test_compact_windows_equal_the_eager_network(weights_file, act_type, size, scale):
+    """SRVGGNetCompact through the winograd backend: PReLU (random slopes per channel), LeakyReLU and
+    ReLU, x2/x3/x4, sides that are not multiples of 4, a batch of 2 equal to its windows alone; the
+    memory figure is what the window held."""
+    hp = {"num_feat": 16, "num_conv": 3, "scale": scale, "act_type": act_type}
+    model = load_model(str(weights_file("compact", hp, 3, f"compact_{act_type}")))
+    with torch.no_grad():
+        for m in model.module.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(-0.5, 0.5)
+    runner = winograd_windows(model)
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, *size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = model.module.eval()(x).permute(0, 2, 3, 1)
+        got = runner(x)
+        alone = torch.cat([runner(x[i:i + 1]) for i in range(2)])
+    assert got.shape == expected.shape == (2, size[0] * scale, size[1] * scale, 3)
+    assert (got - expected).abs().max().item() < 1e-4 and (got - alone).abs().max().item() < 1e-5
+    ws = runner.workspaces.values()[0]
+    assert runner.workspace_bytes(2, *size) == ws.held_bytes()
+
+
+def test_cli_winograd_matches_torch_for_compact(tmp_path, tiny_x4):
+    src = tmp_path / "a.png"
+    PILImage.fromarray(np.random.default_rng(6).integers(0, 256, (13, 10, 3), dtype=np.uint8)).save(src)
+    outputs = {}
+    for backend in ("torch", "winograd"):
+        out = tmp_path / f"{backend}.png"
+        res = CliRunner().invoke(cli, [str(src), "-m", tiny_x4, "--backend", backend, "--precision", "fp32",
+                                       "--device", "cpu", "-o", str(out), "-q"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        with PILImage.open(out) as im:
+            outputs[backend] = np.asarray(im).astype(int)
+    assert outputs["winograd"].shape == (13 * 4, 10 * 4, 3)
+    assert np.abs(outputs["winograd"] - outputs["torch"]).max() <= 1
 
 
 def test_kernels_that_cannot_compile_are_one_line_and_nothing_is_written(tmp_path, rrdb_x4):

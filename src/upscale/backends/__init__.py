@@ -2,8 +2,9 @@
 
 ``torch`` is the engine's own path (eager or torch.compile, autocast, any device). ``openvino``
 (``openvino_backend``, the optional extra ``pip install 'upscale[openvino]'``) runs the same network
-converted in memory by OpenVINO's CPU plugin. ``winograd`` (``winograd_backend``) runs RRDBNet in fp32
-on the CPU with its trunk's 3x3 convolutions computed by Winograd F(4x4, 3x3) (``winograd``). Each only
+converted in memory by OpenVINO's CPU plugin. ``winograd`` (``winograd_backend`` for RRDBNet,
+``winograd_compact`` for SRVGGNetCompact) runs in fp32 on the CPU with the 3x3 convolutions computed
+by Winograd F(4x4, 3x3) (``winograd``). Each only
 computes windows: the engine still plans, batches and stitches them, so seams and blending are the
 same on all three.
 
@@ -44,7 +45,7 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
     ``requested``: auto, torch, openvino or winograd; ``device_type``: the resolved device ("cpu",
     "cuda", ...); ``precision``: the resolved precision's name ("fp32", "bf16", ...); ``threads``: the
     CPU threads the run uses. openvino or winograd off the CPU, or with compile on, is a ``UsageError``;
-    so is winograd for a network other than RRDBNet or a precision other than fp32.
+    so is winograd for a network other than RRDBNet or SRVGGNetCompact, or a precision other than fp32.
     """
     if requested == "torch":
         return "torch"
@@ -107,7 +108,12 @@ def openvino_windows(model: Model, *, precision: str, threads: int) -> Any:
 
 
 def winograd_windows(model: Model) -> Any:
-    """A ``winograd_backend.WinogradWindows`` for ``model`` (an RRDBNet; weights transformed here)."""
+    """The winograd backend's runner for ``model`` (weights transformed here): ``WinogradWindows`` for
+    an RRDBNet, ``winograd_compact.CompactWindows`` for an SRVGGNetCompact."""
+    if model.arch == "compact":
+        from .winograd_compact import CompactWindows
+
+        return CompactWindows(model)
     from .winograd_backend import WinogradWindows
 
     return WinogradWindows(model)

@@ -174,11 +174,12 @@ static void block_gemm(const float *vb, int64_t kc, const float *u, int64_t cin,
 }
 
 /* mb (36, block, cpad) -> the block's nt tiles of y (n, h, w, c): each tile's A^T m A plus bias, through a
-   LeakyReLU of this slope (1: none), zero at rows >= height or columns >= width; with res (n, h, w, c)
-   not NULL, y = res + scale * that instead */
+   leaky ReLU with one slope per channel where slope is not NULL (PReLU; LeakyReLU and ReLU as constant
+   slopes), zero at rows >= height or columns >= width; with res (n, h, w, c) not NULL, y = res + scale *
+   that instead */
 static void block_output(const float *mb, int64_t cpad, int64_t block, const float *bias, float *y,
                          const float *res, int64_t h, int64_t w, int64_t c, int64_t height, int64_t width,
-                         float slope, float scale, int64_t t0, int64_t nt) {
+                         const float *slope, float scale, int64_t t0, int64_t nt) {
     const int64_t th = h / 4, tw = w / 4, plane = block * cpad + SKEW;
     for (int64_t i = 0; i < nt; i++) {
         const int64_t t = t0 + i, img = t / (th * tw), r = t % (th * tw), y0 = 4 * (r / tw), x0 = 4 * (r % tw);
@@ -191,7 +192,7 @@ static void block_output(const float *mb, int64_t cpad, int64_t block, const flo
                     z[b] = load(mb + (a * 6 + b) * plane + i * cpad + c0, VL);
                 A_T(z, half[a]);
             }
-            const vf b_v = load(bias + c0, cn);
+            const vf b_v = load(bias + c0, cn), s_v = slope ? load(slope + c0, cn) : (vf){0};
             _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {       /* then along a: output column k */
                 vf z[6], o[4];
                 _Pragma("GCC unroll 6") for (int a = 0; a < 6; a++) z[a] = half[a][k];
@@ -199,8 +200,10 @@ static void block_output(const float *mb, int64_t cpad, int64_t block, const flo
                 _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) {
                     const int64_t at = ((img * h + y0 + q) * w + x0 + k) * c + c0;
                     vf val = o[q] + b_v;
-                    const vi negative = val < 0.f;
-                    val = (vf)(((vi)(val * slope) & negative) | ((vi)val & ~negative));
+                    if (slope) {
+                        const vi negative = val < 0.f;
+                        val = (vf)(((vi)(val * s_v) & negative) | ((vi)val & ~negative));
+                    }
                     if (y0 + q >= height || x0 + k >= width) val = (vf){0};
                     if (res) val = load(res + at, cn) + scale * val;
                     store(y + at, val, cn);
@@ -222,7 +225,7 @@ int64_t winograd_scratch_floats(int64_t block, int64_t cpad, int threads) {
    the tiles this one writes. */
 void winograd_conv(const float *const *src, const int64_t *cs, int64_t nsrc, const float *u, int64_t cpad,
                    const float *bias, float *y, const float *res, int64_t n, int64_t h, int64_t w, int64_t c,
-                   int64_t height, int64_t width, float slope, float scale, float *scratch, int64_t block,
+                   int64_t height, int64_t width, const float *slope, float scale, float *scratch, int64_t block,
                    int threads) {
     const int64_t tiles = n * (h / 4) * (w / 4), blocks = (tiles + block - 1) / block;
     int64_t cin = 0;

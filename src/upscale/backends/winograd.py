@@ -32,7 +32,9 @@ path to ~84 dB PSNR on 8-bit outputs (a few pixels one level apart; benchmarks/w
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +92,19 @@ class Workspace:
     height: int
     width: int
     _buffers: dict[Any, torch.Tensor] = field(default_factory=dict)
+    _nested: dict[Any, "Workspace"] = field(default_factory=dict)
+
+    def nested(self, key: Any, n: int, h: int, w: int, height: int, width: int) -> "Workspace":
+        """A workspace of another map shape kept with this one under ``key`` (a stripe's, at another
+        resolution), made anew where the shape asked for differs."""
+        ws = self._nested.get(key)
+        if ws is None or (ws.n, ws.h, ws.w, ws.height, ws.width) != (n, h, w, height, width):
+            ws = self._nested[key] = Workspace(n, h, w, height, width)
+        return ws
+
+    def held_bytes(self) -> int:
+        """Bytes of the buffers this workspace and those nested in it hold now."""
+        return 4 * sum(b.numel() for b in self._buffers.values()) + sum(ws.held_bytes() for ws in self._nested.values())
 
     def buffer(self, key: Any, shape: tuple[int, ...]) -> torch.Tensor:
         """A buffer kept for this workspace under ``key`` (allocated once)."""
@@ -115,15 +130,55 @@ class Workspace:
         return 4 * sum(math.prod(shape) for shape in shapes)
 
     def convolve(self, sources: list[torch.Tensor], u: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, *,
-                 slope: float = 1.0, residual: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+                 slope: float | torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                 scale: float = 1.0) -> torch.Tensor:
         """One convolution of the concatenated ``sources`` (N, h, w, C_s each) with ``u``
         (``weight_transform``'s) into ``out`` (N, h, w, C_out): act(conv + bias), or
-        residual + scale·(conv + bias). ``slope``: the LeakyReLU's (1.0: none)."""
+        residual + scale·(conv + bias). ``slope``: the leaky ReLU's, one for every channel (a float) or
+        one per channel (PReLU's weights, a (C_out,) tensor); None: no activation."""
         cpad = u.shape[-1]
         scratch = self.buffer(("scratch", cpad), self.scratch_shape(cpad))
+        if isinstance(slope, (int, float)):
+            slope = _constant(slope, out.shape[-1])
         convolution(sources, u, bias, out, residual, self.height, self.width, slope, scale, scratch,
                     block_tiles(cpad))
         return out
+
+
+class Workspaces:
+    """The workspaces of the last ``keep`` map shapes a runner computed (older ones dropped, their
+    buffers freed): a window shape's buffers are made once and serve every window of that shape."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._kept: OrderedDict[tuple[int, int, int], Workspace] = OrderedDict()
+
+    @staticmethod
+    def new(n: int, height: int, width: int) -> Workspace:
+        """A workspace for maps of height x width px (rounded up to the tile inside), not kept."""
+        return Workspace(n, rounded(height), rounded(width), height, width)
+
+    def get(self, n: int, height: int, width: int) -> Workspace:
+        """The workspace of this map shape: the one kept, or a new one."""
+        ws = self._kept.pop((n, height, width), None) or self.new(n, height, width)
+        self._kept[(n, height, width)] = ws
+        while len(self._kept) > self.keep:
+            self._kept.popitem(last=False)
+        return ws
+
+    def values(self) -> list[Workspace]:
+        return list(self._kept.values())
+
+
+def prepared(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3x3 convolution's transformed weights and its bias, fp32."""
+    return weight_transform(conv.weight), conv.bias.detach().float()
+
+
+@functools.lru_cache(maxsize=16)
+def _constant(value: float, n: int) -> torch.Tensor:
+    """A (n,) float32 tensor of ``value`` (one slope for every channel), made once."""
+    return torch.full((n,), value)
 
 
 def rounded(side: int) -> int:

@@ -17,34 +17,27 @@ it was measured faster here.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from .. import errors
 from ..model import Model
-from .winograd import Workspace, rounded, weight_transform
+from .winograd import Workspace, Workspaces, prepared, rounded
 from .winograd_native import library
 
-ARCHS = ("rrdbnet",)          # families this backend computes
+ARCHS = ("rrdbnet", "compact")    # families this backend computes (compact: ``winograd_compact``)
 UP_CONVS = ("conv_up1", "conv_up2", "conv_hr", "conv_last")     # the upsampling part's convolutions
 KEEP_WORKSPACES = 2           # workspaces (buffers: ~0.6 GB for x4plus at a 512 window) kept per instance
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
 GROWN_MAPS = 4                # num_grow_ch-wide maps of a dense block: the outputs of its first four convs
 DENSE_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-# the upsampling part in stripes: each stripe's largest activation stays under this (glibc's malloc maps
-# blocks above its threshold, at most 32 MB, afresh from the kernel each time: page faults); UP_HALO rows
-# of context each side cover what the stripe's edges change (1.25 rows: one 3x3 conv at 2x, three at 4x)
-UP_STRIPE_BYTES = 16 * 2**20
+# the upsampling part in stripes of rows: a stripe's 4x map stays under this (the workspace keeps two);
+# UP_HALO rows of context each side cover what the stripe's edges change (1.25 rows: one 3x3 conv at
+# 2x, three at 4x), so the larger the stripe, the less is computed twice
+UP_STRIPE_BYTES = 64 * 2**20
 UP_HALO = 2
 LEAKY_SLOPE = 0.2             # RRDBNet's LeakyReLU
 RESIDUAL_SCALE = 0.2          # each dense block's and each RRDB's residual scaling
-
-
-def _prepared(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 3x3 convolution's transformed weights and its bias, fp32."""
-    return weight_transform(conv.weight), conv.bias.detach().float()
 
 
 def _nearest2x(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -64,7 +57,8 @@ def check_supported(model: Model, device_type: str, precision: str) -> None:
         raise errors.UsageError(f"backend winograd runs on the CPU only, not on {device_type}",
                                 params=("backend",))
     if model.arch not in ARCHS:
-        raise errors.UsageError(f"backend winograd computes RRDBNet models (esrgan, realesrgan-x4plus ...); "
+        raise errors.UsageError(f"backend winograd computes RRDBNet (esrgan, realesrgan-x4plus ...) and "
+                                f"SRVGGNetCompact models (realesr-animevideov3 ...); "
                                 f"{label} is {model.arch}: use backend torch or auto", params=("backend",))
     if precision != "fp32":
         raise errors.UsageError(f"backend winograd computes in fp32, not {precision}: use --precision fp32 "
@@ -84,13 +78,13 @@ class WinogradWindows:
         self.conv_first = copy.deepcopy(net.conv_first).eval().float().to(memory_format=torch.channels_last)
         self.unshuffle = getattr(net, "unshuffle", 1)
         with torch.no_grad():
-            self.blocks = [[_prepared(getattr(getattr(rrdb, name), conv)) for conv in DENSE_CONVS]
+            self.blocks = [[prepared(getattr(getattr(rrdb, name), conv)) for conv in DENSE_CONVS]
                            for rrdb in net.body for name in ("rdb1", "rdb2", "rdb3")]
-            self.body = _prepared(net.conv_body)
-            self.up = {name: _prepared(getattr(net, name)) for name in UP_CONVS}
+            self.body = prepared(net.conv_body)
+            self.up = {name: prepared(getattr(net, name)) for name in UP_CONVS}
         self.num_feat = net.conv_first.out_channels
         self.grow = net.body[0].rdb1.conv1.out_channels
-        self._workspaces: OrderedDict[tuple[int, int, int], Workspace] = OrderedDict()
+        self.workspaces = Workspaces(KEEP_WORKSPACES)
 
     def is_warm(self, shape: tuple[int, ...]) -> bool:
         """Whether a batch of ``shape`` (N, H, W, C) runs without compiling: always, once this runner
@@ -99,11 +93,14 @@ class WinogradWindows:
 
     def workspace_bytes(self, n: int, height: int, width: int) -> int:
         """Bytes of the buffers a batch of ``n`` windows of height x width input px holds: the
-        workspace's feature maps (``FULL_MAPS`` and the dense block's ``GROWN_MAPS``) and its scratch."""
+        workspace's feature maps (``FULL_MAPS`` and the dense block's ``GROWN_MAPS``), its scratch, and
+        those of the upsampling part's stripes."""
         u = self.unshuffle
-        ws = self._new_workspace(n, height // u, width // u)
-        maps = (self.num_feat,) * FULL_MAPS + (self.grow,) * GROWN_MAPS
-        return ws.planned_bytes(maps, (self.num_feat, self.grow))
+        ws = Workspaces.new(n, height // u, width // u)
+        c, c_out = self.num_feat, self.up["conv_last"][1].numel()
+        twice, four = self._stripe_workspaces(ws, self._stripe_rows(n, ws.w, ws.height)[0])
+        return (ws.planned_bytes((c,) * FULL_MAPS + (self.grow,) * GROWN_MAPS, (c, self.grow))
+                + twice.planned_bytes((c, c), (c,)) + four.planned_bytes((c, c, c_out), (c, c_out)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """One batch (N, C, H, W), float32 on the CPU -> (N, H*s, W*s, C_out) float32 (NHWC)."""
@@ -114,7 +111,7 @@ class WinogradWindows:
         if self.unshuffle > 1:
             x = F.pixel_unshuffle(x, self.unshuffle)
         n, _, height, width = x.shape
-        ws = self._workspace(n, height, width)
+        ws = self.workspaces.get(n, height, width)
         padded = F.pad(x, (0, ws.w - width, 0, ws.h - height)).contiguous(memory_format=torch.channels_last)
         feat = self.conv_first(padded).permute(0, 2, 3, 1)     # NHWC (channels_last memory)
         feat[:, height:].zero_()
@@ -122,50 +119,50 @@ class WinogradWindows:
         feat = feat.contiguous()
         trunk = self._trunk(ws, feat)
         summed = ws.convolve([trunk], *self.body, ws.buffer("sum", trunk.shape), residual=feat)
-        return self._upsampled(summed, height, width)
+        return self._upsampled(ws, summed, height, width)
 
-    def _upsampled(self, feat: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def _upsampled(self, ws: Workspace, feat: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The upsampling part (nearest x2, conv_up1, x2, conv_up2, conv_hr, conv_last, LeakyReLU after
         all but the last) on feat (N, h, w, C) NHWC, zero beyond height x width, as Winograd
-        convolutions too, in stripes of rows with ``UP_HALO`` rows of context each side. At 4x the
-        resolution a whole window's activations are fresh tensors of up to ~1 GB each (a 512 window),
-        and filling fresh memory costs page faults as dear as the convolutions; a stripe's stay under
-        ``UP_STRIPE_BYTES``, so the allocator hands the same memory back stripe after stripe."""
-        n, _, w, c = feat.shape
-        rows = max(1, UP_STRIPE_BYTES // (16 * n * c * w * 4))     # a 4x activation holds 16·c·w floats per row
+        convolutions too, in stripes of rows with ``UP_HALO`` rows of context each side: at 4x the
+        resolution a whole window's maps would take GBs (a 512 window). Every stripe has the same
+        shape (the last one moves up to end at the map's last row), so one set of buffers, kept in
+        the window's workspace, serves them all: no fresh memory, no page faults."""
+        n, _, w, _ = feat.shape
+        span, step = self._stripe_rows(n, w, height)
+        twice, four = self._stripe_workspaces(ws, span)
         out = torch.empty((n, 4 * height, 4 * width, self.up["conv_last"][1].numel()))
-        for y0 in range(0, height, rows):
-            y1 = min(height, y0 + rows)
-            a, b = max(0, y0 - UP_HALO), min(height, y1 + UP_HALO)
-            part = self._up_stripe(feat[:, a:b], width)
+        for y0 in range(0, height, step):
+            y1 = min(height, y0 + step)
+            a = min(max(0, y0 - UP_HALO), height - span)
+            part = self._up_stripe(twice, four, feat[:, a:a + span])
             out[:, 4 * y0:4 * y1] = part[:, 4 * (y0 - a):4 * (y1 - a), :4 * width]
         return out
 
-    def _up_stripe(self, feat: torch.Tensor, width: int) -> torch.Tensor:
-        """The upsampling part on one stripe (N, r, w, C) of the map (zero past ``width``): (N, 4r, 4w, C_out)."""
-        n, r, w, c = feat.shape
-        twice = Workspace(n, rounded(2 * r), 2 * w, 2 * r, 2 * width)
+    def _stripe_rows(self, n: int, w: int, height: int) -> tuple[int, int]:
+        """(input rows a stripe of the upsampling part reads, output rows it keeps) for maps of
+        height x w px: as many as keep its 4x map within ``UP_STRIPE_BYTES``, the whole map where it fits."""
+        span = min(height, max(1 + 2 * UP_HALO, UP_STRIPE_BYTES // (16 * n * self.num_feat * w * 4)))
+        return span, (height if span == height else span - 2 * UP_HALO)
+
+    @staticmethod
+    def _stripe_workspaces(ws: Workspace, span: int) -> tuple[Workspace, Workspace]:
+        """The workspaces of a stripe of ``span`` rows of ws's map at 2x and 4x (kept in ws)."""
+        n, w, width = ws.n, ws.w, ws.width
+        return (ws.nested("twice", n, rounded(2 * span), 2 * w, 2 * span, 2 * width),
+                ws.nested("four", n, 4 * span, 4 * w, 4 * span, 4 * width))
+
+    def _up_stripe(self, twice: Workspace, four: Workspace, feat: torch.Tensor) -> torch.Tensor:
+        """The upsampling part on one stripe (N, r, w, C) of the map, in the workspaces of its 2x and 4x
+        maps: (N, 4r, 4w, C_out), zero past 4x the map's width."""
+        c, r = feat.shape[3], feat.shape[1]
         up = _nearest2x(feat, twice.buffer("up", twice.map_shape(c)))
         act = twice.convolve([up], *self.up["conv_up1"], twice.buffer("act", up.shape), slope=LEAKY_SLOPE)
-        four = Workspace(n, 4 * r, 4 * w, 4 * r, 4 * width)
         up = _nearest2x(act[:, :2 * r], four.buffer("up", four.map_shape(c)))
         act = four.convolve([up], *self.up["conv_up2"], four.buffer("act", up.shape), slope=LEAKY_SLOPE)
-        act = four.convolve([act], *self.up["conv_hr"], four.buffer("up", up.shape), slope=LEAKY_SLOPE)
-        return four.convolve([act], *self.up["conv_last"], four.buffer("last", four.map_shape(self.up["conv_last"][1].numel())))
-
-    def _new_workspace(self, n: int, height: int, width: int) -> Workspace:
-        return Workspace(n, rounded(height), rounded(width), height, width)
-
-    def _workspace(self, n: int, height: int, width: int) -> Workspace:
-        """The workspace of this map shape: the one kept, or a new one (the oldest beyond
-        ``KEEP_WORKSPACES`` dropped, its buffers freed)."""
-        ws = self._workspaces.pop((n, height, width), None)
-        if ws is None:
-            ws = self._new_workspace(n, height, width)
-        self._workspaces[(n, height, width)] = ws
-        while len(self._workspaces) > KEEP_WORKSPACES:
-            self._workspaces.popitem(last=False)
-        return ws
+        act = four.convolve([act], *self.up["conv_hr"], up, slope=LEAKY_SLOPE)
+        last = four.buffer("last", four.map_shape(self.up["conv_last"][1].numel()))
+        return four.convolve([act], *self.up["conv_last"], last)
 
     def _trunk(self, ws: Workspace, feat: torch.Tensor) -> torch.Tensor:
         """The 23 (num_block) RRDBs on feat (N, h, w, num_feat), in buffers of the workspace."""

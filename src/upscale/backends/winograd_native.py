@@ -92,7 +92,7 @@ def library() -> ctypes.CDLL:
             _build(path)            # damaged on disk: built again, once
             lib = _load(path)
         lib.winograd_conv.argtypes = [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                                      _I64, _I64, ctypes.c_float, ctypes.c_float, _PTR, _I64, ctypes.c_int]
+                                      _I64, _I64, _PTR, ctypes.c_float, _PTR, _I64, ctypes.c_int]
         lib.winograd_conv.restype = None
         lib.winograd_scratch_floats.argtypes = [_I64, _I64, ctypes.c_int]
         lib.winograd_scratch_floats.restype = _I64
@@ -115,23 +115,24 @@ def scratch_floats(block: int, cpad: int, threads: int) -> int:
 
 
 def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
-                residual: torch.Tensor | None, height: int, width: int, slope: float, scale: float,
+                residual: torch.Tensor | None, height: int, width: int, slope: torch.Tensor | None, scale: float,
                 scratch: torch.Tensor, block: int) -> None:
     """One 3x3 convolution of the channel concatenation of ``sources`` (each (N, H, W, C_s), H and W
-    multiples of 4) into y (N, H, W, C): LeakyReLU(conv + bias) with ``slope`` (1.0: none), zero at rows
+    multiples of 4) into y (N, H, W, C): act(conv + bias), with act a leaky ReLU of one ``slope`` per
+    channel (C,) (PReLU's weights; None: no activation), zero at rows
     >= height or columns >= width; or residual + scale·(that) where ``residual`` is given. ``u``:
     ``weight_transform``'s (36, sum of C_s, C rounded up to 16). ``block``: tiles a thread takes at a
     time, a multiple of 24; ``scratch``: at least ``scratch_floats`` floats. y may not overlap a source."""
     if not sources:
         raise ValueError("a convolution needs at least one source map")
-    _check(u, bias, y, scratch, *sources, *(() if residual is None else (residual,)))
+    _check(u, bias, y, scratch, *sources, *(t for t in (residual, slope) if t is not None))
     n, h, w, c = _map_shape(y)
     if any(_map_shape(x)[:3] != (n, h, w) for x in sources):
         raise ValueError(f"sources {[tuple(x.shape) for x in sources]} and output {tuple(y.shape)} differ in size")
     cin, cpad, threads = sum(x.shape[3] for x in sources), u.shape[-1], torch.get_num_threads()
     if u.shape != (36, cin, cpad) or cpad % 16 or not c <= cpad < c + 16 or bias.shape != (c,) or (
-            residual is not None and residual.shape != y.shape):
-        raise ValueError(f"U {tuple(u.shape)}, bias {tuple(bias.shape)} and output {tuple(y.shape)} "
+            residual is not None and residual.shape != y.shape) or (slope is not None and slope.shape != (c,)):
+        raise ValueError(f"U {tuple(u.shape)}, bias {tuple(bias.shape)}, slopes and output {tuple(y.shape)} "
                          f"do not match {cin} input channels")
     if block <= 0 or block % 24 or scratch.numel() < scratch_floats(block, cpad, threads):
         raise ValueError(f"blocks of {block} tiles (a multiple of 24) need {scratch_floats(block, cpad, threads)} "
@@ -142,7 +143,8 @@ def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Te
         *(x.shape[3] for x in sources))
     library().winograd_conv(pointers, channels, len(sources), u.data_ptr(), cpad, bias.data_ptr(), y.data_ptr(),
                             None if residual is None else residual.data_ptr(), n, h, w, c, height, width,
-                            float(slope), float(scale), scratch.data_ptr(), block, threads)
+                            None if slope is None else slope.data_ptr(), float(scale), scratch.data_ptr(), block,
+                            threads)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
