@@ -12,8 +12,9 @@ Each file has a failure mode:
 - ``cut``: send the headers of the whole file, then close the connection halfway through the body
   (and right after the headers on any resumed ``Range`` request);
 - ``wrong``: serve other bytes while the headers still announce the registered file's sha256;
-- ``flaky``: answer the first ``failures`` requests for the file with 503 (a transient server error the
-  client retries), then serve it.
+- ``flaky``: answer the first ``failures`` requests for the file with ``status`` (503 by default: a
+  transient server error the client retries), then serve it; a large ``failures`` is a server that keeps
+  failing (``status`` 500: a broken one).
 
 ``requests`` records (method, path) of every request, for "no network on the second run" checks.
 """
@@ -36,7 +37,8 @@ class HubFile:
     content: bytes               # the true file (its sha256 goes into the headers)
     mode: str = "ok"
     served: bytes | None = None  # what mode "wrong" sends instead
-    failures: int = 0            # mode "flaky": how many requests still get a 503
+    failures: int = 0            # mode "flaky": how many requests still get ``status``
+    status: int = 503            # mode "flaky": the error they get
 
     @property
     def sha256(self) -> str:
@@ -62,12 +64,12 @@ class HubServer:
         return f"http://{host}:{port}"
 
     def add(self, repo_id: str, filename: str, content: bytes, *, mode: str = "ok",
-            served: bytes | None = None, failures: int = 1) -> HubFile:
+            served: bytes | None = None, failures: int = 1, status: int = 503) -> HubFile:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if mode == "wrong" and served is None:
             served = bytes(reversed(content))
-        entry = HubFile(content, mode, served, failures if mode == "flaky" else 0)
+        entry = HubFile(content, mode, served, failures if mode == "flaky" else 0, status)
         self.files[(repo_id, filename)] = entry
         return entry
 
@@ -149,7 +151,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 failing = entry.failures > 0
                 entry.failures -= failing
             if failing:
-                return self._error(503, "ServiceUnavailable", commit=False)
+                return self._error(entry.status, "ServiceUnavailable" if entry.status == 503 else "ServerError",
+                                   commit=False)
 
             data = entry.served if entry.mode == "wrong" else entry.content
             assert data is not None

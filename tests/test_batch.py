@@ -174,6 +174,31 @@ def test_an_output_folder_that_is_a_link_to_nothing_exits_1_before_the_model_loa
     assert sorted(os.listdir(tmp_path)) == ["afile", "in", "junk.safetensors", "link", "loop"]
 
 
+def test_an_input_folder_that_is_a_link_to_nothing_names_where_it_points(tmp_path):
+    """``upscale batch link -o out`` with ``link`` dangling said only "Directory 'link' does not exist"
+    (``plan_batch``: "link: not a folder"), as if there were no link; now one line names the link and
+    its missing target, exit 2, before the model loads. Bench's and train's --data say the same."""
+    from upscale.dataprep import list_images
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "afile").write_bytes(b"")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    dangling = f"link is a symlink to {tmp_path / 'nowhere'}, which does not exist"
+    for src, words in (("link", dangling), ("link/", dangling), ("link/sub", dangling),
+                       ("afile/sub", "afile is not a folder"), ("loop", "loop (Too many levels of symbolic links)"),
+                       ("missing", "missing' does not exist")):
+        res = _invoke([f"{tmp_path}/{src}", "--out", tmp_path / "out", "-m", junk, *FAST])
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and words in lines[0] and "junk" not in lines[0], res.stderr
+    with pytest.raises(errors.UsageError, match=f"/{dangling}$"):
+        plan_batch(tmp_path / "link", tmp_path / "out", outscale=2.0)
+    with pytest.raises(errors.DataError, match=f"/{dangling}$"):
+        list_images(tmp_path / "link")
+    assert sorted(os.listdir(tmp_path)) == ["afile", "junk.safetensors", "link", "loop"]
+
+
 def test_output_folder_inside_input_is_not_an_input(tmp_path):
     _save(tmp_path / "a.png", (8, 8), 0)
     _save(tmp_path / "up" / "a_x2.png", (16, 16), 0)
@@ -722,6 +747,42 @@ def test_an_output_that_cannot_be_recorded_is_removed_and_failed(tmp_path, tiny_
     summary = _run_in_process(src, out, tiny_x2, break_journal=True)
     assert summary.failed == 2 and all("not recorded" in o.reason for o in summary.outcomes)
     assert sorted(p.name for p in out.iterdir()) == [JOURNAL_NAME]
+
+
+def test_an_on_outcome_that_raises_stops_the_run_and_is_raised_without_a_hang(tmp_path, tiny_x2):
+    """A callback that raised (a progress line on a closed stderr) killed the writer thread that called
+    it, and the model thread waited for ever on the full queue; now the run stops as on Ctrl-C, the
+    images in flight are written whole, and the exception comes out of ``run_batch``."""
+    import threading
+
+    from upscale import api, load_model
+    from upscale.batch import BatchSettings, run_batch
+    from upscale.engine import EngineOptions
+
+    src, out = _folder(tmp_path / "in", 6), tmp_path / "out"
+    model = load_model(tiny_x2)
+    plan = plan_batch(src, out, outscale=2.0)
+    out.mkdir()
+    upscaler = api.Upscaler(model, EngineOptions(device="cpu", precision="fp32", compile="off"))
+
+    def on_outcome(outcome: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_batch(plan, upscaler, BatchSettings(outscale=2.0, workers=1), on_outcome=on_outcome)
+        except BaseException as err:  # noqa: BLE001
+            result.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and len(result) == 1 and isinstance(result[0], BrokenPipeError)
+    written = sorted(out.iterdir())
+    assert 1 <= len(written) < 6 and not any(is_temp_file(p) for p in written)
+    assert all(read_image(p).pixels.shape[0] == 20 for p in written)
 
 
 def test_a_journal_that_cannot_be_added_to_or_named_as_the_report(tmp_path, tiny_x2):

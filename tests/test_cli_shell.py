@@ -203,13 +203,44 @@ def test_a_closed_stdout_is_said_and_a_run_that_writes_none_still_works(tmp_path
     assert (tmp_path / "a_x2.png").is_file()
 
 
-def test_a_pipe_closed_by_its_reader_ends_the_command_quietly(tmp_path):
-    """`upscale models | head -1`: no message, no traceback, exit 1 (as before)."""
-    for args in (["models"], ["--help"]):
-        read_end, write_end = os.pipe()
-        os.close(read_end)
-        try:
-            proc = _upscale_to(write_end, args, tmp_path)
-        finally:
-            os.close(write_end)
-        assert (proc.returncode, proc.stderr) == (1, ""), args
+def _closed_pipe(args: list, tmp_path: Path, streams: str) -> subprocess.CompletedProcess:
+    """``upscale ARGS`` with stdout (``streams`` "out"), stderr ("err") or both on a pipe whose reader
+    has gone, as ``| head -1`` (``2>&1 | head -1``) leaves it; what stderr said, where it is not the pipe."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "upscale", *map(str, args)], text=True, cwd=tmp_path,
+                              timeout=60, stdout=write_end if streams in ("out", "both") else subprocess.DEVNULL,
+                              stderr=write_end if streams in ("err", "both") else subprocess.PIPE)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [["models"], ["models", "--json"], ["--help"], ["--version"], ["tune", "--show"]])
+def test_a_pipe_closed_by_its_reader_ends_the_command_quietly(tmp_path, args):
+    """`upscale models | head -1` exited 1, as a failure: the rest of the output is dropped without a word
+    (no traceback, no "Exception ignored ... BrokenPipeError") and the command exits as it would have."""
+    for streams in ("out", "both"):
+        proc = _closed_pipe(args, tmp_path, streams)
+        assert (proc.returncode, proc.stderr or "") == (0, ""), (args, streams)
+
+
+@pytest.mark.parametrize("streams", ["out", "err", "both"])
+def test_a_batch_whose_pipe_closes_writes_every_output_and_its_report(tmp_path, tiny_x2, streams):
+    """`upscale batch ... --json | head -1` exited 1 with every output written and no --report; with
+    stderr on the pipe too (`2>&1 | head -1`) the first progress line killed a writer thread and the
+    run hung for ever."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        _photo(src / f"a{i}.png", size=(12 + i, 10))
+    proc = _closed_pipe(["batch", src, "-o", tmp_path / "out", "-m", tiny_x2, "--json", "--report",
+                         tmp_path / "report.json", "--workers", "1", *FAST], tmp_path, streams)
+    assert proc.returncode == 0, proc.stderr
+    assert streams != "out" or "4 done, 0 skipped, 0 failed" in proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [f["status"] for f in report["files"]] == ["done"] * 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".upscale-batch.jsonl", *(f"a{i}_x2.png"
+                                                                                            for i in range(4))]
+    for i in range(4):
+        assert PILImage.open(tmp_path / "out" / f"a{i}_x2.png").size == (2 * (12 + i), 20)

@@ -90,7 +90,7 @@ def test_good_download_verifies_converts_once_and_then_needs_no_network(env, ser
     assert not hub.is_cached(spec)
 
     path = hub.weights_path(spec)
-    assert server.count("HEAD") == 1 and server.count("GET") == 1
+    assert server.count("HEAD") == 2 and server.count("GET") == 1  # ours (a 5xx is retried briefly), then its own
     assert path.parent == env / "upscale-cache" / "models" and path.suffix == ".safetensors"
     with safetensors.safe_open(str(path), "pt") as f:
         meta = f.metadata()
@@ -274,10 +274,9 @@ def test_cli_without_a_reachable_hub_says_one_line_within_seconds(env, endpoint)
 
 
 def test_a_transient_error_is_one_line_per_retry_never_doubled(env, server):
-    """A 503 that huggingface_hub retries: its warning reaches stderr once, as one line, then it succeeds."""
+    """A 503 that is retried: the retry reaches stderr once, as one line, then it succeeds."""
     data, _ = tiny_pth()
-    # the first 503 makes huggingface_hub look again with retries; the second is retried once
-    server.add(REPO, FILENAME, data, mode="flaky", failures=2)
+    server.add(REPO, FILENAME, data, mode="flaky", failures=1)
     spec = register(data, server.commit)
     proc, _ = run_cli(["models", "pull", "tiny-hub"], cli_env(env, server.url))
     assert proc.returncode == 0, proc.stderr
@@ -286,6 +285,25 @@ def test_a_transient_error_is_one_line_per_retry_never_doubled(env, server):
     retries = [line for line in lines if "etry" in line]
     assert len(retries) == 1 and "503" in retries[0] and retries[0].startswith("upscale: "), lines
     assert len(set(lines)) == len(lines), lines
+
+
+def test_a_failing_hub_is_one_line_with_its_status_within_seconds(env, server):
+    """A Hub that kept answering HTTP 500 (a 503 alike) was retried by huggingface_hub for ~25 s (seven
+    requests, five lines) before the error; now twice, after 1 and 2 s, then one line naming the model
+    and the status (with -q the only line), and nothing is downloaded or kept."""
+    data, _ = tiny_pth()
+    status = 500
+    server.add(REPO, FILENAME, data, mode="flaky", failures=1000, status=status)
+    register(data, server.commit)
+    environ = cli_env(env, server.url)
+    _, startup = run_cli(["models", "-q"], environ)    # the same imports, no network: this machine's load
+    proc, elapsed = run_cli(["models", "pull", "tiny-hub", "-q"], environ)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 1 and elapsed - startup < 6, (proc.returncode, elapsed, startup, lines)
+    assert len(lines) == 1 and lines[0].startswith("upscale: download failed: model 'tiny-hub' needs "), lines
+    assert f"the Hub answered HTTP {status} (3 tries)" in lines[0]
+    assert server.count("HEAD") == 3 and server.count("GET") == 0
+    assert_nothing_partial(env)
 
 
 # --- issue 16 #6: the converted file in our cache is checked, not only the download -------------------

@@ -367,10 +367,10 @@ def folder_problem(folder: str | Path) -> str | None:
     return in_the_way(folder) or f"output folder {folder} does not exist"
 
 
-def in_the_way(folder: str | Path) -> str | None:
-    """Why ``folder`` cannot be made (with the folders above it): the first part of it that exists but
-    is not a folder (``afile/sub`` -> "afile is not a folder"; a symlink to nothing says where it
-    points), or cannot be looked at; None when it is a folder or can be made."""
+def in_the_way(folder: str | Path, what: str = "output folder") -> str | None:
+    """Why ``folder`` (the ``what``) cannot be made or used: the first part of it that exists but is not
+    a folder (``afile/sub`` -> "afile is not a folder"; a symlink to nothing says where it points), or
+    cannot be looked at; None when it is a folder or could be made (nothing of it exists)."""
     for part in (Path(folder), *Path(folder).parents):
         if _is_dir(part):
             return None
@@ -379,13 +379,13 @@ def in_the_way(folder: str | Path) -> str | None:
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as err:
-            return f"cannot use the output folder {part} ({err.strerror or err})"
+            return f"cannot use the {what} {part} ({err.strerror or err})"
         try:
             os.stat(part)
         except FileNotFoundError:
             return f"{part} is a symlink to {os.path.realpath(part)}, which does not exist"
         except OSError as err:      # a loop of links
-            return f"cannot use the output folder {part} ({err.strerror or err})"
+            return f"cannot use the {what} {part} ({err.strerror or err})"
         return f"{part} is not a folder"
     return None
 

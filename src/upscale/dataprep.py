@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atomic
 from .errors import DataError
 from .io import INPUT_EXTENSIONS, read_image, to_uint8
 from .matlab_resize import imresize, round_like_matlab
@@ -26,8 +27,9 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files directly inside ``folder`` (io's suffixes, any case), sorted by name; other files
     (manifests, checksums) are skipped. DataError when it is not a folder or holds no image."""
     p = Path(folder)
-    if not p.is_dir():
-        raise DataError("not a folder", path=p)
+    if not p.is_dir():      # a file, a symlink to nothing (where it points), a loop of links, nothing
+        problem = atomic.in_the_way(p, "folder")
+        raise DataError(problem) if problem else DataError("not a folder", path=p)
     files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_EXTENSIONS)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", path=p)

@@ -1,4 +1,5 @@
-"""ModelSpec -> a verified local weights file. The only module that imports ``huggingface_hub``.
+"""ModelSpec -> a verified local weights file. The only module that imports ``huggingface_hub`` (with
+``hublog``, which only words its log lines).
 
 A Hub model is downloaded once with ``hf_hub_download`` into the Hugging Face cache (its own progress
 bar), its sha256 is checked against the registry before anything reads it, and it is converted once
@@ -13,8 +14,11 @@ recorded, for a changed one.
 
 Before a download, the Hub's host is resolved and connected to once with a short timeout, and must
 say something to a plain request, so an unreachable or silent Hub is a one-line ``OfflineError``
-within seconds rather than a storm of retries; huggingface_hub's own retry and resume warnings reach
-the log once each, one line per retry (``_RetryLines``, ``_ResumeLines``).
+within seconds rather than a storm of retries; then the file's metadata is asked for, and a server
+error (5xx) is asked again after ``SERVER_RETRY_WAITS_S`` only, so a failing Hub is a one-line
+``DownloadError`` with its HTTP status within seconds (huggingface_hub alone retries for ~25 s) while
+a passing one still gets through. huggingface_hub's own retry and resume warnings reach the log once
+each, one line per retry (``hublog``).
 
 Environment variables are read at call time (not at import), so a program or a test can set them
 late: ``UPSCALE_CACHE``; ``HF_ENDPOINT``, ``HF_HUB_CACHE``/``HF_HOME`` and ``HF_HUB_OFFLINE`` with
@@ -36,6 +40,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import atomic, errors
+from .hublog import tame_hub_logging
 from .machine import cache_dir, package_version
 from .registry import FileSource, HubSource, ModelSpec, PackageSource, sha256_file
 
@@ -205,12 +210,16 @@ def _download(repo_id: str, filename: str, revision: str, sha256: str | None, *,
     needed_by = f"model {model!r} needs {what}" if model else f"{what} is needed"
     hint = ("pass --weights PATH or register a copy with `upscale models add NAME PATH`" if model
             else "download it by hand into the Hugging Face cache")
-    _tame_hub_logging()
+    tame_hub_logging()
     path = _cached(repo_id, filename, revision) if not offline() and _COMMIT.match(revision) else None
     if path is None and not offline():
         reason = _unreachable(_endpoint())
         if reason:
             raise errors.OfflineError(f"{needed_by} and the Hub cannot be reached ({reason}); {hint}")
+        status = _server_error(repo_id, filename, revision)
+        if status is not None:
+            raise errors.DownloadError(f"{needed_by}; the Hub answered HTTP {status} ({len(SERVER_RETRY_WAITS_S) + 1} "
+                                       "tries); try again later")
     if path is None:
         path = _hub_download(repo_id, filename, revision, needed_by=needed_by, hint=hint)
     if sha256 is not None and verify:
@@ -268,6 +277,8 @@ def _hub_download(repo_id: str, filename: str, revision: str, *, needed_by: str,
 # --- reaching the Hub ---------------------------------------------------------------------------------
 PROBE_TIMEOUT_S = 3.0  # per step (name lookup, connect); a reachable Hub answers in well under a second
 ANSWER_TIMEOUT_S = 10.0  # for the first byte of an answer (huggingface_hub waits 10 s for metadata too)
+SERVER_RETRY_WAITS_S = (1.0, 2.0)   # a server error on the file's metadata is asked again after these
+_SERVER_ERRORS = (408, 500, 502, 503, 504)  # huggingface_hub's retried statuses but 429 (it waits as told)
 
 
 def _endpoint() -> str:
@@ -316,6 +327,33 @@ def _unreachable(endpoint: str) -> str | None:
     return last if last.endswith("does not answer") else f"cannot connect to {host}:{port}: {last}"
 
 
+def _server_error(repo_id: str, filename: str, revision: str) -> int | None:
+    """The HTTP status of a server error that the file's metadata request (a HEAD, as huggingface_hub
+    makes it) still gets after ``SERVER_RETRY_WAITS_S``; None on any other answer, which
+    huggingface_hub's download then takes, or words as its error."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
+    for wait in (*SERVER_RETRY_WAITS_S, None):
+        try:
+            get_hf_file_metadata(url, library_name="upscale", library_version=package_version("upscale") or "0.0.0",
+                                 endpoint=endpoint)
+            return None
+        except HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if status not in _SERVER_ERRORS:
+                return None
+        except Exception:  # noqa: BLE001 - a transport error: huggingface_hub's download meets and words it
+            return None
+        if wait is None:
+            return status
+        log.info("the Hub answered HTTP %s for %s/%s; retrying in %g s", status, repo_id, filename, wait)
+        time.sleep(wait)
+    return None
+
+
 def _silent(sock: socket.socket, host: str) -> str | None:
     """Why a connected server is of no use: it says nothing at all within ``ANSWER_TIMEOUT_S`` to a
     plain request (a TLS server answers it with an alert, a proxy or web server with an error page,
@@ -330,65 +368,6 @@ def _silent(sock: socket.socket, host: str) -> str | None:
     except OSError:
         return None          # reset or closed: it answered, in its way
     return None
-
-
-class _RetryLines(logging.Filter):
-    """huggingface_hub logs each failed attempt and then "Retrying in Ns [Retry n/m]."; this keeps one
-    line per retry (the retry, saying what failed) and drops the attempt's own line."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cause = ""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if " thrown while requesting " in message or message.startswith("HTTP Error "):
-            self.cause = message
-            return False
-        if message.startswith(("Retrying in", "Rate limited")):
-            record.msg, record.args = f"Hub request failed ({self.cause or 'no detail'}); {message}", ()
-            self.cause = ""
-        return True
-
-
-_RETRY_FILTER = _RetryLines()
-
-
-class _ResumeLines(logging.Filter):
-    """huggingface_hub logs a download cut short as "Error while downloading from URL: ERROR" and, on a
-    second line, what it does next: this makes it one line per resume and drops the last attempt's
-    (the command's own error line says the download failed)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if not message.startswith("Error while downloading from "):
-            return True
-        first, _, then = message.partition("\n")
-        if "Max retries" in then:
-            return False
-        record.msg, record.args = f"{' '.join(first.split())}; resuming the download", ()
-        return True
-
-
-_RESUME_FILTER = _ResumeLines()
-
-
-def _tame_hub_logging() -> None:
-    """huggingface_hub prints its warnings through its own stderr handler and also passes them on to
-    the root logger (ours): remove its default handler, so each line is printed once, by the root
-    handler (or Python's last-resort handler when nothing is configured), and merge retry lines."""
-    import huggingface_hub.utils._http  # noqa: F401 - the module whose logger reports retries
-
-    library = logging.getLogger("huggingface_hub")
-    for handler in list(library.handlers):
-        if type(handler) is logging.StreamHandler:
-            library.removeHandler(handler)
-    http = logging.getLogger("huggingface_hub.utils._http")
-    if _RETRY_FILTER not in http.filters:
-        http.addFilter(_RETRY_FILTER)
-    download = logging.getLogger("huggingface_hub.file_download")
-    if _RESUME_FILTER not in download.filters:
-        download.addFilter(_RESUME_FILTER)
 
 
 def _is_transfer_error(err: BaseException) -> bool:

@@ -2,9 +2,10 @@
 ``upscale tune`` measured, one entry per key.
 
 A key is everything that makes a measurement valid here: the CPU's model and flags, torch's thread
-count, the torch and openvino versions, the version of our own winograd kernels, the device, the precision, and the network (arch + hparams as
-canonical JSON). An entry is used only when every part of its key equals the running one; a stale
-entry is never used (a new tune of that key replaces it, entries of other keys are kept).
+count, the torch and openvino versions, the version of our own winograd kernels, the device, the
+precision, and the network (arch + hparams as canonical JSON). An entry is used only when every part
+of its key equals the running one; a stale entry is never used (a new tune of that key replaces it,
+entries of other keys are kept).
 
 Two kinds of entry: a plan (precision "fp32", "bf16" or "fp16": window, batch, compile, backend and
 the seconds per window side measured), and, under precision "auto", which precision ``--precision

@@ -44,7 +44,8 @@ def _nearest2x(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """x (N, h, w, C) upsampled 2x (nearest) into the top-left of out (N, H >= 2h, W >= 2w, C), zero
     elsewhere: a map rounded up for the Winograd tiles."""
     n, h, w, c = x.shape
-    out[:, :2 * h, :2 * w].unflatten(2, (w, 2)).unflatten(1, (h, 2)).copy_(x[:, :, None, :, None].expand(n, h, 2, w, 2, c))
+    target = out[:, :2 * h, :2 * w].unflatten(2, (w, 2)).unflatten(1, (h, 2))      # (N, h, 2, w, 2, C)
+    target.copy_(x[:, :, None, :, None].expand(n, h, 2, w, 2, c))
     out[:, 2 * h:].zero_()
     out[:, :2 * h, 2 * w:].zero_()
     return out

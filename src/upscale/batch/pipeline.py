@@ -51,19 +51,27 @@ class BatchSettings:
 
 @dataclass
 class _Tally:
-    """Outcomes reported by several threads; the callback runs under one lock, so it needs none."""
+    """Outcomes reported by several threads; the callback runs under one lock, so it needs none. The
+    first exception the callback raises is kept (and the callback not called again) and ``stop`` set:
+    a worker thread that died of it would leave the model thread waiting on a full queue for ever."""
 
     on_outcome: OnOutcome | None
+    stop: threading.Event
     outcomes: list[Outcome] = field(default_factory=list)
     model_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    error: BaseException | None = None
 
     def add(self, outcome: Outcome) -> None:
         with self.lock:
             self.outcomes.append(outcome)
             self.model_s += outcome.model_s
-            if self.on_outcome is not None:
-                self.on_outcome(outcome)
+            if self.on_outcome is not None and self.error is None:
+                try:
+                    self.on_outcome(outcome)
+                except BaseException as err:  # noqa: BLE001 - re-raised by run_batch once the threads end
+                    self.error = err
+                    self.stop.set()
 
 
 def run_batch(plan: Plan, upscaler: Upscaler, settings: BatchSettings, *, stop: threading.Event | None = None,
@@ -77,11 +85,12 @@ def run_batch(plan: Plan, upscaler: Upscaler, settings: BatchSettings, *, stop: 
     Setting ``stop`` (e.g. from a SIGINT handler) ends the run after the image in the model: images
     already upscaled are still written whole, nothing new is started, and the summary says
     ``interrupted``. An exception in the calling thread (a second Ctrl-C) is re-raised once the
-    writers have finished the images they hold.
+    writers have finished the images they hold; so is one that ``on_outcome`` raised, after which the
+    run stops as it does when ``stop`` is set.
     """
     stop = stop or threading.Event()
     workers = max(1, settings.workers)
-    tally = _Tally(on_outcome, outcomes=list(plan.known))
+    tally = _Tally(on_outcome, stop, outcomes=list(plan.known))
     todo: queue.SimpleQueue[Job] = queue.SimpleQueue()
     for job in plan.jobs:
         todo.put(job)
@@ -107,6 +116,8 @@ def run_batch(plan: Plan, upscaler: Upscaler, settings: BatchSettings, *, stop: 
             upscaled.put(_END)
         for thread in (*readers, *writers):
             thread.join()
+    if tally.error is not None:
+        raise tally.error
     elapsed = time.perf_counter() - start
     settled = {o.input for o in tally.outcomes}
     unstarted = [Outcome(job.rel, str(job.output), NOT_STARTED, "the run was interrupted first")

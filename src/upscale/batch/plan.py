@@ -109,8 +109,8 @@ def check_folders(in_dir: Path, out_dir: Path) -> None:
     """The input is a folder and the output folder is another one (``UsageError`` otherwise), that is
     or can be made (not a symlink to nothing, no file above it) and where files can be written
     (``ImageWriteError`` otherwise)."""
-    if not in_dir.is_dir():
-        raise errors.UsageError(f"{in_dir}: not a folder")
+    if not in_dir.is_dir():     # a file, a link to nothing (where it points), or nothing at all
+        raise errors.UsageError(atomic.in_the_way(in_dir, "input folder") or f"input folder {in_dir} does not exist")
     if out_dir.exists() and not out_dir.is_dir():
         raise errors.UsageError(f"{out_dir}: the output folder is a file")
     problem = atomic.in_the_way(out_dir)    # a link to nothing (or a loop of links), a file above it

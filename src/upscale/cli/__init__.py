@@ -138,7 +138,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("upscale: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
-        except BrokenPipeError:   # stdout closed early (`upscale models | head`): no message, no traceback
+        except BrokenPipeError:   # a host program's stdout closed early (the `upscale` program's own
+            # drops what follows: cli.stdout): no message, no traceback
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_FAILURE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,23 @@ def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None)
         return parse_shard(value)
     except errors.UsageError as err:
         raise click.BadParameter(err.message.replace("shard ", "", 1)) from None
+
+
+class _InputFolder(click.Path):
+    """An existing folder, as ``click.Path`` checks it, but saying what is in the way where it is not:
+    a symlink to nothing (and where it points), a file above it, a loop of links."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not os.path.isdir(value):
+            from .. import atomic
+
+            problem = atomic.in_the_way(value, "input folder")
+            if problem is not None:
+                self.fail(problem, param, ctx)
+        return super().convert(value, param, ctx)
 
 
 @contextmanager
@@ -65,7 +83,7 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
 
 
 @click.command("batch")
-@click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("in_dir", type=_InputFolder())
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (created if missing); sub-folders of IN_DIR are mirrored under it.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of IN_DIR.")
