@@ -55,6 +55,15 @@ def test_weight_transform_is_g_g_gt():
         weight_transform(torch.randn(2, 2, 5, 5))
 
 
+def _eager_and_winograd(model, runner, n, size, seed):
+    """(the eager network's output, the runner's, each window alone) on a random batch (n, 3, *size), NHWC."""
+    torch.manual_seed(seed)
+    x = torch.rand(n, 3, *size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return (model.module.eval()(x).permute(0, 2, 3, 1), runner(x),
+                torch.cat([runner(x[i:i + 1]) for i in range(n)]) if n > 1 else None)
+
+
 def _direct(sources, conv, height, width):
     """The direct convolution of the concatenated sources' first height x width px (zero beyond)."""
     x = torch.cat(sources, 3)[:, :height, :width].permute(0, 3, 1, 2)
@@ -235,11 +244,7 @@ def test_one_convolution_equals_the_direct_one(height, width):
 def test_rrdbnet_windows_equal_the_eager_network(fixture, size, request):
     model = load_model(request.getfixturevalue(fixture))
     runner = WinogradWindows(model)
-    torch.manual_seed(0)
-    x = torch.rand(1, 3, *size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        expected = model.module.eval()(x).permute(0, 2, 3, 1)
-        got = runner(x)
+    expected, got, _ = _eager_and_winograd(model, runner, 1, size, 0)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4
     assert runner.is_warm((1, size[0] + 8, size[1], 3))       # built once, every shape runs at once
@@ -255,45 +260,51 @@ def test_a_batch_of_windows_equals_the_eager_network_window_by_window(fixture, r
     the eager network's and to itself computed alone."""
     model = load_model(request.getfixturevalue(fixture))
     runner = WinogradWindows(model)
-    torch.manual_seed(2)
-    x = torch.rand(2, 3, 10, 14).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        expected = model.module.eval()(x).permute(0, 2, 3, 1)
-        got = runner(x)
-        alone = torch.cat([runner(x[i:i + 1]) for i in range(2)])
+    expected, got, alone = _eager_and_winograd(model, runner, 2, (10, 14), 2)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4 and (got - alone).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (13, 9)), ("tiny_x2_rrdb", (14, 6))])
-def test_the_upsampling_part_in_stripes_equals_the_eager_network(fixture, size, request, monkeypatch):
-    """One row per stripe (the smallest stripes there are), each with its rows of context: the same
-    output as the whole map at once."""
+@pytest.mark.parametrize("fixture, size, rows, spans", [
+    ("rrdb_x4", (13, 9), 1, [(a, 5) for a in (0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8)]),    # one output row each
+    ("rrdb_x4", (13, 9), 7, [(0, 7), (1, 7), (4, 7), (6, 7), (6, 7)]),       # 5 stripes of 3 rows, the last moved up
+    ("tiny_x2_rrdb", (14, 6), 1, None)])
+def test_the_upsampling_part_in_stripes_equals_the_eager_network(fixture, size, rows, spans, request,
+                                                                  monkeypatch):
+    """Stripes of rows, each with its rows of context, all of one shape: the same output as the whole
+    map at once."""
     from upscale.backends import winograd_backend
 
-    monkeypatch.setattr(winograd_backend, "UP_STRIPE_BYTES", 1)
     model = load_model(request.getfixturevalue(fixture))
-    torch.manual_seed(1)
-    x = torch.rand(1, 3, *size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        expected = model.module.eval()(x).permute(0, 2, 3, 1)
-        got = WinogradWindows(model)(x)
+    runner = WinogradWindows(model)
+    c, w = model.module.conv_first.out_channels, rounded(size[1])
+    monkeypatch.setattr(winograd_backend, "UP_STRIPE_BYTES", rows * 16 * c * w * 4)    # `rows` rows of the 4x map
+    read = []
+    stripe = runner._up_stripe
+    monkeypatch.setattr(runner, "_up_stripe", lambda twice, four, feat: read.append(feat) or stripe(twice, four, feat))
+    expected, got, _ = _eager_and_winograd(model, runner, 1, size, 1)
     assert got.shape == expected.shape and (got - expected).abs().max().item() < 1e-4
+    if spans is not None:       # (first row, rows) of each stripe read: within the map, the last ones moved up
+        rows_read = [((f.data_ptr() - read[0].data_ptr()) // (4 * f.stride(1)), f.shape[1]) for f in read]
+        assert rows_read == spans
 
 
-def test_cli_winograd_matches_torch(tmp_path, rrdb_x4):
+@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (11, 14)), ("tiny_x4", (13, 10))])
+def test_cli_winograd_matches_torch(tmp_path, fixture, size, request):
+    """RRDBNet and SRVGGNetCompact through the CLI, neither side a multiple of 4 (the rows and columns
+    the tiles round up to are cut off)."""
     src = tmp_path / "a.png"
-    # neither side a multiple of 4: the rows and columns the transforms round up to are cut off
-    PILImage.fromarray(np.random.default_rng(5).integers(0, 256, (11, 14, 3), dtype=np.uint8)).save(src)
+    PILImage.fromarray(np.random.default_rng(5).integers(0, 256, (*size, 3), dtype=np.uint8)).save(src)
     outputs = {}
     for backend in ("torch", "winograd"):
         out = tmp_path / f"{backend}.png"
-        res = CliRunner().invoke(cli, [str(src), "-m", rrdb_x4, "--backend", backend, "--precision", "fp32",
-                                       "--device", "cpu", "-o", str(out), "-q"], catch_exceptions=False)
+        res = CliRunner().invoke(cli, [str(src), "-m", request.getfixturevalue(fixture), "--backend", backend,
+                                       "--precision", "fp32", "--device", "cpu", "-o", str(out), "-q"],
+                                 catch_exceptions=False)
         assert res.exit_code == 0, res.output
         with PILImage.open(out) as im:
             outputs[backend] = np.asarray(im).astype(int)
-    assert outputs["winograd"].shape == (11 * 4, 14 * 4, 3)
+    assert outputs["winograd"].shape == (size[0] * 4, size[1] * 4, 3)
     assert np.abs(outputs["winograd"] - outputs["torch"]).max() <= 1     # rounding of the last bit only
 
 
@@ -341,31 +352,11 @@ def test_compact_windows_equal_the_eager_network(weights_file, act_type, size, s
             if isinstance(m, torch.nn.PReLU):
                 m.weight.uniform_(-0.5, 0.5)
     runner = winograd_windows(model)
-    torch.manual_seed(4)
-    x = torch.rand(2, 3, *size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        expected = model.module.eval()(x).permute(0, 2, 3, 1)
-        got = runner(x)
-        alone = torch.cat([runner(x[i:i + 1]) for i in range(2)])
+    expected, got, alone = _eager_and_winograd(model, runner, 2, size, 4)
     assert got.shape == expected.shape == (2, size[0] * scale, size[1] * scale, 3)
     assert (got - expected).abs().max().item() < 1e-4 and (got - alone).abs().max().item() < 1e-5
     ws = runner.workspaces.values()[0]
     assert runner.workspace_bytes(2, *size) == ws.held_bytes()
-
-
-def test_cli_winograd_matches_torch_for_compact(tmp_path, tiny_x4):
-    src = tmp_path / "a.png"
-    PILImage.fromarray(np.random.default_rng(6).integers(0, 256, (13, 10, 3), dtype=np.uint8)).save(src)
-    outputs = {}
-    for backend in ("torch", "winograd"):
-        out = tmp_path / f"{backend}.png"
-        res = CliRunner().invoke(cli, [str(src), "-m", tiny_x4, "--backend", backend, "--precision", "fp32",
-                                       "--device", "cpu", "-o", str(out), "-q"], catch_exceptions=False)
-        assert res.exit_code == 0, res.output
-        with PILImage.open(out) as im:
-            outputs[backend] = np.asarray(im).astype(int)
-    assert outputs["winograd"].shape == (13 * 4, 10 * 4, 3)
-    assert np.abs(outputs["winograd"] - outputs["torch"]).max() <= 1
 
 
 def test_kernels_that_cannot_compile_are_one_line_and_nothing_is_written(tmp_path, rrdb_x4):

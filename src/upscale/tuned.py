@@ -41,6 +41,10 @@ AUTO = "auto"                          # the precision part of the key of an aut
 TRAIN_AUTO = "train-auto"              # the same for training (``train.runtime.settle_auto_precision``)
 AUTO_CANDIDATES = ("bf16", "fp32")     # what --precision auto chooses between on a CPU with native bf16
 BACKENDS = ("torch", "openvino", "winograd")   # ``upscale.backends``; torch first, the others measured beside it
+# the versions of the kernels we write ourselves, part of every key: raised with each change that moves
+# their speed, so that older timings are not trusted (winograd 1: torch.compile'd transforms, 2: C
+# transforms around torch's GEMMs, 3: one C call per convolution, SRVGGNetCompact too)
+KERNEL_VERSIONS = {"winograd": 3}
 PROBE_ARCH = "conv3x3-probe"           # the machine's precision probe (engine.precision): its key's arch
 PROBE_SHAPE = {"channels": 64, "side": 128}
 
@@ -75,11 +79,10 @@ def _machine_part() -> tuple[str, str, str, str, int]:
     version): fixed per process."""
     import torch
 
-    from .backends.winograd import KERNELS_VERSION
-
     cpu = machine.cpu_info()
     flags = hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:16]
-    return cpu.model, flags, torch.__version__, machine.package_version("openvino") or "none", KERNELS_VERSION
+    return (cpu.model, flags, torch.__version__, machine.package_version("openvino") or "none",
+            KERNEL_VERSIONS["winograd"])
 
 
 def tuning_key(arch: str, hparams: dict[str, Any] | str, precision: str, device: Any,

@@ -50,7 +50,7 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
     if requested == "torch":
         return "torch"
     if requested == "winograd":
-        from .winograd_backend import check_supported
+        from .winograd import check_supported
 
         if compile_mode == "on" and device_type == "cpu":
             raise errors.UsageError("compile on is torch.compile of the whole network, which backend winograd "
@@ -83,7 +83,7 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
 
 def winograd_supports(model: Model, precision: str) -> bool:
     """Whether the winograd backend can compute ``model`` at ``precision`` (on the CPU)."""
-    from .winograd_backend import check_supported
+    from .winograd import check_supported
 
     try:
         check_supported(model, "cpu", precision)

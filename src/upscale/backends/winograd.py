@@ -1,4 +1,5 @@
-"""Winograd F(4x4, 3x3) convolutions for the CPU in fp32, on NHWC feature maps.
+"""Winograd F(4x4, 3x3) convolutions for the CPU in fp32, on NHWC feature maps, and which networks
+the winograd backend computes with them (``check_supported``).
 
 A 3x3 convolution (stride 1, zero padding 1) is computed per 4x4 output tile from the 6x6 input tile
 around it: the input tile goes to the Winograd domain (``V = Bᵀ d B``), each of its 36 points is one
@@ -41,6 +42,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .. import errors
+from ..model import Model
+
 from ..machine import l2_cache_bytes
 from .winograd_native import convolution, scratch_floats
 
@@ -50,14 +54,28 @@ B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
 G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-# the kernels' version: part of the tuning cache's key (``tuned.tuning_key``), so that timings measured
-# with older kernels are not trusted; raise it with every change that moves this backend's speed
-# (1: torch.compile'd transforms, 2: C transforms around torch's GEMMs, 3: one C call per convolution)
-KERNELS_VERSION = 3
+ARCHS = ("rrdbnet", "compact")    # families this backend computes: winograd_backend, winograd_compact
+# a change that moves this backend's speed raises its version in ``tuned.KERNEL_VERSIONS``: the tuning
+# cache's key holds it, so timings measured with older kernels are not trusted
 TILE = 4          # output tile side; the input tile is TILE + 2 (maps are computed on multiples of it)
 LANES = 16        # output channels the C computes at a time: U's columns are padded to a multiple
 BLOCK_STEP = 24   # tiles per block come in multiples of this (the C's register blocks: 24, 12, 8 or 6 rows)
 MAX_BLOCK = 192
+
+
+def check_supported(model: Model, device_type: str, precision: str) -> None:
+    """A ``UsageError`` when the winograd backend cannot compute ``model`` this way."""
+    label = model.name or model.source or model.arch
+    if device_type != "cpu":
+        raise errors.UsageError(f"backend winograd runs on the CPU only, not on {device_type}",
+                                params=("backend",))
+    if model.arch not in ARCHS:
+        raise errors.UsageError(f"backend winograd computes RRDBNet (esrgan, realesrgan-x4plus ...) and "
+                                f"SRVGGNetCompact models (realesr-animevideov3 ...); "
+                                f"{label} is {model.arch}: use backend torch or auto", params=("backend",))
+    if precision != "fp32":
+        raise errors.UsageError(f"backend winograd computes in fp32, not {precision}: use --precision fp32 "
+                                "(or auto where the CPU runs fp32 faster)", params=("backend", "precision"))
 
 
 def weight_transform(weight: torch.Tensor) -> torch.Tensor:

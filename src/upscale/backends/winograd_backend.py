@@ -20,14 +20,12 @@ import copy
 import torch
 from torch.nn import functional as F
 
-from .. import errors
 from ..model import Model
 from .winograd import Workspace, Workspaces, prepared, rounded
 from .winograd_native import library
 
-ARCHS = ("rrdbnet", "compact")    # families this backend computes (compact: ``winograd_compact``)
 UP_CONVS = ("conv_up1", "conv_up2", "conv_hr", "conv_last")     # the upsampling part's convolutions
-KEEP_WORKSPACES = 2           # workspaces (buffers: ~0.6 GB for x4plus at a 512 window) kept per instance
+KEEP_WORKSPACES = 2           # workspaces (buffers: ~0.75 GB for x4plus at a 512 window) kept per instance
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
 GROWN_MAPS = 4                # num_grow_ch-wide maps of a dense block: the outputs of its first four convs
 DENSE_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -49,21 +47,6 @@ def _nearest2x(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     out[:, 2 * h:].zero_()
     out[:, :2 * h, 2 * w:].zero_()
     return out
-
-
-def check_supported(model: Model, device_type: str, precision: str) -> None:
-    """A ``UsageError`` when the winograd backend cannot compute ``model`` this way."""
-    label = model.name or model.source or model.arch
-    if device_type != "cpu":
-        raise errors.UsageError(f"backend winograd runs on the CPU only, not on {device_type}",
-                                params=("backend",))
-    if model.arch not in ARCHS:
-        raise errors.UsageError(f"backend winograd computes RRDBNet (esrgan, realesrgan-x4plus ...) and "
-                                f"SRVGGNetCompact models (realesr-animevideov3 ...); "
-                                f"{label} is {model.arch}: use backend torch or auto", params=("backend",))
-    if precision != "fp32":
-        raise errors.UsageError(f"backend winograd computes in fp32, not {precision}: use --precision fp32 "
-                                "(or auto where the CPU runs fp32 faster)", params=("backend", "precision"))
 
 
 class WinogradWindows:
@@ -142,9 +125,14 @@ class WinogradWindows:
 
     def _stripe_rows(self, n: int, w: int, height: int) -> tuple[int, int]:
         """(input rows a stripe of the upsampling part reads, output rows it keeps) for maps of
-        height x w px: as many as keep its 4x map within ``UP_STRIPE_BYTES``, the whole map where it fits."""
-        span = min(height, max(1 + 2 * UP_HALO, UP_STRIPE_BYTES // (16 * n * self.num_feat * w * 4)))
-        return span, (height if span == height else span - 2 * UP_HALO)
+        height x w px: the whole map where its 4x map fits ``UP_STRIPE_BYTES``, else the fewest stripes
+        that fit, of equal height (so that little is computed twice)."""
+        fits = max(1 + 2 * UP_HALO, UP_STRIPE_BYTES // (16 * n * self.num_feat * w * 4))
+        if height <= fits:
+            return height, height
+        stripes = -(-height // (fits - 2 * UP_HALO))
+        step = -(-height // stripes)
+        return step + 2 * UP_HALO, step
 
     @staticmethod
     def _stripe_workspaces(ws: Workspace, span: int) -> tuple[Workspace, Workspace]:

@@ -40,9 +40,9 @@ OUTPUT_FORMATS = ["png", "jpg", "webp", "tif", "bmp", "avif"]
 BACKENDS = ("auto", *tuned.BACKENDS)    # engine.options.BACKENDS, without importing torch here
 BACKEND_HELP = ("What computes the tiles. auto (default): torch, unless `upscale tune` measured another backend "
                 "faster for this model, precision and thread count on this machine (CPU only). openvino: OpenVINO's "
-                "CPU plugin on the same network (needs pip install 'upscale[openvino]'). winograd: RRDBNet models "
-                "(esrgan, x4plus) in fp32 on the CPU with Winograd convolutions (its C kernels are built once per "
-                "machine with $CC, default cc, and cached).")
+                "CPU plugin on the same network (needs pip install 'upscale[openvino]'). winograd: RRDBNet (esrgan, "
+                "x4plus) and SRVGGNetCompact (animevideov3) models in fp32 on the CPU with Winograd convolutions "
+                "(its C kernels are built once per machine with $CC, default cc, and cached).")
 BACKEND_META = "upscale.backend"     # where --backend leaves its value in the click context
 
 
