@@ -9,6 +9,8 @@ per process (each test here has its own cache folder; the first to need the kern
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import subprocess
 import sys
 
@@ -72,14 +74,38 @@ def _direct(sources, conv, height, width):
     return out
 
 
-@pytest.mark.parametrize("n, size, channels, c_out, block", [
+CONVOLUTIONS = [
     (1, (12, 40), (64, 32, 32), 32, 24),     # a dense block's sources; 30 tiles: a block and a part of one
     (2, (8, 12), (40, 17), 70, 48),          # channels past whole vectors and past 64 (a second chunk)
     (1, (4, 4), (3,), 5, 24),                # one tile: every input pixel at the border
-])
+]
+
+
+@pytest.mark.parametrize("n, size, channels, c_out, block", CONVOLUTIONS)
 def test_one_call_is_the_direct_convolution(n, size, channels, c_out, block):
     """winograd_conv against the direct convolution: several sources read as their concatenation, a
     block that runs past the last tile, bias, PReLU, the mask beyond height x width, and residual."""
+    _check_one_call(n, size, channels, c_out, block)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in machine.cpu_info().flags,
+                    reason="an x86 CPU with AVX2")
+def test_the_kernels_built_for_avx2_compute_the_same(tmp_path, monkeypatch):
+    """The kernels as a CPU without AVX-512 gets them (8-channel vectors, 12 accumulators), built here
+    with -march=haswell in place of -march=native: the same convolutions."""
+    cc = tmp_path / "cc-avx2"
+    cc.write_text('#!/bin/sh\nfor a; do shift; [ "$a" = -march=native ] && a=-march=haswell; set -- "$@" "$a"; done\n'
+                  'exec cc "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    monkeypatch.setenv("CC", str(cc))
+    for case in CONVOLUTIONS:
+        _check_one_call(*case)
+    assert "zmm" not in subprocess.run(["objdump", "-d", str(winograd_native.library_path())], capture_output=True,
+                                       text=True).stdout or not shutil.which("objdump")
+
+
+def _check_one_call(n, size, channels, c_out, block):
     torch.manual_seed(c_out)
     h, w = size
     sources = [torch.randn(n, h, w, c) for c in channels]

@@ -1,6 +1,6 @@
 """What this machine is: the CPU's model and flags (the one /proc/cpuinfo reader), its native bf16
-instruction sets, its L2 cache's size, how busy other processes keep it (``cpu_clock`` / ``others_share``), our cache
-folder, and the facts every benchmark records beside its figures.
+instruction sets, its L2 cache's size, how busy other processes keep it (``cpu_clock`` /
+``others_share``), our cache folder, and the facts every benchmark records beside its figures.
 No torch import at module level: io-level code and benchmarks may ask without loading it."""
 
 from __future__ import annotations

@@ -8,13 +8,14 @@
  * tiles through the three steps in two small buffers that stay in its core's L2 cache (the block's
  * size is chosen from that cache's size by the caller); the maps are read and written once.
  *
- * The GEMMs are register-blocked: R tile rows times NV vectors of 16 output channels accumulate in
- * registers (R * NV = 24), each input value broadcast once per output vector group.
+ * The GEMMs are register-blocked: R tile rows times NV vectors of output channels accumulate in
+ * registers (R * NV = ACC: 24 of AVX-512's 32 registers, 12 of AVX2's 16), each input value broadcast
+ * once per group of output vectors.
  *
  * Built on the machine that runs it (backends/winograd_native.py: the C compiler with -O3
  * -march=native -fopenmp, cached per source, compiler and CPU), and loaded with ctypes. The loops
- * are written with GCC/Clang vector types of 16 floats, which the compiler maps to the widest
- * registers the CPU has (one AVX-512 register, two AVX2 ones, four NEON ones).
+ * are written with GCC/Clang vector types of VL floats (16 where the CPU has AVX-512, else 8), which
+ * the compiler maps to the widest registers the CPU has (one AVX-512 or AVX2 register, two NEON ones).
  *
  * Threads: OpenMP, with the thread count the caller passes (torch's). The shared object asks for
  * libgomp.so.1, which torch has loaded already, so both share one pool of threads: a second pool
@@ -28,25 +29,31 @@
 #include <string.h>
 #include <omp.h>
 
-typedef float vf __attribute__((vector_size(64), aligned(4)));     /* 16 channels, any alignment */
-typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
-#define VL 16
+#if defined(__AVX512F__)
+#define VL 16           /* channels per vector: one of AVX-512's 32 registers */
+#define ACC 24          /* vectors the GEMM kernel accumulates in registers */
+#else
+#define VL 8            /* one AVX2 register of 16 (two of NEON's 32) */
+#define ACC 12
+#endif
+typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));    /* VL channels, any alignment */
+typedef int32_t vi __attribute__((vector_size(VL * 4), aligned(4)));
+/* a vector read or written in place: may_alias, so that GCC keeps the vectors it loads in registers
+   (through memcpy, its AVX2 code kept the GEMM's accumulators on the stack: 10x slower) */
+typedef float vf_in_memory __attribute__((vector_size(VL * 4), aligned(4), may_alias));
 
-/* n (<= 16) channels from p; those past n are 0 */
+/* n (<= VL) channels from p; those past n are 0 */
 static inline vf load(const float *p, int64_t n) {
-    vf v;
-    if (n == VL) {
-        memcpy(&v, p, sizeof v);
-    } else {
-        v = (vf){0};
-        for (int64_t k = 0; k < n; k++) v[k] = p[k];
-    }
+    if (n == VL)
+        return *(const vf_in_memory *)p;
+    vf v = (vf){0};
+    for (int64_t k = 0; k < n; k++) v[k] = p[k];
     return v;
 }
 
 static inline void store(float *p, vf v, int64_t n) {
     if (n == VL) {
-        memcpy(p, &v, sizeof v);
+        *(vf_in_memory *)p = v;
     } else {
         for (int64_t k = 0; k < n; k++) p[k] = v[k];
     }
@@ -75,11 +82,12 @@ static inline void store(float *p, vf v, int64_t n) {
    multiple of 2 KB, their 36 streams would share a few of the L1 cache's sets and evict each other */
 #define SKEW 16
 
-/* m[r][j] = (accumulate ? m[r][j] : 0) + sum_k v[r][k] u[k][j] for R rows and NV vectors of 16 columns:
-   the accumulators stay in registers (R * NV <= 24 of AVX-512's 32), each v[r][k] broadcast once per k */
-#define GEMM_KERNEL(R, NV)                                                                              \
-    static void gemm_##R##x##NV(const float *restrict v, int64_t ldv, const float *restrict u,       \
+/* m[r][j] = (accumulate ? m[r][j] : 0) + sum_k v[r][k] u[k][j] for R = ACC / NV rows and NV vectors of
+   columns: the ACC accumulators stay in registers, each v[r][k] broadcast once per k */
+#define GEMM_KERNEL(NV)                                                                                 \
+    static void gemm_##NV(const float *restrict v, int64_t ldv, const float *restrict u,             \
                                 int64_t ldu, int64_t kc, float *restrict m, int64_t ldm, int accumulate) { \
+        enum { R = ACC / NV };                                                                         \
         vf acc[R][NV];                                                                                 \
         _Pragma("GCC unroll 24") for (int r = 0; r < R; r++)                                            \
             _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++)                                        \
@@ -95,10 +103,10 @@ static inline void store(float *p, vf v, int64_t n) {
         _Pragma("GCC unroll 24") for (int r = 0; r < R; r++)                                            \
             _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) store(m + r * ldm + j * VL, acc[r][j], VL); \
     }
-GEMM_KERNEL(24, 1)
-GEMM_KERNEL(12, 2)
-GEMM_KERNEL(8, 3)
-GEMM_KERNEL(6, 4)
+GEMM_KERNEL(1)
+GEMM_KERNEL(2)
+GEMM_KERNEL(3)
+GEMM_KERNEL(4)
 
 /* B^T d B of one tile's 6x6 input vectors d[row][column], point (a, b) to out + (a * 6 + b) * plane */
 static inline __attribute__((always_inline)) void tile_input(vf d[6][6], float *out, int64_t plane, int64_t cn) {
@@ -159,14 +167,14 @@ static void block_gemm(const float *vb, int64_t kc, const float *u, int64_t cin,
         float *mp = mb + p * (block * cpad + SKEW);
         for (int64_t j0 = 0; j0 < cpad; j0 += 4 * VL) {
             const int64_t nv = (cpad - j0) / VL < 4 ? (cpad - j0) / VL : 4;
-            for (int64_t r0 = 0; r0 < block; r0 += 24 / nv) {
+            for (int64_t r0 = 0; r0 < block; r0 += ACC / nv) {
                 const float *vr = vp + r0 * kc;
                 float *mr = mp + r0 * cpad + j0;
                 switch (nv) {
-                case 1: gemm_24x1(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
-                case 2: gemm_12x2(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
-                case 3: gemm_8x3(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
-                default: gemm_6x4(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
+                case 1: gemm_1(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
+                case 2: gemm_2(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
+                case 3: gemm_3(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
+                default: gemm_4(vr, kc, up + j0, cpad, kc, mr, cpad, accumulate); break;
                 }
             }
         }
