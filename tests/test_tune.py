@@ -307,7 +307,7 @@ def test_tune_measures_winograd_for_rrdbnet_and_auto_follows_it(tiny_x2_rrdb, we
     assert "compile +10.0%/12s (torch's), backend winograd" in tune("--show")    # winograd never compiles
     assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads()) == "winograd"
     assert choose_backend("auto", rrdb, "cpu", "fp32", torch.get_num_threads(), "on") == "torch"
-    other = str(weights_file("tiny", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2}, 1))     # neither RRDBNet nor compact
+    other = str(weights_file("tiny", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2}, 1))    # not one winograd computes
     refused = CliRunner().invoke(cli, ["tune", "-m", other, "--quick", "--windows", "96", "--backend", "winograd",
                                        "--precision", "fp32", "--device", "cpu"])     # required, where it cannot run
     assert refused.exit_code == 2 and "backend winograd cannot be measured" in refused.output
@@ -604,7 +604,8 @@ def test_tune_winograd_in_a_precision_choice_is_measured_in_the_fp32_pass_only(t
     out = tune("-m", tiny_x2_rrdb, "--quick", "--windows", "96,128", "--backend", "winograd", "--device", "cpu")
     results = entries_by_precision(cache_here)
     assert set(results) == {"bf16", "fp32", "auto"}
-    assert "backend winograd: skipped (it computes RRDBNet and SRVGGNetCompact in fp32 only, not rrdbnet in bf16)" in out
+    assert ("backend winograd: skipped (it computes RRDBNet, SRVGGNetCompact and SPAN in fp32 only, not rrdbnet "
+            "in bf16)") in out
     assert "winograd" not in results["bf16"]["tables"] and results["bf16"]["backend"] != "winograd"
     assert "winograd" in results["fp32"]["tables"]
     # alone, the bf16 pass is refused before anything is measured

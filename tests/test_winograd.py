@@ -57,10 +57,11 @@ def test_weight_transform_is_g_g_gt():
         weight_transform(torch.randn(2, 2, 5, 5))
 
 
-def _eager_and_winograd(model, runner, n, size, seed):
-    """(the eager network's output, the runner's, each window alone) on a random batch (n, 3, *size), NHWC."""
+def _eager_and_winograd(model, runner, n, size, seed, channels=3):
+    """(the eager network's output, the runner's, each window alone) on a random batch (n, channels,
+    *size), NHWC."""
     torch.manual_seed(seed)
-    x = torch.rand(n, 3, *size).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(n, channels, *size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         return (model.module.eval()(x).permute(0, 2, 3, 1), runner(x),
                 torch.cat([runner(x[i:i + 1]) for i in range(n)]) if n > 1 else None)
@@ -315,10 +316,15 @@ def test_the_upsampling_part_in_stripes_equals_the_eager_network(fixture, size, 
         assert rows_read == spans
 
 
-@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (11, 14)), ("tiny_x4", (13, 10))])
+@pytest.fixture
+def tiny_span(weights_file) -> str:
+    return str(weights_file("span", {"num_feat": 16, "scale": 4}, 5, "tiny_span"))
+
+
+@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (11, 14)), ("tiny_x4", (13, 10)), ("tiny_span", (9, 7))])
 def test_cli_winograd_matches_torch(tmp_path, fixture, size, request):
-    """RRDBNet and SRVGGNetCompact through the CLI, neither side a multiple of 4 (the rows and columns
-    the tiles round up to are cut off)."""
+    """RRDBNet, SRVGGNetCompact and SPAN through the CLI, neither side a multiple of 4 (the rows and
+    columns the tiles round up to are cut off)."""
     src = tmp_path / "a.png"
     PILImage.fromarray(np.random.default_rng(5).integers(0, 256, (*size, 3), dtype=np.uint8)).save(src)
     outputs = {}
@@ -383,6 +389,23 @@ def test_compact_windows_equal_the_eager_network(weights_file, act_type, size, s
     assert (got - expected).abs().max().item() < 1e-4 and (got - alone).abs().max().item() < 1e-5
     ws = runner.workspaces.values()[0]
     assert runner.workspace_bytes(2, *size) == ws.held_bytes()
+
+
+@pytest.mark.parametrize("hp, size", [
+    ({"num_feat": 16, "scale": 4}, (11, 9)),                                      # trained form, SiLU first
+    ({"num_feat": 16, "scale": 2, "deploy": True, "silu_first": False}, (8, 13)),  # deploy form, the raw map
+    ({"num_in_ch": 1, "num_out_ch": 1, "num_feat": 8, "scale": 3, "norm": False}, (6, 5)),   # gray, no mean
+])
+def test_span_windows_equal_the_eager_network(weights_file, hp, size):
+    """SPAN through the winograd backend: both forms of its convolutions, ``silu_first`` either way, with
+    and without the input's mean, x2/x3/x4, a batch of 2 equal to its windows alone; the memory figure is
+    what the window held."""
+    model = load_model(str(weights_file("span", hp, 6, "span_" + "_".join(f"{k}{v}" for k, v in hp.items()))))
+    runner = winograd_windows(model)
+    expected, got, alone = _eager_and_winograd(model, runner, 2, size, 7, hp.get("num_in_ch", 3))
+    assert got.shape == expected.shape == (2, size[0] * hp["scale"], size[1] * hp["scale"], hp.get("num_out_ch", 3))
+    assert (got - expected).abs().max().item() < 1e-4 and (got - alone).abs().max().item() < 1e-5
+    assert runner.workspace_bytes(2, *size) == runner.workspaces.values()[0].held_bytes()
 
 
 def test_kernels_that_cannot_compile_are_one_line_and_nothing_is_written(tmp_path, rrdb_x4):

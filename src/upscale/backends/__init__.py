@@ -3,9 +3,9 @@
 ``torch`` is the engine's own path (eager or torch.compile, autocast, any device). ``openvino``
 (``openvino_backend``, the optional extra ``pip install 'upscale[openvino]'``) runs the same network
 converted in memory by OpenVINO's CPU plugin. ``winograd`` (``winograd_backend`` for RRDBNet,
-``winograd_compact`` for SRVGGNetCompact) runs in fp32 on the CPU with the 3x3 convolutions computed
-by Winograd F(4x4, 3x3) (``winograd``). Each only
-computes windows: the engine still plans, batches and stitches them, so seams and blending are the
+``winograd_compact`` for SRVGGNetCompact, ``winograd_span`` for SPAN) runs in fp32 on the CPU with the
+3x3 convolutions computed by Winograd F(4x4, 3x3) (``winograd``). Each only computes windows: the
+engine still plans, batches and stitches them, so seams and blending are the
 same on all three.
 
 ``choose_backend`` resolves ``EngineOptions.backend``: ``auto`` is torch unless the tuner
@@ -45,7 +45,7 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
     ``requested``: auto, torch, openvino or winograd; ``device_type``: the resolved device ("cpu",
     "cuda", ...); ``precision``: the resolved precision's name ("fp32", "bf16", ...); ``threads``: the
     CPU threads the run uses. openvino or winograd off the CPU, or with compile on, is a ``UsageError``;
-    so is winograd for a network other than RRDBNet or SRVGGNetCompact, or a precision other than fp32.
+    so is winograd for a network other than RRDBNet, SRVGGNetCompact or SPAN, or a precision other than fp32.
     """
     if requested == "torch":
         return "torch"
@@ -109,11 +109,16 @@ def openvino_windows(model: Model, *, precision: str, threads: int) -> Any:
 
 def winograd_windows(model: Model) -> Any:
     """The winograd backend's runner for ``model`` (weights transformed here): ``WinogradWindows`` for
-    an RRDBNet, ``winograd_compact.CompactWindows`` for an SRVGGNetCompact."""
+    an RRDBNet, ``winograd_compact.CompactWindows`` for an SRVGGNetCompact, ``winograd_span.SpanWindows``
+    for a SPAN."""
     if model.arch == "compact":
         from .winograd_compact import CompactWindows
 
         return CompactWindows(model)
+    if model.arch == "span":
+        from .winograd_span import SpanWindows
+
+        return SpanWindows(model)
     from .winograd_backend import WinogradWindows
 
     return WinogradWindows(model)

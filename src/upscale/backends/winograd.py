@@ -54,7 +54,7 @@ B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
 G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-ARCHS = ("rrdbnet", "compact")    # families this backend computes: winograd_backend, winograd_compact
+ARCHS = ("rrdbnet", "compact", "span")   # families this backend computes: winograd_backend, _compact, _span
 # a change that moves this backend's speed raises its version in ``tuned.KERNEL_VERSIONS``: the tuning
 # cache's key holds it, so timings measured with older kernels are not trusted
 TILE = 4          # output tile side; the input tile is TILE + 2 (maps are computed on multiples of it)
@@ -70,8 +70,8 @@ def check_supported(model: Model, device_type: str, precision: str) -> None:
         raise errors.UsageError(f"backend winograd runs on the CPU only, not on {device_type}",
                                 params=("backend",))
     if model.arch not in ARCHS:
-        raise errors.UsageError(f"backend winograd computes RRDBNet (esrgan, realesrgan-x4plus ...) and "
-                                f"SRVGGNetCompact models (realesr-animevideov3 ...); "
+        raise errors.UsageError(f"backend winograd computes RRDBNet (esrgan, realesrgan-x4plus ...), "
+                                f"SRVGGNetCompact (realesr-animevideov3 ...) and SPAN (default-x4 ...) models; "
                                 f"{label} is {model.arch}: use backend torch or auto", params=("backend",))
     if precision != "fp32":
         raise errors.UsageError(f"backend winograd computes in fp32, not {precision}: use --precision fp32 "
@@ -129,6 +129,16 @@ class Workspace:
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape:
             buf = self._buffers[key] = torch.empty(shape)
+        return buf
+
+    def padded(self, key: Any, x: torch.Tensor) -> torch.Tensor:
+        """x (N, height, width, C) copied into this workspace's buffer ``key`` at its rounded size, zero
+        beyond: a network's input as its first convolution reads it."""
+        n, height, width, c = x.shape
+        buf = self.buffer(key, self.map_shape(c))
+        buf[:, height:].zero_()
+        buf[:, :height, width:].zero_()
+        buf[:, :height, :width] = x
         return buf
 
     def map_shape(self, c: int) -> tuple[int, ...]:
@@ -191,6 +201,21 @@ class Workspaces:
 def prepared(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A 3x3 convolution's transformed weights and its bias, fp32."""
     return weight_transform(conv.weight), conv.bias.detach().float()
+
+
+def shuffled(last: torch.Tensor, scale: int, base: torch.Tensor | None = None) -> torch.Tensor:
+    """The pixel shuffle of last (N, H, W, C·s·s) NHWC: (N, H·s, W·s, C), plus ``base`` (N, H, W, C)
+    upsampled by nearest where given."""
+    n, h, w, cs = last.shape
+    c, s = cs // (scale * scale), scale
+    out = torch.empty((n, h * s, w * s, c))
+    grid = out.view(n, h, s, w, s, c)
+    pixels = last.unflatten(3, (c, s, s)).permute(0, 1, 4, 2, 5, 3)          # (N, H, i, W, j, C)
+    if base is None:
+        grid.copy_(pixels)
+    else:
+        torch.add(pixels, base[:, :, None, :, None, :], out=grid)
+    return out
 
 
 @functools.lru_cache(maxsize=16)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..model import Model
-from .winograd import Workspaces, prepared
+from .winograd import Workspaces, prepared, shuffled
 from .winograd_native import library
 
 KEEP_WORKSPACES = 2           # workspaces kept (a 496 window: two 64-channel maps, ~63 MB each, and the last)
@@ -56,29 +56,16 @@ class CompactWindows:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """One batch (N, C, H, W), float32 on the CPU -> (N, H*s, W*s, C) float32 (NHWC)."""
         with torch.inference_mode():
-            n, c, height, width = x.shape
+            n, _, height, width = x.shape
             ws = self.workspaces.get(n, height, width)
-            cur = ws.buffer("input", ws.map_shape(c))
-            cur[:, height:].zero_()
-            cur[:, :height, width:].zero_()
             nhwc = x.float().permute(0, 2, 3, 1)
-            cur[:, :height, :width] = nhwc
+            cur = ws.padded("input", nhwc)
             maps = [ws.buffer(("map", i), ws.map_shape(self.num_feat)) for i in range(2)]
             maps.append(ws.buffer("last", ws.map_shape(self.last_channels)))
             for i, ((u, bias), slope) in enumerate(zip(self.convs, self.slopes)):
                 out = maps[2] if i == len(self.convs) - 1 else maps[i % 2]
                 cur = ws.convolve([cur], u, bias, out, slope=slope)
-            return self._shuffled(cur[:, :height, :width], nhwc)
-
-    def _shuffled(self, last: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The pixel shuffle of last (N, H, W, C·s·s), plus x (N, H, W, C) upsampled by nearest:
-        (N, H·s, W·s, C)."""
-        n, h, w, c = x.shape
-        s = self.scale
-        out = torch.empty((n, h * s, w * s, c))
-        shuffled = last.unflatten(3, (c, s, s)).permute(0, 1, 4, 2, 5, 3)       # (N, H, i, W, j, C)
-        torch.add(shuffled, x[:, :, None, :, None, :], out=out.view(n, h, s, w, s, c))
-        return out
+            return shuffled(cur[:, :height, :width], self.scale, nhwc)
 
 
 def _slopes(act: nn.Module, channels: int) -> torch.Tensor | float:

@@ -41,8 +41,8 @@ BACKENDS = ("auto", *tuned.BACKENDS)    # engine.options.BACKENDS, without impor
 BACKEND_HELP = ("What computes the tiles. auto (default): torch, unless `upscale tune` measured another backend "
                 "faster for this model, precision and thread count on this machine (CPU only). openvino: OpenVINO's "
                 "CPU plugin on the same network (needs pip install 'upscale[openvino]'). winograd: RRDBNet (esrgan, "
-                "x4plus) and SRVGGNetCompact (animevideov3) models in fp32 on the CPU with Winograd convolutions "
-                "(its C kernels are built once per machine with $CC, default cc, and cached).")
+                "x4plus), SRVGGNetCompact (animevideov3) and SPAN (the defaults) models in fp32 on the CPU with "
+                "Winograd convolutions (its C kernels are built once per machine with $CC, default cc, and cached).")
 BACKEND_META = "upscale.backend"     # where --backend leaves its value in the click context
 
 
