@@ -209,6 +209,30 @@ def test_the_wrapper_refuses_what_the_kernel_would_touch_out_of_bounds():
         convolution([], u, bias, y, None, 8, 8, None, 1.0, scratch, 24)
 
 
+def test_the_wrapper_refuses_what_the_kernel_would_compute_wrong():
+    """No input channel (no chunk would write the block buffer the output is read from: it was stale
+    scratch), a residual partly under the output (its rows overwritten before they are read), a scratch
+    over a map: ValueErrors, nothing written. The residual may be the output itself (read, then written)."""
+    torch.manual_seed(3)
+    x, conv = torch.randn(1, 8, 8, 4), torch.nn.Conv2d(4, 4, 3, padding=1)
+    u, bias = weight_transform(conv.weight), conv.bias.detach()
+    scratch = torch.full((scratch_floats(24, 16, torch.get_num_threads()),), 7.0)
+    with pytest.raises(ValueError, match="at least one input channel"):
+        convolution([torch.zeros(1, 8, 8, 0)], torch.zeros(36, 0, 16), bias, torch.zeros(1, 8, 8, 4), None, 8, 8,
+                    None, 1.0, scratch, 24)
+    buf = torch.zeros(12 * 8 * 4)
+    residual, y = buf[:256].view(1, 8, 8, 4), buf[128:].view(1, 8, 8, 4)       # y starts 4 rows into residual
+    with pytest.raises(ValueError, match="overlap"):
+        convolution([x], u, bias, y, residual, 8, 8, None, 1.0, scratch, 24)
+    with pytest.raises(ValueError, match="scratch may not overlap"):
+        convolution([x], u, bias, scratch[:256].view(1, 8, 8, 4), None, 8, 8, None, 1.0, scratch, 24)
+    assert not buf.any() and (scratch == 7).all()
+    y = torch.randn(1, 8, 8, 4)
+    expected = y + 0.5 * _direct([x], conv, 8, 8)
+    convolution([x], u, bias, y, y, 8, 8, None, 0.5, scratch, 24)
+    assert torch.allclose(y, expected, atol=2e-5)
+
+
 def test_cc_may_hold_words_as_make_takes_it(monkeypatch):
     """CC="ccache gcc", "gcc-13 -g": the compiler and its arguments, not one program's name."""
     monkeypatch.setattr(winograd_native, "_LOADED", None)

@@ -122,7 +122,8 @@ def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Te
     channel (C,) (PReLU's weights; None: no activation), zero at rows
     >= height or columns >= width; or residual + scale·(that) where ``residual`` is given. ``u``:
     ``weight_transform``'s (36, sum of C_s, C rounded up to 16). ``block``: tiles a thread takes at a
-    time, a multiple of 24; ``scratch``: at least ``scratch_floats`` floats. y may not overlap a source."""
+    time, a multiple of 24; ``scratch``: at least ``scratch_floats`` floats, apart from the rest. y may not
+    overlap a source, ``u``, bias or slopes, nor the residual unless it is y itself."""
     if not sources:
         raise ValueError("a convolution needs at least one source map")
     _check(u, bias, y, scratch, *sources, *(t for t in (residual, slope) if t is not None))
@@ -137,8 +138,16 @@ def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Te
     if block <= 0 or block % 24 or scratch.numel() < scratch_floats(block, cpad, threads):
         raise ValueError(f"blocks of {block} tiles (a multiple of 24) need {scratch_floats(block, cpad, threads)} "
                          f"floats of scratch, not {scratch.numel()}")
-    if any(_overlap(y, x) for x in sources):
-        raise ValueError("the output of a convolution may not overlap its sources")
+    if not cin:     # no chunk of channels would write the block buffer the output is read from
+        raise ValueError("a convolution needs at least one input channel")
+    # other threads read the inputs around the tiles one writes; the residual is read where it is written
+    inputs = [*sources, u, bias, *(t for t in (slope,) if t is not None)]
+    if any(_overlap(y, t) for t in inputs) or (residual is not None and residual.data_ptr() != y.data_ptr()
+                                               and _overlap(y, residual)):
+        raise ValueError("the output of a convolution may not overlap its sources, weights or residual "
+                         "(the residual may be the output itself)")
+    if any(_overlap(scratch, t) for t in (y, *inputs, *(t for t in (residual,) if t is not None))):
+        raise ValueError("a convolution's scratch may not overlap its maps or weights")
     pointers, channels = (_PTR * len(sources))(*(x.data_ptr() for x in sources)), (_I64 * len(sources))(
         *(x.shape[3] for x in sources))
     library().winograd_conv(pointers, channels, len(sources), u.data_ptr(), cpad, bias.data_ptr(), y.data_ptr(),
