@@ -291,7 +291,13 @@ def test_one_convolution_equals_the_direct_one(height, width):
     assert not act[:, height:].any() and not act[:, :, width:].any()     # beyond the map: zero, as padding is
 
 
-@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (11, 14)), ("tiny_x2_rrdb", (10, 6))])
+@pytest.fixture
+def rrdb_x1_odd(weights_file) -> str:
+    """x1 (pixel-unshuffle by 4), feature and growth counts that are not multiples of 16."""
+    return str(weights_file("rrdbnet", {"num_feat": 20, "num_block": 1, "num_grow_ch": 7, "scale": 1}, 8, "rrdb_x1"))
+
+
+@pytest.mark.parametrize("fixture, size", [("rrdb_x4", (11, 14)), ("tiny_x2_rrdb", (10, 6)), ("rrdb_x1_odd", (12, 8))])
 def test_rrdbnet_windows_equal_the_eager_network(fixture, size, request):
     model = load_model(request.getfixturevalue(fixture))
     runner = WinogradWindows(model)
@@ -396,13 +402,14 @@ def test_cli_refuses_winograd_for_other_networks_in_one_line(tmp_path, tiny_2x):
     assert not (tmp_path / "o.png").exists()
 
 
-@pytest.mark.parametrize("act_type, size, scale", [("prelu", (11, 14), 4), ("lrelu", (9, 4), 2), ("relu", (4, 7), 3)])
-def test_compact_windows_equal_the_eager_network(weights_file, act_type, size, scale):
+@pytest.mark.parametrize("act_type, size, scale, num_conv", [("prelu", (11, 14), 4, 3), ("lrelu", (9, 4), 2, 3),
+                                                             ("relu", (4, 7), 3, 3), ("prelu", (1, 7), 1, 1)])
+def test_compact_windows_equal_the_eager_network(weights_file, act_type, size, scale, num_conv):
     """SRVGGNetCompact through the winograd backend: PReLU (random slopes per channel), LeakyReLU and
-    ReLU, x2/x3/x4, sides that are not multiples of 4, a batch of 2 equal to its windows alone; the
-    memory figure is what the window held."""
-    hp = {"num_feat": 16, "num_conv": 3, "scale": scale, "act_type": act_type}
-    model = load_model(str(weights_file("compact", hp, 3, f"compact_{act_type}")))
+    ReLU, x1/x2/x3/x4, one middle convolution, sides that are not multiples of 4 (one row), a batch of 2
+    equal to its windows alone; the memory figure is what the window held."""
+    hp = {"num_feat": 16, "num_conv": num_conv, "scale": scale, "act_type": act_type}
+    model = load_model(str(weights_file("compact", hp, 3, f"compact_{act_type}_x{scale}")))
     with torch.no_grad():
         for m in model.module.modules():
             if isinstance(m, torch.nn.PReLU):
