@@ -181,13 +181,43 @@ static void block_gemm(const float *vb, int64_t kc, const float *u, int64_t cin,
     }
 }
 
-/* mb (36, block, cpad) -> the block's nt tiles of y (n, h, w, c): each tile's A^T m A plus bias, through a
-   leaky ReLU with one slope per channel where slope is not NULL (PReLU; LeakyReLU and ReLU as constant
-   slopes), zero at rows >= height or columns >= width; with res (n, h, w, c) not NULL, y = res + scale *
-   that instead */
+/* the vector's lanes where mask is set from a, the others from b */
+static inline vf select(vi mask, vf a, vf b) {
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
+
+/* e^x per lane (x clamped to [-87, 87]): 2^n e^r with n = x / ln 2 rounded and |r| <= ln 2 / 2, e^r by
+   Cephes' degree-7 polynomial for expf (relative error ~1e-7) */
+static inline vf vexp(vf x) {
+    const vf hi = (vf){0} + 87.f, lo = (vf){0} - 87.f, magic = (vf){0} + 12582912.f;     /* 1.5 * 2^23 */
+    x = select(x > hi, hi, select(x < lo, lo, x));
+    const vf n = (x * 1.44269504088896341f + magic) - magic;          /* round to nearest */
+    const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vf p = (vf){0} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const vf e_r = p * r * r + r + 1.f;
+    const vi two_n = (__builtin_convertvector(n, vi) + 127) << 23;     /* 2^n as a float's bits */
+    return e_r * (vf)two_n;
+}
+
+static inline vf sigmoid(vf x) {
+    return 1.f / (1.f + vexp(-x));
+}
+
+enum { ACT_LEAKY = 0, ACT_SILU = 1, ACT_GATE = 2 };
+
+/* mb (36, block, cpad) -> the block's nt tiles of y (n, h, w, c): each tile's A^T m A plus bias (v), then
+   by act: ACT_LEAKY, a leaky ReLU with one slope per channel where slope is not NULL (PReLU; LeakyReLU
+   and ReLU as constant slopes); ACT_SILU, v sigmoid(v); ACT_GATE (SPAN's), (v + res) (sigmoid(v) - 1/2).
+   Zero at rows >= height or columns >= width. Then, with res (n, h, w, c) not NULL and act not ACT_GATE,
+   y = res + scale * that. */
 static void block_output(const float *mb, int64_t cpad, int64_t block, const float *bias, float *y,
                          const float *res, int64_t h, int64_t w, int64_t c, int64_t height, int64_t width,
-                         const float *slope, float scale, int64_t t0, int64_t nt) {
+                         int act, const float *slope, float scale, int64_t t0, int64_t nt) {
     const int64_t th = h / 4, tw = w / 4, plane = block * cpad + SKEW;
     for (int64_t i = 0; i < nt; i++) {
         const int64_t t = t0 + i, img = t / (th * tw), r = t % (th * tw), y0 = 4 * (r / tw), x0 = 4 * (r % tw);
@@ -208,12 +238,14 @@ static void block_output(const float *mb, int64_t cpad, int64_t block, const flo
                 _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) {
                     const int64_t at = ((img * h + y0 + q) * w + x0 + k) * c + c0;
                     vf val = o[q] + b_v;
-                    if (slope) {
-                        const vi negative = val < 0.f;
-                        val = (vf)(((vi)(val * s_v) & negative) | ((vi)val & ~negative));
-                    }
+                    if (act == ACT_SILU)
+                        val = val * sigmoid(val);
+                    else if (act == ACT_GATE)
+                        val = (val + load(res + at, cn)) * (sigmoid(val) - 0.5f);
+                    else if (slope)
+                        val = select(val < 0.f, val * s_v, val);
                     if (y0 + q >= height || x0 + k >= width) val = (vf){0};
-                    if (res) val = load(res + at, cn) + scale * val;
+                    if (res && act != ACT_GATE) val = load(res + at, cn) + scale * val;
                     store(y + at, val, cn);
                 }
             }
@@ -228,12 +260,13 @@ int64_t winograd_scratch_floats(int64_t block, int64_t cpad, int threads) {
 
 /* One 3x3 convolution (stride 1, zero padding 1) of the concatenation of nsrc maps src[s] (n, h, w,
    cs[s]) into y (n, h, w, c), with u (36, sum of cs, cpad) (weight_transform's; columns past c zero),
-   finished as block_output says. block: tiles per block, a multiple of 24; scratch: as many floats as
+   finished as block_output says (act: ACT_LEAKY, ACT_SILU or ACT_GATE). block: tiles per block, a multiple of 24; scratch: as many floats as
    winograd_scratch_floats says. y may not overlap any source: other threads read the sources around
    the tiles this one writes. */
 void winograd_conv(const float *const *src, const int64_t *cs, int64_t nsrc, const float *u, int64_t cpad,
                    const float *bias, float *y, const float *res, int64_t n, int64_t h, int64_t w, int64_t c,
-                   int64_t height, int64_t width, const float *slope, float scale, float *scratch, int64_t block,
+                   int64_t height, int64_t width, int act, const float *slope, float scale, float *scratch,
+                   int64_t block,
                    int threads) {
     const int64_t tiles = n * (h / 4) * (w / 4), blocks = (tiles + block - 1) / block;
     int64_t cin = 0;
@@ -253,7 +286,7 @@ void winograd_conv(const float *const *src, const int64_t *cs, int64_t nsrc, con
                     block_gemm(vb, kc, u + row * cpad, cin, cpad, block, mb, row > 0);
                     row += kc;
                 }
-            block_output(mb, cpad, block, bias, y, res, h, w, c, height, width, slope, scale, t0, nt);
+            block_output(mb, cpad, block, bias, y, res, h, w, c, height, width, act, slope, scale, t0, nt);
         }
     }
 }

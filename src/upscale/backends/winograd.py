@@ -159,17 +159,18 @@ class Workspace:
 
     def convolve(self, sources: list[torch.Tensor], u: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, *,
                  slope: float | torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                 scale: float = 1.0) -> torch.Tensor:
+                 scale: float = 1.0, act: str = "leaky") -> torch.Tensor:
         """One convolution of the concatenated ``sources`` (N, h, w, C_s each) with ``u``
         (``weight_transform``'s) into ``out`` (N, h, w, C_out): act(conv + bias), or
         residual + scale·(conv + bias). ``slope``: the leaky ReLU's, one for every channel (a float) or
-        one per channel (PReLU's weights, a (C_out,) tensor); None: no activation."""
+        one per channel (PReLU's weights, a (C_out,) tensor); None: no activation. ``act``: "silu" or
+        "gate" instead (``winograd_native.convolution``)."""
         cpad = u.shape[-1]
         scratch = self.buffer(("scratch", cpad), self.scratch_shape(cpad))
         if isinstance(slope, (int, float)):
             slope = _constant(slope, out.shape[-1])
         convolution(sources, u, bias, out, residual, self.height, self.width, slope, scale, scratch,
-                    block_tiles(cpad))
+                    block_tiles(cpad), act)
         return out
 
 

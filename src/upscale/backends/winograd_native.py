@@ -39,6 +39,7 @@ SOURCE = "winograd.c"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared")
 WIDE_FLAGS = ("-mprefer-vector-width=512",)    # x86: let the compiler use the 512-bit registers it has
 BUILD_TIMEOUT_S = 120
+ACTIVATIONS = {"leaky": 0, "silu": 1, "gate": 2}     # winograd.c's ACT_LEAKY, ACT_SILU, ACT_GATE
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _LOADED: ctypes.CDLL | None = None
@@ -92,7 +93,7 @@ def library() -> ctypes.CDLL:
             _build(path)            # damaged on disk: built again, once
             lib = _load(path)
         lib.winograd_conv.argtypes = [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                                      _I64, _I64, _PTR, ctypes.c_float, _PTR, _I64, ctypes.c_int]
+                                      _I64, _I64, ctypes.c_int, _PTR, ctypes.c_float, _PTR, _I64, ctypes.c_int]
         lib.winograd_conv.restype = None
         lib.winograd_scratch_floats.argtypes = [_I64, _I64, ctypes.c_int]
         lib.winograd_scratch_floats.restype = _I64
@@ -116,16 +117,20 @@ def scratch_floats(block: int, cpad: int, threads: int) -> int:
 
 def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
                 residual: torch.Tensor | None, height: int, width: int, slope: torch.Tensor | None, scale: float,
-                scratch: torch.Tensor, block: int) -> None:
+                scratch: torch.Tensor, block: int, act: str = "leaky") -> None:
     """One 3x3 convolution of the channel concatenation of ``sources`` (each (N, H, W, C_s), H and W
-    multiples of 4) into y (N, H, W, C): act(conv + bias), with act a leaky ReLU of one ``slope`` per
-    channel (C,) (PReLU's weights; None: no activation), zero at rows
-    >= height or columns >= width; or residual + scale·(that) where ``residual`` is given. ``u``:
+    multiples of 4) into y (N, H, W, C): act(conv + bias), zero at rows >= height or columns >= width;
+    or residual + scale·(that) where ``residual`` is given. ``act`` (``ACTIVATIONS``): "leaky", a leaky
+    ReLU of one ``slope`` per channel (C,) (PReLU's weights; None: no activation); "silu"; "gate",
+    SPAN's (v + residual)·(sigmoid(v) - 1/2), where ``residual`` is the gate's input. ``u``:
     ``weight_transform``'s (36, sum of C_s, C rounded up to 16). ``block``: tiles a thread takes at a
     time, a multiple of 24; ``scratch``: at least ``scratch_floats`` floats, apart from the rest. y may not
     overlap a source, ``u``, bias or slopes, nor the residual unless it is y itself."""
     if not sources:
         raise ValueError("a convolution needs at least one source map")
+    if act not in ACTIVATIONS or (act != "leaky" and slope is not None) or (act == "gate" and residual is None):
+        raise ValueError(f"activation {act!r} (of {', '.join(ACTIVATIONS)}) with slopes {slope is not None} and "
+                         f"residual {residual is not None}: slopes go with leaky only, and gate needs a residual")
     _check(u, bias, y, scratch, *sources, *(t for t in (residual, slope) if t is not None))
     n, h, w, c = _map_shape(y)
     if any(_map_shape(x)[:3] != (n, h, w) for x in sources):
@@ -152,8 +157,8 @@ def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Te
         *(x.shape[3] for x in sources))
     library().winograd_conv(pointers, channels, len(sources), u.data_ptr(), cpad, bias.data_ptr(), y.data_ptr(),
                             None if residual is None else residual.data_ptr(), n, h, w, c, height, width,
-                            None if slope is None else slope.data_ptr(), float(scale), scratch.data_ptr(), block,
-                            threads)
+                            ACTIVATIONS[act], None if slope is None else slope.data_ptr(), float(scale),
+                            scratch.data_ptr(), block, threads)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -1,7 +1,7 @@
 """The winograd backend for SPAN (our shipped default-x4/default-x2 and OpenModelDB's SPAN models): its
 21 3x3 convolutions (``conv_1``, the six blocks' three each, ``conv_2``, the upsampler's) as Winograd
 F(4x4, 3x3) convolutions in fp32 on the CPU (``backends.winograd``), each block's SiLUs and its
-parameter-free gate (``(out3 + x) * (sigmoid(out3) - 0.5)``) in place in the workspace's buffers, and
+parameter-free gate (``(out3 + x) * (sigmoid(out3) - 0.5)``) computed as the convolutions write, and
 ``conv_cat`` (1x1 over four maps) as four GEMMs into one map, without concatenating them. Same contract
 as the other winograd runners: NCHW view of NHWC memory in, NHWC float32 out.
 
@@ -22,7 +22,7 @@ from .winograd import Workspace, Workspaces, prepared, shuffled, weight_transfor
 from .winograd_native import library
 
 KEEP_WORKSPACES = 2
-FEATURE_MAPS = 10     # num_feat-wide maps: feat, o1, o2, o3, gate, two block outputs, block 1's, conv_2's, conv_cat's
+FEATURE_MAPS = 8      # num_feat-wide maps: feat, out1, out2, two block outputs, block 1's, conv_2's, conv_cat's
 
 
 class SpanWindows:
@@ -81,16 +81,17 @@ class SpanWindows:
 
     def _block(self, ws: Workspace, convs: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
                out: torch.Tensor, *, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SPAB: (out3 + x) * (sigmoid(out3) - 0.5) into ``out``, and its first map (after SiLU where
-        that is the one ``conv_cat`` reads: ``silu_first``, or any block but the last, whose is unused)."""
+        """One SPAB: (out3 + x) * (sigmoid(out3) - 0.5) into ``out``, and its first map, after SiLU where
+        that is the one ``conv_cat`` reads (``silu_first``, or any block but the last, whose is unused).
+        The SiLUs and the gate are computed as the convolutions write their outputs."""
         (c1, b1), (c2, b2), (c3, b3) = convs
-        out1 = ws.convolve([x], c1, b1, self._map(ws, "out1"))
-        act1 = F.silu(out1, inplace=True) if self.silu_first or not last else F.silu(out1)
-        out2 = F.silu(ws.convolve([act1], c2, b2, self._map(ws, "out2")), inplace=True)
-        out3 = ws.convolve([out2], c3, b3, self._map(ws, "out3"))
-        gate = torch.sigmoid(out3, out=self._map(ws, "gate")).sub_(0.5)
-        torch.add(out3, x, out=out).mul_(gate)
-        return out, out1
+        if self.silu_first or not last:
+            first = act1 = ws.convolve([x], c1, b1, self._map(ws, "out1"), act="silu")
+        else:                   # the raw map for conv_cat, its SiLU for the block
+            first = ws.convolve([x], c1, b1, self._map(ws, "out1"))
+            act1 = F.silu(first, inplace=False)
+        out2 = ws.convolve([act1], c2, b2, self._map(ws, "out2"), act="silu")
+        return ws.convolve([out2], c3, b3, out, residual=x, act="gate"), first
 
     def _fused(self, ws: Workspace, maps: list[torch.Tensor]) -> torch.Tensor:
         """``conv_cat`` (1x1) over the concatenation of four maps: four GEMMs into one map, zero beyond
