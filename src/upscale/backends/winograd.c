@@ -6,7 +6,9 @@
  * the whole map, the domain (2.25x the map's size) goes to memory and back between them, and GEMMs
  * on it run at about half the speed they reach on data in cache. Here each thread takes a block of
  * tiles through the three steps in two small buffers that stay in its core's L2 cache (the block's
- * size is chosen from that cache's size by the caller); the maps are read and written once.
+ * size is chosen from that cache's size by the caller); the maps are read and written once. The
+ * output pass also applies what follows the convolution in our networks (bias, a leaky ReLU/PReLU,
+ * SiLU or SPAN's gate, a scaled residual), so no elementwise pass over the map is left to torch.
  *
  * The GEMMs are register-blocked: R tile rows times NV vectors of output channels accumulate in
  * registers (R * NV = ACC: 24 of AVX-512's 32 registers, 12 of AVX2's 16), each input value broadcast
