@@ -6,8 +6,12 @@ from the native build's output.
     python benchmarks/winograd_isa.py --side 256 --runs 4 --json docs/perf/winograd_fused/isa.json
     python benchmarks/winograd_isa.py --source OLD.c --source src/upscale/backends/winograd.c   # two sources
 
-Each (source, -march) is compiled here with `cc -O3 -ffp-contract=fast -fopenmp` into a temporary folder
-and loaded with ctypes; the running CPU must have the instructions of every -march named.
+(--source: builds whose ``winograd_conv`` has the current signature; docs/perf/winograd_fused/isa.json
+compared dfd23f3's source with an earlier version of this script, before the ``act`` argument.)
+
+Each (source, -march) is compiled here with `cc` and the product's flags (`winograd_native.FLAGS`, its
+-march replaced) into a temporary folder and loaded with ctypes; the running CPU must have the
+instructions of every -march named.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from _common import publish
 from upscale.backends.winograd import weight_transform
+from upscale.backends.winograd_native import ACTIVATIONS, FLAGS, WIDE_FLAGS, declared
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "upscale" / "backends" / "winograd.c"
 GROW, FEAT, CONVS = 32, 64, 5
@@ -32,15 +37,10 @@ _I, _P = ctypes.c_int64, ctypes.c_void_p
 
 def build(source: Path, march: str, folder: Path) -> ctypes.CDLL:
     out = folder / f"{source.stem}-{abs(hash(str(source)))}-{march}.so"
-    wide = ["-mprefer-vector-width=512"] if march == "native" else []
-    subprocess.run(["cc", "-O3", f"-march={march}", *wide, "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared",
-                    str(source), "-o", str(out)], check=True)
-    lib = ctypes.CDLL(str(out))
-    lib.winograd_conv.argtypes = [_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P, ctypes.c_float, _P,
-                                  _I, ctypes.c_int]
-    lib.winograd_scratch_floats.restype = _I
-    lib.winograd_scratch_floats.argtypes = [_I, _I, ctypes.c_int]
-    return lib
+    flags = [f"-march={march}" if flag == "-march=native" else flag for flag in FLAGS]
+    wide = list(WIDE_FLAGS) if march == "native" else []
+    subprocess.run(["cc", *flags, *wide, str(source), "-o", str(out)], check=True)
+    return declared(ctypes.CDLL(str(out)))
 
 
 def dense_block(lib: ctypes.CDLL, side: int, block: int, threads: int, runs: int) -> tuple[float, torch.Tensor]:
@@ -62,7 +62,7 @@ def dense_block(lib: ctypes.CDLL, side: int, block: int, threads: int, runs: int
             channels = (_I * len(sources))(*(s.shape[3] for s in sources))
             lib.winograd_conv(pointers, channels, len(sources), u.data_ptr(), u.shape[-1], bias.data_ptr(),
                               y.data_ptr(), x.data_ptr() if y is out else None, 1, side, side, y.shape[3], side, side,
-                              None, 0.2 if y is out else 1.0, scratch.data_ptr(), block, threads)
+                              ACTIVATIONS["leaky"], None, 0.2 if y is out else 1.0, scratch.data_ptr(), block, threads)
             sources.append(y)
 
     run()

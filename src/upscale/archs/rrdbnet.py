@@ -126,16 +126,10 @@ class RRDBNet(nn.Module):
         if self.unshuffle > 1:
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = _full(self.conv_first, x).to(x.dtype)    # the trunk in the input's dtype (see the docstring)
-        return upsampling(self, feat + self.conv_body(self.body(feat)))
-
-
-def upsampling(parts: nn.Module, feat: torch.Tensor) -> torch.Tensor:
-    """RRDBNet's upsampling part on the trunk's output: nearest x2 and ``conv_up1``, nearest x2 and
-    ``conv_up2``, ``conv_hr``, ``conv_last``, with ``lrelu`` between. ``parts``: the network, or any
-    module holding those submodules."""
-    feat = parts.lrelu(parts.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
-    feat = parts.lrelu(parts.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
-    return parts.conv_last(parts.lrelu(parts.conv_hr(feat)))
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
 
 def build(num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,

@@ -46,7 +46,7 @@ from .. import errors
 from ..model import Model
 
 from ..machine import l2_cache_bytes
-from .winograd_native import convolution, scratch_floats
+from .winograd_native import convolution, library, scratch_floats
 
 # F(4x4, 3x3): input transform Bᵀ (6x6), weight transform G (6x3), output transform Aᵀ (4x6)
 B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -61,6 +61,7 @@ TILE = 4          # output tile side; the input tile is TILE + 2 (maps are compu
 LANES = 16        # output channels the C computes at a time: U's columns are padded to a multiple
 BLOCK_STEP = 24   # tiles per block come in multiples of this (the C's register blocks: 24, 12, 8 or 6 rows)
 MAX_BLOCK = 192
+KEEP_WORKSPACES = 2   # window shapes whose buffers a runner keeps (x4plus at a 512 window: ~0.75 GB each)
 
 
 def check_supported(model: Model, device_type: str, precision: str) -> None:
@@ -135,9 +136,7 @@ class Workspace:
         """x (N, height, width, C) copied into this workspace's buffer ``key`` at its rounded size, zero
         beyond: a network's input as its first convolution reads it."""
         n, height, width, c = x.shape
-        buf = self.buffer(key, self.map_shape(c))
-        buf[:, height:].zero_()
-        buf[:, :height, width:].zero_()
+        buf = zero_beyond(self.buffer(key, self.map_shape(c)), height, width)
         buf[:, :height, :width] = x
         return buf
 
@@ -146,9 +145,10 @@ class Workspace:
         return self.n, self.h, self.w, c
 
     @staticmethod
-    def scratch_shape(cpad: int) -> tuple[int]:
-        """The scratch of convolutions with ``cpad`` output columns on torch's threads now."""
-        return (scratch_floats(block_tiles(cpad), cpad, torch.get_num_threads()),)
+    def scratch_shape(cpad: int, block: int | None = None) -> tuple[int]:
+        """The scratch of convolutions with ``cpad`` output columns (in blocks of ``block`` tiles, default
+        ``block_tiles``) on torch's threads now."""
+        return (scratch_floats(block or block_tiles(cpad), cpad, torch.get_num_threads()),)
 
     def planned_bytes(self, maps: tuple[int, ...], outputs: tuple[int, ...]) -> int:
         """Bytes of the buffers this workspace holds once used (none is allocated here): feature maps of
@@ -166,11 +166,11 @@ class Workspace:
         one per channel (PReLU's weights, a (C_out,) tensor); None: no activation. ``act``: "silu" or
         "gate" instead (``winograd_native.convolution``)."""
         cpad = u.shape[-1]
-        scratch = self.buffer(("scratch", cpad), self.scratch_shape(cpad))
+        block = block_tiles(cpad)
+        scratch = self.buffer(("scratch", cpad), self.scratch_shape(cpad, block))
         if isinstance(slope, (int, float)):
             slope = _constant(slope, out.shape[-1])
-        convolution(sources, u, bias, out, residual, self.height, self.width, slope, scale, scratch,
-                    block_tiles(cpad), act)
+        convolution(sources, u, bias, out, residual, self.height, self.width, slope, scale, scratch, block, act)
         return out
 
 
@@ -197,6 +197,30 @@ class Workspaces:
 
     def values(self) -> list[Workspace]:
         return list(self._kept.values())
+
+
+class WinogradRunner:
+    """What the winograd backend's runners share: the native kernels loaded (built first, once per
+    machine: a ``BackendError`` where no C compiler can) when one is made, and the workspaces of the
+    last ``KEEP_WORKSPACES`` window shapes. Not reentrant: one batch at a time (``Upscaler`` serialises
+    its calls)."""
+
+    def __init__(self) -> None:
+        library()
+        self.workspaces = Workspaces(KEEP_WORKSPACES)
+
+    def is_warm(self, shape: tuple[int, ...]) -> bool:
+        """Whether a batch of ``shape`` (N, H, W, C) runs without compiling: always, once this runner
+        is made (its kernels, one build for every shape, were loaded then)."""
+        return True
+
+
+def zero_beyond(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """t (N, H, W, C) with its rows from ``height`` and columns from ``width`` zeroed: a map rounded up
+    to the tiles, as the next convolution's zero padding expects it."""
+    t[:, height:].zero_()
+    t[:, :height, width:].zero_()
+    return t
 
 
 def prepared(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:

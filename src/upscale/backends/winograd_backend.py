@@ -21,11 +21,9 @@ import torch
 from torch.nn import functional as F
 
 from ..model import Model
-from .winograd import Workspace, Workspaces, prepared, rounded
-from .winograd_native import library
+from .winograd import WinogradRunner, Workspace, Workspaces, prepared, rounded, zero_beyond
 
 UP_CONVS = ("conv_up1", "conv_up2", "conv_hr", "conv_last")     # the upsampling part's convolutions
-KEEP_WORKSPACES = 2           # workspaces (buffers: ~0.75 GB for x4plus at a 512 window) kept per instance
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
 GROWN_MAPS = 4                # num_grow_ch-wide maps of a dense block: the outputs of its first four convs
 DENSE_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -44,19 +42,15 @@ def _nearest2x(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n, h, w, c = x.shape
     target = out[:, :2 * h, :2 * w].unflatten(2, (w, 2)).unflatten(1, (h, 2))      # (N, h, 2, w, 2, C)
     target.copy_(x[:, :, None, :, None].expand(n, h, 2, w, 2, c))
-    out[:, 2 * h:].zero_()
-    out[:, :2 * h, 2 * w:].zero_()
-    return out
+    return zero_beyond(out, 2 * h, 2 * w)
 
 
-class WinogradWindows:
+class WinogradWindows(WinogradRunner):
     """``model`` (an RRDBNet) prepared for the winograd backend: its weights transformed once, and a
-    ``Workspace`` per window shape (the last ``KEEP_WORKSPACES`` kept). The native kernels are loaded
-    (built first, once per machine) when it is made: a ``BackendError`` there where no C compiler can
-    build them. Not reentrant: one batch at a time (``Upscaler`` serialises its calls)."""
+    ``Workspace`` per window shape (``WinogradRunner``)."""
 
     def __init__(self, model: Model) -> None:
-        library()
+        super().__init__()
         net = model.module
         # only the first convolution runs eagerly (copied: channels_last, fp32); the rest from transformed weights
         self.conv_first = copy.deepcopy(net.conv_first).eval().float().to(memory_format=torch.channels_last)
@@ -68,12 +62,6 @@ class WinogradWindows:
             self.up = {name: prepared(getattr(net, name)) for name in UP_CONVS}
         self.num_feat = net.conv_first.out_channels
         self.grow = net.body[0].rdb1.conv1.out_channels
-        self.workspaces = Workspaces(KEEP_WORKSPACES)
-
-    def is_warm(self, shape: tuple[int, ...]) -> bool:
-        """Whether a batch of ``shape`` (N, H, W, C) runs without compiling: always, once this runner
-        is made (its kernels, one build for every shape, were loaded then)."""
-        return True
 
     def workspace_bytes(self, n: int, height: int, width: int) -> int:
         """Bytes of the buffers a batch of ``n`` windows of height x width input px holds: the
@@ -97,10 +85,7 @@ class WinogradWindows:
         n, _, height, width = x.shape
         ws = self.workspaces.get(n, height, width)
         padded = F.pad(x, (0, ws.w - width, 0, ws.h - height)).contiguous(memory_format=torch.channels_last)
-        feat = self.conv_first(padded).permute(0, 2, 3, 1)     # NHWC (channels_last memory)
-        feat[:, height:].zero_()
-        feat[:, :, width:].zero_()
-        feat = feat.contiguous()
+        feat = zero_beyond(self.conv_first(padded).permute(0, 2, 3, 1).contiguous(), height, width)   # NHWC
         trunk = self._trunk(ws, feat)
         summed = ws.convolve([trunk], *self.body, ws.buffer("sum", trunk.shape), residual=feat)
         return self._upsampled(ws, summed, height, width)

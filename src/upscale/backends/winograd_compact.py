@@ -17,20 +17,15 @@ import torch
 from torch import nn
 
 from ..model import Model
-from .winograd import Workspaces, prepared, shuffled
-from .winograd_native import library
-
-KEEP_WORKSPACES = 2           # workspaces kept (a 496 window: two 64-channel maps, ~63 MB each, and the last)
-CONSTANT_SLOPES = {nn.LeakyReLU: None, nn.ReLU: 0.0}     # None: the module's own negative_slope
+from .winograd import WinogradRunner, Workspaces, prepared, shuffled
 
 
-class CompactWindows:
+class CompactWindows(WinogradRunner):
     """``model`` (an SRVGGNetCompact) prepared for the winograd backend: its weights transformed once,
-    each activation as one slope per channel, and a ``Workspace`` per window shape. The native kernels
-    are loaded (built first, once per machine) when it is made. Not reentrant."""
+    each activation as one slope per channel, and a ``Workspace`` per window shape (``WinogradRunner``)."""
 
     def __init__(self, model: Model) -> None:
-        library()
+        super().__init__()
         net = model.module
         layers = list(net.body)
         with torch.no_grad():
@@ -40,11 +35,6 @@ class CompactWindows:
         self.num_feat = layers[0].out_channels
         self.num_in = layers[0].in_channels
         self.last_channels = layers[-1].out_channels
-        self.workspaces = Workspaces(KEEP_WORKSPACES)
-
-    def is_warm(self, shape: tuple[int, ...]) -> bool:
-        """Always: the kernels, one build for every shape, were loaded when this runner was made."""
-        return True
 
     def workspace_bytes(self, n: int, height: int, width: int) -> int:
         """Bytes of the buffers a batch of ``n`` windows of height x width px holds: the input, two
@@ -74,7 +64,8 @@ def _slopes(act: nn.Module, channels: int) -> torch.Tensor | float:
     if isinstance(act, nn.PReLU):
         weight = act.weight.detach().float().reshape(-1)
         return (weight.expand(channels) if weight.numel() == 1 else weight).contiguous()
-    for kind, slope in CONSTANT_SLOPES.items():
-        if isinstance(act, kind):
-            return float(act.negative_slope if slope is None else slope)
+    if isinstance(act, nn.LeakyReLU):
+        return float(act.negative_slope)
+    if isinstance(act, nn.ReLU):
+        return 0.0
     raise TypeError(f"SRVGGNetCompact's activation {type(act).__name__} is not one the winograd backend computes")

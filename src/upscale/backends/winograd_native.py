@@ -92,13 +92,18 @@ def library() -> ctypes.CDLL:
                 raise
             _build(path)            # damaged on disk: built again, once
             lib = _load(path)
-        lib.winograd_conv.argtypes = [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                                      _I64, _I64, ctypes.c_int, _PTR, ctypes.c_float, _PTR, _I64, ctypes.c_int]
-        lib.winograd_conv.restype = None
-        lib.winograd_scratch_floats.argtypes = [_I64, _I64, ctypes.c_int]
-        lib.winograd_scratch_floats.restype = _I64
-        _LOADED = lib
+        _LOADED = declared(lib)
     return _LOADED
+
+
+def declared(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` (a build of ``winograd.c``) with its functions' argument and result types declared."""
+    lib.winograd_conv.argtypes = [_PTR, _PTR, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                                  _I64, _I64, ctypes.c_int, _PTR, ctypes.c_float, _PTR, _I64, ctypes.c_int]
+    lib.winograd_conv.restype = None
+    lib.winograd_scratch_floats.argtypes = [_I64, _I64, ctypes.c_int]
+    lib.winograd_scratch_floats.restype = _I64
+    return lib
 
 
 def _load(path: Path) -> ctypes.CDLL:

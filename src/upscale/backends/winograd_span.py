@@ -18,19 +18,18 @@ from torch.nn import functional as F
 
 from ..archs.span import IMG_RANGE, NUM_BLOCKS
 from ..model import Model
-from .winograd import Workspace, Workspaces, prepared, shuffled, weight_transform
-from .winograd_native import library
+from .winograd import WinogradRunner, Workspace, Workspaces, prepared, shuffled, weight_transform, zero_beyond
 
-KEEP_WORKSPACES = 2
 FEATURE_MAPS = 8      # num_feat-wide maps: feat, out1, out2, two block outputs, block 1's, conv_2's, conv_cat's
 
 
-class SpanWindows:
+class SpanWindows(WinogradRunner):
     """``model`` (a SPAN, trained or deploy form) prepared for the winograd backend: each
-    re-parameterisable conv collapsed and transformed once, and a ``Workspace`` per window shape."""
+    re-parameterisable conv collapsed and transformed once, and a ``Workspace`` per window shape
+    (``WinogradRunner``)."""
 
     def __init__(self, model: Model) -> None:
-        library()
+        super().__init__()
         net = model.module.eval()
         with torch.no_grad():
             self.conv_1 = _collapsed(net.conv_1)
@@ -46,11 +45,6 @@ class SpanWindows:
         self.scale = net.scale
         self.num_feat = net.conv_cat.out_channels
         self.last_channels = net.upsampler[0].out_channels
-        self.workspaces = Workspaces(KEEP_WORKSPACES)
-
-    def is_warm(self, shape: tuple[int, ...]) -> bool:
-        """Always: the kernels, one build for every shape, were loaded when this runner was made."""
-        return True
 
     def workspace_bytes(self, n: int, height: int, width: int) -> int:
         """Bytes of the buffers a batch of ``n`` windows of height x width px holds."""
@@ -102,9 +96,7 @@ class SpanWindows:
         torch.addmm(bias, maps[0].reshape(-1, c), weights[0], out=flat)
         for part, weight in zip(maps[1:], weights[1:]):
             flat.addmm_(part.reshape(-1, c), weight)
-        out[:, ws.height:].zero_()
-        out[:, :, ws.width:].zero_()
-        return out
+        return zero_beyond(out, ws.height, ws.width)
 
 
 def _collapsed(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
