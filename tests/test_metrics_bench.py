@@ -252,7 +252,14 @@ def test_bench_json_schema_models_and_sheet(hr_dir, tiny_model, tmp_path):
         assert (row["lpips"] is None) == (doc["metric"]["lpips"] is None)
         assert row["niqe"] is None and all(p["niqe"] is None for p in row["per_image"])
     model_rows = [r for r in doc["rows"] if r["kind"] == "model"]
-    assert model_rows[0]["note"] == "" and "Lanczos" in model_rows[1]["note"]
+    # the note names a backend other than torch: the one --backend auto runs this untuned fp32 model on
+    import torch
+
+    from upscale.api import load_model
+    from upscale.backends import choose_backend
+    backend = choose_backend("auto", load_model(tiny_model), "cpu", "fp32", torch.get_num_threads())
+    assert model_rows[0]["note"] == {"torch": "", "winograd": "Winograd"}[backend]
+    assert "Lanczos" in model_rows[1]["note"]
     assert doc["environment"]["models"]["tiny_x2"]["native_scale"] == 2
     # the bicubic row is the MATLAB pipeline, recomputed here from the parts
     from upscale.dataprep import bicubic_down, bicubic_up, mod_crop

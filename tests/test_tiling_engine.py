@@ -458,7 +458,8 @@ def test_images_smaller_than_the_compiled_window_run_eagerly_with_the_eager_resu
     module (nothing is compiled here, so this is fast) and the output is the eager one, bit for bit."""
     model = small_model("compact", num_conv=3, num_feat=8, scale=2)
     image = np.random.default_rng(4).random((30, 22, 3), dtype=np.float32)
-    eager = Engine(model, fp32(32, 4)).upscale(image)
+    eager = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=4, compile="off",
+                                        backend="torch")).upscale(image)       # the eager torch module's
     engine = Engine(model, EngineOptions(device="cpu", precision="fp32", tile_px=32, overlap_px=4,
                                          compile="on"))
     assert engine.compiled and engine.compiled_shape == (40, 40)

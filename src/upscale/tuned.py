@@ -47,6 +47,9 @@ BACKENDS = ("torch", "openvino", "winograd")   # ``upscale.backends``; torch fir
 KERNEL_VERSIONS = {"winograd": 3}
 PROBE_ARCH = "conv3x3-probe"           # the machine's precision probe (engine.precision): its key's arch
 PROBE_SHAPE = {"channels": 64, "side": 128}
+# the machine's backend probe (``backends.probe``: torch or winograd for fp32 models nobody tuned): its
+# key's arch; its entry is {"backend": ..., "estimate_s": {backend: seconds}} under precision "fp32"
+BACKEND_PROBE_ARCH = "conv3x3-backend-probe"
 
 # keys the fallback note was given for in this process (one info line per key)
 _noted: set[str] = set()
@@ -123,6 +126,8 @@ def _valid_entry(entry: Any) -> bool:
     result = entry["result"]
     if entry["key"].get("precision") in (AUTO, TRAIN_AUTO):
         return _valid_choice(result)
+    if entry["key"].get("arch") == BACKEND_PROBE_ARCH:
+        return _valid_choice(result, "backend", BACKENDS)
     window = result.get("window_px")
     numbers_ok = all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)
                      for k in ("s_per_mp", "batch"))
@@ -137,11 +142,13 @@ def _valid_entry(entry: Any) -> bool:
             and compile_ok and backend_ok and tables_ok and isinstance(entry.get("when", ""), str))
 
 
-def _valid_choice(result: dict[str, Any]) -> bool:
-    """An "auto" entry: the precision chosen, among those whose estimates were measured."""
+def _valid_choice(result: dict[str, Any], field: str = "precision",
+                  candidates: tuple[str, ...] = AUTO_CANDIDATES) -> bool:
+    """A choice entry ("auto" precision, or the backend probe's): the ``field`` chosen, among the
+    ``candidates`` whose estimates were measured."""
     estimates = result.get("estimate_s")
-    return (isinstance(estimates, dict) and result.get("precision") in estimates and all(
-        k in AUTO_CANDIDATES and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return (isinstance(estimates, dict) and result.get(field) in estimates and all(
+        k in candidates and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
         for k, v in estimates.items()))
 
 
@@ -246,8 +253,8 @@ def store(key: dict[str, Any], result: dict[str, Any], *, label: str, when: str 
 def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | None:
     """The backend ``upscale tune`` measured fastest for ``model`` (a ``Model``) at ``precision`` (a
     resolved name, "fp32"/"bf16", or a torch dtype) with ``threads`` (None: torch's current count) on
-    this CPU: "torch", "openvino" or "winograd"; None when nothing was measured (the caller uses its default; said
-    once per process)."""
+    this CPU: "torch", "openvino" or "winograd"; None when the model was not tuned here (the caller uses
+    the backend probe or its default; said once per process)."""
     import torch
 
     from .device import NAMES, resolve_precision
@@ -262,7 +269,7 @@ def preferred_backend(model: Any, precision: Any, threads: int | None) -> str | 
         name = precision
     key = tuning_key(model.arch, model.hparams, name, "cpu", threads)
     result = lookup_or_note(key, model.name or model.source)
-    return result.get("backend") if result else None
+    return (result.get("backend") or "torch") if result else None
 
 
 def remember_faster(key: dict[str, Any], seconds: dict[str, float], *, label: str, keep: bool = True) -> str:
@@ -282,6 +289,11 @@ def remember_faster(key: dict[str, Any], seconds: dict[str, float], *, label: st
 def probe_key(threads: int) -> dict[str, Any]:
     """The key of the machine's precision probe (``engine.precision``) at ``threads`` threads."""
     return tuning_key(PROBE_ARCH, PROBE_SHAPE, AUTO, "cpu", threads)
+
+
+def backend_probe_key(threads: int) -> dict[str, Any]:
+    """The key of the machine's backend probe (``backends.probe``) at ``threads`` threads."""
+    return tuning_key(BACKEND_PROBE_ARCH, PROBE_SHAPE, "fp32", "cpu", threads)
 
 
 def auto_precision(model: Any, resolved: str, device: Any, threads: int) -> tuple[str | None, str]:

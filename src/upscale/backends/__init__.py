@@ -8,10 +8,11 @@ converted in memory by OpenVINO's CPU plugin. ``winograd`` (``winograd_backend``
 engine still plans, batches and stitches them, so seams and blending are the
 same on all three.
 
-``choose_backend`` resolves ``EngineOptions.backend``: ``auto`` is torch unless the tuner
-(``upscale.tuned.preferred_backend``) measured another one faster for this model, precision and thread
-count on this machine. Neither this package nor the engine imports openvino unless the openvino
-backend is chosen.
+``choose_backend`` resolves ``EngineOptions.backend``: ``auto`` is what the tuner
+(``upscale.tuned.preferred_backend``) measured fastest for this model, precision and thread count on
+this machine; for a model not tuned here, in fp32 on a network winograd computes, what the machine's
+backend probe (``probe``: one convolution on torch and on winograd) measured faster; else torch.
+Neither this package nor the engine imports openvino unless the openvino backend is chosen.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
     if device_type != "cpu" or compile_mode == "on":
         return "torch"
     preferred = _tuner_preference(model, precision, threads)
+    if preferred is None and winograd_supports(model, precision):
+        from .probe import probed_backend
+
+        preferred = probed_backend(threads)
     if preferred == "openvino":
         if openvino_installed():
             return "openvino"

@@ -29,7 +29,8 @@ def _stack(*options: Decorator) -> Decorator:
 TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; context (the model's receptive "
              "radius, or --overlap where the command has it) is added on every side, so a small tile costs time, never seams. auto (default): per image, the plan "
              "(window side, or the whole image) of the fewest seconds by what `upscale tune` measured on this "
-             "machine (a built-in window for the model's family if not tuned), never more than memory allows; "
+             "machine (if not tuned: a built-in window for the model's family, or on backend winograd the whole "
+             "image where it fits), never more than memory allows; "
              "0 = whole image.")
 
 
@@ -38,8 +39,10 @@ TILE_HELP = ("Tile core in input pixels: the stride at which windows advance; co
 OUTPUT_FORMATS = ["png", "jpg", "webp", "tif", "bmp", "avif"]
 
 BACKENDS = ("auto", *tuned.BACKENDS)    # engine.options.BACKENDS, without importing torch here
-BACKEND_HELP = ("What computes the tiles. auto (default): torch, unless `upscale tune` measured another backend "
-                "faster for this model, precision and thread count on this machine (CPU only). openvino: OpenVINO's "
+BACKEND_HELP = ("What computes the tiles. auto (default): what `upscale tune` measured fastest for this model, "
+                "precision and thread count on this machine (CPU only); for a model not tuned here, fp32 models "
+                "winograd computes run on whichever of torch and winograd a one-convolution probe measured faster "
+                "(cached), others on torch. openvino: OpenVINO's "
                 "CPU plugin on the same network (needs pip install 'upscale[openvino]'). winograd: RRDBNet (esrgan, "
                 "x4plus), SRVGGNetCompact (animevideov3) and SPAN (the defaults) models in fp32 on the CPU with "
                 "Winograd convolutions (its C kernels are built once per machine with $CC, default cc, and cached).")

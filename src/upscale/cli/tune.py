@@ -39,8 +39,9 @@ def _windows(value: str | None) -> tuple[int, ...] | None:
               help="Window sides to try (default: 128,192,256,384,496,512; up to 384 for large networks).")
 @click.option("--show", is_flag=True, help="Print what the tuning cache holds and stop.")
 @click.option("--probe", is_flag=True,
-              help="Measure the machine's precision probe again (one 3x3 conv in bf16 and fp32: what --precision "
-                   "auto runs for models not tuned here, on CPUs with native bf16) and stop.")
+              help="Measure the machine's probes again and stop: one 3x3 conv on torch and on winograd (what "
+                   "--backend auto runs fp32 models not tuned here on) and, on CPUs with native bf16, in bf16 and "
+                   "fp32 (what --precision auto runs them in).")
 @handle_errors
 def tune(model_name: str | None, device: str, precision: str, threads: int | None, backend: str, quick: bool,
          windows: str | None, show: bool, probe: bool) -> None:
@@ -69,7 +70,8 @@ def tune(model_name: str | None, device: str, precision: str, threads: int | Non
         return
     if probe:
         if device not in ("auto", "cpu") or precision != "auto":
-            raise click.UsageError("--probe times this CPU in bf16 and fp32: it takes no --device or --precision")
+            raise click.UsageError("--probe times this CPU (backends; bf16 and fp32): it takes no --device or "
+                                   "--precision")
         _probe(threads)
         return
     from ..api import default_model_name, load_model
@@ -138,22 +140,40 @@ def _print_report(report: Any) -> None:
 def _probe(threads: int | None) -> None:
     import torch
 
-    from .. import tuned
+    from ..backends.probe import probe_backends
     from ..device import cpu_native_bf16
-    from ..engine.precision import probe_machine
-
     from ..engine import EngineOptions
+    from ..engine.precision import probe_machine
+    from ..errors import BackendError
 
     if threads is not None:
         torch.set_num_threads(EngineOptions(threads=threads).threads)     # checked as every run checks it
+    threads = torch.get_num_threads()
+    try:
+        chosen, seconds, kept = probe_backends(threads)
+    except BackendError as err:
+        click.echo(f"backend probe: the winograd kernels are not available here ({err.message}); "
+                   "--backend auto runs torch for models not tuned here")
+    else:
+        say(f"backend probe, {threads} threads: {_timed(seconds)}; --backend auto runs fp32 models not tuned "
+            f"here on {chosen} ({_where(kept)})")
     if not cpu_native_bf16():
-        click.echo("this CPU has no native bf16 (avx512_bf16 or AMX): --precision auto runs fp32, nothing to probe")
+        click.echo("this CPU has no native bf16 (avx512_bf16 or AMX): --precision auto runs fp32, no precision "
+                   "to probe")
         return
-    chosen, seconds, kept = probe_machine(torch.get_num_threads())
-    timed = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items())
-    where = f"saved in {tuned.cache_path()}" if kept else "not saved: the machine was busy; run it again when idle"
-    say(f"precision probe, {torch.get_num_threads()} threads: {timed}; --precision auto "
-        f"runs {chosen} for models not tuned here ({where})")
+    chosen, seconds, kept = probe_machine(threads)
+    say(f"precision probe, {threads} threads: {_timed(seconds)}; --precision auto "
+        f"runs {chosen} for models not tuned here ({_where(kept)})")
+
+
+def _timed(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in seconds.items())
+
+
+def _where(kept: bool) -> str:
+    from .. import tuned
+
+    return f"saved in {tuned.cache_path()}" if kept else "not saved: the machine was busy; run it again when idle"
 
 
 def _show() -> None:
@@ -171,6 +191,10 @@ def _show() -> None:
             estimates = ", ".join(f"{k} ~{v:.3g} s" for k, v in res["estimate_s"].items())
             say(f"{tuned.describe(key)} [{entry.get('label', '')}]: runs {res['precision']} "
                 f"({what}: {estimates}); {entry.get('when', '?')}{_stale(key)}")
+            continue
+        if key.get("arch") == tuned.BACKEND_PROBE_ARCH:
+            say(f"backend probe fp32 {key.get('threads')} threads: runs {res['backend']} for models not tuned here "
+                f"(one 3x3 conv: {_timed(res['estimate_s'])}); {entry.get('when', '?')}{_stale(key)}")
             continue
         compiled = res.get("compile")
         compile_text = "-" if compiled is None else f"{compiled['gain']:+.1%}/{compiled['compile_s']:.0f}s" + (

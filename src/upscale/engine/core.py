@@ -22,8 +22,8 @@ from ..backends import choose_backend
 from ..device import NAMES, available_memory_bytes, resolve_device, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
-from .cost import (activation_bytes, check_output_fits, fitting_window_px, measured_windows, memory_window_px, probe_cost,
-                   whole_window)
+from .cost import (activation_bytes, check_output_fits, fitting_window_px, largest_window, measured_windows,
+                   memory_window_px, probe_cost, whole_window)
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
 from .precision import resolve_dtype
 from .runners import Runners
@@ -148,7 +148,7 @@ class Engine:
         """(backend, core, estimated seconds or None) for an image of this size: with ``tile_px`` auto,
         the measured (backend, window side) of the fewest estimated seconds, over this engine's backend
         or, under ``backend="auto"``, every backend measured here; else the given tile, or the
-        fallback window, on the engine's backend."""
+        fallback window, on the engine's backend (winograd's: the fewest pixels that fit in memory)."""
         tile = self.options.tile_px
         if tile != "auto":
             return self.backend, int(tile), None
@@ -162,7 +162,11 @@ class Engine:
                     best = (backend, self._core_of(side, height, width), estimates[side])
         if best is not None:
             return best
-        window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
+        if self.backend == "winograd":      # nothing measured: fewest pixels (``cost.largest_window``)
+            window = largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
+                                    lambda h, w: self.runners.extra_bytes("winograd", self.options.batch, h, w))
+        else:
+            window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
         return self.backend, self._core_of(window, height, width), None
 
     def _planning_table(self, height: int, width: int, backend: str) -> dict[int, tuple[float, float]] | None:

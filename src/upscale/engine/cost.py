@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -108,6 +109,33 @@ def fitting_window_px(cost: ModelCost, arch: str, dtype: torch.dtype, device: to
     result = tuned(cost, dtype, device)
     window = int(result["window_px"]) if result else default_window_px(arch)
     return min(memory_window_px(cost, dtype, device, batch), window)
+
+
+def largest_window(cost: ModelCost, dtype: torch.dtype, device: torch.device, batch: int, height: int, width: int,
+                   extra_bytes: Callable[[int, int], int]) -> int:
+    """The window side that computes the fewest pixels of a height x width image within
+    ``MEMORY_FRACTION`` of the memory available now: the image's own longer side where one window of the
+    whole image fits, else the largest square side (a multiple of 8) that does; the need of a window is
+    two live activations (as ``Engine`` checks) plus ``extra_bytes(h, w)`` (a backend's workspace).
+
+    For backends whose cost per computed pixel does not grow with the window (winograd: its kernels
+    take blocks of tiles that fit the core's L2 cache, whatever the map's size; its tuner curves are
+    flat within noise, docs/perf.md), fewer pixels is faster: this is their fallback where nothing was
+    measured, instead of torch's window constants (which would compute a 1000x750 image 2.4 times)."""
+    budget = MEMORY_FRACTION * available_memory_bytes(device)
+
+    def fits(h: int, w: int) -> bool:
+        return activation_bytes(cost, dtype, batch * h * w, live=2) + extra_bytes(h, w) <= budget
+
+    if fits(height, width):
+        return max(height, width)
+    lo, hi = 1, max(height, width) // 8           # the largest multiple of 8 that fits, by bisection
+    if not fits(8, 8):
+        return 8
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(8 * mid, 8 * mid) else (lo, mid - 1)
+    return 8 * lo
 
 
 def measured_windows(cost: ModelCost, dtype: torch.dtype, device: torch.device, batch: int,

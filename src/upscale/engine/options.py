@@ -43,7 +43,8 @@ TILE_HELP = ("tile_px is the core of each window (the stride, input px); overlap
              "on every side (default: the model's receptive radius, 8 to 32 px), so a window is "
              "tile_px + 2 x overlap_px, a pixel costs at most ((tile_px + 2 x overlap_px) / tile_px)^2 "
              "passes, and a small tile only costs time, never seams; 0 = whole image, auto = per image, the "
-             "plan of the fewest seconds by what upscale tune measured here (else the family's fallback)")
+             "plan of the fewest seconds by what upscale tune measured here (else the family's fallback window; on "
+             "backend winograd one window of the whole image where it fits in memory)")
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,10 @@ class EngineOptions:
     number >= 1), 0 = the whole image in one pass, "auto" (default) = per image, the plan of the fewest
     estimated seconds from the seconds per window side ``upscale tune`` measured on this machine
     (``Engine.estimate_s``), else the family's fallback window (``BEST_TILE_PX``) less the context,
-    and the whole image when that is no larger; no side larger than the memory available can hold. ``overlap_px``: context added on
-    each side of every core (None: the model's receptive radius within [8, 32] px), so a window is
+    and the whole image when that is no larger (on backend winograd, the fewest pixels that fit in
+    memory: ``cost.largest_window``); no side larger than the memory available can hold.
+    ``overlap_px``: context added on each side of every core (None: the model's receptive radius
+    within [8, 32] px), so a window is
     ``tile_px + 2 * overlap_px`` px and a pixel is computed at most ``((tile_px + 2 * overlap_px) /
     tile_px)^2`` times; neighbouring windows cross-fade inside the context, a small tile never reduces
     the context (it only costs time), and tiled == untiled exactly once the context reaches

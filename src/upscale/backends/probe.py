@@ -1,0 +1,111 @@
+"""Which backend ``--backend auto`` runs an fp32 model on when ``upscale tune`` measured nothing for
+it: the machine's backend probe.
+
+Without a tuning entry, ``auto`` used to run torch, which on the CPUs measured here was the slowest of
+the three for every network the winograd backend computes (x4plus ~3x, the SPAN defaults ~2x slower
+in fp32: docs/perf.md). But that is a fact about those CPUs: the winograd kernels are built for the
+CPU that runs them, and on another one torch's direct convolutions may win. So the machine is asked,
+as ``engine.precision`` asks it about bf16: one 3x3 convolution (``tuned.PROBE_SHAPE``, constant
+tensors) timed through torch (fp32, channels_last) and through the winograd kernels, alternately, a
+warm-up each and then the best of ``PROBE_RUNS`` or more (``PROBE_MIN_S``), well under a second plus,
+once per machine, building the kernels. The answer is kept in the tuning cache under the probe's key
+(CPU, flags, threads, versions, kernels' version), so a first run does not stall twice and the choice
+does not flip between runs; ``upscale tune --probe`` measures it again, and ``upscale tune -m MODEL``
+(which measures the model itself, OpenVINO too) overrides it for that model. An answer measured while
+other processes took over ``machine.BUSY_SHARE`` of the CPUs serves this process only. Where the
+kernels cannot be built (no C compiler), the probe answers torch for this process and is not kept:
+a compiler installed later is found by the next process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import errors, machine, tuned
+
+log = logging.getLogger(__name__)
+
+PROBE_RUNS = 5            # timed calls of each backend, at least ...
+PROBE_MIN_S = 0.2         # ... and more until this long has passed
+CANDIDATES = ("torch", "winograd")
+_said: set[str] = set()
+
+
+def probed_backend(threads: int) -> str:
+    """The backend the probe chose for fp32 models on this CPU at ``threads`` threads: the cached
+    answer, else measured now (and cached). Said at info level once per process."""
+    result = tuned.lookup(tuned.backend_probe_key(threads))
+    if result is not None:
+        chosen, seconds = result["backend"], result["estimate_s"]
+    else:
+        try:
+            chosen, seconds, _ = probe_backends(threads)
+        except errors.BackendError as err:
+            _say_once("torch", f"the winograd kernels are not available here ({err.message})")
+            return "torch"
+    ratio = max(seconds.values()) / min(seconds.values())
+    _say_once(chosen, f"one 3x3 convolution ran {ratio:.1f}x faster in it than in the "
+                      f"{'winograd' if chosen == 'torch' else 'torch'} backend on this CPU; "
+                      "`upscale tune -m MODEL` measures the model itself")
+    return chosen
+
+
+def probe_backends(threads: int) -> tuple[str, dict[str, float], bool]:
+    """Time the probe convolution on torch and on the winograd kernels now: (the faster, {backend:
+    seconds}, whether the answer was stored in the tuning cache: not when other processes kept the
+    machine busy meanwhile). A ``BackendError`` where the kernels cannot be built here."""
+    with machine.watch_others() as others:
+        seconds = probe_seconds()
+    log.debug("backend probe: torch %.4f s, winograd %.4f s, others' CPU share %s", seconds["torch"],
+              seconds["winograd"], others.share)
+    chosen = min(CANDIDATES, key=lambda name: seconds[name])      # torch on a tie
+    if others.busy:
+        log.info("backend probe: other processes used %.0f%% of the CPUs while it ran; its answer serves this "
+                 "run only (the next measures again)", 100 * others.share)
+        return chosen, seconds, False
+    result = {"backend": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}}
+    try:
+        tuned.store(tuned.backend_probe_key(threads), result, label="backend probe")
+    except errors.TuneCacheError as err:
+        log.warning("%s; measured again in the next process", err.message)
+        return chosen, seconds, False
+    return chosen, seconds, True
+
+
+def probe_seconds() -> dict[str, float]:
+    """{backend: best seconds of the probe convolution}: the two alternate, one warm-up call each, then
+    ``PROBE_RUNS`` calls each or more until ``PROBE_MIN_S`` has passed, so a change in the machine's
+    load weighs on both."""
+    from .winograd import Workspaces, weight_transform
+
+    channels, side = tuned.PROBE_SHAPE["channels"], tuned.PROBE_SHAPE["side"]
+    x = torch.full((1, side, side, channels), 0.5)                      # NHWC memory
+    w = torch.full((channels, channels, 3, 3), 0.01)
+    bias = torch.zeros(channels)
+    ws = Workspaces.new(1, side, side)
+    u, out = weight_transform(w), ws.buffer("out", ws.map_shape(channels))
+    w_last = w.contiguous(memory_format=torch.channels_last)
+    calls = {"torch": lambda: F.conv2d(x.permute(0, 3, 1, 2), w_last, bias, padding=1),
+             "winograd": lambda: ws.convolve([x], u, bias, out)}
+    times: dict[str, list[float]] = {name: [] for name in CANDIDATES}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        while len(times["torch"]) <= PROBE_RUNS or time.perf_counter() - start < PROBE_MIN_S:
+            for name in CANDIDATES:
+                t0 = time.perf_counter()
+                calls[name]()
+                times[name].append(time.perf_counter() - t0)
+    return {name: min(t[1:]) for name, t in times.items()}
+
+
+def _say_once(chosen: str, why: str) -> None:
+    if chosen not in _said:
+        _said.add(chosen)
+        log.info("backend auto: %s for models not tuned here (%s)", chosen, why)
+
+
+__all__ = ["CANDIDATES", "PROBE_MIN_S", "PROBE_RUNS", "probe_backends", "probe_seconds", "probed_backend"]
