@@ -188,3 +188,27 @@ def test_winograd_with_nothing_measured_runs_the_fewest_pixels_that_fit(tiny_x2_
     tiled = engine.upscale(pixels)
     whole = fp32_engine(tiny_x2_rrdb, backend="torch", tile_px=0).upscale(pixels)
     assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+
+
+def test_the_kernels_are_built_before_the_probe_watches_the_machine(tmp_path, monkeypatch):
+    """Building the kernels runs the C compiler, whose processes would count as others' load and keep
+    the first answer on every machine out of the cache: the build comes before the watched probe."""
+    import contextlib
+
+    from upscale import machine
+    from upscale.backends import probe, winograd_native
+
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "fresh"))
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    real = machine.watch_others
+    seen = []
+
+    @contextlib.contextmanager
+    def watched():
+        seen.append(winograd_native._LOADED is not None and winograd_native.library_path().is_file())
+        with real() as others:
+            yield others
+
+    monkeypatch.setattr(machine, "watch_others", watched)
+    chosen, seconds, kept = probe.probe_backends(THREADS())
+    assert seen == [True] and kept and chosen in seconds

@@ -230,6 +230,34 @@ def test_auto_runs_each_image_on_the_backend_whose_measured_plan_is_cheapest(tin
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
 
 
+def test_a_winograd_curve_reaches_any_image_that_fits_in_memory_as_one_window(tiny_x2_rrdb, cache_here,
+                                                                               monkeypatch):
+    """Winograd's cost per computed pixel does not grow with the window: where its measured curve held
+    steady, an image far beyond 1.5x the largest measured side runs as one window when it fits in
+    memory; torch's curve keeps the 1.5x limit; a winograd curve that climbed is extrapolated with its
+    climb (windows win), and an image that does not fit in memory is never one window."""
+    tune("-m", tiny_x2_rrdb, *QUICK)
+
+    def curve(per_px_256: float) -> dict:
+        return {"window_seconds": {"128": 128**2 * 6e-6, "256": 256**2 * per_px_256},
+                "window_setup_s": {"128": 0.0, "256": 0.0}}
+
+    flat = curve(6e-6)
+    edit_entry(cache_here, window_backend="torch", tables={"winograd": flat}, **flat)
+    model = load_model(tiny_x2_rrdb)
+    engine = Engine(model, EngineOptions(device="cpu", precision="fp32"))
+    context = engine.overlap_px
+    assert engine.backend_for(700, 1000) == "winograd" and engine.tile_px_for(700, 1000) == 0
+    assert engine.expected_s(700, 1000) == pytest.approx(700 * 1000 * 6e-6)
+    torch_only = Engine(model, EngineOptions(device="cpu", precision="fp32", backend="torch"))
+    assert torch_only.tile_px_for(700, 1000) == 256 - 2 * context
+    edit_entry(cache_here, tables={"winograd": curve(12e-6)})
+    assert engine.backend_for(700, 1000) == "torch" and engine.tile_px_for(700, 1000) == 256 - 2 * context
+    edit_entry(cache_here, tables={"winograd": flat})
+    monkeypatch.setattr("upscale.engine.cost.available_memory_bytes", lambda device: 2**26)    # 64 MiB
+    assert engine.tile_px_for(700, 1000) > 0
+
+
 def test_an_image_a_little_larger_than_every_measured_window_may_run_as_one(tiny_x4, cache_here):
     """Sides measured up to 384: a 500x400 image (within 1.5x of 384) is one window when the cost per
     pixel held steady from 256 to 384 (estimated, not measured: its overlapping windows would compute

@@ -58,6 +58,9 @@ def probe_backends(threads: int) -> tuple[str, dict[str, float], bool]:
     """Time the probe convolution on torch and on the winograd kernels now: (the faster, {backend:
     seconds}, whether the answer was stored in the tuning cache: not when other processes kept the
     machine busy meanwhile). A ``BackendError`` where the kernels cannot be built here."""
+    from .winograd_native import library
+
+    library()       # built first where needed: the compiler's processes are not others' load on the probe
     with machine.watch_others() as others:
         seconds = probe_seconds()
     log.debug("backend probe: torch %.4f s, winograd %.4f s, others' CPU share %s", seconds["torch"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -174,7 +175,7 @@ class Engine:
         sides (and one window a little beyond them, ``_with_whole_image``), or None where nothing was
         measured."""
         table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, backend)
-        return self._with_whole_image(table, height, width) if table else None
+        return self._with_whole_image(table, height, width, backend) if table else None
 
     def _core_of(self, window: int, height: int, width: int) -> int:
         """The core of windows of side ``window`` (0 when the image fits in one)."""
@@ -183,15 +184,21 @@ class Engine:
         context = tiling.padded_length(self.overlap_px, self.model.size_multiple)
         return max(MIN_AUTO_CORE_PX, window - 2 * context)
 
-    def _with_whole_image(self, table: dict[int, tuple[float, float]], height: int,
-                          width: int) -> dict[int, tuple[float, float]]:
+    def _with_whole_image(self, table: dict[int, tuple[float, float]], height: int, width: int,
+                          backend: str) -> dict[int, tuple[float, float]]:
         """``table`` plus, for an image a little larger than every measured window that fits in memory
-        as one, that one window, estimated from the measured sides (``cost.whole_window``)."""
+        as one, that one window, estimated from the measured sides (``cost.whole_window``). On
+        winograd, whose cost per computed pixel does not grow with the window (``cost.largest_window``),
+        any larger image that fits in memory as one window, estimated the same way."""
         multiple = self.model.size_multiple
         side = -(-max(height, width) // multiple) * multiple
-        if side > memory_window_px(self.cost, self.dtype, self.device, self.options.batch):
-            return table
-        extra = whole_window(table, side)
+        if backend == "winograd":
+            fits, reach = largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
+                                         lambda h, w: self.runners.extra_bytes(backend, self.options.batch, h, w)
+                                         ) >= max(height, width), math.inf
+        else:
+            fits, reach = side <= memory_window_px(self.cost, self.dtype, self.device, self.options.batch), None
+        extra = whole_window(table, side, reach) if fits else None
         return table if extra is None else {**table, side: extra}
 
     def estimate_s(self, height: int, width: int, table: dict[int, tuple[float, float]],

@@ -165,18 +165,20 @@ EXTRAPOLATE_MAX = 1.5   # one window up to this many times the largest measured 
 TREND_SPAN = 0.75       # ... from the trend between the largest side and the largest at most this fraction of it
 
 
-def whole_window(table: dict[int, tuple[float, float]], side: int) -> tuple[float, float] | None:
+def whole_window(table: dict[int, tuple[float, float]], side: int,
+                 reach: float | None = None) -> tuple[float, float] | None:
     """An estimate, in ``table``'s terms (seconds of one window, seconds its first call adds), of one
     window of ``side`` beyond the largest measured side (up to ``EXTRAPOLATE_MAX`` times it), so an
     image a little larger than every measured window can be planned as one window instead of several
     overlapping ones. The cost per pixel is the largest side's, grown as it grew from the largest side
     at most ``TREND_SPAN`` of it (sides closer together make a noisy trend: 496 and 512 measured 10%
     apart per pixel here); a cost per pixel that fell with the side is not extrapolated downward. The
-    first call's seconds grow with the area. None when ``side`` is measured or out of range, or no
-    side lies far enough below the largest."""
+    first call's seconds grow with the area. ``reach``: how far beyond the largest side (a factor; None:
+    ``EXTRAPOLATE_MAX``; winograd's flat cost per pixel goes further). None when ``side`` is measured
+    or out of range, or no side lies far enough below the largest."""
     largest = max(table, default=0)
     below = [s for s in table if s <= TREND_SPAN * largest]
-    if not below or side in table or not largest < side <= EXTRAPOLATE_MAX * largest:
+    if not below or side in table or not largest < side <= (reach or EXTRAPOLATE_MAX) * largest:
         return None
     prev = max(below)
     per_px_prev, per_px = table[prev][0] / prev**2, table[largest][0] / largest**2
