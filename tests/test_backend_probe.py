@@ -34,6 +34,7 @@ def cache_here(tmp_path, monkeypatch, private_cache):
     monkeypatch.setenv("UPSCALE_CACHE", str(folder))
     monkeypatch.setattr("upscale.machine.BUSY_SHARE", 1.0)     # a busy CI host must not keep the answer out
     monkeypatch.setattr("upscale.backends.probe._said", set())
+    monkeypatch.setattr("upscale.backends.probe._answers", {})
     return folder / tuned.CACHE_NAME
 
 
@@ -74,7 +75,9 @@ def test_an_untuned_fp32_model_runs_on_the_backend_the_probe_measured_faster(tin
 
     calls = []
     monkeypatch.setattr(probe, "probe_seconds", lambda: calls.append(1) or {"torch": 1.0, "winograd": 2.0})
+    assert fp32_engine(tiny_x4).backend == engine.backend      # this process's answer, not read again
     for answer in ("torch", "winograd", "torch"):
+        probe._answers.clear()                                   # a new process, as far as the probe knows
         set_probe_answer(cache_here, answer)
         assert fp32_engine(tiny_x2_rrdb).backend == answer and fp32_engine(tiny_x4).backend == answer
     assert calls == []
@@ -117,16 +120,23 @@ def test_a_malformed_probe_entry_makes_the_file_corrupt_and_is_measured_again(ti
     assert engine.backend == probe_entry(cache_here)["result"]["backend"]       # measured, the file replaced
 
 
-def test_tune_probe_measures_both_probes_again(cache_here):
+def test_tune_probe_measures_both_probes_again(cache_here, monkeypatch):
+    import upscale.backends.probe as probe
+
+    calls = []
+    real = probe.probe_seconds
+    monkeypatch.setattr(probe, "probe_seconds", lambda: calls.append(1) or real())
     out = CliRunner().invoke(cli, ["tune", "--probe"], catch_exceptions=False).output
     entry = probe_entry(cache_here)
     assert (f"backend probe, {THREADS()} threads: torch " in out
             and f"--backend auto runs fp32 models not tuned here on {entry['result']['backend']}" in out)
-    when = entry["when"]
     CliRunner().invoke(cli, ["tune", "--probe"], catch_exceptions=False)
+    assert calls == [1, 1]                                           # measured again, not read
     assert len([e for e in json.loads(cache_here.read_text())["entries"]
                 if e["key"]["arch"] == tuned.BACKEND_PROBE_ARCH]) == 1
-    assert probe_entry(cache_here)["when"] >= when
+    # the entry is a valid plan too, so that versions before the probe do not read the file as corrupt
+    as_plan = {**entry, "key": {**entry["key"], "arch": "compact"}}
+    assert tuned._valid_entry(as_plan)
 
 
 def test_a_busy_machine_keeps_the_probe_out_of_the_cache(tiny_x2_rrdb, cache_here, busy_cpus, monkeypatch, caplog):
@@ -135,7 +145,7 @@ def test_a_busy_machine_keeps_the_probe_out_of_the_cache(tiny_x2_rrdb, cache_her
     if machine.cpu_clock() is None:
         pytest.skip("no /proc/stat here")
     monkeypatch.setattr("upscale.machine.BUSY_SHARE", 0.25)
-    caplog.set_level(logging.INFO, logger="upscale")
+    caplog.set_level(logging.DEBUG, logger="upscale")
     busy_cpus()
     assert fp32_engine(tiny_x2_rrdb).backend in ("torch", "winograd")
     assert any("backend probe: other processes used" in r.getMessage() for r in caplog.records)
@@ -212,3 +222,45 @@ def test_the_kernels_are_built_before_the_probe_watches_the_machine(tmp_path, mo
     monkeypatch.setattr(machine, "watch_others", watched)
     chosen, seconds, kept = probe.probe_backends(THREADS())
     assert seen == [True] and kept and chosen in seconds
+
+
+def test_edge_cases_of_the_winograd_plan(tiny_x2_rrdb, cache_here, monkeypatch):
+    """Review findings: an image narrower than the network's unshuffle factor (RRDBNet x2 unshuffles by
+    2) is sized as it runs, padded; a whole image that fits is one window whatever the batch; sizing a
+    plan does not count winograd's runner as set up."""
+    import numpy as np
+
+    from upscale.engine.cost import activation_bytes
+    from upscale.engine.options import MEMORY_FRACTION
+
+    engine = fp32_engine(tiny_x2_rrdb, backend="winograd")
+    for shape in ((1, 7, 3), (7, 1, 3), (1, 1, 3)):
+        pixels = np.full(shape, 120, np.uint8)
+        assert engine.upscale(pixels).shape == (2 * shape[0], 2 * shape[1], 3)
+    untouched = fp32_engine(tiny_x2_rrdb, backend="torch")
+    untouched.runners.winograd_plan_bytes(1, 64, 64)
+    assert untouched.winograd is None and not untouched.runners.is_warm("winograd", (1, 64, 64, 3))
+    batched = fp32_engine(tiny_x2_rrdb, backend="winograd", batch=4)
+    one = (activation_bytes(batched.cost, batched.dtype, 700 * 1000, live=2)
+           + batched.runners.winograd_plan_bytes(1, 700, 1000))
+    monkeypatch.setattr("upscale.engine.cost.available_memory_bytes", lambda device: int(1.5 * one / MEMORY_FRACTION))
+    assert batched.plan_for(700, 1000).num_tiles == 1
+
+
+def test_a_cached_winograd_answer_without_kernels_runs_torch(tiny_x2_rrdb, tmp_path):
+    """The probe said winograd earlier, but the kernels are not on disk and cannot be built now (no
+    compiler): the run goes on, on torch, and says why."""
+    from PIL import Image
+
+    cache = tmp_path / "copy"
+    cache.mkdir()
+    (cache / tuned.CACHE_NAME).write_text(json.dumps({"format": 1, "entries": [
+        {"key": tuned.backend_probe_key(THREADS()), "label": "backend probe", "when": "", "result": {
+            "backend": "winograd", "estimate_s": {"torch": 2.0, "winograd": 1.0}}}]}))
+    Image.new("RGB", (24, 20), (90, 140, 30)).save(tmp_path / "in.png")
+    env = {**os.environ, "UPSCALE_CACHE": str(cache), "CC": "false"}
+    done = subprocess.run([sys.executable, "-m", "upscale", str(tmp_path / "in.png"), "-m", tiny_x2_rrdb,
+                           "--precision", "fp32", "-o", str(tmp_path / "out.png"), "-v"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "backend auto: torch for models not tuned here (the winograd kernels are not available here" in done.stderr

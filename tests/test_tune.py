@@ -281,6 +281,8 @@ def test_an_image_a_little_larger_than_every_measured_window_may_run_as_one(tiny
     assert whole_window(falling, 500)[0] == pytest.approx(500**2 * 1e-6)
     assert whole_window(table, 384) is None and whole_window(table, 577) is None and whole_window(table, 300) is None
     assert whole_window({384: (1.0, 0.0)}, 400) is None
+    # without a reach limit (winograd), a steep climb far out is no plan, not an overflow
+    assert whole_window({128: (128**2 * 1e-6, 0.0), 256: (256**2 * 1.3e-6, 0.0)}, 400_000, float("inf")) is None
 
 
 def test_run_says_a_long_estimate_before_it_starts(tiny_x4, cache_here, tmp_path):

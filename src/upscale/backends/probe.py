@@ -12,7 +12,8 @@ once per machine, building the kernels. The answer is kept in the tuning cache u
 (CPU, flags, threads, versions, kernels' version), so a first run does not stall twice and the choice
 does not flip between runs; ``upscale tune --probe`` measures it again, and ``upscale tune -m MODEL``
 (which measures the model itself, OpenVINO too) overrides it for that model. An answer measured while
-other processes took over ``machine.BUSY_SHARE`` of the CPUs serves this process only. Where the
+other processes took over ``machine.BUSY_SHARE`` of the CPUs serves this process only (said at
+debug level: it changes what is kept, not what runs). Where the
 kernels cannot be built (no C compiler), the probe answers torch for this process and is not kept:
 a compiler installed later is found by the next process.
 """
@@ -33,24 +34,34 @@ PROBE_RUNS = 5            # timed calls of each backend, at least ...
 PROBE_MIN_S = 0.2         # ... and more until this long has passed
 CANDIDATES = ("torch", "winograd")
 _said: set[str] = set()
+_answers: dict[int, str] = {}     # threads -> this process's answer
 
 
 def probed_backend(threads: int) -> str:
-    """The backend the probe chose for fp32 models on this CPU at ``threads`` threads: the cached
-    answer, else measured now (and cached). Said at info level once per process."""
+    """The backend the probe chose for fp32 models on this CPU at ``threads`` threads: this process's
+    answer, else the cached one, else measured now (and cached). A "winograd" answer whose kernels
+    cannot be loaded now (no compiler, a changed ``$CC``) is torch. Said at info level once per process."""
+    if threads in _answers:
+        return _answers[threads]
     result = tuned.lookup(tuned.backend_probe_key(threads))
-    if result is not None:
-        chosen, seconds = result["backend"], result["estimate_s"]
-    else:
-        try:
+    try:
+        if result is not None:
+            chosen, seconds = result["backend"], result["estimate_s"]
+            if chosen == "winograd":
+                from .winograd_native import library
+
+                library()
+        else:
             chosen, seconds, _ = probe_backends(threads)
-        except errors.BackendError as err:
-            _say_once("torch", f"the winograd kernels are not available here ({err.message})")
-            return "torch"
-    ratio = max(seconds.values()) / min(seconds.values())
-    _say_once(chosen, f"one 3x3 convolution ran {ratio:.1f}x faster in it than in the "
-                      f"{'winograd' if chosen == 'torch' else 'torch'} backend on this CPU; "
-                      "`upscale tune -m MODEL` measures the model itself")
+    except errors.BackendError as err:
+        _say_once("torch", f"the winograd kernels are not available here ({err.message})")
+        chosen = "torch"
+    else:
+        ratio = max(seconds.values()) / min(seconds.values())
+        _say_once(chosen, f"one 3x3 convolution ran {ratio:.1f}x faster in it than in the "
+                          f"{'winograd' if chosen == 'torch' else 'torch'} backend on this CPU; "
+                          "`upscale tune -m MODEL` measures the model itself")
+    _answers[threads] = chosen      # one answer per process, stored or not (a busy machine, a read-only cache)
     return chosen
 
 
@@ -61,16 +72,24 @@ def probe_backends(threads: int) -> tuple[str, dict[str, float], bool]:
     from .winograd_native import library
 
     library()       # built first where needed: the compiler's processes are not others' load on the probe
-    with machine.watch_others() as others:
-        seconds = probe_seconds()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)          # measured at the thread count it is stored under
+    try:
+        with machine.watch_others() as others:
+            seconds = probe_seconds()
+    finally:
+        torch.set_num_threads(before)
     log.debug("backend probe: torch %.4f s, winograd %.4f s, others' CPU share %s", seconds["torch"],
               seconds["winograd"], others.share)
     chosen = min(CANDIDATES, key=lambda name: seconds[name])      # torch on a tie
     if others.busy:
-        log.info("backend probe: other processes used %.0f%% of the CPUs while it ran; its answer serves this "
-                 "run only (the next measures again)", 100 * others.share)
+        log.debug("backend probe: other processes used %.0f%% of the CPUs while it ran; its answer serves this "
+                  "process only (the next measures again)", 100 * others.share)
         return chosen, seconds, False
-    result = {"backend": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}}
+    result = {"backend": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()},
+              # a plan's fields too, so that versions before the probe read the file (not as corrupt)
+              "window_px": tuned.PROBE_SHAPE["side"], "s_per_mp": round(seconds[chosen] / side_mp(), 6), "batch": 1,
+              "compile": None}
     try:
         tuned.store(tuned.backend_probe_key(threads), result, label="backend probe")
     except errors.TuneCacheError as err:
@@ -103,6 +122,11 @@ def probe_seconds() -> dict[str, float]:
                 calls[name]()
                 times[name].append(time.perf_counter() - t0)
     return {name: min(t[1:]) for name, t in times.items()}
+
+
+def side_mp() -> float:
+    """Megapixels of the probe's map."""
+    return tuned.PROBE_SHAPE["side"] ** 2 / 1e6
 
 
 def _say_once(chosen: str, why: str) -> None:

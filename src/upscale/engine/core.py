@@ -165,7 +165,7 @@ class Engine:
             return best
         if self.backend == "winograd":      # nothing measured: fewest pixels (``cost.largest_window``)
             window = largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
-                                    lambda h, w: self.runners.extra_bytes("winograd", self.options.batch, h, w))
+                                    self.runners.winograd_plan_bytes)
         else:
             window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
         return self.backend, self._core_of(window, height, width), None
@@ -194,8 +194,7 @@ class Engine:
         side = -(-max(height, width) // multiple) * multiple
         if backend == "winograd":
             fits, reach = largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
-                                         lambda h, w: self.runners.extra_bytes(backend, self.options.batch, h, w)
-                                         ) >= max(height, width), math.inf
+                                         self.runners.winograd_plan_bytes) >= max(height, width), math.inf
         else:
             fits, reach = side <= memory_window_px(self.cost, self.dtype, self.device, self.options.batch), None
         extra = whole_window(table, side, reach) if fits else None

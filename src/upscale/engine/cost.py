@@ -112,11 +112,12 @@ def fitting_window_px(cost: ModelCost, arch: str, dtype: torch.dtype, device: to
 
 
 def largest_window(cost: ModelCost, dtype: torch.dtype, device: torch.device, batch: int, height: int, width: int,
-                   extra_bytes: Callable[[int, int], int]) -> int:
+                   extra_bytes: Callable[[int, int, int], float]) -> int:
     """The window side that computes the fewest pixels of a height x width image within
     ``MEMORY_FRACTION`` of the memory available now: the image's own longer side where one window of the
-    whole image fits, else the largest square side (a multiple of 8) that does; the need of a window is
-    two live activations (as ``Engine`` checks) plus ``extra_bytes(h, w)`` (a backend's workspace).
+    whole image fits (a batch of one: the image's only window), else the largest square side (a
+    multiple of 8) whose batch of ``batch`` fits; the need of ``n`` windows of h x w is two live
+    activations (as ``Engine`` checks) plus ``extra_bytes(n, h, w)`` (a backend's workspace).
 
     For backends whose cost per computed pixel does not grow with the window (winograd: its kernels
     take blocks of tiles that fit the core's L2 cache, whatever the map's size; its tuner curves are
@@ -124,17 +125,17 @@ def largest_window(cost: ModelCost, dtype: torch.dtype, device: torch.device, ba
     measured, instead of torch's window constants (which would compute a 1000x750 image 2.4 times)."""
     budget = MEMORY_FRACTION * available_memory_bytes(device)
 
-    def fits(h: int, w: int) -> bool:
-        return activation_bytes(cost, dtype, batch * h * w, live=2) + extra_bytes(h, w) <= budget
+    def fits(n: int, h: int, w: int) -> bool:
+        return activation_bytes(cost, dtype, n * h * w, live=2) + extra_bytes(n, h, w) <= budget
 
-    if fits(height, width):
+    if fits(1, height, width):
         return max(height, width)
-    lo, hi = 1, max(height, width) // 8           # the largest multiple of 8 that fits, by bisection
-    if not fits(8, 8):
+    if not fits(batch, 8, 8):
         return 8
+    lo, hi = 1, max(height, width) // 8           # the largest multiple of 8 that fits, by bisection
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(8 * mid, 8 * mid) else (lo, mid - 1)
+        lo, hi = (mid, hi) if fits(batch, 8 * mid, 8 * mid) else (lo, mid - 1)
     return 8 * lo
 
 
@@ -162,6 +163,7 @@ def measured_windows(cost: ModelCost, dtype: torch.dtype, device: torch.device, 
 
 
 EXTRAPOLATE_MAX = 1.5   # one window up to this many times the largest measured side may be estimated
+MAX_LOG_GROWTH = 20.0   # an extrapolated cost per pixel grown more than e^20-fold is no plan at all
 TREND_SPAN = 0.75       # ... from the trend between the largest side and the largest at most this fraction of it
 
 
@@ -182,8 +184,10 @@ def whole_window(table: dict[int, tuple[float, float]], side: int,
         return None
     prev = max(below)
     per_px_prev, per_px = table[prev][0] / prev**2, table[largest][0] / largest**2
-    growth = max(1.0, per_px / per_px_prev) ** ((side - largest) / (largest - prev))
-    return per_px * growth * side**2, table[largest][1] * (side / largest) ** 2
+    log_growth = math.log(max(1.0, per_px / per_px_prev)) * (side - largest) / (largest - prev)
+    if log_growth > MAX_LOG_GROWTH:     # far beyond any plan's cost (and beyond a float, further out)
+        return None
+    return per_px * math.exp(log_growth) * side**2, table[largest][1] * (side / largest) ** 2
 
 
 def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type,

@@ -11,12 +11,15 @@ for RRDBNet"). So each image runs on the backend and window of its fewest estima
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from .. import errors
 from ..backends import openvino_installed, openvino_windows, winograd_supports, winograd_windows
 from ..model import Model
+from ..tiling import padded_length
 
 
 class Runners:
@@ -25,6 +28,7 @@ class Runners:
     def __init__(self, model: Model, precision: str, threads: int) -> None:
         self.model, self.precision, self.threads = model, precision, threads
         self._made: dict[str, Any] = {}
+        self._sizing: dict[str, Any] = {}    # made to size a plan only: not warm until first used
 
     def get(self, backend: str) -> Any | None:
         """The runner of ``backend`` ("openvino", "winograd"), made now if needed; None for torch."""
@@ -32,7 +36,7 @@ class Runners:
             return None
         runner = self._made.get(backend)
         if runner is None:
-            runner = self._made[backend] = (
+            runner = self._made[backend] = self._sizing.pop(backend, None) or (
                 openvino_windows(self.model, precision=self.precision, threads=self.threads)
                 if backend == "openvino" else winograd_windows(self.model))
         return runner
@@ -49,7 +53,21 @@ class Runners:
     def extra_bytes(self, backend: str, n: int, height: int, width: int) -> int:
         """Memory a batch of ``n`` windows of height x width px holds on ``backend`` beyond the model's
         activations, which the engine counts for every backend: winograd's workspace."""
-        return self.get(backend).workspace_bytes(n, height, width) if backend == "winograd" else 0
+        if backend != "winograd":
+            return 0
+        runner = self._made.get(backend) or self._sizing.get(backend)
+        if runner is None:          # sizing a plan makes the runner but does not count it as set up
+            runner = self._sizing[backend] = winograd_windows(self.model)
+        return runner.workspace_bytes(n, height, width)
+
+    def winograd_plan_bytes(self, n: int, height: int, width: int) -> float:
+        """Bytes winograd's workspace holds for ``n`` windows of height x width px, padded to the model's
+        size multiple as they run (inf where its runner cannot be made here: no such window fits)."""
+        multiple = self.model.size_multiple
+        try:
+            return self.extra_bytes("winograd", n, padded_length(height, multiple), padded_length(width, multiple))
+        except errors.BackendError:
+            return math.inf
 
     def made(self, backend: str) -> Any | None:
         """The runner of ``backend`` if it was made, else None (nothing is made)."""
