@@ -264,3 +264,17 @@ def test_a_cached_winograd_answer_without_kernels_runs_torch(tiny_x2_rrdb, tmp_p
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "backend auto: torch for models not tuned here (the winograd kernels are not available here" in done.stderr
+
+
+def test_a_new_window_size_frees_the_workspaces_of_other_sizes():
+    """Whole-image windows make every image size a new shape: the previous image's workspace (GBs for
+    x4plus) is freed when the next size comes, while the batch sizes of one window shape (full batches
+    and a smaller last one) stay kept together."""
+    from upscale.backends.winograd import Workspaces
+
+    kept = Workspaces(2)
+    first = kept.get(2, 64, 64)
+    assert kept.get(1, 64, 64) is not first and kept.get(2, 64, 64) is first
+    assert sorted(ws.n for ws in kept.values()) == [1, 2]
+    kept.get(1, 80, 96)
+    assert [(ws.n, ws.height, ws.width) for ws in kept.values()] == [(1, 80, 96)]

@@ -175,8 +175,9 @@ class Workspace:
 
 
 class Workspaces:
-    """The workspaces of the last ``keep`` map shapes a runner computed (older ones dropped, their
-    buffers freed): a window shape's buffers are made once and serve every window of that shape."""
+    """The workspaces of the last ``keep`` map shapes a runner computed, all of one map size (older
+    ones dropped, their buffers freed): a window shape's buffers are made once and serve every window
+    of that shape."""
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
@@ -188,8 +189,15 @@ class Workspaces:
         return Workspace(n, rounded(height), rounded(width), height, width)
 
     def get(self, n: int, height: int, width: int) -> Workspace:
-        """The workspace of this map shape: the one kept, or a new one."""
-        ws = self._kept.pop((n, height, width), None) or self.new(n, height, width)
+        """The workspace of this map shape: the one kept, or a new one. A new map size drops the kept
+        workspaces of other sizes (a plan has one window shape, in full batches and maybe one smaller
+        last batch; a previous image's whole-image window may hold GBs), so that only this image's
+        windows hold memory."""
+        ws = self._kept.pop((n, height, width), None)
+        if ws is None:
+            for key in [k for k in self._kept if k[1:] != (height, width)]:
+                del self._kept[key]
+            ws = self.new(n, height, width)
         self._kept[(n, height, width)] = ws
         while len(self._kept) > self.keep:
             self._kept.popitem(last=False)
