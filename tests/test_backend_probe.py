@@ -152,18 +152,27 @@ def test_a_busy_machine_keeps_the_probe_out_of_the_cache(tiny_x2_rrdb, cache_her
     assert not cache_here.exists() or tuned.BACKEND_PROBE_ARCH not in cache_here.read_text()
 
 
+def run_without_compiler(model: str, tmp_path, cache) -> subprocess.CompletedProcess:
+    """`upscale in.png -m model --precision fp32 -v` in a fresh process with CC=false and ``cache``: it
+    must succeed; its stderr is checked by the caller."""
+    from PIL import Image
+
+    Image.new("RGB", (24, 20), (90, 140, 30)).save(tmp_path / "in.png")
+    env = {**os.environ, "UPSCALE_CACHE": str(cache), "CC": "false"}
+    done = subprocess.run([sys.executable, "-m", "upscale", str(tmp_path / "in.png"), "-m", model,
+                           "--precision", "fp32", "-o", str(tmp_path / "out.png"), "-v"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_without_a_c_compiler_an_untuned_model_runs_on_torch_and_nothing_is_kept(tiny_x2_rrdb, tmp_path):
     """A fresh process, cache and no compiler (CC=false): the run succeeds on torch, says why at
     info level, and stores no answer (a compiler installed later is found by the next run)."""
     from PIL import Image
 
     cache = tmp_path / "fresh"
-    Image.new("RGB", (24, 20), (90, 140, 30)).save(tmp_path / "in.png")
-    env = {**os.environ, "UPSCALE_CACHE": str(cache), "CC": "false"}
-    done = subprocess.run([sys.executable, "-m", "upscale", str(tmp_path / "in.png"), "-m", tiny_x2_rrdb,
-                           "--precision", "fp32", "-o", str(tmp_path / "out.png"), "-v"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = run_without_compiler(tiny_x2_rrdb, tmp_path, cache)
     assert Image.open(tmp_path / "out.png").size == (48, 40)
     assert "backend auto: torch for models not tuned here (the winograd kernels are not available here" in done.stderr
     cache_file = cache / tuned.CACHE_NAME
@@ -250,19 +259,12 @@ def test_edge_cases_of_the_winograd_plan(tiny_x2_rrdb, cache_here, monkeypatch):
 def test_a_cached_winograd_answer_without_kernels_runs_torch(tiny_x2_rrdb, tmp_path):
     """The probe said winograd earlier, but the kernels are not on disk and cannot be built now (no
     compiler): the run goes on, on torch, and says why."""
-    from PIL import Image
-
     cache = tmp_path / "copy"
     cache.mkdir()
     (cache / tuned.CACHE_NAME).write_text(json.dumps({"format": 1, "entries": [
         {"key": tuned.backend_probe_key(THREADS()), "label": "backend probe", "when": "", "result": {
             "backend": "winograd", "estimate_s": {"torch": 2.0, "winograd": 1.0}}}]}))
-    Image.new("RGB", (24, 20), (90, 140, 30)).save(tmp_path / "in.png")
-    env = {**os.environ, "UPSCALE_CACHE": str(cache), "CC": "false"}
-    done = subprocess.run([sys.executable, "-m", "upscale", str(tmp_path / "in.png"), "-m", tiny_x2_rrdb,
-                           "--precision", "fp32", "-o", str(tmp_path / "out.png"), "-v"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = run_without_compiler(tiny_x2_rrdb, tmp_path, cache)
     assert "backend auto: torch for models not tuned here (the winograd kernels are not available here" in done.stderr
 
 
