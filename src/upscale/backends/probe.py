@@ -13,9 +13,9 @@ once per machine, building the kernels. The answer is kept in the tuning cache u
 does not flip between runs; ``upscale tune --probe`` measures it again, and ``upscale tune -m MODEL``
 (which measures the model itself, OpenVINO too) overrides it for that model. An answer measured while
 other processes took over ``machine.BUSY_SHARE`` of the CPUs serves this process only (said at
-debug level: it changes what is kept, not what runs). Where the
-kernels cannot be built (no C compiler), the probe answers torch for this process and is not kept:
-a compiler installed later is found by the next process.
+debug level: it changes what is kept, not what runs). Where the kernels cannot be built (no C
+compiler), the probe answers torch for this process and is not kept: a compiler installed later is
+found by the next process.
 """
 
 from __future__ import annotations
