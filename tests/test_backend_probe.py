@@ -81,6 +81,14 @@ def test_an_untuned_fp32_model_runs_on_the_backend_the_probe_measured_faster(tin
         set_probe_answer(cache_here, answer)
         assert fp32_engine(tiny_x2_rrdb).backend == answer and fp32_engine(tiny_x4).backend == answer
     assert calls == []
+    # read from the cache (a later process), the choice is said at debug level only: no news on every run
+    probe._answers.clear()
+    monkeypatch.setattr(probe, "_said", set())
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="upscale")
+    fp32_engine(tiny_x4)
+    said = [r for r in caplog.records if r.getMessage().startswith("backend auto:")]
+    assert [r.levelno for r in said] == [logging.DEBUG]
     shown = CliRunner().invoke(cli, ["tune", "--show"]).output
     assert f"backend probe fp32 {THREADS()} threads: runs torch for models not tuned here (one 3x3 conv:" in shown
 

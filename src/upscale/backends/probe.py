@@ -40,10 +40,12 @@ _answers: dict[int, str] = {}     # threads -> this process's answer
 def probed_backend(threads: int) -> str:
     """The backend the probe chose for fp32 models on this CPU at ``threads`` threads: this process's
     answer, else the cached one, else measured now (and cached). A "winograd" answer whose kernels
-    cannot be loaded now (no compiler, a changed ``$CC``) is torch. Said at info level once per process."""
+    cannot be loaded now (no compiler, a changed ``$CC``) is torch. Said once per process: at info level
+    when measured now or when the kernels are missing, at debug level when read from the cache."""
     if threads in _answers:
         return _answers[threads]
     result = tuned.lookup(tuned.backend_probe_key(threads))
+    level = logging.INFO if result is None else logging.DEBUG     # news when measured, not on every run after
     try:
         if result is not None:
             chosen, seconds = result["backend"], result["estimate_s"]
@@ -54,13 +56,13 @@ def probed_backend(threads: int) -> str:
         else:
             chosen, seconds, _ = probe_backends(threads)
     except errors.BackendError as err:
-        _say_once("torch", f"the winograd kernels are not available here ({err.message})")
+        _say_once("torch", f"the winograd kernels are not available here ({err.message})", logging.INFO)
         chosen = "torch"
     else:
         ratio = max(seconds.values()) / min(seconds.values())
         _say_once(chosen, f"one 3x3 convolution ran {ratio:.1f}x faster in it than in the "
                           f"{'winograd' if chosen == 'torch' else 'torch'} backend on this CPU; "
-                          "`upscale tune -m MODEL` measures the model itself")
+                          "`upscale tune -m MODEL` measures the model itself", level)
     _answers[threads] = chosen      # one answer per process, stored or not (a busy machine, a read-only cache)
     return chosen
 
@@ -129,10 +131,10 @@ def side_mp() -> float:
     return tuned.PROBE_SHAPE["side"] ** 2 / 1e6
 
 
-def _say_once(chosen: str, why: str) -> None:
+def _say_once(chosen: str, why: str, level: int) -> None:
     if chosen not in _said:
         _said.add(chosen)
-        log.info("backend auto: %s for models not tuned here (%s)", chosen, why)
+        log.log(level, "backend auto: %s for models not tuned here (%s)", chosen, why)
 
 
 __all__ = ["CANDIDATES", "PROBE_MIN_S", "PROBE_RUNS", "probe_backends", "probe_seconds", "probed_backend"]
