@@ -255,11 +255,11 @@ def test_edge_cases_of_the_winograd_plan(tiny_x2_rrdb, cache_here, monkeypatch):
         pixels = np.full(shape, 120, np.uint8)
         assert engine.upscale(pixels).shape == (2 * shape[0], 2 * shape[1], 3)
     untouched = fp32_engine(tiny_x2_rrdb, backend="torch")
-    untouched.runners.winograd_plan_bytes(1, 64, 64)
+    untouched.runners.extra_bytes("winograd", 1, 64, 64)
     assert untouched.winograd is None and not untouched.runners.is_warm("winograd", (1, 64, 64, 3))
     batched = fp32_engine(tiny_x2_rrdb, backend="winograd", batch=4)
     one = (activation_bytes(batched.cost, batched.dtype, 700 * 1000, live=2)
-           + batched.runners.winograd_plan_bytes(1, 700, 1000))
+           + batched.runners.extra_bytes("winograd", 1, 700, 1000))
     monkeypatch.setattr("upscale.engine.cost.available_memory_bytes", lambda device: int(1.5 * one / MEMORY_FRACTION))
     assert batched.plan_for(700, 1000).num_tiles == 1
 

@@ -10,7 +10,8 @@ import functools
 import os
 import platform
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -145,6 +146,27 @@ def watch_others() -> Iterator[OthersWatch]:
     start = cpu_clock()
     yield watch
     watch.share = others_share(start, cpu_clock())
+
+
+# the machine's probes (``engine.precision``, ``backends.probe``) time each candidate this many times at
+# least, and more until this long has passed (so /proc/stat's 10 ms ticks can tell the load)
+PROBE_RUNS = 5
+PROBE_MIN_S = 0.2
+
+
+def best_alternating(calls: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    """{name: best seconds of ``calls[name]()``}: the calls alternate, one warm-up each, then
+    ``PROBE_RUNS`` each or more until ``PROBE_MIN_S`` has passed, so a change in the machine's load
+    weighs on all of them."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    first = next(iter(calls))
+    start = time.perf_counter()
+    while len(times[first]) <= PROBE_RUNS or time.perf_counter() - start < PROBE_MIN_S:
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(t[1:]) for name, t in times.items()}
 
 
 def cache_dir() -> Path:

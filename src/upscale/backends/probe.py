@@ -6,9 +6,8 @@ the three for every network the winograd backend computes (x4plus ~3x, the SPAN 
 in fp32: docs/perf.md). But that is a fact about those CPUs: the winograd kernels are built for the
 CPU that runs them, and on another one torch's direct convolutions may win. So the machine is asked,
 as ``engine.precision`` asks it about bf16: one 3x3 convolution (``tuned.PROBE_SHAPE``, constant
-tensors) timed through torch (fp32, channels_last) and through the winograd kernels, alternately, a
-warm-up each and then the best of ``PROBE_RUNS`` or more (``PROBE_MIN_S``), well under a second plus,
-once per machine, building the kernels. The answer is kept in the tuning cache under the probe's key
+tensors) timed through torch (fp32, channels_last) and through the winograd kernels, alternately
+(``machine.best_alternating``), well under a second plus, once per machine, building the kernels. The answer is kept in the tuning cache under the probe's key
 (CPU, flags, threads, versions, kernels' version), so a first run does not stall twice and the choice
 does not flip between runs; ``upscale tune --probe`` measures it again, and ``upscale tune -m MODEL``
 (which measures the model itself, OpenVINO too) overrides it for that model. An answer measured while
@@ -21,7 +20,6 @@ found by the next process.
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +28,6 @@ from .. import errors, machine, tuned
 
 log = logging.getLogger(__name__)
 
-PROBE_RUNS = 5            # timed calls of each backend, at least ...
-PROBE_MIN_S = 0.2         # ... and more until this long has passed
 CANDIDATES = ("torch", "winograd")
 _said: set[str] = set()
 _answers: dict[int, str] = {}     # threads -> this process's answer
@@ -101,9 +97,8 @@ def probe_backends(threads: int) -> tuple[str, dict[str, float], bool]:
 
 
 def probe_seconds() -> dict[str, float]:
-    """{backend: best seconds of the probe convolution}: the two alternate, one warm-up call each, then
-    ``PROBE_RUNS`` calls each or more until ``PROBE_MIN_S`` has passed, so a change in the machine's
-    load weighs on both."""
+    """{backend: best seconds of the probe convolution}, the backends alternated
+    (``machine.best_alternating``)."""
     from .winograd import Workspaces, weight_transform
 
     channels, side = tuned.PROBE_SHAPE["channels"], tuned.PROBE_SHAPE["side"]
@@ -113,17 +108,9 @@ def probe_seconds() -> dict[str, float]:
     ws = Workspaces.new(1, side, side)
     u, out = weight_transform(w), ws.buffer("out", ws.map_shape(channels))
     w_last = w.contiguous(memory_format=torch.channels_last)
-    calls = {"torch": lambda: F.conv2d(x.permute(0, 3, 1, 2), w_last, bias, padding=1),
-             "winograd": lambda: ws.convolve([x], u, bias, out)}
-    times: dict[str, list[float]] = {name: [] for name in CANDIDATES}
-    start = time.perf_counter()
     with torch.inference_mode():
-        while len(times["torch"]) <= PROBE_RUNS or time.perf_counter() - start < PROBE_MIN_S:
-            for name in CANDIDATES:
-                t0 = time.perf_counter()
-                calls[name]()
-                times[name].append(time.perf_counter() - t0)
-    return {name: min(t[1:]) for name, t in times.items()}
+        return machine.best_alternating({"torch": lambda: F.conv2d(x.permute(0, 3, 1, 2), w_last, bias, padding=1),
+                                         "winograd": lambda: ws.convolve([x], u, bias, out)})
 
 
 def side_mp() -> float:
@@ -137,4 +124,4 @@ def _say_once(chosen: str, why: str, level: int) -> None:
         log.log(level, "backend auto: %s for models not tuned here (%s)", chosen, why)
 
 
-__all__ = ["CANDIDATES", "PROBE_MIN_S", "PROBE_RUNS", "probe_backends", "probe_seconds", "probed_backend"]
+__all__ = ["CANDIDATES", "probe_backends", "probe_seconds", "probed_backend"]

@@ -164,8 +164,7 @@ class Engine:
         if best is not None:
             return best
         if self.backend == "winograd":      # nothing measured: fewest pixels (``cost.largest_window``)
-            window = largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
-                                    self.runners.winograd_plan_bytes)
+            window = self._winograd_window(height, width)
         else:
             window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
         return self.backend, self._core_of(window, height, width), None
@@ -176,6 +175,11 @@ class Engine:
         measured."""
         table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, backend)
         return self._with_whole_image(table, height, width, backend) if table else None
+
+    def _winograd_window(self, height: int, width: int) -> int:
+        """Winograd's window side for an image of this size: the fewest pixels that fit in memory."""
+        return largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
+                              functools.partial(self.runners.extra_bytes, "winograd"))
 
     def _core_of(self, window: int, height: int, width: int) -> int:
         """The core of windows of side ``window`` (0 when the image fits in one)."""
@@ -193,8 +197,7 @@ class Engine:
         multiple = self.model.size_multiple
         side = -(-max(height, width) // multiple) * multiple
         if backend == "winograd":
-            fits, reach = largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
-                                         self.runners.winograd_plan_bytes) >= max(height, width), math.inf
+            fits, reach = self._winograd_window(height, width) >= max(height, width), math.inf
         else:
             fits, reach = side <= memory_window_px(self.cost, self.dtype, self.device, self.options.batch), None
         extra = whole_window(table, side, reach) if fits else None

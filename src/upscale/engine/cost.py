@@ -112,12 +112,13 @@ def fitting_window_px(cost: ModelCost, arch: str, dtype: torch.dtype, device: to
 
 
 def largest_window(cost: ModelCost, dtype: torch.dtype, device: torch.device, batch: int, height: int, width: int,
-                   extra_bytes: Callable[[int, int, int], float]) -> int:
+                   extra_bytes: Callable[[int, int, int], int]) -> int:
     """The window side that computes the fewest pixels of a height x width image within
     ``MEMORY_FRACTION`` of the memory available now: the image's own longer side where one window of the
     whole image fits (a batch of one: the image's only window), else the largest square side (a
     multiple of 8) whose batch of ``batch`` fits; the need of ``n`` windows of h x w is two live
-    activations (as ``Engine`` checks) plus ``extra_bytes(n, h, w)`` (a backend's workspace).
+    activations (as ``Engine`` checks) plus ``extra_bytes(n, h, w)`` (a backend's workspace; a
+    ``BackendError`` there: the backend cannot run here, no window fits).
 
     For backends whose cost per computed pixel does not grow with the window (winograd: its kernels
     take blocks of tiles that fit the core's L2 cache, whatever the map's size; its tuner curves are
@@ -126,7 +127,10 @@ def largest_window(cost: ModelCost, dtype: torch.dtype, device: torch.device, ba
     budget = MEMORY_FRACTION * available_memory_bytes(device)
 
     def fits(n: int, h: int, w: int) -> bool:
-        return activation_bytes(cost, dtype, n * h * w, live=2) + extra_bytes(n, h, w) <= budget
+        try:
+            return activation_bytes(cost, dtype, n * h * w, live=2) + extra_bytes(n, h, w) <= budget
+        except errors.BackendError:
+            return False
 
     if fits(1, height, width):
         return max(height, width)

@@ -5,8 +5,8 @@ fp32 rate; on an AMX Xeon at ~5x):
 
 1. ``upscale tune -m MODEL``'s choice for this network and thread count (``tuned.auto_precision``);
 2. else the machine's probe: one 3x3 convolution (``PROBE_SHAPE``, channels_last, constant tensors)
-   timed under bf16 autocast and in fp32, alternately, best of ``PROBE_RUNS`` or more (``PROBE_MIN_S``)
-   after a warm-up (well under a second), measured once per CPU, thread count and torch version and
+   timed under bf16 autocast and in fp32, alternately (``machine.best_alternating``: well under a
+   second), measured once per CPU, thread count and torch version and
    kept in the tuning cache, so a first run neither stalls nor flips between runs (``upscale tune
    --probe`` measures it again). An answer measured while other processes took over
    ``machine.BUSY_SHARE`` of the CPUs (``machine.watch_others``) serves this process only: the next
@@ -18,7 +18,7 @@ The choice is said at info level where it overrides the rule, once per process (
 from __future__ import annotations
 
 import logging
-import time
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,6 @@ from ..model import Model
 
 log = logging.getLogger(__name__)
 
-PROBE_RUNS = 5            # timed calls of each precision, at least ...
-PROBE_MIN_S = 0.2         # ... and more until this long has passed (so /proc/stat's 10 ms ticks can tell the load)
 _said: set[tuple[str, str, str]] = set()
 
 
@@ -67,22 +65,20 @@ def probe_machine(threads: int) -> tuple[str, dict[str, float], bool]:
 
 
 def probe_seconds() -> dict[str, float]:
-    """{precision: best seconds of the probe convolution}: the two precisions alternate, one warm-up
-    call each, then ``PROBE_RUNS`` calls each or more until ``PROBE_MIN_S`` has passed, so a change in
-    the machine's load weighs on both."""
+    """{precision: best seconds of the probe convolution}, the precisions alternated
+    (``machine.best_alternating``)."""
     channels, side = tuned.PROBE_SHAPE["channels"], tuned.PROBE_SHAPE["side"]
     x = torch.full((1, channels, side, side), 0.5).contiguous(memory_format=torch.channels_last)
     w = torch.full((channels, channels, 3, 3), 0.01).contiguous(memory_format=torch.channels_last)
-    times: dict[str, list[float]] = {name: [] for name in tuned.AUTO_CANDIDATES}
-    start = time.perf_counter()
+
+    def conv(name: str) -> Callable[[], Any]:
+        def call() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                F.conv2d(x, w, padding=1)
+        return call
+
     with torch.inference_mode():
-        while len(times["fp32"]) <= PROBE_RUNS or time.perf_counter() - start < PROBE_MIN_S:
-            for name in tuned.AUTO_CANDIDATES:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                    t0 = time.perf_counter()
-                    F.conv2d(x, w, padding=1)
-                    times[name].append(time.perf_counter() - t0)
-    return {name: min(t[1:]) for name, t in times.items()}
+        return machine.best_alternating({name: conv(name) for name in tuned.AUTO_CANDIDATES})
 
 
-__all__ = ["PROBE_MIN_S", "PROBE_RUNS", "probe_machine", "probe_seconds", "resolve_dtype"]
+__all__ = ["probe_machine", "probe_seconds", "resolve_dtype"]

@@ -11,12 +11,10 @@ for RRDBNet"). So each image runs on the backend and window of its fewest estima
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from .. import errors
 from ..backends import openvino_installed, openvino_windows, winograd_supports, winograd_windows
 from ..model import Model
 from ..tiling import padded_length
@@ -51,23 +49,17 @@ class Runners:
         return runner(x)
 
     def extra_bytes(self, backend: str, n: int, height: int, width: int) -> int:
-        """Memory a batch of ``n`` windows of height x width px holds on ``backend`` beyond the model's
-        activations, which the engine counts for every backend: winograd's workspace."""
+        """Memory a batch of ``n`` windows of height x width px (padded to the model's size multiple, as
+        they run) holds on ``backend`` beyond the model's activations, which the engine counts for every
+        backend: winograd's workspace. Sizing a plan makes winograd's runner without counting it as set
+        up (``is_warm``); a ``BackendError`` where it cannot be made here."""
         if backend != "winograd":
             return 0
         runner = self._made.get(backend) or self._sizing.get(backend)
-        if runner is None:          # sizing a plan makes the runner but does not count it as set up
+        if runner is None:
             runner = self._sizing[backend] = winograd_windows(self.model)
-        return runner.workspace_bytes(n, height, width)
-
-    def winograd_plan_bytes(self, n: int, height: int, width: int) -> float:
-        """Bytes winograd's workspace holds for ``n`` windows of height x width px, padded to the model's
-        size multiple as they run (inf where its runner cannot be made here: no such window fits)."""
         multiple = self.model.size_multiple
-        try:
-            return self.extra_bytes("winograd", n, padded_length(height, multiple), padded_length(width, multiple))
-        except errors.BackendError:
-            return math.inf
+        return runner.workspace_bytes(n, padded_length(height, multiple), padded_length(width, multiple))
 
     def made(self, backend: str) -> Any | None:
         """The runner of ``backend`` if it was made, else None (nothing is made)."""
