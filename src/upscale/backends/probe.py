@@ -7,8 +7,9 @@ in fp32: docs/perf.md). But that is a fact about those CPUs: the winograd kernel
 CPU that runs them, and on another one torch's direct convolutions may win. So the machine is asked,
 as ``engine.precision`` asks it about bf16: one 3x3 convolution (``tuned.PROBE_SHAPE``, constant
 tensors) timed through torch (fp32, channels_last) and through the winograd kernels, alternately
-(``machine.best_alternating``), well under a second plus, once per machine, building the kernels. The answer is kept in the tuning cache under the probe's key
-(CPU, flags, threads, versions, kernels' version), so a first run does not stall twice and the choice
+(``machine.best_alternating``), well under a second plus, once per machine, building the kernels.
+The answer is kept in the tuning cache under the probe's key (CPU, flags, threads, versions,
+kernels' version), so a first run does not stall twice and the choice
 does not flip between runs; ``upscale tune --probe`` measures it again, and ``upscale tune -m MODEL``
 (which measures the model itself, OpenVINO too) overrides it for that model. An answer measured while
 other processes took over ``machine.BUSY_SHARE`` of the CPUs serves this process only (said at
