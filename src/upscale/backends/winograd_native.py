@@ -9,53 +9,30 @@ convolution now takes each block of tiles through all three steps in cache (``wi
 on the Xeon of docs/perf.md that made RRDBNet's dense blocks ~1.4x faster again, and no window shape
 compiles anything.
 
-The build: ``$CC`` (default ``cc``) with ``-O3 -march=native -fopenmp``, once per source, compiler and
-CPU (the file name holds a digest of the three), into ``<our cache>/native``, written to a temporary
-folder and renamed into place, so no process ever loads half a file. ``$CC`` may hold words, as make
-reads it (``ccache gcc``). A compiler that is missing or fails, or whose library does not load (an
-OpenMP runtime off the loader's path), is a ``BackendError`` naming the way out (backend torch).
+The build (``upscale.native``): ``$CC`` (default ``cc``) with ``-O3 -march=native -fopenmp``, once
+per source, compiler and CPU, into ``<our cache>/native``. A compiler that is missing or fails, or whose
+library does not load (an OpenMP runtime off the loader's path), is a ``BackendError`` naming the way
+out (backend torch).
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
 import platform
-import shlex
-import subprocess
-import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .. import errors
-from ..machine import cache_dir, cpu_info
+from .. import errors, native
 
 SOURCE = "winograd.c"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared")
 WIDE_FLAGS = ("-mprefer-vector-width=512",)    # x86: let the compiler use the 512-bit registers it has
-BUILD_TIMEOUT_S = 120
 ACTIVATIONS = {"leaky": 0, "silu": 1, "gate": 2}     # winograd.c's ACT_LEAKY, ACT_SILU, ACT_GATE
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _LOADED: ctypes.CDLL | None = None
-
-
-def native_dir() -> Path:
-    return cache_dir() / "native"
-
-
-def compiler() -> str:
-    """``$CC`` as written (default ``cc``); it may hold words, as make takes it: ``ccache gcc``, ``gcc-13 -g``."""
-    return os.environ.get("CC", "").strip() or "cc"
-
-
-def _words(name: str) -> list[str]:
-    return shlex.split(name)      # a ValueError where its quotes do not close
 
 
 def _flags() -> tuple[str, ...]:
@@ -64,34 +41,17 @@ def _flags() -> tuple[str, ...]:
 
 def library_path() -> Path:
     """Where this source, built by this compiler for this CPU, is (or will be) kept."""
-    return native_dir() / f"winograd-{_digest(compiler())}.so"
-
-
-@functools.lru_cache(maxsize=4)
-def _digest(compiler_name: str) -> str:
-    source = resources.files(__package__).joinpath(SOURCE).read_bytes()
-    cpu = cpu_info()
-    # the command as written too: "gcc -fsanitize=address" is not the library "gcc" built
-    parts = [source, compiler_name.encode(), _compiler_identity(compiler_name).encode(), " ".join(_flags()).encode(),
-             cpu.model.encode(), " ".join(sorted(cpu.flags)).encode()]
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    return native.library_path(__package__, SOURCE, _flags())
 
 
 def library() -> ctypes.CDLL:
     """The kernels, built first where they are not on disk; loaded once per process."""
     global _LOADED
     if _LOADED is None:
-        path = library_path()
-        built = not path.is_file()
-        if built:
-            _build(path)
         try:
-            lib = _load(path)
-        except errors.BackendError:
-            if built:               # just built, and it does not load: building again would not help
-                raise
-            _build(path)            # damaged on disk: built again, once
-            lib = _load(path)
+            lib = native.load(__package__, SOURCE, _flags())
+        except native.BuildError as exc:
+            raise _unavailable(exc) from exc
         _LOADED = declared(lib)
     return _LOADED
 
@@ -104,15 +64,6 @@ def declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.winograd_scratch_floats.argtypes = [_I64, _I64, ctypes.c_int]
     lib.winograd_scratch_floats.restype = _I64
     return lib
-
-
-def _load(path: Path) -> ctypes.CDLL:
-    """The built kernels loaded; where the loader refuses them, they are removed (nothing unloadable kept)."""
-    try:
-        return ctypes.CDLL(str(path))
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise _unloadable(exc) from exc
 
 
 def scratch_floats(block: int, cpad: int, threads: int) -> int:
@@ -186,49 +137,15 @@ def _map_shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def _compiler_identity(name: str) -> str:
-    """The compiler's first line of ``--version`` (its name where it says nothing)."""
-    try:
-        done = subprocess.run([*_words(name), "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return name
-    return (done.stdout.splitlines() or [name])[0]
-
-
-def _build(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _compile_into(path)
-    except OSError as exc:      # the cache folder cannot be written (read-only, full, not a folder)
-        raise errors.BackendError(f"winograd's kernels could not be kept in {path.parent} "
-                                  f"({exc.strerror or exc}); free or fix that folder (UPSCALE_CACHE), or use "
-                                  "backend torch", params=("backend",)) from exc
-
-
-def _compile_into(path: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp, \
-            resources.as_file(resources.files(__package__).joinpath(SOURCE)) as source:
-        built = Path(tmp) / path.name
-        try:
-            done = subprocess.run([*_words(compiler()), *_flags(), str(source), "-o", str(built)],
-                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-            raise _failed(f"{compiler()}: {exc}") from exc
-        if done.returncode != 0 or not built.is_file():
-            # the first line that says why: the linker's "cannot find -lomp" comes before the driver's summary
-            raise _failed(next((line for line in done.stderr.splitlines() if "error" in line or "cannot find" in line),
-                               f"{compiler()} exited {done.returncode}"))
-        os.replace(built, path)
-
-
-def _unloadable(exc: OSError) -> errors.BackendError:
-    """Built, but the loader refuses it: most often the compiler's OpenMP runtime (clang's libomp) is
-    not where the loader looks."""
-    return errors.BackendError(f"winograd's kernels were compiled but do not load ({exc}); set CC to a C "
-                               "compiler whose OpenMP runtime loads here (gcc), or use backend torch",
-                               params=("backend",))
-
-
-def _failed(why: str) -> errors.BackendError:
-    return errors.BackendError(f"winograd's kernels could not be compiled here ({why.strip()}); set CC to a C "
+def _unavailable(exc: native.BuildError) -> errors.BackendError:
+    """Our message for a build that failed at ``exc.stage``; the way out named (a compiler that works, a
+    folder that can be written, or backend torch)."""
+    if exc.stage == "folder":
+        return errors.BackendError(f"winograd's kernels could not be kept in {native.native_dir()} ({exc.why}); "
+                                   "free or fix that folder (UPSCALE_CACHE), or use backend torch", params=("backend",))
+    if exc.stage == "load":     # most often the compiler's OpenMP runtime (clang's libomp) is off the loader's path
+        return errors.BackendError(f"winograd's kernels were compiled but do not load ({exc.why}); set CC to a C "
+                                   "compiler whose OpenMP runtime loads here (gcc), or use backend torch",
+                                   params=("backend",))
+    return errors.BackendError(f"winograd's kernels could not be compiled here ({exc.why}); set CC to a C "
                                "compiler with OpenMP, or use backend torch", params=("backend",))
