@@ -15,6 +15,7 @@ from upscale.backends import choose_backend
 from upscale.cli import cli
 from upscale.engine import Engine, EngineOptions, Workload
 from upscale.engine.compiling import want_compile
+from upscale.engine.precision import resolve_dtype
 from upscale.engine.cost import default_window_px, fitting_window_px, memory_window_px
 from upscale.tune import preferred_backend
 from upscale.tune.measure import Prober, candidate_windows, measure_batch
@@ -489,6 +490,33 @@ def test_auto_with_nothing_tuned_probes_the_machine_once(tiny_x4, tiny_x2, cache
     out = tune("--probe", "--threads", str(torch.get_num_threads()))
     assert calls == [1] and "precision probe" in out and "runs bf16 for models not tuned here" in out
     assert probe_choice(cache_here) == torch.bfloat16
+
+
+def test_the_precision_probe_is_news_when_measured_and_quiet_after(tiny_x4, cache_here, native_bf16, monkeypatch,
+                                                                     any_load_kept, caplog):
+    """The probe's fp32 answer is said at info level by the run that measured it, at debug level by
+    the runs that read it from the cache (not a line on every run); it is measured at the thread count
+    asked for, which it is stored under, and torch's count is put back."""
+    import upscale.engine.precision as precision
+
+    monkeypatch.setattr(precision, "_said", set())
+    seen_threads = []
+    monkeypatch.setattr(precision, "probe_seconds",
+                        lambda: seen_threads.append(torch.get_num_threads()) or {"bf16": 2.0, "fp32": 1.0})
+    torch.set_num_threads(2)
+    caplog.set_level(logging.DEBUG, logger="upscale")
+    model = load_model(tiny_x4)
+
+    def levels() -> list[int]:
+        return [r.levelno for r in caplog.records if r.getMessage().startswith("precision auto: fp32")]
+
+    assert resolve_dtype("auto", torch.device("cpu"), model, 1) == torch.float32
+    assert seen_threads == [1] and torch.get_num_threads() == 2 and levels() == [logging.INFO]
+    assert "conv3x3-probe auto 1 threads [machine probe]: runs fp32" in tune("--show")
+    caplog.set_level(logging.DEBUG, logger="upscale")        # the CLI set its own verbosity
+    monkeypatch.setattr(precision, "_said", set())          # a later process
+    assert resolve_dtype("auto", torch.device("cpu"), model, 1) == torch.float32
+    assert seen_threads == [1] and levels() == [logging.INFO, logging.DEBUG]
 
 
 def test_a_probe_on_a_busy_machine_serves_its_run_and_is_not_kept(tiny_x4, cache_here, native_bf16, busy_cpus,

@@ -92,8 +92,10 @@ def _load(path: Path) -> ctypes.CDLL:
         raise BuildError("load", str(exc)) from exc
 
 
+@functools.lru_cache(maxsize=8)
 def _compiler_identity(name: str) -> str:
-    """The compiler's first line of ``--version`` (its name where it says nothing)."""
+    """The compiler's first line of ``--version`` (its name where it says nothing); asked once per
+    process (each library's digest needs it)."""
     try:
         done = subprocess.run([*shlex.split(name), "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, ValueError, subprocess.TimeoutExpired):

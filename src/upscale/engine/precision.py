@@ -12,8 +12,9 @@ fp32 rate; on an AMX Xeon at ~5x):
    ``machine.BUSY_SHARE`` of the CPUs (``machine.watch_others``) serves this process only: the next
    one measures again.
 
-The choice is said at info level where it overrides the rule, once per process (per model for
-``upscale tune``'s choices)."""
+The choice is said where it overrides the rule, once per process (per model for ``upscale tune``'s
+choices): at info level when the probe measured it now or ``upscale tune`` chose it, at debug level
+when it is the probe's cached answer (not news on every run after the first)."""
 
 from __future__ import annotations
 
@@ -38,23 +39,30 @@ def resolve_dtype(name: str, device: torch.device, model: Model, threads: int) -
     if name != tuned.AUTO or dtype != torch.bfloat16 or device.type != "cpu":
         return dtype
     chosen, source = tuned.auto_precision(model, "bf16", device, threads)
+    level = logging.DEBUG if source == "probe" else logging.INFO    # the probe's cached answer: no news
     if chosen is None:
-        chosen, source = probe_machine(threads)[0], "probe"
+        chosen, source, level = probe_machine(threads)[0], "probe", logging.INFO
     said = (chosen, source, "" if source == "probe" else tuned.canonical([model.arch, model.hparams]))
     if chosen != "bf16" and said not in _said:
         _said.add(said)
         why = ("`upscale tune` measured it faster than bf16 for this model here" if source == "model" else
                "a 3x3 convolution ran faster in it than in bf16 on this CPU; `upscale tune -m MODEL` measures "
                "the model itself")
-        log.info("precision auto: %s (%s)", chosen, why)
+        log.log(level, "precision auto: %s (%s)", chosen, why)
     return DTYPES[chosen]
 
 
 def probe_machine(threads: int) -> tuple[str, dict[str, float], bool]:
     """Time the probe convolution in bf16 and fp32 now: (the faster, {precision: seconds}, whether the
-    answer was stored in the tuning cache: not when other processes kept the machine busy meanwhile)."""
-    with machine.watch_others() as others:
-        seconds = probe_seconds()
+    answer was stored in the tuning cache: not when other processes kept the machine busy meanwhile).
+    Measured at ``threads`` threads, the count it is stored under (torch's count restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with machine.watch_others() as others:
+            seconds = probe_seconds()
+    finally:
+        torch.set_num_threads(before)
     log.debug("precision probe: bf16 %.4f s, fp32 %.4f s, others' CPU share %s", seconds["bf16"], seconds["fp32"],
               others.share)
     if others.busy:
