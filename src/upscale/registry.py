@@ -42,7 +42,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from . import errors
-from .archs import BY_NAME
+from .archs.catalog import DEFAULTS as ARCH_DEFAULTS
 
 KINDS = ("psnr", "gan", "other")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -176,8 +176,8 @@ def _parse_entry(entry: Any, index: int, origin: str) -> ModelSpec:
     if not NAME_RE.match(name):
         raise fail("name must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
     arch = entry["arch"]
-    if arch not in BY_NAME:
-        raise fail(f"unknown architecture {arch!r}; known: {', '.join(BY_NAME)}")
+    if arch not in ARCH_DEFAULTS:
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCH_DEFAULTS)}")
     kind = entry["kind"]
     if kind not in KINDS:
         raise fail(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -188,15 +188,15 @@ def _parse_entry(entry: Any, index: int, origin: str) -> ModelSpec:
         if key in entry and not isinstance(entry[key], bool):
             raise fail(f"'{key}' must be true or false")
 
-    family = BY_NAME[arch]
+    defaults = ARCH_DEFAULTS[arch]
     overrides = entry.get("hparams", {})
     if not isinstance(overrides, dict):
         raise fail("hparams must be a table")
-    unknown_hp = set(overrides) - set(family.defaults)
+    unknown_hp = set(overrides) - set(defaults)
     if unknown_hp:
         raise fail(f"unknown {arch} hyperparameter(s) {', '.join(sorted(unknown_hp))}; known: "
-                   f"{', '.join(family.defaults)}")
-    hparams = {**family.defaults, **overrides}
+                   f"{', '.join(defaults)}")
+    hparams = {**defaults, **overrides}
     scale = entry["scale"]
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise fail(f"scale must be a positive integer, not {scale!r}")

@@ -79,12 +79,16 @@ def device_name(device: Any) -> str:
 @functools.lru_cache(maxsize=1)
 def _machine_part() -> tuple[str, str, str, str, int]:
     """(CPU model, digest of its flags, torch version, openvino version or "none", winograd kernels'
-    version): fixed per process."""
-    import torch
-
+    version): fixed per process. torch's version as installed (its metadata: what ``torch.__version__``
+    says, read without importing torch, so that ``upscale tune --show`` answers at once)."""
     cpu = machine.cpu_info()
     flags = hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:16]
-    return (cpu.model, flags, torch.__version__, machine.package_version("openvino") or "none",
+    torch_version = machine.package_version("torch")
+    if torch_version is None:           # torch not installed as a distribution (a source tree on the path)
+        import torch
+
+        torch_version = torch.__version__
+    return (cpu.model, flags, torch_version, machine.package_version("openvino") or "none",
             KERNEL_VERSIONS["winograd"])
 
 

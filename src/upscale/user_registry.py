@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from . import atomic, errors
-from .archs import BY_NAME
+from .archs.catalog import DEFAULTS as ARCH_DEFAULTS
 from .registry import (ModelSpec, build_registry, forget_cached, get_model, packaged_registry_path, parse_registry,
                        sha256_file, user_registry_path)
 
@@ -76,11 +76,11 @@ def add_user_model(name: str, path: str | Path, *, arch: str, hparams: Mapping[s
     if not path.is_file():
         raise errors.UsageError(f"{path} is not a file")
     size = path.stat().st_size
-    family = BY_NAME[arch]
-    overrides = {k: v for k, v in hparams.items() if family.defaults.get(k, object()) != v}
+    defaults = ARCH_DEFAULTS[arch]
+    overrides = {k: v for k, v in hparams.items() if defaults.get(k, object()) != v}
     fields: dict[str, Any] = {
         "name": name, "description": description or f"local file {path.name}", "arch": arch,
-        "scale": int(hparams.get("scale", family.defaults.get("scale", 1))), "kind": kind, "twin": twin,
+        "scale": int(hparams.get("scale", defaults.get("scale", 1))), "kind": kind, "twin": twin,
         "license": license, "bf16_safe": bf16_safe or None, "hparams": overrides or None,
         "source": {"type": "file", "path": str(path), "sha256": sha256_file(path), "size": size},
     }

@@ -6,16 +6,20 @@ context a tile needs on each side to reproduce the untiled output exactly). The 
 where other programs save it under other names, ``canonicalize(state_dict) -> renamed | None`` and
 ``explain(state_dict) -> hint`` live beside ``detect``, and so does the matcher of its ncnn graph
 (``NcnnMatch``). No family knows about files; ``upscale.loading`` and ``upscale.ncnn`` read them.
+
+Importing this package is light: the family modules (and torch with them) load when ``FAMILIES``,
+``BY_NAME``, ``get_family`` or ``build_module`` is first used; ``catalog`` (names and default
+hyperparameters) needs no torch, which is what the registry reads.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from torch import nn
-
-from . import compact, rrdbnet, span, srcnn, srresnet, tiny
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -60,34 +64,51 @@ class ArchFamily:
     openvino_fp32: str = ""
 
 
-FAMILIES: tuple[ArchFamily, ...] = (
-    ArchFamily(rrdbnet.NAME, rrdbnet.DEFAULTS, rrdbnet.build, rrdbnet.detect, rrdbnet.size_multiple,
-               rrdbnet.receptive_radius, compile_regions=("body",), canonicalize=rrdbnet.canonicalize,
-               explain=rrdbnet.explain, ncnn=NcnnMatch(rrdbnet.NCNN_MARKER, rrdbnet.TITLE, rrdbnet.match_ncnn),
-               openvino_fp32=rrdbnet.OPENVINO_FP32),
-    ArchFamily(compact.NAME, compact.DEFAULTS, compact.build, compact.detect, compact.size_multiple,
-               compact.receptive_radius,
-               ncnn=NcnnMatch(compact.NCNN_MARKER, compact.TITLE, compact.match_ncnn)),
-    ArchFamily(srresnet.NAME, srresnet.DEFAULTS, srresnet.build, srresnet.detect, srresnet.size_multiple,
-               srresnet.receptive_radius, compile_regions=("body",)),
-    ArchFamily(srresnet.MS_NAME, srresnet.MS_DEFAULTS, srresnet.build_ms, srresnet.detect_ms,
-               srresnet.size_multiple, srresnet.receptive_radius_ms, compile_regions=("body",),
-               canonicalize=srresnet.canonicalize_ms),
-    ArchFamily(span.NAME, span.DEFAULTS, span.build, span.detect, span.size_multiple, span.receptive_radius,
-               canonicalize=span.canonicalize, explain=span.explain, deploy=span.collapse,
-               authors_layout=span.authors_layout, metadata_defaults=span.METADATA_DEFAULTS),
-    ArchFamily(srcnn.NAME, srcnn.DEFAULTS, srcnn.build, srcnn.detect, srcnn.size_multiple, srcnn.receptive_radius),
-    ArchFamily(tiny.NAME, tiny.DEFAULTS, tiny.build, tiny.detect, tiny.size_multiple, tiny.receptive_radius),
-)
+@functools.lru_cache(maxsize=1)
+def families() -> tuple[ArchFamily, ...]:
+    """Every family, its module imported (torch with it) on the first call."""
+    from . import compact, rrdbnet, span, srcnn, srresnet, tiny
 
-BY_NAME: dict[str, ArchFamily] = {f.name: f for f in FAMILIES}
+    return (
+        ArchFamily(rrdbnet.NAME, rrdbnet.DEFAULTS, rrdbnet.build, rrdbnet.detect, rrdbnet.size_multiple,
+                   rrdbnet.receptive_radius, compile_regions=("body",), canonicalize=rrdbnet.canonicalize,
+                   explain=rrdbnet.explain, ncnn=NcnnMatch(rrdbnet.NCNN_MARKER, rrdbnet.TITLE, rrdbnet.match_ncnn),
+                   openvino_fp32=rrdbnet.OPENVINO_FP32),
+        ArchFamily(compact.NAME, compact.DEFAULTS, compact.build, compact.detect, compact.size_multiple,
+                   compact.receptive_radius,
+                   ncnn=NcnnMatch(compact.NCNN_MARKER, compact.TITLE, compact.match_ncnn)),
+        ArchFamily(srresnet.NAME, srresnet.DEFAULTS, srresnet.build, srresnet.detect, srresnet.size_multiple,
+                   srresnet.receptive_radius, compile_regions=("body",)),
+        ArchFamily(srresnet.MS_NAME, srresnet.MS_DEFAULTS, srresnet.build_ms, srresnet.detect_ms,
+                   srresnet.size_multiple, srresnet.receptive_radius_ms, compile_regions=("body",),
+                   canonicalize=srresnet.canonicalize_ms),
+        ArchFamily(span.NAME, span.DEFAULTS, span.build, span.detect, span.size_multiple, span.receptive_radius,
+                   canonicalize=span.canonicalize, explain=span.explain, deploy=span.collapse,
+                   authors_layout=span.authors_layout, metadata_defaults=span.METADATA_DEFAULTS),
+        ArchFamily(srcnn.NAME, srcnn.DEFAULTS, srcnn.build, srcnn.detect, srcnn.size_multiple, srcnn.receptive_radius),
+        ArchFamily(tiny.NAME, tiny.DEFAULTS, tiny.build, tiny.detect, tiny.size_multiple, tiny.receptive_radius),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def by_name() -> dict[str, ArchFamily]:
+    return {f.name: f for f in families()}
+
+
+def __getattr__(name: str) -> Any:
+    # FAMILIES and BY_NAME as module attributes, built on first use (PEP 562)
+    if name == "FAMILIES":
+        return families()
+    if name == "BY_NAME":
+        return by_name()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_family(name: str) -> ArchFamily:
     try:
-        return BY_NAME[name]
+        return by_name()[name]
     except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(BY_NAME)}") from None
+        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(by_name())}") from None
 
 
 def build_module(arch: str, hparams: dict[str, Any]) -> nn.Module:

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import catalog
+
 NAME = "compact"
 TITLE = "SRVGGNetCompact"
 NCNN_MARKER = "PixelShuffle"
-DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_conv": 32, "scale": 4, "act_type": "prelu"}
+DEFAULTS = catalog.DEFAULTS[NAME]
 ACT_TYPES = ("prelu", "lrelu", "relu")
 
 

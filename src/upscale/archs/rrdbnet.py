@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import catalog
+
 NAME = "rrdbnet"
 TITLE = "RRDBNet"
 NCNN_MARKER = "Concat"   # only RRDBNet graphs concatenate (the dense blocks)
@@ -46,7 +48,7 @@ OPENVINO_FP32_PARTS = {   # (benchmarks/openvino_fp32_islands.py measures them o
     "trunk": r"__module\.body\.\d+(\.rdb\d)?/aten::(add|mul)/(Add|Multiply)$|aten::add/Add$",  # residuals, feat + body
 }
 OPENVINO_FP32 = f"^({'|'.join(OPENVINO_FP32_PARTS.values())})"
-DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23, "num_grow_ch": 32, "scale": 4}
+DEFAULTS = catalog.DEFAULTS[NAME]
 
 
 def _autocast_on(device: str) -> bool:

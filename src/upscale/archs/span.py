@@ -25,10 +25,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import catalog
+
 NAME = "span"
 TITLE = "SPAN"
-DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 48, "scale": 4, "norm": True, "deploy": False,
-            "silu_first": True}
+DEFAULTS = catalog.DEFAULTS[NAME]
 # Files with our metadata written before ``silu_first`` existed were trained with the raw map (see SPAN).
 METADATA_DEFAULTS = {"silu_first": False}
 NUM_BLOCKS = 6

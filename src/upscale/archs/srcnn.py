@@ -9,8 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import catalog
+
 NAME = "srcnn"
-DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "n1": 64, "n2": 32, "f1": 9, "f2": 1, "f3": 5, "scale": 4}
+DEFAULTS = catalog.DEFAULTS[NAME]
 
 
 class SRCNN(nn.Module):

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import catalog
+
 NAME = "srresnet"
 MS_NAME = "msrresnet"
-DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "scale": 4, "bn": True}
-MS_DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "scale": 4}
+DEFAULTS = catalog.DEFAULTS[NAME]
+MS_DEFAULTS = catalog.DEFAULTS[MS_NAME]
 
 
 def _stages(scale: int) -> list[int]:

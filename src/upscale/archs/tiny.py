@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import catalog
+
 NAME = "tiny"
-DEFAULTS = {"num_in_ch": 3, "num_out_ch": 3, "scale": 2, "upsample": "nearest"}
+DEFAULTS = catalog.DEFAULTS[NAME]
 
 
 class TinyGenerator(nn.Module):
