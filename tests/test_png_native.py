@@ -111,3 +111,39 @@ def test_the_deflater_is_isal_where_installed():
         assert png.deflater() == (zlib, png.PNG_COMPRESS_LEVEL)
     else:
         assert png.deflater() == (isal_zlib, png.ISAL_LEVEL)
+
+
+def test_threads_writing_the_first_png_build_the_filter_once(tmp_path, monkeypatch, fresh_filter):
+    """The filter is built before the writer's threads start, not by each of them at once."""
+    log = tmp_path / "calls.log"
+    cc = tmp_path / "cc-logged"
+    cc.write_text(f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> "{log}" ;; esac\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(png, "PNG_BLOCK_BYTES", 300)
+    pixels = _image(11, 40, 3 * 30).reshape(40, 30, 3)
+    buffer = io.BytesIO()
+    png.write_png(buffer, pixels, None, None, None, threads=4)
+    if png.native_filter() is None:
+        pytest.skip("no C compiler here")
+    assert log.read_text().splitlines() == ["build"]
+    (tmp_path / "out.png").write_bytes(buffer.getvalue())
+    assert np.array_equal(read_image(tmp_path / "out.png").pixels, pixels)
+
+
+def test_a_cache_folder_that_cannot_be_searched_means_numpy_not_a_crash(tmp_path, monkeypatch, fresh_filter):
+    """Python raises PermissionError from ``is_file`` under a folder without search permission (mode
+    000, not root): a ``BuildError`` at the folder stage, and the PNG filtered by numpy."""
+    class Unsearchable(type(tmp_path)):
+        def is_file(self):
+            raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(native, "library_path", lambda *args: Unsearchable(tmp_path / "locked" / "x.so"))
+    with pytest.raises(native.BuildError) as info:
+        native.load(png.__package__, png.FILTER_SOURCE, png.FILTER_FLAGS)
+    assert info.value.stage == "folder" and "Permission denied" in info.value.why
+    assert png.native_filter() is None
+    pixels = _image(5, 9, 3 * 7).reshape(9, 7, 3)
+    write_image(Image(pixels, None), tmp_path / "out.png")
+    assert np.array_equal(read_image(tmp_path / "out.png").pixels, pixels)

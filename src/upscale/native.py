@@ -17,6 +17,7 @@ to numpy quietly). No torch import: io-level code builds through this module.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -71,7 +72,10 @@ def load(package: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL:
     """The library built from ``source``: built first where it is not on disk, built once more where the
     file on disk does not load (damaged) unless it was just built. A ``BuildError`` where it cannot be had."""
     path = library_path(package, source, flags)
-    built = not path.is_file()
+    try:
+        built = not path.is_file()
+    except OSError as exc:      # a cache folder that cannot be searched (mode 000): Python 3.11 raises
+        raise BuildError("folder", exc.strerror or str(exc)) from exc
     if built:
         _build(path, package, source, flags)
     try:
@@ -88,7 +92,8 @@ def _load(path: Path) -> ctypes.CDLL:
     try:
         return ctypes.CDLL(str(path))
     except OSError as exc:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):      # a read-only cache keeps it: the error below is still the news
+            path.unlink(missing_ok=True)
         raise BuildError("load", str(exc)) from exc
 
 

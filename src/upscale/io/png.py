@@ -98,6 +98,7 @@ def _png_zlib_stream(raw: np.ndarray, bpp: int, workers: int) -> Iterator[bytes]
         last = start == starts[-1]
         return filtered, packer.compress(filtered) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
+    native_filter()         # built here, once, before the workers would each start a compiler
     yield b"\x78\x5e"       # zlib header: deflate, 32 KiB window, "fast" level, no preset dictionary
     check = zlib.adler32(b"")
     if workers == 1 or len(starts) == 1:
@@ -156,7 +157,7 @@ def native_filter() -> ctypes.CDLL | None:
     compiler, an unwritable cache): then the numpy filter, slower and identical, does the work."""
     try:
         lib = native.load(__package__, FILTER_SOURCE, FILTER_FLAGS)
-    except native.BuildError as exc:
+    except (native.BuildError, OSError) as exc:
         _log.debug("PNG rows filtered with numpy: the native filter is unavailable (%s)", exc)
         return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
