@@ -1,6 +1,6 @@
 """Commands that compute nothing answer without importing torch (~1.5 s of start-up): listing and
 showing models, `tune --show`, every sub-command's --help, and the refusals `upscale run` makes
-before it loads a model. Each runs in a fresh interpreter, which reports whether torch was imported."""
+before it loads a model (a missing input, an existing output, bad options, a Hub model offline). Each runs in a fresh interpreter, which reports whether torch was imported."""
 
 from __future__ import annotations
 
@@ -43,6 +43,24 @@ def test_listing_and_help_do_not_import_torch(tmp_path, args):
     code, torch_loaded, said = run_fresh(args, tmp_path)
     assert code in (0, None), said
     assert not torch_loaded
+
+
+@pytest.mark.parametrize("args, said", [
+    (["missing.jpg"], "missing.jpg: file not found"),
+    (["a.png", "-o", "b.png"], "exists already; pass --force"),
+    (["a.png", "-s", "-2"], "--scale must be a number > 0"),
+    (["a.png", "--name", "{nope}"], "unknown field {nope}"),
+    (["a.png", "-m", "esrgan", "-o", "c.png"], "offline: model 'esrgan' needs"),
+])
+def test_refusals_before_a_model_loads_do_not_import_torch(tmp_path, monkeypatch, args, said):
+    """What `upscale run` refuses before it loads a model is said in a fraction of a second."""
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))      # no weights cached
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"kept")
+    code, torch_loaded, text = run_fresh(args, tmp_path)
+    assert code in (1, 2) and said in text, text
+    assert not torch_loaded and (tmp_path / "b.png").read_bytes() == b"kept"
 
 
 def test_the_probe_sees_torch_where_a_command_computes(tmp_path):

@@ -21,16 +21,19 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from . import atomic, errors
-from .engine import Engine, EngineOptions, RunStats, Workload, check_output_fits
+from .engine import EngineOptions, Workload, check_output_fits
 from .io import ENCODER_MEMORY, Animation, Image, output_extension, output_format_for, read_image, write_image
 from .io import as_planes
-from .model import Model
 from .pillow_resize import resize_array
+
+if TYPE_CHECKING:       # the engine and the model (torch) load when a model is loaded or run
+    from .engine import RunStats
+    from .model import Model
 
 log = logging.getLogger("upscale")
 
@@ -178,6 +181,9 @@ class Upscaler:
                  work: Workload | None = None) -> None:
         """``work``: what the caller plans to run (lets ``compile="auto"`` decide and a compiled engine
         fit its tile shape; see ``engine.Workload``)."""
+        from .engine import Engine
+        from .model import Model
+
         if not isinstance(model, Model):
             raise errors.UsageError(f"model must be a Model from load_model(name or weights file), not "
                                     f"{type(model).__name__}", params=("model",))

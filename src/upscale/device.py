@@ -12,28 +12,49 @@ says bf16 on the CPU, inference (``engine.precision``) and training (``train.run
 instead where fp32 was measured faster on this CPU.
 
 Also here: the memory free on a device and a device synchronisation before reading the clock.
+
+torch is imported when a device or dtype is first resolved, not with this module: the option checks
+that read ``DEVICES`` and ``PRECISIONS`` (``engine.options``) run before anything is computed, and a
+command that refuses its input says so at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .machine import cpu_bf16_flags
-from .model import Model
+from .machine import cpu_bf16_flags, host_available_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import Model
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-NAMES = {v: k for k, v in DTYPES.items()}
 
-__all__ = ["DEVICES", "DTYPES", "NAMES", "PRECISIONS", "available_memory_bytes", "cpu_bf16_flags",
+
+@functools.lru_cache(maxsize=1)
+def _dtypes() -> dict[str, Any]:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def __getattr__(name: str) -> Any:
+    # DTYPES (precision name -> torch dtype) and NAMES (its inverse), made when first asked (PEP 562)
+    if name == "DTYPES":
+        return _dtypes()
+    if name == "NAMES":
+        return {v: k for k, v in _dtypes().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DEVICES", "PRECISIONS", "available_memory_bytes", "cpu_bf16_flags",
            "cpu_native_bf16", "fast_dtype", "resolve_device", "resolve_precision", "synchronize"]
 
 
@@ -47,6 +68,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda, then mps, then cpu; an explicit device that is not there -> ``DeviceError``."""
     if name not in DEVICES:
         raise errors.UsageError(f"device must be one of {', '.join(DEVICES)}, not {name!r}", params=("device",))
+    import os
+
+    import torch
+
     cuda_ok = torch.cuda.is_available()
     mps_ok = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     if name == "auto":
@@ -65,6 +90,8 @@ def resolve_device(name: str) -> torch.device:
 def fast_dtype(device: torch.device) -> torch.dtype:
     """The reduced precision worth using on ``device``: fp16 on CUDA, bf16 on a CPU with native bf16,
     else fp32."""
+    import torch
+
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu" and cpu_native_bf16():
@@ -74,6 +101,9 @@ def fast_dtype(device: torch.device) -> torch.dtype:
 
 def resolve_precision(name: str, device: torch.device, model: Model) -> torch.dtype:
     """The compute dtype for ``name`` on ``device`` (see the module docstring for the rules)."""
+    import torch
+
+    DTYPES, NAMES = _dtypes(), {v: k for k, v in _dtypes().items()}
     label = model.name or model.source or model.arch
     if name == "auto":
         wanted = fast_dtype(device)
@@ -97,20 +127,18 @@ def resolve_precision(name: str, device: torch.device, model: Model) -> torch.dt
 
 
 def available_memory_bytes(device: torch.device) -> int:
-    """Free memory: the GPU's free memory on CUDA, else the host's MemAvailable from /proc/meminfo."""
+    """Free memory: the GPU's free memory on CUDA, else the host's (``machine.host_available_bytes``)."""
     if device.type == "cuda":
+        import torch
+
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    return host_available_bytes()
 
 
 def synchronize(device: torch.device) -> None:
     """Wait for the work queued on ``device`` (before reading the clock or reusing a host buffer)."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":

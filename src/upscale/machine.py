@@ -169,6 +169,18 @@ def best_alternating(calls: dict[str, Callable[[], Any]]) -> dict[str, float]:
     return {name: min(t[1:]) for name, t in times.items()}
 
 
+def host_available_bytes() -> int:
+    """The host's available memory: MemAvailable from /proc/meminfo, else the free pages the system
+    reports (off Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
 def cache_dir() -> Path:
     """Our cache: ``$UPSCALE_CACHE``, else ``$XDG_CACHE_HOME/upscale``, else ``~/.cache/upscale``,
     read from the environment at each call (tests point it elsewhere)."""

