@@ -25,12 +25,15 @@ import os
 import shlex
 import subprocess
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 
 from .machine import cache_dir, cpu_info
 
 BUILD_TIMEOUT_S = 120
+_started: dict[Path, threading.Thread] = {}     # builds ``build_soon`` started, until ``load`` joins them
+_started_lock = threading.Lock()
 
 
 class BuildError(Exception):
@@ -68,10 +71,40 @@ def _digest(package: str, source: str, flags: tuple[str, ...], compiler_name: st
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-def load(package: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL:
-    """The library built from ``source``: built first where it is not on disk, built once more where the
-    file on disk does not load (damaged) unless it was just built. A ``BuildError`` where it cannot be had."""
+def build_soon(package: str, source: str, flags: tuple[str, ...]) -> None:
+    """Start building ``source`` on a background thread where it is not on disk yet, so that the
+    compiler runs on another core while this process goes on (importing torch takes as long as a
+    build); ``load`` waits for that build instead of starting its own. What fails is left for ``load``
+    to meet again and say. A non-daemon thread: a process that ends sooner waits for the compiler
+    (no half-built folder left behind)."""
     path = library_path(package, source, flags)
+    try:
+        if path.is_file():
+            return
+    except OSError:
+        return
+    with _started_lock:
+        if path in _started:
+            return
+        thread = _started[path] = threading.Thread(target=_build_quietly, args=(path, package, source, flags),
+                                                   name=f"build-{path.stem}")
+    thread.start()
+
+
+def _build_quietly(path: Path, package: str, source: str, flags: tuple[str, ...]) -> None:
+    with contextlib.suppress(BuildError):
+        _build(path, package, source, flags)
+
+
+def load(package: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL:
+    """The library built from ``source``: built first where it is not on disk (or the build
+    ``build_soon`` started, waited for), built once more where the file on disk does not load
+    (damaged) unless it was just built. A ``BuildError`` where it cannot be had."""
+    path = library_path(package, source, flags)
+    with _started_lock:
+        started = _started.pop(path, None)
+    if started is not None:
+        started.join()
     try:
         built = not path.is_file()
     except OSError as exc:      # a cache folder that cannot be searched (mode 000): Python 3.11 raises

@@ -20,11 +20,12 @@ from __future__ import annotations
 import ctypes
 import platform
 from pathlib import Path
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from .. import errors, native
+
+if TYPE_CHECKING:       # torch is imported where a convolution runs: ``build_soon`` needs none
+    import torch
 
 SOURCE = "winograd.c"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared")
@@ -42,6 +43,12 @@ def _flags() -> tuple[str, ...]:
 def library_path() -> Path:
     """Where this source, built by this compiler for this CPU, is (or will be) kept."""
     return native.library_path(__package__, SOURCE, _flags())
+
+
+def build_soon() -> None:
+    """Start building the kernels in the background where they are not built yet (``native.build_soon``):
+    the CLI calls it before it imports torch, which takes about as long as the build."""
+    native.build_soon(__package__, SOURCE, _flags())
 
 
 def library() -> ctypes.CDLL:
@@ -91,6 +98,8 @@ def convolution(sources: Sequence[torch.Tensor], u: torch.Tensor, bias: torch.Te
     n, h, w, c = _map_shape(y)
     if any(_map_shape(x)[:3] != (n, h, w) for x in sources):
         raise ValueError(f"sources {[tuple(x.shape) for x in sources]} and output {tuple(y.shape)} differ in size")
+    import torch
+
     cin, cpad, threads = sum(x.shape[3] for x in sources), u.shape[-1], torch.get_num_threads()
     if u.shape != (36, cin, cpad) or cpad % 16 or not c <= cpad < c + 16 or bias.shape != (c,) or (
             residual is not None and residual.shape != y.shape) or (slope is not None and slope.shape != (c,)):
@@ -123,6 +132,8 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _check(*tensors: torch.Tensor) -> None:
+    import torch
+
     for t in tensors:
         if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
             raise ValueError(f"the winograd kernels take contiguous float32 CPU tensors, not {t.dtype} "

@@ -142,7 +142,7 @@ def batch(in_dir: Path, out_dir: Path, recursive: bool, globs: tuple[str, ...], 
     check_folders(in_dir, out_dir)
     check_report_path(report, in_dir, out_dir)
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
-    model = load_model_from(model_name_from(model_name, weights, outscale), outscale, interp_alpha)
+    model = load_model_from(model_name_from(model_name, weights, outscale), outscale, interp_alpha, options)
     scale = api.outscale_for(model, outscale)
 
     key = settings_key(model, outscale=scale, alpha_mode=alpha_mode)

@@ -155,10 +155,18 @@ def model_name_from(model_name: str | None, weights: Path | None, outscale: floa
     return model_name if model_name is not None else default_model_name(outscale)
 
 
-def load_model_from(name: str, outscale: float | None, interp_alpha: float | None) -> Any:
-    """The ``Model`` for ``name`` (see ``model_name_from``), saying when its output will be resized."""
+def load_model_from(name: str, outscale: float | None, interp_alpha: float | None, options: Any = None) -> Any:
+    """The ``Model`` for ``name`` (see ``model_name_from``), saying when its output will be resized.
+    ``options`` (the run's ``EngineOptions``): where they let the winograd backend run (device and
+    backend auto or cpu/winograd, precision auto or fp32) and its kernels are not built on this machine
+    yet, the build starts first, in the background, and runs while torch and the model load."""
     from ..api import load_model
 
+    if options is not None and options.device in ("auto", "cpu") and options.backend in ("auto", "winograd") \
+            and options.precision in ("auto", "fp32"):
+        from ..backends import winograd_native
+
+        winograd_native.build_soon()
     model = load_model(name, alpha=interp_alpha)
     if outscale is not None and outscale != model.scale:
         log.info("model %s is x%d; resizing its output to x%g with Lanczos", model.name or model.source,

@@ -61,11 +61,11 @@ def run(images: tuple[str, ...], output: str | None, force: bool, frames: str, q
     options = engine_options_from(device, precision, tile_px, overlap_px, batch, threads, compile_mode)
     name = model_name_from(model_name, weights, outscale)
     if len(paths) > 1:
-        run_many(paths, settings, options, lambda: load_model_from(name, outscale, interp_alpha))
+        run_many(paths, settings, options, lambda: load_model_from(name, outscale, interp_alpha, options))
         return      # run_many exits with its own code
     image = paths[0]
     loaded, target = prepare(image, target, settings)
-    model = load_model_from(name, outscale, interp_alpha)
+    model = load_model_from(name, outscale, interp_alpha, options)
     target, scale = check_with_model(image, loaded, target, model, settings)
     upscaler = api.Upscaler(model, options, work=api.workload_for(first_frame(loaded), alpha_mode))
     line = upscale_one(upscaler, loaded, image, target, scale, settings)
