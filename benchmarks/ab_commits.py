@@ -8,7 +8,8 @@ The photo is resized with Lanczos to ``--size`` and written as a JPEG (quality 9
 gives) into a temporary folder; each run is ``python -m upscale PHOTO -o OUT.png --force ARGS`` with
 PYTHONPATH pointing at that version's ``src``, both versions sharing one cache folder (``UPSCALE_CACHE``,
 a copy of ``--cache`` where given, else empty; one untimed run of each version first fills it: the
-kernels' C builds and the machine probes are one-time costs and not what is compared). Per run: wall
+kernels' C builds and the machine probes are one-time costs and not what is compared), or with
+``--fresh-cache`` an empty cache for every run (what a first run on a machine costs). Per run: wall
 seconds and the child's peak RSS; the outputs must decode to the same pixels (``--allow-different``
 to report the PSNR instead). lscpu's model and flags are recorded with the figures.
 """
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1000x750", help="WxH the photo is resized to (default 1000x750)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cache", type=Path, help="a cache folder to copy (tuning entries) instead of an empty one")
+    p.add_argument("--fresh-cache", action="store_true", help="every run in an empty cache (first-run cost)")
     p.add_argument("--allow-different", action="store_true", help="report the PSNR where outputs differ")
     p.add_argument("--json", type=Path)
     p.add_argument("args", nargs="*", help="after --: the command's arguments besides the input and -o")
@@ -75,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(args.cache, cache)
             versions = {"base": tmp / "base" / "src", "now": REPO / "src"}
             outs = {name: tmp / f"{name}.png" for name in versions}
-            for name, src in versions.items():           # warm: builds and probes, once
-                run(src, [str(photo), "-o", str(outs[name]), "--force", *args.args], cache)
+            if not args.fresh_cache:
+                for name, src in versions.items():           # warm: builds and probes, once
+                    run(src, [str(photo), "-o", str(outs[name]), "--force", *args.args], cache)
             times: dict[str, list[tuple[float, float]]] = {name: [] for name in versions}
             for r in range(args.rounds):
                 for name, src in versions.items():
+                    if args.fresh_cache:
+                        shutil.rmtree(cache, ignore_errors=True)
                     times[name].append(run(src, [str(photo), "-o", str(outs[name]), "--force", *args.args], cache))
                     progress({"round": r + 1, "version": name, "wall_s": times[name][-1][0]})
             pixels = {name: np.asarray(Image.open(path).convert("RGB")) for name, path in outs.items()}
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     publish("ab_commits.py", argv, args.json, rows=rows,
             env_extra={"photo": f"{args.photo} resized to {args.size}", "upscale_args": " ".join(args.args),
                        "cpu_flags": " ".join(sorted(cpu_info().flags)), "isal": package_version("isal"),
-                       "outputs": agreement, "loadavg_at_end": load_avg(), "rounds": args.rounds})
+                       "outputs": agreement, "loadavg_at_end": load_avg(), "rounds": args.rounds,
+                       "fresh_cache": args.fresh_cache})
     return 0
 
 

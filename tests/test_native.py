@@ -1,0 +1,79 @@
+"""Native libraries built on this machine (``upscale.native``): a build started early in the background
+is the one ``load`` uses (one compiler run), a finished build is not started again, and a background
+build that fails is said by ``load`` as any build failure is. Real compiler runs, counted through a
+logging wrapper around ``cc``."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from upscale import native
+from upscale.io import png
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here")
+
+
+@pytest.fixture
+def logged_cc(tmp_path, monkeypatch):
+    """``$CC`` is a wrapper that logs each build (not ``--version``) and runs ``cc``; an empty cache."""
+    log = tmp_path / "builds.log"
+    cc = tmp_path / "cc-logged"
+    cc.write_text(f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> "{log}" ;; esac\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    return log
+
+
+def builds(log) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_build_started_early_is_the_one_load_uses(logged_cc):
+    args = (png.__package__, png.FILTER_SOURCE, png.FILTER_FLAGS)
+    native.build_soon(*args)
+    native.build_soon(*args)                # asked twice: one build
+    lib = native.load(*args)
+    assert hasattr(lib, "png_filter_rows") and builds(logged_cc) == 1
+    assert not native._started              # joined and forgotten
+    native.build_soon(*args)                # on disk now: nothing started
+    assert not native._started and builds(logged_cc) == 1
+    assert native.library_path(*args).is_file()
+    assert not [p.name for p in native.native_dir().iterdir() if p.name.startswith(".build-")]
+
+
+def test_a_background_build_that_fails_is_said_by_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    args = (png.__package__, png.FILTER_SOURCE, png.FILTER_FLAGS)
+    native.build_soon(*args)
+    with pytest.raises(native.BuildError) as info:
+        native.load(*args)
+    assert info.value.stage == "compile" and "no-such-cc" in info.value.why
+    assert not native._started
+
+
+def test_the_cli_builds_the_winograd_kernels_once_on_a_first_run(tmp_path, logged_cc, monkeypatch, request):
+    """`upscale run` starts the kernels' build before the model loads (through ``build_soon``, called
+    through); the engine then loads that build: one compiler run for the kernels."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image as PILImage
+
+    from upscale.backends import winograd_native
+    from upscale.cli import cli
+
+    monkeypatch.setattr(winograd_native, "_LOADED", None)
+    png.native_filter.cache_clear()
+    request.addfinalizer(png.native_filter.cache_clear)
+    started, real = [], native.build_soon
+    monkeypatch.setattr(native, "build_soon", lambda *args: started.append(args[1]) or real(*args))
+    PILImage.fromarray(np.zeros((12, 10, 3), np.uint8)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "a.png"), "-m", "default-x2", "--backend", "winograd",
+                                      "--precision", "fp32", "--threads", "1", "-o", str(tmp_path / "b.png"), "-q"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b.png").is_file() and builds(logged_cc) == 2      # the kernels, and the PNG filter
+    assert started == ["winograd.c"] and winograd_native.library_path().is_file() and not native._started
