@@ -670,8 +670,8 @@ def test_tune_winograd_in_a_precision_choice_is_measured_in_the_fp32_pass_only(t
     out = tune("-m", tiny_x2_rrdb, "--quick", "--windows", "96,128", "--backend", "winograd", "--device", "cpu")
     results = entries_by_precision(cache_here)
     assert set(results) == {"bf16", "fp32", "auto"}
-    assert ("backend winograd: skipped (it computes RRDBNet, SRVGGNetCompact and SPAN in fp32 only, not rrdbnet "
-            "in bf16)") in out
+    assert ("backend winograd: skipped (it computes RRDBNet, SRVGGNetCompact, SPAN and SRResNet in fp32 only, "
+            "not rrdbnet in bf16)") in out
     assert "winograd" not in results["bf16"]["tables"] and results["bf16"]["backend"] != "winograd"
     assert "winograd" in results["fp32"]["tables"]
     # alone, the bf16 pass is refused before anything is measured

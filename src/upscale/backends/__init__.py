@@ -46,7 +46,7 @@ def choose_backend(requested: str, model: Model, device_type: str, precision: st
     ``requested``: auto, torch, openvino or winograd; ``device_type``: the resolved device ("cpu",
     "cuda", ...); ``precision``: the resolved precision's name ("fp32", "bf16", ...); ``threads``: the
     CPU threads the run uses. openvino or winograd off the CPU, or with compile on, is a ``UsageError``;
-    so is winograd for a network other than RRDBNet, SRVGGNetCompact or SPAN, or a precision other than fp32.
+    so is winograd for a network other than RRDBNet, SRVGGNetCompact, SPAN or SRResNet, or a precision other than fp32.
     """
     if requested == "torch":
         return "torch"
@@ -115,7 +115,7 @@ def openvino_windows(model: Model, *, precision: str, threads: int) -> Any:
 def winograd_windows(model: Model) -> Any:
     """The winograd backend's runner for ``model`` (weights transformed here): ``WinogradWindows`` for
     an RRDBNet, ``winograd_compact.CompactWindows`` for an SRVGGNetCompact, ``winograd_span.SpanWindows``
-    for a SPAN."""
+    for a SPAN, ``winograd_srresnet.SRResNetWindows`` for an SRResNet or MSRResNet."""
     if model.arch == "compact":
         from .winograd_compact import CompactWindows
 
@@ -124,6 +124,10 @@ def winograd_windows(model: Model) -> Any:
         from .winograd_span import SpanWindows
 
         return SpanWindows(model)
+    if model.arch in ("srresnet", "msrresnet"):
+        from .winograd_srresnet import SRResNetWindows
+
+        return SRResNetWindows(model)
     from .winograd_backend import WinogradWindows
 
     return WinogradWindows(model)

@@ -54,7 +54,8 @@ B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
 G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-ARCHS = ("rrdbnet", "compact", "span")   # families this backend computes: winograd_backend, _compact, _span
+# families this backend computes: winograd_backend, _compact, _span, _srresnet (both of its families)
+ARCHS = ("rrdbnet", "compact", "span", "srresnet", "msrresnet")
 # a change that moves this backend's speed raises its version in ``tuned.KERNEL_VERSIONS``: the tuning
 # cache's key holds it, so timings measured with older kernels are not trusted
 TILE = 4          # output tile side; the input tile is TILE + 2 (maps are computed on multiples of it)
@@ -72,7 +73,8 @@ def check_supported(model: Model, device_type: str, precision: str) -> None:
                                 params=("backend",))
     if model.arch not in ARCHS:
         raise errors.UsageError(f"backend winograd computes RRDBNet (esrgan, realesrgan-x4plus ...), "
-                                f"SRVGGNetCompact (realesr-animevideov3 ...) and SPAN (default-x4 ...) models; "
+                                f"SRVGGNetCompact (realesr-animevideov3 ...), SPAN (default-x4 ...) and SRResNet "
+                                f"(SRGAN, MSRResNet) models; "
                                 f"{label} is {model.arch}: use backend torch or auto", params=("backend",))
     if precision != "fp32":
         raise errors.UsageError(f"backend winograd computes in fp32, not {precision}: use --precision fp32 "
@@ -234,6 +236,29 @@ def zero_beyond(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def prepared(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A 3x3 convolution's transformed weights and its bias, fp32."""
     return weight_transform(conv.weight), conv.bias.detach().float()
+
+
+def shuffle_into(last: torch.Tensor, scale: int, out: torch.Tensor) -> torch.Tensor:
+    """The pixel shuffle of last (N, h, w, C·s·s) NHWC (a view may do) written into the top-left
+    (N, h·s, w·s, C) of ``out`` (a map of the next resolution, rounded up for the tiles)."""
+    n, h, w, cs = last.shape
+    c, s = cs // (scale * scale), scale
+    grid = out[:, :h * s, :w * s].unflatten(2, (w, s)).unflatten(1, (h, s))     # (N, h, i, w, j, C)
+    grid.copy_(last.unflatten(3, (c, s, s)).permute(0, 1, 4, 2, 5, 3))
+    return out
+
+
+def stripe_rows(height: int, halo: int, fits: int) -> tuple[int, int]:
+    """(rows a stripe reads, rows it keeps) for a map of ``height`` rows whose upsampling part is
+    computed in stripes of at most ``fits`` rows (what fits a runner's memory budget) with ``halo`` rows
+    of context each side: the whole map where it fits, else the fewest stripes that do, of equal
+    height (so that little is computed twice)."""
+    fits = max(1 + 2 * halo, fits)
+    if height <= fits:
+        return height, height
+    stripes = -(-height // (fits - 2 * halo))
+    step = -(-height // stripes)
+    return step + 2 * halo, step
 
 
 def shuffled(last: torch.Tensor, scale: int, base: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from ..model import Model
-from .winograd import WinogradRunner, Workspace, Workspaces, prepared, rounded, zero_beyond
+from .winograd import WinogradRunner, Workspace, Workspaces, prepared, rounded, stripe_rows, zero_beyond
 
 UP_CONVS = ("conv_up1", "conv_up2", "conv_hr", "conv_last")     # the upsampling part's convolutions
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
@@ -112,12 +112,7 @@ class WinogradWindows(WinogradRunner):
         """(input rows a stripe of the upsampling part reads, output rows it keeps) for maps of
         height x w px: the whole map where its 4x map fits ``UP_STRIPE_BYTES``, else the fewest stripes
         that fit, of equal height (so that little is computed twice)."""
-        fits = max(1 + 2 * UP_HALO, UP_STRIPE_BYTES // (16 * n * self.num_feat * w * 4))
-        if height <= fits:
-            return height, height
-        stripes = -(-height // (fits - 2 * UP_HALO))
-        step = -(-height // stripes)
-        return step + 2 * UP_HALO, step
+        return stripe_rows(height, UP_HALO, UP_STRIPE_BYTES // (16 * n * self.num_feat * w * 4))
 
     @staticmethod
     def _stripe_workspaces(ws: Workspace, span: int) -> tuple[Workspace, Workspace]:

@@ -44,7 +44,8 @@ BACKEND_HELP = ("What computes the tiles. auto (default): what `upscale tune` me
                 "winograd computes run on whichever of torch and winograd a one-convolution probe measured faster "
                 "(cached), others on torch. openvino: OpenVINO's "
                 "CPU plugin on the same network (needs pip install 'upscale[openvino]'). winograd: RRDBNet (esrgan, "
-                "x4plus), SRVGGNetCompact (animevideov3) and SPAN (the defaults) models in fp32 on the CPU with "
+                "x4plus), SRVGGNetCompact (animevideov3), SPAN (the defaults) and SRResNet (SRGAN) models in fp32 "
+                "on the CPU with "
                 "Winograd convolutions (its C kernels are built once per machine with $CC, default cc, and cached).")
 BACKEND_META = "upscale.backend"     # where --backend leaves its value in the click context
 

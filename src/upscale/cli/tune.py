@@ -33,7 +33,7 @@ def _windows(value: str | None) -> tuple[int, ...] | None:
 @click.option("--threads", type=int, default=None, help="CPU threads to tune for (default: all cores).")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto", show_default=True,
               help="Backends to measure: auto = torch, and on the CPU openvino where it is installed and winograd "
-                   "for RRDBNet, SRVGGNetCompact and SPAN in fp32; openvino or winograd = require that one.")
+                   "for RRDBNet, SRVGGNetCompact, SPAN and SRResNet in fp32; openvino or winograd = require that one.")
 @click.option("--quick", is_flag=True, help="One timed run per probe and no torch.compile probe.")
 @click.option("--windows", "windows", default=None, metavar="PX,PX,...",
               help="Window sides to try (default: 128,192,256,384,496,512; up to 384 for large networks).")

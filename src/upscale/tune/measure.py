@@ -11,7 +11,7 @@ on a synthetic textured image, one warm-up call, then the best of ``runs`` timed
 - torch.compile on/off at the winning window (CPU only, not with ``quick``, skipped when the compile
   is estimated to take longer than ``COMPILE_LIMIT_S``);
 - backend torch vs each of ``ALTERNATIVES`` at the winning window (CPU only: openvino where it
-  imports, winograd for RRDBNet, SRVGGNetCompact and SPAN in fp32); where one wins there or trails by less
+  imports, winograd for RRDBNet, SRVGGNetCompact, SPAN and SRResNet in fp32); where one wins there or trails by less
   than ``CURVE_MARGIN``, every window side again with it (without the big-network cap: its per-pixel
   cost grows differently with the window). The backend whose best window gives the fewer estimated seconds
   for ``REFERENCE_SHAPE`` is chosen (torch's estimate is its eager one).
@@ -254,8 +254,8 @@ def backend_unavailable(prober: Prober, wanted: str, name: str) -> str | None:
     if name == "openvino" and not openvino_installed():
         return "openvino is not installed (pip install 'upscale[openvino]')"
     if name == "winograd" and not winograd_supports(prober.engine.model, precision_name(prober)):
-        return (f"it computes RRDBNet, SRVGGNetCompact and SPAN in fp32 only, not {prober.engine.model.arch} in "
-                f"{precision_name(prober)}")
+        return (f"it computes RRDBNet, SRVGGNetCompact, SPAN and SRResNet in fp32 only, not "
+                f"{prober.engine.model.arch} in {precision_name(prober)}")
     return None
 
 
