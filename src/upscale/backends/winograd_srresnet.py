@@ -4,8 +4,10 @@ BatchNorm, PReLU; what ``upscale train`` trains as SRGAN) and BasicSR's MSRResNe
 the residual blocks (BatchNorm folded into the convolutions, each block's skip added as the second
 convolution writes), the long skip's ``conv_body``, and the sub-pixel stages (each activation after
 the pixel shuffle applied before it, per channel group, as the convolution writes: the shuffle only
-moves values). The SRGAN head and tail (9x9, 3 channels in or out: ~11% of the work) run as torch
-does. Same contract as the other winograd runners: NCHW view of NHWC memory in, NHWC float32 out.
+moves values). SRGAN's 9x9 tail (64 channels in, 3 out, at 4x the resolution: as slow in torch as
+all the rest) runs as one Winograd 3x3 convolution with 27 outputs, its nine 3x3 blocks, whose
+outputs shifted by 3 px and summed are the 9x9 convolution (``_nine_by_nine``); SRGAN's 9x9 head
+(3 channels in, ~1% of the work) runs as torch does. Same contract as the other winograd runners: NCHW view of NHWC memory in, NHWC float32 out.
 
 The upsampling part runs in stripes of rows (``winograd.stripe_rows``), each with ``UP_HALO`` input
 rows of context each side: at 4x the resolution a 64-channel map of a whole 1000x750 window alone
@@ -32,6 +34,7 @@ MS_SLOPE = 0.1                # MSRResNet's LeakyReLU
 # (one 3x3 at the input's resolution, one at 2x, then SRGAN's 9x9 tail or MSRResNet's two 3x3 at 4x)
 UP_HALO = 3
 UP_STRIPE_BYTES = 64 * 2**20  # a stripe's largest map stays under this
+BORDER = 3                    # zero rows and columns around the map the 9x9 tail reads (its reach past 3x3)
 
 
 def _folded(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +46,18 @@ def _folded(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
         weight = weight * gain[:, None, None, None]
         bias = (bias - bn.running_mean.double()) * gain + bn.bias.detach().double()
     return weight_transform(weight), bias.float()
+
+
+def _nine_by_nine(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 9x9 convolution (padding 4) as its nine 3x3 blocks stacked as the outputs of one 3x3
+    convolution, transformed: block (a, b) holds kernel rows 3a..3a+2 and columns 3b..3b+2, and its
+    output at (y + 3a, x + 3b) of a map with ``BORDER`` zeros around it is that block's share of the
+    9x9 output at (y, x). Returns (U, zero bias, the 9x9's own bias)."""
+    weight = conv.weight.detach().double()                   # (C_out, C_in, 9, 9)
+    c_out = weight.shape[0]
+    blocks = weight.unflatten(3, (3, 3)).unflatten(2, (3, 3))   # (C_out, C_in, a, p, b, q)
+    stacked = blocks.permute(2, 4, 0, 1, 3, 5).reshape(9 * c_out, weight.shape[1], 3, 3)
+    return weight_transform(stacked), torch.zeros(9 * c_out), conv.bias.detach().float()
 
 
 def _slopes(act: nn.Module | float, channels: int, group: int = 1) -> torch.Tensor | float:
@@ -82,7 +97,7 @@ class SRResNetWindows(WinogradRunner):
                 self.body = _folded(net.conv_body, net.bn_body)
                 layers = list(net.upsample)
                 ups = [(conv, act) for conv, act in zip(layers[0::3], layers[2::3])]
-                self.tail = copy.deepcopy(net.conv_last).float().to(memory_format=torch.channels_last)
+                self.tail = _nine_by_nine(net.conv_last)
                 self.out_channels = net.conv_last.out_channels
             self.ups = []
             for conv, act in ups:
@@ -98,7 +113,8 @@ class SRResNetWindows(WinogradRunner):
         stages = self._stripe_workspaces(ws, self._stripe(n, ws.w, ws.height)[0])
         for stage, (conv, _, _) in zip(stages, self.ups):       # "in" or "map", and the unshuffled map
             total += stage.planned_bytes((c, conv[1].numel()), (conv[1].numel(),))
-        tail = ((c, c, self.out_channels), (c, self.out_channels)) if self.ms else ((c,), ())
+        tail = ((c, c, self.out_channels), (c, self.out_channels)) if self.ms else \
+            ((c, 9 * self.out_channels), (9 * self.out_channels,))
         return total + stages[-1].planned_bytes(*tail)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,6 +158,9 @@ class SRResNetWindows(WinogradRunner):
         for _, _, s in self.ups:
             f *= s
             stages.append(ws.nested(("stripe", f), ws.n, rounded(f * span), f * ws.w, f * span, f * ws.width))
+        if not self.ms:     # the last map with BORDER zeros around it, for the 9x9 tail
+            h, w = f * span + 2 * BORDER, f * ws.width + 2 * BORDER
+            stages[-1] = ws.nested(("stripe", f), ws.n, rounded(h), rounded(w), h, w)
         return stages
 
     def _upsampled(self, ws: Workspace, feat: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -165,14 +184,26 @@ class SRResNetWindows(WinogradRunner):
         first = stages[0]
         cur = zero_beyond(first.buffer("in", first.map_shape(self.num_feat)), rows.shape[1], first.width)
         cur[:, :rows.shape[1]] = rows
+        last = stages[-1]
+        at = 0 if self.ms else BORDER       # where the last map's pixels start in its buffer
         for (conv, slope, s), here, there in zip(self.ups, stages, stages[1:]):
             wide = here.convolve([cur], *conv, here.buffer("wide", here.map_shape(conv[1].numel())), slope=slope)
             cur = there.buffer("map", there.map_shape(self.num_feat))
-            shuffle_into(wide[:, :here.height, :here.width], s, cur)
-            zero_beyond(cur, there.height, there.width)
-        last = stages[-1]
+            edge = at if there is last else 0
+            shuffle_into(wide[:, :here.height, :here.width], s, cur[:, edge:, edge:])
+            cur[:, :edge].zero_()
+            cur[:, :, :edge].zero_()
+            zero_beyond(cur, edge + s * here.height, edge + s * here.width)
         if self.ms:
             (hr, slope), (conv_last, _) = self.tail
             act = last.convolve([cur], *hr, last.buffer("hr", cur.shape), slope=slope)
             return last.convolve([act], *conv_last, last.buffer("last", last.map_shape(self.out_channels)))
-        return self.tail(cur.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        u, zeros, bias = self.tail
+        blocks = last.convolve([cur], u, zeros, last.buffer("blocks", last.map_shape(zeros.numel())))
+        h, w, c = last.height - 2 * BORDER, last.width - 2 * BORDER, self.out_channels
+        out = bias.expand(cur.shape[0], h, w, c).clone()
+        for a in range(3):
+            for b in range(3):
+                k = 3 * a + b
+                out += blocks[:, 3 * a:3 * a + h, 3 * b:3 * b + w, k * c:(k + 1) * c]     # block (a, b), shifted
+        return out
