@@ -84,6 +84,8 @@ def build_soon(package: str, source: str, flags: tuple[str, ...]) -> None:
     except OSError:
         return
     with _started_lock:
+        for done in [p for p, t in _started.items() if not t.is_alive()]:
+            del _started[done]      # finished, and no ``load`` came for it (a run that used another backend)
         if path in _started:
             return
         thread = _started[path] = threading.Thread(target=_build_quietly, args=(path, package, source, flags),

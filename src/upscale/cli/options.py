@@ -160,14 +160,23 @@ def load_model_from(name: str, outscale: float | None, interp_alpha: float | Non
     """The ``Model`` for ``name`` (see ``model_name_from``), saying when its output will be resized.
     ``options`` (the run's ``EngineOptions``): where they let the winograd backend run (device and
     backend auto or cpu/winograd, precision auto or fp32) and its kernels are not built on this machine
-    yet, the build starts first, in the background, and runs while torch and the model load."""
+    yet, the build starts in the background once the weights are found (a refusal, an offline Hub,
+    leaves no trace), and runs while torch and the model load."""
+    from .. import errors
     from ..api import load_model
 
     if options is not None and options.device in ("auto", "cpu") and options.backend in ("auto", "winograd") \
             and options.precision in ("auto", "fp32"):
-        from ..backends import winograd_native
+        from ..resolve import weights_file
 
-        winograd_native.build_soon()
+        try:
+            weights_file(name)
+        except errors.UpscaleError:
+            pass        # load_model says what is wrong, in its own words
+        else:
+            from ..backends import winograd_native
+
+            winograd_native.build_soon()
     model = load_model(name, alpha=interp_alpha)
     if outscale is not None and outscale != model.scale:
         log.info("model %s is x%d; resizing its output to x%g with Lanczos", model.name or model.source,
