@@ -42,18 +42,20 @@ DEFAULT_OUTSCALE = 4.0   # picks the default model when neither a model nor a sc
 Progress = Callable[[int, int], None]
 
 
-def load_model(path_or_name: str | Path, *, alpha: float | None = None) -> Model:
+def load_model(path_or_name: str | Path, *, alpha: float | None = None,
+               weights_found: Callable[[str | None], None] | None = None) -> Model:
     """A registry name or a weights file (.safetensors, .pth/.pt, ncnn .param) -> a ready ``Model``.
 
     ``alpha`` interpolates a registry model with its registered PSNR/GAN twin (ESRGAN's network
-    interpolation): 0 is the PSNR model, 1 the GAN model.
+    interpolation): 0 is the PSNR model, 1 the GAN model. ``weights_found``: see
+    ``resolve.resolve_model``.
     """
     from .resolve import resolve_model  # registry/hub only when a model is asked for
 
     if not isinstance(path_or_name, (str, os.PathLike)) or not str(path_or_name).strip():
         raise errors.UsageError(f"model must be a registry name or a weights file, not {path_or_name!r}",
                                 params=("model",))
-    return resolve_model(path_or_name, alpha=alpha)
+    return resolve_model(path_or_name, alpha=alpha, weights_found=weights_found)
 
 
 def default_model_name(outscale: float | None = None) -> str:

@@ -33,6 +33,7 @@ from .machine import cache_dir, cpu_info
 
 BUILD_TIMEOUT_S = 120
 _started: dict[Path, threading.Thread] = {}     # builds ``build_soon`` started, until ``load`` joins them
+_failed: dict[Path, BuildError] = {}            # how those that failed failed, for ``load`` to say
 _started_lock = threading.Lock()
 
 
@@ -86,16 +87,28 @@ def build_soon(package: str, source: str, flags: tuple[str, ...]) -> None:
     with _started_lock:
         for done in [p for p, t in _started.items() if not t.is_alive()]:
             del _started[done]      # finished, and no ``load`` came for it (a run that used another backend)
+            _failed.pop(done, None)
         if path in _started:
             return
         thread = _started[path] = threading.Thread(target=_build_quietly, args=(path, package, source, flags),
                                                    name=f"build-{path.stem}")
-    thread.start()
+        thread.start()          # under the lock: a ``load`` never finds a thread it cannot join yet
 
 
 def _build_quietly(path: Path, package: str, source: str, flags: tuple[str, ...]) -> None:
-    with contextlib.suppress(BuildError):
+    try:
         _build(path, package, source, flags)
+    except BuildError as exc:
+        _failed[path] = exc
+
+
+def wait_for_builds() -> None:
+    """Wait for the builds ``build_soon`` started (a probe that times this machine must not share it
+    with a compiler)."""
+    with _started_lock:
+        running = list(_started.values())
+    for thread in running:
+        thread.join()
 
 
 def load(package: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL:
@@ -105,14 +118,19 @@ def load(package: str, source: str, flags: tuple[str, ...]) -> ctypes.CDLL:
     path = library_path(package, source, flags)
     with _started_lock:
         started = _started.pop(path, None)
-    if started is not None:
+    if started is not None:     # built in the background: what it did is this call's build
         started.join()
-    try:
-        built = not path.is_file()
-    except OSError as exc:      # a cache folder that cannot be searched (mode 000): Python 3.11 raises
-        raise BuildError("folder", exc.strerror or str(exc)) from exc
-    if built:
-        _build(path, package, source, flags)
+        failed = _failed.pop(path, None)
+        if failed is not None:
+            raise failed
+        built = True
+    else:
+        try:
+            built = not path.is_file()
+        except OSError as exc:  # a cache folder that cannot be searched (mode 000): Python 3.11 raises
+            raise BuildError("folder", exc.strerror or str(exc)) from exc
+        if built:
+            _build(path, package, source, flags)
     try:
         return _load(path)
     except BuildError:

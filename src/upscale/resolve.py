@@ -12,7 +12,7 @@ import importlib.util
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import archs, errors, hub, registry
 from .registry import ModelSpec
@@ -37,17 +37,22 @@ def wheel_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob(f"*{NCNN_SUFFIX}")) if p.with_suffix(".bin").is_file()}
 
 
-def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Model:
+def resolve_model(name_or_path: str | Path, *, alpha: float | None = None,
+                  weights_found: Callable[[str | None], None] | None = None) -> Model:
     """A weights file (.safetensors, .pth/.pt/.ckpt, ncnn .param) or a registry name -> a ready ``Model``.
 
     ``alpha`` blends a registry model with its registered PSNR/GAN twin (ESRGAN's network
-    interpolation): 0 is the PSNR model, 1 the GAN model.
+    interpolation): 0 is the PSNR model, 1 the GAN model. ``weights_found(arch)`` is called once the
+    weights are on disk and before they are read (and torch imported), with the registry's
+    architecture (None for a file, not read yet): the CLI starts the kernels' build there.
     """
     path = Path(name_or_path)
     if os.path.isfile(path):        # (False, not an error, for a name too long to be a path)
         if alpha is not None:
             raise errors.UsageError("alpha needs a registry model with a PSNR/GAN twin, not a file; to blend "
                                     "two files, interpolate them (`upscale interp`)", params=("alpha",))
+        if weights_found is not None:
+            weights_found(None)
         return open_weights(path)
     try:
         spec = registry.get_model(str(name_or_path))
@@ -58,6 +63,8 @@ def resolve_model(name_or_path: str | Path, *, alpha: float | None = None) -> Mo
     if alpha is not None:
         return interpolated_model(spec, alpha)
     weights = hub.weights_path(spec)
+    if weights_found is not None:
+        weights_found(spec.arch)
     from . import loading
 
     model = loading.load_model(weights, name=spec.name)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPENVINO_EXTRA = "pip install 'upscale[openvino]'"
+# families the winograd backend computes (winograd_backend, _compact, _span, _srresnet), here without torch:
+# the CLI asks before it loads a model whether the kernels are worth building
+WINOGRAD_ARCHS = ("rrdbnet", "compact", "span", "srresnet", "msrresnet")
 
 
 def openvino_installed() -> bool:

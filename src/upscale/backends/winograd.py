@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from .. import errors
 from ..model import Model
+from . import WINOGRAD_ARCHS
 
 from ..machine import l2_cache_bytes
 from .winograd_native import convolution, library, scratch_floats
@@ -54,8 +55,7 @@ B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
 G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-# families this backend computes: winograd_backend, _compact, _span, _srresnet (both of its families)
-ARCHS = ("rrdbnet", "compact", "span", "srresnet", "msrresnet")
+ARCHS = WINOGRAD_ARCHS    # the families this backend computes
 # a change that moves this backend's speed raises its version in ``tuned.KERNEL_VERSIONS``: the tuning
 # cache's key holds it, so timings measured with older kernels are not trusted
 TILE = 4          # output tile side; the input tile is TILE + 2 (maps are computed on multiples of it)

@@ -161,23 +161,19 @@ def load_model_from(name: str, outscale: float | None, interp_alpha: float | Non
     ``options`` (the run's ``EngineOptions``): where they let the winograd backend run (device and
     backend auto or cpu/winograd, precision auto or fp32) and its kernels are not built on this machine
     yet, the build starts in the background once the weights are found (a refusal, an offline Hub,
-    leaves no trace), and runs while torch and the model load."""
-    from .. import errors
+    leaves no trace) where the registry's architecture is one winograd computes (a file's is not
+    read yet: it may be), and runs while torch and the model load."""
     from ..api import load_model
 
-    if options is not None and options.device in ("auto", "cpu") and options.backend in ("auto", "winograd") \
-            and options.precision in ("auto", "fp32"):
-        from ..resolve import weights_file
+    def weights_found(arch: str | None) -> None:
+        from ..backends import WINOGRAD_ARCHS, winograd_native
 
-        try:
-            weights_file(name)
-        except errors.UpscaleError:
-            pass        # load_model says what is wrong, in its own words
-        else:
-            from ..backends import winograd_native
-
+        if arch is None or arch in WINOGRAD_ARCHS:
             winograd_native.build_soon()
-    model = load_model(name, alpha=interp_alpha)
+
+    wants = options is not None and options.device in ("auto", "cpu") and options.compile != "on" \
+        and options.backend in ("auto", "winograd") and options.precision in ("auto", "fp32")
+    model = load_model(name, alpha=interp_alpha, weights_found=weights_found if wants else None)
     if outscale is not None and outscale != model.scale:
         log.info("model %s is x%d; resizing its output to x%g with Lanczos", model.name or model.source,
                  model.scale, outscale)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .. import machine, tuned
+from .. import machine, native, tuned
 from ..device import DTYPES, resolve_precision
 from ..model import Model
 
@@ -56,6 +56,7 @@ def probe_machine(threads: int) -> tuple[str, dict[str, float], bool]:
     """Time the probe convolution in bf16 and fp32 now: (the faster, {precision: seconds}, whether the
     answer was stored in the tuning cache: not when other processes kept the machine busy meanwhile).
     Measured at ``threads`` threads, the count it is stored under (torch's count restored after)."""
+    native.wait_for_builds()        # the kernels' compiler, started by the CLI, is not others' load
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
