@@ -8,13 +8,14 @@ Light at import (no torch, no numpy), so that a script can parse its arguments, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from upscale import machine
 
@@ -51,6 +52,21 @@ def environment(*packages: str, **extra: Any) -> dict[str, Any]:
 def command_line(script: str, argv: list[str] | None) -> str:
     """The command as typed, for the record: ``python benchmarks/SCRIPT ARGS``."""
     return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+# --- two versions side by side --------------------------------------------------------------------
+@contextlib.contextmanager
+def base_worktree(commit: str, folder: Path) -> Iterator[Path]:
+    """``commit`` of this repository checked out into ``folder/base`` (a detached git worktree) for as
+    long as the block runs; yields its ``src`` (what PYTHONPATH points at to run that version)."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(folder / "base"), commit],
+                   check=True, capture_output=True)
+    try:
+        yield folder / "base" / "src"
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(folder / "base")],
+                       capture_output=True)
 
 
 # --- timing ----------------------------------------------------------------------------------------

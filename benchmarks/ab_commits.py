@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import load_avg, progress, publish
+from _common import base_worktree, load_avg, progress, publish
 from upscale.machine import cpu_info, package_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,16 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "base"), args.base],
-                       check=True, capture_output=True)
-        try:
+        with base_worktree(args.base, tmp) as base_src:
             photo = tmp / "photo.jpg"
             with Image.open(args.photo) as im:
                 im.convert("RGB").resize((width, height), Image.LANCZOS).save(photo, quality=92)
             cache = tmp / "cache"
             if args.cache:
                 shutil.copytree(args.cache, cache)
-            versions = {"base": tmp / "base" / "src", "now": REPO / "src"}
+            versions = {"base": base_src, "now": REPO / "src"}
             outs = {name: tmp / f"{name}.png" for name in versions}
             if not args.fresh_cache:
                 for name, src in versions.items():           # warm: builds and probes, once
@@ -93,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("the two versions' outputs differ: --allow-different reports the PSNR")
             agreement = "identical pixels" if same else f"{psnr(pixels['now'], pixels['base'], y_channel=False):.1f} dB"
             sizes = {name: path.stat().st_size / 1e6 for name, path in outs.items()}
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "base")],
-                           capture_output=True)
     base_median = statistics.median(t for t, _ in times["base"])
     rows = [{"version": f"{name} ({args.base if name == 'base' else 'working tree'})",
              "median_s": statistics.median(t for t, _ in runs), "min_s": min(t for t, _ in runs),

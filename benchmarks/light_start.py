@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import progress, publish
+from _common import base_worktree, progress, publish
 from upscale.machine import cpu_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,14 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tmp / "base"), args.base],
-                       check=True, capture_output=True)
-        try:
+        with base_worktree(args.base, tmp) as base_src:
             folder = tmp / "work"
             folder.mkdir()
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
             (folder / "b.png").write_bytes(b"kept")
-            versions = {"base": tmp / "base" / "src", "now": REPO / "src"}
+            versions = {"base": base_src, "now": REPO / "src"}
             times: dict[tuple[str, str], list[float]] = {}
             torch_seen: dict[tuple[str, str], bool] = {}
             for name, cmd in COMMANDS.items():
@@ -86,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                         times.setdefault((name, version), []).append(wall)
                         torch_seen[(name, version)] = torch_loaded
                 progress({"command": name, **{v: statistics.median(times[(name, v)]) for v in versions}})
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / "base")],
-                           capture_output=True)
     rows = [{"command": f"upscale {' '.join(cmd)}",
              "base_median_s": statistics.median(times[(name, "base")]),
              "now_median_s": statistics.median(times[(name, "now")]),

@@ -180,3 +180,16 @@ def _sigint_handled_by_python():
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
+
+
+@pytest.fixture
+def logged_cc(tmp_path, monkeypatch) -> Path:
+    """``$CC`` is a wrapper that logs each build (not ``--version``) and runs ``cc``, in an empty cache;
+    the log file (one line per build; absent before the first)."""
+    log = tmp_path / "builds.log"
+    cc = tmp_path / "cc-logged"
+    cc.write_text(f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> "{log}" ;; esac\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    return log

@@ -15,18 +15,6 @@ from upscale.io import png
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here")
 
 
-@pytest.fixture
-def logged_cc(tmp_path, monkeypatch):
-    """``$CC`` is a wrapper that logs each build (not ``--version``) and runs ``cc``; an empty cache."""
-    log = tmp_path / "builds.log"
-    cc = tmp_path / "cc-logged"
-    cc.write_text(f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> "{log}" ;; esac\nexec cc "$@"\n')
-    cc.chmod(0o755)
-    monkeypatch.setenv("CC", str(cc))
-    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
-    return log
-
-
 def builds(log) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 

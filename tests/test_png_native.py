@@ -113,14 +113,9 @@ def test_the_deflater_is_isal_where_installed():
         assert png.deflater() == (isal_zlib, png.ISAL_LEVEL)
 
 
-def test_threads_writing_the_first_png_build_the_filter_once(tmp_path, monkeypatch, fresh_filter):
+def test_threads_writing_the_first_png_build_the_filter_once(tmp_path, monkeypatch, fresh_filter, logged_cc):
     """The filter is built before the writer's threads start, not by each of them at once."""
-    log = tmp_path / "calls.log"
-    cc = tmp_path / "cc-logged"
-    cc.write_text(f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> "{log}" ;; esac\nexec cc "$@"\n')
-    cc.chmod(0o755)
-    monkeypatch.setenv("CC", str(cc))
-    monkeypatch.setenv("UPSCALE_CACHE", str(tmp_path / "cache"))
+    log = logged_cc
     monkeypatch.setattr(png, "PNG_BLOCK_BYTES", 300)
     pixels = _image(11, 40, 3 * 30).reshape(40, 30, 3)
     buffer = io.BytesIO()
