@@ -7,14 +7,16 @@ the pixel shuffle applied before it, per channel group, as the convolution write
 moves values). SRGAN's 9x9 tail (64 channels in, 3 out, at 4x the resolution: as slow in torch as
 all the rest) runs as one Winograd 3x3 convolution with 27 outputs, its nine 3x3 blocks, whose
 outputs shifted by 3 px and summed are the 9x9 convolution (``_nine_by_nine``); SRGAN's 9x9 head
-(3 channels in, ~1% of the work) runs as torch does. Same contract as the other winograd runners: NCHW view of NHWC memory in, NHWC float32 out.
+(3 channels in, ~1% of the work) runs as torch does. Same contract as the other winograd runners:
+NCHW view of NHWC memory in, NHWC float32 out.
 
 The upsampling part runs in stripes of rows (``winograd.stripe_rows``), each with ``UP_HALO`` input
 rows of context each side: at 4x the resolution a 64-channel map of a whole 1000x750 window alone
 would take 3 GB.
 
-Why: on the Xeon of docs/perf.md (no AMX, 2 threads) the SRGAN generator ran ~2x faster this way
-than our torch fp32 path (``benchmarks/winograd_srresnet.py``).
+Why: on the Xeon of docs/perf.md (no AMX, 2 threads), at the published sizes, SRGAN's generator ran
+2.7-2.9x and MSRResNet 2.1-2.2x faster this way than our torch fp32 path, side by side
+(``benchmarks/winograd_srresnet.py``).
 """
 
 from __future__ import annotations
