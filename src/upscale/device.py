@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from . import errors
@@ -68,8 +69,6 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda, then mps, then cpu; an explicit device that is not there -> ``DeviceError``."""
     if name not in DEVICES:
         raise errors.UsageError(f"device must be one of {', '.join(DEVICES)}, not {name!r}", params=("device",))
-    import os
-
     import torch
 
     cuda_ok = torch.cuda.is_available()
@@ -103,17 +102,18 @@ def resolve_precision(name: str, device: torch.device, model: Model) -> torch.dt
     """The compute dtype for ``name`` on ``device`` (see the module docstring for the rules)."""
     import torch
 
-    DTYPES, NAMES = _dtypes(), {v: k for k, v in _dtypes().items()}
+    dtypes = _dtypes()
+    names = {v: k for k, v in dtypes.items()}
     label = model.name or model.source or model.arch
     if name == "auto":
         wanted = fast_dtype(device)
         if wanted != torch.float32 and not model.bf16_safe:
             log.info("precision auto: %s is not flagged safe in %s (fp32 and %s outputs not measured >= 50 dB "
-                     "apart); using fp32 (precision %s forces it)", label, NAMES[wanted], NAMES[wanted],
-                     NAMES[wanted])
+                     "apart); using fp32 (precision %s forces it)", label, names[wanted], names[wanted],
+                     names[wanted])
             return torch.float32
         return wanted
-    if name not in DTYPES:
+    if name not in dtypes:
         raise errors.UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}",
                                 params=("precision",))
     if name == "fp16" and device.type == "cpu":
@@ -123,7 +123,7 @@ def resolve_precision(name: str, device: torch.device, model: Model) -> torch.dt
     if name == "bf16" and device.type == "cpu" and not cpu_native_bf16():
         log.warning("precision bf16: this CPU has no avx512_bf16/amx_bf16; bf16 is emulated and "
                     "likely slower than fp32")
-    return DTYPES[name]
+    return dtypes[name]
 
 
 def available_memory_bytes(device: torch.device) -> int:
