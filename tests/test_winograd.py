@@ -472,3 +472,24 @@ def test_kernels_that_cannot_compile_are_one_line_and_nothing_is_written(tmp_pat
     assert "winograd's kernels could not be compiled" in res.stderr and "use --backend torch" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("scale, channels", [(4, 3), (2, 1), (3, 3)])
+def test_a_shuffle_of_grouped_channels_is_the_pixel_shuffle(scale, channels):
+    """``shuffle_grouped`` reorders a convolution's outputs to (i, j, c); ``shuffled(grouped=True)`` of
+    outputs in that order is torch's pixel shuffle of the original order, bit for bit, with a base too."""
+    from upscale.backends.winograd import shuffle_grouped, shuffled
+
+    cs = channels * scale * scale
+    last = torch.randn(2, 5, 7, cs)
+    u = torch.arange(cs, dtype=torch.float32).expand(36, 4, cs)
+    u = F.pad(u, (0, -cs % 16))
+    u_grouped, bias_grouped = shuffle_grouped((u.contiguous(), torch.arange(cs, dtype=torch.float32)), scale)
+    order = bias_grouped.long()                          # which original output each new one is
+    assert torch.equal(u_grouped[0, 0, :cs], bias_grouped) and not u_grouped[..., cs:].any()
+    grouped = last[..., order]
+    expected = F.pixel_shuffle(last.permute(0, 3, 1, 2), scale).permute(0, 2, 3, 1)
+    assert torch.equal(shuffled(grouped, scale, grouped=True), expected)
+    assert torch.equal(shuffled(last, scale), expected)
+    base = torch.randn(2, 5, 7, channels)
+    assert torch.equal(shuffled(grouped, scale, base, grouped=True), shuffled(last, scale, base))

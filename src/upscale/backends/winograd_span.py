@@ -18,7 +18,8 @@ from torch.nn import functional as F
 
 from ..archs.span import IMG_RANGE, NUM_BLOCKS
 from ..model import Model
-from .winograd import WinogradRunner, Workspace, Workspaces, prepared, shuffled, weight_transform, zero_beyond
+from .winograd import (WinogradRunner, Workspace, Workspaces, prepared, shuffle_grouped, shuffled, weight_transform,
+                       zero_beyond)
 
 FEATURE_MAPS = 8      # num_feat-wide maps: feat, out1, out2, two block outputs, block 1's, conv_2's, conv_cat's
 
@@ -36,7 +37,8 @@ class SpanWindows(WinogradRunner):
             self.blocks = [[_collapsed(getattr(getattr(net, f"block_{i}"), name)) for name in ("c1_r", "c2_r", "c3_r")]
                            for i in range(1, NUM_BLOCKS + 1)]
             self.conv_2 = _collapsed(net.conv_2)
-            self.up = prepared(net.upsampler[0])
+            # outputs reordered (i, j, c): the pixel shuffle then copies whole runs (``shuffled``)
+            self.up = shuffle_grouped(prepared(net.upsampler[0]), net.scale)
             weight = net.conv_cat.weight.detach().float()[:, :, 0, 0]            # (C, 4C)
             self.cat = [part.t().contiguous() for part in weight.chunk(4, dim=1)], net.conv_cat.bias.detach().float()
             mean = net.mean.mean() if net.gray else net.mean
@@ -68,7 +70,7 @@ class SpanWindows(WinogradRunner):
                 out_b1 = out if i == 0 else out_b1
             fused = self._fused(ws, [feat, ws.convolve([out], *self.conv_2, self._map(ws, "conv_2")), out_b1, first])
             last = ws.convolve([fused], *self.up, ws.buffer("last", ws.map_shape(self.last_channels)))
-            return shuffled(last[:, :height, :width], self.scale)
+            return shuffled(last[:, :height, :width], self.scale, grouped=True)
 
     def _map(self, ws: Workspace, key: object) -> torch.Tensor:
         return ws.buffer(key, ws.map_shape(self.num_feat))
