@@ -169,6 +169,22 @@ def best_alternating(calls: dict[str, Callable[[], Any]]) -> dict[str, float]:
     return {name: min(t[1:]) for name, t in times.items()}
 
 
+@contextlib.contextmanager
+def probing(threads: int) -> Iterator[OthersWatch]:
+    """Where a machine probe (``engine.precision``, ``backends.probe``) times its candidates: at
+    ``threads`` torch threads, the count its answer is stored under (torch's count put back after),
+    watching others' load (``watch_others``: an answer measured on a busy machine is not kept)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with watch_others() as others:
+            yield others
+    finally:
+        torch.set_num_threads(before)
+
+
 def host_available_bytes() -> int:
     """The host's available memory: MemAvailable from /proc/meminfo, else the free pages the system
     reports (off Linux)."""

@@ -281,13 +281,23 @@ def remember_faster(key: dict[str, Any], seconds: dict[str, float], *, label: st
     as an auto choice (unless ``keep`` is False: measured on a busy machine, say). A cache that cannot
     be written costs a warning: the next process measures again."""
     chosen = min(AUTO_CANDIDATES, key=lambda name: seconds[name])
-    if not keep:
-        return chosen
+    if keep:
+        store_choice(key, "precision", chosen, seconds, label=label)
+    return chosen
+
+
+def store_choice(key: dict[str, Any], field: str, chosen: str, seconds: dict[str, float], *, label: str,
+                 extra: dict[str, Any] | None = None) -> bool:
+    """Store a measured choice under ``key``: {``field``: chosen, "estimate_s": seconds (rounded), **extra}.
+    Whether it was stored: a cache that cannot be written costs a warning, and the next process
+    measures again."""
     try:
-        store(key, {"precision": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}}, label=label)
+        store(key, {field: chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()}, **(extra or {})},
+              label=label)
     except errors.TuneCacheError as err:
         log.warning("%s; measured again in the next process", err.message)
-    return chosen
+        return False
+    return True
 
 
 def probe_key(threads: int) -> dict[str, Any]:

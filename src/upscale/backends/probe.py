@@ -71,13 +71,8 @@ def probe_backends(threads: int) -> tuple[str, dict[str, float], bool]:
     from .winograd_native import library
 
     library()       # built first where needed: the compiler's processes are not others' load on the probe
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)          # measured at the thread count it is stored under
-    try:
-        with machine.watch_others() as others:
-            seconds = probe_seconds()
-    finally:
-        torch.set_num_threads(before)
+    with machine.probing(threads) as others:
+        seconds = probe_seconds()
     log.debug("backend probe: torch %.4f s, winograd %.4f s, others' CPU share %s", seconds["torch"],
               seconds["winograd"], others.share)
     chosen = min(CANDIDATES, key=lambda name: seconds[name])      # torch on a tie
@@ -85,16 +80,12 @@ def probe_backends(threads: int) -> tuple[str, dict[str, float], bool]:
         log.debug("backend probe: other processes used %.0f%% of the CPUs while it ran; its answer serves this "
                   "process only (the next measures again)", 100 * others.share)
         return chosen, seconds, False
-    result = {"backend": chosen, "estimate_s": {k: round(v, 6) for k, v in seconds.items()},
-              # a plan's fields too, so that versions before the probe read the file (not as corrupt)
-              "window_px": tuned.PROBE_SHAPE["side"], "s_per_mp": round(seconds[chosen] / side_mp(), 6), "batch": 1,
-              "compile": None}
-    try:
-        tuned.store(tuned.backend_probe_key(threads), result, label="backend probe")
-    except errors.TuneCacheError as err:
-        log.warning("%s; measured again in the next process", err.message)
-        return chosen, seconds, False
-    return chosen, seconds, True
+    # a plan's fields too, so that versions before the probe read the file (not as corrupt)
+    plan = {"window_px": tuned.PROBE_SHAPE["side"], "s_per_mp": round(seconds[chosen] / side_mp(), 6), "batch": 1,
+            "compile": None}
+    stored = tuned.store_choice(tuned.backend_probe_key(threads), "backend", chosen, seconds, label="backend probe",
+                                extra=plan)
+    return chosen, seconds, stored
 
 
 def probe_seconds() -> dict[str, float]:

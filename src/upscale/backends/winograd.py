@@ -37,7 +37,7 @@ import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.nn import functional as F
@@ -55,7 +55,6 @@ B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
 G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
-ARCHS = WINOGRAD_ARCHS    # the families this backend computes
 # a change that moves this backend's speed raises its version in ``tuned.KERNEL_VERSIONS``: the tuning
 # cache's key holds it, so timings measured with older kernels are not trusted
 TILE = 4          # output tile side; the input tile is TILE + 2 (maps are computed on multiples of it)
@@ -71,7 +70,7 @@ def check_supported(model: Model, device_type: str, precision: str) -> None:
     if device_type != "cpu":
         raise errors.UsageError(f"backend winograd runs on the CPU only, not on {device_type}",
                                 params=("backend",))
-    if model.arch not in ARCHS:
+    if model.arch not in WINOGRAD_ARCHS:
         raise errors.UsageError(f"backend winograd computes RRDBNet (esrgan, realesrgan-x4plus ...), "
                                 f"SRVGGNetCompact (realesr-animevideov3 ...), SPAN (default-x4 ...) and SRResNet "
                                 f"(SRGAN, MSRResNet) models; "
@@ -236,6 +235,38 @@ def zero_beyond(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def prepared(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A 3x3 convolution's transformed weights and its bias, fp32."""
     return weight_transform(conv.weight), conv.bias.detach().float()
+
+
+def slopes(act: torch.nn.Module | float, channels: int, group: int = 1) -> torch.Tensor | float:
+    """An activation as the leaky-ReLU slopes of a convolution's ``channels`` outputs: a constant (a
+    float as given, LeakyReLU's slope, 0 for ReLU), or PReLU's weights (one per channel, or one for
+    all), each repeated for the ``group`` outputs a pixel shuffle after the convolution turns into one
+    channel."""
+    if isinstance(act, torch.nn.PReLU):
+        weight = act.weight.detach().float().reshape(-1)
+        weight = weight.expand(channels // group) if weight.numel() == 1 else weight
+        return weight.repeat_interleave(group).contiguous()
+    if isinstance(act, torch.nn.LeakyReLU):
+        return float(act.negative_slope)
+    if isinstance(act, torch.nn.ReLU):
+        return 0.0
+    if isinstance(act, (int, float)):
+        return float(act)
+    raise TypeError(f"activation {type(act).__name__} is not one the winograd backend computes")
+
+
+def run_in_stripes(height: int, width: int, scale: int, span: int, step: int, halo: int, out: torch.Tensor,
+                   stripe: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """An upsampling part computed in stripes of ``span`` rows (``stripe_rows``) into ``out`` (N,
+    height·scale, width·scale, C): ``stripe(a)`` computes the stripe of map rows a..a+span at ``scale``;
+    each keeps ``step`` rows, reading ``halo`` rows of context each side, and every stripe has the same
+    shape (the last moves up to end at the map's last row)."""
+    s = scale
+    for y0 in range(0, height, step):
+        y1 = min(height, y0 + step)
+        a = min(max(0, y0 - halo), height - span)
+        out[:, s * y0:s * y1] = stripe(a)[:, s * (y0 - a):s * (y1 - a), :s * width]
+    return out
 
 
 def shuffle_into(last: torch.Tensor, scale: int, out: torch.Tensor) -> torch.Tensor:

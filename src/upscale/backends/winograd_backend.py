@@ -21,7 +21,8 @@ import torch
 from torch.nn import functional as F
 
 from ..model import Model
-from .winograd import WinogradRunner, Workspace, Workspaces, prepared, rounded, stripe_rows, zero_beyond
+from .winograd import (WinogradRunner, Workspace, Workspaces, prepared, rounded, run_in_stripes, stripe_rows,
+                       zero_beyond)
 
 UP_CONVS = ("conv_up1", "conv_up2", "conv_hr", "conv_last")     # the upsampling part's convolutions
 FULL_MAPS = 7                 # num_feat-wide maps a window keeps: trunk x2, three blocks' outputs, sum, feat
@@ -101,12 +102,8 @@ class WinogradWindows(WinogradRunner):
         span, step = self._stripe_rows(n, w, height)
         twice, four = self._stripe_workspaces(ws, span)
         out = torch.empty((n, 4 * height, 4 * width, self.up["conv_last"][1].numel()))
-        for y0 in range(0, height, step):
-            y1 = min(height, y0 + step)
-            a = min(max(0, y0 - UP_HALO), height - span)
-            part = self._up_stripe(twice, four, feat[:, a:a + span])
-            out[:, 4 * y0:4 * y1] = part[:, 4 * (y0 - a):4 * (y1 - a), :4 * width]
-        return out
+        return run_in_stripes(height, width, 4, span, step, UP_HALO, out,
+                              lambda a: self._up_stripe(twice, four, feat[:, a:a + span]))
 
     def _stripe_rows(self, n: int, w: int, height: int) -> tuple[int, int]:
         """(input rows a stripe of the upsampling part reads, output rows it keeps) for maps of

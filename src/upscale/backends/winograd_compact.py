@@ -14,10 +14,9 @@ faster than our torch fp32 path, side by side.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..model import Model
-from .winograd import WinogradRunner, Workspaces, prepared, shuffled
+from .winograd import WinogradRunner, Workspaces, prepared, shuffled, slopes
 
 
 class CompactWindows(WinogradRunner):
@@ -30,7 +29,7 @@ class CompactWindows(WinogradRunner):
         layers = list(net.body)
         with torch.no_grad():
             self.convs = [prepared(conv) for conv in layers[0::2]]
-            self.slopes = [_slopes(act, conv.out_channels) for act, conv in zip(layers[1::2], layers[0::2])] + [None]
+            self.slopes = [slopes(act, conv.out_channels) for act, conv in zip(layers[1::2], layers[0::2])] + [None]
         self.scale = net.scale
         self.num_feat = layers[0].out_channels
         self.num_in = layers[0].in_channels
@@ -57,15 +56,3 @@ class CompactWindows(WinogradRunner):
                 cur = ws.convolve([cur], u, bias, out, slope=slope)
             return shuffled(cur[:, :height, :width], self.scale, nhwc)
 
-
-def _slopes(act: nn.Module, channels: int) -> torch.Tensor | float:
-    """The activation ``act`` as leaky-ReLU slopes: PReLU's weights (one per channel, or one for
-    all), LeakyReLU's slope, 0 for ReLU."""
-    if isinstance(act, nn.PReLU):
-        weight = act.weight.detach().float().reshape(-1)
-        return (weight.expand(channels) if weight.numel() == 1 else weight).contiguous()
-    if isinstance(act, nn.LeakyReLU):
-        return float(act.negative_slope)
-    if isinstance(act, nn.ReLU):
-        return 0.0
-    raise TypeError(f"SRVGGNetCompact's activation {type(act).__name__} is not one the winograd backend computes")

@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..model import Model
-from .winograd import (WinogradRunner, Workspace, Workspaces, rounded, shuffle_into, stripe_rows, weight_transform,
-                       zero_beyond)
+from .winograd import (WinogradRunner, Workspace, Workspaces, prepared, rounded, run_in_stripes, shuffle_into, slopes,
+                       stripe_rows, weight_transform, zero_beyond)
 
 MS_SLOPE = 0.1                # MSRResNet's LeakyReLU
 # input rows of context each side of a stripe of the upsampling part: what its convolutions reach
@@ -40,7 +40,8 @@ BORDER = 3                    # zero rows and columns around the map the 9x9 tai
 
 
 def _folded(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 3x3 convolution followed by an eval-mode BatchNorm (or Identity) as one convolution, transformed."""
+    """A 3x3 convolution followed by an eval-mode BatchNorm (or Identity; then a convolution without a
+    bias is allowed, unlike ``prepared``) as one convolution, transformed."""
     weight = conv.weight.detach().double()
     bias = torch.zeros(conv.out_channels, dtype=torch.float64) if conv.bias is None else conv.bias.detach().double()
     if isinstance(bn, nn.BatchNorm2d):
@@ -62,16 +63,6 @@ def _nine_by_nine(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return weight_transform(stacked), torch.zeros(9 * c_out), conv.bias.detach().float()
 
 
-def _slopes(act: nn.Module | float, channels: int, group: int = 1) -> torch.Tensor | float:
-    """An activation as leaky-ReLU slopes for a convolution's ``channels`` outputs: a constant, or a
-    PReLU's per-channel weights, each repeated for the ``group`` channels a pixel shuffle turns into one."""
-    if not isinstance(act, nn.PReLU):
-        return float(act)
-    weight = act.weight.detach().float().reshape(-1)
-    weight = weight.expand(channels // group) if weight.numel() == 1 else weight
-    return weight.repeat_interleave(group).contiguous()
-
-
 class SRResNetWindows(WinogradRunner):
     """``model`` (an SRResNet or an MSRResNet) prepared for the winograd backend: weights folded and
     transformed once, and a ``Workspace`` per window shape (``WinogradRunner``)."""
@@ -84,27 +75,25 @@ class SRResNetWindows(WinogradRunner):
         self.num_feat, self.num_in = net.conv_first.out_channels, net.conv_first.in_channels
         with torch.no_grad():
             if self.ms:
-                plain = nn.Identity()
-                self.head, self.head_slope = _folded(net.conv_first, plain), MS_SLOPE
-                self.blocks = [((_folded(b.conv1, plain), 0.0), _folded(b.conv2, plain)) for b in net.body]
+                self.head, self.head_slope = prepared(net.conv_first), MS_SLOPE
+                self.blocks = [((prepared(b.conv1), 0.0), prepared(b.conv2)) for b in net.body]
                 self.body = None
                 ups = [(net.upconv1, MS_SLOPE)] + ([(net.upconv2, MS_SLOPE)] if net.upconv2 is not None else [])
-                self.tail = [(_folded(net.conv_hr, plain), MS_SLOPE), (_folded(net.conv_last, plain), None)]
-                self.out_channels = net.conv_last.out_channels
+                self.tail = [(prepared(net.conv_hr), MS_SLOPE), (prepared(net.conv_last), None)]
             else:
                 self.head = copy.deepcopy(net.conv_first).float().to(memory_format=torch.channels_last)
                 self.head_slope = net.prelu_first.weight.detach().float().reshape(-1).clone()
-                self.blocks = [((_folded(b.conv1, b.bn1), _slopes(b.prelu, self.num_feat)), _folded(b.conv2, b.bn2))
+                self.blocks = [((_folded(b.conv1, b.bn1), slopes(b.prelu, self.num_feat)), _folded(b.conv2, b.bn2))
                                for b in net.body]
                 self.body = _folded(net.conv_body, net.bn_body)
                 layers = list(net.upsample)
                 ups = [(conv, act) for conv, act in zip(layers[0::3], layers[2::3])]
                 self.tail = _nine_by_nine(net.conv_last)
-                self.out_channels = net.conv_last.out_channels
+            self.out_channels = net.conv_last.out_channels
             self.ups = []
             for conv, act in ups:
                 s = round((conv.out_channels // self.num_feat) ** 0.5)
-                self.ups.append((_folded(conv, nn.Identity()), _slopes(act, conv.out_channels, s * s), s))
+                self.ups.append((prepared(conv), slopes(act, conv.out_channels, s * s), s))
 
     def workspace_bytes(self, n: int, height: int, width: int) -> int:
         """Bytes of the buffers a batch of ``n`` windows of height x width px holds: the input-resolution
@@ -173,12 +162,8 @@ class SRResNetWindows(WinogradRunner):
         span, step = self._stripe(n, ws.w, height)
         stages = self._stripe_workspaces(ws, span)
         out = torch.empty((n, s * height, s * width, self.out_channels))
-        for y0 in range(0, height, step):
-            y1 = min(height, y0 + step)
-            a = min(max(0, y0 - UP_HALO), height - span)
-            part = self._up_stripe(stages, feat[:, a:a + span])
-            out[:, s * y0:s * y1] = part[:, s * (y0 - a):s * (y1 - a), :s * width]
-        return out
+        return run_in_stripes(height, width, s, span, step, UP_HALO, out,
+                              lambda a: self._up_stripe(stages, feat[:, a:a + span]))
 
     def _up_stripe(self, stages: list[Workspace], rows: torch.Tensor) -> torch.Tensor:
         """One stripe (N, r, w, C) of the trunk's map through the sub-pixel stages and the tail:

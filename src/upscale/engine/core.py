@@ -150,7 +150,7 @@ class Engine:
         """(backend, core, estimated seconds or None) for an image of this size: with ``tile_px`` auto,
         the measured (backend, window side) of the fewest estimated seconds, over this engine's backend
         or, under ``backend="auto"``, every backend measured here; else the given tile, or the
-        fallback window, on the engine's backend (winograd's: the fewest pixels that fit in memory)."""
+        fallback window, on the engine's backend (one of flat cost: the fewest pixels that fit in memory)."""
         tile = self.options.tile_px
         if tile != "auto":
             return self.backend, int(tile), None
@@ -164,8 +164,8 @@ class Engine:
                     best = (backend, self._core_of(side, height, width), estimates[side])
         if best is not None:
             return best
-        if self.backend == "winograd":      # nothing measured: fewest pixels (``cost.largest_window``)
-            window = self._winograd_window(height, width)
+        if self.runners.flat_cost(self.backend):    # nothing measured: fewest pixels (``cost.largest_window``)
+            window = self._fewest_pixels_window(self.backend, height, width)
         else:
             window = fitting_window_px(self.cost, self.model.arch, self.dtype, self.device, self.options.batch)
         return self.backend, self._core_of(window, height, width), None
@@ -177,10 +177,10 @@ class Engine:
         table = measured_windows(self.cost, self.dtype, self.device, self.options.batch, backend)
         return self._with_whole_image(table, height, width, backend) if table else None
 
-    def _winograd_window(self, height: int, width: int) -> int:
-        """Winograd's window side for an image of this size: the fewest pixels that fit in memory."""
+    def _fewest_pixels_window(self, backend: str, height: int, width: int) -> int:
+        """The window side of the fewest computed pixels that fit in memory on ``backend``."""
         return largest_window(self.cost, self.dtype, self.device, self.options.batch, height, width,
-                              functools.partial(self.runners.extra_bytes, "winograd"))
+                              functools.partial(self.runners.extra_bytes, backend))
 
     def _core_of(self, window: int, height: int, width: int) -> int:
         """The core of windows of side ``window`` (0 when the image fits in one)."""
@@ -192,13 +192,13 @@ class Engine:
     def _with_whole_image(self, table: dict[int, tuple[float, float]], height: int, width: int,
                           backend: str) -> dict[int, tuple[float, float]]:
         """``table`` plus, for an image a little larger than every measured window that fits in memory
-        as one, that one window, estimated from the measured sides (``cost.whole_window``). On
-        winograd, whose cost per computed pixel does not grow with the window (``cost.largest_window``),
+        as one, that one window, estimated from the measured sides (``cost.whole_window``). On a
+        backend whose cost per computed pixel does not grow with the window (``Runners.flat_cost``),
         any larger image that fits in memory as one window, estimated the same way."""
         multiple = self.model.size_multiple
         side = -(-max(height, width) // multiple) * multiple
-        if backend == "winograd":
-            fits, reach = self._winograd_window(height, width) >= max(height, width), math.inf
+        if self.runners.flat_cost(backend):
+            fits, reach = self._fewest_pixels_window(backend, height, width) >= max(height, width), math.inf
         else:
             fits, reach = side <= memory_window_px(self.cost, self.dtype, self.device, self.options.batch), None
         extra = whole_window(table, side, reach) if fits else None

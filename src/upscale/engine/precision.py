@@ -57,13 +57,8 @@ def probe_machine(threads: int) -> tuple[str, dict[str, float], bool]:
     answer was stored in the tuning cache: not when other processes kept the machine busy meanwhile).
     Measured at ``threads`` threads, the count it is stored under (torch's count restored after)."""
     native.wait_for_builds()        # the kernels' compiler, started by the CLI, is not others' load
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with machine.watch_others() as others:
-            seconds = probe_seconds()
-    finally:
-        torch.set_num_threads(before)
+    with machine.probing(threads) as others:
+        seconds = probe_seconds()
     log.debug("precision probe: bf16 %.4f s, fp32 %.4f s, others' CPU share %s", seconds["bf16"], seconds["fp32"],
               others.share)
     if others.busy:

@@ -61,6 +61,13 @@ class Runners:
         multiple = self.model.size_multiple
         return runner.workspace_bytes(n, padded_length(height, multiple), padded_length(width, multiple))
 
+    @staticmethod
+    def flat_cost(backend: str) -> bool:
+        """Whether ``backend``'s cost per computed pixel does not grow with the window, so that with
+        nothing measured the fewest computed pixels are the fastest plan: winograd's (its kernels take
+        blocks of tiles sized to the core's L2 cache, whatever the map's size; docs/perf.md)."""
+        return backend == "winograd"
+
     def made(self, backend: str) -> Any | None:
         """The runner of ``backend`` if it was made, else None (nothing is made)."""
         return self._made.get(backend)
